@@ -1,0 +1,307 @@
+"""conv1d / bias_act against torch (independent) and the numpy references; thread control.
+
+Tolerance: |y - ref| <= 1e-5 + 1e-5 * |ref| elementwise (TOL).  Weights are scaled by
+1/sqrt(fan_in) as in a real network, so outputs are O(1) and float32 summation error over up to
+~2,500 terms stays below it (seen: <= 4e-6 absolute).
+"""
+
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tinyasr import threads
+from tinyasr.errors import GraphError, TinyASRError
+from tinyasr.kernels import ACTIVATIONS, bias_act, bias_act_reference, conv1d, conv1d_reference, output_length
+from tinyasr.kernels.conv1d import deinterleave, depthwise_rows
+from tinyasr.kernels.epilogue import epilogue_rows
+
+TOL = dict(rtol=1e-5, atol=1e-5)
+CLIP = (-0.5, 0.75)  # the Clip activation_params used throughout
+TORCH_ACTIVATIONS = {"": lambda v: v, "Relu": torch.relu, "Sigmoid": torch.sigmoid, "Tanh": torch.tanh,
+                     "Clip": lambda v: torch.clamp(v, *CLIP)}
+
+
+def _torch_conv1d(x, w, bias=None, residual=None, *, stride=1, dilation=1, pad_left=0, pad_right=0, group=1,
+                  activation="", activation_params=()):
+    """The same computation written with torch only (the independent reference)."""
+    xt = F.pad(torch.from_numpy(x), (pad_left, pad_right))
+    y = F.conv1d(xt, torch.from_numpy(w), None if bias is None else torch.from_numpy(bias),
+                 stride=stride, dilation=dilation, groups=group)
+    if residual is not None:
+        y = y + torch.from_numpy(residual)
+    assert activation != "Clip" or tuple(activation_params) == CLIP
+    return TORCH_ACTIVATIONS[activation](y).numpy()
+
+
+def _case(rng, batch, cin, cout, taps, t_in, group, stride=1, dilation=1, pads=(0, 0), with_bias=True,
+          with_residual=False, activation=""):
+    x = rng.standard_normal((batch, cin, t_in), dtype=np.float32)
+    w = (rng.standard_normal((cout, cin // group, taps)) / np.sqrt(cin // group * taps)).astype(np.float32)
+    kw = dict(stride=stride, dilation=dilation, pad_left=pads[0], pad_right=pads[1], group=group,
+              activation=activation, activation_params=CLIP if activation == "Clip" else ())
+    t_out = output_length(t_in, taps, stride, dilation, *pads)
+    bias = rng.standard_normal(cout, dtype=np.float32) if with_bias else None
+    residual = rng.standard_normal((batch, cout, t_out), dtype=np.float32) if with_residual else None
+    return x, w, bias, residual, kw
+
+
+def _check(x, w, bias, residual, kw):
+    y = conv1d(x, w, bias, residual, **kw)
+    np.testing.assert_allclose(y, _torch_conv1d(x, w, bias, residual, **kw), **TOL)
+    np.testing.assert_allclose(y, conv1d_reference(x, w, bias, residual, **kw), **TOL)
+    assert y.dtype == np.float32 and y.shape == (x.shape[0], w.shape[0], output_length(x.shape[2], w.shape[2],
+                                                 kw["stride"], kw["dilation"], kw["pad_left"], kw["pad_right"]))
+    return y
+
+
+# (K, dilation, stride, pads, batch, T): every K with each of dilation/stride/pad styles, T from 1 to 3000
+DEPTHWISE = [
+    (1, 1, 1, (0, 0), 1, 1), (1, 2, 2, (1, 0), 3, 17),
+    (3, 1, 1, (1, 1), 3, 40), (3, 2, 2, (0, 3), 1, 2),
+    (11, 1, 2, (5, 5), 1, 300), (11, 2, 1, (10, 10), 3, 64),
+    (33, 1, 1, (16, 16), 1, 3000), (33, 1, 2, (16, 16), 3, 201), (33, 2, 1, (40, 24), 1, 500),
+    (75, 1, 1, (37, 37), 3, 129), (75, 2, 2, (74, 0), 1, 1000), (75, 1, 1, (0, 80), 1, 60),
+    (7, 1, 3, (3, 1), 2, 50), (5, 3, 4, (6, 2), 1, 23),
+]
+
+
+@pytest.mark.parametrize("taps,dilation,stride,pads,batch,t_in", DEPTHWISE)
+def test_depthwise_matches_torch(taps, dilation, stride, pads, batch, t_in):
+    rng = np.random.default_rng(taps * 1000 + t_in)
+    _check(*_case(rng, batch, 16, 16, taps, t_in, 16, stride, dilation, pads))
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("path", ["depthwise", "pointwise", "grouped"])
+def test_fused_bias_residual_activation(path, activation):
+    rng = np.random.default_rng(len(activation))
+    cin, cout, taps, group = {"depthwise": (12, 12, 7, 12), "pointwise": (12, 20, 1, 1), "grouped": (12, 8, 3, 4)}[path]
+    for with_bias, with_residual in [(True, True), (False, True), (True, False), (False, False)]:
+        _check(*_case(rng, 2, cin, cout, taps, 57, group, pads=(taps // 2, taps // 2), with_bias=with_bias,
+                      with_residual=with_residual, activation=activation))
+
+
+@pytest.mark.parametrize(
+    "batch,cin,cout,taps,t_in,group,stride,dilation,pads",
+    [
+        (1, 256, 256, 1, 1000, 1, 1, 1, (0, 0)),  # QuartzNet pointwise
+        (3, 32, 48, 1, 77, 1, 1, 1, (0, 0)),
+        (2, 64, 32, 1, 101, 1, 2, 1, (0, 0)),  # Citrinet-style K=1 stride-2
+        (1, 16, 16, 1, 10, 1, 1, 1, (2, 1)),  # K=1 with padding
+        (2, 16, 24, 5, 90, 2, 1, 1, (2, 2)),  # grouped
+        (1, 16, 32, 3, 45, 4, 2, 2, (3, 0)),
+        (3, 8, 8, 11, 33, 1, 1, 1, (5, 5)),  # dense K > 1
+        (1, 1, 257, 512, 16000, 1, 160, 1, (256, 256)),  # MarbleNet STFT-as-conv
+        (2, 4, 12, 5, 30, 4, 1, 1, (2, 2)),  # depthwise with channel multiplier 3
+        (1, 64, 640, 3, 700, 1, 1, 1, (1, 1)),  # im2col in time chunks
+    ],
+)
+def test_matmul_paths_match_torch(batch, cin, cout, taps, t_in, group, stride, dilation, pads):
+    rng = np.random.default_rng(cin + cout + taps)
+    _check(*_case(rng, batch, cin, cout, taps, t_in, group, stride, dilation, pads, with_residual=True,
+                  activation="Relu"))
+
+
+def test_short_inputs_and_empty_output():
+    rng = np.random.default_rng(3)
+    # T shorter than the kernel, made valid by padding
+    _check(*_case(rng, 2, 8, 8, 33, 5, 8, pads=(16, 16)))
+    _check(*_case(rng, 1, 8, 4, 11, 3, 1, pads=(5, 5)))
+    # T_out == 0 (and T == 0): an empty array of the right shape, for every path
+    for cin, cout, group in [(8, 8, 8), (8, 4, 1), (8, 4, 2)]:
+        for t_in in (0, 10):
+            x = np.zeros((2, cin, t_in), np.float32)
+            w = np.ones((cout, cin // group, 33), np.float32)
+            assert conv1d(x, w, group=group).shape == (2, cout, 0)
+            assert conv1d_reference(x, w, group=group).shape == (2, cout, 0)
+    assert output_length(10, 33) == 0 and output_length(3, 33, pad_left=15, pad_right=15) == 1
+
+
+@pytest.mark.parametrize("t_in,stride", [(1, 2), (10, 3), (11, 3), (12, 4), (0, 2)])
+def test_deinterleave_matches_numpy(t_in, stride):
+    x = np.arange(t_in, dtype=np.float32)
+    expected = np.concatenate([x[p::stride] for p in range(stride)])
+    np.testing.assert_array_equal(deinterleave(x, stride), expected)
+
+
+def test_inputs_converted_once_and_out_written():
+    rng = np.random.default_rng(4)
+    x, w, bias, residual, kw = _case(rng, 2, 6, 6, 5, 40, 6, pads=(2, 2), with_residual=True)
+    expected = conv1d(x, w, bias, residual, **kw)
+    x_strided = np.asfortranarray(x.astype(np.float64))  # float64, not C-contiguous
+    out = np.empty_like(expected)
+    assert conv1d(x_strided, w, bias, residual, **kw, out=out) is out
+    np.testing.assert_allclose(out, expected, **TOL)
+
+
+@pytest.mark.parametrize(
+    "args,kw,needle",
+    [
+        (((2, 3), (3, 3, 3)), {}, "input X"),
+        (((1, 8, 20), (8, 3)), {}, "weight W"),
+        (((1, 8, 20), (8, 2, 3)), {"group": 3}, "group=3"),
+        (((1, 8, 20), (8, 1, 3)), {"stride": 0}, "strides"),
+        (((1, 8, 20), (8, 1, 3)), {"pad_left": -1}, "pads[0]"),
+        (((1, 8, 20), (8, 1, 3)), {"activation": "Gelu"}, "Gelu"),
+        (((1, 8, 20), (8, 1, 3)), {"activation": "Clip"}, "Clip"),
+        (((1, 8, 20), (8, 1, 3)), {"activation": "Relu", "activation_params": (1.0,)}, "activation_params"),
+    ],
+)
+def test_bad_arguments_raise_graph_error(args, kw, needle):
+    x, w = (np.zeros(shape, np.float32) for shape in args)
+    kw = {"group": 8, **kw} if w.ndim == 3 and w.shape[1] == 1 else kw
+    with pytest.raises(GraphError, match=needle.replace("[", r"\[").replace("]", r"\]")):
+        conv1d(x, w, **kw)
+
+
+def test_bad_bias_residual_out_dtype_raise_graph_error():
+    x, w = np.zeros((1, 4, 10), np.float32), np.zeros((4, 4, 3), np.float32)
+    for kwargs, needle in [
+        ({"bias": np.zeros(5, np.float32)}, "bias"),
+        ({"residual": np.zeros((1, 4, 10), np.float32)}, "residual"),
+        ({"out": np.zeros((1, 4, 8), np.float64)}, "out"),
+    ]:
+        with pytest.raises(GraphError, match=needle):
+            conv1d(x, w, **kwargs)
+    with pytest.raises(GraphError, match="floating-point"):
+        conv1d(x.astype(np.int32), w)
+    pointwise, residual = np.zeros((4, 4, 1), np.float32), np.zeros((1, 4, 10), np.float32)
+    for out, kwargs in [(x, {}), (residual, {"residual": residual})]:  # read-after-write hazards
+        with pytest.raises(GraphError, match="overlap"):
+            conv1d(x, pointwise, **kwargs, out=out)
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+def test_bias_act_matches_reference_and_torch(activation):
+    rng = np.random.default_rng(5)
+    y = (rng.standard_normal((2, 7, 50)) * 40).astype(np.float32)  # large values exercise sigmoid / tanh tails
+    bias, residual = rng.standard_normal(7, dtype=np.float32), rng.standard_normal((2, 7, 50), dtype=np.float32)
+    params = CLIP if activation == "Clip" else ()
+    expected = bias_act_reference(y, bias, residual, activation, params)
+    torch_y = (torch.from_numpy(y) + torch.from_numpy(bias)[:, None]) + torch.from_numpy(residual)
+    torch_y = TORCH_ACTIVATIONS[activation](torch_y).numpy()
+    result = bias_act(y.copy(), bias, residual, activation, params)
+    np.testing.assert_allclose(result, expected, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(result, torch_y, rtol=1e-6, atol=1e-7)
+    y2 = y[0].copy()  # a [C, T] array is one batch item
+    np.testing.assert_allclose(bias_act(y2, bias, None, activation, params),
+                               bias_act_reference(y[0], bias, None, activation, params), rtol=1e-6, atol=1e-7)
+    with pytest.raises(GraphError, match="bias_act"):
+        bias_act(y.astype(np.float64), bias)
+
+
+# ---------------------------------------------------------------------------------------------
+# Threads
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def restore_threads():
+    before = threads.get_num_threads()
+    yield
+    threads.set_num_threads(before)
+
+
+def _quartznet_block(rng, t_in=400, channels=64):
+    """Depthwise then pointwise (+ bias, residual, Relu), large enough to take the parallel paths at 2 threads."""
+    x = rng.standard_normal((2, channels, t_in), dtype=np.float32)
+    wd = rng.standard_normal((channels, 1, 33), dtype=np.float32) / 6
+    wp = rng.standard_normal((channels, channels, 1), dtype=np.float32) / 8
+    bias = rng.standard_normal(channels, dtype=np.float32)
+
+    def run():
+        h = conv1d(x, wd, pad_left=16, pad_right=16, group=channels)
+        return conv1d(h, wp, bias, x, activation="Relu")
+
+    return run
+
+
+def test_one_and_two_threads_give_identical_results(restore_threads):
+    """Bit-identical: each Numba row is computed by one thread in one order, and BLAS stays at 1 thread."""
+    run = _quartznet_block(np.random.default_rng(6))
+    threads.set_num_threads(1)
+    one = run()
+    threads.set_num_threads(2)
+    two = run()
+    np.testing.assert_array_equal(one, two)
+    # and the two builds of each kernel directly, whatever the dispatcher decides
+    rng = np.random.default_rng(8)
+    x, w = rng.standard_normal((2, 8, 300), dtype=np.float32), rng.standard_normal((8, 33), dtype=np.float32)
+    bias, residual = rng.standard_normal(8, dtype=np.float32), rng.standard_normal((2, 8, 150), dtype=np.float32)
+    ys = [np.empty((2, 8, 150), np.float32) for _ in range(2)]
+    for build, y in zip((depthwise_rows.serial, depthwise_rows.parallel), ys):
+        build(x, w, bias, residual, y, 2, 1, 16, ACTIVATIONS["Tanh"], np.float32(0), np.float32(0))
+    np.testing.assert_array_equal(ys[0], ys[1])
+    for build, y in zip((epilogue_rows.serial, epilogue_rows.parallel), ys):
+        build(y, bias, residual, ACTIVATIONS["Sigmoid"], np.float32(0), np.float32(0))
+    np.testing.assert_array_equal(ys[0], ys[1])
+
+
+def test_concurrent_calls_from_python_threads(restore_threads):
+    """Several Python threads at 2 Numba threads: one gets the parallel pool, the others run serially."""
+    threads.set_num_threads(2)
+    run = _quartznet_block(np.random.default_rng(7))
+    expected = run()
+    results = [None] * 4
+    workers = [threading.Thread(target=lambda i=i: results.__setitem__(i, run())) for i in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    for result in results:
+        np.testing.assert_array_equal(result, expected)
+
+
+def test_set_num_threads_controls_numba_and_blas(restore_threads):
+    import numba
+
+    threads.set_num_threads(2)
+    assert threads.get_num_threads() == 2 and numba.get_num_threads() == 2
+    threads.set_num_threads(1)
+    assert threads.get_num_threads() == 1 and numba.get_num_threads() == 1
+    # this machine's numpy bundles OpenBLAS: it must be found, and kept at BLAS_THREADS by the policy
+    assert threads.blas_threads_controllable()
+    threads._set_blas_threads(2)
+    assert threads.blas_num_threads() == 2
+    threads.set_num_threads(2)
+    assert threads.blas_num_threads() == threads.BLAS_THREADS
+    threads.set_num_threads(10_000)  # capped at Numba's pool size
+    assert threads.get_num_threads() == numba.config.NUMBA_NUM_THREADS
+    for bad in (0, -1, 1.5, "2", True):
+        with pytest.raises(TinyASRError, match="threads"):
+            threads.set_num_threads(bad)
+
+
+def test_without_a_controllable_blas_threads_still_work(monkeypatch, restore_threads):
+    monkeypatch.setattr(threads, "_BLAS", [])
+    assert not threads.blas_threads_controllable()
+    assert threads.blas_num_threads() is None and threads.blas_core_name() is None
+    threads.set_num_threads(2)
+    assert threads.get_num_threads() == 2
+
+
+@pytest.mark.parametrize("value,expected", [("2", 2), ("zero", threads.DEFAULT_THREADS)])
+def test_environment_variable_read_at_import(value, expected):
+    # also: the kernels pull in no test-only library (numba itself imports scipy when present)
+    code = ("import sys, tinyasr.kernels; from tinyasr import threads; "
+            "print(threads.get_num_threads(), threads.blas_num_threads(), "
+            "[m for m in ('torch', 'onnx', 'onnxruntime', 'librosa') if m in sys.modules])")
+    env = dict(os.environ, TINYASR_NUM_THREADS=value, NUMBA_NUM_THREADS="2")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.stdout.split() == [str(expected), str(threads.BLAS_THREADS), "[]"]  # runtime deps only
+    assert ("not a positive integer" in done.stderr) == (value == "zero")
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+def test_non_finite_values_pass_through_like_torch(activation):
+    y = np.array([[[np.nan, np.inf, -np.inf, 2.0]]], np.float32)
+    params = CLIP if activation == "Clip" else ()
+    expected = TORCH_ACTIVATIONS[activation](torch.from_numpy(y)).numpy()
+    np.testing.assert_array_equal(bias_act(y.copy(), activation=activation, params=params), expected)

@@ -1,0 +1,233 @@
+"""1-D convolution over time, ONNX ``Conv`` semantics, with a fused epilogue.
+
+``conv1d`` computes ``y = act(conv(x) + bias + residual)`` and picks the fastest path for the
+shape (measured in benchmarks/bench_kernels.py):
+
+* depthwise (``group == Cin > 1``, ``Cout`` a multiple of ``Cin``): a Numba kernel, one output
+  row at a time, taps in the outer loop and time in the inner loop (contiguous; a strided input
+  row is first split into its stride phases), epilogue applied while the row is in L1;
+* everything else (pointwise 1x1, Cin=1 STFT-as-conv, grouped or dense K > 1, strided K=1):
+  im2col then BLAS ``matmul`` per batch item and group, then the Numba epilogue.  For a
+  pointwise conv im2col is a no-copy view; for a strided K=1 conv it is the subsampling.
+
+Numerics: the depthwise kernel uses ``fastmath={"contract"}`` only: fused multiply-add, but no
+reassociation, so each output is summed in tap order k = 0..K-1, and one thread computes a whole
+row: results are bit-identical at any thread count.  (Allowing reassociation would not speed up
+this loop: it vectorises over time, not over the sum.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+from numpy.lib.stride_tricks import as_strided
+
+from ..errors import GraphError
+from ._compile import serial_and_parallel
+from .epilogue import (
+    ACTIVATIONS,  # noqa: F401  (re-exported: the Conv op's activation names)
+    activate_reference,
+    activation_code,
+    as_float32,
+    bias_act,  # noqa: F401  (re-exported)
+    check_bias_residual,
+    epilogue_rows,
+    finish_row,
+)
+
+# im2col copies at most this many floats at a time (4 MB); longer inputs are done in time chunks.
+IM2COL_MAX_ELEMENTS = 1 << 20
+
+
+def output_length(T, K, stride=1, dilation=1, pad_left=0, pad_right=0) -> int:
+    """Output frames of a 1-D conv (ONNX / torch rule); 0 when the padded input is shorter than the kernel."""
+    return max(0, (T + pad_left + pad_right - dilation * (K - 1) - 1) // stride + 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Depthwise kernel
+# ---------------------------------------------------------------------------------------------
+
+
+@njit("float32[::1](float32[::1], int64)", cache=True)
+def deinterleave(x_row, stride):
+    """The ``stride`` phases of x_row one after another: x[p], x[p + stride], ... for p = 0 .. stride-1.
+
+    Phase p starts at p * (T // stride) + min(p, T % stride).  A strided conv then reads each phase
+    contiguously (vectorised loads instead of a gather).
+    """
+    t_in = x_row.shape[0]
+    out = np.empty(t_in, np.float32)
+    i = 0
+    for p in range(stride):
+        for j in range(p, t_in, stride):
+            out[i] = x_row[j]
+            i += 1
+    return out
+
+
+@serial_and_parallel(
+    "void(float32[:, :, ::1], float32[:, ::1], float32[::1], float32[:, :, ::1], float32[:, :, ::1],"
+    " int64, int64, int64, int64, float32, float32)",
+    fastmath={"contract"},
+)
+def depthwise_rows(loop):
+    """y[b, c] = act(sum_k w[c, k] * x[b, c // m, t*stride + k*dilation - pad_left] + bias + residual).
+
+    x [B, Cin, T], w [Cout, K] with Cout = m * Cin, y [B, Cout, T_out]; out-of-range taps are zero padding.
+    Taps in the outer loop, time in the inner loop, always contiguous (strided input is deinterleaved).
+    """
+
+    def kernel(x, w, bias, residual, y, stride, dilation, pad_left, act, lo, hi):
+        batch, channels_in, t_in = x.shape
+        channels_out, taps = w.shape
+        t_out = y.shape[2]
+        multiplier = channels_out // channels_in
+        has_bias = bias.shape[0] > 0
+        add_residual = residual.size > 0
+        # Per tap: the output frames [t_lo, t_hi) it reaches and where their inputs start in the
+        # deinterleaved row.  Input frame t * stride + offset is frame t + shift of phase `phase`;
+        # phases p < long_phases hold one frame more than the others.
+        short, long_phases = t_in // stride, t_in % stride
+        tap_lo, tap_hi, tap_src = np.zeros(taps, np.int64), np.zeros(taps, np.int64), np.zeros(taps, np.int64)
+        for k in range(taps):
+            offset = k * dilation - pad_left
+            shift = offset // stride
+            phase = offset - shift * stride
+            phase_len = short + (1 if phase < long_phases else 0)
+            tap_lo[k], tap_hi[k] = max(0, -shift), min(t_out, phase_len - shift)
+            tap_src[k] = phase * short + min(phase, long_phases) + tap_lo[k] + shift
+        for r in loop(batch * channels_out):
+            b = r // channels_out
+            c = r - b * channels_out
+            x_row = x[b, c // multiplier]
+            phases = x_row if stride == 1 else deinterleave(x_row, stride)
+            y_row = y[b, c]
+            y_row[:] = 0.0
+            for k in range(taps):
+                if tap_hi[k] <= tap_lo[k]:
+                    continue  # the tap falls entirely in the padding
+                # Slices read from index 0: provably >= 0, so no wraparound check blocks vectorising.
+                y_part = y_row[tap_lo[k] : tap_hi[k]]
+                x_part = phases[tap_src[k] :]
+                w_k = w[c, k]
+                for i in range(y_part.shape[0]):
+                    y_part[i] += w_k * x_part[i]
+            bias_c = bias[c] if has_bias else np.float32(0.0)
+            finish_row(y_row, bias_c, add_residual, residual[b, c] if add_residual else y_row, act, lo, hi)
+
+    return kernel
+
+
+# ---------------------------------------------------------------------------------------------
+# im2col + BLAS
+# ---------------------------------------------------------------------------------------------
+
+
+def _conv_matmul(x, weight, y, stride, dilation, pad_left, pad_right, group):
+    """y = conv(x) without epilogue, as matmuls of the weight [Cout/g, Cin/g*K] with column blocks."""
+    batch, channels_in, t_in = x.shape
+    channels_out, cin_g, taps = weight.shape
+    cout_g = channels_out // group
+    t_out = y.shape[2]
+    if pad_left or pad_right:
+        padded = np.zeros((batch, channels_in, pad_left + t_in + pad_right), np.float32)
+        padded[:, :, pad_left : pad_left + t_in] = x
+        x = padded
+    item = x.itemsize
+    # columns[b, c, k, t] = x[b, c, t * stride + k * dilation]: a view; reshape below copies it unless K == stride == 1
+    columns = as_strided(x, (batch, channels_in, taps, t_out), x.strides[:2] + (dilation * item, stride * item))
+    weight_2d = weight.reshape(channels_out, cin_g * taps)
+    chunk = t_out if taps == stride == 1 else max(1, IM2COL_MAX_ELEMENTS // (cin_g * taps))
+    for b in range(batch):
+        for g in range(group):
+            cin_slice, cout_slice = slice(g * cin_g, (g + 1) * cin_g), slice(g * cout_g, (g + 1) * cout_g)
+            for t0 in range(0, t_out, chunk):
+                t1 = min(t_out, t0 + chunk)
+                block = columns[b, cin_slice, :, t0:t1].reshape(cin_g * taps, t1 - t0)
+                np.matmul(weight_2d[cout_slice], block, out=y[b, cout_slice, t0:t1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry points
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_geometry(x, weight, stride, dilation, pad_left, pad_right, group):
+    """Validate shapes and attributes; return T_out.  Messages name the tensor or attribute at fault."""
+    if x.ndim != 3:
+        raise GraphError(f"conv1d: input X must be [batch, channels, time], got shape {x.shape}")
+    if weight.ndim != 3:
+        raise GraphError(
+            f"conv1d: weight W must be [out_channels, in_channels/group, kernel], got shape {weight.shape}"
+        )
+    for name, value, least in (("strides", stride, 1), ("dilations", dilation, 1), ("group", group, 1),
+                               ("pads[0]", pad_left, 0), ("pads[1]", pad_right, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+            raise GraphError(f"conv1d: attribute {name} must be an integer >= {least}, got {value!r}")
+    channels_in, (channels_out, cin_g, taps) = x.shape[1], weight.shape
+    if channels_in % group or channels_out % group or cin_g * group != channels_in or taps < 1:
+        raise GraphError(
+            f"conv1d: weight W of shape {weight.shape} does not fit input X with {channels_in} channels and "
+            f"group={group} (need W [Cout, Cin/group, K >= 1] with Cin and Cout divisible by group)"
+        )
+    return output_length(x.shape[2], taps, stride, dilation, pad_left, pad_right)
+
+
+def conv1d(x, weight, bias=None, residual=None, *, stride=1, dilation=1, pad_left=0, pad_right=0, group=1,
+           activation="", activation_params=(), out=None) -> np.ndarray:
+    """y = act(conv(x) + bias + residual), zero padding, ONNX Conv semantics (1-D).
+
+    x [B, Cin, T], weight [Cout, Cin/group, K], bias [Cout] or None, residual [B, Cout, T_out] or None;
+    any float dtype, converted once to C-contiguous float32.  Returns float32 [B, Cout, T_out], written into
+    ``out`` when given (float32, C-contiguous, that shape).  Raises GraphError on inconsistent shapes / attributes.
+    """
+    x, weight = as_float32(x, "input X"), as_float32(weight, "weight W")
+    t_out = _check_geometry(x, weight, stride, dilation, pad_left, pad_right, group)
+    shape = (x.shape[0], weight.shape[0], t_out)
+    act, lo, hi = activation_code(activation, activation_params)
+    bias, residual = check_bias_residual(bias, residual, shape)
+    if out is None:
+        out = np.empty(shape, np.float32)
+    elif not (isinstance(out, np.ndarray) and out.dtype == np.float32 and out.flags.c_contiguous
+              and out.shape == shape):
+        raise GraphError(f"conv1d: out must be a C-contiguous float32 array of shape {shape}")
+    elif np.may_share_memory(out, x) or np.may_share_memory(out, residual):
+        raise GraphError("conv1d: out must not overlap input X or the residual (both are read after out is written)")
+    if out.size == 0:
+        return out
+    channels_in, taps = x.shape[1], weight.shape[2]
+    if group == channels_in > 1:
+        depthwise_rows(out.size * taps, x, weight.reshape(shape[1], taps), bias, residual, out,
+                       stride, dilation, pad_left, act, lo, hi)
+    else:
+        _conv_matmul(x, weight, out, stride, dilation, pad_left, pad_right, group)
+        if bias.size or residual.size or act:
+            epilogue_rows(out.size, out, bias, residual, act, lo, hi)
+    return out
+
+
+def conv1d_reference(x, weight, bias=None, residual=None, *, stride=1, dilation=1, pad_left=0, pad_right=0, group=1,
+                     activation="", activation_params=(), out=None) -> np.ndarray:
+    """Plain numpy conv1d (same signature): zero-pad, then one strided slice and einsum per tap, in float64."""
+    x, weight = np.asarray(x, np.float64), np.asarray(weight, np.float64)
+    t_out = _check_geometry(x, weight, stride, dilation, pad_left, pad_right, group)
+    activation_code(activation, activation_params)
+    batch, channels_out, cin_g, taps = x.shape[0], weight.shape[0], weight.shape[1], weight.shape[2]
+    padded = np.pad(x, ((0, 0), (0, 0), (pad_left, pad_right))).reshape(batch, group, cin_g, -1)
+    w = weight.reshape(group, channels_out // group, cin_g, taps)
+    y = np.zeros((batch, group, channels_out // group, t_out))
+    for k in range(taps):
+        start = k * dilation
+        tap = padded[..., start : start + stride * (t_out - 1) + 1 : stride] if t_out else padded[..., :0]
+        y += np.einsum("goi,bgit->bgot", w[..., k], tap)
+    y = y.reshape(batch, channels_out, t_out)
+    if bias is not None:
+        y = y + np.asarray(bias, np.float64)[:, None]
+    if residual is not None:
+        y = y + np.asarray(residual, np.float64)
+    y = activate_reference(y, activation, activation_params).astype(np.float32)
+    if out is not None:
+        out[...] = y
+        return out
+    return y
