@@ -305,3 +305,19 @@ def test_non_finite_values_pass_through_like_torch(activation):
     params = CLIP if activation == "Clip" else ()
     expected = TORCH_ACTIVATIONS[activation](torch.from_numpy(y)).numpy()
     np.testing.assert_array_equal(bias_act(y.copy(), activation=activation, params=params), expected)
+
+
+@pytest.mark.parametrize("group, taps", [(8, 5), (1, 1), (1, 3)])
+def test_read_only_weights_run_without_copy(group, taps):
+    """Weights come from the memory-mapped model file as read-only views; every path must accept them."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 8, 40)).astype(np.float32)
+    weight = rng.standard_normal((8, 8 // group, taps)).astype(np.float32)
+    bias = rng.standard_normal(8).astype(np.float32)
+    residual = rng.standard_normal((2, 8, 40)).astype(np.float32)
+    for array in (x, weight, bias, residual):
+        array.flags.writeable = False
+    pad = taps // 2
+    got = conv1d(x, weight, bias, residual, group=group, pad_left=pad, pad_right=pad, activation="Relu")
+    want = conv1d_reference(x, weight, bias, residual, group=group, pad_left=pad, pad_right=pad, activation="Relu")
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

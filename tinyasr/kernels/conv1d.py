@@ -20,12 +20,16 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
+from numba.types import float32, int64, void
 from numpy.lib.stride_tricks import as_strided
 
 from ..errors import GraphError
 from ._compile import serial_and_parallel
 from .epilogue import (
     ACTIVATIONS,  # noqa: F401  (re-exported: the Conv op's activation names)
+    READ_1D,
+    READ_2D,
+    READ_3D,
     activate_reference,
     activation_code,
     as_float32,
@@ -49,7 +53,7 @@ def output_length(T, K, stride=1, dilation=1, pad_left=0, pad_right=0) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-@njit("float32[::1](float32[::1], int64)", cache=True)
+@njit(float32[::1](READ_1D, int64), cache=True)
 def deinterleave(x_row, stride):
     """The ``stride`` phases of x_row one after another: x[p], x[p + stride], ... for p = 0 .. stride-1.
 
@@ -67,8 +71,7 @@ def deinterleave(x_row, stride):
 
 
 @serial_and_parallel(
-    "void(float32[:, :, ::1], float32[:, ::1], float32[::1], float32[:, :, ::1], float32[:, :, ::1],"
-    " int64, int64, int64, int64, float32, float32)",
+    void(READ_3D, READ_2D, READ_1D, READ_3D, float32[:, :, ::1], int64, int64, int64, int64, float32, float32),
     fastmath={"contract"},
 )
 def depthwise_rows(loop):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
+from numba.types import Array, boolean, float32, int64, void
 
 from ..errors import GraphError
 from ._compile import serial_and_parallel
@@ -26,8 +27,14 @@ _ACT_RELU, _ACT_SIGMOID, _ACT_TANH, _ACT_CLIP = (ACTIVATIONS[name] for name in (
 NO_BIAS = np.zeros(0, np.float32)
 NO_RESIDUAL = np.zeros((0, 0, 0), np.float32)
 
+# Inputs are typed read-only so memory-mapped weights (read-only views of the model file) pass
+# without a copy; Numba converts writable arrays to these types for free.
+READ_1D = Array(float32, 1, "C", readonly=True)
+READ_2D = Array(float32, 2, "C", readonly=True)
+READ_3D = Array(float32, 3, "C", readonly=True)
 
-@njit("void(float32[::1], float32, boolean, float32[::1], int64, float32, float32)", cache=True)
+
+@njit(void(float32[::1], float32, boolean, READ_1D, int64, float32, float32), cache=True)
 def finish_row(y, bias, add_residual, residual, act, lo, hi):
     """One output row: y = act((y + bias) + residual).  Branches sit outside the loops so each loop vectorises."""
     n = y.shape[0]
@@ -52,7 +59,7 @@ def finish_row(y, bias, add_residual, residual, act, lo, hi):
             y[t] = min(max(y[t], lo), hi)
 
 
-@serial_and_parallel("void(float32[:, :, ::1], float32[::1], float32[:, :, ::1], int64, float32, float32)")
+@serial_and_parallel(void(float32[:, :, ::1], READ_1D, READ_3D, int64, float32, float32))
 def epilogue_rows(loop):
     """finish_row on every [b, c] row of y [B, C, T] (bias per channel c, residual [B, C, T] or empty)."""
 
