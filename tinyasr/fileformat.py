@@ -23,9 +23,10 @@ import numpy as np
 
 from .errors import ConversionError, GraphError, ModelFileError
 from .graph import Graph
+from .sparse import FILE_ENCODINGS
 
 MAGIC = b"TASR\r\n\x1a\n"
-VERSION = (1, 0)  # (major, minor) this module writes; it reads any 1.x
+VERSION = (1, 1)  # (major, newest minor) this module knows; it reads any 1.x, writes 1.<newest encoding used>
 BYTE_ORDER_MARK = 0x01020304
 HEADER = struct.Struct("<8sHHIQIIQQ12sI")  # see the header table in docs/format.md
 HEADER_CRC_SPAN = 60  # header_crc32 covers bytes 0..59
@@ -125,6 +126,7 @@ class Encoding:
     validate: Callable[[TensorEntry, Dict[str, np.ndarray]], None]
     decode: Callable[[TensorEntry, Dict[str, np.ndarray]], Any]
     count_nonzero: Callable[[TensorEntry, Dict[str, np.ndarray]], Optional[int]]
+    minor: int = 0  # the format minor version that introduced it; files using it declare at least 1.<minor>
 
 
 ENCODINGS: Dict[str, Encoding] = {}
@@ -154,6 +156,8 @@ def _count_nonzero_dense(entry: TensorEntry, parts: Dict[str, np.ndarray]) -> Op
 
 
 register_encoding(Encoding("dense", _validate_dense, lambda entry, parts: parts["data"], _count_nonzero_dense))
+for _name, _validate, _decode, _count, _minor in FILE_ENCODINGS:  # csr, bsr, int8 (meaning: tinyasr/sparse.py)
+    register_encoding(Encoding(_name, _validate, _decode, _count, _minor))
 
 
 # --------------------------------------------------------------------------- reading
@@ -283,7 +287,7 @@ def _parse_header(mm, path_size: int) -> Tuple[Tuple[int, int], int, int, int]:
     if zlib.crc32(head[:HEADER_CRC_SPAN]) != head_crc:
         raise _Refusal("header crc32 mismatch: the header is corrupted")
     if minor <= VERSION[1] and (flags or any(reserved)):
-        raise _Refusal("non-zero flags or reserved header bytes in a version 1.0 file: corrupted")
+        raise _Refusal(f"non-zero flags or reserved header bytes in a version 1.{minor} file: corrupted")
     if not 0 < man_len <= MAX_MANIFEST_BYTES:
         raise _Refusal(f"manifest length {man_len} is outside 1..{MAX_MANIFEST_BYTES} bytes")
     if data_offset != _align(HEADER.size + man_len):
@@ -441,6 +445,9 @@ def _load(path: str, mm: mmap.mmap, size: int, verify: bool) -> ModelFile:
         entry = _parse_entry(raw, data_length)
         if entry.name in entries:
             raise _Refusal(f"duplicate tensor name {entry.name!r}")
+        if ENCODINGS[entry.encoding].minor > version[1]:
+            raise _Refusal(f"tensor {entry.name!r}: encoding {entry.encoding!r} needs format version "
+                           f"1.{ENCODINGS[entry.encoding].minor}, but the file says 1.{version[1]}")
         entries[entry.name] = entry
     _check_layout(list(entries.values()), np.frombuffer(mm, np.uint8, data_length, data_offset))
     for entry in entries.values():
@@ -537,13 +544,16 @@ def write_model(path, manifest: Mapping[str, Any], tensors: Mapping[str, Union[n
             path, f"write_model manifest: keys {clash} are written by the writer, keys {missing} are missing"
         )
     table, blobs, data_length = _layout(path, tensors)
-    full = {"format": "tasr", "version": list(VERSION), **manifest, "tensors": table}
+    # The oldest version that has every encoding used, so readers of that version can read the file.
+    version = (VERSION[0], max((ENCODINGS[t["encoding"]].minor for t in table if t["encoding"] in ENCODINGS),
+                               default=0))
+    full = {"format": "tasr", "version": list(version), **manifest, "tensors": table}
     try:
         text = json.dumps(full, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
     except (TypeError, ValueError) as exc:
         raise ModelFileError(path, f"manifest cannot be written as JSON: {exc}") from None
     data_offset = _align(HEADER.size + len(text))
-    head = HEADER.pack(MAGIC, *VERSION, BYTE_ORDER_MARK, len(text), zlib.crc32(text), 0,
+    head = HEADER.pack(MAGIC, *version, BYTE_ORDER_MARK, len(text), zlib.crc32(text), 0,
                        data_offset, data_length, bytes(12), 0)
     head = head[:HEADER_CRC_SPAN] + struct.pack("<I", zlib.crc32(head[:HEADER_CRC_SPAN]))
 

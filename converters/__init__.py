@@ -1,0 +1,225 @@
+"""Converters: ONNX files and torch modules -> .tasr model files (the `convert` extra; needs onnx, torch for from_torch).
+
+    from converters import convert, from_torch
+    convert("model.onnx", "model.tasr", labels=[...], decoder="ctc")
+
+The pipeline is import (onnx_import.py) -> passes (passes.py) -> manifest + write (here).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+
+import tinyasr
+from tinyasr.errors import ConversionError
+from tinyasr.graph import Graph, Node, ValueInfo
+
+from .onnx_import import Imported, import_onnx, load_onnx
+from .passes import optimize
+
+__all__ = ["convert", "convert_model", "from_torch", "Conversion", "DECODER_TYPES"]
+
+DECODER_TYPES = ("ctc", "classification", "frame_classification")
+_WEIGHT_INPUTS = {"Conv": (1,), "MatMul": (0, 1), "Gemm": (0, 1)}  # inputs stored as float16 with float16=True
+_PASS_THROUGH = {"Split", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Slice", "Cast"}
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """What a conversion produced, for the CLI summary."""
+
+    path: Path
+    nodes_before: int
+    nodes_after: int
+    parameters: int
+    nbytes: int
+    float16: bool
+
+    def summary(self) -> str:
+        storage = "float16" if self.float16 else "float32"
+        return (
+            f"wrote {self.path}: {self.nodes_before} -> {self.nodes_after} nodes, "
+            f"{self.parameters:,} parameters ({storage} weights), {self.nbytes:,} bytes"
+        )
+
+
+def convert(src, out, **options) -> Path:
+    """Convert an ONNX model (path or onnx.ModelProto) to a .tasr file; returns its path.  Options: see convert_model."""
+    return convert_model(src, out, **options).path
+
+
+def convert_model(
+    src,
+    out,
+    *,
+    labels: Optional[Sequence[str]] = None,
+    blank: Optional[int] = None,
+    decoder: Union[str, Dict[str, Any], None] = None,
+    frontend: Optional[Dict[str, Any]] = None,
+    float16: bool = False,
+    input_names: Optional[Sequence[str]] = None,
+    output_names: Optional[Sequence[str]] = None,
+    source_format: str = "onnx",
+    source_name: Optional[str] = None,
+) -> Conversion:
+    """Convert and write; returns a `Conversion` with the figures the CLI prints.
+
+    labels / decoder / frontend given here win over the model's metadata_props
+    (keys "labels" (JSON list), "decoder", "frontend" (JSON objects), "blank").
+    decoder is a type name from DECODER_TYPES or a full decoder dict (docs/design.md).
+    input_names / output_names rename the graph's inputs / outputs in order.
+    float16 stores Conv / MatMul / Gemm weights as float16 (the runtime upcasts them at load); measured
+    max abs error on the NeMo exports' outputs: 3e-4 (MatchboxNet, MarbleNet logits) to 3.1e-3 (QuartzNet 15x5 log-probs).
+    """
+    from tinyasr.fileformat import to_float16, write_model
+
+    model, name, sha256 = load_onnx(src)
+    imported = import_onnx(model, source_name or name)
+    nodes_before = len(model.graph.node)
+    converted = optimize(imported)
+    converted = _renamed_io(converted, input_names, output_names)
+    meta = converted.metadata
+    labels = list(labels) if labels is not None else _meta_json(meta, "labels", list)
+    blank = blank if blank is not None else (int(meta["blank"]) if "blank" in meta else None)
+    decoder = decoder if decoder is not None else _meta_json(meta, "decoder", (dict, str))
+    frontend = frontend if frontend is not None else _meta_json(meta, "frontend", dict)
+    manifest = {
+        "graph": converted.graph.to_dict(),
+        "frontend": frontend,
+        "decoder": _decoder(converted.graph, decoder, labels, blank),
+        "provenance": {
+            "source": source_name or name,
+            "source_sha256": sha256,
+            "converter": f"tinyasr {tinyasr.__version__}",
+            "source_format": source_format,
+            "float16_weights": bool(float16),
+        },
+    }
+    tensors: Dict[str, Any] = dict(converted.tensors)
+    if float16:
+        for tname in _weight_names(converted.graph, tensors):
+            tensors[tname] = to_float16(tensors[tname], tname)
+    converted.graph.validate(tensors.keys())
+    out = Path(out)
+    write_model(out, manifest, tensors)
+    parameters = sum(int(np.asarray(t).size) for t in converted.tensors.values() if np.asarray(t).dtype.kind == "f")
+    return Conversion(out, nodes_before, len(converted.graph.nodes), parameters, os.path.getsize(out), bool(float16))
+
+
+def from_torch(module, example_inputs, out, **options) -> Path:
+    """Export a torch module with torch.onnx.export and convert it; see torch_export.from_torch."""
+    from .torch_export import from_torch as _from_torch
+
+    return _from_torch(module, example_inputs, out, **options)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _meta_json(meta: Dict[str, str], key: str, kinds):
+    if key not in meta:
+        return None
+    try:
+        value = json.loads(meta[key])
+    except json.JSONDecodeError:
+        value = meta[key]  # a bare decoder type name
+    if not isinstance(value, kinds):
+        raise ConversionError(f"model metadata {key!r} must be JSON of type {kinds}, got {meta[key][:80]!r}")
+    return value
+
+
+def _decoder(graph: Graph, decoder, labels, blank) -> Optional[Dict[str, Any]]:
+    """The manifest's decoder entry; checks the vocabulary size against the output's last dim when static."""
+    if isinstance(decoder, dict):
+        return decoder
+    if decoder is None and labels is None:
+        return None
+    output = graph.outputs[0]
+    if decoder is None:
+        decoder = "classification" if len(output.shape) == 2 else "ctc"
+    if decoder not in DECODER_TYPES:
+        raise ConversionError(f"decoder {decoder!r} is not one of {', '.join(DECODER_TYPES)}")
+    if labels is None:
+        raise ConversionError(f"decoder {decoder!r} needs labels (--labels FILE or the model's 'labels' metadata)")
+    if not all(isinstance(x, str) for x in labels):
+        raise ConversionError("labels must be a list of strings")
+    classes = output.shape[-1] if output.shape else None
+    logits = _logits_kind(graph, output.name)
+    if decoder != "ctc":
+        if isinstance(classes, int) and classes != len(labels):
+            raise ConversionError(f"{len(labels)} labels given but output {output.name!r} has {classes} classes")
+        return {"type": decoder, "output": output.name, "labels": list(labels), "logits": logits}
+    vocabulary = list(labels)
+    if blank is None:
+        blank = len(vocabulary)  # NeMo's convention: the blank is the last logit, not in the label list
+    if isinstance(classes, int) and classes not in (len(vocabulary), len(vocabulary) + 1):
+        raise ConversionError(
+            f"{len(vocabulary)} labels given but CTC output {output.name!r} has {classes} classes "
+            "(expected the labels plus one blank)"
+        )
+    if isinstance(classes, int) and not 0 <= blank < classes:
+        raise ConversionError(f"blank index {blank} is outside the {classes} classes of output {output.name!r}")
+    if any(x.startswith("\u2581") or x.startswith("##") for x in vocabulary):
+        kind = "subword"
+    elif all(len(x) <= 1 for x in vocabulary):
+        kind = "chars"
+    else:
+        kind = "words"
+    return {"type": "ctc", "output": output.name, "blank": int(blank), "vocabulary": vocabulary,
+            "vocabulary_type": kind, "logits": logits}
+
+
+def _logits_kind(graph: Graph, name: str) -> str:
+    """"log_probs" / "probs" / "logits": what the op that (through pure reshaping ops) produced `name` computes."""
+    producers = {o: n for n in graph.nodes for o in n.outputs}
+    node = producers.get(name)
+    while node is not None and node.op in _PASS_THROUGH:
+        node = producers.get(node.inputs[0])
+    if node is not None and node.op == "LogSoftmax":
+        return "log_probs"
+    if node is not None and node.op == "Softmax":
+        return "probs"
+    return "logits"
+
+
+def _weight_names(graph: Graph, tensors) -> List[str]:
+    """Stored float32 tensors that are the weight operand of Conv / MatMul / Gemm (what float16 storage halves)."""
+    names = []
+    for node in graph.nodes:
+        for i in _WEIGHT_INPUTS.get(node.op, ()):
+            name = node.inputs[i] if len(node.inputs) > i else ""
+            t = tensors.get(name)
+            if isinstance(t, np.ndarray) and t.dtype == np.float32 and t.ndim >= 2 and name not in names:
+                names.append(name)
+    return names
+
+
+def _renamed_io(model: Imported, input_names, output_names) -> Imported:
+    """Rename graph inputs / outputs (in order) everywhere they appear."""
+    rename: Dict[str, str] = {}
+    for given, values, what in ((input_names, model.graph.inputs, "inputs"), (output_names, model.graph.outputs, "outputs")):
+        if given is None:
+            continue
+        if len(given) != len(values):
+            raise ConversionError(f"{len(given)} {what[:-1]} names given for the model's {len(values)} {what}: "
+                                  f"{[v.name for v in values]}")
+        rename.update({v.name: n for v, n in zip(values, given) if v.name != n})
+    if not rename:
+        return model
+    clash = set(rename.values()) & set(model.tensors)
+    if clash:
+        raise ConversionError(f"new input/output names {sorted(clash)} are already names of stored tensors")
+
+    def value(v: ValueInfo) -> ValueInfo:
+        return replace(v, name=rename.get(v.name, v.name))
+
+    nodes = [Node(n.name, n.op, tuple(rename.get(x, x) for x in n.inputs), tuple(rename.get(x, x) for x in n.outputs), n.attrs)
+             for n in model.graph.nodes]
+    graph = Graph([value(v) for v in model.graph.inputs], [value(v) for v in model.graph.outputs], nodes)
+    return Imported(graph, model.tensors, model.shapes, model.dtypes, model.metadata)

@@ -1,0 +1,93 @@
+"""`tinyasr convert SRC -o OUT.tasr [options]`: arguments and the command body (tinyasr/cli.py wires it in)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import List
+
+import onnx  # noqa: F401  -- importing this module fails with ModuleNotFoundError('onnx') without the convert extra
+
+from tinyasr.errors import ConversionError
+
+from . import DECODER_TYPES, convert_model
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", metavar="SRC", help="the source model (.onnx, or a NeMo .nemo archive)")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT.tasr", help="the .tasr file to write")
+    parser.add_argument("--labels", metavar="FILE", help="labels / vocabulary: a JSON list, or one label per line")
+    parser.add_argument("--blank", type=int, metavar="INDEX", help="CTC blank index (default: last, after the labels)")
+    parser.add_argument("--decoder", choices=DECODER_TYPES, help="how to read the output (default: from the model's "
+                        "metadata, else classification for [batch, classes] outputs and ctc otherwise)")
+    parser.add_argument("--frontend-json", metavar="FILE", help="front-end settings (a JSON object) for the manifest")
+    parser.add_argument("--float16", action="store_true", help="store Conv / MatMul / Gemm weights as float16 (half size)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Convert, print a one-line summary, return 0.  Problems raise TinyASRError subclasses."""
+    source = Path(args.source)
+    suffix = source.suffix.lower()
+    if suffix == ".nemo":
+        return _run_nemo(source, args)
+    if suffix != ".onnx":
+        raise ConversionError(f"{source}: 'tinyasr convert' reads .onnx and .nemo files "
+                              "(torch modules: converters.from_torch in Python)")
+    result = convert_model(
+        source,
+        args.output,
+        labels=read_labels(args.labels) if args.labels else None,
+        blank=args.blank,
+        decoder=args.decoder,
+        frontend=_read_json_object(args.frontend_json) if args.frontend_json else None,
+        float16=args.float16,
+    )
+    print(result.summary())
+    return 0
+
+
+def _run_nemo(source: Path, args: argparse.Namespace) -> int:
+    """A .nemo archive carries its own labels, decoder and front end (converters/nemo.py)."""
+    from .nemo import convert_nemo
+
+    given = [flag for flag, value in (("--labels", args.labels), ("--blank", args.blank), ("--decoder", args.decoder),
+                                      ("--frontend-json", args.frontend_json)) if value is not None]
+    if given:
+        raise ConversionError(f"{source}: {', '.join(given)} cannot be used with a .nemo source, "
+                              "which carries its own labels, decoder and front end")
+    path = Path(convert_nemo(source, args.output, float16=args.float16))
+    print(f"wrote {path}: {path.stat().st_size:,} bytes")
+    return 0
+
+
+def read_labels(path) -> List[str]:
+    """Labels from a file: a JSON list of strings, or one label per line (a line may be a single space)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConversionError(f"{path}: cannot read the labels file: {exc}") from None
+    if text.lstrip().startswith("["):
+        try:
+            labels = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConversionError(f"{path}: labels file looks like JSON but does not parse: {exc}") from None
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+            raise ConversionError(f"{path}: a JSON labels file must hold a list of strings")
+        return labels
+    labels = text.split("\n")
+    if labels and labels[-1] == "":
+        labels.pop()
+    if not labels:
+        raise ConversionError(f"{path}: the labels file is empty")
+    return [line.rstrip("\r") for line in labels]
+
+
+def _read_json_object(path) -> dict:
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConversionError(f"{path}: cannot read the front-end JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ConversionError(f"{path}: the front-end JSON must be an object")
+    return value

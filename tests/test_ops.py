@@ -1,0 +1,513 @@
+"""Every op against onnxruntime running the same op as a one-node ONNX model (the independent reference)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import onnxruntime as ort
+import pytest
+from onnx import helper, numpy_helper
+
+from tinyasr.errors import GraphError
+from tinyasr.ops import SUPPORTED_OPS, OpContext, lookup, run_op
+from tinyasr.sparse import BSRMatrix, CSRMatrix, bsr_arrays, csr_arrays
+
+RNG = np.random.default_rng(1234)
+INT64_MAX = np.iinfo(np.int64).max
+INT64_MIN = np.iinfo(np.int64).min
+
+
+def f32(*shape, low=-3.0, high=3.0):
+    return RNG.uniform(low, high, shape).astype(np.float32)
+
+
+def i64(*values):
+    return np.array(values, dtype=np.int64)
+
+
+def ort_outputs(nodes, inputs, output_dtypes, opset):
+    """Run ONNX ``nodes`` over graph inputs in0, in1, ... (None = omitted) with onnxruntime."""
+    graph_inputs = [
+        helper.make_tensor_value_info(f"in{i}", helper.np_dtype_to_tensor_dtype(x.dtype), x.shape)
+        for i, x in enumerate(inputs) if x is not None
+    ]
+    graph_outputs = [
+        helper.make_tensor_value_info(f"out{i}", helper.np_dtype_to_tensor_dtype(dtype), None)
+        for i, dtype in enumerate(output_dtypes)
+    ]
+    graph = helper.make_graph(nodes, "one_op", graph_inputs, graph_outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = {f"in{i}": x for i, x in enumerate(inputs) if x is not None}
+    return session.run(None, feeds)
+
+
+def check_against_ort(op, inputs, attrs=None, *, onnx_attrs=None, opset=17, num_outputs=1, rtol=1e-5, atol=1e-6):
+    """Run ``op`` in tinyasr and in onnxruntime; compare dtypes, shapes and values."""
+    attrs = attrs or {}
+    ours = run_op(op, inputs, attrs, num_outputs=num_outputs)[:num_outputs]
+    assert len(ours) == num_outputs
+    names = [f"in{i}" if x is not None else "" for i, x in enumerate(inputs)]
+    node = helper.make_node(op, names, [f"out{i}" for i in range(num_outputs)],
+                            **(attrs if onnx_attrs is None else onnx_attrs))
+    theirs = ort_outputs([node], inputs, [o.dtype for o in ours], opset)
+    for mine, ref in zip(ours, theirs):
+        assert isinstance(mine, np.ndarray), type(mine)
+        assert mine.dtype == ref.dtype, (mine.dtype, ref.dtype)
+        assert mine.shape == ref.shape, (mine.shape, ref.shape)
+        if mine.dtype.kind == "f":
+            np.testing.assert_allclose(mine, ref, rtol=rtol, atol=atol)
+        else:
+            np.testing.assert_array_equal(mine, ref)
+
+
+# ----------------------------------------------------------------------------- elementwise
+
+UNARY_CASES = [
+    ("Relu", f32(2, 3, 5)),
+    ("Sigmoid", np.array([-100.0, -20.0, -1.0, 0.0, 1.5, 30.0, 100.0], np.float32)),
+    ("Tanh", f32(2, 3, 5)),
+    ("Softplus", np.array([-50.0, -2.0, 0.0, 0.5, 3.0, 40.0], np.float32)),
+    ("Erf", f32(3, 7)),
+    ("Sqrt", f32(4, 5, low=0.0)),
+    ("Exp", f32(4, 5)),
+    ("Log", f32(4, 5, low=0.01)),
+    ("Neg", f32(4, 5)),
+    ("Neg", i64(-3, 0, 7)),
+    ("Abs", f32(4, 5)),
+    ("Abs", i64(-3, 0, 7)),
+    ("Reciprocal", f32(4, 5, low=0.5)),
+    ("Floor", f32(4, 5)),
+    ("Ceil", f32(4, 5)),
+    ("Round", np.array([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 0.3], np.float32)),
+    ("Not", np.array([[True, False], [False, False]])),
+    ("Identity", f32(2, 3)),
+]
+
+
+@pytest.mark.parametrize("op,x", UNARY_CASES, ids=[c[0] for c in UNARY_CASES])
+def test_unary(op, x):
+    check_against_ort(op, [x])
+
+
+def test_leaky_relu():
+    check_against_ort("LeakyRelu", [f32(3, 4)], {"alpha": 0.2})
+    check_against_ort("LeakyRelu", [f32(3, 4)])
+
+
+def test_clip_bounds_as_inputs_attributes_and_one_sided():
+    x = f32(2, 3, 4)
+    check_against_ort("Clip", [x, np.array(-1.0, np.float32), np.array(0.5, np.float32)])
+    check_against_ort("Clip", [x, np.array(-1.0, np.float32), None])
+    check_against_ort("Clip", [x, None, np.array(0.5, np.float32)])
+    check_against_ort("Clip", [x])
+    check_against_ort("Clip", [i64(-5, 0, 3, 9), i64(-1).reshape(()), i64(4).reshape(())])
+    check_against_ort("Clip", [x], {"min": -0.5, "max": 2.0}, opset=6)
+
+
+def test_dropout_is_identity_with_a_true_mask():
+    check_against_ort("Dropout", [f32(2, 5)], num_outputs=2)
+    check_against_ort("Dropout", [f32(2, 5)])
+
+
+BINARY_SHAPES = [((2, 3, 4), (2, 3, 4)), ((2, 3, 4), (4,)), ((2, 1, 4), (3, 1)), ((), (3, 2)), ((5,), ())]
+
+
+@pytest.mark.parametrize("op", ["Add", "Sub", "Mul", "Div"])
+@pytest.mark.parametrize("shapes", BINARY_SHAPES, ids=str)
+def test_arithmetic_float_broadcasting(op, shapes):
+    a, b = f32(*shapes[0]), f32(*shapes[1], low=0.5)
+    check_against_ort(op, [a, b])
+
+
+@pytest.mark.parametrize("op", ["Add", "Sub", "Mul", "Div"])
+def test_arithmetic_int64_stays_int64(op):
+    a = i64(-7, -6, -1, 0, 5, 7, 9, 100).reshape(2, 4)
+    b = i64(2, -3, 4, -5)
+    check_against_ort(op, [a, b])
+
+
+def test_pow():
+    check_against_ort("Pow", [f32(3, 4, low=0.1), f32(4)])
+    check_against_ort("Pow", [f32(3, 4), np.array(2.0, np.float32)])
+    check_against_ort("Pow", [f32(3, 4), np.array(3, np.int64)])
+    check_against_ort("Pow", [i64(2, 3, -4), i64(3, 2, 1)])
+
+
+@pytest.mark.parametrize("op", ["Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Equal"])
+def test_comparisons(op):
+    a = np.round(f32(2, 3, 4)).astype(np.float32)
+    check_against_ort(op, [a, np.round(f32(4))])
+    check_against_ort(op, [i64(1, 2, 3, 4).reshape(4, 1), i64(2, 3)])
+
+
+@pytest.mark.parametrize("op", ["And", "Or", "Xor"])
+def test_logic(op):
+    check_against_ort(op, [RNG.random((3, 4)) > 0.5, RNG.random((4,)) > 0.5])
+
+
+def test_where_broadcasts():
+    check_against_ort("Where", [RNG.random((2, 1, 4)) > 0.5, f32(3, 4), f32(2, 3, 1)])
+    check_against_ort("Where", [RNG.random((5,)) > 0.5, i64(1, 2, 3, 4, 5), i64(0).reshape(())])
+
+
+@pytest.mark.parametrize("op", ["Max", "Min"])
+def test_variadic_max_min(op):
+    check_against_ort(op, [f32(2, 3), f32(3), f32(1, 1)])
+    check_against_ort(op, [f32(4)])
+    check_against_ort(op, [np.array(1.0, np.float32), np.array(2.0, np.float32)])
+
+
+def test_binary_ops_refuse_mixed_dtypes():
+    with pytest.raises(GraphError, match="Add: inputs must have one element type"):
+        run_op("Add", [f32(3), i64(1, 2, 3)], {})
+
+
+# ----------------------------------------------------------------------------- reductions
+
+@pytest.mark.parametrize("op", ["ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd"])
+@pytest.mark.parametrize("attrs", [{"axes": [1]}, {"axes": [-1, 0], "keepdims": 0}, {}, {"keepdims": 0}])
+def test_reductions_axes_attribute(op, attrs):
+    check_against_ort(op, [f32(2, 3, 4, low=0.5, high=1.5)], attrs)
+
+
+@pytest.mark.parametrize("op", ["ReduceMean", "ReduceSum", "ReduceMax"])
+def test_reductions_axes_input(op):
+    x = f32(2, 3, 4)
+    check_against_ort(op, [x, i64(-1)], opset=18)
+    check_against_ort(op, [x, i64(0, 2)], {"keepdims": 0}, opset=18)
+    check_against_ort(op, [x, None], {"noop_with_empty_axes": 1}, opset=18)
+    check_against_ort(op, [x], opset=18)
+
+
+def test_reduce_sum_opset13_and_int64():
+    check_against_ort("ReduceSum", [f32(3, 5), i64(1)], opset=13)
+    check_against_ort("ReduceSum", [i64(1, 2, 3, 4).reshape(2, 2), i64(0)], {"keepdims": 0}, opset=13)
+
+
+@pytest.mark.parametrize("op", ["ArgMax", "ArgMin"])
+def test_arg_reductions(op):
+    ties = i64(1, 3, 3, 0, 0, 1).reshape(2, 3)
+    for attrs in ({}, {"axis": -1, "keepdims": 0}, {"axis": 1, "select_last_index": 1}):
+        check_against_ort(op, [ties], attrs)
+        check_against_ort(op, [f32(3, 4, 5)], attrs)
+    check_against_ort(op, [f32(6)], {"keepdims": 0})
+
+
+# ----------------------------------------------------------------------------- nn
+
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
+@pytest.mark.parametrize("axis", [-1, 0, 1])
+def test_softmax(op, axis):
+    check_against_ort(op, [f32(2, 3, 5, low=-30, high=30)], {"axis": axis})
+
+
+def test_softmax_default_axis():
+    check_against_ort("Softmax", [f32(2, 7)])
+    check_against_ort("LogSoftmax", [f32(2, 7)])
+
+
+@pytest.mark.parametrize("op", ["GlobalAveragePool", "GlobalMaxPool"])
+def test_global_pool(op):
+    check_against_ort(op, [f32(2, 3, 5)])
+    check_against_ort(op, [f32(1, 4, 3, 2)])
+
+
+@pytest.mark.parametrize("shapes", [((2, 3, 4), (4, 5)), ((3, 4), (2, 4, 5)), ((4,), (4, 5)),
+                                    ((3, 4), (4,)), ((2, 1, 3, 4), (5, 4, 2)), ((4,), (4,))], ids=str)
+def test_matmul(shapes):
+    check_against_ort("MatMul", [f32(*shapes[0]), f32(*shapes[1])], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("attrs", [{}, {"transA": 1}, {"transB": 1, "alpha": 0.5},
+                                   {"transA": 1, "transB": 1, "beta": 2.0}])
+@pytest.mark.parametrize("c_shape", [None, (5,), (1,), (3, 5), (3, 1)])
+def test_gemm(attrs, c_shape):
+    a = f32(4, 3) if attrs.get("transA") else f32(3, 4)
+    b = f32(5, 4) if attrs.get("transB") else f32(4, 5)
+    inputs = [a, b] + ([] if c_shape is None else [f32(*c_shape)])
+    check_against_ort("Gemm", inputs, attrs, atol=1e-5)
+
+
+@pytest.mark.parametrize("axis", [-1, 1])
+def test_layer_normalization(axis):
+    x = f32(2, 3, 6)
+    scale_shape = x.shape[axis:]
+    check_against_ort("LayerNormalization", [x, f32(*scale_shape), f32(*scale_shape)], {"axis": axis}, atol=1e-5)
+    check_against_ort("LayerNormalization", [x, f32(*scale_shape)], {"axis": axis, "epsilon": 1e-3},
+                      num_outputs=3, atol=1e-5)
+
+
+def test_batch_normalization():
+    x = f32(2, 4, 6)
+    stats = [f32(4), f32(4), f32(4), f32(4, low=0.1)]
+    check_against_ort("BatchNormalization", [x] + stats, {"epsilon": 1e-3}, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- conv
+
+CONV_CASES = [
+    ((2, 4, 11), (6, 4, 3), {"pads": [1, 1]}),
+    ((1, 4, 16), (4, 1, 5), {"group": 4, "pads": [2, 2]}),  # depthwise
+    ((2, 6, 20), (4, 3, 3), {"group": 2, "strides": [2], "dilations": [2], "pads": [2, 1]}),
+    ((1, 3, 9), (5, 3, 1), {}),  # pointwise
+    ((1, 3, 10), (2, 3, 4), {"auto_pad": "SAME_UPPER", "strides": [3]}),
+    ((1, 3, 10), (2, 3, 4), {"auto_pad": "SAME_LOWER"}),
+    ((1, 3, 10), (2, 3, 4), {"auto_pad": "VALID", "kernel_shape": [4]}),
+]
+
+
+@pytest.mark.parametrize("x_shape,w_shape,attrs", CONV_CASES, ids=[str(c[2]) for c in CONV_CASES])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_conv(x_shape, w_shape, attrs, with_bias):
+    inputs = [f32(*x_shape), f32(*w_shape)] + ([f32(w_shape[0])] if with_bias else [])
+    check_against_ort("Conv", inputs, attrs, atol=1e-5)
+
+
+@pytest.mark.parametrize("activation,params", [("", ()), ("Relu", ()), ("Sigmoid", ()), ("Tanh", ()),
+                                               ("Clip", (-0.5, 1.0))])
+def test_conv_fused_residual_and_activation(activation, params):
+    """tinyasr's extended Conv equals ONNX Conv -> Add(Z) -> activation."""
+    x, w, b, z = f32(2, 4, 12), f32(6, 2, 3), f32(6), f32(2, 6, 12)
+    attrs = {"group": 2, "pads": [1, 1], "activation": activation, "activation_params": list(params)}
+    ours = run_op("Conv", [x, w, b, z], attrs)[0]
+    nodes = [helper.make_node("Conv", ["in0", "in1", "in2"], ["conv"], group=2, pads=[1, 1]),
+             helper.make_node("Add", ["conv", "in3"], ["out0" if not activation else "sum"])]
+    if activation == "Clip":
+        nodes.append(helper.make_node("Clip", ["sum", "lo", "hi"], ["out0"]))
+        nodes[1:1] = [helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.float32(v)))
+                      for name, v in zip(("lo", "hi"), params)]
+    elif activation:
+        nodes.append(helper.make_node(activation, ["sum"], ["out0"]))
+    ref = ort_outputs(nodes, [x, w, b, z], [np.dtype(np.float32)], 17)[0]
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+def sparse_weight(shape, kind):
+    """A weight with about 70 % zeros: dense (for onnxruntime) and encoded as CSR or BSR 4x1."""
+    weight = f32(*shape)
+    weight[RNG.random(shape) < 0.7] = 0
+    matrix = weight.reshape(shape[0], -1)
+    if kind == "csr":
+        return weight, CSRMatrix(*csr_arrays(matrix), shape)
+    return weight, BSRMatrix(*bsr_arrays(matrix, (4, 1)), shape, (4, 1))
+
+
+@pytest.mark.parametrize("kind", ["csr", "bsr"])
+@pytest.mark.parametrize("w_shape,attrs", [((8, 6, 1), {}), ((8, 6, 1), {"strides": [2]}),
+                                           ((8, 6, 3), {"pads": [1, 1]})], ids=str)
+def test_conv_with_encoded_weights(kind, w_shape, attrs):
+    """Pointwise convs run the sparse kernels, other geometries the decoded weight; both equal dense ONNX."""
+    dense_weight, encoded = sparse_weight(w_shape, kind)
+    x, bias = f32(2, 6, 20), f32(8)
+    ours = run_op("Conv", [x, encoded, bias], attrs)[0]
+    node = helper.make_node("Conv", ["in0", "in1", "in2"], ["out0"], **attrs)
+    ref = ort_outputs([node], [x, dense_weight, bias], [np.dtype(np.float32)], 17)[0]
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_matmul_and_gemm_decode_encoded_weights():
+    a = f32(5, 6)
+    dense_weight, encoded = sparse_weight((6, 8), "csr")
+    np.testing.assert_allclose(run_op("MatMul", [a, encoded], {})[0], a @ dense_weight, rtol=1e-5, atol=1e-6)
+    dense_weight, encoded = sparse_weight((8, 6), "bsr")
+    np.testing.assert_allclose(run_op("Gemm", [a, encoded], {"transB": 1})[0], a @ dense_weight.T, rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_conv_errors_name_the_problem():
+    with pytest.raises(GraphError, match="only 1-D convolution"):
+        run_op("Conv", [f32(1, 2, 4, 4), f32(3, 2, 3, 3)], {})
+    with pytest.raises(GraphError, match="does not fit input X with 4 channels"):
+        run_op("Conv", [f32(1, 4, 8), f32(3, 2, 3)], {})
+    with pytest.raises(GraphError, match="too short"):
+        run_op("Conv", [f32(1, 2, 2), f32(3, 2, 5)], {})
+    with pytest.raises(GraphError, match="unknown activation 'Gelu'"):
+        run_op("Conv", [f32(1, 2, 8), f32(3, 2, 3)], {"activation": "Gelu"})
+    with pytest.raises(GraphError, match="residual has shape"):
+        run_op("Conv", [f32(1, 2, 8), f32(3, 2, 3), f32(3), f32(1, 3, 8)], {})
+
+
+# ----------------------------------------------------------------------------- shape and data movement
+
+def test_shape_and_size():
+    x = f32(2, 3, 4, 5)
+    check_against_ort("Shape", [x])
+    for attrs in ({"start": 1}, {"start": 1, "end": -1}, {"start": -2}, {"end": 10}, {"start": -10, "end": 2}):
+        check_against_ort("Shape", [x], attrs, opset=15)
+    check_against_ort("Size", [x])
+
+
+@pytest.mark.parametrize("shape", [(0, -1), (4, 0, 2), (-1,), (2, 3, 2, 2), (0, 0, 4)], ids=str)
+def test_reshape(shape):
+    check_against_ort("Reshape", [f32(2, 3, 4), i64(*shape)])
+
+
+def test_reshape_allowzero_and_errors():
+    check_against_ort("Reshape", [f32(0, 4), i64(4, 0)], {"allowzero": 1}, opset=14)
+    with pytest.raises(GraphError, match=r"cannot reshape a tensor of shape \(2, 3\) to \[4, -1\]"):
+        run_op("Reshape", [f32(2, 3), i64(4, -1)], {})
+
+
+def test_flatten():
+    for axis in (0, 1, 2, -1, 3):
+        check_against_ort("Flatten", [f32(2, 3, 4)], {"axis": axis})
+
+
+def test_transpose():
+    check_against_ort("Transpose", [f32(2, 3, 4)], {"perm": [0, 2, 1]})
+    check_against_ort("Transpose", [f32(2, 3, 4)])
+
+
+def test_squeeze_unsqueeze():
+    x = f32(1, 3, 1, 4)
+    check_against_ort("Squeeze", [x, i64(-2)])
+    check_against_ort("Squeeze", [x, i64(0, 2)])
+    check_against_ort("Squeeze", [x])
+    check_against_ort("Squeeze", [x], {"axes": [0]}, opset=11)
+    check_against_ort("Unsqueeze", [f32(3, 4), i64(0, -1)])
+    check_against_ort("Unsqueeze", [f32(3, 4), i64(1, 3)])
+    check_against_ort("Unsqueeze", [np.array(2.0, np.float32), i64(0)])
+    check_against_ort("Unsqueeze", [f32(3, 4)], {"axes": [-1]}, opset=11)
+    with pytest.raises(GraphError, match="Squeeze: axis 1"):
+        run_op("Squeeze", [x, i64(1)], {})
+
+
+def test_concat():
+    check_against_ort("Concat", [f32(2, 3, 4), f32(2, 1, 4), f32(2, 0, 4)], {"axis": 1})
+    check_against_ort("Concat", [i64(1, 2), i64(3)], {"axis": -1})
+    with pytest.raises(GraphError, match="do not match"):
+        run_op("Concat", [f32(2, 3), f32(3, 3)], {"axis": 1})
+
+
+def test_split():
+    x = f32(2, 6, 3)
+    check_against_ort("Split", [x, i64(1, 2, 3)], {"axis": 1}, num_outputs=3)
+    check_against_ort("Split", [x], {"axis": -2}, num_outputs=2)
+    check_against_ort("Split", [f32(7, 2)], {"num_outputs": 3}, opset=18, num_outputs=3)
+    check_against_ort("Split", [x], {"axis": 1, "split": [4, 2]}, opset=11, num_outputs=2)
+
+
+SLICE_CASES = [
+    (i64(1), i64(3), None, None),
+    (i64(0, 1), i64(INT64_MAX, -1), i64(0, 2), None),
+    (i64(-1), i64(INT64_MIN), i64(1), i64(-1)),  # full reverse
+    (i64(10), i64(-100), i64(-1), i64(-2)),  # clamped start, negative step
+    (i64(-3, 0), i64(-1, 100), i64(-1, 0), i64(1, 2)),
+    (i64(2), i64(1), i64(1), None),  # empty
+    (i64(-100), i64(100), i64(2), i64(3)),
+]
+
+
+@pytest.mark.parametrize("starts,ends,axes,steps", SLICE_CASES)
+def test_slice(starts, ends, axes, steps):
+    check_against_ort("Slice", [f32(4, 5, 6), starts, ends, axes, steps])
+
+
+def test_gather():
+    data = f32(3, 4, 5)
+    check_against_ort("Gather", [data, i64(0, -1, 2)], {"axis": 1})
+    check_against_ort("Gather", [data, i64(2, 0, -3, 1).reshape(2, 2)], {"axis": -1})
+    check_against_ort("Gather", [i64(7, 8, 9), np.array(-1, np.int64)])
+    check_against_ort("Gather", [data, np.array([1, 0], np.int32)])
+    with pytest.raises(GraphError, match="Gather: indices outside"):
+        run_op("Gather", [data, i64(3)], {})
+
+
+def test_expand_tile():
+    check_against_ort("Expand", [f32(3, 1), i64(2, 1, 6)])
+    check_against_ort("Expand", [f32(2, 3), i64(3)])
+    check_against_ort("Tile", [f32(2, 3), i64(2, 1)])
+
+
+def test_range():
+    check_against_ort("Range", [np.array(1, np.int64), np.array(10, np.int64), np.array(3, np.int64)])
+    check_against_ort("Range", [np.array(5, np.int64), np.array(-2, np.int64), np.array(-2, np.int64)])
+    check_against_ort("Range", [np.array(0.5, np.float32), np.array(2.0, np.float32), np.array(0.25, np.float32)])
+    check_against_ort("Range", [np.array(3, np.int64), np.array(1, np.int64), np.array(1, np.int64)])
+
+
+def test_constant_of_shape():
+    shape = i64(2, 3)
+    check_against_ort("ConstantOfShape", [shape])
+    for value, tensor in ((1.5, np.array([1.5], np.float32)), (7, np.array([7], np.int64)),
+                          ({"dtype": "int32", "value": -2}, np.array([-2], np.int32)),
+                          (True, np.array([True]))):
+        check_against_ort("ConstantOfShape", [shape], {"value": value},
+                          onnx_attrs={"value": numpy_helper.from_array(tensor)})
+
+
+@pytest.mark.parametrize("to,x", [(7, f32(3, 4)), (6, np.array([-2.7, -0.5, 0.5, 2.7], np.float32)),
+                                  (1, i64(-3, 5)), (9, np.array([0.0, -1.5, 2.0], np.float32)),
+                                  (1, np.array([True, False])), (11, f32(3)), (10, f32(3)), (1, f32(2))])
+def test_cast(to, x):
+    check_against_ort("Cast", [x], {"to": to})
+
+
+def test_pad():
+    x = f32(2, 3, 5)
+    check_against_ort("Pad", [x, i64(0, 1, 2, 0, 0, 3)])
+    check_against_ort("Pad", [x, i64(0, 0, 2, 0, 0, 1), np.array(-7.0, np.float32)])
+    check_against_ort("Pad", [x, i64(0, 0, -1, 0, 1, 2)])
+    for mode in ("reflect", "edge", "wrap"):
+        check_against_ort("Pad", [x, i64(0, 0, 2, 0, 1, 3)], {"mode": mode}, opset=19)
+    check_against_ort("Pad", [x, i64(1, 2), None, i64(-1)], opset=18)
+    check_against_ort("Pad", [i64(1, 2, 3).reshape(1, 3), i64(0, 1, 0, 0)])
+
+
+# ----------------------------------------------------------------------------- registry
+
+def test_unknown_op_lists_the_supported_ones():
+    with pytest.raises(GraphError) as info:
+        run_op("FancyAttention", [f32(2)], {})
+    assert "'FancyAttention' is not supported" in str(info.value)
+    assert "Conv" in str(info.value) and "LogSoftmax" in str(info.value)
+
+
+def test_supported_ops_is_sorted_and_covers_the_speech_models():
+    assert SUPPORTED_OPS == sorted(SUPPORTED_OPS)
+    assert {"Conv", "Relu", "Add", "LogSoftmax", "Transpose", "Where", "LayerNormalization"} <= set(SUPPORTED_OPS)
+
+
+def test_ops_do_not_write_into_their_inputs():
+    x = f32(2, 3)
+    x.setflags(write=False)
+    for op in ("Relu", "Sigmoid", "Softmax", "LogSoftmax", "Tanh"):
+        run_op(op, [x], {})
+    run_op("Add", [x, x], {})
+
+
+class DonatingContext(OpContext):
+    """Hands an op the first listed donor input of the right shape and dtype, as the runtime may."""
+
+    def __init__(self, inputs):
+        super().__init__()
+        self.inputs = inputs
+
+    def output(self, shape, dtype=np.float32, donors=()):
+        for i in donors:
+            x = self.inputs[i]
+            if x is not None and x.shape == tuple(shape) and x.dtype == np.dtype(dtype):
+                return x
+        return np.empty(shape, dtype)
+
+
+DONATION_CASES = [
+    ("Relu", [f32(3, 4)], {}), ("LeakyRelu", [f32(3, 4)], {}), ("Sigmoid", [f32(3, 4)], {}),
+    ("Tanh", [f32(3, 4)], {}), ("Softplus", [f32(3, 4)], {}), ("Erf", [f32(3, 4)], {}),
+    ("Clip", [f32(3, 4), np.array(-1, np.float32), None], {}), ("Sub", [f32(3, 4), f32(4)], {}),
+    ("Sub", [f32(4), f32(3, 4)], {}), ("Div", [f32(3, 4), f32(3, 4)], {}), ("Pow", [f32(3, 4, low=0.1), f32(3, 4)], {}),
+    ("Where", [RNG.random((3, 4)) > 0.5, f32(3, 4), f32(3, 4)], {}), ("Softmax", [f32(3, 4)], {"axis": 0}),
+    ("LogSoftmax", [f32(3, 4)], {}), ("LayerNormalization", [f32(3, 4), f32(4), f32(4)], {}),
+    ("BatchNormalization", [f32(2, 3, 4), f32(3), f32(3), f32(3), f32(3, low=0.1)], {}),
+]
+
+
+@pytest.mark.parametrize("op,inputs,attrs", DONATION_CASES, ids=[c[0] for c in DONATION_CASES])
+def test_ops_give_the_same_result_when_writing_over_a_donated_input(op, inputs, attrs):
+    expected = run_op(op, inputs, attrs)[0]
+    donated = [None if x is None else x.copy() for x in inputs]
+    got = lookup(op)(DonatingContext(donated), donated, attrs)[0]
+    assert any(got is x for x in donated)  # the op did accept the donation
+    np.testing.assert_array_equal(got, expected)

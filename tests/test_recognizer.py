@@ -1,0 +1,306 @@
+"""Recognizer end to end: a QuartzNet-like torch model -> ONNX -> .tasr, checked against onnxruntime.
+
+Both paths use the same features (tinyasr.frontend), so any difference is in
+the runtime, the Recognizer's plumbing or the decoding.  The reference decoding
+here is written independently (itertools.groupby on the argmax).
+"""
+
+import itertools
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+from tinyasr.errors import InputError, ModelFileError, TinyASRError
+from tinyasr.frontend import FrontendConfig, compute_features
+
+torch = pytest.importorskip("torch")
+ort = pytest.importorskip("onnxruntime")
+converters = pytest.importorskip("converters")
+from tinyasr.recognizer import Recognizer  # noqa: E402  (after the skips: needs the runtime)
+
+AUDIO = Path("/work/shared/audio")
+CLIPS = [AUDIO / "pocketsphinx_goforward.wav", AUDIO / "pocketsphinx_cards_001.wav"]
+CLIP_8K = AUDIO / "fsdd" / "recordings" / "3_jackson_0.wav"
+CLIP_44K_STEREO = AUDIO / "jfk_openai_whisper.flac"
+pytestmark = pytest.mark.skipif(not all(p.exists() for p in CLIPS), reason="shared audio not available")
+
+LABELS = [" "] + [chr(c) for c in range(ord("a"), ord("z") + 1)] + ["'"]  # NeMo's English chars; blank last
+BLANK = len(LABELS)
+FRONTEND = FrontendConfig()  # NeMo QuartzNet: 64 log-mel, hop 10 ms, pad_to 16
+STRIDE = 2
+KEYWORDS = ["yes", "no", "up", "down", "left"]
+VAD_LABELS = ["background", "speech"]
+VAD_FRAME_SECONDS = 0.01  # the stride-160 framing conv at 16 kHz
+
+
+class TinyQuartzNet(torch.nn.Module):
+    """Prolog (stride 2), one separable residual block, dilated epilog, 1x1 CTC head, log-softmax."""
+
+    def __init__(self, features=64, channels=48, classes=BLANK + 1):
+        super().__init__()
+        self.prolog = torch.nn.Conv1d(features, channels, 11, stride=STRIDE, padding=5)
+        self.depthwise = torch.nn.Conv1d(channels, channels, 13, padding=6, groups=channels)
+        self.pointwise = torch.nn.Conv1d(channels, channels, 1)
+        self.norm = torch.nn.BatchNorm1d(channels)
+        self.epilog = torch.nn.Conv1d(channels, channels, 29, dilation=2, padding=28, groups=channels)
+        self.head = torch.nn.Conv1d(channels, classes, 1)
+
+    def forward(self, audio_signal):
+        x = torch.relu(self.prolog(audio_signal))
+        x = torch.relu(self.norm(self.pointwise(self.depthwise(x))) + x)
+        x = torch.relu(self.epilog(x))
+        return torch.log_softmax(self.head(x).transpose(1, 2), dim=-1)
+
+
+class TinyKeywordNet(torch.nn.Module):
+    """Separable conv, global average pool, linear: raw logits [B, classes] as NeMo's MatchboxNet exports."""
+
+    def __init__(self, features=64, channels=32, classes=len(KEYWORDS)):
+        super().__init__()
+        self.conv = torch.nn.Conv1d(features, channels, 5, padding=2)
+        self.linear = torch.nn.Linear(channels, classes)
+
+    def forward(self, audio_signal):
+        return self.linear(torch.relu(self.conv(audio_signal)).mean(dim=2))
+
+
+class TinyFrameVad(torch.nn.Module):
+    """int16 audio in (front end inside the graph, like the MarbleNet frame VAD), per-frame logits out."""
+
+    def __init__(self, channels=16):
+        super().__init__()
+        self.frames = torch.nn.Conv1d(1, channels, 400, stride=160)
+        self.head = torch.nn.Conv1d(channels, len(VAD_LABELS), 1)
+
+    def forward(self, audio):
+        x = audio.to(torch.float32).unsqueeze(1) / 32768.0
+        return self.head(torch.relu(self.frames(x))).transpose(1, 2)
+
+
+def _export(module, path, output):
+    module.eval()
+    example = torch.randn(1, 64, 112)
+    torch.onnx.export(module, (example,), str(path), input_names=["audio_signal"], output_names=[output],
+                      dynamic_axes={"audio_signal": {0: "B", 2: "T"}}, opset_version=17, dynamo=False)
+
+
+def build_models(folder):
+    """Write ctc.onnx / ctc.tasr (chars CTC) and kws.onnx / kws.tasr (keyword classifier) into ``folder``."""
+    torch.manual_seed(0)
+    ctc = TinyQuartzNet()
+    with torch.no_grad():  # peaky outputs (argmax margins > 1e-3) with some blanks, like a trained CTC net
+        ctc.head.weight *= 20
+        ctc.head.bias *= 20
+        ctc.head.bias[BLANK] += 5
+    _export(ctc, folder / "ctc.onnx", "logprobs")
+    converters.convert(folder / "ctc.onnx", folder / "ctc.tasr", labels=LABELS, decoder="ctc",
+                       frontend=FRONTEND.to_dict())
+    _export(TinyKeywordNet(), folder / "kws.onnx", "logits")
+    converters.convert(folder / "kws.onnx", folder / "kws.tasr", labels=KEYWORDS, decoder="classification",
+                       frontend=FRONTEND.to_dict())
+    vad = TinyFrameVad()
+    with torch.no_grad():
+        vad.head.weight *= 50  # clear per-frame decisions
+    torch.onnx.export(vad.eval(), (torch.zeros(1, 16000, dtype=torch.int16),), str(folder / "vad.onnx"),
+                      input_names=["audio"], output_names=["frame_logits"],
+                      dynamic_axes={"audio": {1: "N"}, "frame_logits": {1: "T"}}, opset_version=17, dynamo=False)
+    decoder = {"type": "frame_classification", "output": "frame_logits", "labels": VAD_LABELS, "logits": "logits",
+               "sample_rate": 16000, "frame_seconds": VAD_FRAME_SECONDS}
+    converters.convert(folder / "vad.onnx", folder / "vad.tasr", decoder=decoder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return build_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def recognizer(models):
+    return Recognizer(models / "ctc.tasr")
+
+
+def _ort_outputs(onnx_path, samples_16k):
+    features, valid = compute_features(samples_16k, FRONTEND)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {"audio_signal": features[np.newaxis]})
+    return out[0], valid, features.shape[1]
+
+
+def reference_transcript(onnx_path, samples_16k):
+    """(text, [(label id, first frame, last frame)]) by greedy-decoding onnxruntime's log-probs."""
+    log_probs, valid, _ = _ort_outputs(onnx_path, samples_16k)
+    valid_out = -(-valid // STRIDE)  # the prolog's stride-2 conv maps L frames to ceil(L / 2)
+    runs, frame = [], 0
+    for label, group in itertools.groupby(np.argmax(log_probs[:valid_out], axis=1).tolist()):
+        length = len(list(group))
+        if label != BLANK:
+            runs.append((label, frame, frame + length - 1))
+        frame += length
+    return " ".join("".join(LABELS[i] for i, _, _ in runs).split()), runs
+
+
+def _read_16k(path):
+    samples, rate = soundfile.read(str(path), dtype="float32")
+    assert rate == 16000
+    return samples
+
+
+@pytest.mark.parametrize("clip", CLIPS, ids=lambda p: p.name)
+def test_transcript_equals_onnxruntime_greedy(recognizer, models, clip):
+    result = recognizer.transcribe(clip)
+    samples = _read_16k(clip)
+    text, runs = reference_transcript(models / "ctc.onnx", samples)
+    assert len(text) >= 5, "the test model should emit several characters"
+    assert result.text == text
+    assert [t.id for t in result.tokens] == [label for label, _, _ in runs]
+    seconds_per_frame = FRONTEND.hop_length / FRONTEND.sample_rate * STRIDE
+    duration = len(samples) / 16000
+    assert result.duration == pytest.approx(duration)
+    for token, (_, first, last) in zip(result.tokens, runs):
+        assert token.start == pytest.approx(first * seconds_per_frame)
+        assert token.end == pytest.approx(min((last + 1) * seconds_per_frame, duration))
+        assert 0 < token.confidence <= 1
+    assert [w.text for w in result.words] == text.split()
+
+
+NEMO_QUARTZNET = Path("/work/shared/models/nemo-random/quartznet_5x5")
+
+
+@pytest.mark.skipif(not NEMO_QUARTZNET.exists(), reason="shared NeMo exports not available")
+def test_nemo_quartznet_export_transcribes_like_onnxruntime(tmp_path):
+    """NeMo's own export (blank last, 'logprobs' output, pad_to 16) with its own preprocessor settings."""
+    config = json.loads((NEMO_QUARTZNET / "model_config.json").read_text())
+    frontend = FrontendConfig.from_nemo(config["preprocessor_config_as_in_model_cfg"])
+    converters.convert(NEMO_QUARTZNET / "model.onnx", tmp_path / "qn.tasr", labels=config["labels"], decoder="ctc",
+                       frontend=frontend.to_dict())
+    clip = CLIPS[1]  # its argmax margins under ORT are all > 2e-3, so float rounding cannot flip a frame
+    features, valid = compute_features(_read_16k(clip), frontend)
+    session = ort.InferenceSession(str(NEMO_QUARTZNET / "model.onnx"), providers=["CPUExecutionProvider"])
+    (log_probs,) = session.run(None, {"audio_signal": features[np.newaxis]})
+    best = log_probs[0, : -(-valid // 2)].argmax(axis=1)  # QuartzNet's stride-2 prolog
+    blank = len(config["labels"])
+    expected = [int(k) for k, _ in itertools.groupby(best.tolist()) if k != blank]
+    result = Recognizer(tmp_path / "qn.tasr").transcribe(clip)
+    assert [t.id for t in result.tokens] == expected
+    assert result.text == " ".join("".join(config["labels"][i] for i in expected).split())
+
+
+def test_array_input_needs_and_uses_its_sample_rate(recognizer):
+    pcm, rate = soundfile.read(str(CLIPS[0]), dtype="int16")
+    from_file = recognizer.transcribe(CLIPS[0])
+    assert recognizer.transcribe(pcm, sample_rate=rate) == from_file
+    with pytest.raises(InputError, match="sample_rate"):
+        recognizer.transcribe(pcm)
+
+
+@pytest.mark.parametrize("clip, up, down", [(CLIP_8K, 2, 1), (CLIP_44K_STEREO, 160, 441)], ids=["8k", "44k1-stereo"])
+def test_other_rates_are_resampled(recognizer, models, clip, up, down):
+    signal = pytest.importorskip("scipy.signal")
+    if not clip.exists():
+        pytest.skip(f"{clip} not available")
+    samples, _ = soundfile.read(str(clip), dtype="float32", always_2d=True)
+    resampled = signal.resample_poly(samples.mean(axis=1), up, down).astype(np.float32)
+    text, _ = reference_transcript(models / "ctc.onnx", resampled)
+    assert recognizer.transcribe(clip).text == text
+    assert recognizer.transcribe(samples, sample_rate=16000 * down // up).text == text
+
+
+def test_one_recognizer_shared_by_threads(recognizer):
+    alone = [recognizer.transcribe(clip) for clip in CLIPS]
+    results, errors = {}, []
+
+    def work(index):
+        try:
+            results[index] = [recognizer.transcribe(CLIPS[index]) for _ in range(3)]
+        except Exception as exc:  # noqa: BLE001  (reported by the main thread)
+            errors.append(exc)
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(len(CLIPS))]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert not errors
+    for index, expected in enumerate(alone):
+        assert results[index] == [expected] * 3
+
+
+def test_classify_matches_onnxruntime_softmax(models):
+    keywords = Recognizer(models / "kws.tasr")
+    result = keywords.classify(CLIPS[1], top_k=3)
+    logits, _, _ = _ort_outputs(models / "kws.onnx", _read_16k(CLIPS[1]))
+    probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    order = np.argsort(probs)[::-1][:3]
+    assert [label for label, _ in result.labels] == [KEYWORDS[i] for i in order]
+    assert [p for _, p in result.labels] == pytest.approx(probs[order].tolist(), abs=1e-4)
+
+
+def test_frame_classification_of_an_audio_input_model(models):
+    pcm, _ = soundfile.read(str(CLIPS[0]), dtype="int16")
+    result = Recognizer(models / "vad.tasr").classify_frames(CLIPS[0])
+    session = ort.InferenceSession(str(models / "vad.onnx"), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {"audio": pcm[np.newaxis]})
+    expected = np.exp(logits[0]) / np.exp(logits[0]).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(result.probabilities, expected, atol=1e-4)
+    winners = expected.argmax(axis=1)
+    changes = [0, *np.flatnonzero(np.diff(winners)) + 1, len(winners)]
+    duration = len(pcm) / 16000
+    assert len(changes) > 3, "the test model should switch labels"
+    assert [(s.label, s.start, s.end) for s in result.segments] == [
+        (VAD_LABELS[winners[a]], pytest.approx(a * VAD_FRAME_SECONDS),
+         pytest.approx(min(b * VAD_FRAME_SECONDS, duration)))
+        for a, b in zip(changes[:-1], changes[1:])
+    ]
+
+
+def test_calls_that_do_not_fit_the_model_say_so(models, recognizer):
+    with pytest.raises(InputError, match=r"transcribe\(\).*'classification'.*use classify\(\)"):
+        Recognizer(models / "kws.tasr").transcribe(CLIPS[0])
+    with pytest.raises(InputError, match=r"classify\(\).*'ctc'.*use transcribe\(\)"):
+        recognizer.classify(CLIPS[0])
+
+
+def test_incomplete_decoder_entry_is_refused_at_load(models, tmp_path):
+    converters.convert(models / "ctc.onnx", tmp_path / "bad.tasr", decoder={"type": "ctc", "output": "logprobs"},
+                       frontend=FRONTEND.to_dict())
+    with pytest.raises(ModelFileError, match=r"bad.tasr.*lacks 'blank', 'vocabulary'"):
+        Recognizer(tmp_path / "bad.tasr")
+
+
+def test_bad_audio_is_a_clear_error(recognizer, tmp_path):
+    not_audio = tmp_path / "notes.wav"
+    not_audio.write_text("not a wave file")
+    with pytest.raises(TinyASRError, match="notes.wav"):
+        recognizer.transcribe(not_audio)
+    with pytest.raises(TinyASRError, match="missing.wav"):
+        recognizer.transcribe(tmp_path / "missing.wav")
+
+
+def test_models_are_found_by_name_in_the_cache(models, tmp_path, monkeypatch):
+    (tmp_path / "models").mkdir()
+    shutil.copy(models / "ctc.tasr", tmp_path / "models" / "letters.tasr")
+    monkeypatch.setenv("TINYASR_HOME", str(tmp_path))
+    assert Recognizer("letters").transcribe(CLIPS[0]).text == Recognizer(models / "ctc.tasr").transcribe(CLIPS[0]).text
+    with pytest.raises(ModelFileError, match=r"no-such-model.*tried .*no-such-model\.tasr"):
+        Recognizer("no-such-model")
+    with pytest.raises(ModelFileError, match="nowhere/x.tasr"):
+        Recognizer(tmp_path / "nowhere" / "x.tasr")
+
+
+def test_bundled_model_is_the_default(tmp_path, monkeypatch):
+    monkeypatch.setenv("TINYASR_HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    bundled = Path(__file__).resolve().parents[1] / "tinyasr" / "models" / "digits.tasr"
+    if not bundled.exists():  # until the digits model is trained: the error lists where it looked
+        with pytest.raises(ModelFileError, match=r"digits.*tinyasr/models/digits\.tasr"):
+            Recognizer()
+        return
+    recognizer = Recognizer()
+    assert recognizer.path == bundled
+    assert isinstance(recognizer.transcribe(AUDIO / "fsdd" / "recordings" / "7_theo_0.wav").text, str)

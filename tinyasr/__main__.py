@@ -1,0 +1,7 @@
+"""``python -m tinyasr`` is the ``tinyasr`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,210 @@
+"""The ``tinyasr`` command: transcribe, classify, info; convert and download (the ``convert`` extra).
+
+A batch never stops at a bad file: each failure goes to stderr and the rest
+still run; the exit code then says something failed.  Every TinyASRError is
+shown as its message alone; any other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from typing import List, Optional
+
+from . import __version__
+from .errors import TinyASRError
+
+EXIT_OK = 0
+EXIT_INPUT_FAILED = 1
+EXIT_USAGE = 2  # argparse's own code
+EXIT_MODEL = 3
+
+EPILOG = """\
+exit codes:
+  0  every input succeeded
+  1  some input failed (each failure is reported on stderr; the others still ran)
+  2  usage error
+  3  the model could not be loaded
+
+output:
+  text  one file: the bare result; several files: one "PATH: result" line each
+  json  JSON Lines: one object per file, {"path": ..., result fields} or {"path": ..., "error": message}
+"""
+
+MODEL_HELP = "a .tasr file, or the name of a bundled or downloaded model"
+
+
+def _error(message: str) -> None:
+    print(f"tinyasr: {message}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------
+# transcribe / classify
+
+
+def _load_recognizer(args):
+    from .recognizer import Recognizer
+
+    try:
+        return Recognizer(args.model, num_threads=args.threads)
+    except TinyASRError as exc:
+        _error(str(exc))
+        return None
+
+
+def _format_classification(result) -> str:
+    from .decoding import FrameClassification
+
+    if isinstance(result, FrameClassification):
+        return ", ".join(f"{s.start:.2f}-{s.end:.2f} {s.label}" for s in result.segments)
+    return ", ".join(f"{label} {p:.3f}" for label, p in result.labels)
+
+
+def _run_batch(paths: List[str], analyse, to_text, output_format: str) -> int:
+    """Apply ``analyse`` to each path, print each result as it comes, and report failures."""
+    failed = 0
+    for path in paths:
+        try:
+            result = analyse(path)
+        except TinyASRError as exc:
+            failed += 1
+            message = str(exc)
+            _error(message if path in message else f"{path}: {message}")
+            if output_format == "json":
+                print(json.dumps({"path": path, "error": message}), flush=True)
+            continue
+        if output_format == "json":
+            print(json.dumps({"path": path, **result.to_dict()}), flush=True)
+        elif len(paths) == 1:
+            print(to_text(result), flush=True)
+        else:
+            print(f"{path}: {to_text(result)}", flush=True)
+    return EXIT_INPUT_FAILED if failed else EXIT_OK
+
+
+def _transcribe(args) -> int:
+    recognizer = _load_recognizer(args)
+    if recognizer is None:
+        return EXIT_MODEL
+    return _run_batch(args.audio, recognizer.transcribe, lambda r: r.text, args.format)
+
+
+def _classify(args) -> int:
+    recognizer = _load_recognizer(args)
+    if recognizer is None:
+        return EXIT_MODEL
+    if recognizer.decoder and recognizer.decoder.get("type") == "frame_classification":
+        analyse = recognizer.classify_frames
+    else:
+        def analyse(path):
+            return recognizer.classify(path, top_k=args.top_k)
+    return _run_batch(args.audio, analyse, _format_classification, args.format)
+
+
+# ---------------------------------------------------------------------------
+# convert / download / info
+
+
+# commands that live in converters/ (the ``convert`` extra): name -> (module, description)
+CONVERTER_COMMANDS = {
+    "convert": ("converters.cli", "Convert a source model (ONNX) to a .tasr file"),
+    "download": ("converters.download", "Fetch a public model, convert it once and keep it in the model cache"),
+}
+EXTRA_PACKAGES = ("onnx", "yaml", "torch")  # what the convert extra brings
+
+
+def _run_converter_command(command: str, argv: List[str]) -> int:
+    """Parse ``argv`` with the converter module's own arguments and run it, imported only now."""
+    module_name, description = CONVERTER_COMMANDS[command]
+    try:
+        module = importlib.import_module(module_name)
+        parser = argparse.ArgumentParser(prog=f"tinyasr {command}", description=description + ".")
+        module.add_arguments(parser)
+        return module.run(parser.parse_args(argv))
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in EXTRA_PACKAGES:
+            raise
+        _error(f"'tinyasr {command}' needs the converter extra ({exc.name} is missing): "
+               "pip install 'tinyasr[convert]'")
+    except TinyASRError as exc:
+        _error(str(exc))
+    return EXIT_INPUT_FAILED
+
+
+def _info(args) -> int:
+    from .info import format_summary, summarize
+    from .recognizer import resolve_model_path
+
+    try:
+        summary = summarize(resolve_model_path(args.model))
+    except TinyASRError as exc:
+        _error(str(exc))
+        return EXIT_MODEL
+    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------
+# the parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tinyasr",
+        description="On-device speech recognition with .tasr models.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"tinyasr {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add_batch_command(name: str, help_text: str, model_required: bool):
+        command = commands.add_parser(
+            name, help=help_text, description=help_text, epilog=EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        command.add_argument("audio", nargs="+", metavar="AUDIO", help="audio files (any format soundfile reads)")
+        command.add_argument(
+            "-m", "--model", required=model_required, help=MODEL_HELP + ("" if model_required else " (default: digits)")
+        )
+        command.add_argument("--format", choices=("text", "json"), default="text")
+        command.add_argument("--threads", type=_positive_int, metavar="N",
+                             help="compute threads (default: $TINYASR_NUM_THREADS, else 1)")
+        return command
+
+    add_batch_command("transcribe", "Transcribe speech to text.", model_required=False)
+    classify = add_batch_command("classify", "Label audio clips (keywords, VAD).", model_required=True)
+    classify.add_argument("--top-k", type=_positive_int, default=5, help="labels to show per clip (default: 5)")
+
+    for name, (_, description) in CONVERTER_COMMANDS.items():
+        commands.add_parser(name, add_help=False,
+                            help=f"{description} (needs tinyasr[convert]; 'tinyasr {name} -h' for options).")
+
+    info = commands.add_parser("info", help="Describe a .tasr model.", description="Describe a .tasr model.")
+    info.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    info.add_argument("--json", action="store_true", help="print the summary as JSON")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the command line; returns the exit code (see EPILOG)."""
+    parser = build_parser()
+    try:
+        args, rest = parser.parse_known_args(argv)
+        if args.command in CONVERTER_COMMANDS:
+            return _run_converter_command(args.command, rest)
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    except SystemExit as exc:  # argparse: --help, --version and usage errors
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    handlers = {"transcribe": _transcribe, "classify": _classify, "info": _info}
+    return handlers[args.command](args)

@@ -1,0 +1,109 @@
+"""What is inside a .tasr file, per layer: for `tinyasr info` and for people choosing a model.
+
+Sizes, encodings and sparsity come from ``fileformat.describe`` (per tensor); this
+module groups them by the node that reads them and adds the graph's interface,
+the frontend, the decoder's vocabulary and the provenance.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Dict, List, Optional
+
+from .fileformat import describe, read_model
+
+VOCABULARY_PREVIEW = 12  # entries of a vocabulary or label list shown in the summary
+
+
+def _layer(node, rows: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """One node's stored tensors, added up.  Sparsity counts only tensors whose encoding defines it."""
+    measured = [r for r in rows if r["sparsity"] is not None]
+    measured_parameters = sum(r["parameters"] for r in measured)
+    zeros = sum(r["sparsity"] * r["parameters"] for r in measured)
+    return {
+        "name": node.name,
+        "op": node.op,
+        "tensors": [r["name"] for r in rows],
+        "encodings": sorted({f"{r['encoding']}/{r['dtype']}" for r in rows}),
+        "parameters": sum(r["parameters"] for r in rows),
+        "bytes": sum(r["bytes"] for r in rows),
+        "sparsity": zeros / measured_parameters if measured_parameters else None,
+    }
+
+
+def _decoder_summary(decoder: Optional[dict]) -> Optional[Dict[str, Any]]:
+    if not decoder:
+        return None
+    summary = {k: v for k, v in decoder.items() if k not in ("vocabulary", "labels")}
+    for key in ("vocabulary", "labels"):
+        if key in decoder:
+            summary[f"{key}_size"] = len(decoder[key])
+            summary[f"{key}_preview"] = list(decoder[key][:VOCABULARY_PREVIEW])
+    return summary
+
+
+def summarize(path) -> Dict[str, Any]:
+    """A JSON-ready description of the model in ``path``: interface, layers, totals, frontend, decoder, provenance."""
+    with read_model(path) as model_file:
+        described = describe(model_file)
+        rows = {row["name"]: row for row in described["tensors"]}
+        graph = model_file.graph
+        layers = [_layer(node, [rows[n] for n in dict.fromkeys(node.inputs) if n in rows]) for node in graph.nodes]
+        manifest = model_file.manifest
+        return {
+            "path": described["path"],
+            "format_version": described["version"],
+            "inputs": [v.to_dict() for v in graph.inputs],
+            "outputs": [v.to_dict() for v in graph.outputs],
+            "layers": layers,
+            "ops": dict(sorted(Counter(node.op for node in graph.nodes).items())),
+            "total": {"parameters": described["parameters"], "bytes": described["tensor_bytes"],
+                      "tensors": described["tensor_count"], "nodes": len(graph.nodes)},
+            "frontend": manifest.get("frontend"),
+            "decoder": _decoder_summary(manifest.get("decoder")),
+            "provenance": manifest.get("provenance"),
+        }
+
+
+def _size(n_bytes: int) -> str:
+    for unit, scale in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.1f} {unit}"
+    return f"{n_bytes} B"
+
+
+def _value(v: Dict[str, Any]) -> str:
+    return f"{v['name']} {v['dtype']} [{', '.join(map(str, v['shape']))}]"
+
+
+def format_summary(summary: Dict[str, Any]) -> str:
+    """The summary as a readable text table."""
+    total = summary["total"]
+    lines = [f"model      {summary['path']} (tasr {summary['format_version']})"]
+    if summary["provenance"]:
+        lines.append("provenance " + ", ".join(f"{k}={v}" for k, v in summary["provenance"].items()))
+    lines.append("inputs     " + "; ".join(_value(v) for v in summary["inputs"]))
+    lines.append("outputs    " + "; ".join(_value(v) for v in summary["outputs"]))
+    frontend = summary["frontend"]
+    lines.append("frontend   " + (", ".join(f"{k}={v}" for k, v in frontend.items()) if frontend else "none"))
+    decoder = summary["decoder"]
+    if decoder:
+        key = "vocabulary" if "vocabulary_size" in decoder else "labels"
+        details = ", ".join(f"{k}={v}" for k, v in decoder.items() if k not in (f"{key}_size", f"{key}_preview"))
+        preview = ", ".join(repr(t) for t in decoder.get(f"{key}_preview", []))
+        more = " ..." if decoder.get(f"{key}_size", 0) > VOCABULARY_PREVIEW else ""
+        lines.append(f"decoder    {details}; {decoder.get(f'{key}_size', 0)} {key}: {preview}{more}")
+    else:
+        lines.append("decoder    none")
+    lines.append("")
+    header = f"{'#':>4}  {'layer':<28} {'op':<18} {'params':>10} {'size':>10}  {'sparsity':>8}  encodings"
+    lines += [header, "-" * len(header)]
+    for i, layer in enumerate(summary["layers"]):
+        sparsity = "" if layer["sparsity"] is None else f"{100 * layer['sparsity']:.1f}%"
+        size = _size(layer["bytes"]) if layer["bytes"] else ""
+        lines.append(f"{i:>4}  {layer['name'][:28]:<28} {layer['op'][:18]:<18} {layer['parameters']:>10,} "
+                     f"{size:>10}  {sparsity:>8}  {', '.join(layer['encodings'])}".rstrip())
+    lines.append("-" * len(header))
+    lines.append(f"total: {total['parameters']:,} parameters, {_size(total['bytes'])} in {total['tensors']} tensors, "
+                 f"{total['nodes']} nodes; ops: " + ", ".join(f"{op} x{n}" for op, n in summary["ops"].items()))
+    return "\n".join(lines)

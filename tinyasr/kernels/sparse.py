@@ -1,0 +1,258 @@
+"""Sparse weight x activations: 1x1 convs and linear layers whose weight is CSR or BSR.
+
+``y[b] = act(W @ x[b] + bias + residual)`` with W [Cout, Cin] sparse and x [B, Cin, T] dense, the Conv
+op's semantics (see conv1d.py).  What makes sparsity pay (docs: /work/shared/research/kernels.md):
+
+* time is the inner, contiguous, vectorised loop: each non-zero (column c, value v) of an output row
+  adds ``v * x[b, c, t0:t0+64]`` to the row's tile of 64 frames;
+* the tile is accumulated in a stack buffer (``stack_buffer``): LLVM knows a stack slot aliases no
+  argument, so it keeps the tile in vector registers across the non-zeros instead of loading and storing
+  y for each one (Numba cannot mark array arguments noalias).  Full tiles have a constant width so the
+  time loop unrolls into registers; the last, shorter tile takes the same code with a runtime width;
+* BSR blocks of 4k x 1 (4 output rows share a column): 4 rows are accumulated at once (16 registers),
+  one x load serves 4 multiply-adds, one index load 4 weights;
+* work items are (batch, tile, row or 4-row strip), tile-major: the x tile (64 frames x Cin) stays in L2
+  while all rows use it, and the epilogue runs on each row tile while it is in L1.
+
+Summation order differs from BLAS (CSR adds products in pairs), so results match a dense matmul to
+float32 rounding, not bitwise.  ``fastmath={"contract"}`` only (fused multiply-add, no reassociation).
+"""
+
+from __future__ import annotations
+
+import llvmlite.ir as llvm_ir
+import numpy as np
+from numba import carray, njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from ..errors import GraphError
+from ..sparse import BSRMatrix, CSRMatrix, as_dense
+from ._compile import serial_and_parallel
+from .conv1d import conv1d
+from .epilogue import ACTIVATIONS, activation_code, as_float32, bias_act, bias_act_reference, check_bias_residual
+
+TILE = 64  # frames per tile: 4 AVX-512 registers per row
+RELU, CLIP = ACTIVATIONS["Relu"], ACTIVATIONS["Clip"]  # applied in the kernels; others after them
+STRIP = 4 * TILE  # a BSR strip: 4 rows of a tile (16 registers); a named constant, as stack_buffer needs a literal
+
+
+@intrinsic
+def stack_buffer(typingctx, size):
+    """A float32 pointer to ``size`` (a literal) floats on the stack of the calling function (one per thread
+    in a parallel loop body): scratch that LLVM can keep in registers."""
+    if not isinstance(size, types.IntegerLiteral):
+        return None
+    count = size.literal_value
+
+    def codegen(context, builder, signature, args):
+        slot = cgutils.alloca_once(builder, llvm_ir.ArrayType(llvm_ir.FloatType(), count))
+        return builder.bitcast(slot, llvm_ir.PointerType(llvm_ir.FloatType()))
+
+    return types.CPointer(types.float32)(size), codegen
+
+
+def _signature():
+    """(x, values, indices, indptr, bias, residual, y, act, lo, hi).  Inputs are typed read-only (weights are
+    views of the read-only memory map; writable arrays are accepted too).  uint16 column indices only, so the
+    kernel compiles once per build (matrices over 65535 columns store int32 indices and run dense)."""
+    readonly = [types.Array(dtype, ndim, "C", readonly=True) for dtype, ndim in (
+        (types.float32, 3), (types.float32, 3), (types.uint16, 1), (types.int32, 1), (types.float32, 1),
+        (types.float32, 3))]
+    return types.void(*readonly, types.Array(types.float32, 3, "C"), types.int64, types.float32, types.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernels
+# ---------------------------------------------------------------------------------------------
+
+
+@njit(inline="always", fastmath={"contract"})
+def _csr_row_tile(acc, x, values, indices, indptr, row, t0, n):
+    """acc[:n] = sum over the non-zeros j of ``row`` of values[j, 0, 0] * x[indices[j], t0:t0+n], four per pass."""
+    j, end = indptr[row], indptr[row + 1]
+    for t in range(n):
+        acc[t] = 0.0
+    while j + 4 <= end:
+        v0, v1, v2, v3 = values[j, 0, 0], values[j + 1, 0, 0], values[j + 2, 0, 0], values[j + 3, 0, 0]
+        x0, x1 = x[np.int64(indices[j]), t0:t0 + n], x[np.int64(indices[j + 1]), t0:t0 + n]
+        x2, x3 = x[np.int64(indices[j + 2]), t0:t0 + n], x[np.int64(indices[j + 3]), t0:t0 + n]
+        for t in range(n):
+            acc[t] += (v0 * x0[t] + v1 * x1[t]) + (v2 * x2[t] + v3 * x3[t])
+        j += 4
+    while j < end:
+        v0, x0 = values[j, 0, 0], x[np.int64(indices[j]), t0:t0 + n]
+        for t in range(n):
+            acc[t] += v0 * x0[t]
+        j += 1
+
+
+@njit(inline="always", fastmath={"contract"})
+def _bsr_strip_tile(acc, x, values, indices, indptr, strip, t0, n):
+    """acc[k*n:(k+1)*n] = sum over the blocks j of the strip's block row of values[j, i+k, 0] * x[indices[j], t0:t0+n]
+    for the strip's 4 rows k (i: the strip's first row inside its block of br = values.shape[1] rows)."""
+    strips_per_block = values.shape[1] // 4
+    block_row, i = strip // strips_per_block, (strip % strips_per_block) * 4
+    j, end = indptr[block_row], indptr[block_row + 1]
+    for t in range(4 * n):
+        acc[t] = 0.0
+    a0, a1, a2, a3 = acc[0:n], acc[n:2 * n], acc[2 * n:3 * n], acc[3 * n:4 * n]
+    while j < end:
+        xj = x[np.int64(indices[j]), t0:t0 + n]
+        w0, w1, w2, w3 = values[j, i, 0], values[j, i + 1, 0], values[j, i + 2, 0], values[j, i + 3, 0]
+        for t in range(n):
+            p = xj[t]
+            a0[t] += w0 * p
+            a1[t] += w1 * p
+            a2[t] += w2 * p
+            a3[t] += w3 * p
+        j += 1
+
+
+def _rows_kernel(rows_per_group: int):
+    """The kernel factory for CSR (``rows_per_group`` 1) and BSR (4: a strip of 4 rows of a br x 1 block row).
+
+    ``rows_per_group`` is a closure constant, so each kernel is compiled with only its own path (one kernel
+    branching on the encoding at run time ran CSR 1.3x slower) and the two stay apart in Numba's cache.
+    Work items are (batch, tile, row group), tile-major.  The epilogue y = act((acc + bias) + residual) is
+    applied while copying out of the accumulator, written out here: moving it into a helper or calling the
+    epilogue's finish_row (any call, even one never taken, e.g. a libm exp) made the kernel 1.2-2x slower.
+    So only "" / Relu / Clip are applied here; spmm applies Sigmoid / Tanh in a second pass.
+    """
+
+    def make(loop):
+        def kernel(x, values, indices, indptr, bias, residual, y, act, lo, hi):
+            batch, frames = x.shape[0], x.shape[2]
+            groups = y.shape[1] // rows_per_group
+            tiles = (frames + TILE - 1) // TILE
+            has_bias, add_residual = bias.shape[0] > 0, residual.size > 0
+            for item in loop(batch * tiles * groups):
+                acc = carray(stack_buffer(STRIP), (STRIP,))
+                group = item % groups
+                b = item // (groups * tiles)
+                t0 = (item // groups - b * tiles) * TILE
+                n = min(TILE, frames - t0)
+                if rows_per_group == 1:
+                    if n == TILE:  # constant width: the tile lives in registers
+                        _csr_row_tile(acc, x[b], values, indices, indptr, group, t0, TILE)
+                    else:
+                        _csr_row_tile(acc, x[b], values, indices, indptr, group, t0, n)
+                elif n == TILE:
+                    _bsr_strip_tile(acc, x[b], values, indices, indptr, group, t0, TILE)
+                else:
+                    _bsr_strip_tile(acc, x[b], values, indices, indptr, group, t0, n)
+                for k in range(rows_per_group):
+                    r = group * rows_per_group + k
+                    y_row = y[b, r, t0:t0 + n]
+                    bias_r = bias[r] if has_bias else np.float32(0.0)
+                    if add_residual:
+                        residual_row = residual[b, r, t0:t0 + n]
+                        for t in range(n):
+                            y_row[t] = (acc[k * n + t] + bias_r) + residual_row[t]
+                    else:
+                        for t in range(n):
+                            y_row[t] = acc[k * n + t] + bias_r
+                    if act == RELU:
+                        for t in range(n):
+                            y_row[t] = max(y_row[t], np.float32(0.0))
+                    elif act == CLIP:
+                        for t in range(n):
+                            y_row[t] = min(max(y_row[t], lo), hi)
+
+        return kernel
+
+    make.__name__ = make.__qualname__ = "csr_rows" if rows_per_group == 1 else "bsr_rows"
+    return make
+
+
+# y[b, r] = act(sum_j values[j] * x[b, indices[j]] + bias[r] + residual[b, r]) over the non-zeros j of row r;
+# values [nnz, 1, 1] (a free reshape of the CSR values); indptr and indices were validated at load.
+csr_rows = serial_and_parallel(_signature(), fastmath={"contract"})(_rows_kernel(1))
+# The same for blocks of br x 1, br a multiple of 4: values [nblocks, br, 1], indptr [rows/br + 1].
+bsr_rows = serial_and_parallel(_signature(), fastmath={"contract"})(_rows_kernel(4))
+
+
+# ---------------------------------------------------------------------------------------------
+# Python side: checks, dispatch and the numpy reference
+# ---------------------------------------------------------------------------------------------
+
+
+def kernel_matrix(weight):
+    """The form of ``weight`` the kernels run, or None: CSR, or BSR of br x 1 blocks (br = 4k; other blocks
+    run as CSR), with uint16 column indices (matrices over 65535 columns store int32 indices and run dense)."""
+    if isinstance(weight, BSRMatrix) and not (weight.block[1] == 1 and weight.block[0] % 4 == 0):
+        weight = weight.csr
+    if isinstance(weight, (CSRMatrix, BSRMatrix)) and weight.indices.dtype == np.uint16:
+        return weight
+    return None
+
+
+def spmm(weight, x, bias=None, residual=None, activation="", activation_params=(), out=None) -> np.ndarray:
+    """y = act(W @ x[b] + bias + residual) for a CSRMatrix / BSRMatrix W [Cout, Cin] and x [B, Cin, T].
+
+    bias [Cout] or None, residual [B, Cout, T] or None.  Returns float32 [B, Cout, T] (into ``out`` when
+    given).  GraphError on bad shapes or a weight the kernels cannot run (see kernel_matrix).
+    """
+    weight = kernel_matrix(weight)
+    if weight is None:
+        raise GraphError("spmm: weight must be a CSRMatrix or BSRMatrix with at most 65535 columns")
+    x = as_float32(x, "input X", "spmm")
+    rows, columns = weight.matrix_shape
+    if x.ndim != 3 or x.shape[1] != columns:
+        raise GraphError(f"spmm: input X must be [batch, {columns}, time] for a {rows}x{columns} weight, "
+                         f"got shape {x.shape}")
+    shape = (x.shape[0], rows, x.shape[2])
+    act, lo, hi = activation_code(activation, activation_params, "spmm")
+    bias, residual = check_bias_residual(bias, residual, shape, "spmm")
+    if out is None:
+        out = np.empty(shape, np.float32)
+    elif not (isinstance(out, np.ndarray) and out.dtype == np.float32 and out.flags.c_contiguous and out.shape == shape):
+        raise GraphError(f"spmm: out must be a C-contiguous float32 array of shape {shape}")
+    if out.size == 0:
+        return out
+    work = weight.values.size * shape[0] * shape[2]  # multiply-adds: threads.py decides whether to go parallel
+    fused = act in (0, RELU, CLIP)
+    if isinstance(weight, CSRMatrix):
+        kernel, values = csr_rows, weight.values.reshape(-1, 1, 1)
+    else:
+        kernel, values = bsr_rows, weight.values
+    kernel(work, x, values, weight.indices, weight.indptr, bias, residual, out, act if fused else 0, lo, hi)
+    if not fused:
+        bias_act(out, activation=activation, params=activation_params)
+    return out
+
+
+def spmm_reference(weight, x, bias=None, residual=None, activation="", activation_params=()) -> np.ndarray:
+    """numpy reference of spmm: the dense weight, a float64 matmul, then the epilogue in float32."""
+    dense = np.asarray(weight.to_dense(), np.float64).reshape(weight.matrix_shape)
+    y = np.matmul(dense, np.asarray(x, np.float64)).astype(np.float32)
+    return bias_act_reference(y, bias, residual, activation, activation_params)
+
+
+def is_pointwise(weight_shape, pad_left=0, pad_right=0, group=1) -> bool:
+    """True for a Conv that is a matrix product per frame (K = 1, no padding, group 1): what spmm runs."""
+    return len(weight_shape) == 3 and weight_shape[2] == 1 and group == 1 and pad_left == pad_right == 0
+
+
+def conv1d_any(x, weight, bias=None, residual=None, *, stride=1, dilation=1, pad_left=0, pad_right=0, group=1,
+               activation="", activation_params=(), out=None) -> np.ndarray:
+    """conv1d (same signature) for a weight in any encoding: the sparse kernels for a pointwise conv with a
+    CSR / BSR weight (a stride subsamples x first), else conv1d on the dense weight (decoded once)."""
+    if kernel_matrix(weight) is not None and is_pointwise(weight.shape, pad_left=pad_left, pad_right=pad_right,
+                                                          group=group):
+        x = np.asarray(x)
+        if x.ndim == 3 and stride > 1:
+            x = x[:, :, ::stride]
+        return spmm(weight, x, bias, residual, activation, activation_params, out)
+    return conv1d(x, as_dense(weight), bias, residual, stride=stride, dilation=dilation, pad_left=pad_left,
+                  pad_right=pad_right, group=group, activation=activation, activation_params=activation_params, out=out)
+
+
+def linear(a, weight) -> np.ndarray:
+    """a [M, K] @ W.T for a weight W [N, K] in any encoding (Gemm with transB=1, torch Linear): [M, N] float32."""
+    a = as_float32(a, "input A", "linear")
+    if a.ndim != 2:
+        raise GraphError(f"linear: input A must be 2-D, got shape {a.shape}")
+    if kernel_matrix(weight) is not None:
+        return np.ascontiguousarray(spmm(weight, np.ascontiguousarray(a.T)[None])[0].T)
+    return a @ np.asarray(as_dense(weight), np.float32).T

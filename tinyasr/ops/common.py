@@ -1,0 +1,57 @@
+"""Small helpers shared by the op modules: attribute and axis handling, error messages."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import numpy as np
+
+from ..errors import GraphError
+from ..sparse import ENCODED_TYPES, as_dense
+
+
+def int_list(values, what: str) -> List[int]:
+    """A 1-D integer tensor (or JSON list) as Python ints; ONNX passes shapes and axes as int64."""
+    arr = np.asarray(values)
+    if arr.dtype.kind not in "iub" or arr.ndim > 1:
+        raise GraphError(f"{what} must be a 1-D integer tensor, got dtype {arr.dtype} shape {arr.shape}")
+    return [int(v) for v in arr.reshape(-1)]
+
+
+def normalize_axis(axis: int, rank: int, what: str) -> int:
+    """ONNX axes may be negative (counted from the end); check the range."""
+    axis = int(axis)
+    if not -rank <= axis < rank:
+        raise GraphError(f"{what}: axis {axis} is out of range for a tensor of rank {rank}")
+    return axis % rank if rank else 0
+
+
+def normalize_axes(axes, rank: int, what: str) -> List[int]:
+    out = [normalize_axis(a, rank, what) for a in axes]
+    if len(set(out)) != len(out):
+        raise GraphError(f"{what}: repeated axis in {list(axes)}")
+    return out
+
+
+def axes_from(inputs, index: int, attrs: dict) -> Optional[List[int]]:
+    """Axes given as input ``index`` (newer opsets) or as the ``axes`` attribute (older ones); None if absent."""
+    if len(inputs) > index and inputs[index] is not None:
+        return int_list(inputs[index], "axes")
+    if "axes" in attrs:
+        return int_list(attrs["axes"], "axes")
+    return None
+
+
+def check_inputs(op: str, inputs, required: int) -> None:
+    """GraphError if fewer than ``required`` non-omitted inputs lead the list."""
+    if len(inputs) < required or any(x is None for x in inputs[:required]):
+        raise GraphError(f"{op} needs at least {required} inputs, got {len(inputs)}")
+
+
+def dense(weight, op: str, what: str = "weight") -> np.ndarray:
+    """The array behind an input: encoded weights (CSR, BSR, int8) are decoded once, for ops without their kernel."""
+    if isinstance(weight, np.ndarray):
+        return weight
+    if isinstance(weight, ENCODED_TYPES):
+        return as_dense(weight)
+    raise GraphError(f"{op}: {what} stored as {type(weight).__name__} is not supported by this op")

@@ -1,0 +1,75 @@
+"""Conv: ONNX 1-D convolution, extended with a fused residual input and activation.
+
+Y = act(conv(X, W) + B + Z) where Z (input 3, optional) is a residual added
+before the activation, and ``activation`` / ``activation_params`` name the
+activation ("" / "Relu" / "Sigmoid" / "Tanh" / "Clip" with [min, max]).
+The arithmetic and most shape checks are the kernels' (``conv1d_any``: dense weights,
+or CSR / BSR weights of pointwise convs, see tinyasr/kernels/sparse.py); this op turns
+ONNX attributes (strides, dilations, pads, auto_pad) into their arguments.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import GraphError
+from ..kernels.conv1d import output_length
+from ..kernels.sparse import conv1d_any
+from . import register
+from .common import check_inputs
+
+
+def _single(attrs, name: str, default: int) -> int:
+    """A 1-D conv's per-axis attribute (``strides`` [s], ``dilations`` [d]) as one int."""
+    values = attrs.get(name, [default])
+    if len(values) != 1:
+        raise GraphError(f"Conv: {name} {values} has {len(values)} entries; only 1-D convolution is supported")
+    return int(values[0])
+
+
+def _pads(attrs, length: int, kernel: int, stride: int, dilation: int):
+    """(left, right) padding from ``pads`` [begin, end] or ``auto_pad``."""
+    auto_pad = attrs.get("auto_pad", "NOTSET")
+    if auto_pad in ("NOTSET", ""):
+        pads = attrs.get("pads", [0, 0])
+        if len(pads) != 2:
+            raise GraphError(f"Conv: pads {pads} must be [begin, end] for a 1-D convolution")
+        return int(pads[0]), int(pads[1])
+    if auto_pad == "VALID":
+        return 0, 0
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        total = max((-(-length // stride) - 1) * stride + (kernel - 1) * dilation + 1 - length, 0)
+        small, large = total // 2, total - total // 2
+        return (small, large) if auto_pad == "SAME_UPPER" else (large, small)
+    raise GraphError(f"Conv: auto_pad {auto_pad!r} is not one of NOTSET, VALID, SAME_UPPER, SAME_LOWER")
+
+
+@register("Conv")
+def conv(ctx, inputs, attrs):
+    """Attributes to kernel arguments; the kernel checks channels, group, bias, residual and activation."""
+    check_inputs("Conv", inputs, 2)
+    x, weight = inputs[0], inputs[1]
+    bias = inputs[2] if len(inputs) > 2 else None
+    residual = inputs[3] if len(inputs) > 3 else None
+    if x.ndim != 3 or weight.ndim != 3:
+        raise GraphError(
+            "Conv: only 1-D convolution is supported (input [N, C, T], weight [Cout, Cin/group, K]); "
+            f"got input {x.shape}, weight {weight.shape}"
+        )
+    kernel = weight.shape[2]
+    if list(attrs.get("kernel_shape", [kernel])) != [kernel]:
+        raise GraphError(f"Conv: kernel_shape {attrs['kernel_shape']} does not match weight {weight.shape}")
+    stride, dilation = _single(attrs, "strides", 1), _single(attrs, "dilations", 1)
+    length = x.shape[2]
+    pad_left, pad_right = _pads(attrs, length, kernel, stride, dilation)
+    out_length = output_length(length, kernel, stride, dilation, pad_left, pad_right)
+    if out_length < 1:
+        raise GraphError(
+            f"Conv: input length {length} is too short for kernel {kernel} (dilation {dilation}, "
+            f"pads {pad_left},{pad_right})"
+        )
+    out = ctx.output((x.shape[0], weight.shape[0], out_length), np.float32)
+    conv1d_any(x, weight, bias, residual, stride=stride, dilation=dilation, pad_left=pad_left, pad_right=pad_right,
+           group=int(attrs.get("group", 1)), activation=attrs.get("activation", ""),
+           activation_params=attrs.get("activation_params", ()), out=out)
+    return [out]

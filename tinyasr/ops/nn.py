@@ -1,0 +1,127 @@
+"""Neural-network ops: Softmax / LogSoftmax, pooling, MatMul / Gemm and normalisations.
+
+Softmax and LogSoftmax follow opset 13+ (one axis, default -1).  The weight of
+MatMul and Gemm may be stored in an encoding; it is decoded once (no sparse matmul kernel yet).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import GraphError
+from . import register
+from .common import check_inputs, dense, normalize_axis
+
+
+@register("Softmax")
+def softmax(ctx, inputs, attrs):
+    check_inputs("Softmax", inputs, 1)
+    x = inputs[0]
+    axis = normalize_axis(attrs.get("axis", -1), x.ndim, "Softmax")
+    peak = x.max(axis=axis, keepdims=True)
+    out = ctx.output(x.shape, x.dtype, donors=(0,))
+    np.subtract(x, peak, out=out)
+    np.exp(out, out=out)
+    np.divide(out, out.sum(axis=axis, keepdims=True), out=out)
+    return [out]
+
+
+@register("LogSoftmax")
+def log_softmax(ctx, inputs, attrs):
+    check_inputs("LogSoftmax", inputs, 1)
+    x = inputs[0]
+    axis = normalize_axis(attrs.get("axis", -1), x.ndim, "LogSoftmax")
+    peak = x.max(axis=axis, keepdims=True)
+    out = ctx.output(x.shape, x.dtype, donors=(0,))
+    np.subtract(x, peak, out=out)
+    log_total = np.log(np.exp(out).sum(axis=axis, keepdims=True))
+    np.subtract(out, log_total, out=out)
+    return [out]
+
+
+def _global_pool(op: str, numpy_reduce):
+    def run(ctx, inputs, attrs):
+        check_inputs(op, inputs, 1)
+        x = inputs[0]
+        if x.ndim < 3:
+            raise GraphError(f"{op} needs an input of rank >= 3 [N, C, ...], got shape {x.shape}")
+        return [numpy_reduce(x, axis=tuple(range(2, x.ndim)), keepdims=True).astype(x.dtype, copy=False)]
+
+    register(op)(run)
+
+
+_global_pool("GlobalAveragePool", np.mean)
+_global_pool("GlobalMaxPool", np.max)
+
+
+def _matmul_into(ctx, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b, into a context buffer when both operands are matrices or stacks of them."""
+    if a.dtype != b.dtype:
+        raise GraphError(f"MatMul: operands must have one element type, got {a.dtype} and {b.dtype}")
+    if a.ndim < 2 or b.ndim < 2:
+        return np.asarray(np.matmul(a, b))
+    if a.shape[-1] != b.shape[-2]:
+        raise GraphError(f"MatMul: inner dimensions differ, shapes {a.shape} and {b.shape}")
+    batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    out = ctx.output(batch + (a.shape[-2], b.shape[-1]), a.dtype)
+    return np.matmul(a, b, out=out)
+
+
+@register("MatMul")
+def matmul(ctx, inputs, attrs):
+    check_inputs("MatMul", inputs, 2)
+    return [_matmul_into(ctx, dense(inputs[0], "MatMul", "A"), dense(inputs[1], "MatMul", "B"))]
+
+
+@register("Gemm")
+def gemm(ctx, inputs, attrs):
+    """Y = alpha * A' B' + beta * C, with A' = A.T if transA, B' = B.T if transB."""
+    check_inputs("Gemm", inputs, 2)
+    a, b = dense(inputs[0], "Gemm", "A"), dense(inputs[1], "Gemm", "B")
+    if a.ndim != 2 or b.ndim != 2:
+        raise GraphError(f"Gemm needs 2-D A and B, got shapes {a.shape} and {b.shape}")
+    a = a.T if attrs.get("transA", 0) else a
+    b = b.T if attrs.get("transB", 0) else b
+    out = _matmul_into(ctx, a, b)
+    alpha, beta = attrs.get("alpha", 1.0), attrs.get("beta", 1.0)
+    if alpha != 1.0:
+        np.multiply(out, np.asarray(alpha, out.dtype), out=out)
+    c = inputs[2] if len(inputs) > 2 else None
+    if c is not None and beta != 0.0:
+        np.add(out, c if beta == 1.0 else c * np.asarray(beta, c.dtype), out=out)
+    return [out]
+
+
+@register("LayerNormalization")
+def layer_normalization(ctx, inputs, attrs):
+    """Normalise over axes [axis, rank); optional outputs Mean and InvStdDev keep the reduced dims as 1."""
+    check_inputs("LayerNormalization", inputs, 2)
+    x, scale = inputs[0], inputs[1]
+    bias = inputs[2] if len(inputs) > 2 else None
+    axis = normalize_axis(attrs.get("axis", -1), x.ndim, "LayerNormalization")
+    axes = tuple(range(axis, x.ndim))
+    epsilon = np.asarray(attrs.get("epsilon", 1e-5), x.dtype)
+    mean = x.mean(axis=axes, keepdims=True)
+    out = ctx.output(x.shape, x.dtype, donors=(0,))
+    np.subtract(x, mean, out=out)
+    inv_std = 1 / np.sqrt(np.mean(np.square(out), axis=axes, keepdims=True) + epsilon)
+    np.multiply(out, inv_std, out=out)
+    np.multiply(out, scale, out=out)
+    if bias is not None:
+        np.add(out, bias, out=out)
+    return [out, mean, inv_std][: max(1, ctx.num_outputs)]
+
+
+@register("BatchNormalization")
+def batch_normalization(ctx, inputs, attrs):
+    """Inference form: per-channel (axis 1) affine map from the running statistics."""
+    check_inputs("BatchNormalization", inputs, 5)
+    x, scale, bias, mean, var = inputs[:5]
+    epsilon = attrs.get("epsilon", 1e-5)
+    gain = (scale / np.sqrt(var + np.asarray(epsilon, var.dtype))).astype(x.dtype)
+    shift = (bias - mean * gain).astype(x.dtype)
+    per_channel = (-1,) + (1,) * (x.ndim - 2)
+    out = ctx.output(x.shape, x.dtype, donors=(0,))
+    np.multiply(x, gain.reshape(per_channel), out=out)
+    np.add(out, shift.reshape(per_channel), out=out)
+    return [out]

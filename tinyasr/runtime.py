@@ -1,0 +1,357 @@
+"""Model: load a .tasr file and execute its graph with the op library.
+
+Everything that does not depend on the input is settled at load: each node's op
+function, where each of its inputs comes from (a stored tensor or a value slot),
+and after which node each value is dead.  A run then walks a flat list of steps.
+
+Buffers: ops ask the run context for output buffers.  The context takes them
+from a pool kept per input-shape signature, so the second run with the same
+shapes allocates nothing; a value's buffer returns to the pool as soon as the
+last node reading it (or any view of it) has run, so a deep encoder needs only
+a few live activations at a time.  Pools live in thread-local storage: one
+Model can serve several threads.  Outputs are always copied out of the pool.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict, defaultdict
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import numpy as np
+
+from .errors import GraphError, InputError, TinyASRError
+from .fileformat import read_model
+from .graph import Graph, Node, ValueInfo
+from .ops import OpContext, OpFunction, lookup
+
+# Input-shape signatures whose buffers a thread keeps (a recogniser sees a few lengths over and over).
+MAX_PLANS_PER_THREAD = 4
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One node, resolved: ``slots[i]`` is the value slot of input i (-1: a constant, in ``constants[i]``)."""
+
+    node: Node
+    run: OpFunction
+    slots: Tuple[int, ...]
+    constants: Tuple[Any, ...]
+    outputs: Tuple[int, ...]
+    release: Tuple[int, ...]  # value slots dead once this step has run
+
+
+class _BufferPool:
+    """The buffers of one input-shape signature, reused run after run."""
+
+    def __init__(self):
+        self.owned: Dict[int, np.ndarray] = {}  # id -> buffer; the pool keeps them alive, so ids stay unique
+        self.free: Dict[Tuple, List[np.ndarray]] = defaultdict(list)
+        self.allocations = 0
+
+    def reset(self) -> None:
+        """Start of a run: every buffer is free."""
+        self.free.clear()
+        for buffer in self.owned.values():
+            self.free[(buffer.shape, buffer.dtype.str)].append(buffer)
+
+    def take(self, shape: Tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        free = self.free.get((shape, dtype.str))
+        if free:
+            return free.pop()
+        buffer = np.empty(shape, dtype)
+        self.owned[id(buffer)] = buffer
+        self.allocations += 1
+        return buffer
+
+    def give_back(self, buffer: np.ndarray) -> None:
+        self.free[(buffer.shape, buffer.dtype.str)].append(buffer)
+
+    def owner(self, array) -> Optional[int]:
+        """The id of the pool buffer ``array`` is (or views), or None."""
+        while isinstance(array, np.ndarray):
+            if id(array) in self.owned:
+                return id(array)
+            array = array.base
+        return None
+
+
+class _RunContext(OpContext):
+    """Hands ops pool buffers; tracks which buffers live values still reference."""
+
+    def __init__(self, pool: _BufferPool, slot_count: int):
+        super().__init__()
+        self.pool = pool
+        self.references: Dict[int, int] = defaultdict(int)  # pool buffer id -> live values on it
+        self.slot_owner: List[Optional[int]] = [None] * slot_count
+        self.donatable: List[Optional[np.ndarray]] = []
+
+    def output(self, shape, dtype=np.float32, donors=()) -> np.ndarray:
+        shape, dtype = tuple(int(d) for d in shape), np.dtype(dtype)
+        for i in donors:
+            candidate = self.donatable[i] if i < len(self.donatable) else None
+            if candidate is not None and candidate.shape == shape and candidate.dtype == dtype:
+                self.donatable = [None if d is candidate else d for d in self.donatable]
+                return candidate
+        return self.pool.take(shape, dtype)
+
+    def prepare(self, step: _Step, args: List[Any]) -> None:
+        """Mark as donatable the inputs that are whole pool buffers no other live value uses."""
+        self.num_outputs = len(step.outputs)
+        self.donatable = [
+            arg if slot in step.release and self._sole_owner(slot, arg) else None
+            for slot, arg in zip(step.slots, args)
+        ]
+
+    def _sole_owner(self, slot: int, array) -> bool:
+        owner = self.slot_owner[slot]
+        return owner is not None and self.pool.owned[owner] is array and self.references[owner] == 1
+
+    def bind(self, slot: int, array) -> None:
+        owner = self.pool.owner(array)
+        self.slot_owner[slot] = owner
+        if owner is not None:
+            self.references[owner] += 1
+
+    def unbind(self, slot: int) -> None:
+        owner, self.slot_owner[slot] = self.slot_owner[slot], None
+        if owner is not None:
+            self.references[owner] -= 1
+            if self.references[owner] == 0:
+                self.pool.give_back(self.pool.owned[owner])
+
+
+def _format_value(v: ValueInfo) -> str:
+    return f"{v.name}: {v.dtype} [{', '.join(map(str, v.shape))}]"
+
+
+class Model:
+    """A graph with its stored tensors, ready to run.  Safe to share between threads."""
+
+    def __init__(self, graph: Graph, tensors: Mapping[str, Any], manifest: Optional[dict] = None,
+                 path: Optional[str] = None):
+        graph.validate(tensors.keys())
+        self.graph = graph
+        self.manifest = manifest or {}
+        self.path = path
+        self._label = os.path.basename(path) if path else "model"
+        slot_of = {name: i for i, name in enumerate(
+            [v.name for v in graph.inputs] + [o for node in graph.nodes for o in node.outputs])}
+        self._slot_count = len(slot_of)
+        self._steps = self._plan_steps(graph, tensors, slot_of)
+        self._output_slots = [slot_of.get(v.name, -1) for v in graph.outputs]  # -1: a stored tensor
+        self._output_constants = [tensors.get(v.name) for v in graph.outputs]
+        self._local = threading.local()
+
+    # ------------------------------------------------------------------ metadata
+
+    @property
+    def inputs(self) -> List[ValueInfo]:
+        return list(self.graph.inputs)
+
+    @property
+    def outputs(self) -> List[ValueInfo]:
+        return list(self.graph.outputs)
+
+    @property
+    def frontend(self) -> Optional[dict]:
+        return self.manifest.get("frontend")
+
+    @property
+    def decoder(self) -> Optional[dict]:
+        return self.manifest.get("decoder")
+
+    # ------------------------------------------------------------------ planning (once, at load)
+
+    @staticmethod
+    def _plan_steps(graph: Graph, tensors: Mapping[str, Any], slot_of: Dict[str, int]) -> List[_Step]:
+        """Resolve ops and input sources; compute after which step each value is dead."""
+        functions = [lookup(node.op, node.name) for node in graph.nodes]
+        last_use = {slot: -1 for slot in slot_of.values()}  # -1: never read; dies where it is made
+        for index, node in enumerate(graph.nodes):
+            for name in node.inputs:
+                if name and name not in tensors:
+                    last_use[slot_of[name]] = index
+        kept = {slot_of[v.name] for v in graph.outputs if v.name in slot_of}
+        release_after = defaultdict(list)
+        made_by = {slot_of[o]: i for i, n in enumerate(graph.nodes) for o in n.outputs}
+        for slot, index in last_use.items():
+            if slot in kept or (index < 0 and slot not in made_by):
+                continue  # graph outputs live to the end; unread graph inputs belong to the caller
+            release_after[max(index, made_by.get(slot, -1))].append(slot)
+        steps = []
+        for index, (node, run) in enumerate(zip(graph.nodes, functions)):
+            slots = tuple(slot_of[n] if n and n not in tensors else -1 for n in node.inputs)
+            constants = tuple(tensors[n] if n in tensors else None for n in node.inputs)
+            steps.append(_Step(node, run, slots, constants, tuple(slot_of[o] for o in node.outputs),
+                               tuple(release_after[index])))
+        return steps
+
+    # ------------------------------------------------------------------ running
+
+    def run(self, inputs: Mapping[str, Any]) -> Dict[str, np.ndarray]:
+        """Run the graph; returns {output name: fresh array in the declared dtype}."""
+        arrays = self._check_inputs(inputs)
+        pool = self._pool_for(tuple((a.shape, a.dtype.str) for a in arrays))
+        pool.reset()
+        ctx = _RunContext(pool, self._slot_count)
+        values: List[Any] = [None] * len(ctx.slot_owner)
+        values[: len(arrays)] = arrays
+        for step in self._steps:
+            args = [values[s] if s >= 0 else c for s, c in zip(step.slots, step.constants)]
+            ctx.prepare(step, args)
+            results = self._run_step(step, ctx, args)
+            for slot, result in zip(step.outputs, results):
+                values[slot] = result
+                ctx.bind(slot, result)
+            for slot in step.release:
+                ctx.unbind(slot)
+                values[slot] = None
+        return {
+            info.name: self._fresh_output(info, values[slot] if slot >= 0 else constant)
+            for info, slot, constant in zip(self.graph.outputs, self._output_slots, self._output_constants)
+        }
+
+    def _fresh_output(self, info: ValueInfo, value) -> np.ndarray:
+        """A C-ordered copy in the declared dtype; a cast across kinds (float -> int) means a bad graph."""
+        value = np.asarray(value)
+        if not np.can_cast(value.dtype, info.dtype, "same_kind"):
+            raise GraphError(
+                f"{self._label}: output {info.name!r} is computed as {value.dtype} but declared {info.dtype}"
+            )
+        return np.array(value, dtype=info.dtype, order="C", copy=True)
+
+    def _run_step(self, step: _Step, ctx: _RunContext, args: List[Any]) -> List[np.ndarray]:
+        node = step.node
+        try:
+            results = step.run(ctx, args, node.attrs)
+        except (GraphError, InputError) as exc:
+            raise type(exc)(f"{self._label}: node {node.name!r} ({node.op}): {exc}") from None
+        except TinyASRError:
+            raise
+        except (ValueError, TypeError, IndexError, ZeroDivisionError, FloatingPointError) as exc:
+            shapes = ", ".join(str(getattr(a, "shape", None)) for a in args)
+            raise GraphError(
+                f"{self._label}: node {node.name!r} ({node.op}) failed on inputs of shapes {shapes}: {exc}"
+            ) from None
+        if len(results) < len(step.outputs):
+            raise GraphError(
+                f"{self._label}: node {node.name!r} ({node.op}) declares {len(step.outputs)} outputs "
+                f"but the op produced {len(results)}"
+            )
+        return results
+
+    def _pool_for(self, signature) -> _BufferPool:
+        plans = getattr(self._local, "plans", None)
+        if plans is None:
+            plans = self._local.plans = OrderedDict()
+            self._local.allocations_before = 0
+        pool = plans.pop(signature, None)
+        if pool is None:
+            pool = _BufferPool()
+            if len(plans) >= MAX_PLANS_PER_THREAD:
+                _, evicted = plans.popitem(last=False)
+                self._local.allocations_before += evicted.allocations
+        plans[signature] = pool
+        return pool
+
+    def plan_stats(self) -> Dict[str, int]:
+        """This thread's buffer plans: how many, their buffers and bytes, and buffers allocated so far."""
+        plans = getattr(self._local, "plans", None) or {}
+        buffers = [b for pool in plans.values() for b in pool.owned.values()]
+        return {
+            "plans": len(plans),
+            "buffers": len(buffers),
+            "bytes": sum(b.nbytes for b in buffers),
+            "allocations": getattr(self._local, "allocations_before", 0) + sum(p.allocations for p in plans.values()),
+        }
+
+    # ------------------------------------------------------------------ input checks
+
+    def _check_inputs(self, inputs: Mapping[str, Any]) -> List[np.ndarray]:
+        if not isinstance(inputs, Mapping):
+            expected = "; ".join(_format_value(v) for v in self.graph.inputs)
+            raise InputError(f"{self._label}: run() takes a dict of input name -> array; expected inputs: {expected}")
+        names = {v.name for v in self.graph.inputs}
+        missing = [v.name for v in self.graph.inputs if v.name not in inputs]
+        unexpected = [str(n) for n in inputs if n not in names]
+        if missing or unexpected:
+            expected = "; ".join(_format_value(v) for v in self.graph.inputs)
+            problem = "; ".join(
+                text for text in (missing and f"missing input(s) {missing}",
+                                  unexpected and f"unexpected input(s) {unexpected}") if text
+            )
+            raise InputError(f"{self._label}: {problem}; expected inputs: {expected}")
+        symbols: Dict[str, Tuple[int, str]] = {}
+        arrays = []
+        for info in self.graph.inputs:
+            array = _coerce(info, inputs[info.name], self._label)
+            if array.ndim != len(info.shape):
+                raise InputError(
+                    f"{self._label}: input {info.name!r} has shape {array.shape} (rank {array.ndim}); "
+                    f"expected rank {len(info.shape)}: {_format_value(info)}"
+                )
+            for axis, (size, declared) in enumerate(zip(array.shape, info.shape)):
+                if isinstance(declared, int) and declared >= 0 and size != declared:
+                    raise InputError(
+                        f"{self._label}: input {info.name!r} has size {size} on axis {axis}; expected {declared} "
+                        f"({_format_value(info)})"
+                    )
+                if isinstance(declared, str) and declared not in ("", "?"):
+                    seen = symbols.setdefault(declared, (size, f"{info.name!r} axis {axis}"))
+                    if seen[0] != size:
+                        raise InputError(
+                            f"{self._label}: dimension {declared!r} is {seen[0]} in input {seen[1]} but {size} in "
+                            f"input {info.name!r} axis {axis}"
+                        )
+            arrays.append(array)
+        return arrays
+
+
+def _coerce(info: ValueInfo, value: Any, label: str) -> np.ndarray:
+    """The input as the declared dtype: exact, or a cast that loses nothing that matters.
+
+    Floats of any width go to the declared float type; other casts must be safe
+    (int16 -> float32, int32 -> int64) or integers that fit.  Floats are never
+    truncated into an integer input.
+    """
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"{label}: input {info.name!r} is not an array: {exc}") from None
+    want = np.dtype(info.dtype)
+    if array.dtype == want:
+        return array
+    if array.dtype.kind not in "biuf":
+        raise InputError(f"{label}: input {info.name!r} has dtype {array.dtype}; expected {want}")
+    if (want.kind == "f" and array.dtype.kind == "f") or np.can_cast(array.dtype, want, "safe"):
+        return array.astype(want)
+    if want.kind in "iu" and array.dtype.kind in "iu":
+        limits = np.iinfo(want)
+        if array.size == 0 or (limits.min <= array.min() and array.max() <= limits.max):
+            return array.astype(want)
+        raise InputError(f"{label}: input {info.name!r} has {array.dtype} values outside the range of {want}")
+    raise InputError(
+        f"{label}: input {info.name!r} has dtype {array.dtype}, which cannot be converted to the declared {want} "
+        "without losing values; pass an array of that dtype"
+    )
+
+
+def _prepare_tensor(model_file, name: str):
+    """A stored tensor as the ops see it: float16 weights stored to save space become float32, once."""
+    tensor = model_file.tensor(name)
+    entry = model_file.entry(name)
+    if isinstance(tensor, np.ndarray) and tensor.dtype == np.float16 and entry.params.get("upcast_to") == "float32":
+        return tensor.astype(np.float32)
+    return tensor
+
+
+def load_model(path) -> Model:
+    """Read a .tasr file (strictly; ModelFileError on any problem) and prepare it to run."""
+    model_file = read_model(path)
+    used = {name for node in model_file.graph.nodes for name in node.inputs}
+    used.update(v.name for v in model_file.graph.outputs)
+    tensors = {name: _prepare_tensor(model_file, name) for name in model_file.tensor_names() if name in used}
+    return Model(model_file.graph, tensors, manifest=model_file.manifest, path=model_file.path)
