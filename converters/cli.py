@@ -22,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decoder", choices=DECODER_TYPES, help="how to read the output (default: from the model's "
                         "metadata, else classification for [batch, classes] outputs and ctc otherwise)")
     parser.add_argument("--frontend-json", metavar="FILE", help="front-end settings (a JSON object) for the manifest")
+    parser.add_argument("--config", metavar="FILE", help="for a NeMo ONNX export: the model's NeMo config "
+                        "(model_config.yaml / .json, or the .nemo archive it came from) giving front end, "
+                        "vocabulary and decoder; explicit --labels / --decoder / --frontend-json win over it")
     parser.add_argument("--float16", action="store_true", help="store Conv / MatMul / Gemm weights as float16 (half size)")
 
 
@@ -34,17 +37,31 @@ def run(args: argparse.Namespace) -> int:
     if suffix != ".onnx":
         raise ConversionError(f"{source}: 'tinyasr convert' reads .onnx and .nemo files "
                               "(torch modules: converters.from_torch in Python)")
+    from_config = _nemo_settings(args.config) if args.config else {}
+    labels = read_labels(args.labels) if args.labels else None
+    # A decoder type, labels or blank given on the command line replace the config's whole decoder entry.
+    decoder = args.decoder if (args.decoder or labels is not None or args.blank is not None) else None
     result = convert_model(
         source,
         args.output,
-        labels=read_labels(args.labels) if args.labels else None,
+        labels=labels,
         blank=args.blank,
-        decoder=args.decoder,
-        frontend=_read_json_object(args.frontend_json) if args.frontend_json else None,
+        decoder=decoder if decoder is not None else from_config.get("decoder"),
+        frontend=_read_json_object(args.frontend_json) if args.frontend_json else from_config.get("frontend"),
         float16=args.float16,
     )
     print(result.summary())
     return 0
+
+
+def _nemo_settings(config_path) -> dict:
+    """Front end and decoder of a NeMo ONNX export, from its config or from the .nemo archive it came from."""
+    from .nemo import load_config, manifest_from_nemo_config, read_nemo
+
+    if str(config_path).lower().endswith(".nemo"):
+        archive = read_nemo(config_path)
+        return manifest_from_nemo_config(archive.config, archive.files)
+    return manifest_from_nemo_config(load_config(config_path))
 
 
 def _run_nemo(source: Path, args: argparse.Namespace) -> int:
@@ -52,7 +69,8 @@ def _run_nemo(source: Path, args: argparse.Namespace) -> int:
     from .nemo import convert_nemo
 
     given = [flag for flag, value in (("--labels", args.labels), ("--blank", args.blank), ("--decoder", args.decoder),
-                                      ("--frontend-json", args.frontend_json)) if value is not None]
+                                      ("--frontend-json", args.frontend_json),
+                                      ("--config", args.config)) if value is not None]
     if given:
         raise ConversionError(f"{source}: {', '.join(given)} cannot be used with a .nemo source, "
                               "which carries its own labels, decoder and front end")

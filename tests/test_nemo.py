@@ -489,3 +489,17 @@ def test_nemo_1_0_beta_config_style_gives_the_same_model(tmp_path):
         with read_model(path) as model_file:
             manifests.append({k: model_file.manifest[k] for k in ("graph", "frontend", "decoder")})
     assert manifests[0] == manifests[1]
+
+
+@pytest.mark.parametrize("config_name", ["model_config.yaml", "model.nemo"])
+def test_convert_command_takes_the_config_of_an_onnx_export(config_name, tmp_path):
+    """`tinyasr convert model.onnx --config ...` stores the same front end and decoder as the archive itself."""
+    from tinyasr.cli import main
+
+    folder = NEMO / "citrinet_256"
+    from_archive = load_model(convert_nemo(folder / "model.nemo", tmp_path / "a.tasr"))
+    out = tmp_path / "o.tasr"
+    assert main(["convert", str(folder / "model.onnx"), "-o", str(out), "--config", str(folder / config_name)]) == 0
+    from_onnx = load_model(out)
+    assert from_onnx.frontend == from_archive.frontend
+    assert from_onnx.decoder == from_archive.decoder
