@@ -3,14 +3,15 @@
     from converters import convert, from_torch
     convert("model.onnx", "model.tasr", labels=[...], decoder="ctc")
 
-The pipeline is import (onnx_import.py) -> passes (passes.py) -> manifest + write (here).
+The pipeline is import (onnx_import.py) -> passes (passes.py) -> structured compaction (compaction.py)
+-> sparse encoding choice (sparse_choice.py) -> manifest + write (here).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
@@ -20,8 +21,10 @@ import tinyasr
 from tinyasr.errors import ConversionError
 from tinyasr.graph import Graph, Node, ValueInfo
 
+from . import compaction
 from .onnx_import import Imported, import_onnx, load_onnx
 from .passes import optimize
+from .sparse_choice import encode_weights
 
 __all__ = ["convert", "convert_model", "from_torch", "Conversion", "DECODER_TYPES"]
 
@@ -40,13 +43,19 @@ class Conversion:
     parameters: int
     nbytes: int
     float16: bool
+    encodings: Dict[str, str] = field(default_factory=dict)  # weight name -> csr / bsr, for weights stored sparse
+    removed_channels: Dict[str, int] = field(default_factory=dict)  # Conv node -> output channels compacted away
 
     def summary(self) -> str:
         storage = "float16" if self.float16 else "float32"
-        return (
+        lines = [
             f"wrote {self.path}: {self.nodes_before} -> {self.nodes_after} nodes, "
             f"{self.parameters:,} parameters ({storage} weights), {self.nbytes:,} bytes"
-        )
+        ]
+        lines += [f"  compacted {node}: {count} zero output channels removed"
+                  for node, count in sorted(self.removed_channels.items())]
+        lines += [f"  sparse {name}: {kind}" for name, kind in sorted(self.encodings.items())]
+        return "\n".join(lines)
 
 
 def convert(src, out, **options) -> Path:
@@ -63,6 +72,8 @@ def convert_model(
     decoder: Union[str, Dict[str, Any], None] = None,
     frontend: Optional[Dict[str, Any]] = None,
     float16: bool = False,
+    sparse: str = "auto",
+    compact: bool = True,
     input_names: Optional[Sequence[str]] = None,
     output_names: Optional[Sequence[str]] = None,
     source_format: str = "onnx",
@@ -74,6 +85,9 @@ def convert_model(
     (keys "labels" (JSON list), "decoder", "frontend" (JSON objects), "blank").
     decoder is a type name from DECODER_TYPES or a full decoder dict (docs/design.md).
     input_names / output_names rename the graph's inputs / outputs in order.
+    sparse ("auto", "dense", "csr", "bsr") chooses how 1x1-conv and linear weights with zeros are stored:
+    "auto" asks the measured cost model in converters/sparse_choice.py, per weight.  compact removes
+    Conv output channels that structured pruning zeroed (converters/compaction.py); outputs are unchanged.
     float16 stores Conv / MatMul / Gemm weights as float16 (the runtime upcasts them at load); measured
     max abs error on the NeMo exports' outputs: 3e-4 (MatchboxNet, MarbleNet logits) to 3.1e-3 (QuartzNet 15x5 log-probs).
     """
@@ -84,6 +98,10 @@ def convert_model(
     nodes_before = len(model.graph.node)
     converted = optimize(imported)
     converted = _renamed_io(converted, input_names, output_names)
+    removed: Dict[str, int] = {}
+    if compact:
+        graph, compacted, removed = compaction.compact(converted.graph, converted.tensors)
+        converted = Imported(graph, compacted, converted.shapes, converted.dtypes, converted.metadata)
     meta = converted.metadata
     labels = list(labels) if labels is not None else _meta_json(meta, "labels", list)
     blank = blank if blank is not None else (int(meta["blank"]) if "blank" in meta else None)
@@ -101,7 +119,8 @@ def convert_model(
             "float16_weights": bool(float16),
         },
     }
-    tensors: Dict[str, Any] = dict(converted.tensors)
+    tensors, encodings = encode_weights(converted.graph, converted.tensors, sparse,
+                                        value_dtype="float16" if float16 else "float32")
     if float16:
         for tname in _weight_names(converted.graph, tensors):
             tensors[tname] = to_float16(tensors[tname], tname)
@@ -109,7 +128,8 @@ def convert_model(
     out = Path(out)
     write_model(out, manifest, tensors)
     parameters = sum(int(np.asarray(t).size) for t in converted.tensors.values() if np.asarray(t).dtype.kind == "f")
-    return Conversion(out, nodes_before, len(converted.graph.nodes), parameters, os.path.getsize(out), bool(float16))
+    return Conversion(out, nodes_before, len(converted.graph.nodes), parameters, os.path.getsize(out), bool(float16),
+                      encodings, dict(removed))
 
 
 def from_torch(module, example_inputs, out, **options) -> Path:

@@ -12,6 +12,7 @@ import onnx  # noqa: F401  -- importing this module fails with ModuleNotFoundErr
 from tinyasr.errors import ConversionError
 
 from . import DECODER_TYPES, convert_model
+from .sparse_choice import SPARSE_MODES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="for a NeMo ONNX export: the model's NeMo config "
                         "(model_config.yaml / .json, or the .nemo archive it came from) giving front end, "
                         "vocabulary and decoder; explicit --labels / --decoder / --frontend-json win over it")
+    parser.add_argument("--sparse", choices=SPARSE_MODES, default="auto",
+                        help="storage of 1x1-conv / linear weights that have zeros: auto (default) picks dense, "
+                        "csr or bsr per weight by a measured cost model; the others force one encoding")
+    parser.add_argument("--no-compact", dest="compact", action="store_false",
+                        help="keep all-zero Conv output channels instead of removing them (structured pruning)")
     parser.add_argument("--float16", action="store_true", help="store Conv / MatMul / Gemm weights as float16 (half size)")
 
 
@@ -49,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
         decoder=decoder if decoder is not None else from_config.get("decoder"),
         frontend=_read_json_object(args.frontend_json) if args.frontend_json else from_config.get("frontend"),
         float16=args.float16,
+        sparse=args.sparse,
+        compact=args.compact,
     )
     print(result.summary())
     return 0

@@ -240,7 +240,7 @@ def test_writer_is_deterministic_and_atomic(tmp_path, valid):
     ({"graph": conv_graph()}, BASE_TENSORS, r"keys \['frontend', 'decoder', 'provenance'\] are missing"),
     (base_manifest(), {**BASE_TENSORS, "w": np.zeros(2)}, "'w' part 'data': dtype float64 cannot be stored"),
     ({**base_manifest(), "extra": float("nan")}, BASE_TENSORS, "cannot be written as JSON"),
-    (base_manifest(), {**BASE_TENSORS, "w": EncodedTensor("ternary_seed", "float32", (2,), {})}, "unknown encoding 'ternary_seed'"),
+    (base_manifest(), {**BASE_TENSORS, "w": EncodedTensor("zstd", "float32", (2,), {})}, "unknown encoding 'zstd'"),
 ])
 def test_writer_refuses_bad_input(tmp_path, manifest, tensors, pattern):
     with pytest.raises(ModelFileError, match=pattern):
@@ -361,7 +361,7 @@ def test_refuses_bad_manifest_text(tmp_path, text, pattern):
     (lambda m, d: m.update(tensors={}), "'tensors' must be a list"),
     (lambda m, d: m.update(tensors=[{"name": f"t{i}"} for i in range(100_001)]), "at most 100000"),
     (lambda m, d: m["tensors"].append(dict(m["tensors"][0])), "duplicate tensor name 'w'"),
-    (lambda m, d: entry_of(m, "w").update(encoding="ternary_seed"), "tensor 'w': unknown encoding 'ternary_seed'"),
+    (lambda m, d: entry_of(m, "w").update(encoding="zstd"), "tensor 'w': unknown encoding 'zstd'"),
     (lambda m, d: entry_of(m, "w").update(dtype="float64"), "tensor 'w': unknown dtype 'float64'"),
     (lambda m, d: entry_of(m, "w").update(name="n" * 1025), "1 to 1024 characters"),
     (lambda m, d: entry_of(m, "w").update(name=7), "tensor name must be a string"),

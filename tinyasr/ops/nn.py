@@ -1,7 +1,8 @@
 """Neural-network ops: Softmax / LogSoftmax, pooling, MatMul / Gemm and normalisations.
 
 Softmax and LogSoftmax follow opset 13+ (one axis, default -1).  The weight of
-MatMul and Gemm may be stored in an encoding; it is decoded once (no sparse matmul kernel yet).
+MatMul and Gemm may be stored in an encoding: Gemm with transB (a torch Linear) runs a sparse
+weight through the sparse kernel; other cases decode it once to dense.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import numpy as np
 
 from ..errors import GraphError
 from . import register
+from ..kernels.sparse import kernel_matrix, linear
 from .common import check_inputs, dense, normalize_axis
 
 
@@ -77,12 +79,21 @@ def matmul(ctx, inputs, attrs):
 def gemm(ctx, inputs, attrs):
     """Y = alpha * A' B' + beta * C, with A' = A.T if transA, B' = B.T if transB."""
     check_inputs("Gemm", inputs, 2)
+    if attrs.get("transB", 0) and not attrs.get("transA", 0) and kernel_matrix(inputs[1]) is not None:
+        product = linear(inputs[0], inputs[1])
+        out = ctx.output(product.shape, product.dtype)
+        out[...] = product
+        return _gemm_epilogue(out, inputs, attrs)
     a, b = dense(inputs[0], "Gemm", "A"), dense(inputs[1], "Gemm", "B")
     if a.ndim != 2 or b.ndim != 2:
         raise GraphError(f"Gemm needs 2-D A and B, got shapes {a.shape} and {b.shape}")
     a = a.T if attrs.get("transA", 0) else a
     b = b.T if attrs.get("transB", 0) else b
-    out = _matmul_into(ctx, a, b)
+    return _gemm_epilogue(_matmul_into(ctx, a, b), inputs, attrs)
+
+
+def _gemm_epilogue(out, inputs, attrs):
+    """out = alpha * out + beta * C, in place."""
     alpha, beta = attrs.get("alpha", 1.0), attrs.get("beta", 1.0)
     if alpha != 1.0:
         np.multiply(out, np.asarray(alpha, out.dtype), out=out)

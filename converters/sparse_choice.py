@@ -1,0 +1,233 @@
+"""Which encoding a weight is stored in (dense / csr / bsr), from a cost model calibrated by measurement.
+
+    choose_encoding(weight_2d, frames=64) -> "dense" | "csr" | "bsr"
+    encode(weight, kind, value_dtype="float32") -> np.ndarray | EncodedTensor
+    encode_weights(graph, tensors, mode="auto") -> (tensors, {name: kind})    # the converter's --sparse hook
+
+Cost model (seconds for one [B=1, Cin, T] input; ``tiles = ceil(T / 64)``):
+
+    dense: DENSE_PER_MAC * rows * columns * T + CALL
+    csr:   CSR_PER_NONZERO * nnz * T + CSR_PER_ROW_TILE * rows * tiles + CALL
+    bsr:   BSR_PER_VALUE * stored values * T + BSR_PER_STRIP_TILE * (rows / 4) * tiles + CALL
+
+"dense" is tinyasr's own dense path (BLAS matmul + epilogue), the alternative at run time.  A sparse
+encoding is chosen when the model predicts it at least MARGIN times faster.  The constants are least
+squares fits of measurements of the kernels on 256x256 and 512x512 layers; re-measure on a new machine
+with ``python3 -m converters.sparse_choice --calibrate`` (about a minute) and paste the printed values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import numpy as np
+
+from tinyasr.errors import ConversionError
+from tinyasr.fileformat import EncodedTensor, to_float16
+from tinyasr.graph import Graph
+from tinyasr.sparse import bsr_arrays, csr_arrays
+
+# Calibrated 2026-11-25 on the development machine (2-core AMD EPYC, AVX-512, shared), 1 thread, by --calibrate
+# (two runs averaged; dense = numpy BLAS + epilogue).  Break-even: csr ~65 % sparsity; bsr 4x1 runs a stored
+# value about as fast as BLAS runs a weight, so it pays once blocks are pruned.  The fit mixes T = 16, 64 and
+# 1000; at T = 64 csr measured ~1.7x cheaper per non-zero than the fit, so "auto" is conservative there.
+COSTS = {
+    "DENSE_PER_MAC": 1.65e-11,
+    "CSR_PER_NONZERO": 4.8e-11,
+    "CSR_PER_ROW_TILE": 3.0e-09,
+    "BSR_PER_VALUE": 1.55e-11,
+    "BSR_PER_STRIP_TILE": 4.6e-08,
+    "CALL": 7.7e-06,
+}
+MARGIN = 1.1  # a sparse encoding must be predicted this much faster than dense
+BLOCK_FILL = 0.8  # a bsr block shape is used when at least this fraction of its stored values are non-zero
+SPARSE_MODES = ("dense", "auto", "csr", "bsr")
+TILE = 64
+
+
+def predicted_seconds(kind: str, rows: int, columns: int, stored: int, frames: int,
+                      costs: Mapping[str, float] = COSTS) -> float:
+    """The cost model: time of one layer call over ``frames`` frames; ``stored`` = non-zeros (csr) or block values (bsr)."""
+    tiles = math.ceil(frames / TILE)
+    if kind == "dense":
+        return costs["DENSE_PER_MAC"] * rows * columns * frames + costs["CALL"]
+    if kind == "csr":
+        return costs["CSR_PER_NONZERO"] * stored * frames + costs["CSR_PER_ROW_TILE"] * rows * tiles + costs["CALL"]
+    if kind == "bsr":
+        return (costs["BSR_PER_VALUE"] * stored * frames + costs["BSR_PER_STRIP_TILE"] * rows / 4 * tiles
+                + costs["CALL"])
+    raise ConversionError(f"unknown encoding kind {kind!r}; expected dense, csr or bsr")
+
+
+def best_block(matrix: np.ndarray) -> Optional[int]:
+    """The largest block height (8, then 4) whose non-zero blocks are at least BLOCK_FILL full, else None."""
+    rows, nonzero = matrix.shape[0], int(np.count_nonzero(matrix))
+    for block in (8, 4):
+        if rows % block == 0 and nonzero:
+            blocks = np.count_nonzero(matrix.reshape(rows // block, block, -1).any(axis=1))
+            if nonzero >= BLOCK_FILL * blocks * block:
+                return block
+    return None
+
+
+def choose_encoding(matrix: np.ndarray, frames: int = TILE, costs: Mapping[str, float] = COSTS) -> str:
+    """"dense", "csr" or "bsr" for a [rows, columns] weight matrix run over ``frames`` frames per call."""
+    matrix = np.asarray(matrix)
+    if matrix.ndim != 2:
+        raise ConversionError(f"choose_encoding needs a 2-D weight matrix, got shape {matrix.shape}")
+    rows, columns = matrix.shape
+    if columns > 65535:  # int32 column indices: no sparse kernel
+        return "dense"
+    options = {"dense": predicted_seconds("dense", rows, columns, 0, frames, costs),
+               "csr": predicted_seconds("csr", rows, columns, int(np.count_nonzero(matrix)), frames, costs)}
+    block = best_block(matrix)
+    if block:
+        stored = int(np.count_nonzero(matrix.reshape(rows // block, block, -1).any(axis=1))) * block
+        options["bsr"] = predicted_seconds("bsr", rows, columns, stored, frames, costs)
+    best = min(options, key=options.get)
+    return best if best == "dense" or options[best] * MARGIN <= options["dense"] else "dense"
+
+
+def encode(weight: np.ndarray, kind: str, value_dtype: str = "float32", block: Optional[int] = None):
+    """A weight in the given encoding, as write_model takes it.
+
+    dense: the array (float16 storage with upcast_to if value_dtype is float16); csr; bsr with blocks of
+    ``block`` x 1 output channels (default: best_block, else 4).  The matrix view is [shape[0], rest].
+    """
+    weight = np.asarray(weight, np.float32)
+    if value_dtype not in ("float32", "float16"):
+        raise ConversionError(f"value dtype must be float32 or float16, got {value_dtype!r}")
+    if kind == "dense":
+        return to_float16(weight) if value_dtype == "float16" else weight
+    matrix = weight.reshape(weight.shape[0], -1)
+    if value_dtype == "float16" and np.abs(matrix).max(initial=0) > 65504:
+        raise ConversionError(f"weight values up to {np.abs(matrix).max():g} exceed the float16 range")
+    if kind == "csr":
+        values, indices, indptr = csr_arrays(matrix, value_dtype)
+        return EncodedTensor("csr", "float32", weight.shape, {"values": values, "indices": indices, "indptr": indptr})
+    if kind == "bsr":
+        block = block or best_block(matrix) or 4
+        if matrix.shape[0] % block:
+            raise ConversionError(f"bsr blocks of {block} rows do not tile {matrix.shape[0]} output channels")
+        values, indices, indptr = bsr_arrays(matrix, (block, 1), value_dtype)
+        return EncodedTensor("bsr", "float32", weight.shape, {"values": values, "indices": indices, "indptr": indptr},
+                             {"block": [block, 1]})
+    raise ConversionError(f"unknown encoding kind {kind!r}; expected one of dense, csr, bsr")
+
+
+def sparse_candidates(graph: Graph, tensors: Mapping[str, Any]) -> Dict[str, np.ndarray]:
+    """{weight name: [rows, columns] matrix} of the weights a sparse kernel can run: float32 weights of pointwise
+    group-1 Conv nodes without padding and of Gemm nodes with transB=1, used by no other kind of input."""
+    candidates, others = {}, set()
+    for node in graph.nodes:
+        for i, name in enumerate(node.inputs):
+            weight = tensors.get(name)
+            runnable = i == 1 and isinstance(weight, np.ndarray) and weight.dtype == np.float32 and (
+                (node.op == "Conv" and weight.ndim == 3 and weight.shape[2] == 1 and node.attrs.get("group", 1) == 1
+                 and not any(node.attrs.get("pads", [0, 0])))
+                or (node.op == "Gemm" and weight.ndim == 2 and node.attrs.get("transB", 0) == 1
+                    and not node.attrs.get("transA", 0)))
+            if runnable:
+                candidates[name] = weight.reshape(weight.shape[0], -1)
+            elif name in tensors:
+                others.add(name)
+    return {name: m for name, m in candidates.items() if name not in others}
+
+
+def encode_weights(graph: Graph, tensors: Mapping[str, Any], mode: str = "auto", frames: int = TILE,
+                   value_dtype: str = "float32") -> Tuple[Dict[str, Any], Dict[str, str]]:
+    """The converter's ``--sparse`` step: (tensors with sparse-runnable weights encoded, {weight: kind}).
+
+    mode "dense" changes nothing; "csr" / "bsr" encode every candidate weight that has a zero; "auto"
+    asks choose_encoding.  Call before float16 storage of the remaining dense weights.
+    """
+    if mode not in SPARSE_MODES:
+        raise ConversionError(f"--sparse {mode!r} is not one of {', '.join(SPARSE_MODES)}")
+    out, kinds = dict(tensors), {}
+    if mode == "dense":
+        return out, kinds
+    for name, matrix in sparse_candidates(graph, tensors).items():
+        if mode == "auto":
+            kind = choose_encoding(matrix, frames)
+        else:
+            kind = mode if np.count_nonzero(matrix) < matrix.size else "dense"
+        if kind == "bsr" and matrix.shape[0] % 4:
+            kind = "csr"
+        if kind != "dense":
+            out[name] = encode(tensors[name], kind, value_dtype, block=4 if best_block(matrix) is None else None)
+            kinds[name] = kind
+    return out, kinds
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def _best_seconds(fn, repeats: int = 30) -> float:
+    fn()
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def calibrate(sizes=(256, 512), frames=(16, 64, 1000), sparsities=(0.5, 0.8, 0.9, 0.95)) -> Dict[str, float]:
+    """Measure tinyasr's dense and sparse kernels (1 thread) and fit the cost model's constants."""
+    from tinyasr import threads
+    from tinyasr.kernels.conv1d import conv1d
+    from tinyasr.kernels.sparse import spmm
+    from tinyasr.sparse import BSRMatrix, CSRMatrix
+
+    from .sparsity import magnitude_mask
+
+    threads.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    rows_of = {"dense": [], "csr": [], "bsr": []}  # (features..., seconds - CALL estimate later)
+    calls = []
+    for size in sizes:
+        weight = rng.standard_normal((size, size)).astype(np.float32)
+        for t in frames:
+            x = rng.standard_normal((1, size, t)).astype(np.float32)
+            tiles = math.ceil(t / TILE)
+            rows_of["dense"].append((size * size * t, _best_seconds(lambda: conv1d(x, weight[:, :, None]))))
+            calls.append(_best_seconds(lambda: conv1d(x[:, :1, :1], weight[:1, :1, None])))
+            for s in sparsities:
+                m = weight * magnitude_mask(weight, s)
+                csr = CSRMatrix(*csr_arrays(m), (size, size, 1))
+                rows_of["csr"].append((csr.nnz * t, size * tiles, _best_seconds(lambda: spmm(csr, x))))
+                b = weight * magnitude_mask(weight, s, 4)
+                bsr = BSRMatrix(*bsr_arrays(b, (4, 1)), (size, size, 1), (4, 1))
+                rows_of["bsr"].append((bsr.nnz * t, size / 4 * tiles, _best_seconds(lambda: spmm(bsr, x))))
+    call = float(np.median(calls))
+    costs = {"CALL": call}
+    dense = np.array(rows_of["dense"])
+    costs["DENSE_PER_MAC"] = float(np.linalg.lstsq(dense[:, :1], dense[:, 1] - call, rcond=None)[0][0])
+    for kind, (per_value, per_tile) in (("csr", ("CSR_PER_NONZERO", "CSR_PER_ROW_TILE")),
+                                        ("bsr", ("BSR_PER_VALUE", "BSR_PER_STRIP_TILE"))):
+        data = np.array(rows_of[kind])
+        fit = np.linalg.lstsq(data[:, :2], data[:, 2] - call, rcond=None)[0]
+        costs[per_value], costs[per_tile] = float(max(fit[0], 0.0)), float(max(fit[1], 0.0))
+    return costs
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--calibrate", action="store_true", help="measure this machine and print COSTS")
+    args = parser.parse_args(argv)
+    if not args.calibrate:
+        parser.print_help()
+        return 0
+    costs = calibrate()
+    print("COSTS = {")
+    for key in ("DENSE_PER_MAC", "CSR_PER_NONZERO", "CSR_PER_ROW_TILE", "BSR_PER_VALUE", "BSR_PER_STRIP_TILE", "CALL"):
+        print(f'    "{key}": {costs[key]:.2g},')
+    print("}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
