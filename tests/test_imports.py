@@ -32,6 +32,7 @@ def _modules_after(statement: str):
 
 @pytest.mark.parametrize("statement", [
     "import tinyasr; from tinyasr import runtime, frontend, audio, decoding, recognizer",
+    "import tinyasr; from tinyasr import streaming, stream_frontend, stream_graph, vad, sparse, fileformat",
     "import tinyasr; tinyasr.Recognizer, tinyasr.Result, tinyasr.load_model, tinyasr.set_num_threads",
     "import tinyasr.cli",
 ])

@@ -50,6 +50,8 @@ _EXPORTS = {
     "Classification": "decoding",
     "FrameClassification": "decoding",
     "Segment": "decoding",
+    "OnlineStream": "streaming",
+    "transcribe_long": "vad",
 }
 
 __all__ = ["__version__", *_EXPORTS]

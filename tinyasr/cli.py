@@ -13,7 +13,7 @@ import json
 import sys
 from typing import List, Optional
 
-from . import __version__
+from . import __version__, stream_cli
 from .errors import TinyASRError
 
 EXIT_OK = 0
@@ -189,6 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
         commands.add_parser(name, add_help=False,
                             help=f"{description} (needs tinyasr[convert]; 'tinyasr {name} -h' for options).")
 
+    stream = commands.add_parser(
+        "stream", help="Live transcription with partial results (microphone, stdin PCM or a file).",
+        description="Live transcription with partial results (microphone, stdin PCM or a file).", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    stream_cli.add_arguments(stream)
+
     info = commands.add_parser("info", help="Describe a .tasr model.", description="Describe a .tasr model.")
     info.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     info.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -206,5 +213,5 @@ def main(argv: Optional[List[str]] = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
     except SystemExit as exc:  # argparse: --help, --version and usage errors
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    handlers = {"transcribe": _transcribe, "classify": _classify, "info": _info}
+    handlers = {"transcribe": _transcribe, "classify": _classify, "info": _info, "stream": stream_cli.run}
     return handlers[args.command](args)

@@ -309,7 +309,7 @@ def valid_frame_count(num_samples: int, config: FrontendConfig) -> int:
     return (num_samples + pad - config.n_fft) // config.hop_length
 
 
-def _padded_window(config: FrontendConfig) -> np.ndarray:
+def padded_window(config: FrontendConfig) -> np.ndarray:
     """The win_length window centred in n_fft zeros, as torch.stft places it."""
     window = np.zeros(config.n_fft)
     left = (config.n_fft - config.win_length) // 2
@@ -343,7 +343,7 @@ def power_spectrogram(samples: np.ndarray, config: FrontendConfig) -> np.ndarray
     if x.size < config.n_fft:
         raise AudioError(f"audio of {samples.size} samples is shorter than one STFT frame (n_fft={config.n_fft})")
     frames = np.lib.stride_tricks.sliding_window_view(x, config.n_fft)[::config.hop_length]
-    window = _padded_window(config)
+    window = padded_window(config)
     out = np.empty((frames.shape[0], config.n_fft // 2 + 1))
     for start in range(0, frames.shape[0], FRAMES_PER_BLOCK):
         spectrum = np.fft.rfft(frames[start:start + FRAMES_PER_BLOCK] * window, axis=1)

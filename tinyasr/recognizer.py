@@ -100,6 +100,12 @@ class Recognizer:
 
     # -- public calls ------------------------------------------------------
 
+    def stream(self, **options):
+        """A new online stream on this model (own state; many may run at once): see tinyasr.streaming.OnlineStream."""
+        from .streaming import OnlineStream
+
+        return OnlineStream(self, **options)
+
     def transcribe(self, audio_input: AudioInput, sample_rate: Optional[int] = None) -> Result:
         """Text, tokens and words with times of a file path or a sample array (then give ``sample_rate``)."""
         decoder = self._decoder_for("ctc", "transcribe")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
+import types
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -136,7 +137,8 @@ class Model:
         self.graph = graph
         self.manifest = manifest or {}
         self.path = path
-        self._label = os.path.basename(path) if path else "model"
+        self.label = os.path.basename(path) if path else "model"  # names the model in error messages
+        self.tensors = types.MappingProxyType(dict(tensors))  # stored tensors as the ops see them (read-only)
         slot_of = {name: i for i, name in enumerate(
             [v.name for v in graph.inputs] + [o for node in graph.nodes for o in node.outputs])}
         self._slot_count = len(slot_of)
@@ -219,7 +221,7 @@ class Model:
         value = np.asarray(value)
         if not np.can_cast(value.dtype, info.dtype, "same_kind"):
             raise GraphError(
-                f"{self._label}: output {info.name!r} is computed as {value.dtype} but declared {info.dtype}"
+                f"{self.label}: output {info.name!r} is computed as {value.dtype} but declared {info.dtype}"
             )
         return np.array(value, dtype=info.dtype, order="C", copy=True)
 
@@ -228,17 +230,17 @@ class Model:
         try:
             results = step.run(ctx, args, node.attrs)
         except (GraphError, InputError) as exc:
-            raise type(exc)(f"{self._label}: node {node.name!r} ({node.op}): {exc}") from None
+            raise type(exc)(f"{self.label}: node {node.name!r} ({node.op}): {exc}") from None
         except TinyASRError:
             raise
         except (ValueError, TypeError, IndexError, ZeroDivisionError, FloatingPointError) as exc:
             shapes = ", ".join(str(getattr(a, "shape", None)) for a in args)
             raise GraphError(
-                f"{self._label}: node {node.name!r} ({node.op}) failed on inputs of shapes {shapes}: {exc}"
+                f"{self.label}: node {node.name!r} ({node.op}) failed on inputs of shapes {shapes}: {exc}"
             ) from None
         if len(results) < len(step.outputs):
             raise GraphError(
-                f"{self._label}: node {node.name!r} ({node.op}) declares {len(step.outputs)} outputs "
+                f"{self.label}: node {node.name!r} ({node.op}) declares {len(step.outputs)} outputs "
                 f"but the op produced {len(results)}"
             )
         return results
@@ -273,7 +275,7 @@ class Model:
     def _check_inputs(self, inputs: Mapping[str, Any]) -> List[np.ndarray]:
         if not isinstance(inputs, Mapping):
             expected = "; ".join(_format_value(v) for v in self.graph.inputs)
-            raise InputError(f"{self._label}: run() takes a dict of input name -> array; expected inputs: {expected}")
+            raise InputError(f"{self.label}: run() takes a dict of input name -> array; expected inputs: {expected}")
         names = {v.name for v in self.graph.inputs}
         missing = [v.name for v in self.graph.inputs if v.name not in inputs]
         unexpected = [str(n) for n in inputs if n not in names]
@@ -283,27 +285,27 @@ class Model:
                 text for text in (missing and f"missing input(s) {missing}",
                                   unexpected and f"unexpected input(s) {unexpected}") if text
             )
-            raise InputError(f"{self._label}: {problem}; expected inputs: {expected}")
+            raise InputError(f"{self.label}: {problem}; expected inputs: {expected}")
         symbols: Dict[str, Tuple[int, str]] = {}
         arrays = []
         for info in self.graph.inputs:
-            array = _coerce(info, inputs[info.name], self._label)
+            array = _coerce(info, inputs[info.name], self.label)
             if array.ndim != len(info.shape):
                 raise InputError(
-                    f"{self._label}: input {info.name!r} has shape {array.shape} (rank {array.ndim}); "
+                    f"{self.label}: input {info.name!r} has shape {array.shape} (rank {array.ndim}); "
                     f"expected rank {len(info.shape)}: {_format_value(info)}"
                 )
             for axis, (size, declared) in enumerate(zip(array.shape, info.shape)):
                 if isinstance(declared, int) and declared >= 0 and size != declared:
                     raise InputError(
-                        f"{self._label}: input {info.name!r} has size {size} on axis {axis}; expected {declared} "
+                        f"{self.label}: input {info.name!r} has size {size} on axis {axis}; expected {declared} "
                         f"({_format_value(info)})"
                     )
                 if isinstance(declared, str) and declared not in ("", "?"):
                     seen = symbols.setdefault(declared, (size, f"{info.name!r} axis {axis}"))
                     if seen[0] != size:
                         raise InputError(
-                            f"{self._label}: dimension {declared!r} is {seen[0]} in input {seen[1]} but {size} in "
+                            f"{self.label}: dimension {declared!r} is {seen[0]} in input {seen[1]} but {size} in "
                             f"input {info.name!r} axis {axis}"
                         )
             arrays.append(array)

@@ -1,0 +1,410 @@
+"""Streaming: features, resampling, stateful graph execution and online recognition equal the offline results."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tinyasr.audio import load_audio, resample
+from tinyasr.errors import GraphError, TinyASRError
+from tinyasr.frontend import FrontendConfig, compute_features
+from tinyasr.graph import Graph, Node, ValueInfo
+from tinyasr.runtime import Model
+from tinyasr.stream_frontend import (FixedNormalizer, RunningNormalizer, StreamingFeatures, StreamResampler,
+                                     estimate_feature_stats)
+from tinyasr.stream_graph import GraphStream, StreamPlan
+from tinyasr.stream_cli import PORTAUDIO_HINT
+from tinyasr.streaming import EndpointConfig, OnlineStream
+
+SHARED = os.environ.get("TINYASR_SHARED", "/work/shared")
+AUDIO = os.path.join(SHARED, "audio")
+GOFORWARD = os.path.join(AUDIO, "pocketsphinx_goforward.wav")
+needs_audio = pytest.mark.skipif(not os.path.exists(GOFORWARD), reason="shared audio not available")
+
+RNG = np.random.default_rng(2024)
+SIGNAL = (0.1 * RNG.standard_normal(16000 + 357)).astype(np.float32)
+FRONTENDS = {
+    "nemo_mel": FrontendConfig(normalize=None),  # pad_to 16: finish() must add the offline padding frames
+    "mfcc_reflect": FrontendConfig(kind="mfcc", n_mfcc=13, window_periodic=True, mel_scale="htk", mel_norm=None,
+                                   preemph=None, pad_mode="reflect", normalize=None, pad_to=0),
+    "digits_8k": FrontendConfig(sample_rate=8000, n_fft=256, win_length=200, hop_length=80, highfreq=4000.0,
+                                normalize=None, pad_to=0),
+}
+
+
+def _split(signal: np.ndarray, cuts, axis=-1):
+    return np.split(signal, sorted(int(c) % (signal.shape[axis] + 1) for c in cuts), axis=axis)
+
+
+# ---------------------------------------------------------------- front end and resampler
+
+
+@settings(max_examples=25, deadline=None)
+@given(name=st.sampled_from(sorted(FRONTENDS)), cuts=st.lists(st.integers(0, 10**6), max_size=30))
+def test_streamed_features_equal_offline_features(name, cuts):
+    config = FRONTENDS[name]
+    expected, _ = compute_features(SIGNAL, config)
+    stream = StreamingFeatures(config)
+    pieces = [stream.accept(piece) for piece in _split(SIGNAL, cuts)] + [stream.finish()]
+    got = np.concatenate(pieces, axis=1)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)  # measured: bit-identical
+
+
+def test_frames_leave_as_soon_as_their_half_window_of_lookahead_is_in():
+    config = FRONTENDS["nemo_mel"]
+    stream = StreamingFeatures(config)
+    assert stream.accept(SIGNAL[:255]).shape[1] == 0  # frame 0 covers samples [-256, 256)
+    assert stream.accept(SIGNAL[255:256]).shape[1] == 1
+    assert stream.accept(SIGNAL[256:256 + 160]).shape[1] == 1
+
+
+@settings(max_examples=20, deadline=None)
+@given(rates=st.sampled_from([(16000, 8000), (44100, 16000), (8000, 16000), (48000, 16000), (22050, 8000)]),
+       cuts=st.lists(st.integers(0, 10**6), max_size=30))
+def test_stream_resampler_equals_offline_resample(rates, cuts):
+    expected = resample(SIGNAL, *rates)
+    stream = StreamResampler(*rates)
+    got = np.concatenate([stream.accept(piece) for piece in _split(SIGNAL, cuts)] + [stream.finish()])
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+
+
+def test_normalizers_against_numpy_statistics():
+    per_feature = FrontendConfig(normalize="per_feature", pad_to=0)
+    raw = FrontendConfig(normalize=None, pad_to=0)
+    short = SIGNAL[:4000]  # 25 frames: shorter than the warm-up, so normalised over the whole utterance
+    expected, valid = compute_features(short, per_feature)
+    stream = StreamingFeatures(per_feature, RunningNormalizer(warmup=50))
+    got = np.concatenate([stream.accept(short[:1000]), stream.accept(short[1000:]), stream.finish()], axis=1)
+    np.testing.assert_allclose(got[:, :valid], expected[:, :valid], rtol=0, atol=1e-4)
+
+    features, valid = compute_features(SIGNAL, raw)
+    mean, std = estimate_feature_stats([SIGNAL[:9000], SIGNAL[9000:]], raw)
+    parts = [compute_features(p, raw) for p in (SIGNAL[:9000], SIGNAL[9000:])]
+    frames = np.concatenate([f[:, :v] for f, v in parts], axis=1).astype(np.float64)
+    np.testing.assert_allclose(mean, frames.mean(axis=1), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(std, frames.std(axis=1, ddof=1), rtol=1e-6)
+    fixed = StreamingFeatures(per_feature, FixedNormalizer(mean, std))
+    got = np.concatenate([fixed.accept(SIGNAL), fixed.finish()], axis=1)[:, :valid]
+    np.testing.assert_allclose(got, (features[:, :valid] - mean[:, None]) / (std[:, None] + 1e-5), atol=1e-4)
+
+
+def test_running_normalizer_with_a_prior_equals_statistics_over_prior_frames_and_frames_so_far():
+    rng = np.random.default_rng(5)
+    prior_frames = rng.standard_normal((3, 20)) * 2.0 + 1.0  # real frames standing for the prior
+    frames = rng.standard_normal((3, 30)) * 3.0 - 2.0
+    prior = FixedNormalizer(prior_frames.mean(axis=1), prior_frames.std(axis=1, ddof=1))
+    normalizer = RunningNormalizer(prior=prior, prior_frames=20)
+    got = np.concatenate([normalizer(frames[:, :7]), normalizer(frames[:, 7:8]), normalizer(frames[:, 8:])], axis=1)
+    for t in range(frames.shape[1]):
+        seen = np.concatenate([prior_frames, frames[:, :t + 1]], axis=1)
+        expected = (frames[:, t] - seen.mean(axis=1)) / (seen.std(axis=1, ddof=1) + 1e-5)
+        np.testing.assert_allclose(got[:, t], expected, rtol=1e-9, atol=1e-9)
+
+
+def test_unstreamable_front_ends_are_refused():
+    with pytest.raises(TinyASRError, match="remove_mean"):
+        StreamingFeatures(FrontendConfig(remove_mean=True, normalize=None))
+    with pytest.raises(TinyASRError, match="per_feature.*FixedNormalizer or RunningNormalizer"):
+        StreamingFeatures(FrontendConfig())
+
+
+# ---------------------------------------------------------------- stateful graph execution
+
+
+def conv_net(causal: bool, features: int = 5, channels: int = 8, classes: int = 4, seed: int = 0) -> Model:
+    """A QuartzNet-shaped graph built by hand: strided prologue, depthwise + pointwise with a fused residual,
+    a dilated depthwise conv, 1x1 decoder, Transpose, LogSoftmax.  Causal: all padding on the left."""
+    rng = np.random.default_rng(seed)
+    nodes, tensors = [], {}
+
+    def conv(name, x, c_in, c_out, kernel, stride=1, dilation=1, group=1, residual=None, activation=""):
+        span = dilation * (kernel - 1)
+        tensors[name + ".w"] = (rng.standard_normal((c_out, c_in // group, kernel)) / np.sqrt(c_in // group * kernel)
+                                ).astype(np.float32)
+        tensors[name + ".b"] = (0.1 * rng.standard_normal(c_out)).astype(np.float32)
+        inputs = (x, name + ".w", name + ".b") + ((residual,) if residual else ())
+        nodes.append(Node(name, "Conv", inputs, (name + ".y",), {
+            "group": group, "strides": [stride], "dilations": [dilation], "activation": activation,
+            "pads": [span, 0] if causal else [span // 2, span - span // 2]}))
+        return name + ".y"
+
+    y = conv("prologue", "x", features, channels, 5, stride=2, activation="Relu")
+    skip = conv("residual", y, channels, channels, 1)
+    y = conv("pointwise", conv("depthwise", y, channels, channels, 7, group=channels), channels, channels, 1,
+             residual=skip, activation="Relu")
+    y = conv("decoder", conv("dilated", y, channels, channels, 5, dilation=2, group=channels), channels, classes, 1)
+    nodes.append(Node("transpose", "Transpose", (y,), ("t",), {"perm": [0, 2, 1]}))
+    nodes.append(Node("log_softmax", "LogSoftmax", ("t",), ("logprobs",), {"axis": -1}))
+    graph = Graph([ValueInfo("x", "float32", (1, features, "T"))],
+                  [ValueInfo("logprobs", "float32", (1, "T2", classes))], nodes)
+    return Model(graph, tensors)
+
+
+def stream_frames(model: Model, x: np.ndarray, cuts) -> np.ndarray:
+    stream = GraphStream(StreamPlan.from_model(model))
+    outputs = [stream.accept(piece) for piece in _split(x, cuts)] + [stream.finish()]
+    return np.concatenate([o["logprobs"] for o in outputs if "logprobs" in o], axis=1)
+
+
+@settings(max_examples=15, deadline=None)
+@given(causal=st.booleans(), frames=st.integers(1, 120), cuts=st.lists(st.integers(0, 10**6), max_size=20))
+def test_streamed_graph_equals_offline_run(causal, frames, cuts):
+    model = conv_net(causal)
+    x = np.random.default_rng(frames).standard_normal((1, 5, frames)).astype(np.float32)
+    expected = model.run({"x": x})["logprobs"]
+    got = stream_frames(model, x, cuts)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)  # measured max 5e-7 (BLAS blocking)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_receptive_field_matches_perturbation_of_the_offline_run(causal):
+    """Independent check of the graph walk: change one input frame, see which offline outputs move."""
+    model = conv_net(causal)
+    field = StreamPlan.from_model(model).receptive_field
+    x = np.random.default_rng(0).standard_normal((1, 5, 200)).astype(np.float32)
+    base = model.run({"x": x})["logprobs"][0]
+    probe = 100
+    x[0, :, probe] += 10.0
+    changed = np.flatnonzero(np.abs(model.run({"x": x})["logprobs"][0] - base).max(axis=1) > 0)
+    # output t reads input frames [t*stride - left, t*stride + right]
+    assert field.stride == 2
+    assert changed.min() * 2 - field.left <= probe and (changed.min() - 1) * 2 + field.right < probe
+    assert changed.max() * 2 + field.right >= probe and (changed.max() + 1) * 2 - field.left > probe
+    assert (field.left, field.right) == ((32, 0) if causal else (16, 16))
+
+
+def test_causal_graph_emits_each_output_without_lookahead():
+    model = conv_net(causal=True)
+    stream = GraphStream(StreamPlan.from_model(model))
+    x = np.random.default_rng(3).standard_normal((1, 5, 40)).astype(np.float32)
+    emitted = [stream.accept(x[:, :, t:t + 1]).get("logprobs") for t in range(40)]
+    counts = [0 if e is None else e.shape[1] for e in emitted]
+    assert counts == [1 if t % 2 == 0 else 0 for t in range(40)]  # stride 2: one output per two input frames
+
+
+def test_unstreamable_graphs_are_refused_naming_the_node():
+    graph = Graph([ValueInfo("x", "float32", (1, 4, "T"))], [ValueInfo("y", "float32", (1, 4, 1))],
+                  [Node("pool", "GlobalAveragePool", ("x",), ("y",))])
+    with pytest.raises(GraphError, match="node 'pool' \\(GlobalAveragePool\\) cannot stream"):
+        StreamPlan(graph, {})
+    graph = Graph([ValueInfo("x", "float32", (1, "T")), ValueInfo("length", "int64", (1,))],
+                  [ValueInfo("y", "float32", (1, "T"))], [Node("relu", "Relu", ("x",), ("y",))])
+    with pytest.raises(GraphError, match="length input"):
+        StreamPlan(graph, {})
+    graph = Graph([ValueInfo("x", "float32", (1, 4, "T"))], [ValueInfo("y", "float32", (1, 4, "T"))],
+                  [Node("softmax", "Softmax", ("x",), ("y",), {"axis": 2})])
+    with pytest.raises(GraphError, match="node 'softmax'.*the time axis"):
+        StreamPlan(graph, {})
+
+
+# ---------------------------------------------------------------- online recognition
+
+
+def energy_ctc_parts(threshold: float = -11.5, frontend: FrontendConfig = FrontendConfig(normalize=None)):
+    """Graph, tensors and manifest of a CTC 'recogniser' whose token 'x' wins where the mean log-mel exceeds
+    ``threshold`` and blank elsewhere: speech / silence decisions checkable against the features themselves."""
+    n = frontend.num_features
+    weight = np.stack([np.full(n, 4.0 / n), np.full(n, -4.0 / n)]).astype(np.float32)[:, :, None]
+    bias = np.array([-4.0 * threshold, 4.0 * threshold], np.float32)
+    graph = Graph([ValueInfo("features", "float32", (1, n, "T"))], [ValueInfo("logprobs", "float32", (1, "T", 2))], [
+        Node("score", "Conv", ("features", "w", "b"), ("s",), {"pads": [0, 0]}),
+        Node("transpose", "Transpose", ("s",), ("t",), {"perm": [0, 2, 1]}),
+        Node("log_softmax", "LogSoftmax", ("t",), ("logprobs",), {"axis": -1}),
+    ])
+    manifest = {"graph": graph.to_dict(), "frontend": frontend.to_dict(), "provenance": {"source": "tests"},
+                "decoder": {"type": "ctc", "output": "logprobs", "blank": 1, "vocabulary": ["x"],
+                            "vocabulary_type": "words", "logits": "log_probs"}}
+    return graph, {"w": weight, "b": bias}, manifest
+
+
+def energy_ctc_model(**options) -> Model:
+    return Model(*energy_ctc_parts(**options))
+
+
+def test_normalization_follows_the_manifest_statistics():
+    from tinyasr.errors import ModelFileError
+
+    per_feature = FrontendConfig(normalize="per_feature", pad_to=0)
+    graph, tensors, manifest = energy_ctc_parts(frontend=per_feature)
+    assert isinstance(OnlineStream(Model(graph, tensors, manifest)).normalizer, RunningNormalizer)
+    with pytest.raises(ModelFileError, match="feature_mean"):
+        OnlineStream(Model(graph, tensors, manifest), normalization="fixed")
+    stats = {"feature_mean": [-8.0] * 64, "feature_std": [2.0] * 64}
+    stream = OnlineStream(Model(graph, tensors, {**manifest, "streaming": stats}))
+    assert isinstance(stream.normalizer, FixedNormalizer) and stream.normalizer.mean[0, 0] == -8.0
+    assert OnlineStream(energy_ctc_model()).normalizer is None  # the front end does not normalise: exact
+
+
+def test_online_stream_refuses_bad_input_clearly():
+    from tinyasr.errors import AudioError, InputError
+
+    stream = OnlineStream(energy_ctc_model())
+    stream.accept_waveform(np.zeros(800, np.float32), 16000)
+    with pytest.raises(InputError, match="sample rate changed from 16000 to 8000"):
+        stream.accept_waveform(np.zeros(800, np.float32), 8000)
+    with pytest.raises(AudioError, match="NaN"):
+        stream.accept_waveform(np.array([0.0, np.nan], np.float32), 16000)
+    graph, tensors, manifest = energy_ctc_parts()
+    manifest = {**manifest, "decoder": {"type": "classification", "output": "logprobs", "labels": ["a", "b"]}}
+    with pytest.raises(InputError, match="needs a CTC model.*'classification'"):
+        OnlineStream(Model(graph, tensors, manifest))
+
+
+def first_endpoint(stream: OnlineStream, samples: np.ndarray, rate: int = 16000, chunk: float = 0.01):
+    """Seconds of audio fed when is_endpoint first turned true (None if never)."""
+    step = int(rate * chunk)
+    for start in range(0, len(samples), step):
+        stream.accept_waveform(samples[start:start + step], rate)
+        if stream.is_endpoint:
+            return (start + step) / rate
+    return None
+
+
+@needs_audio
+def test_endpoint_fires_after_trailing_silence_and_not_inside_speech():
+    speech, _ = load_audio(GOFORWARD, 16000)
+    samples = np.concatenate([speech, np.zeros(3 * 16000, np.float32)])
+    features, valid = compute_features(samples, FrontendConfig(normalize=None, pad_to=0))
+    loud = np.flatnonzero(features[:, :valid].mean(axis=0) > -11.5)
+    last_speech_end = (loud.max() + 1) * 0.01  # from the features, independently of the stream
+    stream = OnlineStream(energy_ctc_model(), endpoint=EndpointConfig.simple(silence_after_speech=1.2))
+    fired = first_endpoint(stream, samples)
+    # the frame centred at t needs audio up to t + 16 ms; allow one 10 ms chunk of granularity
+    assert last_speech_end + 1.2 <= fired <= last_speech_end + 1.2 + 0.016 + 0.02
+    assert stream.partial.startswith("x")
+    result = stream.finalize()
+    assert result.text and not stream.is_endpoint and stream.partial == ""
+
+    silence = np.zeros(3 * 16000, np.float32)
+    fired = first_endpoint(OnlineStream(energy_ctc_model()), silence)  # rule 1: 2.4 s without speech
+    assert 2.4 <= fired <= 2.4 + 0.016 + 0.02
+    noise = (0.3 * RNG.standard_normal(5 * 16000)).astype(np.float32)  # loud: all 'speech'
+    fired = first_endpoint(OnlineStream(energy_ctc_model(), endpoint=EndpointConfig.simple(max_utterance=3.0)), noise)
+    assert 3.0 <= fired <= 3.0 + 0.016 + 0.02
+
+
+def _transcribe_streaming(stream: OnlineStream, samples, rate, cuts):
+    for piece in _split(samples, cuts):
+        stream.accept_waveform(piece, rate)
+    return stream.finalize()
+
+
+def _same_result(a, b):
+    assert a.text == b.text and a.duration == pytest.approx(b.duration)
+    assert [(t.id, t.start, t.end) for t in a.tokens] == [(t.id, t.start, t.end) for t in b.tokens]
+    np.testing.assert_allclose([t.confidence for t in a.tokens], [t.confidence for t in b.tokens], atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def quartznet_like(tmp_path_factory):
+    """The QuartzNet-like torch test model, converted with a (non-normalising) NeMo front end."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    import torch_models
+    from converters import from_torch
+
+    from tinyasr.recognizer import Recognizer
+
+    module = torch_models.build(torch_models.QuartzNetLike, channels=32, blocks=2)
+    path = from_torch(module, (torch.randn(1, 64, 100),), tmp_path_factory.mktemp("qn") / "qn.tasr",
+                      input_names=["features"], output_names=["logprobs"], labels=list(" abcdefghijklmnopqrstuvwxyz'"),
+                      decoder="ctc", frontend=FrontendConfig(normalize=None).to_dict())
+    return Recognizer(path)
+
+
+@needs_audio
+@pytest.mark.parametrize("clip,rate,cuts", [
+    ("pocketsphinx_goforward.wav", 16000, list(range(0, 50000, 160))),  # 10 ms chunks
+    ("pocketsphinx_goforward.wav", 8000, [5, 777, 4000, 4001, 9000]),  # resampled on the way in
+    ("librivox_sense_and_sensibility_01_austen_64kb-0880.wav", 16000, [1280 * i for i in range(40)]),  # 80 ms
+])
+def test_streamed_transcript_equals_offline_transcript(quartznet_like, clip, rate, cuts):
+    samples, _ = load_audio(os.path.join(AUDIO, clip), rate)
+    expected = quartznet_like.transcribe(samples, sample_rate=rate)
+    stream = OnlineStream(quartznet_like)
+    # right receptive field: prologue k33 s2, 2 blocks x 2 repeats of k33 / k39 and the k87 d2 epilogue after
+    # the stride, in 10 ms frames; plus the STFT's half window (256 samples)
+    right = 16 + 2 * (2 * 16 + 2 * 19) + 2 * 86
+    assert stream.latency == pytest.approx(right * 0.01 + 256 / 16000)
+    _same_result(_transcribe_streaming(stream, samples, rate, cuts), expected)
+    # the stream is ready for the next utterance, with the same state as a fresh one
+    _same_result(_transcribe_streaming(stream, samples, rate, cuts[::2]), expected)
+
+
+@needs_audio
+def test_streams_on_one_model_in_two_threads_are_independent(quartznet_like):
+    clips = [load_audio(os.path.join(AUDIO, c), 16000)[0] for c in
+             ("pocketsphinx_goforward.wav", "librivox_sense_and_sensibility_01_austen_64kb-0930.wav")]
+    alone = [_transcribe_streaming(OnlineStream(quartznet_like), c, 16000, range(0, len(c), 800)) for c in clips]
+    results = [None, None]
+
+    def work(i):
+        results[i] = [_transcribe_streaming(OnlineStream(quartznet_like), clips[i], 16000, range(0, len(clips[i]), 800))
+                      for _ in range(3)]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(2):
+        for result in results[i]:
+            _same_result(result, alone[i])
+
+
+# ---------------------------------------------------------------- tinyasr stream
+
+
+def _stream_command(argv):
+    """`tinyasr stream ARGV...` through the real command line."""
+    from tinyasr.cli import main
+
+    return main(["stream", *argv])
+
+
+@needs_audio
+def test_stream_command_prints_final_results_with_times_from_a_file_and_from_stdin(tmp_path, capsys, monkeypatch):
+    import io
+
+    import soundfile
+
+    from tinyasr.fileformat import write_model
+
+    _, tensors, manifest = energy_ctc_parts()
+    write_model(tmp_path / "energy.tasr", manifest, tensors)
+    speech, _ = load_audio(GOFORWARD, 16000)
+    gap = np.zeros(2 * 16000, np.float32)
+    samples = np.concatenate([speech, gap, speech, gap])
+    soundfile.write(tmp_path / "two.wav", samples, 16000, subtype="PCM_16")
+    assert _stream_command(["-m", str(tmp_path / "energy.tasr"), "--input", str(tmp_path / "two.wav")]) == 0
+    from_file = capsys.readouterr()
+    lines = from_file.out.splitlines()
+    assert len(lines) == 2 and all(line.endswith("x") or " x" in line for line in lines)
+    starts = [float(line[1:].split("-")[0]) for line in lines]
+    assert starts[0] == 0.0 and starts[1] > speech.size / 16000  # the second utterance starts after the first
+    assert "\r" in from_file.err  # partial results on one updating line
+
+    pcm = np.clip(np.round(samples * 32768), -32768, 32767).astype("<i2").tobytes()
+    monkeypatch.setattr("sys.stdin", type("Stdin", (), {"buffer": io.BytesIO(pcm)})())
+    assert _stream_command(["-m", str(tmp_path / "energy.tasr"), "--input", "-", "--rate", "16000"]) == 0
+    assert capsys.readouterr().out.splitlines() == lines
+
+
+def test_stream_command_explains_a_missing_microphone_library(tmp_path, capsys, monkeypatch):
+    import sys
+
+    from tinyasr.fileformat import write_model
+
+    _, tensors, manifest = energy_ctc_parts()
+    write_model(tmp_path / "energy.tasr", manifest, tensors)
+    monkeypatch.setitem(sys.modules, "sounddevice", None)  # import fails as when it is not installed
+    assert _stream_command(["-m", str(tmp_path / "energy.tasr")]) == 1
+    assert PORTAUDIO_HINT in capsys.readouterr().err and "apt install libportaudio2" in PORTAUDIO_HINT

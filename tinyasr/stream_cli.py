@@ -1,0 +1,133 @@
+"""``tinyasr stream``: live transcription from a microphone, stdin PCM or a file played in real time.
+
+Kept apart from tinyasr/streaming.py so that building the CLI parser imports
+nothing heavy (Numba loads only when the command runs).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from .errors import InputError, TinyASRError
+
+PORTAUDIO_HINT = ("microphone input needs the optional 'sounddevice' package (pip install sounddevice) and the "
+                  "PortAudio library (Debian / Raspberry Pi OS: sudo apt install libportaudio2)")
+
+
+def add_arguments(parser) -> None:
+    """The options of ``tinyasr stream``."""
+    parser.add_argument("-m", "--model", help="a .tasr file, or the name of a bundled or downloaded model "
+                        "(default: digits)")
+    parser.add_argument("--input", default=None, metavar="SOURCE",
+                        help="an audio file, '-' for raw 16-bit little-endian mono PCM on stdin, or omit for the "
+                        "microphone")
+    parser.add_argument("--rate", type=int, default=None, metavar="HZ",
+                        help="sample rate of stdin PCM or of the microphone (default: the model's)")
+    parser.add_argument("--realtime", action="store_true", help="play a file at real-time pace")
+    parser.add_argument("--chunk-ms", type=int, default=80, metavar="MS", help="audio per step (default: 80)")
+    parser.add_argument("--silence-after-speech", type=float, default=1.2, metavar="S",
+                        help="endpoint after this much silence following speech (default: 1.2)")
+    parser.add_argument("--silence-only", type=float, default=2.4, metavar="S",
+                        help="endpoint after this much silence without speech (default: 2.4)")
+    parser.add_argument("--max-utterance", type=float, default=20.0, metavar="S",
+                        help="endpoint at this utterance length (default: 20)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N", help="compute threads")
+
+
+def _file_chunks(path, chunk_ms: int, realtime: bool):
+    import time
+
+    import soundfile
+
+    try:
+        handle = soundfile.SoundFile(path)
+    except (RuntimeError, OSError, soundfile.LibsndfileError) as exc:
+        raise InputError(f"{path}: cannot read audio: {exc}") from None
+    with handle:
+        rate = handle.samplerate
+        step = max(1, rate * chunk_ms // 1000)
+        started, fed = time.monotonic(), 0
+        while True:
+            block = handle.read(step, dtype="float32", always_2d=True)
+            if not len(block):
+                return
+            if realtime:  # sleep until this chunk would have been recorded
+                time.sleep(max(0.0, started + fed / rate - time.monotonic()))
+            fed += len(block)
+            yield block, rate
+
+
+def _stdin_chunks(rate: int, chunk_ms: int):
+    size = 2 * max(1, rate * chunk_ms // 1000)
+    pending = b""
+    while True:
+        data = sys.stdin.buffer.read(size)
+        if not data:
+            return
+        pending += data
+        usable = len(pending) - len(pending) % 2
+        if usable:
+            yield np.frombuffer(pending[:usable], "<i2"), rate
+            pending = pending[usable:]
+
+
+def _microphone_chunks(rate: int, chunk_ms: int):
+    try:
+        import sounddevice
+    except (ImportError, OSError) as exc:  # OSError: sounddevice present but PortAudio missing
+        raise InputError(f"{PORTAUDIO_HINT} ({exc})") from None
+    step = max(1, rate * chunk_ms // 1000)
+    with sounddevice.InputStream(samplerate=rate, channels=1, dtype="float32", blocksize=step) as mic:
+        while True:
+            block, _ = mic.read(step)
+            yield block, rate
+
+
+def run(args) -> int:
+    """``tinyasr stream``: partial text on one updating line (stderr), final results with times (stdout)."""
+    from .recognizer import Recognizer
+    from .streaming import EndpointConfig, OnlineStream
+
+    try:
+        recognizer = Recognizer(args.model, num_threads=args.threads)
+        stream = OnlineStream(recognizer, endpoint=EndpointConfig.simple(
+            args.silence_after_speech, args.silence_only, args.max_utterance))
+    except TinyASRError as exc:
+        print(f"tinyasr: {exc}", file=sys.stderr)
+        return 3
+    rate = args.rate or stream.sample_rate
+    if args.input is None:
+        chunks = _microphone_chunks(rate, args.chunk_ms)
+    elif args.input == "-":
+        chunks = _stdin_chunks(rate, args.chunk_ms)
+    else:
+        chunks = _file_chunks(args.input, args.chunk_ms, args.realtime)
+    shown = ""
+
+    def show_final():
+        nonlocal shown
+        start = stream.utterance_start
+        result = stream.finalize()
+        if shown:
+            print("\r" + " " * len(shown) + "\r", end="", file=sys.stderr, flush=True)
+            shown = ""
+        if result.text:
+            print(f"[{start:8.2f} - {start + result.duration:8.2f}] {result.text}", flush=True)
+
+    try:
+        for samples, chunk_rate in chunks:
+            stream.accept_waveform(samples, chunk_rate)
+            if stream.partial != shown:
+                print("\r" + stream.partial.ljust(len(shown)), end="", file=sys.stderr, flush=True)
+                shown = stream.partial
+            if stream.is_endpoint:
+                show_final()
+    except KeyboardInterrupt:
+        pass
+    except TinyASRError as exc:
+        print(f"\ntinyasr: {exc}", file=sys.stderr)
+        return 1
+    show_final()
+    return 0

@@ -1,0 +1,316 @@
+"""Streaming audio input: a stateful resampler and a stateful feature front end.
+
+Audio arrives in pieces of any size; each piece yields the resampled samples and
+the feature frames that are complete so far.  Both stages are exact: the
+concatenation of everything they emit equals the offline result on the whole
+signal (``audio.resample``; ``frontend.compute_features`` with ``normalize=None``)
+to float rounding, whatever the split points.
+
+Look-ahead.  NeMo's STFT is centred: frame ``i`` covers samples
+``[i*hop - n_fft//2, i*hop + n_fft//2)``, so it is emitted once ``n_fft//2``
+samples past its centre have arrived (16 ms at 16 kHz, n_fft 512).  The left
+half of the first frame is the zero (or reflect) padding.  The resampler needs
+half its filter length (10 samples of the slower rate) of look-ahead.
+
+Normalisation.  A model trained with ``normalize="per_feature"`` divides each
+feature by statistics of the *whole* utterance, which a stream does not have.
+Streams then normalise with a :class:`FixedNormalizer` (mean / std per feature
+measured on training audio, see :func:`estimate_feature_stats`, stored in the
+manifest as ``streaming.feature_mean`` / ``streaming.feature_std``) or a
+:class:`RunningNormalizer` (statistics of the utterance so far).  Both are
+approximations; docs/streaming.md gives their measured effect on accuracy.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Optional, Tuple
+
+import numpy as np
+
+from .audio import HALF_LENGTH_PER_RATE, lowpass_filter, resample
+from .errors import AudioError, TinyASRError
+from .frontend import STD_GUARD, FrontendConfig, padded_window, compute_features, dct_matrix, mel_filterbank
+
+_EMPTY = np.zeros(0, np.float64)
+
+
+# ---------------------------------------------------------------------------
+# Resampling
+
+
+class StreamResampler:
+    """``audio.resample`` for audio given in pieces: emits each output sample once its inputs are all in.
+
+    Output ``m`` of resample_poly pairs the filter with inputs up to
+    ``((first + m) * down) // up``; a piece of the signal that starts at a
+    multiple of ``down`` resamples to a contiguous run of the full output, so
+    each call resamples the buffered inputs (left context + new samples) and
+    keeps the outputs whose support is complete.
+    """
+
+    def __init__(self, from_rate: int, to_rate: int):
+        g = math.gcd(int(from_rate), int(to_rate))
+        self.from_rate, self.to_rate = int(from_rate), int(to_rate)
+        self.up, self.down = self.to_rate // g, self.from_rate // g
+        half_len = HALF_LENGTH_PER_RATE * max(self.up, self.down)
+        pre_pad = self.down - half_len % self.down  # as audio.resample
+        self._first = (half_len + pre_pad) // self.down
+        self._taps = -(-(len(lowpass_filter(self.up, self.down)) + pre_pad) // self.up)
+        self.reset()
+
+    def reset(self) -> None:
+        self._buffer = _EMPTY
+        self._buffer_start = 0  # absolute input index of _buffer[0], a multiple of down
+        self._received = 0
+        self._emitted = 0
+
+    def _outputs(self, stop: int) -> np.ndarray:
+        """Full-signal outputs [emitted, stop) computed from the buffer; then drop inputs no longer needed."""
+        if stop <= self._emitted:
+            return np.zeros(0, np.float32)
+        offset = self._buffer_start * self.up // self.down
+        piece = resample(self._buffer, self.from_rate, self.to_rate)[self._emitted - offset: stop - offset]
+        self._emitted = stop
+        oldest_needed = ((self._first + stop) * self.down) // self.up - self._taps + 1
+        keep_from = max(self._buffer_start, (max(0, oldest_needed) // self.down) * self.down)
+        self._buffer = self._buffer[keep_from - self._buffer_start:]
+        self._buffer_start = keep_from
+        return piece
+
+    def accept(self, samples: np.ndarray) -> np.ndarray:
+        """New float32 samples at ``to_rate``: those whose filter support has fully arrived."""
+        if self.up == self.down:
+            return np.asarray(samples, np.float32)
+        self._buffer = np.concatenate([self._buffer, np.asarray(samples, np.float64)])
+        self._received += len(samples)
+        ready = (self._received * self.up - 1) // self.down - self._first + 1
+        return self._outputs(min(ready, -(-self._received * self.up // self.down)))
+
+    def finish(self) -> np.ndarray:
+        """The remaining samples (the signal ends here: zeros beyond, as resample_poly)."""
+        if self.up == self.down:
+            return np.zeros(0, np.float32)
+        out = self._outputs(-(-self._received * self.up // self.down))
+        self.reset()
+        return out
+
+
+# ---------------------------------------------------------------------------
+# Normalisation
+
+
+class FixedNormalizer:
+    """(x - mean) / (std + 1e-5) per feature, with statistics fixed in advance (e.g. from training audio)."""
+
+    def __init__(self, mean, std):
+        self.mean = np.asarray(mean, np.float64).reshape(-1, 1)
+        self.std = np.asarray(std, np.float64).reshape(-1, 1)
+        if self.mean.shape != self.std.shape or not np.all(np.isfinite(self.mean)) or np.any(self.std < 0):
+            raise TinyASRError(f"feature statistics: mean {self.mean.shape[0]} and std {self.std.shape[0]} values "
+                               "must be finite, of equal length, std >= 0")
+
+    def reset(self) -> None:
+        pass
+
+    def __call__(self, frames: np.ndarray, final: bool = False) -> np.ndarray:
+        if frames.shape[0] != self.mean.shape[0]:
+            raise TinyASRError(f"feature statistics have {self.mean.shape[0]} features, the front end "
+                               f"produces {frames.shape[0]}")
+        return (frames - self.mean) / (self.std + STD_GUARD)
+
+
+class RunningNormalizer:
+    """Per-feature mean / std of the utterance so far (NeMo's formula: std with n-1, plus 1e-5).
+
+    With a ``prior`` (FixedNormalizer) the statistics start from it, weighted as
+    ``prior_frames`` frames, so early frames are usable.  Without one, the first
+    ``warmup`` frames are held back and normalised together (extra latency at the
+    start of each utterance only); an utterance shorter than that is normalised
+    exactly as offline.
+    """
+
+    def __init__(self, prior: Optional[FixedNormalizer] = None, prior_frames: int = 100, warmup: int = 50):
+        self.prior, self.prior_frames, self.warmup = prior, int(prior_frames), int(warmup)
+        self.reset()
+
+    def reset(self) -> None:
+        self._held = []  # warm-up frames not yet returned (no prior only)
+        self._count, self._sum, self._sum_sq = 0, 0.0, 0.0
+        if self.prior is not None:
+            n, mean, std = self.prior_frames, self.prior.mean, self.prior.std
+            self._count, self._sum, self._sum_sq = n, mean * n, std**2 * (n - 1) + mean**2 * n
+
+    def __call__(self, frames: np.ndarray, final: bool = False) -> np.ndarray:
+        if self.prior is None and self._count == 0:  # still warming up
+            self._held.append(frames)
+            held = np.concatenate(self._held, axis=1)
+            if held.shape[1] < self.warmup and not final:
+                return held[:, :0]
+            self._held = []
+            self._count = held.shape[1]
+            self._sum, self._sum_sq = held.sum(axis=1, keepdims=True), (held**2).sum(axis=1, keepdims=True)
+            return self._scale(held, self._count, self._sum, self._sum_sq)
+        counts = self._count + np.arange(1, frames.shape[1] + 1)
+        sums = self._sum + np.cumsum(frames, axis=1)
+        sums_sq = self._sum_sq + np.cumsum(frames**2, axis=1)
+        if frames.shape[1]:
+            self._count, self._sum, self._sum_sq = int(counts[-1]), sums[:, -1:], sums_sq[:, -1:]
+        return self._scale(frames, counts, sums, sums_sq)
+
+    @staticmethod
+    def _scale(frames, counts, sums, sums_sq):
+        mean = sums / counts
+        var = np.maximum(sums_sq - counts * mean**2, 0.0) / np.maximum(counts - 1, 1)
+        return (frames - mean) / (np.sqrt(var) + STD_GUARD)
+
+
+def estimate_feature_stats(signals: Iterable[np.ndarray], config: FrontendConfig) -> Tuple[np.ndarray, np.ndarray]:
+    """Mean and std per feature of the un-normalised features over all valid frames of ``signals``.
+
+    For a model trained with per-utterance normalisation, run this on (a sample
+    of) its training audio and store the result in the manifest as
+    ``streaming: {"feature_mean": [...], "feature_std": [...]}``.
+    """
+    raw = FrontendConfig(**{**config.to_dict(), "normalize": None, "pad_to": 0})
+    count, total, total_sq = 0, 0.0, 0.0
+    for samples in signals:
+        features, valid = compute_features(np.asarray(samples, np.float32), raw)
+        used = features[:, :valid].astype(np.float64)
+        count += valid
+        total = total + used.sum(axis=1)
+        total_sq = total_sq + (used**2).sum(axis=1)
+    if count < 2:
+        raise AudioError("estimate_feature_stats needs at least two feature frames of audio")
+    mean = total / count
+    return mean, np.sqrt(np.maximum(total_sq / count - mean**2, 0.0) * count / (count - 1))
+
+
+# ---------------------------------------------------------------------------
+# Features
+
+
+class StreamingFeatures:
+    """compute_features for audio given in pieces: ``accept`` returns the new frames [features, n] float32.
+
+    ``finish`` ends the utterance: it returns the last frames (computed with the
+    right-hand padding), then the pad_value frames offline adds (NeMo's masked
+    last frame and the padding to a multiple of ``pad_to``), so the
+    concatenated frames have the offline shape.  ``normalizer`` is required when
+    the config normalises over the utterance (it is then used instead).
+    """
+
+    def __init__(self, config: FrontendConfig, normalizer=None):
+        if not config.center or config.exact_pad or config.remove_mean:
+            setting = "center=False" if not config.center else "exact_pad" if config.exact_pad else "remove_mean"
+            raise TinyASRError(f"streaming front end: {setting} is not supported (it needs the whole signal "
+                               "or is not NeMo's default); only centred STFTs stream")
+        if config.normalize is not None and normalizer is None:
+            raise TinyASRError(f"streaming front end: the model normalises features {config.normalize!r} over the "
+                               "whole utterance; give a FixedNormalizer or RunningNormalizer")
+        self.config = config
+        self.normalizer = normalizer if config.normalize is not None else None
+        self._half = config.n_fft // 2
+        self._window = padded_window(config)
+        self._filterbank = mel_filterbank(config.sample_rate, config.n_fft, config.n_mels, config.lowfreq,
+                                          config.highfreq, config.mel_scale, config.mel_norm)
+        self._dct = dct_matrix(config.n_mfcc, config.n_mels) if config.kind == "mfcc" else None
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new utterance."""
+        self._padded = _EMPTY  # pre-emphasised, padded signal from the first sample of the next frame on
+        self._started = False  # the left padding is in place
+        self._head = _EMPTY  # reflect mode: samples held until the left reflection can be built
+        self._tail = _EMPTY  # reflect mode: the last half + 1 samples, for the right reflection
+        self._last_sample = 0.0  # pre-emphasis state
+        self.num_samples = 0
+        self.num_frames = 0  # frames computed so far (a warming-up normaliser may still hold some back)
+        if self.normalizer is not None:
+            self.normalizer.reset()
+
+    def _preemphasize(self, x: np.ndarray) -> np.ndarray:
+        if self.config.preemph is None or x.size == 0:
+            return x
+        previous = np.concatenate([[self._last_sample], x[:-1]])  # 0 before the first sample: y[0] = x[0]
+        self._last_sample = x[-1]
+        return x - self.config.preemph * previous
+
+    def _append(self, y: np.ndarray) -> None:
+        half = self._half
+        if self.config.pad_mode == "reflect":
+            self._tail = np.concatenate([self._tail, y])[-(half + 1):]
+            if not self._started:
+                self._head = np.concatenate([self._head, y])
+                if self._head.size <= half:
+                    return
+                y, self._head = self._head, _EMPTY
+                self._padded = y[half:0:-1].copy()
+                self._started = True
+        elif not self._started:
+            self._padded = np.zeros(half)
+            self._started = True
+        self._padded = np.concatenate([self._padded, y])
+
+    def _frames(self, count: int) -> np.ndarray:
+        """Log-mel (or MFCC) of the next ``count`` frames of _padded, float64 [features, count]; drops used samples."""
+        cfg = self.config
+        hop = cfg.hop_length
+        if count <= 0:
+            return np.zeros((cfg.num_features, 0))
+        frames = np.lib.stride_tricks.sliding_window_view(self._padded, cfg.n_fft)[::hop][:count]
+        spectrum = np.fft.rfft(frames * self._window, axis=1)
+        power = spectrum.real**2 + spectrum.imag**2
+        if cfg.mag_power != 2.0:
+            power = power ** (cfg.mag_power / 2)
+        mel = self._filterbank @ power.T
+        if cfg.log:
+            guard = cfg.log_zero_guard_value
+            mel = np.log(mel + guard) if cfg.log_zero_guard_type == "add" else np.log(np.maximum(mel, guard))
+        self._padded = self._padded[count * hop:]
+        self.num_frames += count
+        return self._dct @ mel if self._dct is not None else mel
+
+    def _ready(self) -> int:
+        return max(0, (self._padded.size - self.config.n_fft) // self.config.hop_length + 1) if self._started else 0
+
+    def _output(self, features: np.ndarray, final: bool = False) -> np.ndarray:
+        if self.normalizer is not None:
+            features = self.normalizer(features, final=final)
+        return features.astype(np.float32)
+
+    def accept(self, samples: np.ndarray) -> np.ndarray:
+        """Float samples at config.sample_rate -> the newly complete frames [features, n] float32."""
+        x = np.asarray(samples, np.float64).reshape(-1)
+        if not np.all(np.isfinite(x)):
+            raise AudioError("audio samples contain NaN or Inf")
+        y = self._preemphasize(x)
+        self.num_samples += x.size
+        self._append(y)
+        return self._output(self._frames(self._ready()))
+
+    def finish(self) -> np.ndarray:
+        """The utterance ends: its last frames and the offline padding frames; then reset for the next one."""
+        cfg, half, n = self.config, self._half, self.num_samples
+        if cfg.pad_mode == "reflect":
+            if n <= half:
+                raise AudioError(f"audio of {n} samples is too short for reflect padding of {half} samples "
+                                 f"(n_fft={cfg.n_fft}); need at least {half + 1}")
+            right = self._tail[-2:-(half + 2):-1]
+        else:
+            if not self._started:
+                self._append(_EMPTY)
+            right = np.zeros(half)
+        self._padded = np.concatenate([self._padded, right])
+        total = (n + 2 * half - cfg.n_fft) // cfg.hop_length + 1  # STFT frames of the whole signal
+        valid = total if cfg.kind == "mfcc" else total - 1  # NeMo masks the mel front end's last frame
+        if valid < 1:
+            raise AudioError(f"audio of {n} samples is too short: at least hop_length={cfg.hop_length} "
+                             "samples are needed for one feature frame")
+        last = self._output(self._frames(valid - self.num_frames), final=True)
+        padded_total = total
+        if cfg.kind == "mel" and cfg.pad_to > 0 and total % cfg.pad_to:
+            padded_total += cfg.pad_to - total % cfg.pad_to
+        padding = np.full((cfg.num_features, padded_total - valid), cfg.pad_value, np.float32)
+        self.reset()
+        return np.concatenate([last, padding], axis=1)

@@ -1,0 +1,290 @@
+"""Online recognition: feed audio as it arrives, read partial text, detect endpoints.
+
+    stream = OnlineStream(Recognizer())          # or a Model, or a model path
+    for chunk in microphone_chunks():
+        stream.accept_waveform(chunk, 16000)
+        print(stream.partial, end="\\r")
+        if stream.is_endpoint:
+            print(stream.finalize().text)        # and the stream is ready for the next utterance
+
+The pipeline is the offline one made stateful: StreamResampler -> StreamingFeatures
+(tinyasr/stream_frontend.py) -> GraphStream (tinyasr/stream_graph.py, every frame
+computed once) -> CTC greedy decoding of the frames so far.  A model whose
+front end does not normalise over the utterance gives exactly the offline
+transcript; the algorithmic latency is ``OnlineStream.latency`` (the graph's
+right receptive field plus the STFT's half window).  Many streams may share one
+model across threads: the plan is immutable and each stream owns its state.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Optional, Tuple, Union
+
+import numpy as np
+
+from . import audio, decoding, runtime
+from .decoding import Result
+from .errors import InputError, ModelFileError
+from .frontend import FrontendConfig, valid_frame_count
+from .stream_frontend import FixedNormalizer, RunningNormalizer, StreamingFeatures, StreamResampler
+from .stream_graph import GraphStream, StreamPlan
+
+NORMALIZATION_MODES = ("auto", "fixed", "running")
+
+
+# ---------------------------------------------------------------------------
+# Endpointing
+
+
+@dataclass(frozen=True)
+class EndpointRule:
+    """Fires when all hold: speech was decoded (if ``must_contain_nonsilence``), the utterance ends in at
+    least ``min_trailing_silence`` s of CTC blanks, and it lasts at least ``min_utterance_length`` s."""
+
+    must_contain_nonsilence: bool
+    min_trailing_silence: float
+    min_utterance_length: float
+
+    def fires(self, has_speech: bool, trailing_silence: float, utterance_length: float) -> bool:
+        return ((has_speech or not self.must_contain_nonsilence) and trailing_silence >= self.min_trailing_silence
+                and utterance_length >= self.min_utterance_length)
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    """sherpa-onnx's three default rules: silence with no speech, silence after speech, maximum length."""
+
+    rules: Tuple[EndpointRule, ...] = (
+        EndpointRule(False, 2.4, 0.0),
+        EndpointRule(True, 1.2, 0.0),
+        EndpointRule(False, 0.0, 20.0),
+    )
+
+    @staticmethod
+    def simple(silence_after_speech: float = 1.2, silence_only: float = 2.4, max_utterance: float = 20.0):
+        return EndpointConfig((EndpointRule(False, silence_only, 0.0), EndpointRule(True, silence_after_speech, 0.0),
+                               EndpointRule(False, 0.0, max_utterance)))
+
+
+# ---------------------------------------------------------------------------
+# Shared per-model plans
+
+_PLANS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_PLANS_LOCK = threading.Lock()
+
+
+def stream_plan(model) -> StreamPlan:
+    """The model's StreamPlan, built on first use and shared by all its streams."""
+    with _PLANS_LOCK:
+        plan = _PLANS.get(model)
+        if plan is None:
+            plan = _PLANS[model] = StreamPlan.from_model(model)
+        return plan
+
+
+def _as_model(recognizer_or_model):
+    """A runtime Model from a Recognizer, a Model, or a model path / name."""
+    model = getattr(recognizer_or_model, "model", recognizer_or_model)
+    if isinstance(model, runtime.Model):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        from .recognizer import resolve_model_path
+
+        return runtime.load_model(resolve_model_path(model))
+    raise InputError(f"OnlineStream needs a Recognizer, a Model or a model path, got {type(model).__name__}")
+
+
+def _normalizer(mode, config: Optional[FrontendConfig], manifest: dict, label: str):
+    """The normaliser for a front end that normalises over the utterance (None when it does not)."""
+    if config is None or config.normalize is None:
+        return None
+    if not isinstance(mode, str):
+        return mode  # a FixedNormalizer / RunningNormalizer given by the caller
+    if mode not in NORMALIZATION_MODES:
+        raise InputError(f"normalization {mode!r} is not one of {', '.join(NORMALIZATION_MODES)}")
+    stats = manifest.get("streaming") or {}
+    fixed = None
+    if "feature_mean" in stats and "feature_std" in stats:
+        fixed = FixedNormalizer(stats["feature_mean"], stats["feature_std"])
+    if mode == "fixed" and fixed is None:
+        raise ModelFileError(label, "normalization='fixed' needs 'streaming': {'feature_mean', 'feature_std'} "
+                             "in the manifest (see tinyasr.stream_frontend.estimate_feature_stats)")
+    if mode == "fixed" or (mode == "auto" and fixed is not None):
+        return fixed
+    if config.normalize != "per_feature":
+        raise InputError(f"{label}: running statistics need normalize='per_feature', not {config.normalize!r}; "
+                         "give fixed statistics in the manifest")
+    return RunningNormalizer(prior=fixed)
+
+
+# ---------------------------------------------------------------------------
+# The stream
+
+
+class OnlineStream:
+    """One audio stream on a shared model; see the module docstring.
+
+    ``normalization`` (models trained with per-utterance feature normalisation
+    only): "fixed" = the manifest's ``streaming`` statistics (feature_mean,
+    feature_std), "running" = statistics of the utterance so far (starting from
+    the manifest's when present), "auto" = fixed when the manifest has them,
+    else running; or a normaliser object (one per stream: it keeps state).
+    Measured on the digits model (docs/streaming.md): fixed matches offline
+    WER, running loses a few points.  Result times are seconds from the start
+    of the utterance; ``utterance_start`` says where it began in the stream.
+    """
+
+    def __init__(self, recognizer_or_model, *, endpoint: EndpointConfig = EndpointConfig(),
+                 normalization: Union[str, object] = "auto"):
+        self.model = _as_model(recognizer_or_model)
+        label = self.model.label
+        self.decoder = self.model.decoder
+        if not self.decoder or self.decoder.get("type") != "ctc":
+            kind = (self.decoder or {}).get("type")
+            raise InputError(f"{label}: streaming recognition needs a CTC model; this model's decoder is {kind!r}")
+        self.plan = stream_plan(self.model)
+        self.endpoint = endpoint
+        self.frontend = FrontendConfig.from_dict(self.model.frontend) if self.model.frontend else None
+        if self.frontend is not None:
+            self.sample_rate = self.frontend.sample_rate
+            self.normalizer = _normalizer(normalization, self.frontend, self.model.manifest, label)
+            self._features = StreamingFeatures(self.frontend, self.normalizer)
+            input_seconds = self.frontend.hop_length / self.sample_rate
+            lookahead = self.frontend.n_fft // 2
+        else:
+            rate = self.model.manifest.get("sample_rate") or self.decoder.get("sample_rate")
+            if not rate:
+                raise ModelFileError(label, "the model takes raw audio but its manifest gives no 'sample_rate'")
+            self.sample_rate, self._features, self.normalizer = int(rate), None, None
+            input_seconds, lookahead = 1.0 / self.sample_rate, 0
+        field = self.plan.receptive_field
+        self.frame_seconds = self.decoder.get("frame_seconds") or input_seconds * field.stride
+        self._input_seconds = input_seconds
+        self.latency = field.right * input_seconds + lookahead / self.sample_rate
+        self._output_axis = dict(self.plan.outputs)[self.decoder["output"]].axis
+        self._graph = GraphStream(self.plan)
+        self._resampler: Optional[StreamResampler] = None
+        self._input_rate: Optional[int] = None
+        self.samples_seen = 0  # at the model's rate, whole stream
+        self.utterance_start = 0.0  # seconds in the stream
+        self._new_utterance()
+
+    # -- input ---------------------------------------------------------------------
+
+    def accept_waveform(self, samples, sample_rate: int) -> None:
+        """Append audio: [N] or [N, channels], float in [-1, 1] or integer PCM, at ``sample_rate`` Hz."""
+        array = np.asarray(samples)
+        if array.size == 0:
+            return
+        mono = audio.as_float32_mono(array, sample_rate)  # checks the rate and the samples
+        if self._input_rate is None:
+            self._input_rate = int(sample_rate)
+            self._resampler = StreamResampler(self._input_rate, self.sample_rate)
+        elif int(sample_rate) != self._input_rate:
+            raise InputError(f"sample rate changed from {self._input_rate} to {sample_rate} Hz within one stream")
+        self._feed(self._resampler.accept(mono))
+
+    def _feed(self, samples: np.ndarray) -> None:
+        if samples.size == 0:
+            return
+        self.samples_seen += samples.size
+        self._utterance_samples += samples.size
+        if self._features is not None:
+            self._run_graph(self._features.accept(samples)[np.newaxis])
+        else:  # a graph on raw audio: integer inputs take full-scale PCM, as Recognizer feeds them
+            dtype = np.dtype(self.plan.input.dtype)
+            if dtype.kind in "iu":
+                limits = np.iinfo(dtype)
+                samples = np.clip(np.round(samples * (limits.max + 1.0)), limits.min, limits.max)
+            self._run_graph(samples.astype(dtype).reshape((1,) * (len(self.plan.input.shape) - 1) + (-1,)))
+
+    def _run_graph(self, signal: np.ndarray, final: bool = False) -> None:
+        if signal is not None and signal.shape[-1]:
+            self._collect(self._graph.accept(signal))
+        if final:
+            self._collect(self._graph.finish())
+
+    def _collect(self, outputs) -> None:
+        scores = outputs.get(self.decoder["output"])
+        if scores is None:
+            return
+        scores = np.moveaxis(scores, self._output_axis, -2)
+        log_probs = decoding.to_log_probs(scores.reshape(-1, scores.shape[-1]), self.decoder.get("logits", "log_probs"))
+        self._log_probs.append(log_probs)
+        best = log_probs.argmax(axis=1)
+        blank = int(self.decoder["blank"])
+        speech = np.flatnonzero(best != blank)
+        if speech.size:
+            self._has_speech = True
+            self._last_speech_frame = self._frames + int(speech[-1])
+        self._frames += len(best)
+        self._partial = None
+
+    # -- results ---------------------------------------------------------------------
+
+    def _decode(self, valid_frames: Optional[int] = None) -> Result:
+        if not self._log_probs:
+            return Result("", (), (), self._utterance_samples / self.sample_rate)
+        return decoding.ctc_greedy(
+            np.concatenate(self._log_probs), vocabulary=self.decoder["vocabulary"], blank=int(self.decoder["blank"]),
+            vocabulary_type=self.decoder.get("vocabulary_type", "chars"), kind="log_probs",
+            frame_seconds=self.frame_seconds, valid_frames=valid_frames,
+            duration=self._utterance_samples / self.sample_rate, output=self.decoder["output"])
+
+    @property
+    def partial_result(self) -> Result:
+        """The current utterance decoded so far (times from the utterance start)."""
+        if self._partial is None:
+            self._partial = self._decode()
+        return self._partial
+
+    @property
+    def partial(self) -> str:
+        """The text of the current utterance so far."""
+        return self.partial_result.text
+
+    @property
+    def trailing_silence(self) -> float:
+        """Seconds of decoded frames since the last non-blank one (or since the utterance start)."""
+        return (self._frames - self._last_speech_frame - 1) * self.frame_seconds
+
+    @property
+    def is_endpoint(self) -> bool:
+        """True when an endpoint rule fires for the current utterance."""
+        length = self._frames * self.frame_seconds
+        return any(rule.fires(self._has_speech, self.trailing_silence, length) for rule in self.endpoint.rules)
+
+    def finalize(self) -> Result:
+        """End the utterance: flush every stage, decode as offline, and start the next utterance."""
+        if self._resampler is not None:
+            self._feed(self._resampler.finish())
+        if self._features is not None:
+            if valid_frame_count(self._utterance_samples, self.frontend) < 1:  # too short for one frame
+                self._utterance_samples = 0
+            else:
+                self._run_graph(self._features.finish()[np.newaxis], final=True)
+            valid_inputs = valid_frame_count(self._utterance_samples, self.frontend)
+        else:
+            self._run_graph(None, final=self._utterance_samples > 0)
+            valid_inputs = self._utterance_samples
+        stride = self.frame_seconds / self._input_seconds
+        result = self._decode(valid_frames=math.ceil(valid_inputs / stride - 1e-9))
+        self.utterance_start = self.samples_seen / self.sample_rate
+        self._new_utterance()
+        return result
+
+    def _new_utterance(self) -> None:
+        self._graph.reset()
+        if self._features is not None:
+            self._features.reset()
+        self._log_probs = []
+        self._frames = 0
+        self._last_speech_frame = -1
+        self._has_speech = False
+        self._partial: Optional[Result] = None
+        self._utterance_samples = 0
