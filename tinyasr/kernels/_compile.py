@@ -14,24 +14,48 @@ from numba import njit, prange
 from .. import threads
 
 
+class SerialAndParallel:
+    """A kernel with a serial and a parallel build, each compiled (or loaded from the cache) on first use.
+
+    Compiling lazily keeps ``import tinyasr`` cheap: a dense model never pays for the sparse kernels, and a
+    one-thread process never builds the parallel variants (cold compile of everything took ~30 s here).
+    """
+
+    def __init__(self, make, signature, options):
+        self._make, self._signature, self._options = make, signature, options
+        self._builds = {}
+        self.__name__ = self.__qualname__ = make.__name__
+        self.__doc__ = make.__doc__
+
+    def _build(self, parallel: bool):
+        build = self._builds.get(parallel)
+        if build is None:
+            kernel = self._make(prange if parallel else range)
+            build = njit(self._signature, cache=True, parallel=parallel, **self._options)(kernel)
+            self._builds[parallel] = build
+        return build
+
+    @property
+    def serial(self):
+        return self._build(False)
+
+    @property
+    def parallel(self):
+        return self._build(True)
+
+    def __call__(self, work, *args):
+        with threads.parallel_region(work) as use_parallel:
+            self._build(use_parallel)(*args)
+
+
 def serial_and_parallel(signature, **options):
-    """Decorator: compile ``make(range)`` and ``make(prange)`` with ``signature`` (cached).
+    """Decorator: ``make(range)`` and ``make(prange)`` compiled with ``signature`` (cached), lazily.
 
     Returns ``run(work, *args)``, which calls the parallel build when threads.py grants a parallel
     region for ``work`` (multiply-adds, or elements for elementwise kernels), else the serial one.
     """
 
     def build(make):
-        serial = njit(signature, cache=True, **options)(make(range))
-        parallel = njit(signature, cache=True, parallel=True, **options)(make(prange))
-
-        def run(work, *args):
-            with threads.parallel_region(work) as use_parallel:
-                (parallel if use_parallel else serial)(*args)
-
-        run.serial, run.parallel = serial, parallel
-        run.__name__ = run.__qualname__ = make.__name__
-        run.__doc__ = make.__doc__
-        return run
+        return SerialAndParallel(make, signature, options)
 
     return build
