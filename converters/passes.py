@@ -17,6 +17,7 @@ from tinyasr.errors import ConversionError, GraphError
 from tinyasr.graph import Node
 
 from .onnx_import import CONV_ACTIVATIONS, Imported
+from .ternary import rewrite_ternary
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # stands for +-inf in Clip bounds (JSON has no infinity)
 
@@ -28,6 +29,7 @@ def optimize(model: Imported) -> Imported:
     model = fold_batchnorm(model)
     model = fuse_conv_epilogues(model)
     model = remove_dead(model)
+    model = rewrite_ternary(model)
     check_supported(model)
     return model
 

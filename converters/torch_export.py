@@ -39,6 +39,7 @@ def from_torch(
     import torch
 
     from . import convert_model
+    from .ternary import add_ternary_metadata
 
     if not isinstance(module, torch.nn.Module):
         raise ConversionError(f"from_torch needs a torch.nn.Module, got {type(module).__name__}")
@@ -60,6 +61,7 @@ def from_torch(
     finally:
         module.train(was_training)
     model = onnx.load_from_string(buffer.getvalue())
+    add_ternary_metadata(model, module)  # seeds of TernaryPointwiseConv1d layers, so they are stored as seeds
     if onnx_path is not None:
         onnx.save(model, str(onnx_path))
     options.setdefault("source_format", "torch")

@@ -610,3 +610,7 @@ def describe(model_file: Union[ModelFile, str, os.PathLike]) -> Dict[str, Any]:
         "parameters": sum(r["parameters"] for r in rows),
         "tensors": rows,
     }
+
+
+# The ternary encodings live beside their generator; importing the module registers them.
+from . import ternary  # noqa: E402,F401
