@@ -4,6 +4,9 @@ For each QuartzNet / Citrinet / MarbleNet-like layer shape, a one-node ONNX ``Co
 onnxruntime (intra_op_num_threads = n) and tinyasr.kernels.conv1d runs the same shape at n threads.
 Printed: best-of-repeats milliseconds and ``ort/tinyasr`` (above 1: tinyasr is faster).
 
+Dense pointwise convs (256x256, 512x512, 256x1024 at T = 4 .. 1000) are also timed against numpy's BLAS
+matmul, and one streaming chunk's conv calls through the Conv op against the bare matmul.
+
 Also measured, because threads.py's policy rests on them: a QuartzNet block stack with Numba and
 BLAS at each thread count combination (do the pools fight?), the smallest depthwise work for which
 a parallel launch pays, and the cold-compile / cached-load time of the kernels.
@@ -29,6 +32,8 @@ from tinyasr.kernels import conv1d  # noqa: E402
 from tinyasr.kernels.conv1d import depthwise_rows  # noqa: E402
 
 FRAMES_10S = 1000  # 10 ms hop: 10 s of audio
+POINTWISE = [(256, 256), (512, 512), (256, 1024)]  # (Cin, Cout) of bench_pointwise
+POINTWISE_FRAMES = (4, 16, 64, 500, 1000)
 SAMPLES_10S = 160_000  # 16 kHz
 
 # name: (Cin, Cout, K, group, stride, dilation, T)
@@ -106,6 +111,58 @@ def bench_layers(n_threads, repeats, names):
         print(f"{name:42s} {ms_ours:9.3f} {ms_ort:9.3f} {ms_ort / ms_ours:6.2f}  {np.abs(out - expected).max():.1e}")
 
 
+def bench_pointwise(n_threads, repeats):
+    """Dense 1x1 convs: the Numba kernels (as conv1d picks them) against numpy's BLAS matmul and onnxruntime."""
+    clock = clock_for(n_threads)
+    print(f"\n## pointwise (dense 1x1), {n_threads} thread(s)   (us {clock.__name__}; ratios: other / tinyasr)")
+    print(f"{'Cin x Cout':>11s} {'T':>5s} {'tinyasr':>9s} {'numpy':>9s} {'ort':>9s} {'np/t':>6s} {'ort/t':>6s} "
+          f"{'GFLOP/s':>8s}")
+    threads.set_num_threads(n_threads)
+    rng = np.random.default_rng(3)
+    for cin, cout in POINTWISE:
+        w = (rng.standard_normal((cout, cin, 1)) / np.sqrt(cin)).astype(np.float32)
+        no_bias = np.zeros(cout, np.float32)
+        for t_in in POINTWISE_FRAMES:
+            x = rng.standard_normal((1, cin, t_in), dtype=np.float32)
+            out = np.empty((1, cout, t_in), np.float32)
+            session = ort_conv_session(x.shape, w, no_bias, 1, 1, (0, 0), 1, n_threads)
+            feed = {"x": x}
+            us = [1e3 * best_ms(fn, repeats, clock=clock) for fn in (
+                lambda: conv1d(x, w, out=out), lambda: np.matmul(w[:, :, 0], x[0], out=out[0]),
+                lambda: session.run(None, feed))]
+            print(f"{cin:5d}x{cout:<5d} {t_in:5d} {us[0]:9.1f} {us[1]:9.1f} {us[2]:9.1f} {us[1] / us[0]:6.2f} "
+                  f"{us[2] / us[0]:6.2f} {2e-3 * cin * cout * t_in / us[0]:8.0f}")
+
+
+def bench_streaming_calls(repeats):
+    """One streaming chunk's conv calls (4 new frames after the left context) through the Conv op, against the
+    bare numpy matmul: what the per-call Python work costs (1 thread, us per call)."""
+    from tinyasr.ops import run_op
+
+    print("\n## streaming-sized calls through the Conv op (1 thread, us thread_time per call)")
+    threads.set_num_threads(1)
+    rng = np.random.default_rng(4)
+    for channels, taps, frames in ((256, 33, 4), (256, 75, 4), (512, 87, 8)):
+        x = rng.standard_normal((1, channels, taps - 1 + frames), dtype=np.float32)
+        w = rng.standard_normal((channels, 1, taps), dtype=np.float32)
+        b = rng.standard_normal(channels, dtype=np.float32)
+        attrs = {"group": channels, "kernel_shape": [taps], "pads": [0, 0]}
+        us = 1e3 * best_ms(lambda: run_op("Conv", [x, w, b], attrs, num_outputs=1), repeats * 10,
+                           clock=time.thread_time)
+        print(f"depthwise C{channels} K{taps}, {frames} output frames: {us:7.1f}")
+    for channels, frames in ((256, 4), (512, 4), (512, 8)):
+        x = rng.standard_normal((1, channels, frames), dtype=np.float32)
+        w = (rng.standard_normal((channels, channels, 1)) / np.sqrt(channels)).astype(np.float32)
+        b = rng.standard_normal(channels, dtype=np.float32)
+        z = rng.standard_normal((1, channels, frames), dtype=np.float32)
+        attrs = {"kernel_shape": [1], "activation": "Relu"}
+        op = 1e3 * best_ms(lambda: run_op("Conv", [x, w, b, z], attrs, num_outputs=1), repeats * 10,
+                           clock=time.thread_time)
+        bare = 1e3 * best_ms(lambda: np.matmul(w[:, :, 0], x[0]), repeats * 10, clock=time.thread_time)
+        print(f"pointwise {channels}x{channels} + bias + residual + Relu, {frames} frames: {op:7.1f}  "
+              f"(bare numpy matmul {bare:7.1f})")
+
+
 def quartznet_stack(channels=256, t_in=FRAMES_10S, blocks=5, taps=33):
     """Separable blocks (depthwise, then pointwise + bias + residual + Relu): alternates Numba and BLAS."""
     rng = np.random.default_rng(1)
@@ -156,9 +213,23 @@ def bench_parallel_threshold(repeats):
     threads.set_num_threads(1)
 
 
+# Compile (or load from the cache) the dense kernels a QuartzNet uses, serial builds: both depthwise and both
+# pointwise paths, the epilogue.  Kernels are built on first call (tinyasr/kernels/_compile.py).
+FIRST_CALLS = """
+import time; t = time.process_time()
+import numpy as np
+from tinyasr.kernels import conv1d
+x, dw, pw = np.ones((1, 8, 80), np.float32), np.ones((8, 1, 5), np.float32), np.ones((8, 8, 1), np.float32)
+conv1d(x, dw, group=8, pad_left=2, pad_right=2); conv1d(x[:, :, :8], dw, group=8)
+conv1d(x, pw, activation="Tanh"); conv1d(x[:, :, :4], pw); conv1d(x[:, :, :8], pw, np.ones(8, np.float32))
+print(time.process_time() - t)
+"""
+
+
 def bench_compile():
-    """Seconds (CPU of the importing process) to import tinyasr.kernels with an empty Numba cache, then cached."""
-    code = "import time; t = time.process_time(); import tinyasr.kernels; print(time.process_time() - t)"
+    """Seconds (CPU of a fresh process) to import tinyasr.kernels and make the first call of each dense kernel,
+    with an empty Numba cache, then cached."""
+    code = FIRST_CALLS
     base = "import time; t = time.process_time(); import numba, numpy; print(time.process_time() - t)"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with tempfile.TemporaryDirectory() as cache:
@@ -169,7 +240,7 @@ def bench_compile():
                                         text=True).stdout)
 
         cold, warm, numba_only = seconds(code), seconds(code), seconds(base)
-    print(f"\n## import tinyasr.kernels (CPU s): cold compile {cold:.2f}, cached load {warm:.2f} "
+    print(f"\n## import + first call of each dense kernel (CPU s): cold compile {cold:.2f}, cached load {warm:.2f} "
           f"(of which importing numba + numpy {numba_only:.2f})")
 
 
@@ -183,6 +254,8 @@ def main(argv=None):
           f"OpenBLAS core: {threads.blas_core_name()}")
     for n in (1, 2):
         bench_layers(n, repeats, names)
+        bench_pointwise(n, repeats)
+    bench_streaming_calls(repeats)
     bench_pool_fight(repeats)
     bench_parallel_threshold(repeats * 10)
     bench_compile()

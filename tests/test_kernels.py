@@ -18,8 +18,10 @@ import torch.nn.functional as F
 from tinyasr import threads
 from tinyasr.errors import GraphError, TinyASRError
 from tinyasr.kernels import ACTIVATIONS, bias_act, bias_act_reference, conv1d, conv1d_reference, output_length
-from tinyasr.kernels.conv1d import deinterleave, depthwise_rows
-from tinyasr.kernels.epilogue import epilogue_rows
+from tinyasr.kernels._compile import TILE
+from tinyasr.kernels.conv1d import SHORT_FRAMES, deinterleave, depthwise_rows, depthwise_short_rows
+from tinyasr.kernels.epilogue import NO_RESIDUAL, epilogue_rows
+from tinyasr.kernels.pointwise import frames_first, pointwise_narrow, pointwise_tiles, tiles_of
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 CLIP = (-0.5, 0.75)  # the Clip activation_params used throughout
@@ -321,3 +323,96 @@ def test_read_only_weights_run_without_copy(group, taps):
     got = conv1d(x, weight, bias, residual, group=group, pad_left=pad, pad_right=pad, activation="Relu")
     want = conv1d_reference(x, weight, bias, residual, group=group, pad_left=pad, pad_right=pad, activation="Relu")
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+# The Numba pointwise kernels (pointwise_tiles: Cout % 4 == 0, T_out >= POINTWISE_MIN_FRAMES; pointwise_narrow:
+# T_out in NARROW_FRAMES) and the short-input depthwise kernel (stride 1, T_out <= SHORT_FRAMES), each checked
+# against torch and the numpy reference at its edges
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "batch,cin,cout,t_in,stride",
+    [
+        (1, 256, 256, 64, 1),  # exactly one tile
+        (2, 48, 64, 24, 1),  # the smallest T on the Numba path: one partial tile
+        (3, 37, 8, 130, 1),  # odd Cin, two full tiles and a 2-frame tail
+        (1, 32, 40, 23, 1),  # below POINTWISE_MIN_FRAMES: BLAS
+        (1, 32, 30, 200, 1),  # Cout % 4 != 0: BLAS
+        (2, 64, 32, 301, 2),  # K=1 stride 2: tiles of the subsampled input
+        (1, 256, 256, 1, 1),  # T = 1: pointwise_narrow
+        (2, 37, 29, 4, 1),  # 4 frames, odd Cout, Cin % 16 == 5
+        (1, 8, 3, 2, 1),  # Cin < 16: no vector step at all
+        (3, 48, 64, 7, 2),  # stride 2, 4 output frames
+        (2, 40, 12, 6, 1),  # 6 frames: pointwise_narrow's second group of 4 frames is partial
+        (1, 16, 8, 13, 1),  # 13 frames: BLAS
+    ],
+)
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+def test_pointwise_paths_match_torch(batch, cin, cout, t_in, stride, activation):
+    rng = np.random.default_rng(cin * cout + t_in)
+    for with_bias, with_residual in [(True, True), (False, False)]:
+        _check(*_case(rng, batch, cin, cout, 1, t_in, 1, stride, with_bias=with_bias, with_residual=with_residual,
+                      activation=activation))
+
+
+@pytest.mark.parametrize(
+    "taps,dilation,pads,batch,t_in,multiplier",
+    [
+        (75, 1, (0, 0), 1, 78, 1),  # a streaming chunk: 4 new frames after 74 of context
+        (33, 2, (0, 0), 2, 64 + 15, 1),  # dilated, SHORT_FRAMES outputs exactly
+        (33, 1, (16, 16), 1, 1, 1),  # T = 1 < K, all but one tap in the padding
+        (11, 1, (5, 5), 3, 7, 2),  # T < K with a channel multiplier
+        (5, 3, (0, 0), 1, 13, 1),  # T_out = 1
+        (1, 1, (0, 0), 2, 16, 1),  # K = 1
+    ],
+)
+@pytest.mark.parametrize("activation", ["", "Relu", "Tanh"])
+def test_short_depthwise_matches_torch(taps, dilation, pads, batch, t_in, multiplier, activation):
+    rng = np.random.default_rng(taps + t_in)
+    x, w, bias, residual, kw = _case(rng, batch, 8, 8 * multiplier, taps, t_in, 8, 1, dilation, pads,
+                                     with_residual=True, activation=activation)
+    assert 1 <= output_length(t_in, taps, 1, dilation, *pads) <= SHORT_FRAMES
+    _check(x, w, bias, residual, kw)
+
+
+def test_new_kernels_read_only_weights_and_identical_builds():
+    """Read-only (memory-mapped) weights pass without a copy; serial and parallel builds agree bit for bit."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, 16, 100), dtype=np.float32)
+    pointwise_w = rng.standard_normal((12, 16, 1), dtype=np.float32) / 4
+    depthwise_w = rng.standard_normal((16, 1, 9), dtype=np.float32) / 3
+    bias = rng.standard_normal(16, dtype=np.float32)
+    for array in (x, pointwise_w, depthwise_w, bias):
+        array.flags.writeable = False
+    got = conv1d(x, pointwise_w, bias[:12], activation="Clip", activation_params=CLIP)
+    np.testing.assert_allclose(got, _torch_conv1d(x.copy(), pointwise_w.copy(), bias[:12].copy(),
+                                                  activation="Clip", activation_params=CLIP), **TOL)
+    short = x[:, :, :12]
+    got = conv1d(short, depthwise_w, bias, group=16, pad_left=4, pad_right=4, activation="Relu")
+    np.testing.assert_allclose(got, _torch_conv1d(short.copy(), depthwise_w.copy(), bias.copy(), group=16,
+                                                  pad_left=4, pad_right=4, activation="Relu"), **TOL)
+
+    tiles = tiles_of(x)
+    assert tiles.shape == (2 * 2, 16, TILE)
+    np.testing.assert_array_equal(tiles[1, :, : 100 - TILE], x[0, :, TILE:])  # padded with zeros
+    assert not tiles[1, :, 100 - TILE :].any()
+    ys = [np.empty((2, 12, 100), np.float32) for _ in range(2)]
+    for build, y in zip((pointwise_tiles.serial, pointwise_tiles.parallel), ys):
+        build(tiles, pointwise_w[:, :, 0], bias[:12], np.ascontiguousarray(x[:, :12]), y, ACTIVATIONS["Relu"],
+              np.float32(0), np.float32(0))
+    np.testing.assert_array_equal(ys[0], ys[1])
+    x_t = frames_first(x[:, :, :6])
+    np.testing.assert_array_equal(x_t[:, :6], x[:, :, :6].transpose(0, 2, 1))
+    assert x_t.shape == (2, 8, 16) and not x_t[:, 6:].any()
+    ys = [np.empty((2, 12, 6), np.float32) for _ in range(2)]
+    for build, y in zip((pointwise_narrow.serial, pointwise_narrow.parallel), ys):
+        build(x_t, pointwise_w[:, :, 0], bias[:12], NO_RESIDUAL, y, ACTIVATIONS["Clip"], *np.float32(CLIP))
+    np.testing.assert_array_equal(ys[0], ys[1])
+    padded = np.zeros((2, 16, 8 + SHORT_FRAMES), np.float32)
+    padded[:, :, :20] = x[:, :, :20]
+    ys = [np.empty((2, 16, 12), np.float32) for _ in range(2)]
+    for build, y in zip((depthwise_short_rows.serial, depthwise_short_rows.parallel), ys):
+        build(padded, depthwise_w[:, 0], bias, NO_RESIDUAL, y, 1, 0, np.float32(0), np.float32(0))
+    np.testing.assert_array_equal(ys[0], ys[1])
+    np.testing.assert_allclose(ys[0], conv1d_reference(x[:, :, :20], depthwise_w, bias, group=16), **TOL)

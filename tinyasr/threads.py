@@ -181,13 +181,18 @@ def get_num_threads() -> int:
     return _num_threads
 
 
+def serial_only(work: int) -> bool:
+    """True when a kernel doing ``work`` runs serially whoever holds the pool: at 1 thread, or for small work."""
+    return _num_threads == 1 or work < PARALLEL_MIN_WORK
+
+
 @contextmanager
 def parallel_region(work: int):
     """Yield True when the caller may run a Numba parallel kernel doing ``work`` multiply-adds (or elements).
 
     False at 1 thread, for small work, or while another Python thread holds the pool.
     """
-    if _num_threads == 1 or work < PARALLEL_MIN_WORK or not _parallel_lock.acquire(blocking=False):
+    if serial_only(work) or not _parallel_lock.acquire(blocking=False):
         yield False
         return
     try:

@@ -1,4 +1,4 @@
-"""Build each kernel twice, serial and parallel, and pick one per call.
+"""Build each kernel twice, serial and parallel, and pick one per call; scratch that stays in registers.
 
 A kernel is written once as a factory ``make(loop)`` whose outer loop is ``loop(n)``.
 ``range`` gives the serial build: no thread pool, safe to call from many Python threads at
@@ -9,9 +9,30 @@ function's bytecode plus its closure contents (same qualname otherwise).
 
 from __future__ import annotations
 
-from numba import njit, prange
+import llvmlite.ir as llvm_ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from .. import threads
+
+TILE = 64  # frames per register tile: 4 AVX-512 (8 AVX2, 16 NEON) registers per output row
+
+
+@intrinsic
+def stack_buffer(typingctx, size):
+    """A float32 pointer to ``size`` (a literal) floats on the stack of the calling function (one per thread
+    in a parallel loop body): scratch that LLVM can keep in registers, as a stack slot aliases no argument
+    (Numba cannot mark array arguments noalias).  Wrap it with ``numba.carray(ptr, (size,))``."""
+    if not isinstance(size, types.IntegerLiteral):
+        return None
+    count = size.literal_value
+
+    def codegen(context, builder, signature, args):
+        slot = cgutils.alloca_once(builder, llvm_ir.ArrayType(llvm_ir.FloatType(), count))
+        return builder.bitcast(slot, llvm_ir.PointerType(llvm_ir.FloatType()))
+
+    return types.CPointer(types.float32)(size), codegen
 
 
 class SerialAndParallel:
@@ -44,6 +65,9 @@ class SerialAndParallel:
         return self._build(True)
 
     def __call__(self, work, *args):
+        if threads.serial_only(work):  # checked first: no context manager on the (streaming) fast path
+            (self._builds.get(False) or self._build(False))(*args)
+            return
         with threads.parallel_region(work) as use_parallel:
             self._build(use_parallel)(*args)
 

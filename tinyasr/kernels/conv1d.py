@@ -6,27 +6,35 @@ shape (measured in benchmarks/bench_kernels.py):
 * depthwise (``group == Cin > 1``, ``Cout`` a multiple of ``Cin``): a Numba kernel, one output
   row at a time, taps in the outer loop and time in the inner loop (contiguous; a strided input
   row is first split into its stride phases), epilogue applied while the row is in L1;
-* everything else (pointwise 1x1, Cin=1 STFT-as-conv, grouped or dense K > 1, strided K=1):
+  up to SHORT_FRAMES output frames at stride 1 (streaming chunks), ``depthwise_short_rows``: four
+  rows' outputs in registers, every tap added to all of them;
+* pointwise (K = 1, group 1, no padding; a stride subsamples first): the Numba kernels of
+  pointwise.py where they beat BLAS: ``pointwise_tiles`` from POINTWISE_MIN_FRAMES frames
+  (Cout % 4 == 0), ``pointwise_narrow`` up to 12 frames;
+* everything else (other pointwise sizes, Cin=1 STFT-as-conv, grouped or dense K > 1):
   im2col then BLAS ``matmul`` per batch item and group, then the Numba epilogue.  For a
   pointwise conv im2col is a no-copy view; for a strided K=1 conv it is the subsampling.
 
-Numerics: the depthwise kernel uses ``fastmath={"contract"}`` only: fused multiply-add, but no
-reassociation, so each output is summed in tap order k = 0..K-1, and one thread computes a whole
-row: results are bit-identical at any thread count.  (Allowing reassociation would not speed up
-this loop: it vectorises over time, not over the sum.)
+Numerics: the depthwise kernels use ``fastmath={"contract"}`` only: fused multiply-add, but no
+reassociation, so each output is summed in tap order k = 0..K-1 (both kernels alike: streamed and
+offline outputs are equal), and one thread computes a whole row: results are bit-identical at any
+thread count.  (Allowing reassociation would not speed up this loop: it vectorises over time, not
+over the sum.)
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import carray, njit
 from numba.types import float32, int64, void
 from numpy.lib.stride_tricks import as_strided
 
 from ..errors import GraphError
-from ._compile import serial_and_parallel
+from ._compile import serial_and_parallel, stack_buffer
 from .epilogue import (
     ACTIVATIONS,  # noqa: F401  (re-exported: the Conv op's activation names)
+    NO_BIAS,
+    NO_RESIDUAL,
     READ_1D,
     READ_2D,
     READ_3D,
@@ -37,10 +45,17 @@ from .epilogue import (
     check_bias_residual,
     epilogue_rows,
     finish_row,
+    remembered,
 )
+from .pointwise import CLIP, NARROW_FRAMES, RELU, ROWS, frames_first, pointwise_narrow, pointwise_tiles, tiles_of
 
 # im2col copies at most this many floats at a time (4 MB); longer inputs are done in time chunks.
 IM2COL_MAX_ELEMENTS = 1 << 20
+# Below this many output frames a pointwise conv goes to BLAS: the Numba kernel computes whole 64-frame tiles.
+POINTWISE_MIN_FRAMES = 24
+# Up to this many output frames a stride-1 depthwise conv takes depthwise_short_rows (a literal: a stack buffer).
+SHORT_FRAMES = 16
+SHORT_QUAD = 4 * SHORT_FRAMES  # four rows' accumulators
 
 
 def output_length(T, K, stride=1, dilation=1, pad_left=0, pad_right=0) -> int:
@@ -122,6 +137,61 @@ def depthwise_rows(loop):
     return kernel
 
 
+@serial_and_parallel(
+    void(READ_3D, READ_2D, READ_1D, READ_3D, float32[:, :, ::1], int64, int64, float32, float32),
+    fastmath={"contract"},
+)
+def depthwise_short_rows(loop):
+    """depthwise_rows for stride 1 and T_out <= SHORT_FRAMES (streaming chunks), x padded by the caller to
+    (K - 1) * dilation + SHORT_FRAMES frames (its zero padding included): every tap reads SHORT_FRAMES frames.
+
+    There the long-input loop spends its time setting up each tap's few-frame loop (C256 K75, 4 frames:
+    85 us; here 10 us).  Four rows' <= 16 outputs sit in a stack buffer (registers), every tap adds to all
+    of them: four independent multiply-add chains hide the FMA latency.  Each output is still summed in
+    tap order with fused multiply-adds, as in depthwise_rows, so streamed and offline results are identical.
+    """
+
+    def kernel(x, w, bias, residual, y, dilation, act, lo, hi):
+        batch, channels_in = x.shape[0], x.shape[1]
+        channels_out, taps = w.shape
+        multiplier = channels_out // channels_in
+        quads = (channels_out + 3) // 4
+        has_bias, add_residual = bias.shape[0] > 0, residual.size > 0
+        for item in loop(batch * quads):
+            b = item // quads
+            c0 = (item - b * quads) * 4
+            # Past the last channel the last row is computed again and not stored.
+            c1, c2, c3 = min(c0 + 1, channels_out - 1), min(c0 + 2, channels_out - 1), min(c0 + 3, channels_out - 1)
+            x0, x1 = x[b, c0 // multiplier], x[b, c1 // multiplier]
+            x2, x3 = x[b, c2 // multiplier], x[b, c3 // multiplier]
+            w0, w1, w2, w3 = w[c0], w[c1], w[c2], w[c3]
+            acc = carray(stack_buffer(SHORT_QUAD), (SHORT_QUAD,))
+            for t in range(SHORT_QUAD):
+                acc[t] = 0.0
+            a0, a1 = acc[0:SHORT_FRAMES], acc[SHORT_FRAMES : 2 * SHORT_FRAMES]
+            a2, a3 = acc[2 * SHORT_FRAMES : 3 * SHORT_FRAMES], acc[3 * SHORT_FRAMES :]
+            for k in range(taps):
+                start = k * dilation
+                # Slices from index 0 (provably >= 0, so no wraparound check) and a constant trip count:
+                # one vector multiply-add per row and tap.
+                p0, p1, p2, p3 = x0[start:], x1[start:], x2[start:], x3[start:]
+                v0, v1, v2, v3 = w0[k], w1[k], w2[k], w3[k]
+                for t in range(SHORT_FRAMES):
+                    a0[t] += v0 * p0[t]
+                    a1[t] += v1 * p1[t]
+                    a2[t] += v2 * p2[t]
+                    a3[t] += v3 * p3[t]
+            for j in range(min(4, channels_out - c0)):
+                c = c0 + j
+                y_row = y[b, c]
+                for t in range(y_row.shape[0]):
+                    y_row[t] = acc[j * SHORT_FRAMES + t]
+                bias_c = bias[c] if has_bias else np.float32(0.0)
+                finish_row(y_row, bias_c, add_residual, residual[b, c] if add_residual else y_row, act, lo, hi)
+
+    return kernel
+
+
 # ---------------------------------------------------------------------------------------------
 # im2col + BLAS
 # ---------------------------------------------------------------------------------------------
@@ -137,9 +207,12 @@ def _conv_matmul(x, weight, y, stride, dilation, pad_left, pad_right, group):
         padded = np.zeros((batch, channels_in, pad_left + t_in + pad_right), np.float32)
         padded[:, :, pad_left : pad_left + t_in] = x
         x = padded
-    item = x.itemsize
     # columns[b, c, k, t] = x[b, c, t * stride + k * dilation]: a view; reshape below copies it unless K == stride == 1
-    columns = as_strided(x, (batch, channels_in, taps, t_out), x.strides[:2] + (dilation * item, stride * item))
+    if taps == stride == 1:
+        columns = x[:, :, None, :]  # as_strided costs ~10 us per call: too much for a streaming chunk
+    else:
+        item = x.itemsize
+        columns = as_strided(x, (batch, channels_in, taps, t_out), x.strides[:2] + (dilation * item, stride * item))
     weight_2d = weight.reshape(channels_out, cin_g * taps)
     chunk = t_out if taps == stride == 1 else max(1, IM2COL_MAX_ELEMENTS // (cin_g * taps))
     for b in range(batch):
@@ -158,23 +231,39 @@ def _conv_matmul(x, weight, y, stride, dilation, pad_left, pad_right, group):
 
 def _check_geometry(x, weight, stride, dilation, pad_left, pad_right, group):
     """Validate shapes and attributes; return T_out.  Messages name the tensor or attribute at fault."""
-    if x.ndim != 3:
-        raise GraphError(f"conv1d: input X must be [batch, channels, time], got shape {x.shape}")
-    if weight.ndim != 3:
+    return _checked_geometry(x.shape, weight.shape, stride, dilation, pad_left, pad_right, group)
+
+
+@remembered
+def _checked_geometry(x_shape, weight_shape, stride, dilation, pad_left, pad_right, group):
+    if len(x_shape) != 3:
+        raise GraphError(f"conv1d: input X must be [batch, channels, time], got shape {x_shape}")
+    if len(weight_shape) != 3:
         raise GraphError(
-            f"conv1d: weight W must be [out_channels, in_channels/group, kernel], got shape {weight.shape}"
+            f"conv1d: weight W must be [out_channels, in_channels/group, kernel], got shape {weight_shape}"
         )
     for name, value, least in (("strides", stride, 1), ("dilations", dilation, 1), ("group", group, 1),
                                ("pads[0]", pad_left, 0), ("pads[1]", pad_right, 0)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
             raise GraphError(f"conv1d: attribute {name} must be an integer >= {least}, got {value!r}")
-    channels_in, (channels_out, cin_g, taps) = x.shape[1], weight.shape
+    channels_in, (channels_out, cin_g, taps) = x_shape[1], weight_shape
     if channels_in % group or channels_out % group or cin_g * group != channels_in or taps < 1:
         raise GraphError(
-            f"conv1d: weight W of shape {weight.shape} does not fit input X with {channels_in} channels and "
+            f"conv1d: weight W of shape {weight_shape} does not fit input X with {channels_in} channels and "
             f"group={group} (need W [Cout, Cin/group, K >= 1] with Cin and Cout divisible by group)"
         )
-    return output_length(x.shape[2], taps, stride, dilation, pad_left, pad_right)
+    return output_length(x_shape[2], taps, stride, dilation, pad_left, pad_right)
+
+
+def _pointwise_kernel(shape):
+    """The Numba pointwise kernel that beats BLAS matmul for an output [B, Cout, T_out], or None (measured in
+    benchmarks/bench_kernels.py): pointwise_narrow up to 12 frames, pointwise_tiles from 24 frames (a 64-frame
+    tile costs as much as 24 frames of BLAS) if Cout % 4 == 0, else BLAS."""
+    if shape[2] in NARROW_FRAMES:
+        return pointwise_narrow
+    if shape[1] % ROWS == 0 and shape[2] >= POINTWISE_MIN_FRAMES:
+        return pointwise_tiles
+    return None
 
 
 def conv1d(x, weight, bias=None, residual=None, *, stride=1, dilation=1, pad_left=0, pad_right=0, group=1,
@@ -200,9 +289,23 @@ def conv1d(x, weight, bias=None, residual=None, *, stride=1, dilation=1, pad_lef
     if out.size == 0:
         return out
     channels_in, taps = x.shape[1], weight.shape[2]
-    if group == channels_in > 1:
+    if group == channels_in > 1 and stride == 1 and t_out <= SHORT_FRAMES:
+        # Zero padding, and zeros after the input so every row holds SHORT_FRAMES outputs' worth of frames.
+        padded = np.zeros(x.shape[:2] + ((taps - 1) * dilation + SHORT_FRAMES,), np.float32)
+        padded[:, :, pad_left : pad_left + x.shape[2]] = x[:, :, : padded.shape[2] - pad_left]
+        depthwise_short_rows(out.size * taps, padded, weight.reshape(shape[1], taps), bias, residual, out,
+                             dilation, act, lo, hi)
+    elif group == channels_in > 1:
         depthwise_rows(out.size * taps, x, weight.reshape(shape[1], taps), bias, residual, out,
                        stride, dilation, pad_left, act, lo, hi)
+    elif taps == group == 1 and not (pad_left or pad_right) and (kernel := _pointwise_kernel(shape)) is not None:
+        fused = act in (0, RELU, CLIP)
+        x_used = x[:, :, : stride * (t_out - 1) + 1 : stride]
+        packed = frames_first(x_used) if kernel is pointwise_narrow else tiles_of(x_used)
+        kernel(out.size * channels_in, packed, weight.reshape(shape[1], channels_in), bias, residual, out,
+               act if fused else 0, lo, hi)
+        if not fused:
+            epilogue_rows(out.size, out, NO_BIAS, NO_RESIDUAL, act, lo, hi)
     else:
         _conv_matmul(x, weight, out, stride, dilation, pad_left, pad_right, group)
         if bias.size or residual.size or act:

@@ -11,6 +11,8 @@ bound, and NaN / inf must pass through as in the reference.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numba import njit
 from numba.types import Array, boolean, float32, int64, void
@@ -34,7 +36,7 @@ READ_2D = Array(float32, 2, "C", readonly=True)
 READ_3D = Array(float32, 3, "C", readonly=True)
 
 
-@njit(void(float32[::1], float32, boolean, READ_1D, int64, float32, float32), cache=True)
+@njit(void(float32[::1], float32, boolean, READ_1D, int64, float32, float32), cache=True, inline="always")
 def finish_row(y, bias, add_residual, residual, act, lo, hi):
     """One output row: y = act((y + bias) + residual).  Branches sit outside the loops so each loop vectorises."""
     n = y.shape[0]
@@ -81,8 +83,28 @@ def epilogue_rows(loop):
 # ---------------------------------------------------------------------------------------------
 
 
+def remembered(check):
+    """Cache a pure argument check: a node passes the same arguments on every call (many per second when
+    streaming).  Typed, so True never hits the entry of a valid 1; unhashable arguments run uncached."""
+    cached = functools.lru_cache(maxsize=1024, typed=True)(check)
+
+    @functools.wraps(check)
+    def run(*args):
+        try:
+            return cached(*args)
+        except TypeError:  # unhashable: the check itself reports it
+            return check(*args)
+
+    return run
+
+
 def activation_code(activation, params, where="conv1d"):
     """(code, lo, hi) for the kernels; GraphError for an unknown activation or wrong parameter count."""
+    return _activation_code(activation, tuple(params) if params is not None else (), where)
+
+
+@remembered
+def _activation_code(activation, params, where):
     if activation not in ACTIVATIONS:
         raise GraphError(f"{where}: unknown activation {activation!r}; supported: {sorted(ACTIVATIONS)}")
     params = tuple(float(p) for p in (params if params is not None else ()))
@@ -97,6 +119,8 @@ def activation_code(activation, params, where="conv1d"):
 
 def as_float32(array, name, where="conv1d"):
     """A C-contiguous float32 array: converted once if needed, GraphError if not floating point."""
+    if type(array) is np.ndarray and array.dtype == np.float32 and array.flags.c_contiguous:
+        return array  # the usual case, checked first: streaming calls the kernels on small inputs
     array = np.asarray(array)
     if array.dtype.kind != "f":
         raise GraphError(f"{where}: {name} must be a floating-point array, got dtype {array.dtype}")

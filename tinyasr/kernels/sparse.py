@@ -20,36 +20,17 @@ float32 rounding, not bitwise.  ``fastmath={"contract"}`` only (fused multiply-a
 
 from __future__ import annotations
 
-import llvmlite.ir as llvm_ir
 import numpy as np
 from numba import carray, njit, types
-from numba.core import cgutils
-from numba.extending import intrinsic
 
 from ..errors import GraphError
 from ..sparse import BSRMatrix, CSRMatrix, as_dense
-from ._compile import serial_and_parallel
+from ._compile import TILE, serial_and_parallel, stack_buffer  # ternary.py imports TILE, stack_buffer from here
 from .conv1d import conv1d
 from .epilogue import ACTIVATIONS, activation_code, as_float32, bias_act, bias_act_reference, check_bias_residual
 
-TILE = 64  # frames per tile: 4 AVX-512 registers per row
 RELU, CLIP = ACTIVATIONS["Relu"], ACTIVATIONS["Clip"]  # applied in the kernels; others after them
 STRIP = 4 * TILE  # a BSR strip: 4 rows of a tile (16 registers); a named constant, as stack_buffer needs a literal
-
-
-@intrinsic
-def stack_buffer(typingctx, size):
-    """A float32 pointer to ``size`` (a literal) floats on the stack of the calling function (one per thread
-    in a parallel loop body): scratch that LLVM can keep in registers."""
-    if not isinstance(size, types.IntegerLiteral):
-        return None
-    count = size.literal_value
-
-    def codegen(context, builder, signature, args):
-        slot = cgutils.alloca_once(builder, llvm_ir.ArrayType(llvm_ir.FloatType(), count))
-        return builder.bitcast(slot, llvm_ir.PointerType(llvm_ir.FloatType()))
-
-    return types.CPointer(types.float32)(size), codegen
 
 
 def _signature():

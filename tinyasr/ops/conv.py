@@ -15,7 +15,6 @@ import numpy as np
 from ..errors import GraphError
 from ..kernels.conv1d import output_length
 from ..kernels.sparse import conv1d_any
-from ..kernels.ternary import ternary_conv
 from ..ternary import TernaryWeight
 from . import register
 from .common import check_inputs
@@ -51,6 +50,8 @@ def conv(ctx, inputs, attrs):
     """Attributes to kernel arguments; the kernel checks channels, group, bias, residual and activation."""
     check_inputs("Conv", inputs, 2)
     if isinstance(inputs[1], TernaryWeight):  # a regenerated / index-list ternary 1x1 conv
+        from ..kernels.ternary import ternary_conv  # compiled only by models that have ternary layers
+
         return ternary_conv(ctx, inputs, attrs)
     x, weight = inputs[0], inputs[1]
     bias = inputs[2] if len(inputs) > 2 else None
