@@ -157,8 +157,12 @@ def _meta_json(meta: Dict[str, str], key: str, kinds):
 def _decoder(graph: Graph, decoder, labels, blank) -> Optional[Dict[str, Any]]:
     """The manifest's decoder entry; checks the vocabulary size against the output's last dim when static."""
     if isinstance(decoder, dict):
+        _check_decoder_fits(graph, decoder)
         return decoder
     if decoder is None and labels is None:
+        if blank is not None:
+            raise ConversionError(f"a CTC blank index ({blank}) was given without labels; give the vocabulary too "
+                                  "(--labels FILE)")
         return None
     output = graph.outputs[0]
     if decoder is None:
@@ -193,6 +197,23 @@ def _decoder(graph: Graph, decoder, labels, blank) -> Optional[Dict[str, Any]]:
         kind = "words"
     return {"type": "ctc", "output": output.name, "blank": int(blank), "vocabulary": vocabulary,
             "vocabulary_type": kind, "logits": logits}
+
+
+def _check_decoder_fits(graph: Graph, decoder: Dict[str, Any]) -> None:
+    """A given decoder entry (e.g. from a NeMo config) must name a graph output whose class count fits its labels."""
+    outputs = {v.name: v for v in graph.outputs}
+    output = outputs.get(decoder.get("output")) if isinstance(decoder.get("output"), str) else None
+    if output is None:
+        raise ConversionError(f"the decoder reads output {decoder.get('output')!r}, but the model's outputs are "
+                              f"{sorted(outputs)}: is the config or decoder for another model?")
+    labels = decoder.get("vocabulary", decoder.get("labels"))
+    classes = output.shape[-1] if output.shape else None
+    if not isinstance(labels, list) or not isinstance(classes, int):
+        return
+    fits = (len(labels), len(labels) + 1) if decoder.get("type") == "ctc" else (len(labels),)
+    if classes not in fits:
+        raise ConversionError(f"the decoder lists {len(labels)} labels but output {output.name!r} has {classes} "
+                              "classes: is the config or decoder for another model?")
 
 
 def _logits_kind(graph: Graph, name: str) -> str:

@@ -179,7 +179,7 @@ def download(url: str, dest, *, size: Optional[int] = None, sha256: Optional[str
     if wanted is not None and received != wanted:
         raise DownloadError(f"{url}: got {received} of {wanted} bytes; run the command again to resume from {part}")
     if sha256 is not None:
-        digest = _file_sha256(part)
+        digest = file_sha256(part)
         if digest != sha256.lower():
             part.unlink()
             raise DownloadError(f"{url}: sha256 of the download is {digest}, expected {sha256}; "
@@ -188,7 +188,8 @@ def download(url: str, dest, *, size: Optional[int] = None, sha256: Optional[str
     return dest
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks (downloads and .nemo archives can be large)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

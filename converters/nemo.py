@@ -14,7 +14,6 @@ object can be constructed.  The graph is rebuilt from the config
 
 from __future__ import annotations
 
-import hashlib
 import io
 import math
 import pickle
@@ -30,6 +29,8 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from tinyasr.errors import ConversionError, TinyASRError
+
+from .download import file_sha256
 
 CONFIG_MEMBER = "model_config.yaml"
 WEIGHTS_MEMBER = "model_weights.ckpt"
@@ -71,14 +72,6 @@ def _member_name(path: str, member: tarfile.TarInfo) -> str:
     return "" if clean == "." else clean
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def read_nemo(src) -> NemoArchive:
     """Read a .nemo archive (tar or tar.gz) in memory; ConversionError naming the file and the problem."""
     path = Path(src)
@@ -86,8 +79,11 @@ def read_nemo(src) -> NemoArchive:
         tar = tarfile.open(path, "r:*")
     except FileNotFoundError:
         raise ConversionError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ConversionError(f"{path}: is a directory, not a .nemo archive") from None
     except (tarfile.TarError, OSError) as exc:
-        raise ConversionError(f"{path}: not a .nemo archive (a tar file was expected: {exc})") from None
+        reason = str(exc).splitlines()[0].rstrip(":")  # tarfile lists every compression it tried, one per line
+        raise ConversionError(f"{path}: not a .nemo archive (a tar file was expected: {reason})") from None
     with tar:
         members: Dict[str, tarfile.TarInfo] = {}
         try:
@@ -109,7 +105,7 @@ def read_nemo(src) -> NemoArchive:
                 files[name] = tar.extractfile(member).read()
         config = _parse_config(files[CONFIG_MEMBER], f"{path}:{CONFIG_MEMBER}")
         weights = read_checkpoint(tar.extractfile(members[WEIGHTS_MEMBER]), f"{path}:{WEIGHTS_MEMBER}")
-    return NemoArchive(str(path), _sha256(path), config, weights, files)
+    return NemoArchive(str(path), file_sha256(path), config, weights, files)
 
 
 def _parse_config(text: bytes, where: str) -> Dict[str, Any]:

@@ -65,7 +65,10 @@ def load_onnx(src) -> Tuple["object", str, str]:
     if not model.graph.node:
         raise ConversionError(f"{path}: the ONNX model has no nodes (not an ONNX model?)")
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
-        onnx.load_external_data_for_model(model, str(path.parent))
+        try:  # onnx refuses missing files and locations outside the model's folder (ValidationError)
+            onnx.load_external_data_for_model(model, str(path.parent))
+        except Exception as exc:
+            raise ConversionError(f"{path}: cannot load the model's external tensor data: {exc}") from None
     return model, path.name, hashlib.sha256(data).hexdigest()
 
 

@@ -212,8 +212,9 @@ def test_non_finite_float_wav(tmp_path, bad):
 def test_bad_sample_rates(tmp_path):
     path = tmp_path / "ok.wav"
     soundfile.write(path, np.zeros(160), 16000)
-    for rate in (0, -16000, 16000.5, True):
-        with pytest.raises(AudioError, match=f"{path}: requested rate: sample rate must be a positive integer"):
+    for rate in (0, -16000, 16000.5, True, 768_001):
+        with pytest.raises(AudioError, match=f"{path}: requested rate: sample rate must be an integer from 1 to "
+                                             "768000 Hz"):
             load_audio(path, sample_rate=rate)
     header_rate_zero = tmp_path / "rate0.wav"
     raw = bytearray(path.read_bytes())
@@ -221,6 +222,13 @@ def test_bad_sample_rates(tmp_path):
     header_rate_zero.write_bytes(bytes(raw))
     with pytest.raises(AudioError, match=f"{header_rate_zero}: not a readable audio file"):
         load_audio(header_rate_zero)
+    # A hostile header rate would make the resampler's filter (20 taps per Hz) exhaust memory.
+    header_rate_huge = tmp_path / "rate_huge.wav"
+    raw[24:28] = (2**31 - 1).to_bytes(4, "little")
+    header_rate_huge.write_bytes(bytes(raw))
+    with pytest.raises(AudioError, match=f"{header_rate_huge}: the file's header: sample rate must be an integer "
+                                         "from 1 to 768000 Hz, got 2147483647"):
+        load_audio(header_rate_huge, sample_rate=16000)
 
 
 def test_bad_arrays():
@@ -234,5 +242,5 @@ def test_bad_arrays():
         as_float32_mono(np.zeros(10, np.complex64), 16000)
     with pytest.raises(AudioError, match="non-finite sample .* at frame 3"):
         as_float32_mono(np.array([0.0, 0.1, 0.2, np.nan]), 16000)
-    with pytest.raises(AudioError, match="sample rate must be a positive integer, got 0"):
+    with pytest.raises(AudioError, match="sample rate must be an integer from 1 to 768000 Hz, got 0"):
         as_float32_mono(np.zeros(10, np.float32), 0)

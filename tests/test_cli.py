@@ -1,6 +1,7 @@
 """The tinyasr command: exit codes, batches that survive bad files, JSON output, info, convert."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 from tinyasr.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
+CONFORMER = Path("/work/shared/models/nemo-random/conformer_ctc_small/model.onnx")
 test_recognizer = pytest.importorskip("test_recognizer")  # builds the models (needs torch, onnx, the runtime)
 CLIPS = test_recognizer.CLIPS
 pytestmark = pytest.mark.skipif(not all(p.exists() for p in CLIPS), reason="shared audio not available")
@@ -91,9 +93,80 @@ def test_classify_a_frame_model_prints_segments(models, capsys):
     assert spans[0][0] == 0 and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
 
 
-def test_classify_with_a_ctc_model_fails_per_file(models, capsys):
-    assert main(["classify", str(CLIPS[0]), "-m", str(models / "ctc.tasr")]) == 1
-    assert "transcribe()" in capsys.readouterr().err
+def test_a_model_of_the_wrong_kind_is_reported_once_with_exit_3(models, capsys):
+    assert main(["classify", str(CLIPS[0]), str(CLIPS[1]), "-m", str(models / "ctc.tasr")]) == 3
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == (
+        f"tinyasr: {models / 'ctc.tasr'}: 'tinyasr classify' needs a classification or frame_classification model, "
+        "but this is a ctc model; use 'tinyasr transcribe'\n")
+    assert main(["transcribe", str(CLIPS[0]), "-m", str(models / "kws.tasr")]) == 3
+    assert capsys.readouterr().err == (f"tinyasr: {models / 'kws.tasr'}: 'tinyasr transcribe' needs a ctc model, "
+                                       "but this is a classification model; use 'tinyasr classify'\n")
+
+
+def _one_error_line(capsys) -> str:
+    """The command's stderr, which must be a single 'tinyasr: ...' line."""
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tinyasr: "), captured.err
+    return lines[0]
+
+
+def test_bad_audio_files_get_one_line_each(models, tmp_path, capsys):
+    text = tmp_path / "text.wav"
+    text.write_text("hello, this is not audio")
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    for path, message in [(text, "not a readable audio file (Format not recognised.)"),
+                          (empty, "file is empty (0 bytes)"), (tmp_path, "is a directory, not an audio file"),
+                          (tmp_path / "missing.wav", "no such file")]:
+        assert main(["transcribe", str(path), "-m", str(models / "ctc.tasr")]) == 1
+        assert _one_error_line(capsys) == f"tinyasr: {path}: {message}"
+
+
+def test_damaged_model_files_exit_3_naming_the_damage(models, tmp_path, capsys):
+    data = (models / "ctc.tasr").read_bytes()
+    truncated = tmp_path / "truncated.tasr"
+    truncated.write_bytes(data[: len(data) // 2])
+    flipped = tmp_path / "flipped.tasr"
+    flipped.write_bytes(data[:-100] + bytes([data[-100] ^ 0xFF]) + data[-99:])  # inside the last tensor's bytes
+    for path, message in [(truncated, "header declares .*: truncated"), (flipped, "crc32 mismatch, the data is corrupted"),
+                          (tmp_path, "is a directory, not a .tasr model file")]:
+        for command in (["transcribe", str(CLIPS[0]), "-m", str(path)], ["info", str(path)]):
+            assert main(command) == 3
+            assert re.fullmatch(f"tinyasr: {path}: .*{message}.*", _one_error_line(capsys))
+
+
+def test_bad_convert_sources_get_one_line(models, tmp_path, capsys):
+    pytest.importorskip("converters.cli")
+    not_onnx = tmp_path / "text.onnx"
+    not_onnx.write_text("hello")
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes((models / "ctc.onnx").read_bytes()[:3000])
+    out = str(tmp_path / "out.tasr")
+    for source, message in [(not_onnx, "not a readable ONNX model"), (truncated, "not a readable ONNX model"),
+                            (tmp_path / "notes.txt", "'tinyasr convert' reads .onnx and .nemo files")]:
+        assert main(["convert", str(source), "-o", out]) == 1
+        assert _one_error_line(capsys).startswith(f"tinyasr: {source}: {message}")
+    # a blank index alone used to be dropped silently, leaving a model without a decoder
+    assert main(["convert", str(models / "ctc.onnx"), "-o", out, "--blank", "3"]) == 1
+    assert "blank index (3) was given without labels" in _one_error_line(capsys)
+
+
+@pytest.mark.skipif(not CONFORMER.exists(), reason="shared NeMo models not available")
+def test_converting_a_conformer_names_the_unsupported_node(tmp_path, capsys):
+    pytest.importorskip("converters.cli")
+    assert main(["convert", str(CONFORMER), "-o", str(tmp_path / "c.tasr")]) == 1
+    assert re.fullmatch(r"tinyasr: model.onnx: node '/pre_encode/conv/conv.0/Conv' \(Conv\) is a 2-D convolution; "
+                        r"only 1-D convolutions .* are supported .*", _one_error_line(capsys))
+
+
+def test_stream_options_are_checked_and_a_missing_file_is_named(models, tmp_path, capsys):
+    for option in (["--chunk-ms", "0"], ["--rate", "-8000"], ["--max-utterance", "-1"], ["--threads", "0"]):
+        assert main(["stream", "-m", str(models / "ctc.tasr"), "--input", "x.wav", *option]) == 2
+        assert f"argument {option[0]}: must be" in capsys.readouterr().err
+    assert main(["stream", "-m", str(models / "ctc.tasr"), "--input", str(tmp_path / "gone.wav")]) == 1
+    assert _one_error_line(capsys) == f"tinyasr: {tmp_path / 'gone.wav'}: no such file"
 
 
 def test_info_json(models, capsys):

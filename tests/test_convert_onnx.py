@@ -475,3 +475,23 @@ def test_cli_hands_nemo_archives_to_the_nemo_converter(tmp_path, capsys):
     assert convert_cli.run(parser.parse_args([nemo, "-o", str(tmp_path / "n.tasr")])) == 0
     assert "n.tasr" in capsys.readouterr().out
     assert read_model(tmp_path / "n.tasr").manifest["provenance"]["source_format"] == "nemo"
+
+
+@pytest.mark.parametrize("location, message", [
+    ("absent.bin", "is not regular file"),
+    ("../../outside.bin", "points outside the directory"),
+    ("/etc/passwd", "should be a relative path"),
+])
+def test_external_tensor_data_outside_the_model_folder_or_missing_is_refused(tmp_path, location, message):
+    weight = numpy_helper.from_array(np.ones((2, 3, 1), np.float32), "w")
+    weight.ClearField("raw_data")
+    weight.data_location = TensorProto.EXTERNAL
+    weight.external_data.add(key="location", value=location)
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "T"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, "T"])], [weight])
+    path = tmp_path / "folder" / "m.onnx"
+    path.parent.mkdir()
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    with pytest.raises(ConversionError, match=f"{path}: cannot load the model's external tensor data: .*{message}"):
+        convert(path, tmp_path / "m.tasr")

@@ -380,6 +380,7 @@ def test_refuses_bad_manifest_text(tmp_path, text, pattern):
     (lambda m, d: entry_of(m, "w")["parts"][0].update(shape=[2**31] * 3), "dims must be integers"),
     (lambda m, d: entry_of(m, "w")["parts"][0].update(offset=2**40), "outside the data section"),
     (lambda m, d: entry_of(m, "w")["parts"][0].update(nbytes=-24), "outside the data section"),
+    (lambda m, d: entry_of(m, "w")["parts"][0].update(offset=-64), "outside the data section"),
     (lambda m, d: entry_of(m, "w")["parts"][0].update(offset=8), "offset 8 is misaligned"),
     (lambda m, d: entry_of(m, "w")["parts"][0].update(crc32=2**32), "crc32 < 2"),
     (lambda m, d: entry_of(m, "b")["parts"][0].update(offset=0),

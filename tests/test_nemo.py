@@ -503,3 +503,28 @@ def test_convert_command_takes_the_config_of_an_onnx_export(config_name, tmp_pat
     from_onnx = load_model(out)
     assert from_onnx.frontend == from_archive.frontend
     assert from_onnx.decoder == from_archive.decoder
+
+
+@pytest.mark.parametrize("config_of, message", [
+    ("matchboxnet_3x1x64_v1", r"the decoder reads output 'logits', but the model's outputs are \['logprobs'\]"),
+    ("citrinet_256", "the decoder lists 128 labels but output 'logprobs' has 29 classes"),
+])
+def test_a_config_of_another_model_is_refused(config_of, message, tmp_path, capsys):
+    from tinyasr.cli import main
+
+    config = NEMO / config_of / "model_config.yaml"
+    out = tmp_path / "o.tasr"
+    assert main(["convert", str(NEMO / "quartznet_5x5" / "model.onnx"), "-o", str(out), "--config", str(config)]) == 1
+    assert re.fullmatch(f"tinyasr: {message}: is the config or decoder for another model\\?\n", capsys.readouterr().err)
+    assert not out.exists()
+
+
+def test_a_file_that_is_not_an_archive_gets_a_one_line_error(tmp_path):
+    text = tmp_path / "notes.nemo"
+    text.write_text("not a tar file")
+    with pytest.raises(ConversionError) as info:
+        read_nemo(text)
+    assert str(info.value) == f"{text}: not a .nemo archive (a tar file was expected: file could not be opened " \
+                              "successfully)"
+    with pytest.raises(ConversionError, match=f"{tmp_path}: is a directory, not a .nemo archive"):
+        read_nemo(tmp_path)

@@ -273,6 +273,39 @@ def test_incomplete_decoder_entry_is_refused_at_load(models, tmp_path):
         Recognizer(tmp_path / "bad.tasr")
 
 
+CTC_DECODER = {"type": "ctc", "output": "logprobs", "blank": BLANK, "vocabulary": LABELS}
+
+
+@pytest.mark.parametrize("decoder, frontend, message", [
+    (dict(CTC_DECODER, vocabulary="abc"), FRONTEND.to_dict(), "'vocabulary' must be a list of strings, got 'abc'"),
+    (dict(CTC_DECODER, vocabulary=[1, 2]), FRONTEND.to_dict(), "'vocabulary' must be a list of strings"),
+    (dict(CTC_DECODER, blank="x"), FRONTEND.to_dict(), "'blank' must be an integer, got 'x'"),
+    (dict(CTC_DECODER, output=["logprobs"]), FRONTEND.to_dict(), "'output' must be a string"),
+    (dict(CTC_DECODER, logits="evil"), FRONTEND.to_dict(), "'logits' must be one of log_probs, logits, probs"),
+    (dict(CTC_DECODER, frame_seconds=-1), FRONTEND.to_dict(), "'frame_seconds' must be a positive number, got '-1'"),
+    # sizes a hostile manifest could use to exhaust memory in the front end
+    (CTC_DECODER, dict(FRONTEND.to_dict(), n_mels=2**30), "n_mels=1073741824 must be an integer from 1 to 512"),
+    (CTC_DECODER, dict(FRONTEND.to_dict(), n_fft=2**40), "n_fft=1099511627776 must be an integer from 1 to 32768"),
+    (CTC_DECODER, dict(FRONTEND.to_dict(), sample_rate=2**40), "sample_rate=1099511627776 must be an integer from 1"),
+    (CTC_DECODER, dict(FRONTEND.to_dict(), pad_to=2**40), "pad_to=1099511627776 must be an integer from 0 to 1024"),
+    (CTC_DECODER, None, r"input 'audio_signal' float32\[.*\] takes features, but the manifest has no front end"),
+])
+def test_bad_decoder_or_frontend_values_are_refused_at_load_naming_the_file(models, tmp_path, decoder, frontend,
+                                                                            message):
+    from tinyasr.fileformat import read_model, write_model
+
+    with read_model(models / "ctc.tasr") as good:  # the converter would refuse some of these: write them directly
+        manifest = dict({k: good.manifest[k] for k in ("graph", "provenance")}, decoder=decoder, frontend=frontend)
+        write_model(tmp_path / "bad.tasr", manifest, {name: np.array(good.tensor(name)) for name in good.tensor_names()})
+    with pytest.raises(ModelFileError, match=f"bad.tasr: .*{message}"):
+        Recognizer(tmp_path / "bad.tasr")
+
+
+def test_a_directory_is_not_a_model(tmp_path):
+    with pytest.raises(ModelFileError, match=f"{tmp_path}: is a directory, not a .tasr model file"):
+        Recognizer(tmp_path)
+
+
 def test_bad_audio_is_a_clear_error(recognizer, tmp_path):
     not_audio = tmp_path / "notes.wav"
     not_audio.write_text("not a wave file")

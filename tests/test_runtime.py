@@ -335,3 +335,80 @@ def test_sparse_weights_stored_in_the_file_run_and_are_summarized(tmp_path):
     layer = summarize(path)["layers"][0]
     assert layer["encodings"] == ["csr/float32", "dense/float32"]
     assert layer["sparsity"] == pytest.approx(np.mean(weight == 0) * weight.size / (weight.size + 12))
+
+
+# ----------------------------------------------------------------------------- hostile graphs (a model file is untrusted)
+
+
+def _csr_weight(rows=4, columns=CHANNELS):
+    from tinyasr.fileformat import EncodedTensor
+    from tinyasr.sparse import csr_arrays
+
+    values, indices, indptr = csr_arrays(np.eye(rows, columns, dtype=np.float32))
+    return EncodedTensor("csr", "float32", (rows, columns, 1), {"values": values, "indices": indices, "indptr": indptr})
+
+
+@pytest.mark.parametrize("nodes, tensors, message", [
+    ([Node("r", "Reshape", ("w", "s"), ("y",))], {"w": "csr", "s": np.array([-1], np.int64)},
+     r"node 'r' \(Reshape\) reads the CSRMatrix tensor 'w' as input 0; encoded weights can only feed Conv input\(s\) "
+     r"\[1\], MatMul"),
+    ([Node("add", "Add", ("x", "w"), ("y",))], {"w": "csr"}, r"node 'add' \(Add\) reads the CSRMatrix tensor 'w'"),
+    ([Node("c", "Conv", ("x", "w"), ("y",))], {"w": f32(4, CHANNELS, 1)}, r"graph input 'x' declares dtype 'evil'"),
+])
+def test_graphs_an_op_could_not_handle_are_refused_at_load(tmp_path, nodes, tensors, message):
+    tensors = {k: _csr_weight() if isinstance(v, str) else v for k, v in tensors.items()}
+    dtype = "evil" if "evil" in message else "float32"
+    path = save(tmp_path, nodes, [("x", dtype, [1, CHANNELS, "T"])], [("y", "float32", [1, 4, "T"])], tensors)
+    with pytest.raises(GraphError, match=f"m.tasr: {message}"):
+        load_model(path)
+
+
+def test_an_encoded_tensor_cannot_be_a_graph_output(tmp_path):
+    path = save(tmp_path, [], [("x", "float32", [1])], [("w", "float32", [4, CHANNELS, 1])], {"w": _csr_weight()})
+    with pytest.raises(GraphError, match="m.tasr: graph output 'w' is the encoded tensor 'w'"):
+        load_model(path)
+
+
+@pytest.mark.parametrize("node, tensors", [
+    (Node("tile", "Tile", ("x", "reps"), ("y",)), {"reps": np.array([1, 1, 2**45], np.int64)}),
+    (Node("fill", "ConstantOfShape", ("shape",), ("y",)), {"shape": np.array([2**20, 2**20, 2**10], np.int64)}),
+    (Node("range", "Range", ("start", "limit", "delta"), ("y",)),
+     {"start": np.array(0, np.int64), "limit": np.array(2**50, np.int64), "delta": np.array(1, np.int64)}),
+    (Node("conv", "Conv", ("x", "w"), ("y",), {"pads": [2**47, 0]}), {"w": f32(4, CHANNELS, 1)}),
+])
+def test_absurd_sizes_are_a_graph_error_not_a_memory_error(tmp_path, node, tensors):
+    """Every size is beyond a 64-bit process's address space, so allocation fails even with overcommit."""
+    path = save(tmp_path, [node], [("x", "float32", [1, CHANNELS, "T"])], [("y", "float32", [1, 4, "T"])], tensors)
+    with pytest.raises(GraphError, match=f"m.tasr: node '{node.name}' \\({node.op}\\) needs more memory than is "
+                                         "available: Unable to allocate"):
+        load_model(path).run({"x": f32(1, CHANNELS, 10)})
+
+
+@pytest.mark.parametrize("vocabulary", [5, {"a": 1}, None])
+def test_info_describes_a_malformed_decoder_entry_as_stored(tmp_path, vocabulary):
+    from tinyasr.info import format_summary, summarize
+
+    decoder = {"type": "ctc", "output": "y", "blank": 0, "vocabulary": vocabulary}
+    path = save(tmp_path, [Node("relu", "Relu", ("x",), ("y",))], [("x", "float32", [2])], [("y", "float32", [2])],
+                {}, decoder=decoder)
+    summary = summarize(path)
+    assert summary["decoder"]["vocabulary"] == vocabulary and "vocabulary_size" not in summary["decoder"]
+    assert f"vocabulary={vocabulary}" in format_summary(summary)
+
+
+@pytest.mark.parametrize("weight_shape, attrs, message", [
+    ((4, CHANNELS), {}, "only 1-D convolution is supported"),
+    ((4, CHANNELS, 1, 1), {}, "only 1-D convolution is supported"),
+    ((4, CHANNELS + 1, 1), {}, r"weight W of shape \(4, 9, 1\) does not fit input X with 8 channels"),
+    ((4, CHANNELS, 1), {"group": "x"}, "invalid literal for int"),
+    ((4, CHANNELS, 1), {"group": [1]}, "int\\(\\) argument must be"),
+    ((4, CHANNELS, 1), {"pads": [1e30, 0]}, ""),
+    ((4, CHANNELS, 1), {"pads": "ab"}, ""),
+    ((4, CHANNELS, 1), {"strides": [0]}, ""),
+    ((4, CHANNELS, 1), {"activation": 5}, "unknown activation 5"),
+])
+def test_conv_with_a_bad_weight_or_attribute_is_a_graph_error_naming_the_node(tmp_path, weight_shape, attrs, message):
+    path = save(tmp_path, [Node("conv_7", "Conv", ("x", "w"), ("y",), attrs)], [("x", "float32", [1, CHANNELS, "T"])],
+                [("y", "float32", [1, 4, "T"])], {"w": f32(*weight_shape)})
+    with pytest.raises(GraphError, match=f"m.tasr: node 'conv_7' \\(Conv\\).*{message}"):
+        load_model(path).run({"x": f32(1, CHANNELS, 10)})

@@ -26,13 +26,28 @@ HALF_LENGTH_PER_RATE = 10  # filter half-length = 10 * max(up, down), as resampl
 _INT_SCALE = {np.dtype(np.int8): 128.0, np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2147483648.0}
 
 
+# The highest rate accepted anywhere (files, arrays, model manifests).  It bounds the resampler's filter
+# (20 * rate taps at worst), so a file header declaring a rate of 2**31 cannot exhaust memory.
+MAX_SAMPLE_RATE = 768_000
+
+
 def _check_rate(rate, what: str) -> int:
-    if isinstance(rate, (bool, np.bool_)) or not isinstance(rate, (int, np.integer)) or rate <= 0:
-        raise AudioError(f"{what}: sample rate must be a positive integer, got {rate!r}")
+    if isinstance(rate, (bool, np.bool_)) or not isinstance(rate, (int, np.integer)) or not 0 < rate <= MAX_SAMPLE_RATE:
+        raise AudioError(f"{what}: sample rate must be an integer from 1 to {MAX_SAMPLE_RATE} Hz, got {rate!r}")
     return int(rate)
 
 
 # ---------------------------------------------------------------- loading
+
+
+def check_audio_file(name: str) -> None:
+    """AudioError for the path problems libsndfile would only call "System error": missing, a directory, empty."""
+    if not os.path.exists(name):
+        raise AudioError(f"{name}: no such file")
+    if os.path.isdir(name):
+        raise AudioError(f"{name}: is a directory, not an audio file")
+    if os.path.getsize(name) == 0:
+        raise AudioError(f"{name}: file is empty (0 bytes)")
 
 
 def load_audio(path, sample_rate: Optional[int] = None) -> Tuple[np.ndarray, int]:
@@ -44,12 +59,7 @@ def load_audio(path, sample_rate: Optional[int] = None) -> Tuple[np.ndarray, int
     name = os.fspath(path)
     if sample_rate is not None:
         _check_rate(sample_rate, f"{name}: requested rate")
-    if not os.path.exists(name):
-        raise AudioError(f"{name}: no such file")
-    if os.path.isdir(name):
-        raise AudioError(f"{name}: is a directory, not an audio file")
-    if os.path.getsize(name) == 0:
-        raise AudioError(f"{name}: file is empty (0 bytes)")
+    check_audio_file(name)
     try:
         data, rate = soundfile.read(name, dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
@@ -57,6 +67,7 @@ def load_audio(path, sample_rate: Optional[int] = None) -> Tuple[np.ndarray, int
         raise AudioError(f"{name}: not a readable audio file ({reason})") from None
     if data.shape[0] == 0:
         raise AudioError(f"{name}: contains no audio samples (0 frames)")
+    _check_rate(rate, f"{name}: the file's header")
     samples = _mix_to_mono(data, name)
     if sample_rate is not None and sample_rate != rate:
         return resample(samples, rate, sample_rate), int(sample_rate)

@@ -26,7 +26,7 @@ exit codes:
   0  every input succeeded
   1  some input failed (each failure is reported on stderr; the others still ran)
   2  usage error
-  3  the model could not be loaded
+  3  the model could not be loaded, or is of the wrong kind for the command
 
 output:
   text  one file: the bare result; several files: one "PATH: result" line each
@@ -44,14 +44,28 @@ def _error(message: str) -> None:
 # transcribe / classify
 
 
+# the decoder types each command reads, and the command for each decoder type
+COMMAND_DECODERS = {"transcribe": ("ctc",), "classify": ("classification", "frame_classification")}
+DECODER_COMMAND = {kind: command for command, kinds in COMMAND_DECODERS.items() for kind in kinds}
+
+
 def _load_recognizer(args):
+    """The Recognizer, or None after reporting why the model cannot do this command (once, not per file)."""
     from .recognizer import Recognizer
 
     try:
-        return Recognizer(args.model, num_threads=args.threads)
+        recognizer = Recognizer(args.model, num_threads=args.threads)
     except TinyASRError as exc:
         _error(str(exc))
         return None
+    kind = (recognizer.decoder or {}).get("type")
+    if kind not in COMMAND_DECODERS[args.command]:
+        what = f"a {kind} model" if kind else "a model without a decoder (raw outputs: tinyasr.load_model)"
+        advice = f"; use 'tinyasr {DECODER_COMMAND[kind]}'" if kind else ""
+        _error(f"{recognizer.path}: 'tinyasr {args.command}' needs a "
+               f"{' or '.join(COMMAND_DECODERS[args.command])} model, but this is {what}{advice}")
+        return None
+    return recognizer
 
 
 def _format_classification(result) -> str:
@@ -150,13 +164,6 @@ def _info(args) -> int:
 # the parser
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tinyasr",
@@ -177,13 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
             "-m", "--model", required=model_required, help=MODEL_HELP + ("" if model_required else " (default: digits)")
         )
         command.add_argument("--format", choices=("text", "json"), default="text")
-        command.add_argument("--threads", type=_positive_int, metavar="N",
+        command.add_argument("--threads", type=stream_cli.positive_int, metavar="N",
                              help="compute threads (default: $TINYASR_NUM_THREADS, else 1)")
         return command
 
     add_batch_command("transcribe", "Transcribe speech to text.", model_required=False)
     classify = add_batch_command("classify", "Label audio clips (keywords, VAD).", model_required=True)
-    classify.add_argument("--top-k", type=_positive_int, default=5, help="labels to show per clip (default: 5)")
+    classify.add_argument("--top-k", type=stream_cli.positive_int, default=5, help="labels to show per clip (default: 5)")
 
     for name, (_, description) in CONVERTER_COMMANDS.items():
         commands.add_parser(name, add_help=False,

@@ -19,12 +19,18 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
+from .audio import MAX_SAMPLE_RATE
 from .errors import AudioError, TinyASRError
 
 WINDOWS = ("hann", "hamming", "blackman", "bartlett", "none")
 NORMALIZE = ("per_feature", "all_features", None)
 STD_GUARD = 1e-5  # NeMo's CONSTANT added to the feature std
 FRAMES_PER_BLOCK = 2048  # STFT frames processed at once; bounds memory for long audio
+# Upper bounds on sizes a model file may ask for: far above any real front end, low enough that a hostile
+# manifest cannot make the filterbank or the padding exhaust memory (512 x 16385 float64 = 64 MiB at most).
+MAX_FFT = 32768
+MAX_MELS = 512
+MAX_PAD_TO = 1024
 
 
 @dataclass(frozen=True)
@@ -75,10 +81,10 @@ class FrontendConfig:
         def bad(key, why):
             raise TinyASRError(f"frontend config: {key}={getattr(self, key)!r} {why}")
 
-        def check_int(key, minimum):
+        def check_int(key, minimum, maximum):
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                bad(key, f"must be an integer >= {minimum}")
+            if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+                bad(key, f"must be an integer from {minimum} to {maximum}")
 
         def check_real(key, allow_none=False):
             value = getattr(self, key)
@@ -92,9 +98,10 @@ class FrontendConfig:
                 bad(key, f"is not one of {list(choices)}")
 
         check_choice("kind", ("mel", "mfcc"))
-        for key, minimum in (("sample_rate", 1), ("win_length", 1), ("hop_length", 1), ("n_fft", 1),
-                             ("n_mels", 1), ("pad_to", 0)):
-            check_int(key, minimum)
+        for key, minimum, maximum in (("sample_rate", 1, MAX_SAMPLE_RATE), ("win_length", 1, MAX_FFT),
+                                      ("hop_length", 1, MAX_FFT), ("n_fft", 1, MAX_FFT), ("n_mels", 1, MAX_MELS),
+                                      ("pad_to", 0, MAX_PAD_TO)):
+            check_int(key, minimum, maximum)
         for key in ("lowfreq", "mag_power", "log_zero_guard_value", "dither", "pad_value"):
             check_real(key)
         for key in ("highfreq", "preemph"):
@@ -122,7 +129,7 @@ class FrontendConfig:
         if self.exact_pad and self.hop_length % 2:
             bad("hop_length", "must be even with exact_pad (as NeMo requires)")
         if self.kind == "mfcc":
-            check_int("n_mfcc", 1)
+            check_int("n_mfcc", 1, MAX_MELS)
             if self.n_mfcc > self.n_mels:
                 bad("n_mfcc", f"exceeds n_mels={self.n_mels}")
             if not self.log:

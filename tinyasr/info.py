@@ -34,9 +34,9 @@ def _layer(node, rows: List[Dict[str, Any]]) -> Dict[str, Any]:
 def _decoder_summary(decoder: Optional[dict]) -> Optional[Dict[str, Any]]:
     if not decoder:
         return None
-    summary = {k: v for k, v in decoder.items() if k not in ("vocabulary", "labels")}
+    summary = {k: v for k, v in decoder.items() if not (k in ("vocabulary", "labels") and isinstance(v, list))}
     for key in ("vocabulary", "labels"):
-        if key in decoder:
+        if isinstance(decoder.get(key), list):  # anything else stays as stored: info describes, the Recognizer judges
             summary[f"{key}_size"] = len(decoder[key])
             summary[f"{key}_preview"] = list(decoder[key][:VOCABULARY_PREVIEW])
     return summary
@@ -92,7 +92,8 @@ def format_summary(summary: Dict[str, Any]) -> str:
         details = ", ".join(f"{k}={v}" for k, v in decoder.items() if k not in (f"{key}_size", f"{key}_preview"))
         preview = ", ".join(repr(t) for t in decoder.get(f"{key}_preview", []))
         more = " ..." if decoder.get(f"{key}_size", 0) > VOCABULARY_PREVIEW else ""
-        lines.append(f"decoder    {details}; {decoder.get(f'{key}_size', 0)} {key}: {preview}{more}")
+        listed = f"; {decoder[f'{key}_size']} {key}: {preview}{more}" if f"{key}_size" in decoder else ""
+        lines.append(f"decoder    {details}{listed}")
     else:
         lines.append("decoder    none")
     lines.append("")

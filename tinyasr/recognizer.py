@@ -19,7 +19,7 @@ import numpy as np
 
 from . import audio, decoding, runtime, threads
 from .decoding import Classification, FrameClassification, Result
-from .errors import InputError, ModelFileError
+from .errors import InputError, ModelFileError, TinyASRError
 from .frontend import FrontendConfig, compute_features
 
 BUNDLED_MODELS = Path(__file__).parent / "models"
@@ -57,6 +57,8 @@ def resolve_model_path(model: Union[str, os.PathLike, None] = None) -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate
+    if candidates and candidates[0].is_dir():
+        raise ModelFileError(candidates[0], "is a directory, not a .tasr model file")
     tried = ", ".join(str(c) for c in candidates)
     raise ModelFileError(name, f"no such model file (tried {tried})")
 
@@ -90,7 +92,10 @@ class Recognizer:
         self.path = resolve_model_path(model_path)
         self.model = runtime.load_model(self.path)
         self.decoder = self._checked_decoder(self.model.decoder)
-        self.frontend = FrontendConfig.from_dict(self.model.frontend) if self.model.frontend else None
+        try:
+            self.frontend = FrontendConfig.from_dict(self.model.frontend) if self.model.frontend else None
+        except TinyASRError as exc:
+            raise ModelFileError(self.path, str(exc)) from None
         self._signal, self._length = self._split_inputs(self.model.inputs)
         self.sample_rate = self._sample_rate()
 
@@ -160,7 +165,7 @@ class Recognizer:
         lengths = [v for v in inputs if len(v.shape) == 1 and np.dtype(v.dtype).kind in "iu"]
         signals = [v for v in inputs if v not in lengths]
         if len(signals) != 1 or len(lengths) > 1:
-            described = ", ".join(f"{v.name} {v.dtype}{list(v.shape)}" for v in inputs)
+            described = ", ".join(_format_value(v) for v in inputs)
             raise InputError(
                 f"{self.path}: the Recognizer feeds one signal input and an optional length input, "
                 f"but the model's inputs are: {described}; use tinyasr.runtime.load_model(...).run instead"
@@ -183,6 +188,13 @@ class Recognizer:
         missing = [key for key in DECODER_KEYS[kind] if key not in decoder]
         if missing:
             raise ModelFileError(self.path, f"the {kind} decoder entry lacks {', '.join(map(repr, missing))}")
+        problem = _decoder_problem(decoder)
+        if problem:
+            raise ModelFileError(self.path, f"the {kind} decoder entry: {problem}")
+        outputs = [v.name for v in self.model.outputs]
+        if decoder["output"] not in outputs:
+            raise ModelFileError(self.path, f"decoder output {decoder['output']!r} is not among the model's "
+                                            f"outputs {sorted(outputs)}")
         return decoder
 
     def _sample_rate(self) -> int:
@@ -190,11 +202,19 @@ class Recognizer:
         if self.frontend is not None:
             return int(self.frontend.sample_rate)
         rate = self.model.manifest.get("sample_rate") or (self.decoder or {}).get("sample_rate")
+        if not rate and len(self._signal.shape) == 3 and self._signal.shape[1] != 1:
+            raise ModelFileError(
+                self.path, f"the model's input {_format_value(self._signal)} takes features, but the manifest has "
+                "no front end to compute them; convert the model again with --config (NeMo exports) or --frontend-json"
+            )
         if not rate:
             raise ModelFileError(
                 self.path, "the model takes raw audio but its manifest gives no 'sample_rate' to resample to"
             )
-        return int(rate)
+        if not _is_int(rate) or not 0 < rate <= audio.MAX_SAMPLE_RATE:
+            raise ModelFileError(self.path, f"'sample_rate' must be an integer from 1 to {audio.MAX_SAMPLE_RATE}, "
+                                            f"got {rate!r}")
+        return rate
 
     def _decoder_for(self, kind: str, call: str) -> dict:
         if not self.decoder:
@@ -237,11 +257,7 @@ class Recognizer:
         return _Forward(self.model.run(inputs), duration, steps, valid, step_seconds)
 
     def _output(self, forward: _Forward, decoder: dict) -> np.ndarray:
-        name = decoder["output"]
-        if name not in forward.outputs:
-            raise ModelFileError(
-                self.path, f"decoder output {name!r} is not among the model's outputs {sorted(forward.outputs)}"
-            )
+        name = decoder["output"]  # one of the model's outputs: checked at load
         scores = forward.outputs[name]
         if decoder["type"] != "classification" and np.ndim(scores) < 2:
             raise InputError(
@@ -264,6 +280,37 @@ class Recognizer:
         stride = frame_seconds / forward.input_seconds
         valid = min(output_frames, math.ceil(forward.valid_input_frames / stride - 1e-9))
         return frame_seconds, valid
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _format_value(info) -> str:
+    return f"{info.name!r} {info.dtype}{list(info.shape)}"
+
+
+def _decoder_problem(decoder: dict) -> Optional[str]:
+    """What is wrong with the values of a decoder entry whose keys are all there, or None."""
+    def is_strings(value):
+        return isinstance(value, list) and all(isinstance(x, str) for x in value)
+
+    frame_seconds = decoder.get("frame_seconds")
+    checks = [
+        ("output", isinstance(decoder["output"], str), "a string (an output name)"),
+        ("blank", _is_int(decoder.get("blank", 0)), "an integer"),
+        ("vocabulary", is_strings(decoder.get("vocabulary", [])), "a list of strings"),
+        ("labels", is_strings(decoder.get("labels", [])), "a list of strings"),
+        ("logits", decoder.get("logits", "logits") in decoding.SCORE_KINDS,
+         f"one of {', '.join(decoding.SCORE_KINDS)}"),
+        ("vocabulary_type", decoder.get("vocabulary_type", "chars") in decoding.VOCABULARY_TYPES,
+         f"one of {', '.join(decoding.VOCABULARY_TYPES)}"),
+        ("frame_seconds", frame_seconds is None or (isinstance(frame_seconds, (int, float))
+                                                    and not isinstance(frame_seconds, bool)
+                                                    and 0 < frame_seconds < math.inf), "a positive number"),
+    ]
+    return next((f"{key!r} must be {expected}, got {str(decoder.get(key))[:80]!r}"
+                 for key, ok, expected in checks if not ok), None)
 
 
 def _audio_tensor(samples: np.ndarray, signal) -> np.ndarray:

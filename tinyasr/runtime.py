@@ -26,7 +26,7 @@ import numpy as np
 from .errors import GraphError, InputError, TinyASRError
 from .fileformat import read_model
 from .graph import Graph, Node, ValueInfo
-from .ops import OpContext, OpFunction, lookup
+from .ops import ENCODED_WEIGHT_INPUTS, OpContext, OpFunction, lookup
 
 # Input-shape signatures whose buffers a thread keeps (a recogniser sees a few lengths over and over).
 MAX_PLANS_PER_THREAD = 4
@@ -133,16 +133,21 @@ class Model:
 
     def __init__(self, graph: Graph, tensors: Mapping[str, Any], manifest: Optional[dict] = None,
                  path: Optional[str] = None):
-        graph.validate(tensors.keys())
+        self.label = os.path.basename(path) if path else "model"  # names the model in error messages
+        slot_of = {name: i for i, name in enumerate(
+            [v.name for v in graph.inputs] + [o for node in graph.nodes for o in node.outputs])}
+        try:
+            graph.validate(tensors.keys())
+            _check_declared_dtypes(graph)
+            _check_encoded_tensor_uses(graph, tensors)
+            self._steps = self._plan_steps(graph, tensors, slot_of)
+        except GraphError as exc:
+            raise GraphError(f"{self.label}: {exc}") from None
         self.graph = graph
         self.manifest = manifest or {}
         self.path = path
-        self.label = os.path.basename(path) if path else "model"  # names the model in error messages
         self.tensors = types.MappingProxyType(dict(tensors))  # stored tensors as the ops see them (read-only)
-        slot_of = {name: i for i, name in enumerate(
-            [v.name for v in graph.inputs] + [o for node in graph.nodes for o in node.outputs])}
         self._slot_count = len(slot_of)
-        self._steps = self._plan_steps(graph, tensors, slot_of)
         self._output_slots = [slot_of.get(v.name, -1) for v in graph.outputs]  # -1: a stored tensor
         self._output_constants = [tensors.get(v.name) for v in graph.outputs]
         self._local = threading.local()
@@ -233,11 +238,14 @@ class Model:
             raise type(exc)(f"{self.label}: node {node.name!r} ({node.op}): {exc}") from None
         except TinyASRError:
             raise
-        except (ValueError, TypeError, IndexError, ZeroDivisionError, FloatingPointError) as exc:
+        except (ValueError, TypeError, IndexError, ZeroDivisionError, FloatingPointError, OverflowError) as exc:
             shapes = ", ".join(str(getattr(a, "shape", None)) for a in args)
             raise GraphError(
                 f"{self.label}: node {node.name!r} ({node.op}) failed on inputs of shapes {shapes}: {exc}"
             ) from None
+        except MemoryError as exc:  # a hostile or broken graph asking for absurd sizes (pads, Tile, Range ...)
+            raise GraphError(f"{self.label}: node {node.name!r} ({node.op}) needs more memory than is available: "
+                             f"{exc}") from None
         if len(results) < len(step.outputs):
             raise GraphError(
                 f"{self.label}: node {node.name!r} ({node.op}) declares {len(step.outputs)} outputs "
@@ -310,6 +318,39 @@ class Model:
                         )
             arrays.append(array)
         return arrays
+
+
+def _check_declared_dtypes(graph: Graph) -> None:
+    """Graph inputs and outputs must declare a numeric numpy dtype (bool, int, uint, float)."""
+    for what, values in (("input", graph.inputs), ("output", graph.outputs)):
+        for info in values:
+            try:
+                kind = np.dtype(info.dtype).kind
+            except TypeError:
+                kind = None
+            if kind not in ("b", "i", "u", "f"):
+                raise GraphError(f"graph {what} {info.name!r} declares dtype {info.dtype!r}; "
+                                 "expected a numeric type such as float32 or int64")
+
+
+def _check_encoded_tensor_uses(graph: Graph, tensors: Mapping[str, Any]) -> None:
+    """A stored tensor that is not a plain array (CSR, BSR, int8, ternary) may only be the weight of an op
+    that dispatches on it (ops.ENCODED_WEIGHT_INPUTS); anywhere else an op would receive a foreign object."""
+    encoded = {name for name, value in tensors.items() if not isinstance(value, np.ndarray)}
+    if not encoded:
+        return
+    for node in graph.nodes:
+        allowed = ENCODED_WEIGHT_INPUTS.get(node.op, ())
+        for position, name in enumerate(node.inputs):
+            if name in encoded and position not in allowed:
+                raise GraphError(
+                    f"node {node.name!r} ({node.op}) reads the {type(tensors[name]).__name__} tensor {name!r} "
+                    f"as input {position}; encoded weights can only feed "
+                    + ", ".join(f"{op} input(s) {list(p)}" for op, p in ENCODED_WEIGHT_INPUTS.items())
+                )
+    for info in graph.outputs:
+        if info.name in encoded:
+            raise GraphError(f"graph output {info.name!r} is the encoded tensor {info.name!r}; outputs must be arrays")
 
 
 def _coerce(info: ValueInfo, value: Any, label: str) -> np.ndarray:

@@ -6,6 +6,8 @@ nothing heavy (Numba loads only when the command runs).
 
 from __future__ import annotations
 
+import argparse
+import math
 import sys
 
 import numpy as np
@@ -16,6 +18,22 @@ PORTAUDIO_HINT = ("microphone input needs the optional 'sounddevice' package (pi
                   "PortAudio library (Debian / Raspberry Pi OS: sudo apt install libportaudio2)")
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type: a finite number of seconds > 0."""
+    value = float(text)
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text}")
+    return value
+
+
 def add_arguments(parser) -> None:
     """The options of ``tinyasr stream``."""
     parser.add_argument("-m", "--model", help="a .tasr file, or the name of a bundled or downloaded model "
@@ -23,17 +41,17 @@ def add_arguments(parser) -> None:
     parser.add_argument("--input", default=None, metavar="SOURCE",
                         help="an audio file, '-' for raw 16-bit little-endian mono PCM on stdin, or omit for the "
                         "microphone")
-    parser.add_argument("--rate", type=int, default=None, metavar="HZ",
+    parser.add_argument("--rate", type=positive_int, default=None, metavar="HZ",
                         help="sample rate of stdin PCM or of the microphone (default: the model's)")
     parser.add_argument("--realtime", action="store_true", help="play a file at real-time pace")
-    parser.add_argument("--chunk-ms", type=int, default=80, metavar="MS", help="audio per step (default: 80)")
-    parser.add_argument("--silence-after-speech", type=float, default=1.2, metavar="S",
+    parser.add_argument("--chunk-ms", type=positive_int, default=80, metavar="MS", help="audio per step (default: 80)")
+    parser.add_argument("--silence-after-speech", type=positive_seconds, default=1.2, metavar="S",
                         help="endpoint after this much silence following speech (default: 1.2)")
-    parser.add_argument("--silence-only", type=float, default=2.4, metavar="S",
+    parser.add_argument("--silence-only", type=positive_seconds, default=2.4, metavar="S",
                         help="endpoint after this much silence without speech (default: 2.4)")
-    parser.add_argument("--max-utterance", type=float, default=20.0, metavar="S",
+    parser.add_argument("--max-utterance", type=positive_seconds, default=20.0, metavar="S",
                         help="endpoint at this utterance length (default: 20)")
-    parser.add_argument("--threads", type=int, default=None, metavar="N", help="compute threads")
+    parser.add_argument("--threads", type=positive_int, default=None, metavar="N", help="compute threads")
 
 
 def _file_chunks(path, chunk_ms: int, realtime: bool):
@@ -41,6 +59,9 @@ def _file_chunks(path, chunk_ms: int, realtime: bool):
 
     import soundfile
 
+    from .audio import check_audio_file
+
+    check_audio_file(path)
     try:
         handle = soundfile.SoundFile(path)
     except (RuntimeError, OSError, soundfile.LibsndfileError) as exc:
@@ -127,7 +148,8 @@ def run(args) -> int:
     except KeyboardInterrupt:
         pass
     except TinyASRError as exc:
-        print(f"\ntinyasr: {exc}", file=sys.stderr)
+        end_partial_line = "\n" if shown else ""
+        print(f"{end_partial_line}tinyasr: {exc}", file=sys.stderr)
         return 1
     show_final()
     return 0

@@ -67,6 +67,11 @@ def run_op(op: str, inputs: List[Optional[np.ndarray]], attrs: dict, num_outputs
     return lookup(op)(OpContext(num_outputs), list(inputs), dict(attrs or {}))
 
 
+# Where an op accepts a stored tensor in an encoding other than dense (CSR, BSR, int8, ternary):
+# op -> input positions.  The runtime refuses an encoded tensor anywhere else at load, so no other op
+# ever receives an object that is not an array.
+ENCODED_WEIGHT_INPUTS: Dict[str, Sequence[int]] = {"Conv": (1,), "MatMul": (0, 1), "Gemm": (0, 1)}
+
 # Importing the op modules fills the registry.
 from . import conv, elementwise, nn, reduce, shape  # noqa: E402,F401
 
