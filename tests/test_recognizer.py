@@ -326,14 +326,17 @@ def test_models_are_found_by_name_in_the_cache(models, tmp_path, monkeypatch):
         Recognizer(tmp_path / "nowhere" / "x.tasr")
 
 
-def test_bundled_model_is_the_default(tmp_path, monkeypatch):
+def test_bundled_model_is_the_default_and_transcribes_the_bundled_sample(tmp_path, monkeypatch):
+    """The README's first command: the default model reads the bundled sample as its known transcript."""
     monkeypatch.setenv("TINYASR_HOME", str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    bundled = Path(__file__).resolve().parents[1] / "tinyasr" / "models" / "digits.tasr"
-    if not bundled.exists():  # until the digits model is trained: the error lists where it looked
-        with pytest.raises(ModelFileError, match=r"digits.*tinyasr/models/digits\.tasr"):
-            Recognizer()
-        return
+    models = Path(__file__).resolve().parents[1] / "tinyasr" / "models"
     recognizer = Recognizer()
-    assert recognizer.path == bundled
-    assert isinstance(recognizer.transcribe(AUDIO / "fsdd" / "recordings" / "7_theo_0.wav").text, str)
+    assert recognizer.path == models / "digits.tasr"
+    expected = (models / "sample_digits.txt").read_text().strip()  # written when the sample was composed
+    result = recognizer.transcribe(models / "sample_digits.wav")
+    assert result.text == expected
+    assert [w.text for w in result.words] == expected.split()
+    assert all(0 <= w.start <= w.end <= result.duration for w in result.words)
+    # a single FSDD recording of a training speaker's held-back take (never trained on)
+    assert recognizer.transcribe(AUDIO / "fsdd" / "recordings" / "7_theo_0.wav").text == "seven"

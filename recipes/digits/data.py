@@ -132,7 +132,7 @@ def compose(
 ) -> Tuple[np.ndarray, List[int]]:
     """One digit string: random digits, one random take each, gaps of 50-400 ms.
 
-    ``augment`` adds per-digit gain (+-6 dB), speed 0.8-1.25, coloured noise at
+    ``augment`` adds per-digit gain (+-6 dB), speed 0.85-1.15, coloured noise at
     10-40 dB SNR and an overall level change, for training only; evaluation
     strings keep the recordings as they are.
     """
@@ -145,7 +145,7 @@ def compose(
         pieces.append(_silence(rng, 0.05, 0.4))
     audio = np.concatenate(pieces)
     if augment:
-        audio = change_speed(audio, rng.uniform(0.8, 1.25))
+        audio = change_speed(audio, rng.uniform(0.85, 1.15))
         speech_rms = np.sqrt(np.mean(audio[np.abs(audio) > 0] ** 2)) if np.any(audio) else 1.0
         snr_db = rng.uniform(10, 40)
         audio = audio + coloured_noise(rng, len(audio), rng.uniform(0, 2)) * speech_rms * 10 ** (-snr_db / 20)

@@ -42,7 +42,7 @@ def spec_augment(batch: torch.Tensor, lengths: torch.Tensor, rng: np.random.Gene
     return batch
 
 
-def warp_frequency(batch: torch.Tensor, rng: np.random.Generator, max_warp: float = 0.15) -> torch.Tensor:
+def warp_frequency(batch: torch.Tensor, rng: np.random.Generator, max_warp: float = 0.1) -> torch.Tensor:
     """Stretch each utterance's mel axis by a factor in 1 +- max_warp (vocal-tract-length perturbation).
 
     Speakers differ mostly in formant positions; with five training voices this
