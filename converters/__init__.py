@@ -74,6 +74,7 @@ def convert_model(
     float16: bool = False,
     sparse: str = "auto",
     compact: bool = True,
+    streaming: Optional[Dict[str, Any]] = None,
     input_names: Optional[Sequence[str]] = None,
     output_names: Optional[Sequence[str]] = None,
     source_format: str = "onnx",
@@ -88,6 +89,9 @@ def convert_model(
     sparse ("auto", "dense", "csr", "bsr") chooses how 1x1-conv and linear weights with zeros are stored:
     "auto" asks the measured cost model in converters/sparse_choice.py, per weight.  compact removes
     Conv output channels that structured pruning zeroed (converters/compaction.py); outputs are unchanged.
+    streaming: fixed feature statistics for streaming a model that normalises per utterance,
+    ``{"feature_mean": [...], "feature_std": [...]}`` (tinyasr.stream_frontend.estimate_feature_stats on
+    training audio); also read from the model's "streaming" metadata.
     float16 stores Conv / MatMul / Gemm weights as float16 (the runtime upcasts them at load); measured
     max abs error on the NeMo exports' outputs: 3e-4 (MatchboxNet, MarbleNet logits) to 3.1e-3 (QuartzNet 15x5 log-probs).
     """
@@ -107,6 +111,7 @@ def convert_model(
     blank = blank if blank is not None else (int(meta["blank"]) if "blank" in meta else None)
     decoder = decoder if decoder is not None else _meta_json(meta, "decoder", (dict, str))
     frontend = frontend if frontend is not None else _meta_json(meta, "frontend", dict)
+    streaming = streaming if streaming is not None else _meta_json(meta, "streaming", dict)
     manifest = {
         "graph": converted.graph.to_dict(),
         "frontend": frontend,
@@ -119,6 +124,8 @@ def convert_model(
             "float16_weights": bool(float16),
         },
     }
+    if streaming is not None:
+        manifest["streaming"] = _streaming_stats(streaming, frontend)
     tensors, encodings = encode_weights(converted.graph, converted.tensors, sparse,
                                         value_dtype="float16" if float16 else "float32")
     if float16:
@@ -140,6 +147,22 @@ def from_torch(module, example_inputs, out, **options) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+
+
+def _streaming_stats(stats, frontend) -> Dict[str, List[float]]:
+    """Checked streaming statistics: one finite mean and one positive std per feature of the front end."""
+    try:
+        mean = [float(v) for v in stats["feature_mean"]]
+        std = [float(v) for v in stats["feature_std"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConversionError(f"streaming statistics need numeric lists 'feature_mean' and 'feature_std' ({exc})") from None
+    features = (frontend or {}).get("n_mfcc") or (frontend or {}).get("n_mels")
+    if len(mean) != len(std) or (features and len(mean) != features):
+        raise ConversionError(f"streaming statistics have {len(mean)} means and {len(std)} stds; "
+                              f"the front end has {features} features")
+    if not (np.isfinite(mean).all() and np.isfinite(std).all() and min(std, default=1.0) > 0):
+        raise ConversionError("streaming statistics must be finite, with every std > 0")
+    return {"feature_mean": mean, "feature_std": std}
 
 
 def _meta_json(meta: Dict[str, str], key: str, kinds):

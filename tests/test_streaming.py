@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -408,3 +409,31 @@ def test_stream_command_explains_a_missing_microphone_library(tmp_path, capsys, 
     monkeypatch.setitem(sys.modules, "sounddevice", None)  # import fails as when it is not installed
     assert _stream_command(["-m", str(tmp_path / "energy.tasr")]) == 1
     assert PORTAUDIO_HINT in capsys.readouterr().err and "apt install libportaudio2" in PORTAUDIO_HINT
+
+
+def test_bundled_model_streams_the_bundled_sample_as_offline():
+    """The bundled digits model normalises per utterance; its stored statistics let a stream match offline."""
+    from tinyasr import Recognizer
+
+    models = Path(__file__).resolve().parents[1] / "tinyasr" / "models"
+    recognizer = Recognizer()
+    assert "feature_mean" in recognizer.model.manifest["streaming"]
+    samples, rate = load_audio(models / "sample_digits.wav")
+    stream = recognizer.stream()
+    for start in range(0, samples.size, 1280):  # 80 ms chunks at 16 kHz
+        stream.accept_waveform(samples[start:start + 1280], rate)
+    assert stream.finalize().text == recognizer.transcribe(samples, sample_rate=rate).text
+
+
+def test_converter_refuses_malformed_streaming_statistics():
+    from converters import _streaming_stats
+    from tinyasr.errors import ConversionError
+
+    frontend = {"n_mels": 3}
+    assert _streaming_stats({"feature_mean": [0, 1, 2], "feature_std": [1, 1, 2]}, frontend)["feature_std"] == [1, 1, 2]
+    for bad, message in [({"feature_mean": [0, 1]}, "feature_std"),
+                         ({"feature_mean": [0, 1], "feature_std": [1, 1]}, "3 features"),
+                         ({"feature_mean": [0, 1, 2], "feature_std": [1, 0, 1]}, "std > 0"),
+                         ({"feature_mean": [0, float("nan"), 2], "feature_std": [1, 1, 1]}, "finite")]:
+        with pytest.raises(ConversionError, match=message):
+            _streaming_stats(bad, frontend)

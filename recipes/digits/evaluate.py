@@ -128,11 +128,28 @@ def tinyasr_transcriber(tasr_path: str) -> Callable[[np.ndarray], List[int]]:
     return transcribe
 
 
-def convert_to_tasr(onnx_path: str, tasr_path: str, float16: bool) -> None:
-    """The exported ONNX carries labels, decoder and frontend as metadata, so no options are needed."""
+STATS_STRINGS = 200  # training strings whose features give the fixed streaming statistics
+STATS_SEED = 7
+
+
+def streaming_stats(clips) -> Dict:
+    """Per-feature mean / std of un-normalised features over clean training strings (never the held-out speaker).
+
+    The model normalises each utterance; a stream has no whole utterance, so it normalises with these.
+    """
+    from tinyasr.stream_frontend import estimate_feature_stats
+
+    strings = data.compose_many(np.random.default_rng(STATS_SEED), data.split(clips)["train"], STATS_STRINGS,
+                                1, 7, augment=False)
+    mean, std = estimate_feature_stats((audio for audio, _ in strings), data.FRONTEND)
+    return {"feature_mean": [float(v) for v in mean], "feature_std": [float(v) for v in std]}
+
+
+def convert_to_tasr(onnx_path: str, tasr_path: str, float16: bool, clips) -> None:
+    """The exported ONNX carries labels, decoder and frontend as metadata; streaming statistics are added here."""
     from converters import convert_model
 
-    print(convert_model(onnx_path, tasr_path, float16=float16).summary())
+    print(convert_model(onnx_path, tasr_path, float16=float16, streaming=streaming_stats(clips)).summary())
 
 
 def main(argv=None) -> Dict:
@@ -143,7 +160,8 @@ def main(argv=None) -> Dict:
     parser.add_argument("--float16", action="store_true", help="with --convert: store weights as float16")
     args = parser.parse_args(argv)
 
-    sets = eval_sets(data.load_fsdd(args.fsdd))
+    clips = data.load_fsdd(args.fsdd)
+    sets = eval_sets(clips)
     onnx_path = os.path.join(args.out, "digits.onnx")
     tasr_path = os.path.join(args.out, "digits.tasr")
     transcribers = {
@@ -151,7 +169,7 @@ def main(argv=None) -> Dict:
         "onnxruntime": onnx_transcriber(onnx_path),
     }
     if args.convert:
-        convert_to_tasr(onnx_path, tasr_path, args.float16)
+        convert_to_tasr(onnx_path, tasr_path, args.float16, clips)
         transcribers["tinyasr"] = tinyasr_transcriber(tasr_path)
 
     results_path = os.path.join(args.out, "results.json")
