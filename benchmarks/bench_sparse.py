@@ -168,7 +168,7 @@ def encoder_table(channels, frames, thread_counts, repeats):
         with tempfile.TemporaryDirectory() as tmp:
             onnx_path, dense_path = os.path.join(tmp, "m.onnx"), os.path.join(tmp, "dense.tasr")
             converters.from_torch(model, torch.from_numpy(x), dense_path, input_names=["x"], output_names=["y"],
-                                  onnx_path=onnx_path)
+                                  onnx_path=onnx_path, sparse="dense")
             paths = {}
             for value_dtype in ("float32", "float16"):  # float16: what --sparse auto --float16 writes
                 with read_model(dense_path) as dense_file:
