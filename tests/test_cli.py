@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from tinyasr.cli import main
+from _paths import SHARED_DIR  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFORMER = Path("/work/shared/models/nemo-random/conformer_ctc_small/model.onnx")
+CONFORMER = SHARED_DIR / "models/nemo-random/conformer_ctc_small/model.onnx"
 test_recognizer = pytest.importorskip("test_recognizer")  # builds the models (needs torch, onnx, the runtime)
 CLIPS = test_recognizer.CLIPS
 pytestmark = pytest.mark.skipif(not all(p.exists() for p in CLIPS), reason="shared audio not available")

@@ -20,6 +20,7 @@ from converters import convert  # noqa: E402
 from tinyasr.errors import ConversionError  # noqa: E402
 from tinyasr.fileformat import read_model  # noqa: E402
 from tinyasr.runtime import load_model  # noqa: E402
+from _paths import SHARED_DIR  # noqa: E402
 
 TOLERANCE = 1e-4
 RNG = np.random.default_rng(7)
@@ -465,7 +466,7 @@ def test_cli_convert(tmp_path, capsys):
 def test_cli_hands_nemo_archives_to_the_nemo_converter(tmp_path, capsys):
     import os
 
-    nemo = "/work/shared/models/nemo-random/quartznet_5x5/model.nemo"
+    nemo = str(SHARED_DIR / "models/nemo-random/quartznet_5x5/model.nemo")
     parser = argparse.ArgumentParser()
     convert_cli.add_arguments(parser)
     with pytest.raises(ConversionError, match="--labels, --decoder cannot be used with a .nemo source"):

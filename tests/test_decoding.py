@@ -17,6 +17,7 @@ from tinyasr.decoding import (
     tokens_to_words,
 )
 from tinyasr.errors import InputError, TinyASRError
+from _paths import SHARED_DIR  # noqa: E402
 
 CHARS = [" ", "a", "b", "c", "'"]  # blank is appended last, as in NeMo
 SUBWORDS = ["<unk>", "\u2581", "\u2581the", "\u2581ca", "t", "s", "a"]
@@ -135,7 +136,7 @@ def test_blank_may_be_listed_in_the_vocabulary_and_sit_first():
     assert result.text == "x x y"
 
 
-SENTENCEPIECE_MODEL = "/work/shared/models/nemo-random/citrinet_256/tokenizer.model"
+SENTENCEPIECE_MODEL = str(SHARED_DIR / "models/nemo-random/citrinet_256/tokenizer.model")
 
 
 @pytest.mark.skipif(not os.path.exists(SENTENCEPIECE_MODEL), reason="shared Citrinet tokenizer not available")

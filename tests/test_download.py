@@ -22,8 +22,9 @@ pytest.importorskip("yaml")
 
 from converters.download import REGISTRY, DownloadError, add_arguments, download, fetch_model, run  # noqa: E402
 from tinyasr.fileformat import read_model  # noqa: E402
+from _paths import SHARED_DIR  # noqa: E402
 
-SHARED = Path(os.environ.get("TINYASR_SHARED", "/work/shared"))
+SHARED = SHARED_DIR
 ARCHIVE = SHARED / "models" / "nemo-random" / "quartznet_5x5" / "model.nemo"
 pytestmark = pytest.mark.skipif(not ARCHIVE.exists(), reason="shared NeMo archive not available")
 

@@ -13,8 +13,9 @@ import soundfile
 from tinyasr.errors import AudioError, TinyASRError
 from tinyasr.frontend import (FrontendConfig, compute_features, dct_matrix, mel_filterbank, valid_frame_count,
                               window_function)
+from _paths import SHARED_DIR  # noqa: E402
 
-SHARED = "/work/shared"
+SHARED = str(SHARED_DIR)
 NEMO = os.path.join(SHARED, "models", "nemo-random")
 AUDIO = os.path.join(SHARED, "audio")
 MARBLENET_VAD = os.path.join(SHARED, "models", "marblenet_vad", "frame_vad_marblenet.onnx")

@@ -32,8 +32,9 @@ from converters.nemo import (  # noqa: E402
 from tinyasr.errors import ConversionError  # noqa: E402
 from tinyasr.frontend import FrontendConfig, compute_features  # noqa: E402
 from tinyasr.runtime import load_model  # noqa: E402
+from _paths import SHARED_DIR  # noqa: E402
 
-SHARED = Path(os.environ.get("TINYASR_SHARED", "/work/shared"))
+SHARED = SHARED_DIR
 NEMO = SHARED / "models" / "nemo-random"
 CLIP = SHARED / "audio" / "pocketsphinx_goforward.wav"
 TOLERANCE = 1e-4  # max abs difference to onnxruntime's stored outputs

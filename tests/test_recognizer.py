@@ -22,8 +22,9 @@ torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 converters = pytest.importorskip("converters")
 from tinyasr.recognizer import Recognizer  # noqa: E402  (after the skips: needs the runtime)
+from _paths import SHARED_DIR  # noqa: E402
 
-AUDIO = Path("/work/shared/audio")
+AUDIO = SHARED_DIR / "audio"
 CLIPS = [AUDIO / "pocketsphinx_goforward.wav", AUDIO / "pocketsphinx_cards_001.wav"]
 CLIP_8K = AUDIO / "fsdd" / "recordings" / "3_jackson_0.wav"
 CLIP_44K_STEREO = AUDIO / "jfk_openai_whisper.flac"
@@ -169,7 +170,7 @@ def test_transcript_equals_onnxruntime_greedy(recognizer, models, clip):
     assert [w.text for w in result.words] == text.split()
 
 
-NEMO_QUARTZNET = Path("/work/shared/models/nemo-random/quartznet_5x5")
+NEMO_QUARTZNET = SHARED_DIR / "models/nemo-random/quartznet_5x5"
 
 
 @pytest.mark.skipif(not NEMO_QUARTZNET.exists(), reason="shared NeMo exports not available")

@@ -1,4 +1,4 @@
-"""Real and NeMo-exported models from /work/shared convert and match onnxruntime / NeMo's own test vectors."""
+"""Real and NeMo-exported models from ../shared convert and match onnxruntime / NeMo's own test vectors."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ ort = pytest.importorskip("onnxruntime")
 from converters import convert  # noqa: E402
 from tinyasr.errors import ConversionError  # noqa: E402
 from tinyasr.runtime import load_model  # noqa: E402
+from _paths import SHARED_DIR  # noqa: E402
 
-SHARED = os.environ.get("TINYASR_SHARED", "/work/shared")
+SHARED = str(SHARED_DIR)
 NEMO = os.path.join(SHARED, "models", "nemo-random")
 VAD = os.path.join(SHARED, "models", "marblenet_vad", "frame_vad_marblenet.onnx")
 SEPARABLE = ["matchboxnet_3x1x64_v1", "marblenet_3x2x64", "quartznet_5x5", "quartznet_15x5", "citrinet_256"]

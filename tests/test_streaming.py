@@ -21,8 +21,9 @@ from tinyasr.stream_frontend import (FixedNormalizer, RunningNormalizer, Streami
 from tinyasr.stream_graph import GraphStream, StreamPlan
 from tinyasr.stream_cli import PORTAUDIO_HINT
 from tinyasr.streaming import EndpointConfig, OnlineStream
+from _paths import SHARED_DIR  # noqa: E402
 
-SHARED = os.environ.get("TINYASR_SHARED", "/work/shared")
+SHARED = str(SHARED_DIR)
 AUDIO = os.path.join(SHARED, "audio")
 GOFORWARD = os.path.join(AUDIO, "pocketsphinx_goforward.wav")
 needs_audio = pytest.mark.skipif(not os.path.exists(GOFORWARD), reason="shared audio not available")

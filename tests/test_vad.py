@@ -16,8 +16,9 @@ from tinyasr.audio import load_audio
 from tinyasr.fileformat import write_model
 from tinyasr.recognizer import Recognizer
 from tinyasr.vad import FRAME_SECONDS, EnergyVAD, MarbleNetVAD, Segmenter, VADConfig, transcribe_long
+from _paths import SHARED_DIR  # noqa: E402
 
-SHARED = os.environ.get("TINYASR_SHARED", "/work/shared")
+SHARED = str(SHARED_DIR)
 VAD_ONNX = os.path.join(SHARED, "models", "marblenet_vad", "frame_vad_marblenet.onnx")
 AUDIO = os.path.join(SHARED, "audio")
 GOFORWARD = os.path.join(AUDIO, "pocketsphinx_goforward.wav")

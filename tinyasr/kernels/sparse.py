@@ -1,7 +1,7 @@
 """Sparse weight x activations: 1x1 convs and linear layers whose weight is CSR or BSR.
 
 ``y[b] = act(W @ x[b] + bias + residual)`` with W [Cout, Cin] sparse and x [B, Cin, T] dense, the Conv
-op's semantics (see conv1d.py).  What makes sparsity pay (docs: /work/shared/research/kernels.md):
+op's semantics (see conv1d.py).  What makes sparsity pay (notes: ../shared/research/kernels.md):
 
 * time is the inner, contiguous, vectorised loop: each non-zero (column c, value v) of an output row
   adds ``v * x[b, c, t0:t0+64]`` to the row's tile of 64 frames;
