@@ -61,6 +61,32 @@ def finish_row(y, bias, add_residual, residual, act, lo, hi):
             y[t] = min(max(y[t], lo), hi)
 
 
+@njit(inline="always")
+def store_tile(y, acc, acc_stride, b, r0, rows, t0, n, bias, has_bias, residual, add_residual, act, lo, hi):
+    """Rows r0 .. r0+rows-1 of frames t0 .. t0+n-1: y = act((acc + bias) + residual), acc row k at k * acc_stride.
+
+    The register-tiled kernels (pointwise.py, sparse.py) finish each tile with this while it is in cache;
+    Relu and Clip only (Sigmoid / Tanh run afterwards as a separate pass over y).
+    """
+    for k in range(rows):
+        r = r0 + k
+        y_row = y[b, r, t0 : t0 + n]
+        bias_r = bias[r] if has_bias else np.float32(0.0)
+        if add_residual:
+            residual_row = residual[b, r, t0 : t0 + n]
+            for t in range(n):
+                y_row[t] = (acc[k * acc_stride + t] + bias_r) + residual_row[t]
+        else:
+            for t in range(n):
+                y_row[t] = acc[k * acc_stride + t] + bias_r
+        if act == _ACT_RELU:
+            for t in range(n):
+                y_row[t] = max(y_row[t], np.float32(0.0))
+        elif act == _ACT_CLIP:
+            for t in range(n):
+                y_row[t] = min(max(y_row[t], lo), hi)
+
+
 @serial_and_parallel(void(float32[:, :, ::1], READ_1D, READ_3D, int64, float32, float32))
 def epilogue_rows(loop):
     """finish_row on every [b, c] row of y [B, C, T] (bias per channel c, residual [B, C, T] or empty)."""

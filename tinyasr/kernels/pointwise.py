@@ -31,7 +31,7 @@ from numba import carray, njit
 from numba.types import float32, int64, void
 
 from ._compile import TILE, serial_and_parallel, stack_buffer
-from .epilogue import ACTIVATIONS, READ_1D, READ_2D, READ_3D
+from .epilogue import ACTIVATIONS, READ_1D, READ_2D, READ_3D, store_tile
 
 ROWS = 4  # output rows per strip
 STRIP = ROWS * TILE  # a named constant: stack_buffer needs a literal
@@ -91,23 +91,7 @@ def pointwise_tiles(loop):
             t0 = (tile - b * tiles) * TILE
             n = min(TILE, frames - t0)
             _strip_tile(acc, x_tiles[tile], w, strip * ROWS)
-            for k in range(ROWS):
-                r = strip * ROWS + k
-                y_row = y[b, r, t0 : t0 + n]
-                bias_r = bias[r] if has_bias else np.float32(0.0)
-                if add_residual:
-                    residual_row = residual[b, r, t0 : t0 + n]
-                    for t in range(n):
-                        y_row[t] = (acc[k * TILE + t] + bias_r) + residual_row[t]
-                else:
-                    for t in range(n):
-                        y_row[t] = acc[k * TILE + t] + bias_r
-                if act == RELU:
-                    for t in range(n):
-                        y_row[t] = max(y_row[t], np.float32(0.0))
-                elif act == CLIP:
-                    for t in range(n):
-                        y_row[t] = min(max(y_row[t], lo), hi)
+            store_tile(y, acc, TILE, b, strip * ROWS, ROWS, t0, n, bias, has_bias, residual, add_residual, act, lo, hi)
 
     return kernel
 

@@ -27,7 +27,7 @@ from ..errors import GraphError
 from ..sparse import BSRMatrix, CSRMatrix, as_dense
 from ._compile import TILE, serial_and_parallel, stack_buffer  # ternary.py imports TILE, stack_buffer from here
 from .conv1d import conv1d
-from .epilogue import ACTIVATIONS, activation_code, as_float32, bias_act, bias_act_reference, check_bias_residual
+from .epilogue import ACTIVATIONS, activation_code, store_tile, as_float32, bias_act, bias_act_reference, check_bias_residual
 
 RELU, CLIP = ACTIVATIONS["Relu"], ACTIVATIONS["Clip"]  # applied in the kernels; others after them
 STRIP = 4 * TILE  # a BSR strip: 4 rows of a tile (16 registers); a named constant, as stack_buffer needs a literal
@@ -122,23 +122,8 @@ def _rows_kernel(rows_per_group: int):
                     _bsr_strip_tile(acc, x[b], values, indices, indptr, group, t0, TILE)
                 else:
                     _bsr_strip_tile(acc, x[b], values, indices, indptr, group, t0, n)
-                for k in range(rows_per_group):
-                    r = group * rows_per_group + k
-                    y_row = y[b, r, t0:t0 + n]
-                    bias_r = bias[r] if has_bias else np.float32(0.0)
-                    if add_residual:
-                        residual_row = residual[b, r, t0:t0 + n]
-                        for t in range(n):
-                            y_row[t] = (acc[k * n + t] + bias_r) + residual_row[t]
-                    else:
-                        for t in range(n):
-                            y_row[t] = acc[k * n + t] + bias_r
-                    if act == RELU:
-                        for t in range(n):
-                            y_row[t] = max(y_row[t], np.float32(0.0))
-                    elif act == CLIP:
-                        for t in range(n):
-                            y_row[t] = min(max(y_row[t], lo), hi)
+                store_tile(y, acc, n, b, group * rows_per_group, rows_per_group, t0, n, bias, has_bias, residual,
+                           add_residual, act, lo, hi)
 
         return kernel
 
