@@ -1,6 +1,7 @@
 """The runtime must pip-install on a Raspberry Pi: importing it may pull in numpy, numba and soundfile only."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -50,3 +51,28 @@ def test_public_api_and_version():
     assert f'version = "{tinyasr.__version__}"' in pyproject
     with pytest.raises(AttributeError, match="no_such_name"):
         tinyasr.no_such_name
+
+
+def test_openblas_core_choice_respects_the_user_and_needs_avx512():
+    """tinyasr picks OpenBLAS's AVX-512 kernels only on AVX-512 CPUs, only before numpy loads, never over the user."""
+    flags = set()
+    if os.path.exists("/proc/cpuinfo"):
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    avx512 = {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"} <= flags
+    probe = "import os, tinyasr; print(os.environ.get('OPENBLAS_CORETYPE'))"
+
+    def coretype(env_value, before=""):
+        env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
+        if env_value is not None:
+            env["OPENBLAS_CORETYPE"] = env_value
+        done = subprocess.run([sys.executable, "-c", before + probe], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    assert coretype(None) == ("SkylakeX" if avx512 else "None")
+    assert coretype("Haswell") == "Haswell"
+    assert coretype(None, before="import numpy; ") == "None"  # too late: numpy already chose its kernels
