@@ -6,14 +6,17 @@
 
 Cost model (seconds for one [B=1, Cin, T] input; ``tiles = ceil(T / 64)``):
 
-    dense: DENSE_PER_MAC * rows * columns * T + CALL
-    csr:   CSR_PER_NONZERO * nnz * T + CSR_PER_ROW_TILE * rows * tiles + CALL
-    bsr:   BSR_PER_VALUE * stored values * T + BSR_PER_STRIP_TILE * (rows / 4) * tiles + CALL
+    dense: DENSE_PER_MAC * rows * columns * T + DENSE_CALL
+    csr:   CSR_PER_NONZERO * nnz * T + CSR_PER_ROW_TILE * rows * tiles + CSR_CALL
+    bsr:   BSR_PER_VALUE * stored values * T + BSR_PER_STRIP_TILE * (rows / 4) * tiles + BSR_CALL
 
-"dense" is tinyasr's own dense path (BLAS matmul + epilogue), the alternative at run time.  A sparse
-encoding is chosen when the model predicts it at least MARGIN times faster.  The constants are least
-squares fits of measurements of the kernels on 256x256 and 512x512 layers; re-measure on a new machine
-with ``python3 -m converters.sparse_choice --calibrate`` (about a minute) and paste the printed values.
+"dense" is tinyasr's own dense path (tinyasr.kernels.conv1d.conv1d: the register-tiled pointwise kernel from
+24 frames), the alternative at run time.  A sparse encoding is chosen when the model predicts it at least
+MARGIN times faster.  The constants are least squares fits (of relative error, so a 64-frame call counts
+as much as a 1000-frame one) of measurements of the kernels on 64x64 to 512x512 layers at T = 64 and
+1000, the regime of the converter's choice (``frames`` = 64); below 24 frames dense runs BLAS or the narrow
+kernel and every kernel pays for a partial tile, which this linear model does not describe.  Re-measure on
+a new machine with ``python3 -m converters.sparse_choice --calibrate`` (seconds) and paste the printed values.
 """
 
 from __future__ import annotations
@@ -30,18 +33,26 @@ from tinyasr.fileformat import EncodedTensor, to_float16
 from tinyasr.graph import Graph
 from tinyasr.sparse import bsr_arrays, csr_arrays
 
-# Calibrated 2026-11-25 on the development machine (2-core AMD EPYC, AVX-512, shared), 1 thread, by --calibrate
-# (two runs averaged; dense = numpy BLAS + epilogue).  Break-even: csr ~65 % sparsity; bsr 4x1 runs a stored
-# value about as fast as BLAS runs a weight, so it pays once blocks are pruned.  The fit mixes T = 16, 64 and
-# 1000; at T = 64 csr measured ~1.7x cheaper per non-zero than the fit, so "auto" is conservative there.
+# Calibrated 2026-11-25 on the development machine (2-core AMD EPYC, AVX-512, shared), 1 thread, by
+# ``python3 -m converters.sparse_choice --calibrate``, three runs averaged (per-value terms agreed within 5 %,
+# tile terms 15 %); dense = conv1d's register-tiled pointwise kernel, ~1.9x faster than the BLAS path of the
+# previous constants.  "auto" picks, at T = 64 for 256-1024 channels: csr from 80 % unstructured sparsity (was
+# ~65 %; measured break-even ~80 %), bsr 4x1 from 34-38 % block sparsity (a stored value costs ~1.3 dense
+# multiply-adds).  Smaller layers go sparse sooner (64 channels: csr from 62 %): the dense kernel's call costs
+# 5 us, a sparse one's 2 us.  The fit is within 0.78-1.24x of every measurement.
 COSTS = {
-    "DENSE_PER_MAC": 1.65e-11,
-    "CSR_PER_NONZERO": 4.8e-11,
-    "CSR_PER_ROW_TILE": 3.0e-09,
-    "BSR_PER_VALUE": 1.55e-11,
-    "BSR_PER_STRIP_TILE": 4.6e-08,
-    "CALL": 7.7e-06,
+    "DENSE_PER_MAC": 9.1e-12,
+    "DENSE_CALL": 5.0e-06,
+    "CSR_PER_NONZERO": 3.9e-11,
+    "CSR_PER_ROW_TILE": 1.2e-08,
+    "CSR_CALL": 2.0e-06,
+    "BSR_PER_VALUE": 1.2e-11,
+    "BSR_PER_STRIP_TILE": 9.2e-08,
+    "BSR_CALL": 2.1e-06,
 }
+COST_TERMS = {"dense": ("DENSE_PER_MAC", "DENSE_CALL"),  # each kind's terms, in the order calibrate fits them
+              "csr": ("CSR_PER_NONZERO", "CSR_PER_ROW_TILE", "CSR_CALL"),
+              "bsr": ("BSR_PER_VALUE", "BSR_PER_STRIP_TILE", "BSR_CALL")}
 MARGIN = 1.1  # a sparse encoding must be predicted this much faster than dense
 BLOCK_FILL = 0.8  # a bsr block shape is used when at least this fraction of its stored values are non-zero
 SPARSE_MODES = ("dense", "auto", "csr", "bsr")
@@ -53,12 +64,13 @@ def predicted_seconds(kind: str, rows: int, columns: int, stored: int, frames: i
     """The cost model: time of one layer call over ``frames`` frames; ``stored`` = non-zeros (csr) or block values (bsr)."""
     tiles = math.ceil(frames / TILE)
     if kind == "dense":
-        return costs["DENSE_PER_MAC"] * rows * columns * frames + costs["CALL"]
+        return costs["DENSE_PER_MAC"] * rows * columns * frames + costs["DENSE_CALL"]
     if kind == "csr":
-        return costs["CSR_PER_NONZERO"] * stored * frames + costs["CSR_PER_ROW_TILE"] * rows * tiles + costs["CALL"]
+        return (costs["CSR_PER_NONZERO"] * stored * frames + costs["CSR_PER_ROW_TILE"] * rows * tiles
+                + costs["CSR_CALL"])
     if kind == "bsr":
         return (costs["BSR_PER_VALUE"] * stored * frames + costs["BSR_PER_STRIP_TILE"] * rows / 4 * tiles
-                + costs["CALL"])
+                + costs["BSR_CALL"])
     raise ConversionError(f"unknown encoding kind {kind!r}; expected dense, csr or bsr")
 
 
@@ -79,7 +91,7 @@ def choose_encoding(matrix: np.ndarray, frames: int = TILE, costs: Mapping[str, 
     if matrix.ndim != 2:
         raise ConversionError(f"choose_encoding needs a 2-D weight matrix, got shape {matrix.shape}")
     rows, columns = matrix.shape
-    if columns > 65535:  # int32 column indices: no sparse kernel
+    if columns > 65535 or np.count_nonzero(matrix) == matrix.size:  # int32 indices (no kernel), or unpruned
         return "dense"
     options = {"dense": predicted_seconds("dense", rows, columns, 0, frames, costs),
                "csr": predicted_seconds("csr", rows, columns, int(np.count_nonzero(matrix)), frames, costs)}
@@ -175,7 +187,24 @@ def _best_seconds(fn, repeats: int = 30) -> float:
     return best
 
 
-def calibrate(sizes=(256, 512), frames=(16, 64, 1000), sparsities=(0.5, 0.8, 0.9, 0.95)) -> Dict[str, float]:
+def _relative_fit(features: np.ndarray, seconds: np.ndarray) -> np.ndarray:
+    """Coefficients c minimising sum((features @ c / seconds - 1)^2): each measurement weighs the same."""
+    weights = 1.0 / seconds
+    return np.linalg.lstsq(features * weights[:, None], seconds * weights, rcond=None)[0]
+
+
+def _off_cache_line(array: np.ndarray) -> np.ndarray:
+    """A copy of ``array`` starting 16 bytes past a 64-byte boundary, as numpy's buffers usually do (glibc
+    aligns to 16; large blocks are page + 16).  The csr kernel runs ~1.4x faster at T = 64 on 64-byte aligned
+    activations, which the runtime's buffers cannot count on."""
+    raw = np.empty(array.size + 32, np.float32)
+    start = (-raw.ctypes.data % 64 + 16) % 64 // 4
+    placed = raw[start:start + array.size].reshape(array.shape)
+    placed[...] = array
+    return placed
+
+
+def calibrate(sizes=(64, 128, 256, 512), frames=(64, 1000), sparsities=(0.5, 0.8, 0.9, 0.95)) -> Dict[str, float]:
     """Measure tinyasr's dense and sparse kernels (1 thread) and fit the cost model's constants."""
     from tinyasr import threads
     from tinyasr.kernels.conv1d import conv1d
@@ -186,31 +215,25 @@ def calibrate(sizes=(256, 512), frames=(16, 64, 1000), sparsities=(0.5, 0.8, 0.9
 
     threads.set_num_threads(1)
     rng = np.random.default_rng(0)
-    rows_of = {"dense": [], "csr": [], "bsr": []}  # (features..., seconds - CALL estimate later)
-    calls = []
+    rows_of = {"dense": [], "csr": [], "bsr": []}  # (the cost terms' factors, in COST_TERMS order; seconds)
     for size in sizes:
         weight = rng.standard_normal((size, size)).astype(np.float32)
         for t in frames:
-            x = rng.standard_normal((1, size, t)).astype(np.float32)
+            x = _off_cache_line(rng.standard_normal((1, size, t)))
+            y = np.empty((1, size, t), np.float32)  # reused, as the runtime reuses its planned buffers
             tiles = math.ceil(t / TILE)
-            rows_of["dense"].append((size * size * t, _best_seconds(lambda: conv1d(x, weight[:, :, None]))))
-            calls.append(_best_seconds(lambda: conv1d(x[:, :1, :1], weight[:1, :1, None])))
+            rows_of["dense"].append((size * size * t, 1, _best_seconds(lambda: conv1d(x, weight[:, :, None], out=y))))
             for s in sparsities:
                 m = weight * magnitude_mask(weight, s)
                 csr = CSRMatrix(*csr_arrays(m), (size, size, 1))
-                rows_of["csr"].append((csr.nnz * t, size * tiles, _best_seconds(lambda: spmm(csr, x))))
+                rows_of["csr"].append((csr.nnz * t, size * tiles, 1, _best_seconds(lambda: spmm(csr, x, out=y))))
                 b = weight * magnitude_mask(weight, s, 4)
                 bsr = BSRMatrix(*bsr_arrays(b, (4, 1)), (size, size, 1), (4, 1))
-                rows_of["bsr"].append((bsr.nnz * t, size / 4 * tiles, _best_seconds(lambda: spmm(bsr, x))))
-    call = float(np.median(calls))
-    costs = {"CALL": call}
-    dense = np.array(rows_of["dense"])
-    costs["DENSE_PER_MAC"] = float(np.linalg.lstsq(dense[:, :1], dense[:, 1] - call, rcond=None)[0][0])
-    for kind, (per_value, per_tile) in (("csr", ("CSR_PER_NONZERO", "CSR_PER_ROW_TILE")),
-                                        ("bsr", ("BSR_PER_VALUE", "BSR_PER_STRIP_TILE"))):
-        data = np.array(rows_of[kind])
-        fit = np.linalg.lstsq(data[:, :2], data[:, 2] - call, rcond=None)[0]
-        costs[per_value], costs[per_tile] = float(max(fit[0], 0.0)), float(max(fit[1], 0.0))
+                rows_of["bsr"].append((bsr.nnz * t, size / 4 * tiles, 1, _best_seconds(lambda: spmm(bsr, x, out=y))))
+    costs = {}
+    for kind, terms in COST_TERMS.items():
+        data = np.array(rows_of[kind], np.float64)
+        costs.update((term, float(max(c, 0.0))) for term, c in zip(terms, _relative_fit(data[:, :-1], data[:, -1])))
     return costs
 
 
@@ -223,7 +246,7 @@ def main(argv=None) -> int:
         return 0
     costs = calibrate()
     print("COSTS = {")
-    for key in ("DENSE_PER_MAC", "CSR_PER_NONZERO", "CSR_PER_ROW_TILE", "BSR_PER_VALUE", "BSR_PER_STRIP_TILE", "CALL"):
+    for key in (term for terms in COST_TERMS.values() for term in terms):
         print(f'    "{key}": {costs[key]:.2g},')
     print("}")
     return 0
