@@ -438,3 +438,106 @@ def test_converter_refuses_malformed_streaming_statistics():
                          ({"feature_mean": [0, float("nan"), 2], "feature_std": [1, 1, 1]}, "finite")]:
         with pytest.raises(ConversionError, match=message):
             _streaming_stats(bad, frontend)
+
+
+# ---------------------------------------------------------------- the executor's fast paths
+
+
+def strided_net(kernel: int, stride: int, pads) -> Model:
+    """A conv whose stride exceeds its kernel span (frames between outputs are never read), then a 1x1 conv."""
+    rng = np.random.default_rng(kernel * 10 + stride)
+    tensors = {"w": rng.standard_normal((6, 3, kernel)).astype(np.float32),
+               "p": rng.standard_normal((4, 6, 1)).astype(np.float32)}
+    nodes = [Node("strided", "Conv", ("x", "w"), ("h",), {"strides": [stride], "pads": list(pads)}),
+             Node("pointwise", "Conv", ("h", "p"), ("y",), {"activation": "Relu"})]
+    graph = Graph([ValueInfo("x", "float32", (1, 3, "T"))], [ValueInfo("y", "float32", (1, 4, "T2"))], nodes)
+    return Model(graph, tensors)
+
+
+@settings(max_examples=20, deadline=None)
+@given(shape=st.sampled_from([(1, 2, (0, 0)), (2, 3, (1, 0)), (1, 3, (0, 2)), (3, 2, (1, 1))]),
+       frames=st.integers(4, 40), cuts=st.lists(st.integers(0, 10**6), max_size=12))
+def test_stride_longer_than_the_kernel_streams_as_offline(shape, frames, cuts):
+    kernel, stride, pads = shape
+    model = strided_net(kernel, stride, pads)
+    x = np.random.default_rng(frames).standard_normal((1, 3, frames)).astype(np.float32)
+    expected = model.run({"x": x})["y"]
+    stream = GraphStream(StreamPlan.from_model(model))
+    outputs = [stream.accept(piece) for piece in _split(x, cuts)] + [stream.finish()]
+    got = np.concatenate([o["y"] for o in outputs if "y" in o], axis=2)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("channels,c_out,kernel,group,stride,dilation,frames", [
+    (16, 16, 9, 16, 1, 1, 4),  # depthwise, short-input kernel
+    (8, 16, 5, 8, 1, 2, 16),  # depthwise with multiplier 2, dilated, the most frames of the short kernel
+    (8, 8, 5, 8, 1, 1, 17),  # depthwise past the short kernel: conv1d
+    (8, 8, 5, 8, 2, 1, 3),  # strided depthwise: conv1d
+    (32, 12, 1, 1, 1, 1, 5),  # pointwise, few frames
+    (32, 12, 1, 1, 2, 1, 12),  # strided pointwise
+    (32, 12, 1, 1, 1, 1, 13),  # pointwise past the narrow kernel: conv1d
+    (6, 10, 3, 2, 1, 1, 4),  # grouped: conv1d
+])
+@pytest.mark.parametrize("activation,params,residual", [("Relu", (), True), ("Clip", (-0.5, 0.5), False),
+                                                        ("Sigmoid", (), True)])
+def test_prepared_conv_equals_the_numpy_reference(channels, c_out, kernel, group, stride, dilation, frames,
+                                                   activation, params, residual):
+    from tinyasr.kernels.conv1d import SHORT_FRAMES, PreparedConv1d, conv1d, conv1d_reference
+
+    rng = np.random.default_rng(channels + kernel + frames)
+    span = dilation * (kernel - 1)
+    needed = (frames - 1) * stride + span + 1
+    # a streamed conv's buffer: its input, then frames no output reads (kept context of earlier chunks)
+    x = rng.standard_normal((2, channels, max(needed, span + SHORT_FRAMES) + 3)).astype(np.float32)
+    weight = rng.standard_normal((c_out, channels // group, kernel)).astype(np.float32)
+    bias = rng.standard_normal(c_out).astype(np.float32)
+    z = rng.standard_normal((2, c_out, frames)).astype(np.float32) if residual else None
+    options = dict(stride=stride, dilation=dilation, group=group, activation=activation, activation_params=params)
+    got = PreparedConv1d(weight, bias, **options)(x, frames, z)
+    np.testing.assert_allclose(got, conv1d_reference(x[:, :, :needed], weight, bias, z, **options), rtol=1e-5,
+                               atol=1e-5)
+    # the same kernels as conv1d on the input alone, so streamed and offline outputs stay identical
+    np.testing.assert_array_equal(got, conv1d(np.ascontiguousarray(x[:, :, :needed]), weight, bias, z, **options))
+
+
+def test_prepared_conv_refuses_inputs_that_do_not_fit():
+    from tinyasr.kernels.conv1d import PreparedConv1d
+
+    prepared = PreparedConv1d(np.ones((8, 1, 5), np.float32), group=8)
+    with pytest.raises(GraphError, match=r"input X \(1, 4, 40\).*weight W \(8, 1, 5\) with group=8"):
+        prepared(np.ones((1, 4, 40), np.float32), 4)
+    with pytest.raises(GraphError, match="for 4 output frames"):
+        prepared(np.ones((1, 8, 7), np.float32), 4)  # 4 outputs read 8 frames
+    with pytest.raises(GraphError, match="does not fit input X with 9 channels"):
+        PreparedConv1d(np.ones((8, 1, 5), np.float32), group=9)
+    with pytest.raises(GraphError, match="unknown activation 'Gelu'"):
+        PreparedConv1d(np.ones((8, 8, 1), np.float32), activation="Gelu")
+
+
+def test_stream_refuses_a_change_of_channels_naming_the_node():
+    stream = GraphStream(StreamPlan.from_model(conv_net(causal=False)))
+    stream.accept(np.zeros((1, 5, 10), np.float32))
+    with pytest.raises(TinyASRError, match="node 'prologue' \\(Conv\\): input frames of shape \\(1, 6, 3\\)"):
+        stream.accept(np.zeros((1, 6, 3), np.float32))
+    fresh = GraphStream(StreamPlan.from_model(conv_net(causal=False)))
+    with pytest.raises(TinyASRError, match="node 'prologue' \\(Conv\\).*weight W \\(8, 5, 5\\)"):
+        fresh.accept(np.zeros((1, 6, 30), np.float32))
+
+
+@settings(max_examples=10, deadline=None)
+@given(frames=st.integers(6, 50), cuts=st.lists(st.integers(0, 10**6), max_size=12))
+def test_branches_with_different_delays_meet_in_an_elementwise_op(frames, cuts):
+    """Add waits for the slower branch: a k7 conv (3 frames of look-ahead) beside a 1x1 conv (none)."""
+    rng = np.random.default_rng(1)
+    tensors = {"wide": rng.standard_normal((4, 4, 7)).astype(np.float32),
+               "narrow": rng.standard_normal((4, 4, 1)).astype(np.float32)}
+    nodes = [Node("wide", "Conv", ("x", "wide"), ("a",), {"pads": [3, 3]}),
+             Node("narrow", "Conv", ("x", "narrow"), ("b",), {}),
+             Node("add", "Add", ("a", "b"), ("s",)), Node("tanh", "Tanh", ("s",), ("y",))]
+    model = Model(Graph([ValueInfo("x", "float32", (1, 4, "T"))], [ValueInfo("y", "float32", (1, 4, "T"))], nodes),
+                  tensors)
+    x = rng.standard_normal((1, 4, frames)).astype(np.float32)
+    stream = GraphStream(StreamPlan.from_model(model))
+    outputs = [stream.accept(piece) for piece in _split(x, cuts)] + [stream.finish()]
+    got = np.concatenate([o["y"] for o in outputs if "y" in o], axis=2)
+    np.testing.assert_allclose(got, model.run({"x": x})["y"], rtol=0, atol=1e-5)

@@ -6,8 +6,9 @@ frames along its time axis.  Each node keeps what it still needs between calls:
 * a ``Conv`` keeps its input from the first frame its next output reads, with
   its left zero padding in front of the first frame, and emits every output
   whose whole kernel span has arrived; ``finish`` appends its right zero
-  padding.  Each output frame is computed once, by the same op function the
-  offline runtime uses, on ``[kept context | new frames]`` with pads 0;
+  padding.  Each output frame is computed once, with pads 0 on
+  ``[kept context | new frames]``, by the kernels the offline op would pick for
+  that input (``PreparedConv1d``: checked once per node, no per-call copies);
 * a time-local op (elementwise, Softmax over classes, Transpose, MatMul with a
   stored matrix, ...) runs on the frames all its streamed inputs have in common
   and keeps the rest (the branches of a residual block arrive with different
@@ -31,6 +32,7 @@ import numpy as np
 
 from .errors import GraphError, InputError
 from .graph import Graph, Node
+from .kernels.conv1d import SHORT_FRAMES, PreparedConv1d
 from .ops import OpContext, lookup
 from .ops.common import axes_from, normalize_axis
 
@@ -122,6 +124,10 @@ class StreamPlan:
         fields = {s.field for _, s in self.outputs}
         self.receptive_field = ReceptiveField(max(f.left for f in fields), max(f.right for f in fields),
                                               max(f.stride for f in fields))
+        slots = {name: slot for slot, name in enumerate([info.name] + [o for p in self.nodes for o in p.node.outputs])}
+        self.value_count = len(slots)
+        self.steps = [(_ConvStep if p.conv is not None else _Step)(p, slots, label) for p in self.nodes]
+        self.output_slots = [(name, slots[name]) for name, _ in self.outputs]
 
     @staticmethod
     def from_model(model) -> "StreamPlan":
@@ -215,7 +221,8 @@ class StreamPlan:
 
 
 # ---------------------------------------------------------------------------
-# Running
+# Running: each node is a step (built once per plan) with a state per stream.  Values live in a list,
+# one slot per graph value, so the per-chunk loop does no name lookups.
 
 
 def _take(array: np.ndarray, axis: int, start: int, stop: Optional[int] = None) -> np.ndarray:
@@ -224,20 +231,224 @@ def _take(array: np.ndarray, axis: int, start: int, stop: Optional[int] = None) 
     return array[tuple(index)]
 
 
-def _join(parts: List[np.ndarray], axis: int) -> Optional[np.ndarray]:
-    parts = [p for p in parts if p is not None]
-    if not parts:
-        return None
-    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=axis)
+def _append(kept: Optional[np.ndarray], new: Optional[np.ndarray], axis: int) -> Optional[np.ndarray]:
+    if new is None or kept is None:
+        return kept if new is None else new
+    return np.concatenate((kept, new), axis=axis)
+
+
+class _Step:
+    """One node's part of a round: reads its streamed inputs' new frames from ``values``, writes its outputs'."""
+
+    def __init__(self, planned: _PlannedNode, slots: Dict[str, int], label: str):
+        node = planned.node
+        self.planned, self.label = planned, label
+        self.inputs = tuple((i, slots[name], stream.axis) for i, (name, stream)
+                            in enumerate(zip(node.inputs, planned.streamed)) if stream is not None)
+        self.outputs = tuple(slots[name] for name in node.outputs)
+        self.context = OpContext(len(node.outputs))
+
+    def new_state(self):
+        return [None] * len(self.inputs)  # per streamed input: frames not yet used
+
+    def advance(self, state, values: list, final: bool) -> None:
+        """A time-local op: run it on the frames every streamed input has; keep the rest for the next round."""
+        if len(self.inputs) == 1:  # nothing to wait for
+            new = values[self.inputs[0][1]]
+            results = None if new is None else self._call(self._args([new]))
+            return self._store(values, results)
+        for j, (_, slot, axis) in enumerate(self.inputs):
+            state[j] = _append(state[j], values[slot], axis)
+        n = min(0 if kept is None else kept.shape[axis] for kept, (_, _, axis) in zip(state, self.inputs))
+        if n == 0:
+            return self._store(values, None)
+        ready = []
+        for j, (_, _, axis) in enumerate(self.inputs):
+            ready.append(_take(state[j], axis, 0, n))
+            rest = _take(state[j], axis, n)
+            state[j] = rest if rest.shape[axis] else None
+        self._store(values, self._call(self._args(ready)))
+
+    def _args(self, streamed: List[np.ndarray]) -> list:
+        args = list(self.planned.constants)
+        for (i, _, _), value in zip(self.inputs, streamed):
+            args[i] = value
+        return args
+
+    def _store(self, values: list, results) -> None:
+        for j, slot in enumerate(self.outputs):
+            values[slot] = None if results is None else results[j]
+
+    def _call(self, args, attrs=None) -> List[np.ndarray]:
+        node = self.planned.node
+        try:
+            return self.planned.run(self.context, args, node.attrs if attrs is None else attrs)
+        except (GraphError, InputError) as exc:
+            raise self._named(exc) from None
+
+    def _named(self, exc: Exception) -> Exception:
+        node = self.planned.node
+        return type(exc)(f"{self.label}: node {node.name!r} ({node.op}): {exc}")
 
 
 class _ConvState:
-    """A conv's kept input, in padded coordinates (index 0 is the first left-padding frame)."""
+    """A conv's kept input: frames ``origin .. origin + filled`` of each row of ``rows`` [B, C, capacity] are the
+    padded frames from ``start`` on (padded frame 0 is the first left-padding frame), always from the first frame
+    the next output reads.
+
+    Emitting only moves ``origin`` on; :meth:`window` shows the rows from ``origin`` as a C-contiguous
+    [B, C, capacity] array over ``flat`` (each row runs on into the next row's storage), which the kernels take
+    without a copy.  Only when a chunk does not fit before the rows' end are the kept frames moved to the front.
+    """
+
+    __slots__ = ("flat", "rows", "origin", "filled", "start", "skip", "emitted", "residual")
 
     def __init__(self):
-        self.buffer: Optional[np.ndarray] = None
-        self.start = 0  # padded index of buffer[..., 0]
+        self.rows: Optional[np.ndarray] = None
+        self.filled = 0
+        self.start = 0
+        self.skip = 0  # input frames no output reads (a stride longer than the kernel span) still to arrive
         self.emitted = 0  # output frames produced so far
+        self.residual: Optional[np.ndarray] = None  # frames of the residual input Z not yet used
+
+    def allocate(self, lead: Tuple[int, int], dtype, capacity: int) -> None:
+        """Zeroed rows [*lead, capacity]; the kept frames, if any, copied to their front."""
+        kept = None if self.rows is None else self.rows[:, :, self.origin:self.origin + self.filled]
+        self.flat = np.zeros((lead[0] * lead[1] + 1) * capacity, dtype)
+        self.rows = self.flat[:-capacity].reshape(tuple(lead) + (capacity,))
+        self.origin = 0
+        if kept is not None:
+            self.rows[:, :, :self.filled] = kept
+
+    def window(self) -> np.ndarray:
+        """The kept frames from the first on, then whatever follows: [B, C, capacity], C-contiguous, no copy."""
+        return np.ndarray(self.rows.shape, self.rows.dtype, self.flat, self.origin * self.rows.itemsize)
+
+    def append(self, frames: Optional[np.ndarray], zeros: int = 0) -> None:
+        """Keep ``frames`` (or, with frames None, ``zeros`` zero frames)."""
+        count = zeros if frames is None else frames.shape[2]
+        if self.skip:
+            dropped = min(self.skip, count)
+            self.skip, count = self.skip - dropped, count - dropped
+            frames = None if frames is None else frames[:, :, dropped:]
+        capacity = self.rows.shape[2]
+        if self.origin + self.filled + count > capacity:
+            if 2 * (self.filled + count) > capacity:
+                self.allocate(self.rows.shape[:2], self.rows.dtype, 2 * (self.filled + count))
+            else:
+                self.rows[:, :, :self.filled] = self.rows[:, :, self.origin:self.origin + self.filled]
+                self.origin = 0
+        end = self.origin + self.filled
+        self.rows[:, :, end:end + count] = 0 if frames is None else frames
+        self.filled += count
+
+    def drop(self, count: int) -> None:
+        """Forget the first ``count`` frames: the next output starts past them."""
+        if count >= self.filled:
+            self.skip += count - self.filled
+            self.origin, self.filled = 0, 0
+        else:
+            self.origin += count
+            self.filled -= count
+        self.start += count
+
+
+class _ConvStep(_Step):
+    """A Conv: emits every output whose kernel span has arrived (and whose residual frames have)."""
+
+    def __init__(self, planned: _PlannedNode, slots: Dict[str, int], label: str):
+        super().__init__(planned, slots, label)
+        node, self.geometry = planned.node, planned.conv
+        self.x_slot = slots[node.inputs[0]]
+        self.z_slot = slots[node.inputs[3]] if len(node.inputs) > 3 and planned.streamed[3] is not None else None
+        self.prepared = self._prepare(planned)
+        # the short-input depthwise kernel reads SHORT_FRAMES outputs' worth of frames from the buffer
+        self.min_frames = self.geometry.kernel_span + SHORT_FRAMES
+        # a 1x1 conv at stride 1 without residual keeps nothing: each chunk's frames go straight to the kernel
+        self.direct = (self.geometry.kernel_span == self.geometry.pad_left == self.geometry.pad_right == 0
+                       and self.geometry.stride == 1 and self.z_slot is None)
+
+    @staticmethod
+    def _prepare(planned: _PlannedNode) -> Optional[PreparedConv1d]:
+        """The conv's kernels called directly, checked once; None (the op runs each time) for encoded weights
+        or attributes the op itself should report."""
+        weight = planned.constants[1]
+        bias = planned.constants[2] if len(planned.constants) > 2 else None
+        attrs = planned.conv.attrs
+        dilations = attrs.get("dilations", [1])
+        if (not isinstance(weight, np.ndarray) or weight.dtype.kind != "f" or weight.ndim != 3
+                or not (bias is None or isinstance(bias, np.ndarray))
+                or len(attrs.get("strides", [1])) != 1 or len(dilations) != 1
+                or list(attrs.get("kernel_shape", [weight.shape[2]])) != [weight.shape[2]]):
+            return None
+        try:
+            return PreparedConv1d(weight, bias, stride=planned.conv.stride, dilation=int(dilations[0]),
+                                  group=int(attrs.get("group", 1)), activation=attrs.get("activation", ""),
+                                  activation_params=attrs.get("activation_params", ()))
+        except GraphError:
+            return None
+
+    def new_state(self) -> _ConvState:
+        return _ConvState()
+
+    def advance(self, state: _ConvState, values: list, final: bool) -> None:
+        geometry, node = self.geometry, self.planned.node
+        x = values[self.x_slot]
+        if self.direct:
+            if final and state.emitted == 0 and x is None:
+                raise GraphError(f"{self.label}: node {node.name!r} (Conv) received no frames")
+            if x is None or x.shape[2] == 0:
+                return self._store(values, None)
+            state.emitted += x.shape[2]
+            return self._store(values, [self._compute(np.ascontiguousarray(x), x.shape[2], None)])
+        if x is not None:
+            if state.rows is None:  # the left padding, then room for a few chunks before moving the kept frames
+                state.allocate(x.shape[:2], x.dtype, 2 * max(geometry.pad_left + x.shape[2], self.min_frames))
+                state.filled = geometry.pad_left
+            elif x.shape[:2] != state.rows.shape[:2]:
+                raise InputError(f"{self.label}: node {node.name!r} (Conv): input frames of shape {x.shape} after "
+                                 f"frames with {state.rows.shape[:2]} as [batch, channels]")
+            state.append(x)
+        if self.z_slot is not None:
+            state.residual = _append(state.residual, values[self.z_slot], 2)
+        if state.rows is None:
+            if final:
+                raise GraphError(f"{self.label}: node {node.name!r} (Conv) received no frames")
+            return self._store(values, None)
+        if final:
+            state.append(None, geometry.pad_right)
+        available = state.start + state.filled
+        ready = (available - geometry.kernel_span - 1) // geometry.stride + 1 if available > geometry.kernel_span else 0
+        n = ready - state.emitted
+        if self.z_slot is not None:
+            n = min(n, 0 if state.residual is None else state.residual.shape[2])
+        if n <= 0:
+            if final and state.emitted == 0:
+                raise GraphError(f"{self.label}: node {node.name!r} (Conv): the input is too short "
+                                 f"for kernel span {geometry.kernel_span + 1}")
+            return self._store(values, None)
+        residual = None
+        if self.z_slot is not None:
+            kept = state.residual
+            residual = np.ascontiguousarray(kept[:, :, :n])
+            state.residual = kept[:, :, n:] if kept.shape[2] > n else None
+        self._store(values, [self._compute(state.window(), n, residual)])
+        state.emitted += n
+        state.drop(state.emitted * geometry.stride - state.start)
+
+    def _compute(self, x: np.ndarray, n: int, residual: Optional[np.ndarray]) -> np.ndarray:
+        """n output frames from x[:, :, 0:], the conv's input from the first frame they read."""
+        if (self.prepared is not None and x.dtype == np.float32
+                and (residual is None or residual.dtype == np.float32)):
+            try:
+                return self.prepared(x, n, residual)
+            except GraphError as exc:
+                raise self._named(exc) from None
+        args = list(self.planned.constants)
+        args[0] = np.ascontiguousarray(x[:, :, :(n - 1) * self.geometry.stride + self.geometry.kernel_span + 1])
+        if self.z_slot is not None:
+            args[3] = residual
+        return self._call(args, self.geometry.attrs)[0]
 
 
 class GraphStream:
@@ -253,8 +464,8 @@ class GraphStream:
         self.reset()
 
     def reset(self) -> None:
-        self._pending: List[List[Optional[np.ndarray]]] = [[None] * len(p.node.inputs) for p in self.plan.nodes]
-        self._convs = {i: _ConvState() for i, p in enumerate(self.plan.nodes) if p.conv is not None}
+        self._states = [step.new_state() for step in self.plan.steps]
+        self._values: List[Optional[np.ndarray]] = [None] * self.plan.value_count
         self.frames_in = 0
 
     def accept(self, frames: np.ndarray) -> Dict[str, np.ndarray]:
@@ -264,7 +475,7 @@ class GraphStream:
             raise InputError(f"{self.plan.label}: streamed input {self.plan.input.name!r} must have rank "
                              f"{len(self.plan.input.shape)}, got shape {frames.shape}")
         self.frames_in += frames.shape[-1]
-        return self._round(frames, final=False)
+        return self._round(frames if frames.shape[-1] else None, final=False)
 
     def finish(self) -> Dict[str, np.ndarray]:
         """End of input: the remaining output frames (convs add their right padding).  Then reset."""
@@ -273,77 +484,8 @@ class GraphStream:
         return out
 
     def _round(self, frames: Optional[np.ndarray], final: bool) -> Dict[str, np.ndarray]:
-        plan = self.plan
-        new: Dict[str, Optional[np.ndarray]] = {plan.input.name: frames}
-        for index, planned in enumerate(plan.nodes):
-            pending = self._pending[index]
-            for i, (name, stream) in enumerate(zip(planned.node.inputs, planned.streamed)):
-                if stream is not None:
-                    pending[i] = _join([pending[i], new.get(name)], stream.axis)
-            if planned.conv is not None:
-                results = self._conv(index, planned, pending, final)
-            else:
-                results = self._time_local(planned, pending)
-            new.update(zip(planned.node.outputs, results))
-        return {name: new[name] for name, _ in plan.outputs if new.get(name) is not None}
-
-    def _time_local(self, planned: _PlannedNode, pending) -> List[Optional[np.ndarray]]:
-        """Run the op on the frames every streamed input has; keep the rest for the next round."""
-        counts = [p.shape[s.axis] if p is not None else 0 for p, s in zip(pending, planned.streamed) if s is not None]
-        n = min(counts)
-        if n == 0:
-            return [None] * len(planned.node.outputs)
-        args = list(planned.constants)
-        for i, stream in enumerate(planned.streamed):
-            if stream is not None:
-                args[i] = _take(pending[i], stream.axis, 0, n)
-                rest = _take(pending[i], stream.axis, n)
-                pending[i] = rest if rest.shape[stream.axis] else None
-        return self._call(planned, args)
-
-    def _conv(self, index: int, planned: _PlannedNode, pending, final: bool) -> List[Optional[np.ndarray]]:
-        geometry, state = planned.conv, self._convs[index]
-        x = pending[0]
-        pending[0] = None
-        if state.buffer is None and x is not None:
-            state.buffer = np.zeros(x.shape[:2] + (geometry.pad_left,), x.dtype)
-        if state.buffer is None:
-            if final:
-                raise GraphError(f"{self.plan.label}: node {planned.node.name!r} (Conv) received no frames")
-            return [None]
-        parts = [state.buffer, x]
-        if final:
-            parts.append(np.zeros(state.buffer.shape[:2] + (geometry.pad_right,), state.buffer.dtype))
-        state.buffer = _join(parts, 2)
-        available = state.start + state.buffer.shape[2]
-        ready = (available - geometry.kernel_span - 1) // geometry.stride + 1 if available > geometry.kernel_span else 0
-        n = ready - state.emitted
-        has_z = len(pending) > 3 and planned.streamed[3] is not None
-        if has_z:
-            n = min(n, pending[3].shape[2] if pending[3] is not None else 0)
-        if n <= 0:
-            if final and state.emitted == 0:
-                raise GraphError(f"{self.plan.label}: node {planned.node.name!r} (Conv): the input is too short "
-                                 f"for kernel span {geometry.kernel_span + 1}")
-            return [None]
-        lo = state.emitted * geometry.stride - state.start
-        hi = (state.emitted + n - 1) * geometry.stride + geometry.kernel_span + 1 - state.start
-        args = list(planned.constants)
-        args[0] = np.ascontiguousarray(state.buffer[:, :, lo:hi])
-        if has_z:
-            args[3] = np.ascontiguousarray(pending[3][:, :, :n])
-            rest = pending[3][:, :, n:]
-            pending[3] = rest if rest.shape[2] else None
-        state.emitted += n
-        keep_from = state.emitted * geometry.stride
-        state.buffer = state.buffer[:, :, keep_from - state.start:]
-        state.start = keep_from
-        return self._call(planned, args, geometry.attrs)
-
-    def _call(self, planned: _PlannedNode, args, attrs=None) -> List[np.ndarray]:
-        node = planned.node
-        try:
-            return planned.run(OpContext(len(node.outputs)), args, node.attrs if attrs is None else attrs)
-        except (GraphError, InputError) as exc:
-            raise type(exc)(f"{self.plan.label}: node {node.name!r} ({node.op}): {exc}") from None
-
+        values = self._values
+        values[0] = frames
+        for step, state in zip(self.plan.steps, self._states):
+            step.advance(state, values, final)
+        return {name: values[slot] for name, slot in self.plan.output_slots if values[slot] is not None}

@@ -24,6 +24,8 @@ over the sum.)
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 from numba import carray, njit
 from numba.types import float32, int64, void
@@ -266,6 +268,15 @@ def _pointwise_kernel(shape):
     return None
 
 
+def _pointwise(kernel, x_used, weight_2d, bias, residual, out, act, lo, hi):
+    """out = act(weight_2d @ x_used + bias + residual) with a pointwise.py kernel (Relu / Clip fused, others after)."""
+    fused = act in (0, RELU, CLIP)
+    packed = frames_first(x_used) if kernel is pointwise_narrow else tiles_of(x_used)
+    kernel(out.size * x_used.shape[1], packed, weight_2d, bias, residual, out, act if fused else 0, lo, hi)
+    if not fused:
+        epilogue_rows(out.size, out, NO_BIAS, NO_RESIDUAL, act, lo, hi)
+
+
 def conv1d(x, weight, bias=None, residual=None, *, stride=1, dilation=1, pad_left=0, pad_right=0, group=1,
            activation="", activation_params=(), out=None) -> np.ndarray:
     """y = act(conv(x) + bias + residual), zero padding, ONNX Conv semantics (1-D).
@@ -299,18 +310,60 @@ def conv1d(x, weight, bias=None, residual=None, *, stride=1, dilation=1, pad_lef
         depthwise_rows(out.size * taps, x, weight.reshape(shape[1], taps), bias, residual, out,
                        stride, dilation, pad_left, act, lo, hi)
     elif taps == group == 1 and not (pad_left or pad_right) and (kernel := _pointwise_kernel(shape)) is not None:
-        fused = act in (0, RELU, CLIP)
-        x_used = x[:, :, : stride * (t_out - 1) + 1 : stride]
-        packed = frames_first(x_used) if kernel is pointwise_narrow else tiles_of(x_used)
-        kernel(out.size * channels_in, packed, weight.reshape(shape[1], channels_in), bias, residual, out,
-               act if fused else 0, lo, hi)
-        if not fused:
-            epilogue_rows(out.size, out, NO_BIAS, NO_RESIDUAL, act, lo, hi)
+        _pointwise(kernel, x[:, :, : stride * (t_out - 1) + 1 : stride], weight.reshape(shape[1], channels_in), bias,
+                   residual, out, act, lo, hi)
     else:
         _conv_matmul(x, weight, out, stride, dilation, pad_left, pad_right, group)
         if bias.size or residual.size or act:
             epilogue_rows(out.size, out, bias, residual, act, lo, hi)
     return out
+
+
+class PreparedConv1d:
+    """conv1d with its weight, bias, stride, dilation, group and activation checked once, for a caller that runs the
+    same conv many times on a few frames: a streamed 80 ms chunk is 4 frames per layer, where conv1d's per-call
+    checks and copies cost as much as its kernel.  No padding: the caller's x holds it.
+
+    Same kernels, chosen by the same rules, as conv1d on the same input, so the results are identical.
+    """
+
+    def __init__(self, weight, bias=None, *, stride=1, dilation=1, group=1, activation="", activation_params=()):
+        self.weight = as_float32(weight, "weight W")
+        shape = self.weight.shape
+        self.channels_in = shape[1] * group if len(shape) == 3 else 0
+        self.span = dilation * (shape[2] - 1) if len(shape) == 3 else 0
+        _checked_geometry((0, self.channels_in, self.span + 1), shape, stride, dilation, 0, 0, group)
+        self.channels_out, self.stride, self.dilation, self.group = shape[0], stride, dilation, group
+        self.options = dict(stride=stride, dilation=dilation, group=group, activation=activation,
+                            activation_params=activation_params)  # conv1d's, for other shapes
+        self.act, self.lo, self.hi = activation_code(activation, activation_params)
+        self.bias, _ = check_bias_residual(bias, None, (1, self.channels_out, 1))
+        self.depthwise_short = group == self.channels_in > 1 and stride == 1
+        self.pointwise = shape[2] == group == 1
+        self.weight_2d = self.weight.reshape(self.channels_out, -1)
+
+    def __call__(self, x: np.ndarray, frames: int, residual: Optional[np.ndarray] = None) -> np.ndarray:
+        """y [B, Cout, frames] from the first (frames - 1) * stride + span + 1 frames of x [B, Cin, T], C-contiguous
+        float32 (at stride 1 a depthwise conv takes its short-input kernel when T >= span + SHORT_FRAMES: it reads
+        those frames, finite values, past the input too); residual None or C-contiguous float32 [B, Cout, frames]."""
+        shape = (x.shape[0], self.channels_out, frames)
+        needed = (frames - 1) * self.stride + self.span + 1
+        if x.shape[1] != self.channels_in or x.shape[2] < needed or (residual is not None and residual.shape != shape):
+            raise GraphError(f"conv1d: input X {x.shape} / residual {getattr(residual, 'shape', None)} do not fit "
+                             f"weight W {self.weight.shape} with group={self.group} for {frames} output frames")
+        z = NO_RESIDUAL if residual is None else residual
+        if self.depthwise_short and frames <= SHORT_FRAMES and x.shape[2] >= self.span + SHORT_FRAMES:
+            out = np.empty(shape, np.float32)
+            depthwise_short_rows(out.size * self.weight_2d.shape[1], x, self.weight_2d, self.bias, z, out,
+                                 self.dilation, self.act, self.lo, self.hi)
+        elif self.pointwise and frames in NARROW_FRAMES:
+            out = np.empty(shape, np.float32)
+            _pointwise(pointwise_narrow, x[:, :, :needed:self.stride], self.weight_2d, self.bias, z, out, self.act,
+                       self.lo, self.hi)
+        else:
+            out = conv1d(x[:, :, :needed], self.weight, self.bias if self.bias.size else None, residual,
+                         **self.options)
+        return out
 
 
 def conv1d_reference(x, weight, bias=None, residual=None, *, stride=1, dilation=1, pad_left=0, pad_right=0, group=1,
