@@ -15,14 +15,19 @@ from ..kernels.sparse import kernel_matrix, linear
 from .common import check_inputs, dense, normalize_axis
 
 
+def _minus_max(ctx, op, inputs, attrs):
+    """(x - max over the axis, axis): the shift that keeps exp() in range, into a fresh or donated buffer."""
+    check_inputs(op, inputs, 1)
+    x = inputs[0]
+    axis = normalize_axis(attrs.get("axis", -1), x.ndim, op)
+    out = ctx.output(x.shape, x.dtype, donors=(0,))
+    np.subtract(x, x.max(axis=axis, keepdims=True), out=out)
+    return out, axis
+
+
 @register("Softmax")
 def softmax(ctx, inputs, attrs):
-    check_inputs("Softmax", inputs, 1)
-    x = inputs[0]
-    axis = normalize_axis(attrs.get("axis", -1), x.ndim, "Softmax")
-    peak = x.max(axis=axis, keepdims=True)
-    out = ctx.output(x.shape, x.dtype, donors=(0,))
-    np.subtract(x, peak, out=out)
+    out, axis = _minus_max(ctx, "Softmax", inputs, attrs)
     np.exp(out, out=out)
     np.divide(out, out.sum(axis=axis, keepdims=True), out=out)
     return [out]
@@ -30,14 +35,8 @@ def softmax(ctx, inputs, attrs):
 
 @register("LogSoftmax")
 def log_softmax(ctx, inputs, attrs):
-    check_inputs("LogSoftmax", inputs, 1)
-    x = inputs[0]
-    axis = normalize_axis(attrs.get("axis", -1), x.ndim, "LogSoftmax")
-    peak = x.max(axis=axis, keepdims=True)
-    out = ctx.output(x.shape, x.dtype, donors=(0,))
-    np.subtract(x, peak, out=out)
-    log_total = np.log(np.exp(out).sum(axis=axis, keepdims=True))
-    np.subtract(out, log_total, out=out)
+    out, axis = _minus_max(ctx, "LogSoftmax", inputs, attrs)
+    np.subtract(out, np.log(np.exp(out).sum(axis=axis, keepdims=True)), out=out)
     return [out]
 
 
