@@ -356,9 +356,9 @@ class PreparedConv1d:
             out = np.empty(shape, np.float32)
             depthwise_short_rows(out.size * self.weight_2d.shape[1], x, self.weight_2d, self.bias, z, out,
                                  self.dilation, self.act, self.lo, self.hi)
-        elif self.pointwise and frames in NARROW_FRAMES:
+        elif self.pointwise and (kernel := _pointwise_kernel(shape)) is not None:
             out = np.empty(shape, np.float32)
-            _pointwise(pointwise_narrow, x[:, :, :needed:self.stride], self.weight_2d, self.bias, z, out, self.act,
+            _pointwise(kernel, x[:, :, :needed:self.stride], self.weight_2d, self.bias, z, out, self.act,
                        self.lo, self.hi)
         else:
             out = conv1d(x[:, :, :needed], self.weight, self.bias if self.bias.size else None, residual,
