@@ -113,9 +113,7 @@ class Recognizer:
 
     def transcribe(self, audio_input: AudioInput, sample_rate: Optional[int] = None) -> Result:
         """Text, tokens and words with times of a file path or a sample array (then give ``sample_rate``)."""
-        decoder = self._decoder_for("ctc", "transcribe")
-        forward = self._forward(audio_input, sample_rate)
-        scores = self._output(forward, decoder)
+        decoder, forward, scores = self._scores("ctc", "transcribe", audio_input, sample_rate)
         frame_seconds, valid = self._time_base(forward, scores.shape[-2])
         return decoding.ctc_greedy(
             scores,
@@ -131,10 +129,9 @@ class Recognizer:
 
     def classify(self, audio_input: AudioInput, sample_rate: Optional[int] = None, top_k: int = 5) -> Classification:
         """The ``top_k`` most probable labels of a clip, for a classification model."""
-        decoder = self._decoder_for("classification", "classify")
-        forward = self._forward(audio_input, sample_rate)
+        decoder, forward, scores = self._scores("classification", "classify", audio_input, sample_rate)
         return decoding.classify_clip(
-            self._output(forward, decoder),
+            scores,
             labels=decoder["labels"],
             kind=decoder.get("logits", "logits"),
             top_k=top_k,
@@ -144,9 +141,7 @@ class Recognizer:
 
     def classify_frames(self, audio_input: AudioInput, sample_rate: Optional[int] = None) -> FrameClassification:
         """Per-frame labels and merged segments, for a frame classification model (e.g. frame VAD)."""
-        decoder = self._decoder_for("frame_classification", "classify_frames")
-        forward = self._forward(audio_input, sample_rate)
-        scores = self._output(forward, decoder)
+        decoder, forward, scores = self._scores("frame_classification", "classify_frames", audio_input, sample_rate)
         frame_seconds, valid = self._time_base(forward, scores.shape[-2])
         return decoding.classify_frames(
             scores,
@@ -157,6 +152,12 @@ class Recognizer:
             duration=forward.duration,
             output=decoder["output"],
         )
+
+    def _scores(self, kind: str, method: str, audio_input: AudioInput, sample_rate: Optional[int]):
+        """(decoder entry, forward pass, the decoder's output) for a call that needs a ``kind`` decoder."""
+        decoder = self._decoder_for(kind, method)
+        forward = self._forward(audio_input, sample_rate)
+        return decoder, forward, self._output(forward, decoder)
 
     # -- setup ---------------------------------------------------------------
 
