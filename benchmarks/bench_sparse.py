@@ -6,16 +6,22 @@ and tinyasr's sparse kernel at 0/50/70/80/90/95 % unstructured, 50 % in 4x1 bloc
 blocks, at 1 and 2 threads.  ``ort/sparse`` above 1 means the sparse kernel is faster than onnxruntime
 dense, ``dense/sparse`` above 1 that it beats tinyasr's own dense path; ``choice`` is what converters.sparse_choice
 picks for that weight and T.  Then the .tasr size of each layer against its dense float32 ONNX, the
-kernels' cold-compile and cached-load times, and (when the converter and runtime import) the whole
-QuartzNet-like encoder pruned with converters.sparsity and stored with --sparse auto.
+kernels' cold-compile and cached-load times.  Activations are 64-byte aligned, as the runtime allocates them.
 
-Run: ``python3 benchmarks/bench_sparse.py [--quick]`` from the repository root.
+Then the whole QuartzNet-like encoder (256 channels) pruned with converters.sparsity to 0 / 50 / 70 / 80 / 90 /
+95 % unstructured and 90 % in 4x1 blocks, then again with the depthwise convs pruned too (``+dw``), stored
+with ``--sparse auto`` (and ``--float16``), on a 64-frame chunk and a 10 s utterance (1000 frames): time
+against onnxruntime on the same model stored dense, file sizes, and the peak memory a fresh process adds to
+load and run it.  That table is written to ``benchmarks/results/sparse_encoder.md`` (the README shows it).
+
+Run: ``python3 benchmarks/bench_sparse.py [--quick] [--encoder-only]`` from the repository root.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -23,14 +29,16 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
-from converters.sparse_choice import choose_encoding, encode, encode_weights  # noqa: E402
+from converters.sparse_choice import choose_encoding, encode  # noqa: E402
 from converters.sparsity import magnitude_mask  # noqa: E402
 from tinyasr import threads  # noqa: E402
-from tinyasr.fileformat import read_model, to_float16, write_model  # noqa: E402
+from tinyasr.fileformat import read_model, write_model  # noqa: E402
 from tinyasr.kernels.conv1d import conv1d  # noqa: E402
 from tinyasr.kernels.sparse import spmm  # noqa: E402
+from tinyasr.runtime import aligned_empty  # noqa: E402
 
 PATTERNS = [(0.0, 1), (0.5, 1), (0.7, 1), (0.8, 1), (0.9, 1), (0.95, 1), (0.5, 4), (0.9, 4), (0.9, 8)]
 
@@ -93,8 +101,9 @@ def layer_table(sizes, frames_list, thread_counts, repeats):
         weight = (rng.standard_normal((size, size)) / np.sqrt(size)).astype(np.float32)
         cases = [(s, b, *decoded(weight, s, b)) for s, b in PATTERNS]
         for frames in frames_list:
-            x = rng.standard_normal((1, size, frames)).astype(np.float32)
-            y = np.empty((1, size, frames), np.float32)
+            x = aligned_empty((1, size, frames), np.float32)  # as the runtime's buffers are
+            x[...] = rng.standard_normal(x.shape)
+            y = aligned_empty((1, size, frames), np.float32)
             for n in thread_counts:
                 threads.set_num_threads(n)
                 session = ort_session(one_conv_onnx(weight), n)
@@ -136,9 +145,8 @@ def compile_times():
     """Cold compile (empty Numba cache) and cached load of the sparse kernels, in fresh processes."""
     code = ("import time; import tinyasr.kernels.conv1d; t = time.perf_counter(); import tinyasr.kernels.sparse; "
             "print(time.perf_counter() - t)")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with tempfile.TemporaryDirectory() as cache:
-        env = {**os.environ, "NUMBA_CACHE_DIR": cache, "PYTHONPATH": root}
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache, "PYTHONPATH": ROOT}
         seconds = [float(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                                         check=True).stdout.split()[-1]) for _ in range(2)]
     print(f"\nsparse kernels (4 builds): cold compile {seconds[0]:.1f} s, cached load {seconds[1]:.2f} s")
@@ -147,7 +155,49 @@ def compile_times():
 # --------------------------------------------------------------------------- encoder
 
 
-def encoder_table(channels, frames, thread_counts, repeats):
+# (sparsity, block, depthwise pruned too): the issue's rows, then the same with the depthwise convs pruned
+ENCODER_PATTERNS = [(0.0, 1, False), (0.5, 1, False), (0.7, 1, False), (0.8, 1, False), (0.9, 1, False),
+                    (0.95, 1, False), (0.9, 4, False), (0.8, 1, True), (0.9, 1, True), (0.95, 1, True), (0.9, 4, True)]
+
+
+def _pattern_label(sparsity, block, depthwise):
+    return f"{sparsity:.0%}" + (f" {block}x1" if block > 1 else "") + (" +dw" if depthwise else "")
+
+
+def peak_memory_mb(engine, path, frames):
+    """Peak resident memory a fresh process adds, in MB, to load ``path`` and run it once on ``frames`` frames.
+
+    Measured after the imports (numpy, numba or onnxruntime), so it counts the model and the run: weights
+    mapped or copied, activations, the engine's own arenas.
+    """
+    code = f"""
+import sys, numpy as np
+sys.path.insert(0, {ROOT!r})
+def rss_mb(field="VmRSS"):
+    line = next(line for line in open("/proc/self/status") if line.startswith(field))
+    return int(line.split()[1]) / 1e3
+def reset_peak():  # Linux >= 4.0: the peak (VmHWM) restarts from the current RSS
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+x = np.random.default_rng(0).standard_normal((1, 64, {frames})).astype(np.float32)
+if {engine!r} == "ort":
+    import onnxruntime as ort
+    options = ort.SessionOptions(); options.intra_op_num_threads = 1
+    base = rss_mb(); reset_peak()
+    ort.InferenceSession({str(path)!r}, options, providers=["CPUExecutionProvider"]).run(None, {{"x": x}})
+else:
+    from tinyasr.runtime import load_model
+    load_model({str(path)!r}).run({{"x": x[:, :, :8]}})  # compile / load the kernels before the baseline
+    base = rss_mb(); reset_peak()
+    load_model({str(path)!r}).run({{"x": x}})
+print(rss_mb("VmHWM") - base)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(result.stdout.split()[-1])
+
+
+def encoder_table(channels, frames_list, thread_counts, repeats, patterns=ENCODER_PATTERNS):
+    """The whole QuartzNet-like encoder per pattern: returns the markdown table (also printed row by row)."""
     import onnx
     import torch
 
@@ -155,68 +205,82 @@ def encoder_table(channels, frames, thread_counts, repeats):
     from converters.sparsity import prune
     from tinyasr.runtime import load_model
 
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
     from torch_models import QuartzNetLike, build
 
-    print(f"\nQuartzNet-like encoder ({channels} channels, 5 blocks x 5, T = {frames} feature frames)")
-    print("| weights | threads | ort dense ms | tinyasr dense ms | tinyasr sparse ms | ort/sparse | dense/sparse "
-          "| ONNX MB | sparse .tasr MB | ratio | with --float16 MB | ratio | max rel diff |\n"
-          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    x = np.random.default_rng(0).standard_normal((1, 64, frames)).astype(np.float32)
-    for sparsity, block in ((0.5, 1), (0.8, 1), (0.9, 1), (0.9, 4)):
+    lines = [f"QuartzNet-like encoder ({channels} channels, 5 blocks x 5 sub-blocks, kernels 33-87), "
+             f"T feature frames (10 ms each); +dw: the depthwise convs pruned too",
+             "",
+             "| weights | T | threads | ort dense ms | tinyasr dense ms | tinyasr sparse ms | **ort / sparse** "
+             "| dense / sparse | ONNX MB | .tasr MB | ratio | --float16 MB | ratio | peak MB ort / tinyasr "
+             "| max rel diff |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    print("\n" + "\n".join(lines), flush=True)
+    for sparsity, block, depthwise in patterns:
+        torch.manual_seed(0)
         model = build(QuartzNetLike, channels=channels, blocks=5, repeat=5)
-        prune(model, sparsity, block=block)
+        if sparsity:
+            prune(model, sparsity, block=block, depthwise=depthwise)
+        example = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 64, max(frames_list)), np.float32))
         with tempfile.TemporaryDirectory() as tmp:
-            onnx_path, dense_path = os.path.join(tmp, "m.onnx"), os.path.join(tmp, "dense.tasr")
-            converters.from_torch(model, torch.from_numpy(x), dense_path, input_names=["x"], output_names=["y"],
-                                  onnx_path=onnx_path, sparse="dense")
-            paths = {}
-            for value_dtype in ("float32", "float16"):  # float16: what --sparse auto --float16 writes
-                with read_model(dense_path) as dense_file:
-                    tensors = {n: np.array(dense_file.tensor(n)) for n in dense_file.tensor_names()}
-                    manifest = {k: dense_file.manifest[k] for k in ("graph", "frontend", "decoder", "provenance")}
-                    tensors, _ = encode_weights(dense_file.graph, tensors, "auto", frames=frames // 2,
-                                                value_dtype=value_dtype)
-                if value_dtype == "float16":
-                    tensors = {n: to_float16(t, n) if isinstance(t, np.ndarray) and t.ndim == 3 else t
-                               for n, t in tensors.items()}
-                paths[value_dtype] = os.path.join(tmp, f"sparse_{value_dtype}.tasr")
-                write_model(paths[value_dtype], manifest, tensors)
-            dense_model, sparse_model = load_model(dense_path), load_model(paths["float32"])
-            onnx_bytes = os.path.getsize(onnx_path)
-            sizes = [os.path.getsize(paths[d]) for d in ("float32", "float16")]
-            expected = dense_model.run({"x": x})["y"]
-            diff = np.max(np.abs(sparse_model.run({"x": x})["y"] - expected)) / np.max(np.abs(expected))
-            for n in thread_counts:
-                threads.set_num_threads(n)
-                session = ort_session(onnx.load(onnx_path).SerializeToString(), n)
-                t_ort = best_ms(lambda: session.run(None, {"x": x}), repeats)
-                t_dense = best_ms(lambda: dense_model.run({"x": x}), repeats)
-                t_sparse = best_ms(lambda: sparse_model.run({"x": x}), repeats)
-                label = f"{sparsity:.0%}" + (f" {block}x1" if block > 1 else "")
-                print(f"| {label} | {n} | {t_ort:.2f} | {t_dense:.2f} | {t_sparse:.2f} | {t_ort / t_sparse:.2f} "
-                      f"| {t_dense / t_sparse:.2f} | {onnx_bytes / 1e6:.2f} | {sizes[0] / 1e6:.2f} "
-                      f"| {sizes[0] / onnx_bytes:.3f} | {sizes[1] / 1e6:.2f} | {sizes[1] / onnx_bytes:.3f} | {diff:.1e} |")
+            paths = {name: os.path.join(tmp, name) for name in ("m.onnx", "dense.tasr", "auto.tasr", "auto16.tasr")}
+            common = dict(input_names=["x"], output_names=["y"])
+            converters.from_torch(model, example, paths["dense.tasr"], onnx_path=paths["m.onnx"], sparse="dense",
+                                  **common)
+            converters.from_torch(model, example, paths["auto.tasr"], sparse="auto", **common)
+            converters.from_torch(model, example, paths["auto16.tasr"], sparse="auto", float16=True, **common)
+            dense_model, sparse_model = load_model(paths["dense.tasr"]), load_model(paths["auto.tasr"])
+            onnx_mb = os.path.getsize(paths["m.onnx"]) / 1e6
+            sizes = [os.path.getsize(paths[name]) / 1e6 for name in ("auto.tasr", "auto16.tasr")]
+            memory = [peak_memory_mb(engine, paths[name], max(frames_list))
+                      for engine, name in (("ort", "m.onnx"), ("tinyasr", "auto.tasr"))]
+            onnx_bytes = onnx.load(paths["m.onnx"]).SerializeToString()
+            for frames in frames_list:
+                x = np.ascontiguousarray(example.numpy()[:, :, :frames])
+                expected = dense_model.run({"x": x})["y"]
+                diff = np.max(np.abs(sparse_model.run({"x": x})["y"] - expected)) / np.max(np.abs(expected))
+                for n in thread_counts:
+                    threads.set_num_threads(n)
+                    session = ort_session(onnx_bytes, n)
+                    t_ort = best_ms(lambda: session.run(None, {"x": x}), repeats)
+                    t_dense = best_ms(lambda: dense_model.run({"x": x}), repeats)
+                    t_sparse = best_ms(lambda: sparse_model.run({"x": x}), repeats)
+                    line = (f"| {_pattern_label(sparsity, block, depthwise)} | {frames} | {n} | {t_ort:.2f} "
+                            f"| {t_dense:.2f} | {t_sparse:.2f} | **{t_ort / t_sparse:.2f}** | {t_dense / t_sparse:.2f} "
+                            f"| {onnx_mb:.2f} | {sizes[0]:.2f} | {sizes[0] / onnx_mb:.3f} | {sizes[1]:.2f} "
+                            f"| {sizes[1] / onnx_mb:.3f} | {memory[0]:.0f} / {memory[1]:.0f} | {diff:.1e} |")
+                    lines.append(line)
+                    print(line, flush=True)
     threads.set_num_threads(1)
+    return "\n".join(lines) + "\n"
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats, 256 channels only, 1 thread")
+    parser.add_argument("--encoder-only", action="store_true", help="only the whole-encoder table")
+    parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "sparse_encoder.md"),
+                        help="where the encoder table is written (the README shows it)")
     args = parser.parse_args()
     sizes = (256,) if args.quick else (256, 512)
     thread_counts = (1,) if args.quick else (1, 2)
     repeats = 5 if args.quick else 20
-    layer_table(sizes, (64, 1000), thread_counts, repeats)
-    size_table(sizes)
-    compile_times()
+    if not args.encoder_only:
+        layer_table(sizes, (64, 1000), thread_counts, repeats)
+        size_table(sizes)
+        compile_times()
     try:
         import converters  # noqa: F401
         import tinyasr.runtime  # noqa: F401
     except ImportError as exc:
         print(f"\nencoder benchmark skipped: {exc}")
         return
-    encoder_table(256, 1000, thread_counts, max(3, repeats // 4))
+    table = encoder_table(256, (64, 1000), thread_counts, max(3, repeats // 4))
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}"
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        f.write(f"<!-- written by benchmarks/bench_sparse.py on {time.strftime('%Y-%m-%d')}, {machine} -->\n{table}")
+    print(f"\nencoder table written to {args.out}")
 
 
 if __name__ == "__main__":

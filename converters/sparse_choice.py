@@ -57,6 +57,7 @@ MARGIN = 1.1  # a sparse encoding must be predicted this much faster than dense
 BLOCK_FILL = 0.8  # a bsr block shape is used when at least this fraction of its stored values are non-zero
 SPARSE_MODES = ("dense", "auto", "csr", "bsr")
 TILE = 64
+STORAGE_GAIN = 0.8  # a weight only stored sparse for its size must shrink at least this much
 
 
 def predicted_seconds(kind: str, rows: int, columns: int, stored: int, frames: int,
@@ -149,12 +150,38 @@ def sparse_candidates(graph: Graph, tensors: Mapping[str, Any]) -> Dict[str, np.
     return {name: m for name, m in candidates.items() if name not in others}
 
 
+def storage_candidates(graph: Graph, tensors: Mapping[str, Any]) -> Dict[str, np.ndarray]:
+    """{weight name: [rows, rest] matrix} of float32 Conv weights with a kernel over 1 (depthwise and other
+    convs), which no sparse kernel runs: the runtime decodes such a weight once at load, and the dense conv
+    kernels skip its zero taps, so a sparse encoding only changes the file size."""
+    runnable = sparse_candidates(graph, tensors)
+    found = {}
+    for node in graph.nodes:
+        name = node.inputs[1] if node.op == "Conv" and len(node.inputs) > 1 else ""
+        weight = tensors.get(name)
+        if (name not in runnable and isinstance(weight, np.ndarray) and weight.dtype == np.float32
+                and weight.ndim == 3 and weight.shape[2] > 1):
+            found[name] = weight.reshape(weight.shape[0], -1)
+    return found
+
+
+def smaller_as_csr(matrix: np.ndarray, value_dtype: str) -> bool:
+    """Whether CSR (values, uint16 / int32 column indices, int32 row pointers) stores ``matrix`` in at most
+    STORAGE_GAIN of its dense bytes."""
+    value_bytes = np.dtype(value_dtype).itemsize
+    index_bytes = 2 if matrix.shape[1] <= 65535 else 4
+    csr_bytes = np.count_nonzero(matrix) * (value_bytes + index_bytes) + (matrix.shape[0] + 1) * 4
+    return csr_bytes <= STORAGE_GAIN * matrix.size * value_bytes
+
+
 def encode_weights(graph: Graph, tensors: Mapping[str, Any], mode: str = "auto", frames: int = TILE,
                    value_dtype: str = "float32") -> Tuple[Dict[str, Any], Dict[str, str]]:
-    """The converter's ``--sparse`` step: (tensors with sparse-runnable weights encoded, {weight: kind}).
+    """The converter's ``--sparse`` step: (tensors with sparse weights encoded, {weight: kind}).
 
-    mode "dense" changes nothing; "csr" / "bsr" encode every candidate weight that has a zero; "auto"
-    asks choose_encoding.  Call before float16 storage of the remaining dense weights.
+    mode "dense" changes nothing; "csr" / "bsr" encode every sparse-runnable weight that has a zero; "auto"
+    asks choose_encoding.  In every mode but "dense", a pruned weight no sparse kernel runs (a depthwise
+    conv's) is stored as CSR where that makes it STORAGE_GAIN smaller (storage_candidates).  Call before
+    float16 storage of the remaining dense weights.
     """
     if mode not in SPARSE_MODES:
         raise ConversionError(f"--sparse {mode!r} is not one of {', '.join(SPARSE_MODES)}")
@@ -171,6 +198,10 @@ def encode_weights(graph: Graph, tensors: Mapping[str, Any], mode: str = "auto",
         if kind != "dense":
             out[name] = encode(tensors[name], kind, value_dtype, block=4 if best_block(matrix) is None else None)
             kinds[name] = kind
+    for name, matrix in storage_candidates(graph, tensors).items():
+        if smaller_as_csr(matrix, value_dtype):
+            out[name] = encode(tensors[name], "csr", value_dtype)
+            kinds[name] = "csr"
     return out, kinds
 
 

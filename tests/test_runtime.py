@@ -11,7 +11,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from tinyasr.errors import GraphError, InputError
 from tinyasr.fileformat import to_float16, write_model
 from tinyasr.graph import Graph, Node, ValueInfo
-from tinyasr.runtime import Model, load_model
+from tinyasr.runtime import Model, aligned_empty, load_model
 
 RNG = np.random.default_rng(7)
 CHANNELS, VOCAB = 8, 5
@@ -412,3 +412,21 @@ def test_conv_with_a_bad_weight_or_attribute_is_a_graph_error_naming_the_node(tm
                 [("y", "float32", [1, 4, "T"])], {"w": f32(*weight_shape)})
     with pytest.raises(GraphError, match=f"m.tasr: node 'conv_7' \\(Conv\\).*{message}"):
         load_model(path).run({"x": f32(1, CHANNELS, 10)})
+
+
+@pytest.mark.parametrize("shape, dtype", [((3, 5, 7), np.float32), ((1, 4), np.float32), ((9,), np.int64),
+                                          ((2, 3), np.float16)])
+def test_pool_buffers_start_on_a_cache_line(shape, dtype):
+    for _ in range(8):  # numpy alone would give 16-byte alignment: some of these would miss 64
+        buffer = aligned_empty(shape, dtype)
+        assert buffer.ctypes.data % 64 == 0 and buffer.shape == shape and buffer.dtype == dtype
+        assert buffer.flags.c_contiguous and buffer.flags.writeable
+        buffer[...] = 1
+        assert (buffer == 1).all()
+
+
+def test_intermediate_values_of_a_run_are_aligned(encoder_path):
+    model = load_model(encoder_path)
+    model.run({"features": np.zeros((1, CHANNELS, 50), np.float32)})
+    buffers = [b for pool in model._local.plans.values() for b in pool.owned.values()]
+    assert buffers and all(b.ctypes.data % 64 == 0 for b in buffers)

@@ -216,7 +216,8 @@ def test_a_version_1_0_file_cannot_use_a_1_1_encoding(tmp_path):
 # --------------------------------------------------------------------------- pruning tools (converters/sparsity.py)
 
 from converters.sparse_choice import choose_encoding, encode, encode_weights, sparse_candidates  # noqa: E402
-from converters.sparsity import apply_masks, magnitude_mask, plan, prune, prune_onnx, sparsity_schedule  # noqa: E402
+from converters.sparsity import (apply_masks, magnitude_mask, onnx_depthwise, plan, prune, prune_onnx,  # noqa: E402
+                                 sparsity_schedule)
 from tinyasr.errors import ConversionError  # noqa: E402
 from tinyasr.graph import Graph, Node, ValueInfo  # noqa: E402
 
@@ -280,6 +281,22 @@ def test_torch_prune_and_masks_survive_fine_tuning():
     assert parameters[names[1]][~masks[names[1]]].abs().sum() > 0  # the step revived pruned weights
     apply_masks(model, masks)
     assert parameters[names[1]][~masks[names[1]]].abs().sum() == 0
+
+
+def test_depthwise_pruning_is_opt_in_unstructured_and_per_layer():
+    torch, model = _small_quartznet()
+    before = {name: p.detach().numpy().copy() for name, p in model.named_parameters()}
+    masks = prune(model, 0.75, block=4, depthwise=True)
+    parameters = dict(model.named_parameters())
+    depthwise = [name for name in masks if "depthwise" in name]
+    assert depthwise and depthwise[0] == "encoder.0.depthwise.weight"  # the first-layer rule is for matrix layers
+    for name in depthwise:
+        taps = before[name][:, 0, :]  # [channels, taps]
+        expected = taps * magnitude_mask(taps, 0.75, block=1)  # one tap at a time, whatever ``block`` says
+        np.testing.assert_array_equal(parameters[name].detach().numpy()[:, 0, :], expected)
+    assert parameters["encoder.0.pointwise.weight"].count_nonzero() == parameters["encoder.0.pointwise.weight"].numel()
+    with pytest.raises(ConversionError, match="match no prunable layer"):
+        prune(model, 0.5, overrides={"*depthwise*": 0.1})  # without depthwise=True they are not prunable
 
 
 def test_prune_onnx_prunes_initializers_and_the_model_still_runs(tmp_path):
@@ -351,9 +368,12 @@ def test_encode_weights_picks_only_weights_a_sparse_kernel_runs():
                   [ValueInfo("e", "float32", (1, 256, "T")), ValueInfo("h", "float32", (1, 256))], nodes)
     assert set(sparse_candidates(graph, tensors)) == {"pw", "fc"}
     encoded, kinds = encode_weights(graph, tensors, "auto", frames=1000)
-    assert kinds == {"pw": "csr", "fc": "csr"} and isinstance(encoded["pw"], EncodedTensor)
-    assert encode_weights(graph, tensors, "bsr")[1] == {"pw": "bsr", "fc": "bsr"}
+    # the depthwise weight is stored csr for its size only (storage_candidates); "padded" has no kernel to skip
+    assert kinds == {"pw": "csr", "fc": "csr", "dw": "csr"} and isinstance(encoded["pw"], EncodedTensor)
+    assert encode_weights(graph, tensors, "bsr")[1] == {"pw": "bsr", "fc": "bsr", "dw": "csr"}
     assert encode_weights(graph, tensors, "dense")[1] == {}
+    tensors["dw"] = sparse_weight(rng, (256, 1, 5), 0.7)  # CSR would not be 0.8x the dense bytes: stays dense
+    assert "dw" not in encode_weights(graph, tensors, "auto", frames=1000)[1]
     with pytest.raises(ConversionError, match="--sparse 'fast' is not one of"):
         encode_weights(graph, tensors, "fast")
 
@@ -395,11 +415,13 @@ PRUNED_MODELS = {  # name: (ONNX file under models/, test input)
 }
 
 
-@pytest.mark.parametrize("name, kind", [("marblenet_vad", "csr"), ("marblenet_vad", "bsr"),
-                                        ("quartznet_5x5", "csr"), ("matchboxnet_3x1x64_v1", "bsr")])
-def test_real_models_pruned_to_80_percent_and_stored_sparse_match_onnxruntime(tmp_path, name, kind):
+@pytest.mark.parametrize("name, kind, depthwise", [
+    ("marblenet_vad", "csr", False), ("marblenet_vad", "bsr", False), ("quartznet_5x5", "csr", False),
+    ("matchboxnet_3x1x64_v1", "bsr", False), ("quartznet_5x5", "csr", True), ("marblenet_vad", "bsr", True)])
+def test_real_models_pruned_to_80_percent_and_stored_sparse_match_onnxruntime(tmp_path, name, kind, depthwise):
     """prune_onnx at 80 % (4x1 blocks for bsr), convert with --sparse csr / bsr: onnxruntime on the pruned
-    ONNX is the reference; every pruned layer must be stored in the sparse encoding (first / last stay dense)."""
+    ONNX is the reference; every pruned matrix layer must be stored in the sparse encoding (first / last stay
+    dense).  With depthwise pruning the depthwise convs stay dense in the file and their kernel skips the zeros."""
     ort = pytest.importorskip("onnxruntime")
     from converters import convert_model
 
@@ -407,14 +429,19 @@ def test_real_models_pruned_to_80_percent_and_stored_sparse_match_onnxruntime(tm
     path = SHARED_DIR / "models" / source
     if not path.exists():
         pytest.skip(f"{path} not available")
-    pruned, levels = prune_onnx(path, 0.8, block=4 if kind == "bsr" else 1)
+    pruned, levels = prune_onnx(path, 0.8, block=4 if kind == "bsr" else 1, depthwise=depthwise)
     assert sorted(set(levels.values())) == [0.0, 0.8]
+    depthwise_names = {layer.name for layer in onnx_depthwise(pruned)} & set(levels)  # those pruned
+    assert bool(depthwise_names) == depthwise
     conversion = convert_model(pruned, tmp_path / "m.tasr", sparse=kind)
     entries = describe(conversion.path)["tensors"]
-    stored_sparse = [e for e in entries if e["encoding"] == kind]
-    assert len(stored_sparse) == list(levels.values()).count(0.8) == len(conversion.encodings)
+    stored_sparse = [e for e in entries if e["encoding"] != "dense"]
+    matrix_levels = [level for layer, level in levels.items() if layer not in depthwise_names]
+    # pruned depthwise weights are stored csr, for their size only (sparse_choice.storage_candidates)
+    assert len(stored_sparse) == matrix_levels.count(0.8) + len(depthwise_names) == len(conversion.encodings)
+    assert sorted(conversion.encodings.values()) == sorted([kind] * matrix_levels.count(0.8)
+                                                           + ["csr"] * len(depthwise_names))
     assert all(e["sparsity"] == pytest.approx(0.8, abs=0.01) for e in stored_sparse)
-    assert {e["encoding"] for e in entries} <= {"dense", kind}
 
     from tinyasr.runtime import load_model
 

@@ -166,6 +166,20 @@ def test_streamed_graph_equals_offline_run(causal, frames, cuts):
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)  # measured max 5e-7 (BLAS blocking)
 
 
+def test_depthwise_weights_stored_sparse_stream_as_offline():
+    """A pruned depthwise conv stored CSR (for its size) runs from its decoded dense weight in both paths."""
+    from tinyasr.sparse import CSRMatrix, csr_arrays
+
+    model = conv_net(causal=False)
+    for name in ("depthwise.w", "dilated.w"):
+        weight = model.tensors[name] * (np.random.default_rng(1).random(model.tensors[name].shape) < 0.3)
+        values, indices, indptr = csr_arrays(weight.reshape(weight.shape[0], -1))
+        model = Model(model.graph, {**model.tensors, name: CSRMatrix(values, indices, indptr, weight.shape)})
+    x = np.random.default_rng(5).standard_normal((1, 5, 90)).astype(np.float32)
+    expected = model.run({"x": x})["logprobs"]
+    np.testing.assert_allclose(stream_frames(model, x, [7, 30, 31, 64]), expected, rtol=0, atol=1e-5)  # as above
+
+
 @pytest.mark.parametrize("causal", [True, False])
 def test_receptive_field_matches_perturbation_of_the_offline_run(causal):
     """Independent check of the graph walk: change one input frame, see which offline outputs move."""
@@ -478,10 +492,12 @@ def test_stride_longer_than_the_kernel_streams_as_offline(shape, frames, cuts):
     (32, 12, 1, 1, 1, 1, 13),  # pointwise past the narrow kernel: conv1d
     (6, 10, 3, 2, 1, 1, 4),  # grouped: conv1d
 ])
-@pytest.mark.parametrize("activation,params,residual", [("Relu", (), True), ("Clip", (-0.5, 0.5), False),
-                                                        ("Sigmoid", (), True)])
+@pytest.mark.parametrize("activation,params,residual,pruned", [
+    ("Relu", (), True, 0.0), ("Clip", (-0.5, 0.5), False, 0.0), ("Sigmoid", (), True, 0.0), ("Relu", (), True, 0.8)])
 def test_prepared_conv_equals_the_numpy_reference(channels, c_out, kernel, group, stride, dilation, frames,
-                                                   activation, params, residual):
+                                                   activation, params, residual, pruned):
+    """``pruned``: that fraction of the weights is zero, as converters.sparsity leaves a depthwise conv; the
+    kernels skip zero taps (the short-chunk one only where four channels' taps are all zero)."""
     from tinyasr.kernels.conv1d import SHORT_FRAMES, PreparedConv1d, conv1d, conv1d_reference
 
     rng = np.random.default_rng(channels + kernel + frames)
@@ -490,6 +506,7 @@ def test_prepared_conv_equals_the_numpy_reference(channels, c_out, kernel, group
     # a streamed conv's buffer: its input, then frames no output reads (kept context of earlier chunks)
     x = rng.standard_normal((2, channels, max(needed, span + SHORT_FRAMES) + 3)).astype(np.float32)
     weight = rng.standard_normal((c_out, channels // group, kernel)).astype(np.float32)
+    weight[rng.random(weight.shape) < pruned] = 0.0
     bias = rng.standard_normal(c_out).astype(np.float32)
     z = rng.standard_normal((2, c_out, frames)).astype(np.float32) if residual else None
     options = dict(stride=stride, dilation=dilation, group=group, activation=activation, activation_params=params)

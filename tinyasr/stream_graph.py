@@ -35,6 +35,7 @@ from .graph import Graph, Node
 from .kernels.conv1d import SHORT_FRAMES, PreparedConv1d
 from .ops import OpContext, lookup
 from .ops.common import axes_from, normalize_axis
+from .sparse import SPARSE_TYPES, as_dense
 
 # Ops applied frame by frame: output frame t depends on input frame t only.
 ELEMENTWISE = frozenset({
@@ -370,9 +371,11 @@ class _ConvStep(_Step):
 
     @staticmethod
     def _prepare(planned: _PlannedNode) -> Optional[PreparedConv1d]:
-        """The conv's kernels called directly, checked once; None (the op runs each time) for encoded weights
-        or attributes the op itself should report."""
+        """The conv's kernels called directly, checked once; None (the op runs each time) for weights a sparse
+        kernel runs or int8, or attributes the op itself should report."""
         weight = planned.constants[1]
+        if isinstance(weight, SPARSE_TYPES) and len(weight.shape) == 3 and weight.shape[2] > 1:
+            weight = as_dense(weight)  # stored sparse for size only: no sparse kernel runs a kernel over 1
         bias = planned.constants[2] if len(planned.constants) > 2 else None
         attrs = planned.conv.attrs
         dilations = attrs.get("dilations", [1])

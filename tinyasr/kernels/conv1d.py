@@ -96,6 +96,8 @@ def depthwise_rows(loop):
 
     x [B, Cin, T], w [Cout, K] with Cout = m * Cin, y [B, Cout, T_out]; out-of-range taps are zero padding.
     Taps in the outer loop, time in the inner loop, always contiguous (strided input is deinterleaved).
+    Zero taps are skipped: a pruned depthwise conv (converters.sparsity, ``depthwise=True``) costs its
+    non-zeros only, without a sparse encoding.
     """
 
     def kernel(x, w, bias, residual, y, stride, dilation, pad_left, act, lo, hi):
@@ -125,8 +127,8 @@ def depthwise_rows(loop):
             y_row = y[b, c]
             y_row[:] = 0.0
             for k in range(taps):
-                if tap_hi[k] <= tap_lo[k]:
-                    continue  # the tap falls entirely in the padding
+                if tap_hi[k] <= tap_lo[k] or w[c, k] == 0.0:
+                    continue  # the tap falls entirely in the padding, or was pruned
                 # Slices read from index 0: provably >= 0, so no wraparound check blocks vectorising.
                 y_part = y_row[tap_lo[k] : tap_hi[k]]
                 x_part = phases[tap_src[k] :]
@@ -178,6 +180,8 @@ def depthwise_short_rows(loop):
                 # one vector multiply-add per row and tap.
                 p0, p1, p2, p3 = x0[start:], x1[start:], x2[start:], x3[start:]
                 v0, v1, v2, v3 = w0[k], w1[k], w2[k], w3[k]
+                if v0 == 0.0 and v1 == 0.0 and v2 == 0.0 and v3 == 0.0:
+                    continue  # pruned in all four rows
                 for t in range(SHORT_FRAMES):
                     a0[t] += v0 * p0[t]
                     a1[t] += v1 * p1[t]
