@@ -149,6 +149,29 @@ def test_transcribe_long_segments_a_ten_minute_file_in_bounded_memory(tmp_path):
     assert recognizer.transcribe(samples, sample_rate=16000).text == first.result.text
 
 
+@needs_audio
+def test_transcribe_of_a_long_file_goes_utterance_by_utterance(tmp_path):
+    """Past LONG_FILE_SECONDS, Recognizer.transcribe (and so ``tinyasr transcribe``) joins transcribe_long's
+    utterances: the same words, times counted from the file's start, inside the spans where the speech is."""
+    from tinyasr.recognizer import LONG_FILE_SECONDS
+
+    _, tensors, manifest = energy_ctc_parts()
+    model_path = tmp_path / "energy.tasr"
+    write_model(model_path, manifest, tensors)
+    recognizer = Recognizer(model_path)
+    audio_path = tmp_path / "long.wav"
+    spans = _write_long_file(audio_path, minutes=3, every=45.0)
+    assert soundfile.info(str(audio_path)).duration > LONG_FILE_SECONDS
+    result = recognizer.transcribe(audio_path)
+    utterances = list(transcribe_long(audio_path, recognizer))
+    assert result.text == " ".join(u.result.text for u in utterances if u.result.text) and result.text
+    assert result.duration == pytest.approx(180.0)
+    assert len(result.words) == sum(len(u.result.words) for u in utterances)
+    for word in result.words:
+        assert any(start - 0.5 <= word.start < word.end <= end + 0.5 for start, end in spans), word
+    assert [w.start for w in result.words] == sorted(w.start for w in result.words)
+
+
 @needs_vad
 @needs_audio
 def test_transcribe_long_with_the_marblenet_vad(tmp_path, marblenet):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Union
 
 import numpy as np
+import soundfile
 
 from . import audio, decoding, runtime, threads
 from .decoding import Classification, FrameClassification, Result
@@ -66,6 +67,19 @@ def resolve_model_path(model: Union[str, os.PathLike, None] = None) -> Path:
 # ---------------------------------------------------------------------------
 # The Recognizer
 
+LONG_FILE_SECONDS = 120.0  # longer files are transcribed utterance by utterance (Recognizer.transcribe)
+
+
+def _file_duration(audio_input) -> Optional[float]:
+    """Seconds of audio in a readable sound file, else None (arrays; unreadable files fail later, by name)."""
+    if isinstance(audio_input, np.ndarray) or not os.path.isfile(audio_input):
+        return None
+    try:
+        return soundfile.info(os.fspath(audio_input)).duration
+    except (RuntimeError, OSError, soundfile.LibsndfileError):
+        return None
+
+
 
 @dataclass(frozen=True)
 class _Forward:
@@ -112,7 +126,17 @@ class Recognizer:
         return OnlineStream(self, **options)
 
     def transcribe(self, audio_input: AudioInput, sample_rate: Optional[int] = None) -> Result:
-        """Text, tokens and words with times of a file path or a sample array (then give ``sample_rate``)."""
+        """Text, tokens and words with times of a file path or a sample array (then give ``sample_rate``).
+
+        A file longer than LONG_FILE_SECONDS is read block by block and cut into utterances by voice
+        activity (tinyasr.vad.transcribe_long, energy detector), so its memory does not grow with its
+        length; the utterances' words are joined into one Result with times from the file's start.
+        """
+        duration = _file_duration(audio_input)
+        if duration is not None and duration > LONG_FILE_SECONDS:
+            from .vad import join_utterances, transcribe_long
+
+            return join_utterances(transcribe_long(audio_input, self), duration)
         decoder, forward, scores = self._scores("ctc", "transcribe", audio_input, sample_rate)
         frame_seconds, valid = self._time_base(forward, scores.shape[-2])
         return decoding.ctc_greedy(

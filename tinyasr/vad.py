@@ -16,14 +16,14 @@ block by block, so memory stays bounded whatever the file's length.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Iterator, List, Optional, Tuple
+from dataclasses import dataclass, replace
+from typing import Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import soundfile
 
 from . import audio, runtime
-from .decoding import Result
+from .decoding import Result, Token, Word
 from .errors import AudioError, InputError
 from .stream_frontend import StreamResampler
 
@@ -252,6 +252,17 @@ def _read_blocks(path, block_seconds: float) -> Iterator[Tuple[np.ndarray, int]]
             if not len(block):
                 return
             yield audio.as_float32_mono(block, rate), rate
+
+
+def join_utterances(utterances: Iterable[Utterance], duration: float) -> Result:
+    """One Result of a whole recording from its utterances: their words in order, times from the file start."""
+    tokens: List[Token] = []
+    words: List[Word] = []
+    for utterance in utterances:
+        shift = utterance.start
+        tokens += [replace(t, start=t.start + shift, end=t.end + shift) for t in utterance.result.tokens]
+        words += [replace(w, start=w.start + shift, end=w.end + shift) for w in utterance.result.words]
+    return Result(" ".join(w.text for w in words), tuple(tokens), tuple(words), duration)
 
 
 def transcribe_long(path, recognizer=None, *, vad=None, config: VADConfig = VADConfig(),
