@@ -1,14 +1,15 @@
-"""Ternary 1x1 conv kernels: regenerate-on-the-fly vs cached index lists vs CSR float vs dense BLAS.
+"""Ternary 1x1 conv kernels: regenerate-on-the-fly vs cached index lists vs tinyasr's CSR float and dense kernels.
 
 For square layers (256, 512 channels) at density 1/3 and 1/10, and T frames, prints best-of-repeats
 microseconds and the two ratios the ternary issue sets targets for:
 
 * ``regen/index``: regenerating the pattern on the fly vs reading the cached uint16 lists (target <= 1.5);
-* ``index/csr``: cached lists vs a CSR float32 kernel at the same density (target <= 1.0).  The CSR
-  kernel is scipy.sparse ``csr @ dense`` (the project's own sparse kernels were not there when this
-  was written); it multiplies by stored values, the ternary kernels only add and subtract.
+* ``index/csr``: cached lists vs tinyasr's CSR float32 kernel (``tinyasr.kernels.sparse.spmm``) on the same
+  matrix (target <= 1.0); it multiplies by stored values, the ternary kernels only add and subtract.
 
-All at one thread (tinyasr's default).  Run: ``python3 benchmarks/bench_ternary.py [--quick]``.
+``dense`` is tinyasr's dense 1x1 conv (``conv1d``), ``scipy`` scipy.sparse's ``csr @ dense`` for scale.
+Activations are 64-byte aligned, as the runtime allocates them.  All at one thread (tinyasr's default).
+Run: ``python3 benchmarks/bench_ternary.py [--quick]``.
 """
 
 from __future__ import annotations
@@ -22,8 +23,12 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from tinyasr.kernels.conv1d import conv1d  # noqa: E402
+from tinyasr.kernels.sparse import spmm  # noqa: E402
 from tinyasr.kernels.ternary import ternary_pointwise  # noqa: E402
-from tinyasr.ternary import TernaryWeight, ternary_matrix  # noqa: E402
+from tinyasr.runtime import aligned_empty  # noqa: E402
+from tinyasr.sparse import CSRMatrix, csr_arrays  # noqa: E402
+from tinyasr.ternary import TernaryWeight  # noqa: E402
 
 
 def best_us(fns, min_seconds):
@@ -48,27 +53,20 @@ def measure(channels, density, frames, min_seconds):
     scales = rng.uniform(0.5, 1.5, channels).astype(np.float32)
     seeded = TernaryWeight(channels, channels, scales, seed=1234, layer_id=3, density=density)
     cached = TernaryWeight(channels, channels, scales, seed=1234, layer_id=3, density=density)
-    x = rng.standard_normal((1, channels, frames)).astype(np.float32)
-    out = np.empty((1, channels, frames), np.float32)
+    x = aligned_empty((1, channels, frames), np.float32)
+    x[...] = rng.standard_normal(x.shape)
+    out = aligned_empty((1, channels, frames), np.float32)
     dense = seeded.dense()[:, :, 0]
-    csr = scipy.sparse.csr_matrix(dense)
-    x2 = x[0]
+    weight = CSRMatrix(*csr_arrays(dense), shape=(channels, channels))
+    scipy_csr = scipy.sparse.csr_matrix(dense)
     fns = {
         "regen": lambda: ternary_pointwise(x, seeded, mode="memory", out=out),
         "index": lambda: ternary_pointwise(x, cached, mode="speed", out=out),
-        "csr": lambda: csr @ x2,
-        "dense": lambda: np.matmul(dense, x2, out=out[0]),
+        "csr": lambda: spmm(weight, x, out=out),
+        "dense": lambda: conv1d(x, dense[:, :, None], out=out),
+        "scipy": lambda: scipy_csr @ x[0],
     }
-    try:  # tinyasr's own CSR kernel, where it exists
-        from tinyasr.kernels.sparse import spmm
-        from tinyasr.sparse import CSRMatrix, csr_arrays
-
-        weight = CSRMatrix(*csr_arrays(dense), shape=(channels, channels))
-        fns["csr_tinyasr"] = lambda: spmm(weight, x, out=out)
-    except ImportError:
-        pass
-    times = best_us(fns, min_seconds)
-    return {**times, "nnz": int(np.count_nonzero(ternary_matrix(1234, 3, channels, channels, density)))}
+    return best_us(fns, min_seconds)
 
 
 def main():
@@ -76,16 +74,15 @@ def main():
     parser.add_argument("--quick", action="store_true", help="shorter timing loops")
     args = parser.parse_args()
     min_seconds = 0.2 if args.quick else 1.0
-    print(f"{'layer':>9} {'density':>7} {'T':>5} {'regen us':>9} {'index us':>9} {'csr us':>9} {'tcsr us':>9} "
-          f"{'dense us':>9} {'regen/index':>11} {'index/csr':>9} {'index/tcsr':>10}")
+    print("| layer | density | T | regen us | index us | csr us | dense us | scipy us | regen/index | index/csr |\n"
+          "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for channels in (256, 512):
         for density in (1 / 3, 1 / 10):
             for frames in (1, 16, 64, 1000):
                 m = measure(channels, density, frames, min_seconds)
-                tcsr = m.get("csr_tinyasr", float("nan"))
-                print(f"{channels:>4}x{channels:<4} {f'1/{round(1 / density)}':>7} {frames:>5} {m['regen']:>9.1f} "
-                      f"{m['index']:>9.1f} {m['csr']:>9.1f} {tcsr:>9.1f} {m['dense']:>9.1f} "
-                      f"{m['regen'] / m['index']:>11.2f} {m['index'] / m['csr']:>9.2f} {m['index'] / tcsr:>10.2f}")
+                print(f"| {channels}x{channels} | 1/{round(1 / density)} | {frames} | {m['regen']:.1f} "
+                      f"| {m['index']:.1f} | {m['csr']:.1f} | {m['dense']:.1f} | {m['scipy']:.1f} "
+                      f"| {m['regen'] / m['index']:.2f} | {m['index'] / m['csr']:.2f} |")
 
 
 if __name__ == "__main__":
