@@ -24,6 +24,9 @@ import numpy as np
 import soundfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from recipes.digits.evaluate import word_error_rate  # noqa: E402
 SAMPLE = os.path.join(ROOT, "tinyasr", "models", "sample_digits")
 
 CHILD = """
@@ -69,18 +72,6 @@ def write_recording(path: str, minutes: float, seed: int = 0) -> str:
     return " ".join([text] * repeats)
 
 
-def word_error_rate(reference: str, hypothesis: str) -> float:
-    """Word edits / reference words (Levenshtein over words, one row at a time)."""
-    ref, hyp = reference.split(), hypothesis.split()
-    previous = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        current = [i]
-        for j, h in enumerate(hyp, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (r != h)))
-        previous = current
-    return previous[-1] / max(len(ref), 1)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=float, default=60.0)
@@ -98,7 +89,8 @@ def main() -> None:
     print(f"loaded model, warm: {result['baseline_mb']:.0f} MB resident")
     print(f"peak memory above that while transcribing: {result['peak_mb']:.1f} MB")
     print(f"time: {result['seconds']:.1f} s = {result['duration'] / result['seconds']:.0f}x real time (1 thread)")
-    print(f"WER against the repeated sample transcript: {word_error_rate(reference, result['text']):.2%} "
+    wer = word_error_rate([reference.split()], [result["text"].split()])
+    print(f"WER against the repeated sample transcript: {wer:.2%} "
           f"({len(reference.split())} words)")
 
 
