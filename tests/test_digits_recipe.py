@@ -146,3 +146,27 @@ def test_model_exports_to_onnx_matching_torch_for_any_length(tmp_path):
         assert got.shape == (2, int(output_lengths(torch.tensor(frames))), data.BLANK + 1)
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(np.exp(got).sum(axis=-1), 1.0, rtol=1e-5)
+
+
+# --- synthetic voices -------------------------------------------------------
+
+
+def test_synthetic_voices_say_every_digit_reproducibly():
+    pytest.importorskip("espeakng_loader", reason="eSpeak NG (pip install espeakng-loader) makes the voices")
+    from recipes.digits.synthetic import synthesize_digits
+
+    clips = synthesize_digits(3, seed=5)
+    assert [(c.speaker, c.digit) for c in clips] == [(f"synth{i}", d) for i in range(3) for d in range(10)]
+    for clip in clips:
+        seconds = len(clip.samples) / data.SAMPLE_RATE
+        assert clip.samples.dtype == np.float32 and 0.15 < seconds < 1.5, (clip.speaker, clip.digit, seconds)
+        assert np.abs(clip.samples).max() == pytest.approx(0.5, rel=1e-3)
+        # trimmed to the speech: within the 20 ms margin the clip is already loud (above -40 dB of its peak)
+        margin = int(0.02 * data.SAMPLE_RATE)
+        loud = np.flatnonzero(np.abs(clip.samples) > 0.5 * 10 ** (-40 / 20))
+        assert loud[0] <= margin + 1 and loud[-1] >= len(clip.samples) - margin - 2
+    # the seed picks the voices; eSpeak's own noise sources (breath, aspiration) vary a few samples per run
+    length_changes = [abs(len(a.samples) / len(b.samples) - 1) for a, b in zip(clips, synthesize_digits(3, seed=5))]
+    assert max(length_changes) < 0.02
+    length_changes = [abs(len(a.samples) / len(b.samples) - 1) for a, b in zip(clips, synthesize_digits(3, seed=6))]
+    assert np.median(length_changes) > 0.05  # other voices: other rates and pitches

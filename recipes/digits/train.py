@@ -89,8 +89,13 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--channels", type=int, default=96)
+    parser.add_argument("--dropout", type=float, default=0.0, help="dropout after the blocks' ReLUs (training only)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--synthetic-voices", type=int, default=0, help="eSpeak NG voices saying the digits (0: real speech only)"
+    )
+    parser.add_argument("--synthetic-share", type=float, default=0.5, help="fraction of strings spoken by them")
     args = parser.parse_args(argv)
 
     os.makedirs(args.out, exist_ok=True)
@@ -101,11 +106,16 @@ def main(argv=None) -> None:
 
     parts = data.split(data.load_fsdd(args.fsdd))
     takes = data.by_digit(parts["train"])
+    synthetic_takes = None
+    if args.synthetic_voices:
+        from recipes.digits.synthetic import synthesize_digits
+
+        synthetic_takes = data.by_digit(synthesize_digits(args.synthetic_voices, seed=args.seed))
     validation = collate(
         data.compose_many(np.random.default_rng(VALIDATION_SEED), parts["seen_heldback"], 64, 3, 7, augment=False)
     )
 
-    model_config = {"n_classes": len(data.VOCABULARY) + 1, "channels": args.channels}
+    model_config = {"n_classes": len(data.VOCABULARY) + 1, "channels": args.channels, "dropout": args.dropout}
     model = DigitNet(**model_config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-3)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
@@ -115,7 +125,15 @@ def main(argv=None) -> None:
     start = time.perf_counter()
     running = 0.0
     for step in range(1, args.steps + 1):
-        items = [data.compose(rng, takes, int(rng.integers(1, 8)), augment=True) for _ in range(args.batch)]
+        items = [
+            data.compose(
+                rng,
+                synthetic_takes if synthetic_takes and rng.random() < args.synthetic_share else takes,
+                int(rng.integers(1, 8)),
+                augment=True,
+            )
+            for _ in range(args.batch)
+        ]
         batch, lengths, targets, target_lengths = collate(items)
         logprobs = model(spec_augment(warp_frequency(batch, rng), lengths, rng))
         loss = ctc(logprobs.transpose(0, 1), targets, output_lengths(lengths), target_lengths)
@@ -158,6 +176,9 @@ def main(argv=None) -> None:
         "vocabulary": data.VOCABULARY,
         "blank": data.BLANK,
         "held_out_speaker": data.HELD_OUT_SPEAKER,
+        "synthetic_voices": args.synthetic_voices,
+        "synthetic_share": args.synthetic_share if args.synthetic_voices else 0.0,
+        "dropout": args.dropout,
         "frontend": data.FRONTEND.to_dict(),
     }
     with open(os.path.join(args.out, "results.json"), "w") as f:
