@@ -147,11 +147,17 @@ def test_kernels_match_dense_matmul(out_channels, in_channels, density, frames):
         np.testing.assert_allclose(regenerated, expected, rtol=1e-5, atol=1e-5 * np.sqrt(in_channels))
 
 
+def _read_only(array):
+    view = array.view()
+    view.flags.writeable = False
+    return view
+
+
 def test_parallel_builds_match_serial():
     weight = TernaryWeight(80, 100, RNG.uniform(0.5, 1, 80).astype(np.float32), seed=9, layer_id=1, density=0.2)
-    x = kern._read_only(RNG.standard_normal((3, 100, 300)).astype(np.float32))
-    lists = [kern._read_only(a) for a in kern.weight_lists(weight)]
-    scales = kern._read_only(weight.scales)
+    x = _read_only(RNG.standard_normal((3, 100, 300)).astype(np.float32))  # as memory-mapped weights are
+    lists = [_read_only(a) for a in kern.weight_lists(weight)]
+    scales = _read_only(weight.scales)
     outs = []
     for build in (kern.ternary_regenerate.serial, kern.ternary_regenerate.parallel):
         y = np.empty((3, 80, 300), np.float32)
