@@ -85,7 +85,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/digits")
     parser.add_argument("--fsdd", default=data.default_fsdd_dir(), help="FSDD folder holding recordings/")
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--channels", type=int, default=96)
@@ -93,9 +93,9 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
-        "--synthetic-voices", type=int, default=0, help="eSpeak NG voices saying the digits (0: real speech only)"
+        "--synthetic-voices", type=int, default=2000, help="eSpeak NG voices saying the digits (0: real speech only)"
     )
-    parser.add_argument("--synthetic-share", type=float, default=0.5, help="fraction of strings spoken by them")
+    parser.add_argument("--synthetic-share", type=float, default=0.3, help="fraction of strings spoken by them")
     args = parser.parse_args(argv)
 
     os.makedirs(args.out, exist_ok=True)
