@@ -33,21 +33,22 @@ from tinyasr.fileformat import EncodedTensor, to_float16
 from tinyasr.graph import Graph
 from tinyasr.sparse import bsr_arrays, csr_arrays
 
-# Calibrated 2026-11-25 on the development machine (2-core AMD EPYC, AVX-512, shared), 1 thread, by
-# ``python3 -m converters.sparse_choice --calibrate``, three runs averaged (per-value terms agreed within 5 %,
-# tile terms 15 %); dense = conv1d's register-tiled pointwise kernel, ~1.9x faster than the BLAS path of the
-# previous constants.  "auto" picks, at T = 64 for 256-1024 channels: csr from 80 % unstructured sparsity (was
-# ~65 %; measured break-even ~80 %), bsr 4x1 from 34-38 % block sparsity (a stored value costs ~1.3 dense
-# multiply-adds).  Smaller layers go sparse sooner (64 channels: csr from 62 %): the dense kernel's call costs
-# 5 us, a sparse one's 2 us.  The fit is within 0.78-1.24x of every measurement.
+# Calibrated 2026-11-25 on the development machine (2-core AMD EPYC, AVX-512), 1 thread, by
+# ``python3 -m converters.sparse_choice --calibrate``, three runs averaged (per-value terms agreed within 4 %,
+# tile and call terms 20 %), on 64-byte-aligned activations as the runtime now allocates them (csr ran 1.4x
+# faster than on numpy's 16-byte-aligned buffers of the previous constants).  dense = conv1d's register-tiled
+# pointwise kernel.  A non-zero costs ~3.2 dense multiply-adds in csr, a stored value ~1.1 in 4x1 bsr, so
+# "auto" picks, at T = 64 for 256-1024 channels: csr from about 72 % unstructured sparsity (was ~80 %), bsr
+# 4x1 from about 25-30 % block sparsity.  Smaller layers go sparse sooner: the dense kernel's call costs
+# 5 us, a sparse one's 2 us.
 COSTS = {
-    "DENSE_PER_MAC": 9.1e-12,
-    "DENSE_CALL": 5.0e-06,
-    "CSR_PER_NONZERO": 3.9e-11,
-    "CSR_PER_ROW_TILE": 1.2e-08,
-    "CSR_CALL": 2.0e-06,
-    "BSR_PER_VALUE": 1.2e-11,
-    "BSR_PER_STRIP_TILE": 9.2e-08,
+    "DENSE_PER_MAC": 8.7e-12,
+    "DENSE_CALL": 4.9e-06,
+    "CSR_PER_NONZERO": 2.7e-11,
+    "CSR_PER_ROW_TILE": 1.4e-08,
+    "CSR_CALL": 1.8e-06,
+    "BSR_PER_VALUE": 9.2e-12,
+    "BSR_PER_STRIP_TILE": 9.3e-08,
     "BSR_CALL": 2.1e-06,
 }
 COST_TERMS = {"dense": ("DENSE_PER_MAC", "DENSE_CALL"),  # each kind's terms, in the order calibrate fits them

@@ -323,10 +323,9 @@ def test_prune_onnx_prunes_initializers_and_the_model_still_runs(tmp_path):
 
 def test_choice_follows_sparsity_and_block_structure():
     """Expected kinds are the measured winners at 64 frames, 1 thread: dense (conv1d's register-tiled kernel) /
-    sparse time in benchmarks/bench_sparse.py on 256x256 and 512x512 was, unstructured, 0.41-0.49 at 50 % and
-    0.67-0.80 at 70 % (dense wins; the old BLAS-based break-even was ~65 %), 1.7-1.9 at 90 %; in 4x1 blocks
-    1.27-1.37 at 50 % and 3.1-4.4 at 90 %.  (80 %, measured 1.0-1.13, is too close to call either way.)
-    Activations were not 64-byte aligned, the usual case; aligned, csr ran up to 1.5x faster."""
+    sparse time in benchmarks/bench_sparse.py on 256x256 and 512x512 (64-byte-aligned activations, as the
+    runtime allocates them) was, unstructured, 0.56-0.74 at 50 %, 0.97-1.17 at 70 % (too close to call; dense
+    is kept), 1.45-1.61 at 80 % and 2.56-2.69 at 90 %; in 4x1 blocks 1.65-1.70 at 50 % and 3.6-5.3 at 90 %."""
     rng = np.random.default_rng(0)
     for size in (256, 512):
         dense = rng.standard_normal((size, size)).astype(np.float32)
