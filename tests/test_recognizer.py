@@ -341,3 +341,9 @@ def test_bundled_model_is_the_default_and_transcribes_the_bundled_sample(tmp_pat
     assert all(0 <= w.start <= w.end <= result.duration for w in result.words)
     # a single FSDD recording of a training speaker's held-back take (never trained on)
     assert recognizer.transcribe(AUDIO / "fsdd" / "recordings" / "7_theo_0.wav").text == "seven"
+
+
+@pytest.mark.parametrize("bad", [[0.1, 0.2], 3, None])
+def test_audio_of_the_wrong_type_is_named(bad):
+    with pytest.raises(InputError, match="audio must be a file path or a numpy array of samples, got"):
+        Recognizer().transcribe(bad)

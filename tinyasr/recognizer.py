@@ -71,8 +71,9 @@ LONG_FILE_SECONDS = 120.0  # longer files are transcribed utterance by utterance
 
 
 def _file_duration(audio_input) -> Optional[float]:
-    """Seconds of audio in a readable sound file, else None (arrays; unreadable files fail later, by name)."""
-    if isinstance(audio_input, np.ndarray) or not os.path.isfile(audio_input):
+    """Seconds of audio in a readable sound file, else None (arrays, other inputs and unreadable files fail
+    later, with the loader's message)."""
+    if not isinstance(audio_input, (str, os.PathLike)) or not os.path.isfile(audio_input):
         return None
     try:
         return soundfile.info(os.fspath(audio_input)).duration
@@ -133,7 +134,7 @@ class Recognizer:
         length; the utterances' words are joined into one Result with times from the file's start.
         """
         duration = _file_duration(audio_input)
-        if duration is not None and duration > LONG_FILE_SECONDS:
+        if duration is not None and duration > LONG_FILE_SECONDS and (self.decoder or {}).get("type") == "ctc":
             from .vad import join_utterances, transcribe_long
 
             return join_utterances(transcribe_long(audio_input, self), duration)
@@ -262,6 +263,8 @@ class Recognizer:
             if sample_rate is None:
                 raise InputError("an audio array needs its sample_rate (e.g. transcribe(samples, sample_rate=16000))")
             return audio.as_float32_mono(audio_input, sample_rate, self.sample_rate)
+        if not isinstance(audio_input, (str, bytes, os.PathLike)):
+            raise InputError(f"audio must be a file path or a numpy array of samples, got {type(audio_input).__name__}")
         samples, _ = audio.load_audio(audio_input, sample_rate=self.sample_rate)
         return samples
 

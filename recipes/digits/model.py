@@ -33,22 +33,20 @@ class SeparableConvBN(nn.Sequential):
 
 
 class ResidualBlock(nn.Module):
-    """``repeat`` separable sub-blocks; the residual 1x1+BN is added before the last ReLU; dropout after
-    each ReLU while training (QuartzNet's placement; an identity in the exported graph)."""
+    """``repeat`` separable sub-blocks; the residual 1x1+BN is added before the last ReLU."""
 
-    def __init__(self, c_in: int, c_out: int, kernel: int, repeat: int, dropout: float = 0.0):
+    def __init__(self, c_in: int, c_out: int, kernel: int, repeat: int):
         super().__init__()
         layers = []
         for i in range(repeat):
             layers.append(SeparableConvBN(c_in if i == 0 else c_out, c_out, kernel))
             if i + 1 < repeat:
-                layers += [nn.ReLU(), nn.Dropout(dropout)] if dropout else [nn.ReLU()]  # keeps old checkpoints' keys
+                layers.append(nn.ReLU())
         self.main = nn.Sequential(*layers)
         self.residual = nn.Sequential(nn.Conv1d(c_in, c_out, 1, bias=False), nn.BatchNorm1d(c_out))
-        self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(torch.relu(self.main(x) + self.residual(x)))
+        return torch.relu(self.main(x) + self.residual(x))
 
 
 class DigitNet(nn.Module):
@@ -61,11 +59,10 @@ class DigitNet(nn.Module):
         kernels: Sequence[int] = (13, 15, 17),
         repeat: int = 2,
         epilogue_channels: int = 128,
-        dropout: float = 0.0,
     ):
         super().__init__()
         self.prologue = nn.Sequential(SeparableConvBN(N_FEATURES, channels, 11, stride=STRIDE), nn.ReLU())
-        self.blocks = nn.Sequential(*[ResidualBlock(channels, channels, k, repeat, dropout) for k in kernels])
+        self.blocks = nn.Sequential(*[ResidualBlock(channels, channels, k, repeat) for k in kernels])
         self.epilogue = nn.Sequential(SeparableConvBN(channels, epilogue_channels, 29, dilation=2), nn.ReLU())
         self.decoder = nn.Conv1d(epilogue_channels, n_classes, 1)
 

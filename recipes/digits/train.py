@@ -89,7 +89,6 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--channels", type=int, default=96)
-    parser.add_argument("--dropout", type=float, default=0.0, help="dropout after the blocks' ReLUs (training only)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
@@ -115,7 +114,7 @@ def main(argv=None) -> None:
         data.compose_many(np.random.default_rng(VALIDATION_SEED), parts["seen_heldback"], 64, 3, 7, augment=False)
     )
 
-    model_config = {"n_classes": len(data.VOCABULARY) + 1, "channels": args.channels, "dropout": args.dropout}
+    model_config = {"n_classes": len(data.VOCABULARY) + 1, "channels": args.channels}
     model = DigitNet(**model_config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-3)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
@@ -178,7 +177,6 @@ def main(argv=None) -> None:
         "held_out_speaker": data.HELD_OUT_SPEAKER,
         "synthetic_voices": args.synthetic_voices,
         "synthetic_share": args.synthetic_share if args.synthetic_voices else 0.0,
-        "dropout": args.dropout,
         "frontend": data.FRONTEND.to_dict(),
     }
     with open(os.path.join(args.out, "results.json"), "w") as f:
