@@ -210,7 +210,7 @@ def restore_threads():
     threads.set_num_threads(before)
 
 
-def _quartznet_block(rng, t_in=400, channels=64):
+def _quartznet_block(rng, t_in=400, channels=256):
     """Depthwise then pointwise (+ bias, residual, Relu), large enough to take the parallel paths at 2 threads."""
     x = rng.standard_normal((2, channels, t_in), dtype=np.float32)
     wd = rng.standard_normal((channels, 1, 33), dtype=np.float32) / 6

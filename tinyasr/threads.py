@@ -58,6 +58,12 @@ BLAS_THREADS = 1  # at every setting: see the module docstring
 # the time the serial depthwise kernel takes for ~2^19 multiply-adds (C256 K33 T=64: 60 us).
 # An estimate: on the shared 2-core machine the parallel build never won reliably at any size.
 PARALLEL_MIN_WORK = 1 << 19
+# The register-tiled kernels do many more multiply-adds per microsecond than that depthwise loop, so they
+# count theirs in units of this many: measured on 2 threads (256-512 channels), the dense pointwise kernel
+# first gained from the parallel build at 8-17 M multiply-adds, the sparse ones at 3-13 M non-zeros x frames
+# (below, the second thread cost up to 2.4x the serial time).
+POINTWISE_MACS_PER_WORK = 24
+SPARSE_MACS_PER_WORK = 12
 
 _SET_SYMBOLS = (
     "scipy_openblas_set_num_threads64_",

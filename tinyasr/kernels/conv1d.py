@@ -31,6 +31,7 @@ from numba import carray, njit
 from numba.types import float32, int64, void
 from numpy.lib.stride_tricks import as_strided
 
+from .. import threads
 from ..errors import GraphError
 from ._compile import serial_and_parallel, stack_buffer
 from .epilogue import (
@@ -276,7 +277,8 @@ def _pointwise(kernel, x_used, weight_2d, bias, residual, out, act, lo, hi):
     """out = act(weight_2d @ x_used + bias + residual) with a pointwise.py kernel (Relu / Clip fused, others after)."""
     fused = act in (0, RELU, CLIP)
     packed = frames_first(x_used) if kernel is pointwise_narrow else tiles_of(x_used)
-    kernel(out.size * x_used.shape[1], packed, weight_2d, bias, residual, out, act if fused else 0, lo, hi)
+    work = out.size * x_used.shape[1] // threads.POINTWISE_MACS_PER_WORK
+    kernel(work, packed, weight_2d, bias, residual, out, act if fused else 0, lo, hi)
     if not fused:
         epilogue_rows(out.size, out, NO_BIAS, NO_RESIDUAL, act, lo, hi)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 from numba import carray, njit, types
 
+from .. import threads
 from ..errors import GraphError
 from ..sparse import BSRMatrix, CSRMatrix, as_dense
 from ._compile import TILE, serial_and_parallel, stack_buffer  # ternary.py imports TILE, stack_buffer from here
@@ -176,7 +177,7 @@ def spmm(weight, x, bias=None, residual=None, activation="", activation_params=(
         raise GraphError(f"spmm: out must be a C-contiguous float32 array of shape {shape}")
     if out.size == 0:
         return out
-    work = weight.values.size * shape[0] * shape[2]  # multiply-adds: threads.py decides whether to go parallel
+    work = weight.values.size * shape[0] * shape[2] // threads.SPARSE_MACS_PER_WORK  # threads.py: parallel or not
     fused = act in (0, RELU, CLIP)
     if isinstance(weight, CSRMatrix):
         kernel, values = csr_rows, weight.values.reshape(-1, 1, 1)
