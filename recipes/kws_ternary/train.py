@@ -52,11 +52,17 @@ def fit(features: np.ndarray, rng: Optional[np.random.Generator]) -> np.ndarray:
     return out
 
 
-def load_split() -> Tuple[List[np.ndarray], np.ndarray, List[np.ndarray], np.ndarray]:
-    """(train features, labels, held-out-speaker features, labels)."""
+def load_split(synthetic_voices: int = 0, seed: int = 0) -> Tuple[List[np.ndarray], np.ndarray, List[np.ndarray],
+                                                                   np.ndarray]:
+    """(train features, labels, held-out-speaker features, labels); ``synthetic_voices`` eSpeak NG voices
+    (recipes.digits.synthetic) saying each digit join the training set."""
     clips = data.load_fsdd(data.default_fsdd_dir())
     train = [c for c in clips if c.speaker != data.HELD_OUT_SPEAKER]
     test = [c for c in clips if c.speaker == data.HELD_OUT_SPEAKER]
+    if synthetic_voices:
+        from recipes.digits.synthetic import synthesize_digits
+
+        train += synthesize_digits(synthetic_voices, seed=seed)
     return (clip_features(train), np.array([c.digit for c in train]),
             clip_features(test), np.array([c.digit for c in test]))
 
@@ -105,10 +111,12 @@ def main(argv=None):
     parser.add_argument("--variants", nargs="+", default=["dense", "ternary"], choices=["dense", "ternary"])
     parser.add_argument("--grow", default="width", choices=["width", "depth"],
                         help="what the ternary net spends the saved parameter budget on")
+    parser.add_argument("--synthetic-voices", type=int, default=0,
+                        help="eSpeak NG voices whose ten digits join the training clips (0: FSDD only)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     os.makedirs(args.out, exist_ok=True)
-    feats, labels, test_feats, test_labels = load_split()
+    feats, labels, test_feats, test_labels = load_split(args.synthetic_voices, args.seed)
     dense = NetConfig()
     configs = {"dense": dense, "ternary": ternary_config_for_budget(replace(dense, density=args.density), args.grow)}
     for variant in args.variants:
@@ -123,6 +131,7 @@ def main(argv=None):
         model = train(config, feats, labels, args.epochs, args.seed, log)
         summary = {"variant": variant, "config": asdict(config), "trained_parameters": trained_parameters(model),
                    "epochs": args.epochs, "train_seconds": round(time.time() - start, 1),
+                   "synthetic_voices": args.synthetic_voices,
                    "held_out_speaker": data.HELD_OUT_SPEAKER,
                    "torch_held_out_accuracy": accuracy(model, test_feats, test_labels), "history": history}
         print(variant, {k: v for k, v in summary.items() if k != "history"}, flush=True)
