@@ -26,6 +26,7 @@ import soundfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks.peak_memory import CHILD_HELPERS  # noqa: E402
 from recipes.digits.evaluate import word_error_rate  # noqa: E402
 SAMPLE = os.path.join(ROOT, "tinyasr", "models", "sample_digits")
 
@@ -34,19 +35,15 @@ import json, sys, time
 sys.path.insert(0, {root!r})
 import numpy as np
 from tinyasr import Recognizer
-
-def status(field):
-    return int(next(l for l in open("/proc/self/status") if l.startswith(field)).split()[1]) / 1e3
-
+{helpers}
 recognizer = Recognizer()
 recognizer.transcribe({sample!r})
-base = status("VmRSS")
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")
+base = rss_mb()
+reset_peak()
 start = time.perf_counter()
 result = recognizer.transcribe({path!r})
 seconds = time.perf_counter() - start
-print(json.dumps({{"text": result.text, "seconds": seconds, "peak_mb": status("VmHWM") - base,
+print(json.dumps({{"text": result.text, "seconds": seconds, "peak_mb": rss_mb("VmHWM") - base,
                    "baseline_mb": base, "duration": result.duration}}))
 """
 
@@ -79,7 +76,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "long.wav")
         reference = write_recording(path, args.minutes)
-        code = CHILD.format(root=ROOT, sample=SAMPLE + ".wav", path=path)
+        code = CHILD.format(root=ROOT, sample=SAMPLE + ".wav", path=path, helpers=CHILD_HELPERS)
         run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         if run.returncode:
             sys.exit(f"the transcribing process failed:\n{run.stderr}")

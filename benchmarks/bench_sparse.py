@@ -39,6 +39,7 @@ from tinyasr.fileformat import read_model, write_model  # noqa: E402
 from tinyasr.kernels.conv1d import conv1d  # noqa: E402
 from tinyasr.kernels.sparse import spmm  # noqa: E402
 from tinyasr.runtime import aligned_empty  # noqa: E402
+from benchmarks.peak_memory import CHILD_HELPERS  # noqa: E402
 
 PATTERNS = [(0.0, 1), (0.5, 1), (0.7, 1), (0.8, 1), (0.9, 1), (0.95, 1), (0.5, 4), (0.9, 4), (0.9, 8)]
 
@@ -178,13 +179,7 @@ def peak_memory_mb(engine, path, frames):
     code = f"""
 import sys, numpy as np
 sys.path.insert(0, {ROOT!r})
-def rss_mb(field="VmRSS"):
-    line = next(line for line in open("/proc/self/status") if line.startswith(field))
-    return int(line.split()[1]) / 1e3
-def reset_peak():  # Linux >= 4.0: the peak (VmHWM) restarts from the current RSS
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-x = np.random.default_rng(0).standard_normal((1, 64, {frames})).astype(np.float32)
+{CHILD_HELPERS}x = np.random.default_rng(0).standard_normal((1, 64, {frames})).astype(np.float32)
 if {engine!r} == "ort":
     import onnxruntime as ort
     options = ort.SessionOptions(); options.intra_op_num_threads = 1

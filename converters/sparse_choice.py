@@ -31,7 +31,7 @@ import numpy as np
 from tinyasr.errors import ConversionError
 from tinyasr.fileformat import EncodedTensor, to_float16
 from tinyasr.graph import Graph
-from tinyasr.sparse import bsr_arrays, csr_arrays
+from tinyasr.sparse import bsr_arrays, csr_arrays, index_dtype
 
 # Calibrated 2026-11-25 on the development machine (2-core AMD EPYC, AVX-512), 1 thread, by
 # ``python3 -m converters.sparse_choice --calibrate``, three runs averaged (per-value terms agreed within 4 %,
@@ -170,7 +170,7 @@ def smaller_as_csr(matrix: np.ndarray, value_dtype: str) -> bool:
     """Whether CSR (values, uint16 / int32 column indices, int32 row pointers) stores ``matrix`` in at most
     STORAGE_GAIN of its dense bytes."""
     value_bytes = np.dtype(value_dtype).itemsize
-    index_bytes = 2 if matrix.shape[1] <= 65535 else 4
+    index_bytes = index_dtype(matrix.shape[1]).itemsize
     csr_bytes = np.count_nonzero(matrix) * (value_bytes + index_bytes) + (matrix.shape[0] + 1) * 4
     return csr_bytes <= STORAGE_GAIN * matrix.size * value_bytes
 
