@@ -50,7 +50,7 @@ def build(folder: Path, channels: int) -> None:
     import torch
 
     import torch_models
-    from converters import from_torch
+    from tinyasr_convert import from_torch
 
     module = torch_models.build(torch_models.QuartzNetLike, channels=channels, blocks=5, repeat=5)
     from_torch(module, (torch.randn(1, 64, 100),), folder / "bench.tasr", input_names=["features"],
@@ -81,7 +81,7 @@ def ort_session(path: Path, threads: int, spinning: bool = True, profile_dir: Pa
 
 def compare(tasr_path, onnx_path, x, runs: int, spinning: bool) -> None:
     import tinyasr
-    from tinyasr.runtime import load_model
+    from tinyasr.engine.offline import load_model
 
     model = load_model(tasr_path)
     feeds = {"features": x}
@@ -99,8 +99,8 @@ def compare(tasr_path, onnx_path, x, runs: int, spinning: bool) -> None:
 def per_node(tasr_path, onnx_path, x, runs: int, folder: Path) -> None:
     """Single-thread time per node: tinyasr's op functions one by one vs onnxruntime's profiler, matched by node name."""
     import tinyasr
-    from tinyasr.fileformat import read_model
-    from tinyasr.graph import Graph
+    from tinyasr.format.container import read_model
+    from tinyasr.format.graph import Graph
     from tinyasr.ops import run_op
 
     tinyasr.set_num_threads(1)

@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tinyasr import threads  # noqa: E402
+from tinyasr.engine import threads  # noqa: E402
 from tinyasr.kernels import conv1d  # noqa: E402
 from tinyasr.kernels.conv1d import depthwise_rows  # noqa: E402
 
@@ -71,7 +71,6 @@ def clock_for(n_threads):
 
 
 def ort_conv_session(x_shape, weight, bias, stride, dilation, pads, group, n_threads):
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 

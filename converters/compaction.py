@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from tinyasr.graph import Graph, Node
+from tinyasr.format.graph import Graph, Node
 from tinyasr.kernels.epilogue import activate_reference
 
 Plan = Dict[str, Any]  # what to change: {"rows": {node: channels}, "columns": {node: (channels, constants)}}

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Optional, TextIO
 
 from tinyasr.errors import TinyASRError
+from tinyasr.model_cache import cache_dir as default_cache_dir, file_sha256
+from tinyasr_convert.nemo import convert_nemo
 
 CHUNK = 1 << 16
 TIMEOUT_SECONDS = 60
@@ -77,13 +79,6 @@ REGISTRY = {
 }
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-def default_cache_dir() -> Path:
-    """``$TINYASR_HOME/models`` or ``~/.cache/tinyasr/models``: the Recognizer's model cache."""
-    from tinyasr.recognizer import cache_dir
-
-    return cache_dir()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -188,15 +183,6 @@ def download(url: str, dest, *, size: Optional[int] = None, sha256: Optional[str
     return dest
 
 
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks (downloads and .nemo archives can be large)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Fetch + convert + cache
 
@@ -208,8 +194,6 @@ def fetch_model(name: str, *, cache_dir=None, url: Optional[str] = None, sha256:
     ``url`` overrides the registry's (then the registry's size / sha256 no longer apply) and allows names
     outside the registry; ``sha256`` is the expected digest of the downloaded file.
     """
-    from .nemo import convert_nemo
-
     stream = stream or sys.stderr
     if not _SAFE_NAME.match(name):
         raise DownloadError(f"model name {name!r} must be letters, digits, '.', '_' or '-' (it names the cache file)")

@@ -29,8 +29,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from tinyasr.errors import ConversionError, TinyASRError
-
-from .download import file_sha256
+from tinyasr.model_cache import file_sha256
 
 CONFIG_MEMBER = "model_config.yaml"
 WEIGHTS_MEMBER = "model_weights.ckpt"
@@ -303,7 +302,7 @@ def _target(section: Any) -> str:
 
 def frontend_from_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
     """FrontendConfig.to_dict() for the config's ``preprocessor`` section."""
-    from tinyasr.frontend import FrontendConfig
+    from tinyasr.features.frontend import FrontendConfig
 
     pre = cfg.get("preprocessor")
     if not isinstance(pre, dict):
@@ -381,7 +380,7 @@ def manifest_from_nemo_config(cfg: Dict[str, Any], files: Optional[Dict[str, byt
     ``files``: the archive's small members (tokenizer vocabularies); ``output``: the graph output the
     decoder reads (default NeMo's export name: "logprobs" for CTC, "logits" for classification).
     """
-    from .nemo_blocks import subsampling_factor
+    from tinyasr_convert.nemo_blocks import subsampling_factor
 
     frontend = frontend_from_config(cfg)
     kind = _target(cfg.get("decoder"))
@@ -413,12 +412,12 @@ def manifest_from_nemo_config(cfg: Dict[str, Any], files: Optional[Dict[str, byt
 def convert_nemo(src, out, *, float16: bool = False) -> Path:
     """Convert a .nemo archive to a .tasr file; returns the output path.
 
-    ``float16``: store Conv / Gemm weights as float16 (half the size), as ``converters.convert`` does.
+    ``float16``: store Conv / Gemm weights as float16 (half the size), as ``tinyasr_convert.convert`` does.
     """
-    import tinyasr
-    from tinyasr.fileformat import to_float16, write_model
+    from tinyasr_convert.nemo_blocks import build_graph
 
-    from .nemo_blocks import build_graph
+    import tinyasr
+    from tinyasr.format.container import to_float16, write_model
 
     archive = read_nemo(src)
     name = Path(archive.path).name

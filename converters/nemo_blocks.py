@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from tinyasr.errors import ConversionError
-from tinyasr.graph import Graph, Node, ValueInfo
+from tinyasr.format.graph import Graph, Node, ValueInfo
 
 BN_EPS = 1e-3  # JasperBlock builds BatchNorm1d(eps=1e-3)
 ONNX_FLOAT = 1  # TensorProto.FLOAT, for Cast

@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import numpy as np
 
 from tinyasr.errors import ConversionError
-from tinyasr.graph import Graph, Node, ValueInfo
+from tinyasr.format.graph import Graph, Node, ValueInfo
 
 TARGET_OPSET = 17
 

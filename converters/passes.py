@@ -12,12 +12,11 @@ from dataclasses import dataclass, replace
 from typing import Dict, List, Optional
 
 import numpy as np
+from tinyasr_convert.onnx_import import CONV_ACTIVATIONS, Imported
+from tinyasr_convert.ternary import rewrite_ternary
 
 from tinyasr.errors import ConversionError, GraphError
-from tinyasr.graph import Node
-
-from .onnx_import import CONV_ACTIVATIONS, Imported
-from .ternary import rewrite_ternary
+from tinyasr.format.graph import Node
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # stands for +-inf in Clip bounds (JSON has no infinity)
 

@@ -16,7 +16,7 @@ MARGIN times faster.  The constants are least squares fits (of relative error, s
 as much as a 1000-frame one) of measurements of the kernels on 64x64 to 512x512 layers at T = 64 and
 1000, the regime of the converter's choice (``frames`` = 64); below 24 frames dense runs BLAS or the narrow
 kernel and every kernel pays for a partial tile, which this linear model does not describe.  Re-measure on
-a new machine with ``python3 -m converters.sparse_choice --calibrate`` (seconds) and paste the printed values.
+a new machine with ``python3 -m tinyasr_convert.sparse_choice --calibrate`` (seconds) and paste the printed values.
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import numpy as np
 
 from tinyasr.errors import ConversionError
-from tinyasr.fileformat import EncodedTensor, to_float16
-from tinyasr.graph import Graph
-from tinyasr.sparse import bsr_arrays, csr_arrays, index_dtype
+from tinyasr.format.container import EncodedTensor, to_float16
+from tinyasr.format.encodings.sparse import bsr_arrays, csr_arrays, index_dtype
+from tinyasr.format.graph import Graph
 
 # Calibrated 2026-11-25 on the development machine (2-core AMD EPYC, AVX-512), 1 thread, by
-# ``python3 -m converters.sparse_choice --calibrate``, three runs averaged (per-value terms agreed within 4 %,
+# ``python3 -m tinyasr_convert.sparse_choice --calibrate``, three runs averaged (per-value terms agreed within 4 %,
 # tile and call terms 20 %), on 64-byte-aligned activations as the runtime now allocates them (csr ran 1.4x
 # faster than on numpy's 16-byte-aligned buffers of the previous constants).  dense = conv1d's register-tiled
 # pointwise kernel.  A non-zero costs ~3.2 dense multiply-adds in csr, a stored value ~1.1 in 4x1 bsr, so
@@ -227,8 +227,8 @@ def _relative_fit(features: np.ndarray, seconds: np.ndarray) -> np.ndarray:
 
 def _run_buffer(array: np.ndarray) -> np.ndarray:
     """A float32 copy of ``array`` in a 64-byte-aligned buffer, as the runtime allocates activations
-    (tinyasr.runtime.aligned_empty): the csr kernel runs ~1.4x faster on those than on numpy's 16-byte ones."""
-    from tinyasr.runtime import aligned_empty
+    (tinyasr.engine.offline.aligned_empty): the csr kernel runs ~1.4x faster on those than on numpy's 16-byte ones."""
+    from tinyasr.engine.offline import aligned_empty
 
     placed = aligned_empty(array.shape, np.float32)
     placed[...] = array
@@ -237,12 +237,12 @@ def _run_buffer(array: np.ndarray) -> np.ndarray:
 
 def calibrate(sizes=(64, 128, 256, 512), frames=(64, 1000), sparsities=(0.5, 0.8, 0.9, 0.95)) -> Dict[str, float]:
     """Measure tinyasr's dense and sparse kernels (1 thread) and fit the cost model's constants."""
-    from tinyasr import threads
+    from tinyasr_convert.sparsity import magnitude_mask
+
+    from tinyasr.engine import threads
+    from tinyasr.format.encodings.sparse import BSRMatrix, CSRMatrix
     from tinyasr.kernels.conv1d import conv1d
     from tinyasr.kernels.sparse import spmm
-    from tinyasr.sparse import BSRMatrix, CSRMatrix
-
-    from .sparsity import magnitude_mask
 
     threads.set_num_threads(1)
     rng = np.random.default_rng(0)

@@ -1,7 +1,7 @@
 """Ternary 1x1 convolutions on the training and conversion side (needs torch for the module, onnx for export).
 
 * ``TernaryPointwiseConv1d``: a torch 1x1 conv whose weight is a constant random ternary pattern
-  (tinyasr.ternary's generator, so training and runtime use the same matrix bit for bit) times a
+  (tinyasr.format.encodings.ternary's generator, so training and runtime use the same matrix bit for bit) times a
   trainable per-channel scale.  The pattern is a buffer built by the numpy reference at module init
   (simplest correct choice: torch has no uint64, so no wrap-around emulation to get wrong) and is
   not saved in the state_dict: the module's (seed, layer_id, density) regenerate it.
@@ -21,12 +21,17 @@ import math
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
+from tinyasr_convert.onnx_import import Imported
 
 from tinyasr.errors import ConversionError
-from tinyasr.ternary import (block_width, check_layer, index_tensor, is_plain_pointwise, seed_tensor,
-                             ternary_matrix)
-
-from .onnx_import import Imported
+from tinyasr.format.encodings.ternary import (
+    block_width,
+    check_layer,
+    index_tensor,
+    is_plain_pointwise,
+    seed_tensor,
+    ternary_matrix,
+)
 
 METADATA_KEY = "tinyasr.ternary"
 

@@ -33,13 +33,12 @@ def from_torch(
     dynamic_axes defaults to a dynamic batch (axis 0) and time (last axis) on
     every input and output of rank >= 2 in the example.  `onnx_path`, if given,
     also keeps the exported ONNX (tests compare against onnxruntime on it).
-    Other options go to converters.convert_model (labels, decoder, float16, ...).
+    Other options go to tinyasr_convert.convert_model (labels, decoder, float16, ...).
     """
     import onnx
     import torch
-
-    from . import convert_model
-    from .ternary import add_ternary_metadata
+    from tinyasr_convert import convert_model
+    from tinyasr_convert.ternary import add_ternary_metadata
 
     if not isinstance(module, torch.nn.Module):
         raise ConversionError(f"from_torch needs a torch.nn.Module, got {type(module).__name__}")

@@ -1,4 +1,4 @@
-"""tinyasr.audio: loaders on real and generated files, the resampler against
+"""tinyasr.audio.io: loaders on real and generated files, the resampler against
 scipy.signal.resample_poly and against ideal sines, and every bad input."""
 
 import os
@@ -8,8 +8,10 @@ import pytest
 import scipy.signal
 import soundfile
 
-from tinyasr.audio import _polyphase_bank, _polyphase_kernel, _polyphase_reference, as_float32_mono, load_audio, \
-    lowpass_filter, resample
+from tinyasr.audio.resample import _polyphase_bank, _polyphase_kernel, _polyphase_reference
+
+from tinyasr.audio.io import as_float32_mono, load_audio
+from tinyasr.audio.resample import _polyphase_bank, _polyphase_kernel, _polyphase_reference, lowpass_filter, resample
 from tinyasr.errors import AudioError
 from _paths import SHARED_DIR  # noqa: E402
 

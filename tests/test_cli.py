@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tinyasr.cli import main
+from tinyasr.cli.main import main
 from _paths import SHARED_DIR  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,7 +139,7 @@ def test_damaged_model_files_exit_3_naming_the_damage(models, tmp_path, capsys):
 
 
 def test_bad_convert_sources_get_one_line(models, tmp_path, capsys):
-    pytest.importorskip("converters.cli")
+    pytest.importorskip("tinyasr_convert.cli")
     not_onnx = tmp_path / "text.onnx"
     not_onnx.write_text("hello")
     truncated = tmp_path / "truncated.onnx"
@@ -156,7 +156,7 @@ def test_bad_convert_sources_get_one_line(models, tmp_path, capsys):
 
 @pytest.mark.skipif(not CONFORMER.exists(), reason="shared NeMo models not available")
 def test_converting_a_conformer_names_the_unsupported_node(tmp_path, capsys):
-    pytest.importorskip("converters.cli")
+    pytest.importorskip("tinyasr_convert.cli")
     assert main(["convert", str(CONFORMER), "-o", str(tmp_path / "c.tasr")]) == 1
     assert re.fullmatch(r"tinyasr: model.onnx: node '/pre_encode/conv/conv.0/Conv' \(Conv\) is a 2-D convolution; "
                         r"only 1-D convolutions .* are supported .*", _one_error_line(capsys))
@@ -171,7 +171,7 @@ def test_stream_options_are_checked_and_a_missing_file_is_named(models, tmp_path
 
 
 def test_info_json(models, capsys):
-    pytest.importorskip("tinyasr.info")
+    pytest.importorskip("tinyasr.format.info")
     assert main(["info", str(models / "ctc.tasr"), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert "logprobs" in json.dumps(summary)  # the CTC output the converter recorded
@@ -182,7 +182,7 @@ def test_info_json(models, capsys):
 
 
 def test_convert_through_the_cli(models, tmp_path, capsys):
-    pytest.importorskip("converters.cli")
+    pytest.importorskip("tinyasr_convert.cli")
     labels = tmp_path / "labels.json"
     labels.write_text(json.dumps(test_recognizer.KEYWORDS))
     out = tmp_path / "kws.tasr"
@@ -201,7 +201,7 @@ def test_convert_without_the_extra_says_what_to_install(tmp_path):
         "        if name.split('.')[0] == 'onnx':\n"
         "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
         "sys.meta_path.insert(0, Absent())\n"
-        "from tinyasr.cli import main\n"
+        "from tinyasr.cli.main import main\n"
         f"sys.exit(main(['convert', 'm.onnx', '-o', {str(tmp_path / 'm.tasr')!r}]))\n"
     )
     done = subprocess.run([sys.executable, "-c", hide_onnx], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -10,11 +10,11 @@ import pytest
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
-import converters  # noqa: E402
-from converters.compaction import compact  # noqa: E402
-from tinyasr.fileformat import read_model, write_model  # noqa: E402
-from tinyasr.graph import Graph, Node, ValueInfo  # noqa: E402
-from tinyasr.runtime import load_model  # noqa: E402
+import tinyasr_convert  # noqa: E402
+from tinyasr_convert.compaction import compact  # noqa: E402
+from tinyasr.format.container import read_model, write_model  # noqa: E402
+from tinyasr.format.graph import Graph, Node, ValueInfo  # noqa: E402
+from tinyasr.engine.offline import load_model  # noqa: E402
 
 from torch_models import QuartzNetLike, build  # noqa: E402
 
@@ -32,7 +32,7 @@ def zero_channels(separable, channels, bn_shift):
 def convert(model, tmp_path, x):
     """Convert without the converter's own compaction and sparse encoding, so the tests can apply compact() alone."""
     onnx_path, tasr_path = tmp_path / "m.onnx", tmp_path / "m.tasr"
-    converters.from_torch(model, torch.from_numpy(x), tasr_path, input_names=["x"], output_names=["y"],
+    tinyasr_convert.from_torch(model, torch.from_numpy(x), tasr_path, input_names=["x"], output_names=["y"],
                           onnx_path=onnx_path, compact=False, sparse="dense")
     return onnx_path, tasr_path
 
@@ -128,13 +128,13 @@ def test_convert_compacts_by_default_and_keeps_outputs(tmp_path):
     """`convert` runs compaction itself: the file shrinks and onnxruntime's outputs are still matched."""
     import onnxruntime as ort
 
-    from tinyasr.runtime import load_model
+    from tinyasr.engine.offline import load_model
 
     model = build(QuartzNetLike, features=FEATURES, channels=CHANNELS, blocks=2, repeat=2, vocab=10)
     zero_channels(model.encoder[2].main[0], [1, 5, 7], -1.0)
     x = np.random.default_rng(1).standard_normal((1, FEATURES, 57)).astype(np.float32)
     onnx_path, kept_path = convert(model, tmp_path, x)
-    compacted = converters.convert_model(onnx_path, tmp_path / "auto.tasr")
+    compacted = tinyasr_convert.convert_model(onnx_path, tmp_path / "auto.tasr")
     assert sum(compacted.removed_channels.values()) >= 3
     assert compacted.path.stat().st_size < kept_path.stat().st_size
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])

@@ -15,11 +15,11 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from converters import cli as convert_cli  # noqa: E402
-from converters import convert  # noqa: E402
+from tinyasr_convert import cli as convert_cli  # noqa: E402
+from tinyasr_convert import convert  # noqa: E402
 from tinyasr.errors import ConversionError  # noqa: E402
-from tinyasr.fileformat import read_model  # noqa: E402
-from tinyasr.runtime import load_model  # noqa: E402
+from tinyasr.format.container import read_model  # noqa: E402
+from tinyasr.engine.offline import load_model  # noqa: E402
 from _paths import SHARED_DIR  # noqa: E402
 
 TOLERANCE = 1e-4

@@ -11,10 +11,10 @@ torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
 import torch_models  # noqa: E402  (tests/ is on sys.path under pytest's rootdir-relative import mode)
-from converters import convert, from_torch  # noqa: E402
+from tinyasr_convert import convert, from_torch  # noqa: E402
 from tinyasr.errors import ConversionError  # noqa: E402
-from tinyasr.fileformat import read_model  # noqa: E402
-from tinyasr.runtime import load_model  # noqa: E402
+from tinyasr.format.container import read_model  # noqa: E402
+from tinyasr.engine.offline import load_model  # noqa: E402
 
 TOLERANCE = 1e-4
 FLOAT16_TOLERANCE = 1e-2  # max abs on log-probs / logits of magnitude <= ~6; measured 0.3e-3 .. 1.7e-3

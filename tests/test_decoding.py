@@ -9,13 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinyasr.decoding import (
-    classify_clip,
-    classify_frames,
-    ctc_greedy,
-    output_frame_seconds,
-    tokens_to_words,
-)
+from tinyasr.decoding.classification import classify_clip, classify_frames
+
+from tinyasr.decoding.ctc import ctc_greedy, tokens_to_words
+
+from tinyasr.decoding.scores import output_frame_seconds
 from tinyasr.errors import InputError, TinyASRError
 from _paths import SHARED_DIR  # noqa: E402
 

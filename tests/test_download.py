@@ -10,18 +10,16 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import os
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("yaml")
 
-from converters.download import REGISTRY, DownloadError, add_arguments, download, fetch_model, run  # noqa: E402
-from tinyasr.fileformat import read_model  # noqa: E402
+from tinyasr_convert.download import REGISTRY, DownloadError, add_arguments, download, fetch_model, run  # noqa: E402
+from tinyasr.format.container import read_model  # noqa: E402
 from _paths import SHARED_DIR  # noqa: E402
 
 SHARED = SHARED_DIR
@@ -88,7 +86,7 @@ def server(payload):
 
 
 def test_download_convert_and_cache(server, payload, tmp_path, monkeypatch):
-    from tinyasr.recognizer import resolve_model_path
+    from tinyasr.model_cache import resolve_model_path
 
     monkeypatch.setenv("TINYASR_HOME", str(tmp_path))
     log = io.StringIO()

@@ -6,7 +6,6 @@ independently of the writer, so the reader is tested against the spec, not again
 
 import json
 import math
-import os
 import struct
 import zlib
 from pathlib import Path
@@ -17,8 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tinyasr.errors import ConversionError, ModelFileError
-from tinyasr.fileformat import (ENCODINGS, EncodedTensor, Encoding, ModelFile, describe, read_model, to_float16,
-                                write_model)
+from tinyasr.format.container import (ENCODINGS, EncodedTensor, Encoding, ModelFile, describe, read_model, to_float16, write_model)
 
 GOLDEN = Path(__file__).parent / "data" / "format"
 SPEC_HEADER = "<8sHHIQIIQQ12s"  # header bytes 0..59; bytes 60..63 are the crc32 of these

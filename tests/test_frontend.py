@@ -1,4 +1,4 @@
-"""tinyasr.frontend against independent references: NeMo's own preprocessor output,
+"""tinyasr.features.frontend against independent references: NeMo's own preprocessor output,
 librosa / scipy / torch on real speech, and the log-mel front end baked into the
 MarbleNet frame-VAD ONNX graph (run by onnxruntime)."""
 
@@ -11,8 +11,7 @@ import scipy.signal
 import soundfile
 
 from tinyasr.errors import AudioError, TinyASRError
-from tinyasr.frontend import (FrontendConfig, compute_features, dct_matrix, mel_filterbank, valid_frame_count,
-                              window_function)
+from tinyasr.features.frontend import (FrontendConfig, compute_features, dct_matrix, mel_filterbank, valid_frame_count, window_function)
 from _paths import SHARED_DIR  # noqa: E402
 
 SHARED = str(SHARED_DIR)
@@ -182,7 +181,7 @@ def test_matches_marblenet_vad_graph_front_end():
     ort = pytest.importorskip("onnxruntime")
     from onnx import numpy_helper
 
-    from tinyasr.audio import as_float32_mono
+    from tinyasr.audio.io import as_float32_mono
 
     model = onnx.load(MARBLENET_VAD)
     consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("onnx", "onnxruntime", "torch", "scipy", "librosa", "sentencepiece", "converters")
+HEAVY = ("onnx", "onnxruntime", "torch", "scipy", "librosa", "sentencepiece", "tinyasr_convert")
 
 
 # Numba itself imports scipy when it is installed, so the child process hides these packages,
@@ -32,10 +32,12 @@ def _modules_after(statement: str):
 
 
 @pytest.mark.parametrize("statement", [
-    "import tinyasr; from tinyasr import runtime, frontend, audio, decoding, recognizer",
-    "import tinyasr; from tinyasr import streaming, stream_frontend, stream_graph, vad, sparse, fileformat",
+    "import tinyasr; from tinyasr.engine import offline, streaming; from tinyasr.features import frontend",
+    "import tinyasr; from tinyasr.audio import io; from tinyasr.decoding import ctc, classification",
+    "import tinyasr; from tinyasr.pipeline import recognizer, online, vad, long_form",
+    "import tinyasr; from tinyasr.format import container, info; from tinyasr.features import streaming",
     "import tinyasr; tinyasr.Recognizer, tinyasr.Result, tinyasr.load_model, tinyasr.set_num_threads",
-    "import tinyasr.cli",
+    "import tinyasr.cli.main",
 ])
 def test_runtime_imports_no_converter_dependencies(statement):
     loaded = _modules_after(statement)

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tinyasr import threads
+from tinyasr.engine import threads
 from tinyasr.errors import GraphError, TinyASRError
 from tinyasr.kernels import ACTIVATIONS, bias_act, bias_act_reference, conv1d, conv1d_reference, output_length
 from tinyasr.kernels._compile import TILE
@@ -291,7 +291,7 @@ def test_without_a_controllable_blas_threads_still_work(monkeypatch, restore_thr
 @pytest.mark.parametrize("value,expected", [("2", 2), ("zero", threads.DEFAULT_THREADS)])
 def test_environment_variable_read_at_import(value, expected):
     # also: the kernels pull in no test-only library (numba itself imports scipy when present)
-    code = ("import sys, tinyasr.kernels; from tinyasr import threads; "
+    code = ("import sys, tinyasr.kernels; from tinyasr.engine import threads; "
             "print(threads.get_num_threads(), threads.blas_num_threads(), "
             "[m for m in ('torch', 'onnx', 'onnxruntime', 'librosa') if m in sys.modules])")
     env = dict(os.environ, TINYASR_NUM_THREADS=value, NUMBA_NUM_THREADS="2")

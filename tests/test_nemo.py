@@ -14,7 +14,6 @@ import io
 import itertools
 import json
 import math
-import os
 import re
 import tarfile
 from pathlib import Path
@@ -27,11 +26,11 @@ yaml = pytest.importorskip("yaml")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from converters.nemo import (  # noqa: E402
+from tinyasr_convert.nemo import (  # noqa: E402
     convert_nemo, load_config, manifest_from_nemo_config, read_checkpoint, read_nemo)
 from tinyasr.errors import ConversionError  # noqa: E402
-from tinyasr.frontend import FrontendConfig, compute_features  # noqa: E402
-from tinyasr.runtime import load_model  # noqa: E402
+from tinyasr.features.frontend import FrontendConfig, compute_features  # noqa: E402
+from tinyasr.engine.offline import load_model  # noqa: E402
 from _paths import SHARED_DIR  # noqa: E402
 
 SHARED = SHARED_DIR
@@ -152,7 +151,7 @@ def test_archive_converts_and_matches_onnxruntime(name, tmp_path):
     folder = NEMO / name
     out = convert_nemo(folder / "model.nemo", tmp_path / f"{name}.tasr")
     _assert_matches_vectors(out, folder)
-    from tinyasr.fileformat import read_model
+    from tinyasr.format.container import read_model
 
     with read_model(out) as model_file:
         manifest = model_file.manifest
@@ -224,7 +223,7 @@ def test_archive_rebuilt_from_export_weights_matches_onnxruntime(name, tmp_path)
     out = convert_nemo(_write_tar(tmp_path / f"{name}.nemo", members), tmp_path / f"{name}.tasr")
     _assert_matches_vectors(out, folder)
     if "net_3x" in name:
-        from tinyasr.fileformat import read_model
+        from tinyasr.format.container import read_model
 
         with read_model(out) as model_file:
             decoder = model_file.manifest["decoder"]
@@ -234,7 +233,7 @@ def test_archive_rebuilt_from_export_weights_matches_onnxruntime(name, tmp_path)
 
 @pytest.mark.parametrize("name", ["quartznet_5x5", "citrinet_256"])
 def test_archive_and_onnx_export_give_the_same_model(name, tmp_path):
-    from converters import convert
+    from tinyasr_convert import convert
 
     folder = NEMO / name
     from_archive = load_model(convert_nemo(folder / "model.nemo", tmp_path / "a.tasr"))
@@ -263,8 +262,8 @@ def test_frontend_from_config_reproduces_nemo_features(name, tmp_path):
 @pytest.mark.skipif(not CLIP.exists(), reason="shared audio not available")
 def test_transcript_equals_greedy_onnxruntime_on_the_export(tmp_path, capsys):
     from tinyasr import Recognizer
-    from tinyasr.audio import load_audio
-    from tinyasr.cli import main
+    from tinyasr.audio.io import load_audio
+    from tinyasr.cli.main import main
 
     folder = NEMO / "quartznet_5x5"
     model = convert_nemo(folder / "model.nemo", tmp_path / "q.tasr")
@@ -476,7 +475,7 @@ def test_subword_vocabulary_comes_from_the_tokenizer_file_and_must_agree(tmp_pat
 
 def test_nemo_1_0_beta_config_style_gives_the_same_model(tmp_path):
     """Early NeMo 1.0 archives (e.g. QuartzNet15x5Base-En 1.0.0a5) write {cls: X, params: {...}} sections."""
-    from tinyasr.fileformat import read_model
+    from tinyasr.format.container import read_model
 
     def old_style(cfg):
         for key in ("preprocessor", "encoder", "decoder"):
@@ -495,7 +494,7 @@ def test_nemo_1_0_beta_config_style_gives_the_same_model(tmp_path):
 @pytest.mark.parametrize("config_name", ["model_config.yaml", "model.nemo"])
 def test_convert_command_takes_the_config_of_an_onnx_export(config_name, tmp_path):
     """`tinyasr convert model.onnx --config ...` stores the same front end and decoder as the archive itself."""
-    from tinyasr.cli import main
+    from tinyasr.cli.main import main
 
     folder = NEMO / "citrinet_256"
     from_archive = load_model(convert_nemo(folder / "model.nemo", tmp_path / "a.tasr"))
@@ -511,7 +510,7 @@ def test_convert_command_takes_the_config_of_an_onnx_export(config_name, tmp_pat
     ("citrinet_256", "the decoder lists 128 labels but output 'logprobs' has 29 classes"),
 ])
 def test_a_config_of_another_model_is_refused(config_of, message, tmp_path, capsys):
-    from tinyasr.cli import main
+    from tinyasr.cli.main import main
 
     config = NEMO / config_of / "model_config.yaml"
     out = tmp_path / "o.tasr"

@@ -10,7 +10,7 @@ from onnx import helper, numpy_helper
 
 from tinyasr.errors import GraphError
 from tinyasr.ops import SUPPORTED_OPS, OpContext, lookup, run_op
-from tinyasr.sparse import BSRMatrix, CSRMatrix, bsr_arrays, csr_arrays
+from tinyasr.format.encodings.sparse import BSRMatrix, CSRMatrix, bsr_arrays, csr_arrays
 
 RNG = np.random.default_rng(1234)
 INT64_MAX = np.iinfo(np.int64).max

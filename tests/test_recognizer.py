@@ -1,6 +1,6 @@
 """Recognizer end to end: a QuartzNet-like torch model -> ONNX -> .tasr, checked against onnxruntime.
 
-Both paths use the same features (tinyasr.frontend), so any difference is in
+Both paths use the same features (tinyasr.features.frontend), so any difference is in
 the runtime, the Recognizer's plumbing or the decoding.  The reference decoding
 here is written independently (itertools.groupby on the argmax).
 """
@@ -16,12 +16,12 @@ import pytest
 import soundfile
 
 from tinyasr.errors import InputError, ModelFileError, TinyASRError
-from tinyasr.frontend import FrontendConfig, compute_features
+from tinyasr.features.frontend import FrontendConfig, compute_features
 
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
-converters = pytest.importorskip("converters")
-from tinyasr.recognizer import Recognizer  # noqa: E402  (after the skips: needs the runtime)
+tinyasr_convert = pytest.importorskip("tinyasr_convert")
+from tinyasr.pipeline.recognizer import Recognizer  # noqa: E402  (after the skips: needs the runtime)
 from _paths import SHARED_DIR  # noqa: E402
 
 AUDIO = SHARED_DIR / "audio"
@@ -99,10 +99,10 @@ def build_models(folder):
         ctc.head.bias *= 20
         ctc.head.bias[BLANK] += 5
     _export(ctc, folder / "ctc.onnx", "logprobs")
-    converters.convert(folder / "ctc.onnx", folder / "ctc.tasr", labels=LABELS, decoder="ctc",
+    tinyasr_convert.convert(folder / "ctc.onnx", folder / "ctc.tasr", labels=LABELS, decoder="ctc",
                        frontend=FRONTEND.to_dict())
     _export(TinyKeywordNet(), folder / "kws.onnx", "logits")
-    converters.convert(folder / "kws.onnx", folder / "kws.tasr", labels=KEYWORDS, decoder="classification",
+    tinyasr_convert.convert(folder / "kws.onnx", folder / "kws.tasr", labels=KEYWORDS, decoder="classification",
                        frontend=FRONTEND.to_dict())
     vad = TinyFrameVad()
     with torch.no_grad():
@@ -112,7 +112,7 @@ def build_models(folder):
                       dynamic_axes={"audio": {1: "N"}, "frame_logits": {1: "T"}}, opset_version=17, dynamo=False)
     decoder = {"type": "frame_classification", "output": "frame_logits", "labels": VAD_LABELS, "logits": "logits",
                "sample_rate": 16000, "frame_seconds": VAD_FRAME_SECONDS}
-    converters.convert(folder / "vad.onnx", folder / "vad.tasr", decoder=decoder)
+    tinyasr_convert.convert(folder / "vad.onnx", folder / "vad.tasr", decoder=decoder)
     return folder
 
 
@@ -178,7 +178,7 @@ def test_nemo_quartznet_export_transcribes_like_onnxruntime(tmp_path):
     """NeMo's own export (blank last, 'logprobs' output, pad_to 16) with its own preprocessor settings."""
     config = json.loads((NEMO_QUARTZNET / "model_config.json").read_text())
     frontend = FrontendConfig.from_nemo(config["preprocessor_config_as_in_model_cfg"])
-    converters.convert(NEMO_QUARTZNET / "model.onnx", tmp_path / "qn.tasr", labels=config["labels"], decoder="ctc",
+    tinyasr_convert.convert(NEMO_QUARTZNET / "model.onnx", tmp_path / "qn.tasr", labels=config["labels"], decoder="ctc",
                        frontend=frontend.to_dict())
     clip = CLIPS[1]  # its argmax margins under ORT are all > 2e-3, so float rounding cannot flip a frame
     features, valid = compute_features(_read_16k(clip), frontend)
@@ -268,7 +268,7 @@ def test_calls_that_do_not_fit_the_model_say_so(models, recognizer):
 
 
 def test_incomplete_decoder_entry_is_refused_at_load(models, tmp_path):
-    converters.convert(models / "ctc.onnx", tmp_path / "bad.tasr", decoder={"type": "ctc", "output": "logprobs"},
+    tinyasr_convert.convert(models / "ctc.onnx", tmp_path / "bad.tasr", decoder={"type": "ctc", "output": "logprobs"},
                        frontend=FRONTEND.to_dict())
     with pytest.raises(ModelFileError, match=r"bad.tasr.*lacks 'blank', 'vocabulary'"):
         Recognizer(tmp_path / "bad.tasr")
@@ -293,7 +293,7 @@ CTC_DECODER = {"type": "ctc", "output": "logprobs", "blank": BLANK, "vocabulary"
 ])
 def test_bad_decoder_or_frontend_values_are_refused_at_load_naming_the_file(models, tmp_path, decoder, frontend,
                                                                             message):
-    from tinyasr.fileformat import read_model, write_model
+    from tinyasr.format.container import read_model, write_model
 
     with read_model(models / "ctc.tasr") as good:  # the converter would refuse some of these: write them directly
         manifest = dict({k: good.manifest[k] for k in ("graph", "provenance")}, decoder=decoder, frontend=frontend)

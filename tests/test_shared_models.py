@@ -13,9 +13,9 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from converters import convert  # noqa: E402
+from tinyasr_convert import convert  # noqa: E402
 from tinyasr.errors import ConversionError  # noqa: E402
-from tinyasr.runtime import load_model  # noqa: E402
+from tinyasr.engine.offline import load_model  # noqa: E402
 from _paths import SHARED_DIR  # noqa: E402
 
 SHARED = str(SHARED_DIR)

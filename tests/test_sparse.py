@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tinyasr.errors import ModelFileError
-from tinyasr.fileformat import EncodedTensor, describe, read_model, write_model
-from tinyasr.sparse import BSRMatrix, CSRMatrix, Int8Matrix, as_dense, bsr_arrays, csr_arrays, int8_arrays
+from tinyasr.format.container import EncodedTensor, describe, read_model, write_model
+from tinyasr.format.encodings.sparse import (BSRMatrix, CSRMatrix, Int8Matrix, as_dense, bsr_arrays, csr_arrays, int8_arrays)
 
 PROVENANCE = {"source": "t.onnx", "source_sha256": "ab" * 32, "converter": "tinyasr 0.1.0", "source_format": "onnx"}
 
@@ -215,11 +215,11 @@ def test_a_version_1_0_file_cannot_use_a_1_1_encoding(tmp_path):
 
 # --------------------------------------------------------------------------- pruning tools (converters/sparsity.py)
 
-from converters.sparse_choice import choose_encoding, encode, encode_weights, sparse_candidates  # noqa: E402
-from converters.sparsity import (apply_masks, magnitude_mask, onnx_depthwise, plan, prune, prune_onnx,  # noqa: E402
-                                 sparsity_schedule)
+from tinyasr_convert.sparse_choice import choose_encoding, encode, encode_weights, sparse_candidates  # noqa: E402
+from tinyasr_convert.sparsity import (apply_masks, magnitude_mask, onnx_depthwise, plan, prune, prune_onnx,  # noqa: E402
+                                      sparsity_schedule)
 from tinyasr.errors import ConversionError  # noqa: E402
-from tinyasr.graph import Graph, Node, ValueInfo  # noqa: E402
+from tinyasr.format.graph import Graph, Node, ValueInfo  # noqa: E402
 
 
 @pytest.mark.parametrize("block", [1, 4, 8])
@@ -382,13 +382,13 @@ def test_pruned_model_converted_sparse_matches_dense(tmp_path):
 
     ("auto" keeps layers this small dense, so the encoding is forced; test_choice covers "auto".)"""
     torch, model = _small_quartznet()
-    import converters
-    from tinyasr.runtime import load_model
+    import tinyasr_convert
+    from tinyasr.engine.offline import load_model
 
     prune(model, 0.9, block=4)
     x = np.random.default_rng(3).standard_normal((1, 16, 70)).astype(np.float32)
     dense_path, sparse_path = tmp_path / "dense.tasr", tmp_path / "sparse.tasr"
-    converters.from_torch(model, torch.from_numpy(x), dense_path, input_names=["x"], output_names=["y"],
+    tinyasr_convert.from_torch(model, torch.from_numpy(x), dense_path, input_names=["x"], output_names=["y"],
                           sparse="dense")
     with read_model(dense_path) as dense_file:
         tensors = {name: np.array(dense_file.tensor(name)) for name in dense_file.tensor_names()}
@@ -422,7 +422,7 @@ def test_real_models_pruned_to_80_percent_and_stored_sparse_match_onnxruntime(tm
     ONNX is the reference; every pruned matrix layer must be stored in the sparse encoding (first / last stay
     dense).  With depthwise pruning the depthwise convs stay dense in the file and their kernel skips the zeros."""
     ort = pytest.importorskip("onnxruntime")
-    from converters import convert_model
+    from tinyasr_convert import convert_model
 
     source, make_inputs = PRUNED_MODELS[name]
     path = SHARED_DIR / "models" / source
@@ -442,7 +442,7 @@ def test_real_models_pruned_to_80_percent_and_stored_sparse_match_onnxruntime(tm
                                                            + ["csr"] * len(depthwise_names))
     assert all(e["sparsity"] == pytest.approx(0.8, abs=0.01) for e in stored_sparse)
 
-    from tinyasr.runtime import load_model
+    from tinyasr.engine.offline import load_model
 
     feeds = make_inputs(np.random.default_rng(7))
     session = ort.InferenceSession(pruned.SerializeToString(), providers=["CPUExecutionProvider"])

@@ -9,12 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinyasr import threads
+from tinyasr.engine import threads
 from tinyasr.errors import GraphError
 from tinyasr.kernels.conv1d import conv1d_reference
 from tinyasr.kernels.epilogue import activate_reference
 from tinyasr.kernels.sparse import conv1d_any, kernel_matrix, linear, spmm, spmm_reference
-from tinyasr.sparse import BSRMatrix, CSRMatrix, Int8Matrix, bsr_arrays, csr_arrays, int8_arrays
+from tinyasr.format.encodings.sparse import BSRMatrix, CSRMatrix, Int8Matrix, bsr_arrays, csr_arrays, int8_arrays
 
 RTOL = 1e-5
 

@@ -11,16 +11,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinyasr.audio import load_audio, resample
+from tinyasr.audio.io import load_audio
+
+from tinyasr.audio.resample import resample
 from tinyasr.errors import GraphError, TinyASRError
-from tinyasr.frontend import FrontendConfig, compute_features
-from tinyasr.graph import Graph, Node, ValueInfo
-from tinyasr.runtime import Model
-from tinyasr.stream_frontend import (FixedNormalizer, RunningNormalizer, StreamingFeatures, StreamResampler,
-                                     estimate_feature_stats)
-from tinyasr.stream_graph import GraphStream, StreamPlan
-from tinyasr.stream_cli import PORTAUDIO_HINT
-from tinyasr.streaming import EndpointConfig, OnlineStream
+from tinyasr.features.frontend import FrontendConfig, compute_features
+from tinyasr.format.graph import Graph, Node, ValueInfo
+from tinyasr.engine.offline import Model
+from tinyasr.features.streaming import FixedNormalizer, RunningNormalizer, StreamingFeatures, estimate_feature_stats
+from tinyasr.audio.resample import StreamResampler
+from tinyasr.engine.streaming import GraphStream, StreamPlan
+from tinyasr.cli.stream import PORTAUDIO_HINT
+from tinyasr.pipeline.online import EndpointConfig, OnlineStream
 from _paths import SHARED_DIR  # noqa: E402
 
 SHARED = str(SHARED_DIR)
@@ -168,7 +170,7 @@ def test_streamed_graph_equals_offline_run(causal, frames, cuts):
 
 def test_depthwise_weights_stored_sparse_stream_as_offline():
     """A pruned depthwise conv stored CSR (for its size) runs from its decoded dense weight in both paths."""
-    from tinyasr.sparse import CSRMatrix, csr_arrays
+    from tinyasr.format.encodings.sparse import CSRMatrix, csr_arrays
 
     model = conv_net(causal=False)
     for name in ("depthwise.w", "dilated.w"):
@@ -325,9 +327,9 @@ def quartznet_like(tmp_path_factory):
     torch = pytest.importorskip("torch")
     pytest.importorskip("onnx")
     import torch_models
-    from converters import from_torch
+    from tinyasr_convert import from_torch
 
-    from tinyasr.recognizer import Recognizer
+    from tinyasr.pipeline.recognizer import Recognizer
 
     module = torch_models.build(torch_models.QuartzNetLike, channels=32, blocks=2)
     path = from_torch(module, (torch.randn(1, 64, 100),), tmp_path_factory.mktemp("qn") / "qn.tasr",
@@ -381,7 +383,7 @@ def test_streams_on_one_model_in_two_threads_are_independent(quartznet_like):
 
 def _stream_command(argv):
     """`tinyasr stream ARGV...` through the real command line."""
-    from tinyasr.cli import main
+    from tinyasr.cli.main import main
 
     return main(["stream", *argv])
 
@@ -392,7 +394,7 @@ def test_stream_command_prints_final_results_with_times_from_a_file_and_from_std
 
     import soundfile
 
-    from tinyasr.fileformat import write_model
+    from tinyasr.format.container import write_model
 
     _, tensors, manifest = energy_ctc_parts()
     write_model(tmp_path / "energy.tasr", manifest, tensors)
@@ -417,7 +419,7 @@ def test_stream_command_prints_final_results_with_times_from_a_file_and_from_std
 def test_stream_command_explains_a_missing_microphone_library(tmp_path, capsys, monkeypatch):
     import sys
 
-    from tinyasr.fileformat import write_model
+    from tinyasr.format.container import write_model
 
     _, tensors, manifest = energy_ctc_parts()
     write_model(tmp_path / "energy.tasr", manifest, tensors)
@@ -441,7 +443,7 @@ def test_bundled_model_streams_the_bundled_sample_as_offline():
 
 
 def test_converter_refuses_malformed_streaming_statistics():
-    from converters import _streaming_stats
+    from tinyasr_convert import _streaming_stats
     from tinyasr.errors import ConversionError
 
     frontend = {"n_mels": 3}
@@ -496,7 +498,7 @@ def test_stride_longer_than_the_kernel_streams_as_offline(shape, frames, cuts):
     ("Relu", (), True, 0.0), ("Clip", (-0.5, 0.5), False, 0.0), ("Sigmoid", (), True, 0.0), ("Relu", (), True, 0.8)])
 def test_prepared_conv_equals_the_numpy_reference(channels, c_out, kernel, group, stride, dilation, frames,
                                                    activation, params, residual, pruned):
-    """``pruned``: that fraction of the weights is zero, as converters.sparsity leaves a depthwise conv; the
+    """``pruned``: that fraction of the weights is zero, as tinyasr_convert.sparsity leaves a depthwise conv; the
     kernels skip zero taps (the short-chunk one only where four channels' taps are all zero)."""
     from tinyasr.kernels.conv1d import SHORT_FRAMES, PreparedConv1d, conv1d, conv1d_reference
 

@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import tinyasr.ternary as tern  # registers the ternary encodings
+import tinyasr.format.encodings.ternary as tern  # registers the ternary encodings
 from tinyasr.errors import GraphError, ModelFileError, TinyASRError
-from tinyasr.fileformat import describe, read_model, write_model
-from tinyasr.graph import Graph, Node, ValueInfo
+from tinyasr.format.container import describe, read_model, write_model
+from tinyasr.format.graph import Graph, Node, ValueInfo
 from tinyasr.kernels import ternary as kern
-from tinyasr.ternary import TernaryWeight, index_tensor, seed_tensor, ternary_matrix
+from tinyasr.format.encodings.ternary import TernaryWeight, index_tensor, seed_tensor, ternary_matrix
 
 VECTORS = json.loads((Path(__file__).parent / "data" / "ternary" / "vectors.json").read_text())
 RNG = np.random.default_rng(11)
@@ -71,7 +71,7 @@ def test_numpy_reference_follows_the_written_spec(layer):
 @pytest.mark.parametrize("layer", VECTORS["layers"], ids=lambda v: f"{v['out_channels']}x{v['in_channels']}")
 def test_numpy_numba_and_torch_reproduce_the_vectors(layer):
     torch = pytest.importorskip("torch")
-    from converters.ternary import TernaryPointwiseConv1d
+    from tinyasr_convert.ternary import TernaryPointwiseConv1d
 
     args = (layer["seed"], layer["layer_id"], layer["out_channels"], layer["in_channels"], layer["density"])
     expected = np.zeros(args[2:4], np.int8)
@@ -226,7 +226,7 @@ def test_encodings_round_trip_and_describe(tmp_path):
 
 
 def test_validator_refusals_name_the_tensor(tmp_path):
-    from tinyasr.fileformat import EncodedTensor
+    from tinyasr.format.container import EncodedTensor
 
     def seeded(**params):
         return EncodedTensor("ternary_seed", "float32", (8, 16, 1), {},
@@ -258,7 +258,7 @@ def test_validator_refusals_name_the_tensor(tmp_path):
 
 
 def test_detect_ternary():
-    from converters.ternary import detect_ternary
+    from tinyasr_convert.ternary import detect_ternary
 
     pattern = ternary_matrix(4, 0, 6, 9, 1 / 3)
     scales = np.array([0.5, 2, 1e-3, 0, 7, 3], np.float32)
@@ -274,7 +274,7 @@ def test_detect_ternary():
 
 
 def test_encode_prefers_a_matching_seed_and_falls_back_to_index_lists():
-    from converters.ternary import _declared_layers, encode_ternary
+    from tinyasr_convert.ternary import _declared_layers, encode_ternary
     from tinyasr.errors import ConversionError
 
     layer = {"seed": 31, "layer_id": 5, "density": 0.25, "out_channels": 12, "in_channels": 40}
@@ -298,8 +298,8 @@ def test_plain_onnx_ternary_conv_is_stored_compactly_and_matches_onnxruntime(tmp
     ort = pytest.importorskip("onnxruntime")
     from onnx import TensorProto, helper, numpy_helper
 
-    from converters import convert
-    from tinyasr.runtime import load_model
+    from tinyasr_convert import convert
+    from tinyasr.engine.offline import load_model
 
     cin, cout = 48, 64
     pattern = RNG.choice(np.array([-1, 0, 0, 0, 1], np.int8), size=(cout, cin))  # i.i.d., not our generator
@@ -326,7 +326,7 @@ def test_plain_onnx_ternary_conv_is_stored_compactly_and_matches_onnxruntime(tmp
 
 
 def _ternary_block_net(torch, channels=32, features=16, classes=5):
-    from converters.ternary import TernaryPointwiseConv1d
+    from tinyasr_convert.ternary import TernaryPointwiseConv1d
 
     class Net(torch.nn.Module):
         def __init__(self):
@@ -361,9 +361,9 @@ def test_torch_ternary_model_converts_to_seeds_and_matches_torch(tmp_path):
     import io
     import warnings
 
-    from converters import convert
-    from converters.ternary import add_ternary_metadata
-    from tinyasr.runtime import load_model
+    from tinyasr_convert import convert
+    from tinyasr_convert.ternary import add_ternary_metadata
+    from tinyasr.engine.offline import load_model
 
     net = _ternary_block_net(torch)
     example = torch.randn(1, 16, 50)

@@ -12,10 +12,11 @@ import pytest
 import soundfile
 
 from test_streaming import energy_ctc_parts
-from tinyasr.audio import load_audio
-from tinyasr.fileformat import write_model
-from tinyasr.recognizer import Recognizer
-from tinyasr.vad import FRAME_SECONDS, EnergyVAD, MarbleNetVAD, Segmenter, VADConfig, transcribe_long
+from tinyasr.audio.io import load_audio
+from tinyasr.format.container import write_model
+from tinyasr.pipeline.recognizer import Recognizer
+from tinyasr.pipeline.vad import FRAME_SECONDS, EnergyVAD, MarbleNetVAD, Segmenter, VADConfig
+from tinyasr.pipeline.long_form import transcribe_long
 from _paths import SHARED_DIR  # noqa: E402
 
 SHARED = str(SHARED_DIR)
@@ -34,7 +35,7 @@ def _feed(detector, samples, piece=1234):
 @pytest.fixture(scope="module")
 def marblenet(tmp_path_factory):
     pytest.importorskip("onnx")
-    from converters import convert
+    from tinyasr_convert import convert
 
     return convert(VAD_ONNX, tmp_path_factory.mktemp("vad") / "vad.tasr")
 
@@ -63,8 +64,8 @@ def test_windowed_marblenet_agrees_with_onnxruntime_on_whole_clips(marblenet):
 @needs_vad
 def test_marblenet_cannot_stream_frame_by_frame_and_says_why(marblenet):
     from tinyasr.errors import GraphError
-    from tinyasr.runtime import load_model
-    from tinyasr.stream_graph import StreamPlan
+    from tinyasr.engine.offline import load_model
+    from tinyasr.engine.streaming import StreamPlan
 
     with pytest.raises(GraphError, match=r"node '.*' \(ReduceMean\) cannot stream"):
         StreamPlan.from_model(load_model(marblenet))
@@ -153,7 +154,7 @@ def test_transcribe_long_segments_a_ten_minute_file_in_bounded_memory(tmp_path):
 def test_transcribe_of_a_long_file_goes_utterance_by_utterance(tmp_path):
     """Past LONG_FILE_SECONDS, Recognizer.transcribe (and so ``tinyasr transcribe``) joins transcribe_long's
     utterances: the same words, times counted from the file's start, inside the spans where the speech is."""
-    from tinyasr.recognizer import LONG_FILE_SECONDS
+    from tinyasr.pipeline.recognizer import LONG_FILE_SECONDS
 
     _, tensors, manifest = energy_ctc_parts()
     model_path = tmp_path / "energy.tasr"

@@ -41,17 +41,17 @@ def _prefer_avx512_blas_kernels():
 _prefer_avx512_blas_kernels()
 
 _EXPORTS = {
-    "load_model": "runtime",
-    "set_num_threads": "threads",
-    "Recognizer": "recognizer",
-    "Result": "decoding",
-    "Token": "decoding",
-    "Word": "decoding",
-    "Classification": "decoding",
-    "FrameClassification": "decoding",
-    "Segment": "decoding",
-    "OnlineStream": "streaming",
-    "transcribe_long": "vad",
+    "load_model": "engine.offline",
+    "set_num_threads": "engine.threads",
+    "Recognizer": "pipeline.recognizer",
+    "Result": "decoding.results",
+    "Token": "decoding.results",
+    "Word": "decoding.results",
+    "Classification": "decoding.results",
+    "FrameClassification": "decoding.results",
+    "Segment": "decoding.results",
+    "OnlineStream": "pipeline.online",
+    "transcribe_long": "pipeline.long_form",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -14,7 +14,7 @@ Split (speaker-independent evaluation):
 - training speakers: takes 5-49 train, takes 0-4 (the upstream test split)
   are held back for the "seen speakers" figure.
 
-Features are computed with ``tinyasr.frontend.compute_features``, the function
+Features are computed with ``tinyasr.features.frontend.compute_features``, the function
 the runtime uses, so training and deployment see identical inputs.
 """
 
@@ -28,7 +28,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 import soundfile as sf
 
-from tinyasr.frontend import FrontendConfig, compute_features
+from tinyasr.features.frontend import FrontendConfig, compute_features
 
 SAMPLE_RATE = 8000  # FSDD's native rate, Hz
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")

@@ -116,7 +116,7 @@ def onnx_transcriber(onnx_path: str) -> Callable[[np.ndarray], List[int]]:
 
 def tinyasr_transcriber(tasr_path: str) -> Callable[[np.ndarray], List[int]]:
     """The whole tinyasr path: Recognizer (its own frontend, runtime and decoder) on 8 kHz samples."""
-    from tinyasr.recognizer import Recognizer
+    from tinyasr.pipeline.recognizer import Recognizer
 
     recognizer = Recognizer(tasr_path)
     index = {word: i for i, word in enumerate(data.DIGIT_WORDS)}
@@ -137,7 +137,7 @@ def streaming_stats(clips) -> Dict:
 
     The model normalises each utterance; a stream has no whole utterance, so it normalises with these.
     """
-    from tinyasr.stream_frontend import estimate_feature_stats
+    from tinyasr.features.streaming import estimate_feature_stats
 
     strings = data.compose_many(np.random.default_rng(STATS_SEED), data.split(clips)["train"], STATS_STRINGS,
                                 1, 7, augment=False)
@@ -147,7 +147,7 @@ def streaming_stats(clips) -> Dict:
 
 def convert_to_tasr(onnx_path: str, tasr_path: str, float16: bool, clips) -> None:
     """The exported ONNX carries labels, decoder and frontend as metadata; streaming statistics are added here."""
-    from converters import convert_model
+    from tinyasr_convert import convert_model
 
     print(convert_model(onnx_path, tasr_path, float16=float16, streaming=streaming_stats(clips)).summary())
 

@@ -37,8 +37,8 @@ def convert(model: KWSNet, out: str) -> None:
     """torch -> ONNX (+ ternary metadata) -> .tasr with the FSDD frontend and the digit labels."""
     import onnx
 
-    import converters
-    from converters.ternary import add_ternary_metadata
+    import tinyasr_convert
+    from tinyasr_convert.ternary import add_ternary_metadata
 
     buffer = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
@@ -48,12 +48,12 @@ def convert(model: KWSNet, out: str) -> None:
                           dynamic_axes={"features": {0: "batch", 2: "time"}, "logits": {0: "batch"}})
     proto = onnx.load_from_string(buffer.getvalue())
     add_ternary_metadata(proto, model)
-    converters.convert(proto, out, labels=list(data.DIGIT_WORDS), decoder="classification",
+    tinyasr_convert.convert(proto, out, labels=list(data.DIGIT_WORDS), decoder="classification",
                        frontend=data.FRONTEND.to_dict())
 
 
 def stored_bytes(path: str) -> dict:
-    from tinyasr.fileformat import describe
+    from tinyasr.format.container import describe
 
     info = describe(path)
     by_encoding: dict = {}
@@ -76,7 +76,7 @@ def seconds_per_clip(model, batch: np.ndarray, repeats: int = 3) -> float:
 
 
 def main(argv=None):
-    from tinyasr.runtime import load_model
+    from tinyasr.engine.offline import load_model
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/kws_ternary")

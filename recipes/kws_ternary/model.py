@@ -19,7 +19,7 @@ from typing import Tuple
 import torch
 from torch import nn
 
-from converters.ternary import TernaryPointwiseConv1d
+from tinyasr_convert.ternary import TernaryPointwiseConv1d
 
 
 @dataclass(frozen=True)

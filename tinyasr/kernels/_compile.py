@@ -14,7 +14,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .. import threads
+from tinyasr.engine import threads
 
 TILE = 64  # frames per register tile: 4 AVX-512 (8 AVX2, 16 NEON) registers per output row
 

@@ -31,10 +31,10 @@ from numba import carray, njit
 from numba.types import float32, int64, void
 from numpy.lib.stride_tricks import as_strided
 
-from .. import threads
-from ..errors import GraphError
-from ._compile import serial_and_parallel, stack_buffer
-from .epilogue import (
+from tinyasr.engine import threads
+from tinyasr.errors import GraphError
+from tinyasr.kernels._compile import serial_and_parallel, stack_buffer
+from tinyasr.kernels.epilogue import (
     ACTIVATIONS,  # noqa: F401  (re-exported: the Conv op's activation names)
     NO_BIAS,
     NO_RESIDUAL,
@@ -50,7 +50,7 @@ from .epilogue import (
     finish_row,
     remembered,
 )
-from .pointwise import CLIP, NARROW_FRAMES, RELU, ROWS, frames_first, pointwise_narrow, pointwise_tiles, tiles_of
+from tinyasr.kernels.pointwise import CLIP, NARROW_FRAMES, RELU, ROWS, frames_first, pointwise_narrow, pointwise_tiles, tiles_of
 
 # im2col copies at most this many floats at a time (4 MB); longer inputs are done in time chunks.
 IM2COL_MAX_ELEMENTS = 1 << 20
@@ -97,7 +97,7 @@ def depthwise_rows(loop):
 
     x [B, Cin, T], w [Cout, K] with Cout = m * Cin, y [B, Cout, T_out]; out-of-range taps are zero padding.
     Taps in the outer loop, time in the inner loop, always contiguous (strided input is deinterleaved).
-    Zero taps are skipped: a pruned depthwise conv (converters.sparsity, ``depthwise=True``) costs its
+    Zero taps are skipped: a pruned depthwise conv (tinyasr_convert.sparsity, ``depthwise=True``) costs its
     non-zeros only, without a sparse encoding.
     """
 

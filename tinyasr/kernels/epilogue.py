@@ -17,8 +17,8 @@ import numpy as np
 from numba import njit
 from numba.types import Array, boolean, float32, int64, void
 
-from ..errors import GraphError
-from ._compile import serial_and_parallel
+from tinyasr.errors import GraphError
+from tinyasr.kernels._compile import serial_and_parallel
 
 # Activation codes passed to the kernels; the names are the IR's ``activation`` attribute values.
 ACTIVATIONS = {"": 0, "Relu": 1, "Sigmoid": 2, "Tanh": 3, "Clip": 4}

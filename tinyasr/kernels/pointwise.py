@@ -30,8 +30,8 @@ import numpy as np
 from numba import carray, njit
 from numba.types import float32, int64, void
 
-from ._compile import TILE, serial_and_parallel, stack_buffer
-from .epilogue import ACTIVATIONS, READ_1D, READ_2D, READ_3D, store_tile
+from tinyasr.kernels._compile import TILE, serial_and_parallel, stack_buffer
+from tinyasr.kernels.epilogue import ACTIVATIONS, READ_1D, READ_2D, READ_3D, store_tile
 
 ROWS = 4  # output rows per strip
 STRIP = ROWS * TILE  # a named constant: stack_buffer needs a literal

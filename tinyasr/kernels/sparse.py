@@ -23,12 +23,24 @@ from __future__ import annotations
 import numpy as np
 from numba import carray, njit, types
 
-from .. import threads
-from ..errors import GraphError
-from ..sparse import BSRMatrix, CSRMatrix, as_dense
-from ._compile import TILE, serial_and_parallel, stack_buffer  # ternary.py imports TILE, stack_buffer from here
-from .conv1d import conv1d
-from .epilogue import ACTIVATIONS, activation_code, store_tile, as_float32, bias_act, bias_act_reference, check_bias_residual
+from tinyasr.engine import threads
+from tinyasr.errors import GraphError
+from tinyasr.format.encodings.sparse import BSRMatrix, CSRMatrix, as_dense
+from tinyasr.kernels._compile import (  # ternary.py imports TILE, stack_buffer from here
+    TILE,
+    serial_and_parallel,
+    stack_buffer,
+)
+from tinyasr.kernels.conv1d import conv1d
+from tinyasr.kernels.epilogue import (
+    ACTIVATIONS,
+    activation_code,
+    as_float32,
+    bias_act,
+    bias_act_reference,
+    check_bias_residual,
+    store_tile,
+)
 
 RELU, CLIP = ACTIVATIONS["Relu"], ACTIVATIONS["Clip"]  # applied in the kernels; others after them
 STRIP = 4 * TILE  # a BSR strip: 4 rows of a tile (16 registers); a named constant, as stack_buffer needs a literal

@@ -26,12 +26,26 @@ import numpy as np
 from numba import carray, njit
 from numba.types import Array, float32, int32, int64, uint16, uint64, void
 
-from ..errors import GraphError, TinyASRError
-from ..ternary import (GOLDEN_GAMMA, MIX_MUL1, MIX_MUL2, MIX_SHIFTS, IndexLists, TernaryWeight, block_width,
-                       is_plain_pointwise)
-from ._compile import serial_and_parallel
-from .sparse import TILE, stack_buffer
-from .epilogue import activation_code, as_float32, bias_act_reference, check_bias_residual, epilogue_rows
+from tinyasr.errors import GraphError, TinyASRError
+from tinyasr.format.encodings.ternary import (
+    GOLDEN_GAMMA,
+    MIX_MUL1,
+    MIX_MUL2,
+    MIX_SHIFTS,
+    IndexLists,
+    TernaryWeight,
+    block_width,
+    is_plain_pointwise,
+)
+from tinyasr.kernels._compile import serial_and_parallel
+from tinyasr.kernels.epilogue import (
+    activation_code,
+    as_float32,
+    bias_act_reference,
+    check_bias_residual,
+    epilogue_rows,
+)
+from tinyasr.kernels.sparse import TILE, stack_buffer
 
 MODES = ("auto", "memory", "speed")
 ENV_VAR = "TINYASR_TERNARY"
@@ -52,7 +66,7 @@ _S1, _S2, _S3 = (np.uint64(s) for s in MIX_SHIFTS)
 
 
 # ---------------------------------------------------------------------------------------------
-# The generator (Numba); bit-identical to tinyasr.ternary's numpy reference
+# The generator (Numba); bit-identical to tinyasr.format.encodings.ternary's numpy reference
 # ---------------------------------------------------------------------------------------------
 
 

@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..errors import GraphError
+from tinyasr.errors import GraphError
 
 OpFunction = Callable[["OpContext", List[Optional[np.ndarray]], dict], List[np.ndarray]]
 
@@ -73,6 +73,6 @@ def run_op(op: str, inputs: List[Optional[np.ndarray]], attrs: dict, num_outputs
 ENCODED_WEIGHT_INPUTS: Dict[str, Sequence[int]] = {"Conv": (1,), "MatMul": (0, 1), "Gemm": (0, 1)}
 
 # Importing the op modules fills the registry.
-from . import conv, elementwise, nn, reduce, shape  # noqa: E402,F401
+from tinyasr.ops import conv, elementwise, nn, reduce, shape  # noqa: E402,F401
 
 SUPPORTED_OPS: List[str] = sorted(_REGISTRY)

@@ -6,8 +6,8 @@ from typing import List, Optional
 
 import numpy as np
 
-from ..errors import GraphError
-from ..sparse import ENCODED_TYPES, as_dense
+from tinyasr.errors import GraphError
+from tinyasr.format.encodings.sparse import ENCODED_TYPES, as_dense
 
 
 def int_list(values, what: str) -> List[int]:

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import GraphError
-from ..kernels.conv1d import output_length
-from ..kernels.sparse import conv1d_any
-from ..ternary import TernaryWeight
-from . import register
-from .common import check_inputs
+from tinyasr.errors import GraphError
+from tinyasr.format.encodings.ternary import TernaryWeight
+from tinyasr.kernels.conv1d import output_length
+from tinyasr.kernels.sparse import conv1d_any
+from tinyasr.ops import register
+from tinyasr.ops.common import check_inputs
 
 
 def _single(attrs, name: str, default: int) -> int:
@@ -50,7 +50,9 @@ def conv(ctx, inputs, attrs):
     """Attributes to kernel arguments; the kernel checks channels, group, bias, residual and activation."""
     check_inputs("Conv", inputs, 2)
     if isinstance(inputs[1], TernaryWeight):  # a regenerated / index-list ternary 1x1 conv
-        from ..kernels.ternary import ternary_conv  # compiled only by models that have ternary layers
+        from tinyasr.kernels.ternary import (
+            ternary_conv,  # compiled only by models that have ternary layers
+        )
 
         return ternary_conv(ctx, inputs, attrs)
     x, weight = inputs[0], inputs[1]

@@ -14,9 +14,9 @@ from functools import reduce
 import numba
 import numpy as np
 
-from ..errors import GraphError
-from . import register
-from .common import check_inputs
+from tinyasr.errors import GraphError
+from tinyasr.ops import register
+from tinyasr.ops.common import check_inputs
 
 
 def _same_dtype(op: str, arrays) -> None:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import GraphError
-from . import register
-from ..kernels.sparse import kernel_matrix, linear
-from .common import check_inputs, dense, normalize_axis
+from tinyasr.errors import GraphError
+from tinyasr.kernels.sparse import kernel_matrix, linear
+from tinyasr.ops import register
+from tinyasr.ops.common import check_inputs, dense, normalize_axis
 
 
 def _minus_max(ctx, op, inputs, attrs):

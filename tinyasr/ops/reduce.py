@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import register
-from .common import axes_from, check_inputs, normalize_axes, normalize_axis
+from tinyasr.ops import register
+from tinyasr.ops.common import axes_from, check_inputs, normalize_axes, normalize_axis
 
 
 def _reduction(op: str, numpy_reduce):

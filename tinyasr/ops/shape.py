@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import GraphError
-from . import register
-from .common import axes_from, check_inputs, int_list, normalize_axes, normalize_axis
+from tinyasr.errors import GraphError
+from tinyasr.ops import register
+from tinyasr.ops.common import (
+    axes_from,
+    check_inputs,
+    int_list,
+    normalize_axes,
+    normalize_axis,
+)
 
 # ONNX TensorProto.DataType -> numpy (the types a speech model's graph can carry).
 ONNX_DTYPES = {

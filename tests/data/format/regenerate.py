@@ -18,7 +18,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[2]))
 
-from tinyasr.fileformat import to_float16, write_model  # noqa: E402
+from tinyasr.format.container import to_float16, write_model  # noqa: E402
 
 PROVENANCE = {"source": "handmade", "source_sha256": "0" * 64, "converter": "tinyasr 0.1.0", "source_format": "onnx"}
 

@@ -1,4 +1,4 @@
-"""Write vectors.json: ternary generator test vectors from the numpy reference (tinyasr.ternary).
+"""Write vectors.json: ternary generator test vectors from the numpy reference (tinyasr.format.encodings.ternary).
 
 The file is checked in; tests compare the numpy, Numba and torch generators with it, so a change to
 any of them that alters a single bit fails.  Regenerate only for a new generator (a new name).
@@ -14,7 +14,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
 
-from tinyasr.ternary import GENERATOR, layer_key, mix64, ternary_columns, ternary_matrix  # noqa: E402
+from tinyasr.format.encodings.ternary import GENERATOR, layer_key, mix64, ternary_columns, ternary_matrix  # noqa: E402
 
 # (seed, layer_id, out_channels, in_channels, density): small ones written out in docs/ternary.md,
 # square layers of the benchmark, a partial last block, the extreme seed / layer_id / in_channels.

@@ -18,6 +18,8 @@ from typing import Tuple
 
 import numpy as np
 
+from tinyasr.format.tensors import Encoding
+
 # Column indices fit uint16 up to this many columns; wider matrices store int32 indices.
 UINT16_COLUMNS = 65535
 
@@ -290,9 +292,9 @@ def count_stored_nonzero(entry, parts) -> int:
     return int(np.count_nonzero(parts["values"]))
 
 
-# (name, validate, decode, count_nonzero, format minor version that introduced it)
+# introduced in format 1.1
 FILE_ENCODINGS = (
-    ("csr", validate_csr, decode_csr, count_stored_nonzero, 1),
-    ("bsr", validate_bsr, decode_bsr, count_stored_nonzero, 1),
-    ("int8", validate_int8, decode_int8, count_stored_nonzero, 1),
+    Encoding("csr", validate_csr, decode_csr, count_stored_nonzero, minor=1),
+    Encoding("bsr", validate_bsr, decode_bsr, count_stored_nonzero, minor=1),
+    Encoding("int8", validate_int8, decode_int8, count_stored_nonzero, minor=1),
 )

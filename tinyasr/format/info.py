@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Dict, List, Optional
 
-from .fileformat import describe, read_model
+from tinyasr.format.container import describe, read_model
 
 VOCABULARY_PREVIEW = 12  # entries of a vocabulary or label list shown in the summary
 

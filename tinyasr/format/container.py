@@ -10,20 +10,19 @@ every problem becomes a ModelFileError naming the file and the fault.
 from __future__ import annotations
 
 import json
-import math
 import mmap
 import os
 import secrets
 import struct
 import zlib
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
-from .errors import ConversionError, GraphError, ModelFileError
-from .graph import Graph
-from .sparse import FILE_ENCODINGS
+from tinyasr.errors import ConversionError, GraphError, ModelFileError
+from tinyasr.format.encodings import ENCODINGS
+from tinyasr.format.graph import Graph
+from tinyasr.format.tensors import DTYPES, FLOAT_DTYPES, EncodedTensor, Encoding, PartEntry, TensorEntry  # noqa: F401  (re-exported)
 
 MAGIC = b"TASR\r\n\x1a\n"
 VERSION = (1, 1)  # (major, newest minor) this module knows; it reads any 1.x, writes 1.<newest encoding used>
@@ -41,15 +40,6 @@ MAX_DIM = 2**31 - 1
 MAX_NAME_CHARS = 1024
 MAX_ROLE_CHARS = 64
 
-# Storage dtypes, always little-endian.  Keys are numpy dtype names.
-DTYPES: Dict[str, np.dtype] = {
-    name: np.dtype(code)
-    for name, code in [
-        ("float32", "<f4"), ("float16", "<f2"), ("int64", "<i8"), ("int32", "<i4"), ("int16", "<i2"),
-        ("int8", "i1"), ("uint16", "<u2"), ("uint8", "u1"), ("bool", "?"),
-    ]
-}
-FLOAT_DTYPES = ("float32", "float16")
 REQUIRED_KEYS = ("format", "version", "tensors", "graph", "frontend", "decoder", "provenance")
 CALLER_KEYS = ("graph", "frontend", "decoder", "provenance")
 
@@ -60,104 +50,6 @@ class _Refusal(Exception):
 
 def _align(n: int) -> int:
     return (n + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT
-
-
-# --------------------------------------------------------------------------- entries
-
-
-@dataclass(frozen=True)
-class PartEntry:
-    """One stored byte array of a tensor; ``offset`` is relative to the data section."""
-
-    role: str
-    dtype: str
-    shape: Tuple[int, ...]
-    offset: int
-    nbytes: int
-    crc32: int
-
-
-@dataclass(frozen=True)
-class TensorEntry:
-    """A row of the tensor table: the logical tensor and the parts its encoding stores."""
-
-    name: str
-    encoding: str
-    dtype: str
-    shape: Tuple[int, ...]
-    parts: Tuple[PartEntry, ...]
-    params: Dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(p.nbytes for p in self.parts)
-
-    @property
-    def size(self) -> int:
-        """Number of elements of the logical tensor (its parameter count)."""
-        return math.prod(self.shape)
-
-
-@dataclass
-class EncodedTensor:
-    """What the writer stores for a non-plain tensor: an encoding tag, the logical dtype/shape, parts, params."""
-
-    encoding: str
-    dtype: str
-    shape: Tuple[int, ...]
-    parts: Dict[str, np.ndarray]
-    params: Dict[str, Any] = field(default_factory=dict)
-
-
-# --------------------------------------------------------------------------- encodings
-
-
-@dataclass(frozen=True)
-class Encoding:
-    """How an encoding's parts make the logical tensor.
-
-    ``validate(entry, parts)`` raises ValueError on any inconsistency; ``decode(entry, parts)``
-    returns what ModelFile.tensor gives the runtime; ``count_nonzero(entry, parts)`` returns the
-    number of non-zero weights, or None where sparsity is not meaningful.  ``parts`` maps role ->
-    read-only array view.
-    """
-
-    name: str
-    validate: Callable[[TensorEntry, Dict[str, np.ndarray]], None]
-    decode: Callable[[TensorEntry, Dict[str, np.ndarray]], Any]
-    count_nonzero: Callable[[TensorEntry, Dict[str, np.ndarray]], Optional[int]]
-    minor: int = 0  # the format minor version that introduced it; files using it declare at least 1.<minor>
-
-
-ENCODINGS: Dict[str, Encoding] = {}
-
-
-def register_encoding(encoding: Encoding) -> None:
-    ENCODINGS[encoding.name] = encoding
-
-
-def _validate_dense(entry: TensorEntry, parts: Dict[str, np.ndarray]) -> None:
-    if set(parts) != {"data"}:
-        raise ValueError(f"dense encoding stores exactly one part 'data', found {sorted(parts)}")
-    (part,) = entry.parts
-    if part.dtype != entry.dtype or part.shape != entry.shape:
-        raise ValueError(
-            f"dense part is {part.dtype}{list(part.shape)} but the tensor is {entry.dtype}{list(entry.shape)}"
-        )
-    unknown = set(entry.params) - {"upcast_to"}
-    if unknown:
-        raise ValueError(f"unknown dense params {sorted(unknown)}")
-    if "upcast_to" in entry.params and (entry.dtype != "float16" or entry.params["upcast_to"] != "float32"):
-        raise ValueError(f"upcast_to={entry.params['upcast_to']!r} is only allowed as float16 -> 'float32'")
-
-
-def _count_nonzero_dense(entry: TensorEntry, parts: Dict[str, np.ndarray]) -> Optional[int]:
-    return int(np.count_nonzero(parts["data"])) if entry.dtype in FLOAT_DTYPES else None
-
-
-register_encoding(Encoding("dense", _validate_dense, lambda entry, parts: parts["data"], _count_nonzero_dense))
-for _name, _validate, _decode, _count, _minor in FILE_ENCODINGS:  # csr, bsr, int8 (meaning: tinyasr/sparse.py)
-    register_encoding(Encoding(_name, _validate, _decode, _count, _minor))
 
 
 # --------------------------------------------------------------------------- reading
@@ -610,7 +502,3 @@ def describe(model_file: Union[ModelFile, str, os.PathLike]) -> Dict[str, Any]:
         "parameters": sum(r["parameters"] for r in rows),
         "tensors": rows,
     }
-
-
-# The ternary encodings live beside their generator; importing the module registers them.
-from . import ternary  # noqa: E402,F401

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Tuple, Union
 
-from .errors import GraphError
+from tinyasr.errors import GraphError
 
 Dim = Union[int, str]  # a fixed size, or a symbolic name such as "T" or "batch"
 

@@ -47,7 +47,7 @@ from contextlib import contextmanager
 
 import numba
 
-from .errors import TinyASRError
+from tinyasr.errors import TinyASRError
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before Numba first loads its OpenMP layer
 

@@ -18,10 +18,17 @@ from typing import Dict, List, Optional, Union
 import numpy as np
 import soundfile
 
-from . import audio, decoding, runtime, threads
-from .decoding import Classification, FrameClassification, Result
-from .errors import InputError, ModelFileError, TinyASRError
-from .frontend import FrontendConfig, compute_features
+from tinyasr.audio.io import as_float32_mono, load_audio
+from tinyasr.audio.resample import MAX_SAMPLE_RATE
+from tinyasr.decoding.classification import classify_clip, classify_frames
+from tinyasr.decoding.ctc import VOCABULARY_TYPES, ctc_greedy
+from tinyasr.decoding.results import Classification, FrameClassification, Result
+from tinyasr.decoding.scores import SCORE_KINDS, output_frame_seconds
+from tinyasr.engine.offline import load_model
+from tinyasr.engine.threads import set_num_threads
+from tinyasr.errors import InputError, ModelFileError, TinyASRError
+from tinyasr.features.frontend import FrontendConfig, compute_features
+from tinyasr.model_cache import resolve_model_path
 
 BUNDLED_MODELS = Path(__file__).parent / "models"
 DEFAULT_MODEL = "digits"
@@ -32,36 +39,6 @@ AudioInput = Union[str, os.PathLike, np.ndarray]
 DECODER_KEYS = {"ctc": ("output", "blank", "vocabulary"), "classification": ("output", "labels"),
                 "frame_classification": ("output", "labels")}
 DECODER_CALLS = {"ctc": "transcribe", "classification": "classify", "frame_classification": "classify_frames"}
-
-
-# ---------------------------------------------------------------------------
-# Finding a model
-
-
-def cache_dir() -> Path:
-    """Where downloaded models live: ``$TINYASR_HOME/models``, else ``~/.cache/tinyasr/models``."""
-    home = os.environ.get("TINYASR_HOME")
-    root = Path(home).expanduser() if home else Path.home() / ".cache" / "tinyasr"
-    return root / "models"
-
-
-def resolve_model_path(model: Union[str, os.PathLike, None] = None) -> Path:
-    """A model file path, the name of a bundled model, or the name of a model in the cache.
-
-    None means the bundled ``digits`` model.  Raises ModelFileError listing every place tried.
-    """
-    name = DEFAULT_MODEL if model is None else os.fspath(model)
-    candidates = [] if model is None else [Path(name).expanduser()]
-    if os.sep not in name and "/" not in name:
-        file_name = name if name.endswith(MODEL_SUFFIX) else name + MODEL_SUFFIX
-        candidates += [BUNDLED_MODELS / file_name, cache_dir() / file_name]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    if candidates and candidates[0].is_dir():
-        raise ModelFileError(candidates[0], "is a directory, not a .tasr model file")
-    tried = ", ".join(str(c) for c in candidates)
-    raise ModelFileError(name, f"no such model file (tried {tried})")
 
 
 # ---------------------------------------------------------------------------
@@ -103,9 +80,9 @@ class Recognizer:
 
     def __init__(self, model_path: Union[str, os.PathLike, None] = None, *, num_threads: Optional[int] = None):
         if num_threads is not None:
-            threads.set_num_threads(num_threads)
+            set_num_threads(num_threads)
         self.path = resolve_model_path(model_path)
-        self.model = runtime.load_model(self.path)
+        self.model = load_model(self.path)
         self.decoder = self._checked_decoder(self.model.decoder)
         try:
             self.frontend = FrontendConfig.from_dict(self.model.frontend) if self.model.frontend else None
@@ -121,8 +98,8 @@ class Recognizer:
     # -- public calls ------------------------------------------------------
 
     def stream(self, **options):
-        """A new online stream on this model (own state; many may run at once): see tinyasr.streaming.OnlineStream."""
-        from .streaming import OnlineStream
+        """A new online stream on this model (own state; many may run at once): see tinyasr.pipeline.online.OnlineStream."""
+        from tinyasr.pipeline.online import OnlineStream
 
         return OnlineStream(self, **options)
 
@@ -130,17 +107,17 @@ class Recognizer:
         """Text, tokens and words with times of a file path or a sample array (then give ``sample_rate``).
 
         A file longer than LONG_FILE_SECONDS is read block by block and cut into utterances by voice
-        activity (tinyasr.vad.transcribe_long, energy detector), so its memory does not grow with its
+        activity (tinyasr.pipeline.long_form.transcribe_long, energy detector), so its memory does not grow with its
         length; the utterances' words are joined into one Result with times from the file's start.
         """
         duration = _file_duration(audio_input)
         if duration is not None and duration > LONG_FILE_SECONDS and (self.decoder or {}).get("type") == "ctc":
-            from .vad import join_utterances, transcribe_long
+            from tinyasr.pipeline.long_form import join_utterances, transcribe_long
 
             return join_utterances(transcribe_long(audio_input, self), duration)
         decoder, forward, scores = self._scores("ctc", "transcribe", audio_input, sample_rate)
         frame_seconds, valid = self._time_base(forward, scores.shape[-2])
-        return decoding.ctc_greedy(
+        return ctc_greedy(
             scores,
             vocabulary=decoder["vocabulary"],
             blank=int(decoder["blank"]),
@@ -155,7 +132,7 @@ class Recognizer:
     def classify(self, audio_input: AudioInput, sample_rate: Optional[int] = None, top_k: int = 5) -> Classification:
         """The ``top_k`` most probable labels of a clip, for a classification model."""
         decoder, forward, scores = self._scores("classification", "classify", audio_input, sample_rate)
-        return decoding.classify_clip(
+        return classify_clip(
             scores,
             labels=decoder["labels"],
             kind=decoder.get("logits", "logits"),
@@ -168,7 +145,7 @@ class Recognizer:
         """Per-frame labels and merged segments, for a frame classification model (e.g. frame VAD)."""
         decoder, forward, scores = self._scores("frame_classification", "classify_frames", audio_input, sample_rate)
         frame_seconds, valid = self._time_base(forward, scores.shape[-2])
-        return decoding.classify_frames(
+        return classify_frames(
             scores,
             labels=decoder["labels"],
             kind=decoder.get("logits", "logits"),
@@ -194,7 +171,7 @@ class Recognizer:
             described = ", ".join(_format_value(v) for v in inputs)
             raise InputError(
                 f"{self.path}: the Recognizer feeds one signal input and an optional length input, "
-                f"but the model's inputs are: {described}; use tinyasr.runtime.load_model(...).run instead"
+                f"but the model's inputs are: {described}; use tinyasr.engine.offline.load_model(...).run instead"
             )
         signal = signals[0]
         if self.frontend is not None and len(signal.shape) != 3:
@@ -237,8 +214,8 @@ class Recognizer:
             raise ModelFileError(
                 self.path, "the model takes raw audio but its manifest gives no 'sample_rate' to resample to"
             )
-        if not _is_int(rate) or not 0 < rate <= audio.MAX_SAMPLE_RATE:
-            raise ModelFileError(self.path, f"'sample_rate' must be an integer from 1 to {audio.MAX_SAMPLE_RATE}, "
+        if not _is_int(rate) or not 0 < rate <= MAX_SAMPLE_RATE:
+            raise ModelFileError(self.path, f"'sample_rate' must be an integer from 1 to {MAX_SAMPLE_RATE}, "
                                             f"got {rate!r}")
         return rate
 
@@ -246,7 +223,7 @@ class Recognizer:
         if not self.decoder:
             raise InputError(
                 f"{self.path}: the model has no decoder, so {call}() cannot interpret its outputs; "
-                "use tinyasr.runtime.load_model(...).run for raw outputs"
+                "use tinyasr.engine.offline.load_model(...).run for raw outputs"
             )
         actual = self.decoder["type"]
         if actual != kind:
@@ -262,10 +239,10 @@ class Recognizer:
         if isinstance(audio_input, np.ndarray):
             if sample_rate is None:
                 raise InputError("an audio array needs its sample_rate (e.g. transcribe(samples, sample_rate=16000))")
-            return audio.as_float32_mono(audio_input, sample_rate, self.sample_rate)
+            return as_float32_mono(audio_input, sample_rate, self.sample_rate)
         if not isinstance(audio_input, (str, bytes, os.PathLike)):
             raise InputError(f"audio must be a file path or a numpy array of samples, got {type(audio_input).__name__}")
-        samples, _ = audio.load_audio(audio_input, sample_rate=self.sample_rate)
+        samples, _ = load_audio(audio_input, sample_rate=self.sample_rate)
         return samples
 
     def _forward(self, audio_input: AudioInput, sample_rate: Optional[int]) -> _Forward:
@@ -297,12 +274,12 @@ class Recognizer:
         """Seconds per output frame and the number of output frames that carry audio.
 
         The network's time stride is the ratio of input steps to output frames
-        (see decoding.output_frame_seconds) unless the decoder states
+        (see output_frame_seconds) unless the decoder states
         ``frame_seconds`` (useful for audio-input graphs, whose stride the
         sample count does not pin down exactly); output frames past
         ``ceil(valid input steps / stride)`` come from padding and are not decoded.
         """
-        frame_seconds = self.decoder.get("frame_seconds") or decoding.output_frame_seconds(
+        frame_seconds = self.decoder.get("frame_seconds") or output_frame_seconds(
             forward.input_seconds, forward.input_frames, output_frames
         )
         stride = frame_seconds / forward.input_seconds
@@ -329,10 +306,10 @@ def _decoder_problem(decoder: dict) -> Optional[str]:
         ("blank", _is_int(decoder.get("blank", 0)), "an integer"),
         ("vocabulary", is_strings(decoder.get("vocabulary", [])), "a list of strings"),
         ("labels", is_strings(decoder.get("labels", [])), "a list of strings"),
-        ("logits", decoder.get("logits", "logits") in decoding.SCORE_KINDS,
-         f"one of {', '.join(decoding.SCORE_KINDS)}"),
-        ("vocabulary_type", decoder.get("vocabulary_type", "chars") in decoding.VOCABULARY_TYPES,
-         f"one of {', '.join(decoding.VOCABULARY_TYPES)}"),
+        ("logits", decoder.get("logits", "logits") in SCORE_KINDS,
+         f"one of {', '.join(SCORE_KINDS)}"),
+        ("vocabulary_type", decoder.get("vocabulary_type", "chars") in VOCABULARY_TYPES,
+         f"one of {', '.join(VOCABULARY_TYPES)}"),
         ("frame_seconds", frame_seconds is None or (isinstance(frame_seconds, (int, float))
                                                     and not isinstance(frame_seconds, bool)
                                                     and 0 < frame_seconds < math.inf), "a positive number"),

@@ -13,8 +13,9 @@ import json
 import sys
 from typing import List, Optional
 
-from . import __version__, stream_cli
-from .errors import TinyASRError
+from tinyasr import __version__
+from tinyasr.cli import stream as stream_cli
+from tinyasr.errors import TinyASRError
 
 EXIT_OK = 0
 EXIT_INPUT_FAILED = 1
@@ -51,7 +52,7 @@ DECODER_COMMAND = {kind: command for command, kinds in COMMAND_DECODERS.items() 
 
 def _load_recognizer(args):
     """The Recognizer, or None after reporting why the model cannot do this command (once, not per file)."""
-    from .recognizer import Recognizer
+    from tinyasr.pipeline.recognizer import Recognizer
 
     try:
         recognizer = Recognizer(args.model, num_threads=args.threads)
@@ -69,7 +70,7 @@ def _load_recognizer(args):
 
 
 def _format_classification(result) -> str:
-    from .decoding import FrameClassification
+    from tinyasr.decoding.results import FrameClassification
 
     if isinstance(result, FrameClassification):
         return ", ".join(f"{s.start:.2f}-{s.end:.2f} {s.label}" for s in result.segments)
@@ -123,8 +124,8 @@ def _classify(args) -> int:
 
 # commands that live in converters/ (the ``convert`` extra): name -> (module, description)
 CONVERTER_COMMANDS = {
-    "convert": ("converters.cli", "Convert a source model (ONNX) to a .tasr file"),
-    "download": ("converters.download", "Fetch a public model, convert it once and keep it in the model cache"),
+    "convert": ("tinyasr_convert.cli", "Convert a source model (ONNX) to a .tasr file"),
+    "download": ("tinyasr_convert.download", "Fetch a public model, convert it once and keep it in the model cache"),
 }
 EXTRA_PACKAGES = ("onnx", "yaml", "torch")  # what the convert extra brings
 
@@ -148,8 +149,8 @@ def _run_converter_command(command: str, argv: List[str]) -> int:
 
 
 def _info(args) -> int:
-    from .info import format_summary, summarize
-    from .recognizer import resolve_model_path
+    from tinyasr.format.info import format_summary, summarize
+    from tinyasr.model_cache import resolve_model_path
 
     try:
         summary = summarize(resolve_model_path(args.model))

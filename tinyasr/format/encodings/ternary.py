@@ -4,7 +4,7 @@ A ternary layer's matrix is never stored: it is a pure function of (seed, layer_
 specified bit for bit in docs/ternary.md, so the torch module that trained it, the converter and the
 Numba runtime all use the same matrix.  This module holds the numpy reference of that generator, the
 ``TernaryWeight`` object ``ModelFile.tensor`` returns for the ``ternary_seed`` and ``ternary_index``
-encodings, and those encodings' validators and decoders (registered with the file format at import).
+encodings, and those encodings' validators and decoders (listed in tinyasr.format.encodings).
 The kernels are in ``tinyasr.kernels.ternary``.
 """
 
@@ -16,7 +16,7 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from .fileformat import Encoding, EncodedTensor, TensorEntry, register_encoding
+from tinyasr.format.tensors import EncodedTensor, Encoding, TensorEntry
 
 GENERATOR = "splitmix64-stratified-v1"  # the only generator; a new one gets a new name, never a change
 
@@ -292,6 +292,8 @@ def _decode_index(entry: TensorEntry, parts: Dict[str, np.ndarray]) -> TernaryWe
     return TernaryWeight(entry.shape[0], entry.shape[1], parts["scales"], lists=lists)
 
 
-register_encoding(Encoding("ternary_seed", _validate_seed, _decode_seed, _count_seed))
-register_encoding(Encoding("ternary_index", _validate_index, _decode_index,
-                           lambda entry, parts: int(parts["plus"].size + parts["minus"].size)))
+FILE_ENCODINGS = (
+    Encoding("ternary_seed", _validate_seed, _decode_seed, _count_seed),
+    Encoding("ternary_index", _validate_index, _decode_index,
+             lambda entry, parts: int(parts["plus"].size + parts["minus"].size)),
+)

@@ -19,8 +19,8 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-from .audio import MAX_SAMPLE_RATE
-from .errors import AudioError, TinyASRError
+from tinyasr.audio.resample import MAX_SAMPLE_RATE
+from tinyasr.errors import AudioError, TinyASRError
 
 WINDOWS = ("hann", "hamming", "blackman", "bartlett", "none")
 NORMALIZE = ("per_feature", "all_features", None)
@@ -376,7 +376,7 @@ def _normalize(features: np.ndarray, valid: int, mode: Optional[str]) -> np.ndar
 def compute_features(samples: np.ndarray, config: FrontendConfig) -> Tuple[np.ndarray, int]:
     """Features [num_features, T] float32 and the number of valid frames, exactly as NeMo in eval mode.
 
-    ``samples`` is 1-D audio at config.sample_rate (see tinyasr.audio for loading and
+    ``samples`` is 1-D audio at config.sample_rate (see tinyasr.audio.io for loading and
     resampling).  For kind "mel", frames from the valid count on hold pad_value and T is
     padded with pad_value to a multiple of pad_to.
     """
@@ -385,7 +385,7 @@ def compute_features(samples: np.ndarray, config: FrontendConfig) -> Tuple[np.nd
         raise AudioError(f"compute_features expects 1-D mono samples, got shape {samples.shape}")
     if not np.issubdtype(samples.dtype, np.floating):
         raise AudioError(f"compute_features expects float samples, got {samples.dtype} "
-                         "(convert with tinyasr.audio.as_float32_mono)")
+                         "(convert with tinyasr.audio.io.as_float32_mono)")
     if not np.all(np.isfinite(samples)):
         raise AudioError("audio samples contain NaN or Inf")
     valid = valid_frame_count(samples.size, config)

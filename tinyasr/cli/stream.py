@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 
-from .errors import InputError, TinyASRError
+from tinyasr.errors import InputError, TinyASRError
 
 PORTAUDIO_HINT = ("microphone input needs the optional 'sounddevice' package (pip install sounddevice) and the "
                   "PortAudio library (Debian / Raspberry Pi OS: sudo apt install libportaudio2)")
@@ -59,7 +59,7 @@ def _file_chunks(path, chunk_ms: int, realtime: bool):
 
     import soundfile
 
-    from .audio import check_audio_file
+    from tinyasr.audio.io import check_audio_file
 
     check_audio_file(path)
     try:
@@ -108,8 +108,8 @@ def _microphone_chunks(rate: int, chunk_ms: int):
 
 def run(args) -> int:
     """``tinyasr stream``: partial text on one updating line (stderr), final results with times (stdout)."""
-    from .recognizer import Recognizer
-    from .streaming import EndpointConfig, OnlineStream
+    from tinyasr.pipeline.online import EndpointConfig, OnlineStream
+    from tinyasr.pipeline.recognizer import Recognizer
 
     try:
         recognizer = Recognizer(args.model, num_threads=args.threads)

@@ -16,16 +16,14 @@ block by block, so memory stays bounded whatever the file's length.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
-from typing import Iterable, Iterator, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
 
 import numpy as np
-import soundfile
 
-from . import audio, runtime
-from .decoding import Result, Token, Word
-from .errors import AudioError, InputError
-from .stream_frontend import StreamResampler
+from tinyasr.decoding.results import Result
+from tinyasr.engine.offline import Model, load_model
+from tinyasr.errors import InputError
 
 FRAME_SECONDS = 0.02  # both detectors decide per 20 ms
 
@@ -106,7 +104,7 @@ class MarbleNetVAD:
     windows of ``window`` s with ``context`` s of audio on each side."""
 
     def __init__(self, model, window: float = 2.0, context: float = 0.5, output: str = "score_active"):
-        self.model = model if isinstance(model, runtime.Model) else runtime.load_model(model)
+        self.model = model if isinstance(model, Model) else load_model(model)
         (signal,) = self.model.inputs
         names = [v.name for v in self.model.outputs]
         if output not in names or np.dtype(signal.dtype) != np.int16 or len(signal.shape) != 3:
@@ -161,7 +159,7 @@ def make_vad(vad=None, sample_rate: int = 16000):
     """A detector: None -> EnergyVAD; a path or Model -> MarbleNetVAD; a detector is returned as is."""
     if vad is None:
         return EnergyVAD(sample_rate)
-    if isinstance(vad, (str, os.PathLike, runtime.Model)):
+    if isinstance(vad, (str, os.PathLike, Model)):
         return MarbleNetVAD(vad)
     return vad
 
@@ -233,86 +231,3 @@ class Segmenter:
         segments = self._close(self._last_speech) if self._start is not None else []
         self.reset()
         return segments
-
-
-# ---------------------------------------------------------------------------
-# Long files
-
-
-def _read_blocks(path, block_seconds: float) -> Iterator[Tuple[np.ndarray, int]]:
-    """Mono float32 blocks of a file, never the whole file at once."""
-    try:
-        handle = soundfile.SoundFile(os.fspath(path))
-    except (RuntimeError, OSError, soundfile.LibsndfileError) as exc:
-        raise AudioError(f"{path}: cannot read audio: {exc}") from None
-    with handle:
-        rate = handle.samplerate
-        while True:
-            block = handle.read(max(1, int(block_seconds * rate)), dtype="float32", always_2d=True)
-            if not len(block):
-                return
-            yield audio.as_float32_mono(block, rate), rate
-
-
-def join_utterances(utterances: Iterable[Utterance], duration: float) -> Result:
-    """One Result of a whole recording from its utterances: their words in order, times from the file start."""
-    tokens: List[Token] = []
-    words: List[Word] = []
-    for utterance in utterances:
-        shift = utterance.start
-        tokens += [replace(t, start=t.start + shift, end=t.end + shift) for t in utterance.result.tokens]
-        words += [replace(w, start=w.start + shift, end=w.end + shift) for w in utterance.result.words]
-    return Result(" ".join(w.text for w in words), tuple(tokens), tuple(words), duration)
-
-
-def transcribe_long(path, recognizer=None, *, vad=None, config: VADConfig = VADConfig(),
-                    block_seconds: float = 5.0) -> Iterator[Utterance]:
-    """Yield an Utterance for each voiced segment of an audio file, in order.
-
-    ``recognizer``: a Recognizer (default: the bundled model); ``vad``: a
-    detector, a frame-VAD .tasr path / Model (MarbleNetVAD) or None (EnergyVAD).
-    Memory: one block, the detector's window and at most one segment
-    (``config.max_segment`` s) of audio, whatever the file's length.
-    """
-    if recognizer is None:
-        from .recognizer import Recognizer
-
-        recognizer = Recognizer()
-    rate = recognizer.sample_rate
-    detector = make_vad(vad, rate)
-    segmenter = Segmenter(config)
-    to_model = to_vad = None
-    kept = np.zeros(0, np.float32)  # audio at the recognizer's rate from sample kept_start on
-    kept_start = 0
-    total = 0
-
-    def emit(segments):
-        nonlocal kept, kept_start
-        for start, end in segments:
-            first, stop = int(round(start * rate)), min(int(round(end * rate)), total)
-            samples = kept[max(0, first - kept_start):stop - kept_start]
-            if samples.size:
-                yield Utterance(first / rate, stop / rate, recognizer.transcribe(samples, sample_rate=rate))
-        # keep what a future segment may still need: from the open one's padded start, else from
-        # speech_pad before the first frame the detector has not judged yet
-        since = segmenter.open_since
-        if since is None:
-            since = segmenter.frames_seen * FRAME_SECONDS - config.speech_pad
-        drop = max(0, min(int(since * rate), total) - kept_start)
-        kept, kept_start = kept[drop:], kept_start + drop
-
-    for block, file_rate in _read_blocks(path, block_seconds):
-        if to_model is None:
-            to_model = StreamResampler(file_rate, rate)
-            to_vad = StreamResampler(file_rate, detector.sample_rate)
-        piece = to_model.accept(block)
-        kept = np.concatenate([kept, piece])
-        total += piece.size
-        yield from emit(segmenter.accept(detector.accept(to_vad.accept(block))))
-    if to_model is None:
-        raise AudioError(f"{path}: the file contains no samples")
-    piece = to_model.finish()
-    kept = np.concatenate([kept, piece])
-    total += piece.size
-    probs = np.concatenate([detector.accept(to_vad.finish()), detector.finish()])
-    yield from emit(segmenter.accept(probs) + segmenter.finish())

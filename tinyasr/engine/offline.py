@@ -23,10 +23,10 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from .errors import GraphError, InputError, TinyASRError
-from .fileformat import read_model
-from .graph import Graph, Node, ValueInfo
-from .ops import ENCODED_WEIGHT_INPUTS, OpContext, OpFunction, lookup
+from tinyasr.errors import GraphError, InputError, TinyASRError
+from tinyasr.format.container import read_model
+from tinyasr.format.graph import Graph, Node, ValueInfo
+from tinyasr.ops import ENCODED_WEIGHT_INPUTS, OpContext, OpFunction, lookup
 
 # Input-shape signatures whose buffers a thread keeps (a recogniser sees a few lengths over and over).
 MAX_PLANS_PER_THREAD = 4

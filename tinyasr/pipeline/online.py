@@ -27,12 +27,20 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 
-from . import audio, decoding, runtime
-from .decoding import Result
-from .errors import InputError, ModelFileError
-from .frontend import FrontendConfig, valid_frame_count
-from .stream_frontend import FixedNormalizer, RunningNormalizer, StreamingFeatures, StreamResampler
-from .stream_graph import GraphStream, StreamPlan
+from tinyasr.audio.io import as_float32_mono
+from tinyasr.audio.resample import StreamResampler
+from tinyasr.decoding.ctc import ctc_greedy
+from tinyasr.decoding.results import Result
+from tinyasr.decoding.scores import to_log_probs
+from tinyasr.engine.offline import Model, load_model
+from tinyasr.engine.streaming import GraphStream, StreamPlan
+from tinyasr.errors import InputError, ModelFileError
+from tinyasr.features.frontend import FrontendConfig, valid_frame_count
+from tinyasr.features.streaming import (
+    FixedNormalizer,
+    RunningNormalizer,
+    StreamingFeatures,
+)
 
 NORMALIZATION_MODES = ("auto", "fixed", "running")
 
@@ -90,12 +98,12 @@ def stream_plan(model) -> StreamPlan:
 def _as_model(recognizer_or_model):
     """A runtime Model from a Recognizer, a Model, or a model path / name."""
     model = getattr(recognizer_or_model, "model", recognizer_or_model)
-    if isinstance(model, runtime.Model):
+    if isinstance(model, Model):
         return model
     if isinstance(model, (str, os.PathLike)):
-        from .recognizer import resolve_model_path
+        from tinyasr.model_cache import resolve_model_path
 
-        return runtime.load_model(resolve_model_path(model))
+        return load_model(resolve_model_path(model))
     raise InputError(f"OnlineStream needs a Recognizer, a Model or a model path, got {type(model).__name__}")
 
 
@@ -113,7 +121,7 @@ def _normalizer(mode, config: Optional[FrontendConfig], manifest: dict, label: s
         fixed = FixedNormalizer(stats["feature_mean"], stats["feature_std"])
     if mode == "fixed" and fixed is None:
         raise ModelFileError(label, "normalization='fixed' needs 'streaming': {'feature_mean', 'feature_std'} "
-                             "in the manifest (see tinyasr.stream_frontend.estimate_feature_stats)")
+                             "in the manifest (see tinyasr.features.streaming.estimate_feature_stats)")
     if mode == "fixed" or (mode == "auto" and fixed is not None):
         return fixed
     if config.normalize != "per_feature":
@@ -181,7 +189,7 @@ class OnlineStream:
         array = np.asarray(samples)
         if array.size == 0:
             return
-        mono = audio.as_float32_mono(array, sample_rate)  # checks the rate and the samples
+        mono = as_float32_mono(array, sample_rate)  # checks the rate and the samples
         if self._input_rate is None:
             self._input_rate = int(sample_rate)
             self._resampler = StreamResampler(self._input_rate, self.sample_rate)
@@ -214,7 +222,7 @@ class OnlineStream:
         if scores is None:
             return
         scores = np.moveaxis(scores, self._output_axis, -2)
-        log_probs = decoding.to_log_probs(scores.reshape(-1, scores.shape[-1]), self.decoder.get("logits", "log_probs"))
+        log_probs = to_log_probs(scores.reshape(-1, scores.shape[-1]), self.decoder.get("logits", "log_probs"))
         self._log_probs.append(log_probs)
         best = log_probs.argmax(axis=1)
         blank = int(self.decoder["blank"])
@@ -230,7 +238,7 @@ class OnlineStream:
     def _decode(self, valid_frames: Optional[int] = None) -> Result:
         if not self._log_probs:
             return Result("", (), (), self._utterance_samples / self.sample_rate)
-        return decoding.ctc_greedy(
+        return ctc_greedy(
             np.concatenate(self._log_probs), vocabulary=self.decoder["vocabulary"], blank=int(self.decoder["blank"]),
             vocabulary_type=self.decoder.get("vocabulary_type", "chars"), kind="log_probs",
             frame_seconds=self.frame_seconds, valid_frames=valid_frames,

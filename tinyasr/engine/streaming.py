@@ -30,12 +30,12 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .errors import GraphError, InputError
-from .graph import Graph, Node
-from .kernels.conv1d import SHORT_FRAMES, PreparedConv1d
-from .ops import OpContext, lookup
-from .ops.common import axes_from, normalize_axis
-from .sparse import SPARSE_TYPES, as_dense
+from tinyasr.errors import GraphError, InputError
+from tinyasr.format.encodings.sparse import SPARSE_TYPES, as_dense
+from tinyasr.format.graph import Graph, Node
+from tinyasr.kernels.conv1d import SHORT_FRAMES, PreparedConv1d
+from tinyasr.ops import OpContext, lookup
+from tinyasr.ops.common import axes_from, normalize_axis
 
 # Ops applied frame by frame: output frame t depends on input frame t only.
 ELEMENTWISE = frozenset({

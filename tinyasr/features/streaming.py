@@ -23,77 +23,21 @@ approximations; docs/streaming.md gives their measured effect on accuracy.
 
 from __future__ import annotations
 
-import math
 from typing import Iterable, Optional, Tuple
 
 import numpy as np
 
-from .audio import HALF_LENGTH_PER_RATE, lowpass_filter, resample
-from .errors import AudioError, TinyASRError
-from .frontend import STD_GUARD, FrontendConfig, padded_window, compute_features, dct_matrix, mel_filterbank
+from tinyasr.errors import AudioError, TinyASRError
+from tinyasr.features.frontend import (
+    STD_GUARD,
+    FrontendConfig,
+    compute_features,
+    dct_matrix,
+    mel_filterbank,
+    padded_window,
+)
 
 _EMPTY = np.zeros(0, np.float64)
-
-
-# ---------------------------------------------------------------------------
-# Resampling
-
-
-class StreamResampler:
-    """``audio.resample`` for audio given in pieces: emits each output sample once its inputs are all in.
-
-    Output ``m`` of resample_poly pairs the filter with inputs up to
-    ``((first + m) * down) // up``; a piece of the signal that starts at a
-    multiple of ``down`` resamples to a contiguous run of the full output, so
-    each call resamples the buffered inputs (left context + new samples) and
-    keeps the outputs whose support is complete.
-    """
-
-    def __init__(self, from_rate: int, to_rate: int):
-        g = math.gcd(int(from_rate), int(to_rate))
-        self.from_rate, self.to_rate = int(from_rate), int(to_rate)
-        self.up, self.down = self.to_rate // g, self.from_rate // g
-        half_len = HALF_LENGTH_PER_RATE * max(self.up, self.down)
-        pre_pad = self.down - half_len % self.down  # as audio.resample
-        self._first = (half_len + pre_pad) // self.down
-        self._taps = -(-(len(lowpass_filter(self.up, self.down)) + pre_pad) // self.up)
-        self.reset()
-
-    def reset(self) -> None:
-        self._buffer = _EMPTY
-        self._buffer_start = 0  # absolute input index of _buffer[0], a multiple of down
-        self._received = 0
-        self._emitted = 0
-
-    def _outputs(self, stop: int) -> np.ndarray:
-        """Full-signal outputs [emitted, stop) computed from the buffer; then drop inputs no longer needed."""
-        if stop <= self._emitted:
-            return np.zeros(0, np.float32)
-        offset = self._buffer_start * self.up // self.down
-        piece = resample(self._buffer, self.from_rate, self.to_rate)[self._emitted - offset: stop - offset]
-        self._emitted = stop
-        oldest_needed = ((self._first + stop) * self.down) // self.up - self._taps + 1
-        keep_from = max(self._buffer_start, (max(0, oldest_needed) // self.down) * self.down)
-        self._buffer = self._buffer[keep_from - self._buffer_start:]
-        self._buffer_start = keep_from
-        return piece
-
-    def accept(self, samples: np.ndarray) -> np.ndarray:
-        """New float32 samples at ``to_rate``: those whose filter support has fully arrived."""
-        if self.up == self.down:
-            return np.asarray(samples, np.float32)
-        self._buffer = np.concatenate([self._buffer, np.asarray(samples, np.float64)])
-        self._received += len(samples)
-        ready = (self._received * self.up - 1) // self.down - self._first + 1
-        return self._outputs(min(ready, -(-self._received * self.up // self.down)))
-
-    def finish(self) -> np.ndarray:
-        """The remaining samples (the signal ends here: zeros beyond, as resample_poly)."""
-        if self.up == self.down:
-            return np.zeros(0, np.float32)
-        out = self._outputs(-(-self._received * self.up // self.down))
-        self.reset()
-        return out
 
 
 # ---------------------------------------------------------------------------

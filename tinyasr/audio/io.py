@@ -1,0 +1,104 @@
+"""Audio input: read any soundfile format, mix to mono float32, resample (tinyasr.audio.resample).
+
+Everything the front end sees passes through here, so bad input stops here with
+an AudioError that names the file (or the array) and the problem, never a
+libsndfile traceback.  The resampler is the classic polyphase design of
+scipy.signal.resample_poly (Kaiser-windowed sinc, same length and beta), so its
+output agrees with scipy to float rounding; scipy itself is not a runtime
+dependency.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional, Tuple
+
+import numpy as np
+import soundfile
+
+from tinyasr.audio.resample import check_rate, resample
+from tinyasr.errors import AudioError
+
+_INT_SCALE = {np.dtype(np.int8): 128.0, np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2147483648.0}
+
+
+# ---------------------------------------------------------------- loading
+
+
+def check_audio_file(name: str) -> None:
+    """AudioError for the path problems libsndfile would only call "System error": missing, a directory, empty."""
+    if not os.path.exists(name):
+        raise AudioError(f"{name}: no such file")
+    if os.path.isdir(name):
+        raise AudioError(f"{name}: is a directory, not an audio file")
+    if os.path.getsize(name) == 0:
+        raise AudioError(f"{name}: file is empty (0 bytes)")
+
+
+def load_audio(path, sample_rate: Optional[int] = None) -> Tuple[np.ndarray, int]:
+    """Read an audio file as float32 mono samples [N] in [-1, 1] and its sample rate.
+
+    Channels are averaged.  With ``sample_rate`` the samples are resampled to it and
+    that rate is returned.
+    """
+    name = os.fspath(path)
+    if sample_rate is not None:
+        check_rate(sample_rate, f"{name}: requested rate")
+    check_audio_file(name)
+    try:
+        data, rate = soundfile.read(name, dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        reason = getattr(exc, "error_string", None) or str(exc)  # libsndfile's reason without the path
+        raise AudioError(f"{name}: not a readable audio file ({reason})") from None
+    if data.shape[0] == 0:
+        raise AudioError(f"{name}: contains no audio samples (0 frames)")
+    check_rate(rate, f"{name}: the file's header")
+    samples = _mix_to_mono(data, name)
+    if sample_rate is not None and sample_rate != rate:
+        return resample(samples, rate, sample_rate), int(sample_rate)
+    return samples, int(rate)
+
+
+def as_float32_mono(array, sample_rate: int, target_rate: Optional[int] = None) -> np.ndarray:
+    """Convert a user's array to float32 mono samples [N], resampled to ``target_rate`` if given.
+
+    Layout is soundfile's: [N] or [N, channels] (channels averaged).  Integer PCM is
+    scaled to [-1, 1) (int8/int16/int32 by their full range, uint8 around 128);
+    floats are taken as they are.  An array shaped [channels, N] (more columns than
+    rows) is refused rather than guessed: pass ``array.T``.
+    """
+    rate = check_rate(sample_rate, "audio array")
+    array = np.asarray(array)
+    if array.ndim not in (1, 2):
+        raise AudioError(f"audio array must have shape [N] or [N, channels], got shape {array.shape}")
+    if array.ndim == 2 and array.shape[1] > array.shape[0]:
+        raise AudioError(f"audio array of shape {array.shape} looks like [channels, N]; "
+                         "tinyasr expects [N, channels] (pass array.T)")
+    if array.shape[0] == 0:
+        raise AudioError(f"audio array of shape {array.shape} contains no samples")
+    if array.dtype in _INT_SCALE:
+        samples = array.astype(np.float32) / np.float32(_INT_SCALE[array.dtype])
+    elif array.dtype == np.uint8:
+        samples = (array.astype(np.float32) - 128.0) / 128.0
+    elif np.issubdtype(array.dtype, np.floating):
+        samples = array.astype(np.float32)
+    else:
+        raise AudioError(f"audio array has unsupported dtype {array.dtype} "
+                         "(use int8, uint8, int16, int32, float32 or float64)")
+    samples = _mix_to_mono(samples.reshape(samples.shape[0], -1), "audio array")
+    if target_rate is not None:
+        target = check_rate(target_rate, "audio array: target rate")
+        if target != rate:
+            return resample(samples, rate, target)
+    return samples
+
+
+def _mix_to_mono(data: np.ndarray, name: str) -> np.ndarray:
+    """Average the channels of [N, channels] float32 data; refuse NaN / Inf."""
+    if not np.all(np.isfinite(data)):
+        bad = int(np.argmax(~np.isfinite(data).all(axis=1)))
+        raise AudioError(f"{name}: non-finite sample (NaN or Inf) at frame {bad}")
+    mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float64)
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+

@@ -1,0 +1,171 @@
+"""Resampling: the polyphase design of scipy.signal.resample_poly (Kaiser-windowed sinc, same length
+and beta), so its output agrees with scipy to float rounding without scipy at run time; and
+:class:`StreamResampler`, the same filter for audio that arrives in pieces.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from tinyasr.errors import AudioError
+
+KAISER_BETA = 5.0  # scipy.signal.resample_poly's default window ('kaiser', 5.0)
+HALF_LENGTH_PER_RATE = 10  # filter half-length = 10 * max(up, down), as resample_poly
+
+
+# The highest rate accepted anywhere (files, arrays, model manifests).  It bounds the resampler's filter
+# (20 * rate taps at worst), so a file header declaring a rate of 2**31 cannot exhaust memory.
+MAX_SAMPLE_RATE = 768_000
+
+_EMPTY = np.zeros(0, np.float64)
+
+
+def check_rate(rate, what: str) -> int:
+    if isinstance(rate, (bool, np.bool_)) or not isinstance(rate, (int, np.integer)) or not 0 < rate <= MAX_SAMPLE_RATE:
+        raise AudioError(f"{what}: sample rate must be an integer from 1 to {MAX_SAMPLE_RATE} Hz, got {rate!r}")
+    return int(rate)
+
+
+
+
+def lowpass_filter(up: int, down: int) -> np.ndarray:
+    """resample_poly's anti-aliasing FIR: Kaiser(5.0) windowed sinc, cutoff 1/max(up, down), gain ``up``.
+
+    Equals scipy.signal.firwin(2 * 10 * max(up, down) + 1, 1 / max(up, down), window=("kaiser", 5.0)) * up.
+    """
+    max_rate = max(up, down)
+    half_len = HALF_LENGTH_PER_RATE * max_rate
+    taps = np.arange(2 * half_len + 1) - half_len
+    cutoff = 1.0 / max_rate
+    h = cutoff * np.sinc(cutoff * taps) * np.kaiser(2 * half_len + 1, KAISER_BETA)
+    return h * (up / h.sum())
+
+
+@numba.njit("float64[:](float64[:], float64[:, :], int64, int64, int64, int64)", cache=True, fastmath=True)
+def _polyphase_kernel(x, phases, up, down, first, count):
+    """Hot loop: outputs first..first+count of upfirdn(h, x, up, down).
+
+    ``phases[p, r] = h[p + (taps - 1 - r) * up]`` (each phase reversed, so both arrays
+    are walked forwards); output m pairs input i with filter tap m*down - i*up.
+    """
+    n_in = x.shape[0]
+    taps = phases.shape[1]
+    y = np.zeros(count)
+    for j in range(count):
+        t = (first + j) * down
+        p = t % up
+        newest = t // up  # the input sample paired with the phase's first tap h[p]
+        offset = taps - 1 - newest  # phases[p, i + offset] multiplies x[i]
+        i_start = max(0, newest - taps + 1)
+        i_stop = min(n_in, newest + 1)
+        acc = 0.0
+        for i in range(i_start, i_stop):
+            acc += x[i] * phases[p, i + offset]
+        y[j] = acc
+    return y
+
+
+def _polyphase_reference(x, h, up, down, first, count):
+    """numpy reference of _polyphase_kernel: zero-stuff by ``up``, convolve, keep every ``down``-th."""
+    stuffed = np.zeros(len(x) * up)
+    stuffed[::up] = x
+    full = np.convolve(stuffed, h)[::down]
+    out = np.zeros(count)
+    available = full[first:first + count]
+    out[:available.size] = available
+    return out
+
+
+def _polyphase_bank(h: np.ndarray, up: int) -> np.ndarray:
+    """Split h into its ``up`` phases [up, taps], each reversed, in the layout _polyphase_kernel reads."""
+    taps = -(-h.size // up)
+    padded = np.zeros(taps * up)
+    padded[:h.size] = h
+    return np.ascontiguousarray(padded.reshape(taps, up).T[:, ::-1])
+
+
+def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """Resample 1-D audio by the reduced ratio to_rate/from_rate; float32 [ceil(N * to / from)].
+
+    Same filter, delay compensation and output length as scipy.signal.resample_poly.
+    """
+    from_rate = check_rate(from_rate, "resample: source rate")
+    to_rate = check_rate(to_rate, "resample: target rate")
+    x = np.asarray(samples, dtype=np.float64)
+    if x.ndim != 1:
+        raise AudioError(f"resample expects 1-D mono samples, got shape {x.shape}")
+    g = math.gcd(from_rate, to_rate)
+    up, down = to_rate // g, from_rate // g
+    if up == down or x.size == 0:
+        return x.astype(np.float32)
+    h = lowpass_filter(up, down)
+    half_len = (h.size - 1) // 2
+    # resample_poly's alignment: pre-pad the filter so the group delay falls on an output sample.
+    pre_pad = down - half_len % down
+    h = np.concatenate([np.zeros(pre_pad), h])
+    first = (half_len + pre_pad) // down
+    count = -(-x.size * up // down)
+    return _polyphase_kernel(x, _polyphase_bank(h, up), up, down, first, count).astype(np.float32)
+
+
+# ---------------------------------------------------------------- streaming
+
+
+class StreamResampler:
+    """``audio.resample`` for audio given in pieces: emits each output sample once its inputs are all in.
+
+    Output ``m`` of resample_poly pairs the filter with inputs up to
+    ``((first + m) * down) // up``; a piece of the signal that starts at a
+    multiple of ``down`` resamples to a contiguous run of the full output, so
+    each call resamples the buffered inputs (left context + new samples) and
+    keeps the outputs whose support is complete.
+    """
+
+    def __init__(self, from_rate: int, to_rate: int):
+        g = math.gcd(int(from_rate), int(to_rate))
+        self.from_rate, self.to_rate = int(from_rate), int(to_rate)
+        self.up, self.down = self.to_rate // g, self.from_rate // g
+        half_len = HALF_LENGTH_PER_RATE * max(self.up, self.down)
+        pre_pad = self.down - half_len % self.down  # as audio.resample
+        self._first = (half_len + pre_pad) // self.down
+        self._taps = -(-(len(lowpass_filter(self.up, self.down)) + pre_pad) // self.up)
+        self.reset()
+
+    def reset(self) -> None:
+        self._buffer = _EMPTY
+        self._buffer_start = 0  # absolute input index of _buffer[0], a multiple of down
+        self._received = 0
+        self._emitted = 0
+
+    def _outputs(self, stop: int) -> np.ndarray:
+        """Full-signal outputs [emitted, stop) computed from the buffer; then drop inputs no longer needed."""
+        if stop <= self._emitted:
+            return np.zeros(0, np.float32)
+        offset = self._buffer_start * self.up // self.down
+        piece = resample(self._buffer, self.from_rate, self.to_rate)[self._emitted - offset: stop - offset]
+        self._emitted = stop
+        oldest_needed = ((self._first + stop) * self.down) // self.up - self._taps + 1
+        keep_from = max(self._buffer_start, (max(0, oldest_needed) // self.down) * self.down)
+        self._buffer = self._buffer[keep_from - self._buffer_start:]
+        self._buffer_start = keep_from
+        return piece
+
+    def accept(self, samples: np.ndarray) -> np.ndarray:
+        """New float32 samples at ``to_rate``: those whose filter support has fully arrived."""
+        if self.up == self.down:
+            return np.asarray(samples, np.float32)
+        self._buffer = np.concatenate([self._buffer, np.asarray(samples, np.float64)])
+        self._received += len(samples)
+        ready = (self._received * self.up - 1) // self.down - self._first + 1
+        return self._outputs(min(ready, -(-self._received * self.up // self.down)))
+
+    def finish(self) -> np.ndarray:
+        """The remaining samples (the signal ends here: zeros beyond, as resample_poly)."""
+        if self.up == self.down:
+            return np.zeros(0, np.float32)
+        out = self._outputs(-(-self._received * self.up // self.down))
+        self.reset()
+        return out

@@ -1,0 +1,1 @@
+"""Model outputs to results: CTC (ctc), classification (classification), shared score handling (scores)."""

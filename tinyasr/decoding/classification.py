@@ -1,0 +1,75 @@
+"""Clip and frame classification: top-k labels of a clip, labelled segments of a frame model."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+from tinyasr.decoding.results import Classification, FrameClassification, Segment
+from tinyasr.decoding.scores import (
+    frame_span,
+    frames_by_classes,
+    label_runs,
+    to_log_probs,
+)
+from tinyasr.errors import InputError
+
+
+def classify_clip(
+    scores: np.ndarray,
+    *,
+    labels: Sequence[str],
+    kind: str = "logits",
+    top_k: int = 5,
+    duration: float = 0.0,
+    output: str = "output",
+) -> Classification:
+    """Top-k labels of a clip model; ``scores`` [1, classes] or [classes] (trailing axes of 1 allowed)."""
+    if top_k < 1:
+        raise InputError(f"top_k must be at least 1, got {top_k}")
+    scores = np.asarray(scores)
+    flat = scores.reshape(-1)
+    if flat.size != len(labels):
+        raise InputError(
+            f"model output {output!r} has shape {scores.shape}; expected one score per label ({len(labels)} labels)"
+        )
+    probs = np.exp(to_log_probs(flat, kind))
+    order = np.argsort(-probs, kind="stable")[:top_k]
+    return Classification(labels=tuple((labels[i], float(probs[i])) for i in order), duration=float(duration))
+
+
+def classify_frames(
+    scores: np.ndarray,
+    *,
+    labels: Sequence[str],
+    kind: str = "logits",
+    frame_seconds: float,
+    valid_frames: Optional[int] = None,
+    duration: Optional[float] = None,
+    output: str = "output",
+) -> FrameClassification:
+    """Per-frame labels of a frame model; ``scores`` [1, frames, classes] or [frames, classes]."""
+    scores = frames_by_classes(scores, output)
+    if scores.shape[1] != len(labels):
+        raise InputError(
+            f"model output {output!r} has {scores.shape[1]} classes but the decoder lists {len(labels)} labels"
+        )
+    probs = np.exp(to_log_probs(scores, kind))
+    if valid_frames is not None:
+        probs = probs[: max(0, valid_frames)]
+    if duration is None:
+        duration = len(probs) * frame_seconds
+    best = probs.argmax(axis=1)
+    segments = tuple(
+        Segment(labels[int(best[first])], *frame_span(first, stop, frame_seconds, duration),
+                confidence=float(probs[first:stop, best[first]].mean()))
+        for first, stop in label_runs(best)
+    )
+    return FrameClassification(
+        label_names=tuple(labels),
+        probabilities=probs.astype(np.float32),
+        frame_seconds=float(frame_seconds),
+        segments=segments,
+        duration=float(duration),
+    )

@@ -1,0 +1,129 @@
+"""CTC greedy decoding to text, tokens and words with times (chars, subwords, words).
+
+Pure numpy: greedy decoding is one argmax and a few vectorised comparisons per
+utterance, far below the cost of the network, so Numba would buy nothing here.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+
+from tinyasr.decoding.results import Result, Token, Word
+from tinyasr.decoding.scores import (
+    frame_span,
+    frames_by_classes,
+    label_runs,
+    to_log_probs,
+)
+from tinyasr.errors import InputError
+
+WORD_START = "\u2581"  # sentencepiece's "▁": the piece starts a new word
+WORDPIECE_CONTINUATION = "##"  # WordPiece: the piece continues the previous word
+VOCABULARY_TYPES = ("chars", "subword", "words")
+
+
+
+def _id_to_text(vocabulary: Sequence[str], blank: int, classes: int, output: str):
+    """Map class ids to token text; the vocabulary may list the blank or leave it out."""
+    if not 0 <= blank < classes:
+        raise InputError(f"CTC blank index {blank} is outside the {classes} classes of output {output!r}")
+    vocabulary = list(vocabulary)
+    if len(vocabulary) == classes:
+        return vocabulary
+    if len(vocabulary) == classes - 1:
+        return vocabulary[:blank] + ["<blank>"] + vocabulary[blank:]
+    raise InputError(
+        f"model output {output!r} has {classes} classes but the vocabulary has {len(vocabulary)} entries "
+        f"(expected {classes} with the blank, or {classes - 1} without)"
+    )
+
+
+def _starts_word(text: str, vocabulary_type: str, wordpiece: bool) -> bool:
+    if vocabulary_type == "words":
+        return True
+    if wordpiece:
+        return not text.startswith(WORDPIECE_CONTINUATION)
+    return text.startswith(WORD_START)
+
+
+def _word_text(text: str, wordpiece: bool) -> str:
+    if wordpiece and text.startswith(WORDPIECE_CONTINUATION):
+        return text[len(WORDPIECE_CONTINUATION):]
+    return text.replace(WORD_START, "")
+
+
+def tokens_to_words(tokens: Sequence[Token], vocabulary_type: str, wordpiece: bool = False) -> Tuple[Word, ...]:
+    """Group tokens into words.
+
+    chars: a token that is all whitespace ends the current word; subword:
+    sentencepiece pieces starting with "▁" begin a new word (or, with
+    ``wordpiece``, every piece not starting with "##" does); words: each token
+    is a word.
+    """
+    if vocabulary_type not in VOCABULARY_TYPES:
+        raise InputError(f"vocabulary_type {vocabulary_type!r}; expected one of {', '.join(VOCABULARY_TYPES)}")
+    groups = []
+    current = []
+    for token in tokens:
+        if vocabulary_type == "chars":
+            boundary, text = not token.text.strip(), token.text
+        else:
+            boundary, text = _starts_word(token.text, vocabulary_type, wordpiece), _word_text(token.text, wordpiece)
+        if boundary and current:
+            groups.append(current)
+            current = []
+        if text.strip():
+            current.append((token, text))
+    if current:
+        groups.append(current)
+    return tuple(
+        Word(
+            text="".join(text for _, text in group),
+            start=group[0][0].start,
+            end=group[-1][0].end,
+            confidence=min(token.confidence for token, _ in group),
+        )
+        for group in groups
+    )
+
+
+def ctc_greedy(
+    scores: np.ndarray,
+    *,
+    vocabulary: Sequence[str],
+    blank: int,
+    vocabulary_type: str = "chars",
+    kind: str = "log_probs",
+    frame_seconds: float,
+    valid_frames: Optional[int] = None,
+    duration: Optional[float] = None,
+    output: str = "output",
+) -> Result:
+    """Best-path CTC decoding: argmax per frame, collapse repeats, drop blanks.
+
+    ``scores``: [1, frames, classes] or [frames, classes] in ``kind`` units.
+    Only the first ``valid_frames`` frames are decoded (the rest come from
+    feature padding).  ``duration`` defaults to the decoded frames' span.
+    """
+    log_probs = to_log_probs(frames_by_classes(scores, output), kind)
+    if valid_frames is not None:
+        log_probs = log_probs[: max(0, valid_frames)]
+    texts = _id_to_text(vocabulary, blank, log_probs.shape[1], output)
+    # NeMo's WordPiece vocabularies mark continuations with "##" and never use "▁"
+    wordpiece = any(t.startswith(WORDPIECE_CONTINUATION) for t in texts) and not any(WORD_START in t for t in texts)
+    if duration is None:
+        duration = len(log_probs) * frame_seconds
+
+    best = log_probs.argmax(axis=1)
+    frame_scores = log_probs[np.arange(len(best)), best]
+    tokens = []
+    for first, stop in label_runs(best):
+        token_id = int(best[first])
+        if token_id != blank:
+            start, end = frame_span(first, stop, frame_seconds, duration)
+            confidence = float(np.exp(frame_scores[first:stop].mean()))
+            tokens.append(Token(text=texts[token_id], id=token_id, start=start, end=end, confidence=confidence))
+    words = tokens_to_words(tokens, vocabulary_type, wordpiece)
+    return Result(text=" ".join(w.text for w in words), tokens=tuple(tokens), words=words, duration=float(duration))

@@ -1,0 +1,115 @@
+"""What decoding returns: frozen dataclasses with times in seconds from the start of the audio."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Tuple
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Token:
+    """One emitted CTC token.
+
+    ``start`` / ``end`` are seconds from the start of the audio (end exclusive:
+    the end of the last frame of the token's run); ``confidence`` in (0, 1] is
+    the geometric mean of the token's probability over the frames of its run.
+    """
+
+    text: str
+    id: int
+    start: float
+    end: float
+    confidence: float
+
+
+@dataclass(frozen=True)
+class Word:
+    """A word built from tokens: times in seconds; confidence = lowest token confidence."""
+
+    text: str
+    start: float
+    end: float
+    confidence: float
+
+
+@dataclass(frozen=True)
+class Result:
+    """A transcript: ``text`` is the words joined by single spaces; ``duration`` in seconds."""
+
+    text: str
+    tokens: Tuple[Token, ...]
+    words: Tuple[Word, ...]
+    duration: float
+
+    def to_dict(self) -> dict:
+        return {
+            "text": self.text,
+            "duration": self.duration,
+            "words": [vars(w) for w in self.words],
+            "tokens": [vars(t) for t in self.tokens],
+        }
+
+
+@dataclass(frozen=True)
+class Classification:
+    """Top labels of a clip: ``labels`` is ((label, probability), ...), most probable first."""
+
+    labels: Tuple[Tuple[str, float], ...]
+    duration: float
+
+    @property
+    def label(self) -> str:
+        return self.labels[0][0]
+
+    @property
+    def probability(self) -> float:
+        return self.labels[0][1]
+
+    def to_dict(self) -> dict:
+        return {
+            "label": self.label,
+            "labels": [{"label": name, "probability": p} for name, p in self.labels],
+            "duration": self.duration,
+        }
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A run of output frames with the same most probable label; times in seconds.
+
+    ``confidence`` is the mean probability of ``label`` over the run's frames.
+    """
+
+    label: str
+    start: float
+    end: float
+    confidence: float
+
+
+@dataclass(frozen=True, eq=False)
+class FrameClassification:
+    """Per-frame labels of a frame model (e.g. frame VAD).
+
+    ``probabilities`` is float32 [frames, classes]; frame ``i`` covers
+    ``[i * frame_seconds, (i + 1) * frame_seconds)``; ``segments`` merges runs
+    of the same most probable label.
+    """
+
+    label_names: Tuple[str, ...]
+    probabilities: np.ndarray
+    frame_seconds: float
+    segments: Tuple[Segment, ...]
+    duration: float
+
+    @property
+    def frame_labels(self) -> Tuple[str, ...]:
+        return tuple(self.label_names[i] for i in self.probabilities.argmax(axis=1))
+
+    def to_dict(self) -> dict:
+        return {
+            "frame_seconds": self.frame_seconds,
+            "duration": self.duration,
+            "segments": [vars(s) for s in self.segments],
+        }

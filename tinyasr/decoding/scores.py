@@ -1,0 +1,71 @@
+"""What every decoder needs from a model output: scores as log-probabilities, frames by classes, times.
+
+Time stamps.  Output frame ``i`` covers ``[i * frame_seconds, (i + 1) * frame_seconds)``
+where ``frame_seconds = hop_length / sample_rate * subsampling`` (see
+:func:`output_frame_seconds`).  It is never ``duration / output_frames``: the
+feature frontend pads the time axis (NeMo's ``pad_to``), so the output has more
+frames than the audio would account for and such a ratio drifts.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import numpy as np
+
+from tinyasr.errors import InputError
+
+SCORE_KINDS = ("log_probs", "logits", "probs")
+
+
+
+def output_frame_seconds(hop_seconds: float, feature_frames: int, output_frames: int) -> float:
+    """Seconds per output frame: ``hop_seconds * subsampling``.
+
+    ``subsampling = round(feature_frames / output_frames)`` is the network's
+    total time stride (2 for QuartzNet, 8 for Citrinet), measured from the
+    lengths of the feature input and the output the network produced from it.
+    """
+    if output_frames <= 0:
+        raise InputError(f"the model produced {output_frames} output frames from {feature_frames} feature frames")
+    subsampling = max(1, int(round(feature_frames / output_frames)))
+    return hop_seconds * subsampling
+
+
+def frames_by_classes(scores: np.ndarray, output: str) -> np.ndarray:
+    """Drop a leading batch axis of 1: returns [frames, classes]."""
+    scores = np.asarray(scores)
+    if scores.ndim == 3 and scores.shape[0] == 1:
+        scores = scores[0]
+    if scores.ndim != 2:
+        raise InputError(
+            f"model output {output!r} has shape {np.shape(scores)}; expected [1, frames, classes] or [frames, classes]"
+        )
+    return scores
+
+
+def label_runs(best: np.ndarray):
+    """(first, stop) frame index pairs of the runs of equal values in ``best``."""
+    if len(best) == 0:
+        return []
+    starts = np.flatnonzero(np.concatenate(([True], best[1:] != best[:-1])))
+    return list(zip(starts.tolist(), np.append(starts[1:], len(best)).tolist()))
+
+
+def frame_span(first: int, stop: int, frame_seconds: float, duration: float) -> Tuple[float, float]:
+    """Start and end seconds of frames [first, stop); the end never passes the audio's end."""
+    start = first * frame_seconds
+    return float(start), float(max(start, min(stop * frame_seconds, duration)))
+
+
+def to_log_probs(scores: np.ndarray, kind: str) -> np.ndarray:
+    """Normalised natural-log probabilities (float64) over the last axis from log-probs, logits or probs."""
+    if kind not in SCORE_KINDS:
+        raise InputError(f"decoder 'logits' is {kind!r}; expected one of {', '.join(SCORE_KINDS)}")
+    scores = np.asarray(scores, dtype=np.float64)
+    if kind == "probs":
+        with np.errstate(divide="ignore"):
+            scores = np.log(scores)
+    # log-softmax: a no-op (up to rounding) on log-probs, and it renormalises probs
+    shifted = scores - scores.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))

@@ -1,0 +1,1 @@
+"""The graph engine: run a loaded graph offline (offline) or chunk by chunk (streaming), on set threads."""

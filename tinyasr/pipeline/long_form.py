@@ -1,0 +1,105 @@
+"""Long recordings: read a file block by block, cut it into utterances by voice activity, transcribe each.
+
+Memory stays bounded whatever the file's length: one block, the detector's window and at most one
+segment (``VADConfig.max_segment`` seconds) of audio.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from typing import Iterable, Iterator, List, Tuple
+
+import numpy as np
+import soundfile
+
+from tinyasr.audio.io import as_float32_mono
+from tinyasr.audio.resample import StreamResampler
+from tinyasr.decoding.results import Result, Token, Word
+from tinyasr.errors import AudioError
+from tinyasr.pipeline.vad import (
+    FRAME_SECONDS,
+    Segmenter,
+    Utterance,
+    VADConfig,
+    make_vad,
+)
+
+
+def _read_blocks(path, block_seconds: float) -> Iterator[Tuple[np.ndarray, int]]:
+    """Mono float32 blocks of a file, never the whole file at once."""
+    try:
+        handle = soundfile.SoundFile(os.fspath(path))
+    except (RuntimeError, OSError, soundfile.LibsndfileError) as exc:
+        raise AudioError(f"{path}: cannot read audio: {exc}") from None
+    with handle:
+        rate = handle.samplerate
+        while True:
+            block = handle.read(max(1, int(block_seconds * rate)), dtype="float32", always_2d=True)
+            if not len(block):
+                return
+            yield as_float32_mono(block, rate), rate
+
+
+def join_utterances(utterances: Iterable[Utterance], duration: float) -> Result:
+    """One Result of a whole recording from its utterances: their words in order, times from the file start."""
+    tokens: List[Token] = []
+    words: List[Word] = []
+    for utterance in utterances:
+        shift = utterance.start
+        tokens += [replace(t, start=t.start + shift, end=t.end + shift) for t in utterance.result.tokens]
+        words += [replace(w, start=w.start + shift, end=w.end + shift) for w in utterance.result.words]
+    return Result(" ".join(w.text for w in words), tuple(tokens), tuple(words), duration)
+
+
+def transcribe_long(path, recognizer=None, *, vad=None, config: VADConfig = VADConfig(),
+                    block_seconds: float = 5.0) -> Iterator[Utterance]:
+    """Yield an Utterance for each voiced segment of an audio file, in order.
+
+    ``recognizer``: a Recognizer (default: the bundled model); ``vad``: a
+    detector, a frame-VAD .tasr path / Model (MarbleNetVAD) or None (EnergyVAD).
+    Memory: one block, the detector's window and at most one segment
+    (``config.max_segment`` s) of audio, whatever the file's length.
+    """
+    if recognizer is None:
+        from tinyasr.pipeline.recognizer import Recognizer
+
+        recognizer = Recognizer()
+    rate = recognizer.sample_rate
+    detector = make_vad(vad, rate)
+    segmenter = Segmenter(config)
+    to_model = to_vad = None
+    kept = np.zeros(0, np.float32)  # audio at the recognizer's rate from sample kept_start on
+    kept_start = 0
+    total = 0
+
+    def emit(segments):
+        nonlocal kept, kept_start
+        for start, end in segments:
+            first, stop = int(round(start * rate)), min(int(round(end * rate)), total)
+            samples = kept[max(0, first - kept_start):stop - kept_start]
+            if samples.size:
+                yield Utterance(first / rate, stop / rate, recognizer.transcribe(samples, sample_rate=rate))
+        # keep what a future segment may still need: from the open one's padded start, else from
+        # speech_pad before the first frame the detector has not judged yet
+        since = segmenter.open_since
+        if since is None:
+            since = segmenter.frames_seen * FRAME_SECONDS - config.speech_pad
+        drop = max(0, min(int(since * rate), total) - kept_start)
+        kept, kept_start = kept[drop:], kept_start + drop
+
+    for block, file_rate in _read_blocks(path, block_seconds):
+        if to_model is None:
+            to_model = StreamResampler(file_rate, rate)
+            to_vad = StreamResampler(file_rate, detector.sample_rate)
+        piece = to_model.accept(block)
+        kept = np.concatenate([kept, piece])
+        total += piece.size
+        yield from emit(segmenter.accept(detector.accept(to_vad.accept(block))))
+    if to_model is None:
+        raise AudioError(f"{path}: the file contains no samples")
+    piece = to_model.finish()
+    kept = np.concatenate([kept, piece])
+    total += piece.size
+    probs = np.concatenate([detector.accept(to_vad.finish()), detector.finish()])
+    yield from emit(segmenter.accept(probs) + segmenter.finish())
