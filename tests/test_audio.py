@@ -8,10 +8,9 @@ import pytest
 import scipy.signal
 import soundfile
 
-from tinyasr.audio.resample import _polyphase_bank, _polyphase_kernel, _polyphase_reference
-
 from tinyasr.audio.io import as_float32_mono, load_audio
-from tinyasr.audio.resample import _polyphase_bank, _polyphase_kernel, _polyphase_reference, lowpass_filter, resample
+from tinyasr.audio.resample import (StreamResampler, _polyphase_bank, _polyphase_kernel, _polyphase_reference,
+                                    lowpass_filter, resample)
 from tinyasr.errors import AudioError
 from _paths import SHARED_DIR  # noqa: E402
 
@@ -101,6 +100,10 @@ def test_resample_edge_cases():
         resample(x, 16000, -8000)
     with pytest.raises(AudioError, match="1-D"):
         resample(np.zeros((4, 2)), 16000, 8000)
+    with pytest.raises(AudioError, match="StreamResampler: source rate: .* got 0"):
+        StreamResampler(0, 16000)
+    with pytest.raises(AudioError, match="StreamResampler: target rate: .* got 10000000"):
+        StreamResampler(16000, 10_000_000)
 
 
 # ------------------------------------------------------------ loading real clips

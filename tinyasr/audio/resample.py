@@ -6,6 +6,7 @@ and beta), so its output agrees with scipy to float rounding without scipy at ru
 from __future__ import annotations
 
 import math
+from typing import Tuple
 
 import numba
 import numpy as np
@@ -27,8 +28,6 @@ def check_rate(rate, what: str) -> int:
     if isinstance(rate, (bool, np.bool_)) or not isinstance(rate, (int, np.integer)) or not 0 < rate <= MAX_SAMPLE_RATE:
         raise AudioError(f"{what}: sample rate must be an integer from 1 to {MAX_SAMPLE_RATE} Hz, got {rate!r}")
     return int(rate)
-
-
 
 
 def lowpass_filter(up: int, down: int) -> np.ndarray:
@@ -87,28 +86,38 @@ def _polyphase_bank(h: np.ndarray, up: int) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(taps, up).T[:, ::-1])
 
 
+def _ratio(from_rate, to_rate, where: str) -> Tuple[int, int]:
+    """(up, down): to_rate / from_rate reduced, the rates checked."""
+    from_rate = check_rate(from_rate, f"{where}: source rate")
+    to_rate = check_rate(to_rate, f"{where}: target rate")
+    g = math.gcd(from_rate, to_rate)
+    return to_rate // g, from_rate // g
+
+
+def _aligned_filter(up: int, down: int) -> Tuple[np.ndarray, int]:
+    """resample_poly's filter and delay alignment: the phase bank of the filter pre-padded so its group delay
+    falls on an output sample, and the index of the first upfirdn output that belongs to the signal."""
+    h = lowpass_filter(up, down)
+    half_len = (h.size - 1) // 2
+    pre_pad = down - half_len % down
+    h = np.concatenate([np.zeros(pre_pad), h])
+    return _polyphase_bank(h, up), (half_len + pre_pad) // down
+
+
 def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     """Resample 1-D audio by the reduced ratio to_rate/from_rate; float32 [ceil(N * to / from)].
 
     Same filter, delay compensation and output length as scipy.signal.resample_poly.
     """
-    from_rate = check_rate(from_rate, "resample: source rate")
-    to_rate = check_rate(to_rate, "resample: target rate")
+    up, down = _ratio(from_rate, to_rate, "resample")
     x = np.asarray(samples, dtype=np.float64)
     if x.ndim != 1:
         raise AudioError(f"resample expects 1-D mono samples, got shape {x.shape}")
-    g = math.gcd(from_rate, to_rate)
-    up, down = to_rate // g, from_rate // g
     if up == down or x.size == 0:
         return x.astype(np.float32)
-    h = lowpass_filter(up, down)
-    half_len = (h.size - 1) // 2
-    # resample_poly's alignment: pre-pad the filter so the group delay falls on an output sample.
-    pre_pad = down - half_len % down
-    h = np.concatenate([np.zeros(pre_pad), h])
-    first = (half_len + pre_pad) // down
+    bank, first = _aligned_filter(up, down)
     count = -(-x.size * up // down)
-    return _polyphase_kernel(x, _polyphase_bank(h, up), up, down, first, count).astype(np.float32)
+    return _polyphase_kernel(x, bank, up, down, first, count).astype(np.float32)
 
 
 # ---------------------------------------------------------------- streaming
@@ -125,13 +134,10 @@ class StreamResampler:
     """
 
     def __init__(self, from_rate: int, to_rate: int):
-        g = math.gcd(int(from_rate), int(to_rate))
+        self.up, self.down = _ratio(from_rate, to_rate, "StreamResampler")
         self.from_rate, self.to_rate = int(from_rate), int(to_rate)
-        self.up, self.down = self.to_rate // g, self.from_rate // g
-        half_len = HALF_LENGTH_PER_RATE * max(self.up, self.down)
-        pre_pad = self.down - half_len % self.down  # as audio.resample
-        self._first = (half_len + pre_pad) // self.down
-        self._taps = -(-(len(lowpass_filter(self.up, self.down)) + pre_pad) // self.up)
+        if self.up != self.down:
+            self._bank, self._first = _aligned_filter(self.up, self.down)
         self.reset()
 
     def reset(self) -> None:
@@ -144,10 +150,11 @@ class StreamResampler:
         """Full-signal outputs [emitted, stop) computed from the buffer; then drop inputs no longer needed."""
         if stop <= self._emitted:
             return np.zeros(0, np.float32)
-        offset = self._buffer_start * self.up // self.down
-        piece = resample(self._buffer, self.from_rate, self.to_rate)[self._emitted - offset: stop - offset]
+        offset = self._buffer_start * self.up // self.down  # the buffer's outputs are the signal's from here on
+        piece = _polyphase_kernel(self._buffer, self._bank, self.up, self.down, self._first + self._emitted - offset,
+                                  stop - self._emitted).astype(np.float32)
         self._emitted = stop
-        oldest_needed = ((self._first + stop) * self.down) // self.up - self._taps + 1
+        oldest_needed = ((self._first + stop) * self.down) // self.up - self._bank.shape[1] + 1
         keep_from = max(self._buffer_start, (max(0, oldest_needed) // self.down) * self.down)
         self._buffer = self._buffer[keep_from - self._buffer_start:]
         self._buffer_start = keep_from

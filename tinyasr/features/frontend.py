@@ -324,15 +324,21 @@ def padded_window(config: FrontendConfig) -> np.ndarray:
     return window
 
 
+def preemphasize(x: np.ndarray, coefficient: float, previous: float = 0.0) -> np.ndarray:
+    """y[n] = x[n] - coefficient * x[n - 1], with x[-1] = ``previous``: 0 at the start of a signal (so y[0] = x[0],
+    as NeMo), a stream's last sample when it continues one."""
+    return x - coefficient * np.concatenate([[previous], x[:-1]])
+
+
 def _prepare_signal(samples: np.ndarray, config: FrontendConfig) -> np.ndarray:
-    """Mean removal, pre-emphasis and STFT padding, in float64, in NeMo's order."""
+    """Mean removal, pre-emphasis and STFT padding of the whole signal, in float64, in NeMo's order."""
     x = samples.astype(np.float64)
     if config.remove_mean:
         x = x - x.mean()
     if config.exact_pad:  # NeMo pads before pre-emphasis here, then zeroes padded positions >= N,
         x = np.pad(x, (config.n_fft - config.hop_length) // 2)  # which drops the last pad real samples
     if config.preemph is not None:
-        x = np.concatenate([x[:1], x[1:] - config.preemph * x[:-1]])
+        x = preemphasize(x, config.preemph)
         if config.exact_pad:
             x[samples.size:] = 0.0
     if config.center:
@@ -344,19 +350,47 @@ def _prepare_signal(samples: np.ndarray, config: FrontendConfig) -> np.ndarray:
     return x
 
 
-def power_spectrogram(samples: np.ndarray, config: FrontendConfig) -> np.ndarray:
-    """|STFT|^mag_power [n_frames, n_fft // 2 + 1] in float64 (torch.stft semantics)."""
-    x = _prepare_signal(samples, config)
-    if x.size < config.n_fft:
-        raise AudioError(f"audio of {samples.size} samples is shorter than one STFT frame (n_fft={config.n_fft})")
-    frames = np.lib.stride_tricks.sliding_window_view(x, config.n_fft)[::config.hop_length]
-    window = padded_window(config)
-    out = np.empty((frames.shape[0], config.n_fft // 2 + 1))
-    for start in range(0, frames.shape[0], FRAMES_PER_BLOCK):
-        spectrum = np.fft.rfft(frames[start:start + FRAMES_PER_BLOCK] * window, axis=1)
-        power = spectrum.real**2 + spectrum.imag**2
-        out[start:start + FRAMES_PER_BLOCK] = power if config.mag_power == 2.0 else power ** (config.mag_power / 2)
-    return out
+class FeatureCore:
+    """Frames -> window -> |FFT|^mag_power -> mel -> log -> (DCT): the chain the offline and the streaming
+    front ends share, so both compute every frame with the same numbers.
+
+    What is left to each path is how the signal is padded and pre-emphasised (whole signal / carried samples)
+    and how frames are normalised (over the utterance / running or fixed statistics).
+    """
+
+    def __init__(self, config: FrontendConfig):
+        self.config = config
+        self.window = padded_window(config)
+        self.filterbank = mel_filterbank(config.sample_rate, config.n_fft, config.n_mels, config.lowfreq,
+                                         config.highfreq, config.mel_scale, config.mel_norm)
+        self.dct = dct_matrix(config.n_mfcc, config.n_mels) if config.kind == "mfcc" else None
+
+    def __call__(self, signal: np.ndarray, count: Optional[int] = None) -> np.ndarray:
+        """Features float64 [num_features, n] of the first ``count`` frames of ``signal`` (default: all complete
+        ones), a pre-emphasised, padded float64 signal whose frame i starts at sample i * hop_length."""
+        cfg = self.config
+        if signal.size < cfg.n_fft or count == 0:
+            return np.zeros((cfg.num_features, 0))
+        frames = np.lib.stride_tricks.sliding_window_view(signal, cfg.n_fft)[::cfg.hop_length][:count]
+        out = np.empty((cfg.num_features, frames.shape[0]))
+        for start in range(0, frames.shape[0], FRAMES_PER_BLOCK):
+            spectrum = np.fft.rfft(frames[start:start + FRAMES_PER_BLOCK] * self.window, axis=1)
+            power = spectrum.real**2 + spectrum.imag**2
+            if cfg.mag_power != 2.0:
+                power = power ** (cfg.mag_power / 2)
+            mel = self.filterbank @ power.T
+            if cfg.log:
+                guard = cfg.log_zero_guard_value
+                mel = np.log(mel + guard) if cfg.log_zero_guard_type == "add" else np.log(np.maximum(mel, guard))
+            out[:, start:start + FRAMES_PER_BLOCK] = mel if self.dct is None else self.dct @ mel
+        return out
+
+
+def padded_frame_count(frames: int, config: FrontendConfig) -> int:
+    """NeMo's mel front end pads the features with pad_value to a multiple of pad_to frames (0: no padding)."""
+    if config.kind == "mel" and config.pad_to > 0:
+        return -(-frames // config.pad_to) * config.pad_to
+    return frames
 
 
 def _normalize(features: np.ndarray, valid: int, mode: Optional[str]) -> np.ndarray:
@@ -392,18 +426,15 @@ def compute_features(samples: np.ndarray, config: FrontendConfig) -> Tuple[np.nd
     if valid < 1:
         raise AudioError(f"audio of {samples.size} samples is too short: at least hop_length={config.hop_length} "
                          "samples are needed for one feature frame")
-    power = power_spectrogram(samples, config)
-    fb = mel_filterbank(config.sample_rate, config.n_fft, config.n_mels, config.lowfreq, config.highfreq,
-                        config.mel_scale, config.mel_norm)
-    mel = fb @ power.T  # [n_mels, frames]
-    if config.log:
-        guard = config.log_zero_guard_value
-        mel = np.log(mel + guard) if config.log_zero_guard_type == "add" else np.log(np.maximum(mel, guard))
+    x = _prepare_signal(samples, config)
+    if x.size < config.n_fft:
+        raise AudioError(f"audio of {samples.size} samples is shorter than one STFT frame (n_fft={config.n_fft})")
+    features = FeatureCore(config)(x)
     if config.kind == "mfcc":
-        return (dct_matrix(config.n_mfcc, config.n_mels) @ mel).astype(np.float32), valid
-    features = _normalize(mel, valid, config.normalize)
+        return features.astype(np.float32), valid
+    features = _normalize(features, valid, config.normalize)
     features[:, valid:] = config.pad_value
-    if config.pad_to > 0 and features.shape[1] % config.pad_to:
-        extra = config.pad_to - features.shape[1] % config.pad_to
+    extra = padded_frame_count(features.shape[1], config) - features.shape[1]
+    if extra:
         features = np.pad(features, ((0, 0), (0, extra)), constant_values=config.pad_value)
     return features.astype(np.float32), valid

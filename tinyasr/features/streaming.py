@@ -30,11 +30,11 @@ import numpy as np
 from tinyasr.errors import AudioError, TinyASRError
 from tinyasr.features.frontend import (
     STD_GUARD,
+    FeatureCore,
     FrontendConfig,
     compute_features,
-    dct_matrix,
-    mel_filterbank,
-    padded_window,
+    padded_frame_count,
+    preemphasize,
 )
 
 _EMPTY = np.zeros(0, np.float64)
@@ -141,7 +141,9 @@ class StreamingFeatures:
     right-hand padding), then the pad_value frames offline adds (NeMo's masked
     last frame and the padding to a multiple of ``pad_to``), so the
     concatenated frames have the offline shape.  ``normalizer`` is required when
-    the config normalises over the utterance (it is then used instead).
+    the config normalises over the utterance (it is then used instead).  Each frame
+    is computed by the offline path's own ``FeatureCore``; this class adds only the
+    carried samples, pre-emphasis state, the padding at both ends and the normaliser.
     """
 
     def __init__(self, config: FrontendConfig, normalizer=None):
@@ -155,10 +157,7 @@ class StreamingFeatures:
         self.config = config
         self.normalizer = normalizer if config.normalize is not None else None
         self._half = config.n_fft // 2
-        self._window = padded_window(config)
-        self._filterbank = mel_filterbank(config.sample_rate, config.n_fft, config.n_mels, config.lowfreq,
-                                          config.highfreq, config.mel_scale, config.mel_norm)
-        self._dct = dct_matrix(config.n_mfcc, config.n_mels) if config.kind == "mfcc" else None
+        self._core = FeatureCore(config)
         self.reset()
 
     def reset(self) -> None:
@@ -176,9 +175,9 @@ class StreamingFeatures:
     def _preemphasize(self, x: np.ndarray) -> np.ndarray:
         if self.config.preemph is None or x.size == 0:
             return x
-        previous = np.concatenate([[self._last_sample], x[:-1]])  # 0 before the first sample: y[0] = x[0]
+        y = preemphasize(x, self.config.preemph, self._last_sample)
         self._last_sample = x[-1]
-        return x - self.config.preemph * previous
+        return y
 
     def _append(self, y: np.ndarray) -> None:
         half = self._half
@@ -198,22 +197,11 @@ class StreamingFeatures:
 
     def _frames(self, count: int) -> np.ndarray:
         """Log-mel (or MFCC) of the next ``count`` frames of _padded, float64 [features, count]; drops used samples."""
-        cfg = self.config
-        hop = cfg.hop_length
-        if count <= 0:
-            return np.zeros((cfg.num_features, 0))
-        frames = np.lib.stride_tricks.sliding_window_view(self._padded, cfg.n_fft)[::hop][:count]
-        spectrum = np.fft.rfft(frames * self._window, axis=1)
-        power = spectrum.real**2 + spectrum.imag**2
-        if cfg.mag_power != 2.0:
-            power = power ** (cfg.mag_power / 2)
-        mel = self._filterbank @ power.T
-        if cfg.log:
-            guard = cfg.log_zero_guard_value
-            mel = np.log(mel + guard) if cfg.log_zero_guard_type == "add" else np.log(np.maximum(mel, guard))
-        self._padded = self._padded[count * hop:]
+        count = max(count, 0)
+        features = self._core(self._padded, count)
+        self._padded = self._padded[count * self.config.hop_length:]
         self.num_frames += count
-        return self._dct @ mel if self._dct is not None else mel
+        return features
 
     def _ready(self) -> int:
         return max(0, (self._padded.size - self.config.n_fft) // self.config.hop_length + 1) if self._started else 0
@@ -252,9 +240,6 @@ class StreamingFeatures:
             raise AudioError(f"audio of {n} samples is too short: at least hop_length={cfg.hop_length} "
                              "samples are needed for one feature frame")
         last = self._output(self._frames(valid - self.num_frames), final=True)
-        padded_total = total
-        if cfg.kind == "mel" and cfg.pad_to > 0 and total % cfg.pad_to:
-            padded_total += cfg.pad_to - total % cfg.pad_to
-        padding = np.full((cfg.num_features, padded_total - valid), cfg.pad_value, np.float32)
+        padding = np.full((cfg.num_features, padded_frame_count(total, cfg) - valid), cfg.pad_value, np.float32)
         self.reset()
         return np.concatenate([last, padding], axis=1)

@@ -52,6 +52,20 @@ def tiles_of(x) -> np.ndarray:
 
 
 @njit(inline="always", fastmath={"contract"})
+def strip_update(a0, a1, a2, a3, v0, v1, v2, v3, x_row, n):
+    """a_k[:n] += v_k * x_row[:n] for the 4 rows k of a strip: one load of x serves 4 fused multiply-adds.
+
+    The step of the dense tile below and of the sparse BSR strips (kernels/sparse.py); pass n = TILE where
+    the width is constant, so the loop unrolls into registers."""
+    for t in range(n):
+        p = x_row[t]
+        a0[t] += v0 * p
+        a1[t] += v1 * p
+        a2[t] += v2 * p
+        a3[t] += v3 * p
+
+
+@njit(inline="always", fastmath={"contract"})
 def _strip_tile(acc, x_tile, w, r0):
     """acc[k*64:(k+1)*64] = sum over c of w[r0 + k, c] * x_tile[c] for the strip's 4 rows k."""
     for t in range(STRIP):
@@ -59,14 +73,7 @@ def _strip_tile(acc, x_tile, w, r0):
     a0, a1, a2, a3 = acc[0:TILE], acc[TILE : 2 * TILE], acc[2 * TILE : 3 * TILE], acc[3 * TILE : 4 * TILE]
     w0, w1, w2, w3 = w[r0], w[r0 + 1], w[r0 + 2], w[r0 + 3]
     for c in range(x_tile.shape[0]):
-        xc = x_tile[c]
-        v0, v1, v2, v3 = w0[c], w1[c], w2[c], w3[c]
-        for t in range(TILE):
-            p = xc[t]
-            a0[t] += v0 * p
-            a1[t] += v1 * p
-            a2[t] += v2 * p
-            a3[t] += v3 * p
+        strip_update(a0, a1, a2, a3, w0[c], w1[c], w2[c], w3[c], x_tile[c], TILE)
 
 
 @serial_and_parallel(

@@ -26,11 +26,7 @@ from numba import carray, njit, types
 from tinyasr.engine import threads
 from tinyasr.errors import GraphError
 from tinyasr.format.encodings.sparse import BSRMatrix, CSRMatrix, as_dense
-from tinyasr.kernels._compile import (  # ternary.py imports TILE, stack_buffer from here
-    TILE,
-    serial_and_parallel,
-    stack_buffer,
-)
+from tinyasr.kernels._compile import TILE, serial_and_parallel, stack_buffer
 from tinyasr.kernels.conv1d import conv1d
 from tinyasr.kernels.epilogue import (
     ACTIVATIONS,
@@ -41,6 +37,7 @@ from tinyasr.kernels.epilogue import (
     check_bias_residual,
     store_tile,
 )
+from tinyasr.kernels.pointwise import strip_update
 
 RELU, CLIP = ACTIVATIONS["Relu"], ACTIVATIONS["Clip"]  # applied in the kernels; others after them
 STRIP = 4 * TILE  # a BSR strip: 4 rows of a tile (16 registers); a named constant, as stack_buffer needs a literal
@@ -93,13 +90,8 @@ def _bsr_strip_tile(acc, x, values, indices, indptr, strip, t0, n):
     a0, a1, a2, a3 = acc[0:n], acc[n:2 * n], acc[2 * n:3 * n], acc[3 * n:4 * n]
     while j < end:
         xj = x[np.int64(indices[j]), t0:t0 + n]
-        w0, w1, w2, w3 = values[j, i, 0], values[j, i + 1, 0], values[j, i + 2, 0], values[j, i + 3, 0]
-        for t in range(n):
-            p = xj[t]
-            a0[t] += w0 * p
-            a1[t] += w1 * p
-            a2[t] += w2 * p
-            a3[t] += w3 * p
+        strip_update(a0, a1, a2, a3, values[j, i, 0], values[j, i + 1, 0], values[j, i + 2, 0], values[j, i + 3, 0],
+                     xj, n)
         j += 1
 
 

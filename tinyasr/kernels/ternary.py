@@ -37,7 +37,7 @@ from tinyasr.format.encodings.ternary import (
     block_width,
     is_plain_pointwise,
 )
-from tinyasr.kernels._compile import serial_and_parallel
+from tinyasr.kernels._compile import TILE, serial_and_parallel, stack_buffer
 from tinyasr.kernels.epilogue import (
     activation_code,
     as_float32,
@@ -45,7 +45,6 @@ from tinyasr.kernels.epilogue import (
     check_bias_residual,
     epilogue_rows,
 )
-from tinyasr.kernels.sparse import TILE, stack_buffer
 
 MODES = ("auto", "memory", "speed")
 ENV_VAR = "TINYASR_TERNARY"
@@ -195,7 +194,7 @@ def _row_tile(acc, x_b, plus, minus, scale, y_row, t0):
     """y_row[t0:t0+n] = scale * (sum over plus of x_b[c, t0:t0+n] - sum over minus ...), n <= TILE frames.
 
     The tile is summed in a stack buffer: LLVM keeps a full tile in vector registers across the
-    non-zeros (the technique and ``stack_buffer`` come from tinyasr.kernels.sparse).
+    non-zeros (the technique of tinyasr.kernels.sparse).
     """
     n = min(TILE, y_row.shape[0] - t0)
     for t in range(n):
@@ -352,7 +351,9 @@ def ternary_pointwise(x, weight: TernaryWeight, bias=None, residual=None, activa
 
 def ternary_pointwise_reference(x, weight: TernaryWeight, bias=None, residual=None, activation="",
                                 activation_params=()) -> np.ndarray:
-    """numpy reference: dense float64 matmul with the expanded matrix, then the shared epilogue reference."""
+    """numpy reference (tests/test_ternary.py checks both kernels against it): the pattern expanded by the numpy
+    generator, not the Numba one, a dense float64 matmul instead of the multiplication-free sums, then the
+    epilogue's numpy reference."""
     y = np.einsum("oi,bit->bot", weight.pattern().astype(np.float64), np.asarray(x, np.float64))
     y = (y * np.asarray(weight.scales, np.float64)[:, None]).astype(np.float32)
     return bias_act_reference(y, bias, residual, activation, activation_params)
