@@ -287,7 +287,7 @@ def test_model_from_graph_without_a_file_and_output_dtype():
 # ----------------------------------------------------------------------------- info
 
 def test_summarize_counts_parameters_bytes_and_sparsity_per_layer(encoder_path, encoder_weights):
-    from tinyasr.format.info import format_summary, summarize
+    from tinyasr.cli.info import format_summary, summarize
 
     w = encoder_weights
     summary = summarize(encoder_path)
@@ -306,7 +306,7 @@ def test_summarize_counts_parameters_bytes_and_sparsity_per_layer(encoder_path, 
 
 
 def test_summarize_sparsity(tmp_path):
-    from tinyasr.format.info import summarize
+    from tinyasr.cli.info import summarize
 
     weight = f32(6, 4, 1)
     weight[RNG.random(weight.shape) < 0.7] = 0
@@ -318,7 +318,7 @@ def test_summarize_sparsity(tmp_path):
 
 def test_sparse_weights_stored_in_the_file_run_and_are_summarized(tmp_path):
     from tinyasr.format.container import EncodedTensor
-    from tinyasr.format.info import summarize
+    from tinyasr.cli.info import summarize
     from tinyasr.format.encodings.sparse import csr_arrays
 
     weight = f32(12, CHANNELS, 1)
@@ -386,7 +386,7 @@ def test_absurd_sizes_are_a_graph_error_not_a_memory_error(tmp_path, node, tenso
 
 @pytest.mark.parametrize("vocabulary", [5, {"a": 1}, None])
 def test_info_describes_a_malformed_decoder_entry_as_stored(tmp_path, vocabulary):
-    from tinyasr.format.info import format_summary, summarize
+    from tinyasr.cli.info import format_summary, summarize
 
     decoder = {"type": "ctc", "output": "y", "blank": 0, "vocabulary": vocabulary}
     path = save(tmp_path, [Node("relu", "Relu", ("x",), ("y",))], [("x", "float32", [2])], [("y", "float32", [2])],

@@ -23,9 +23,12 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
+from tinyasr.engine import threads
+from tinyasr.engine.planner import SlotPlan
 from tinyasr.errors import GraphError, InputError, TinyASRError
 from tinyasr.format.container import read_model
 from tinyasr.format.graph import Graph, Node, ValueInfo
+from tinyasr.model_cache import resolve_model_path
 from tinyasr.ops import ENCODED_WEIGHT_INPUTS, OpContext, OpFunction, lookup
 
 # Input-shape signatures whose buffers a thread keeps (a recogniser sees a few lengths over and over).
@@ -143,31 +146,26 @@ class _RunContext(OpContext):
                 self.pool.give_back(self.pool.owned[owner])
 
 
-def _format_value(v: ValueInfo) -> str:
-    return f"{v.name}: {v.dtype} [{', '.join(map(str, v.shape))}]"
-
-
 class Model:
     """A graph with its stored tensors, ready to run.  Safe to share between threads."""
 
     def __init__(self, graph: Graph, tensors: Mapping[str, Any], manifest: Optional[dict] = None,
                  path: Optional[str] = None):
         self.label = os.path.basename(path) if path else "model"  # names the model in error messages
-        slot_of = {name: i for i, name in enumerate(
-            [v.name for v in graph.inputs] + [o for node in graph.nodes for o in node.outputs])}
         try:
             graph.validate(tensors.keys())
             _check_declared_dtypes(graph)
             _check_encoded_tensor_uses(graph, tensors)
-            self._steps = self._plan_steps(graph, tensors, slot_of)
+            slots = SlotPlan([v.name for v in graph.inputs], graph.nodes, tensors, [v.name for v in graph.outputs])
+            self._steps = self._plan_steps(graph, tensors, slots)
         except GraphError as exc:
             raise GraphError(f"{self.label}: {exc}") from None
         self.graph = graph
         self.manifest = manifest or {}
         self.path = path
         self.tensors = types.MappingProxyType(dict(tensors))  # stored tensors as the ops see them (read-only)
-        self._slot_count = len(slot_of)
-        self._output_slots = [slot_of.get(v.name, -1) for v in graph.outputs]  # -1: a stored tensor
+        self._slot_count = slots.count
+        self._output_slots = [slots.slot_of.get(v.name, -1) for v in graph.outputs]  # -1: a stored tensor
         self._output_constants = [tensors.get(v.name) for v in graph.outputs]
         self._local = threading.local()
 
@@ -192,33 +190,21 @@ class Model:
     # ------------------------------------------------------------------ planning (once, at load)
 
     @staticmethod
-    def _plan_steps(graph: Graph, tensors: Mapping[str, Any], slot_of: Dict[str, int]) -> List[_Step]:
-        """Resolve ops and input sources; compute after which step each value is dead."""
+    def _plan_steps(graph: Graph, tensors: Mapping[str, Any], slots: SlotPlan) -> List[_Step]:
+        """Resolve ops and input sources; the slots say after which step each value is dead."""
         functions = [lookup(node.op, node.name) for node in graph.nodes]
-        last_use = {slot: -1 for slot in slot_of.values()}  # -1: never read; dies where it is made
-        for index, node in enumerate(graph.nodes):
-            for name in node.inputs:
-                if name and name not in tensors:
-                    last_use[slot_of[name]] = index
-        kept = {slot_of[v.name] for v in graph.outputs if v.name in slot_of}
-        release_after = defaultdict(list)
-        made_by = {slot_of[o]: i for i, n in enumerate(graph.nodes) for o in n.outputs}
-        for slot, index in last_use.items():
-            if slot in kept or (index < 0 and slot not in made_by):
-                continue  # graph outputs live to the end; unread graph inputs belong to the caller
-            release_after[max(index, made_by.get(slot, -1))].append(slot)
         steps = []
         for index, (node, run) in enumerate(zip(graph.nodes, functions)):
-            slots = tuple(slot_of[n] if n and n not in tensors else -1 for n in node.inputs)
             constants = tuple(tensors[n] if n in tensors else None for n in node.inputs)
-            steps.append(_Step(node, run, slots, constants, tuple(slot_of[o] for o in node.outputs),
-                               tuple(release_after[index])))
+            steps.append(_Step(node, run, slots.input_slots(node), constants, slots.output_slots(node),
+                               slots.release[index]))
         return steps
 
     # ------------------------------------------------------------------ running
 
     def run(self, inputs: Mapping[str, Any]) -> Dict[str, np.ndarray]:
         """Run the graph; returns {output name: fresh array in the declared dtype}."""
+        threads.ensure_configured()
         arrays = self._check_inputs(inputs)
         pool = self._pool_for(tuple((a.shape, a.dtype.str) for a in arrays))
         pool.reset()
@@ -301,13 +287,13 @@ class Model:
 
     def _check_inputs(self, inputs: Mapping[str, Any]) -> List[np.ndarray]:
         if not isinstance(inputs, Mapping):
-            expected = "; ".join(_format_value(v) for v in self.graph.inputs)
+            expected = "; ".join(v.describe() for v in self.graph.inputs)
             raise InputError(f"{self.label}: run() takes a dict of input name -> array; expected inputs: {expected}")
         names = {v.name for v in self.graph.inputs}
         missing = [v.name for v in self.graph.inputs if v.name not in inputs]
         unexpected = [str(n) for n in inputs if n not in names]
         if missing or unexpected:
-            expected = "; ".join(_format_value(v) for v in self.graph.inputs)
+            expected = "; ".join(v.describe() for v in self.graph.inputs)
             problem = "; ".join(
                 text for text in (missing and f"missing input(s) {missing}",
                                   unexpected and f"unexpected input(s) {unexpected}") if text
@@ -320,13 +306,13 @@ class Model:
             if array.ndim != len(info.shape):
                 raise InputError(
                     f"{self.label}: input {info.name!r} has shape {array.shape} (rank {array.ndim}); "
-                    f"expected rank {len(info.shape)}: {_format_value(info)}"
+                    f"expected rank {len(info.shape)}: {info.describe()}"
                 )
             for axis, (size, declared) in enumerate(zip(array.shape, info.shape)):
                 if isinstance(declared, int) and declared >= 0 and size != declared:
                     raise InputError(
                         f"{self.label}: input {info.name!r} has size {size} on axis {axis}; expected {declared} "
-                        f"({_format_value(info)})"
+                        f"({info.describe()})"
                     )
                 if isinstance(declared, str) and declared not in ("", "?"):
                     seen = symbols.setdefault(declared, (size, f"{info.name!r} axis {axis}"))
@@ -411,8 +397,9 @@ def _prepare_tensor(model_file, name: str):
 
 
 def load_model(path) -> Model:
-    """Read a .tasr file (strictly; ModelFileError on any problem) and prepare it to run."""
-    model_file = read_model(path)
+    """Read a .tasr file, or the bundled or downloaded model of that name as the Recognizer finds it
+    (tinyasr.model_cache), strictly (ModelFileError on any problem), and prepare it to run."""
+    model_file = read_model(resolve_model_path(path))
     used = {name for node in model_file.graph.nodes for name in node.inputs}
     used.update(v.name for v in model_file.graph.outputs)
     tensors = {name: _prepare_tensor(model_file, name) for name in model_file.tensor_names() if name in used}

@@ -1,38 +1,26 @@
 """How many threads tinyasr computes with, and the policy for Numba's and BLAS's thread pools.
 
-``TINYASR_NUM_THREADS`` is read once, at import; ``set_num_threads(n)`` changes it later.
+Importing tinyasr changes nothing in the process: the policy is applied once, at the first model run
+(:func:`ensure_configured`, called by both engines) or an explicit :func:`set_num_threads`, and
+``TINYASR_NUM_THREADS`` is read then.  Until then kernels called directly run serially.
 
-Policy, chosen by measurement (benchmarks/bench_kernels.py on a 2-core AMD EPYC shared with
-other jobs, load 4-6, so wall times vary 2x between runs; workload: 5 x (depthwise K33 +
-pointwise 256x256 + bias + residual + Relu), T=1000; 5 runs x 3 rounds, ms):
+* Numba: n threads, default 1 (serial builds only: no pool started, deterministic, thread-safe); opt in with
+  ``TINYASR_NUM_THREADS=n`` on a dedicated multi-core board.  Results are bit-identical at any n.
+* BLAS: numpy's BLAS is set to one thread from the first run on, for the whole process, because a Numba kernel
+  that follows a multi-threaded OpenBLAS call runs several times slower while OpenBLAS's idle workers spin.
+  Not scoped to each run: that would not stop the slowdown (an app's own multi-threaded call still leaves
+  the workers spinning before the next run), and ``threadpool_limits`` costs about as much as a streaming
+  chunk.  An app may raise it again afterwards; tinyasr does not reset it.  BLAS libraries are found with
+  threadpoolctl, else by ctypes (the OpenBLAS mapped into the process); where numpy bundles its own BLAS
+  only that one is set, not scipy's or torch's.
+* OpenMP: idle Numba workers spin unless ``OMP_WAIT_POLICY=PASSIVE`` is set before Numba starts its pool.
+  The ``tinyasr`` command sets it; a library must not (an app running n > 1 threads should).
 
-    Numba 1 / BLAS 1:   7.7 - 21        Numba 1 / BLAS 2:   9.4 - 122
-    Numba 2 / BLAS 1:   7.4 - 25        Numba 2 / BLAS 2:   5.8 - 96  (often 70-95)
+Numbers, and the CPU they were measured on: benchmarks/results/threads.md.
 
-* BLAS stays at 1 thread, whatever n.  OpenBLAS's workers spin (sched_yield) after each call,
-  so a multi-threaded matmul followed by other work often runs 5-10x slower; alone, a
-  256x256x1000 matmul took 0.6 ms at 2 threads and 1.1 ms at 1.  The pools fight, as
-  kernels.md warned.  NOTE: this sets numpy's OpenBLAS to 1 thread for the whole process.
-* Default 1 thread: Numba 2 / BLAS 1 was not reliably faster than serial here, and at 1 thread
-  only the serial kernel builds run: no pool, deterministic, thread-safe.  On a dedicated
-  multi-core board opt in with ``TINYASR_NUM_THREADS=n``; the Numba kernels then run in parallel
-  (results stay bit-identical: each output row is computed by one thread).
-* ``OMP_WAIT_POLICY=PASSIVE`` is set (unless the user set it) before Numba starts its OpenMP
-  pool, so idle Numba workers sleep instead of spinning: with the default active wait the stack
-  at Numba 2 / BLAS 1 took 41-102 ms, with passive 9-20 ms (same session).  It takes effect only
-  if no OpenMP runtime was loaded before (torch loads one; the runtime's dependencies do not),
-  and it also applies to OpenMP libraries loaded later in the process.
-
-BLAS control: we cannot depend on threadpoolctl, so a small ctypes helper finds every OpenBLAS
-library mapped into the process (``/proc/self/maps``, else numpy's ``numpy.libs`` / ``.dylibs``
-folder) and calls its ``*set_num_threads*`` symbol (numpy 2.x wheels:
-``scipy_openblas_set_num_threads64_``).  If none is found BLAS keeps its own setting and
-``blas_threads_controllable()`` says False.
-
-Parallel kernels: at most one Numba parallel kernel runs at a time in the process; a call that
-finds the pool busy (another Python thread is in a parallel kernel) runs the serial build of the
-same kernel instead.  So one Model can serve several Python threads without oversubscribing the
-cores, with any Numba threading layer (workqueue is not thread-safe).
+Parallel kernels: at most one Numba parallel kernel runs at a time in the process; a call that finds the pool
+busy (another Python thread is in a parallel kernel) runs the serial build of the same kernel instead.  So one
+Model can serve several Python threads without oversubscribing the cores, with any Numba threading layer.
 """
 
 from __future__ import annotations
@@ -49,8 +37,6 @@ import numba
 
 from tinyasr.errors import TinyASRError
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before Numba first loads its OpenMP layer
-
 ENV_VAR = "TINYASR_NUM_THREADS"
 DEFAULT_THREADS = 1
 BLAS_THREADS = 1  # at every setting: see the module docstring
@@ -65,6 +51,10 @@ PARALLEL_MIN_WORK = 1 << 19
 POINTWISE_MACS_PER_WORK = 24
 SPARSE_MACS_PER_WORK = 12
 
+# ---------------------------------------------------------------------------------------------
+# BLAS: threadpoolctl's controllers, else OpenBLAS by ctypes
+# ---------------------------------------------------------------------------------------------
+
 _SET_SYMBOLS = (
     "scipy_openblas_set_num_threads64_",
     "scipy_openblas_set_num_threads",
@@ -77,17 +67,45 @@ _GET_SYMBOLS = (
     "openblas_get_num_threads64_",
     "openblas_get_num_threads",
 )
+_CORENAME_SYMBOLS = ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename", "openblas_get_corename")
 
 
-# ---------------------------------------------------------------------------------------------
-# BLAS (OpenBLAS via ctypes)
-# ---------------------------------------------------------------------------------------------
+class _CtypesOpenBLAS:
+    """One OpenBLAS driven by ctypes, with the names of threadpoolctl's controllers (filepath, num_threads,
+    set_num_threads, architecture) so that the rest of this module does not care which found it."""
+
+    def __init__(self, filepath: str, setter, getter, corename):
+        self.filepath, self._set, self._get = filepath, setter, getter
+        self.architecture = corename().decode() if corename is not None else None
+
+    @property
+    def num_threads(self) -> int:
+        return self._get()
+
+    def set_num_threads(self, n: int) -> None:
+        self._set(n)
+
+    @classmethod
+    def load(cls, path: str):
+        """The library at ``path`` if it exports OpenBLAS's thread calls, else None."""
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            return None
+        setter = next((getattr(lib, s) for s in _SET_SYMBOLS if hasattr(lib, s)), None)
+        getter = next((getattr(lib, s) for s in _GET_SYMBOLS if hasattr(lib, s)), None)
+        if setter is None or getter is None:
+            return None
+        corename = next((getattr(lib, s) for s in _CORENAME_SYMBOLS if hasattr(lib, s)), None)
+        setter.argtypes, setter.restype = [ctypes.c_int], None
+        getter.argtypes, getter.restype = [], ctypes.c_int
+        if corename is not None:
+            corename.argtypes, corename.restype = [], ctypes.c_char_p
+        return cls(path, setter, getter, corename)
 
 
-def _openblas_paths():
-    """Paths of OpenBLAS libraries loaded in this process (Linux maps), else bundled with numpy."""
-    import numpy  # noqa: F401  (make sure numpy's BLAS is loaded before we look for it)
-
+def _openblas_paths(numpy_dir: str):
+    """Paths of OpenBLAS libraries loaded in this process (Linux maps), else those bundled with numpy."""
     paths = []
     try:
         with open("/proc/self/maps") as maps:
@@ -98,61 +116,58 @@ def _openblas_paths():
     except OSError:
         pass
     if not paths:
-        numpy_dir = os.path.dirname(numpy.__file__)
-        for pattern in ("../numpy.libs/*openblas*", ".dylibs/*openblas*", "../numpy/.libs/*openblas*"):
+        for pattern in ("../numpy.libs/*openblas*", ".dylibs/*openblas*", ".libs/*openblas*"):
             paths.extend(sorted(glob.glob(os.path.join(numpy_dir, pattern))))
     return paths
 
 
-def _find_blas_controls():
-    """[(set_fn, get_fn, library)] for each OpenBLAS found; empty when none can be controlled."""
-    controls = []
-    for path in _openblas_paths():
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        setter = next((getattr(lib, s) for s in _SET_SYMBOLS if hasattr(lib, s)), None)
-        getter = next((getattr(lib, s) for s in _GET_SYMBOLS if hasattr(lib, s)), None)
-        if setter is None or getter is None:
-            continue
-        setter.argtypes, setter.restype = [ctypes.c_int], None
-        getter.argtypes, getter.restype = [], ctypes.c_int
-        controls.append((setter, getter, lib))
-    return controls
+def _find_blas():
+    """The BLAS libraries tinyasr sets: numpy's own when numpy bundles one, else every BLAS loaded."""
+    import numpy  # loaded by now (a model ran); its BLAS is the one tinyasr's matmuls use
+
+    numpy_dir = os.path.realpath(os.path.dirname(numpy.__file__))
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        libraries = [lib for lib in map(_CtypesOpenBLAS.load, _openblas_paths(numpy_dir)) if lib is not None]
+    else:
+        libraries = ThreadpoolController().select(user_api="blas").lib_controllers
+    bundled = (numpy_dir + os.sep, numpy_dir + ".libs" + os.sep)
+    own = [lib for lib in libraries if os.path.realpath(lib.filepath).startswith(bundled)]
+    return own or libraries
 
 
-_BLAS = _find_blas_controls()
+_blas = None  # found on first use: finding it imports numpy and threadpoolctl and scans the process
+_blas_lock = threading.Lock()
+
+
+def _blas_libraries():
+    global _blas
+    with _blas_lock:
+        if _blas is None:
+            _blas = _find_blas()
+    return _blas
 
 
 def blas_threads_controllable() -> bool:
-    """True when tinyasr found numpy's OpenBLAS and can set its thread count."""
-    return bool(_BLAS)
+    """True when tinyasr found numpy's BLAS and can set its thread count."""
+    return bool(_blas_libraries())
 
 
 def blas_num_threads():
-    """The thread count of the (first) OpenBLAS found, or None when it cannot be read."""
-    return _BLAS[0][1]() if _BLAS else None
+    """The thread count of the (first) BLAS found, or None when it cannot be read."""
+    libraries = _blas_libraries()
+    return libraries[0].num_threads if libraries else None
 
 
 def blas_core_name():
-    """The CPU kernel set OpenBLAS chose (e.g. "Haswell", "SkylakeX"), or None; for benchmarks and bug reports.
-
-    OpenBLAS 0.3.31 picks "Haswell" (AVX2) on AMD Zen 5, which halves matmul speed there; setting
-    OPENBLAS_CORETYPE=SkylakeX before numpy is imported restores it.
-    """
-    for _, _, lib in _BLAS:
-        for symbol in ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename", "openblas_get_corename"):
-            if hasattr(lib, symbol):
-                getter = getattr(lib, symbol)
-                getter.argtypes, getter.restype = [], ctypes.c_char_p
-                return getter().decode()
-    return None
+    """The CPU kernel set the BLAS chose (e.g. "Haswell", "SkylakeX"), or None; for benchmarks and bug reports."""
+    return next((lib.architecture for lib in _blas_libraries() if getattr(lib, "architecture", None)), None)
 
 
 def _set_blas_threads(n: int) -> None:
-    for setter, _, _ in _BLAS:
-        setter(n)
+    for lib in _blas_libraries():
+        lib.set_num_threads(n)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,6 +175,8 @@ def _set_blas_threads(n: int) -> None:
 # ---------------------------------------------------------------------------------------------
 
 _num_threads = DEFAULT_THREADS
+_configured = False  # True once the first run or set_num_threads applied the policy
+_configure_lock = threading.Lock()
 _parallel_lock = threading.Lock()
 
 
@@ -168,22 +185,53 @@ def _numba_threads(n: int) -> int:
     return max(1, min(n, numba.config.NUMBA_NUM_THREADS))
 
 
+def _threads_from_env() -> int:
+    value = os.environ.get(ENV_VAR, "").strip()
+    if not value:
+        return DEFAULT_THREADS
+    try:
+        n = int(value)
+        if n < 1:
+            raise ValueError
+    except ValueError:
+        warnings.warn(f"{ENV_VAR}={value!r} is not a positive integer; using {DEFAULT_THREADS} thread(s)")
+        return DEFAULT_THREADS
+    return n
+
+
+def ensure_configured() -> None:
+    """Apply the policy once, at the first model run: ``TINYASR_NUM_THREADS`` threads, BLAS at BLAS_THREADS.
+
+    A no-op afterwards (one flag test), and after an explicit :func:`set_num_threads`, which wins.
+    """
+    global _num_threads, _configured
+    if _configured:
+        return
+    with _configure_lock:
+        if not _configured:
+            _set_blas_threads(BLAS_THREADS)
+            _num_threads = _numba_threads(_threads_from_env())  # Numba's own count is set per parallel region
+            _configured = True
+
+
 def set_num_threads(n: int) -> None:
     """Compute with ``n`` threads from now on: Numba kernels use n, BLAS is kept at BLAS_THREADS.
 
     ``n`` above Numba's pool size (the core count, or NUMBA_NUM_THREADS) is capped to it.
     """
-    global _num_threads
+    global _num_threads, _configured
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
         raise TinyASRError(f"number of threads must be a positive integer, got {n!r}")
     n = _numba_threads(int(n))
-    numba.set_num_threads(n)
-    _set_blas_threads(BLAS_THREADS)
-    _num_threads = n
+    with _configure_lock:
+        numba.set_num_threads(n)
+        _set_blas_threads(BLAS_THREADS)
+        _num_threads = n
+        _configured = True
 
 
 def get_num_threads() -> int:
-    """The thread count tinyasr computes with."""
+    """The thread count tinyasr computes with (DEFAULT_THREADS until the first run or set_num_threads)."""
     return _num_threads
 
 
@@ -207,20 +255,3 @@ def parallel_region(work: int):
         yield True
     finally:
         _parallel_lock.release()
-
-
-def _threads_from_env() -> int:
-    value = os.environ.get(ENV_VAR, "").strip()
-    if not value:
-        return DEFAULT_THREADS
-    try:
-        n = int(value)
-        if n < 1:
-            raise ValueError
-    except ValueError:
-        warnings.warn(f"{ENV_VAR}={value!r} is not a positive integer; using {DEFAULT_THREADS} thread(s)")
-        return DEFAULT_THREADS
-    return n
-
-
-set_num_threads(_threads_from_env())

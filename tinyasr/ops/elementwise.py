@@ -15,8 +15,10 @@ import numba
 import numpy as np
 
 from tinyasr.errors import GraphError
-from tinyasr.ops import register
+from tinyasr.kernels.rowwise import sigmoid_flat
 from tinyasr.ops.common import check_inputs
+from tinyasr.ops.registry import register
+from tinyasr.ops.streaming_rules import TIME_LOCAL
 
 
 def _same_dtype(op: str, arrays) -> None:
@@ -37,10 +39,13 @@ def _unary(op: str, compute):
         compute(x, out, attrs)
         return [out]
 
-    register(op)(run)
+    register(op, streaming=TIME_LOCAL)(run)
 
 
 def _sigmoid(x, out, attrs):
+    if x.dtype == np.float32 and x.flags.c_contiguous and out.flags.c_contiguous:  # one pass (Swish in Conformers)
+        sigmoid_flat(x.reshape(-1), out.reshape(-1))
+        return
     with np.errstate(over="ignore"):  # exp(-x) overflows to inf for x << 0, and 1/inf is the right answer
         np.negative(x, out=out)
         np.exp(out, out=out)
@@ -83,6 +88,8 @@ _unary("Softplus", lambda x, out, a: np.logaddexp(0, x, out=out))
 _unary("Erf", _erf)
 _unary("Sqrt", lambda x, out, a: np.sqrt(x, out=out))
 _unary("Exp", lambda x, out, a: np.exp(x, out=out))
+_unary("Sin", lambda x, out, a: np.sin(x, out=out))  # sinusoidal position tables, regenerated
+_unary("Cos", lambda x, out, a: np.cos(x, out=out))
 _unary("Log", lambda x, out, a: np.log(x, out=out))
 _unary("Neg", lambda x, out, a: np.negative(x, out=out))
 _unary("Abs", lambda x, out, a: np.abs(x, out=out))
@@ -93,7 +100,7 @@ _unary("Round", lambda x, out, a: np.round(x, out=out))  # half to even, as ONNX
 _unary("Not", lambda x, out, a: np.logical_not(x, out=out))
 
 
-@register("Clip")
+@register("Clip", streaming=TIME_LOCAL)
 def clip(ctx, inputs, attrs):
     """Bounds come as inputs 1 and 2 (opset 11+) or as ``min``/``max`` attributes (opset 6)."""
     check_inputs("Clip", inputs, 1)
@@ -112,13 +119,13 @@ def clip(ctx, inputs, attrs):
     return [out]
 
 
-@register("Identity")
+@register("Identity", streaming=TIME_LOCAL)
 def identity(ctx, inputs, attrs):
     check_inputs("Identity", inputs, 1)
     return [inputs[0]]
 
 
-@register("Dropout")
+@register("Dropout", streaming=TIME_LOCAL)
 def dropout(ctx, inputs, attrs):
     """Inference: the data passes through; the optional mask output is all True."""
     check_inputs("Dropout", inputs, 1)
@@ -144,7 +151,7 @@ def _binary(op: str, compute, result_dtype=None, same_dtype=True):
         compute(a, b, out)
         return [out]
 
-    register(op)(run)
+    register(op, streaming=TIME_LOCAL)(run)
 
 
 def _divide(a, b, out):
@@ -187,14 +194,14 @@ def _variadic(op: str, ufunc):
         _same_dtype(op, inputs)
         return [np.asarray(reduce(ufunc, inputs))]
 
-    register(op)(run)
+    register(op, streaming=TIME_LOCAL)(run)
 
 
 _variadic("Max", np.maximum)
 _variadic("Min", np.minimum)
 
 
-@register("Where")
+@register("Where", streaming=TIME_LOCAL)
 def where(ctx, inputs, attrs):
     check_inputs("Where", inputs, 3)
     condition, x, y = inputs

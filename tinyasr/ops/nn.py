@@ -10,9 +10,11 @@ from __future__ import annotations
 import numpy as np
 
 from tinyasr.errors import GraphError
+from tinyasr.kernels.rowwise import layer_norm_rows, softmax_rows
 from tinyasr.kernels.sparse import kernel_matrix, linear
-from tinyasr.ops import register
 from tinyasr.ops.common import check_inputs, dense, normalize_axis
+from tinyasr.ops.registry import register
+from tinyasr.ops.streaming_rules import AxisOp, Refuses, Stream, TimeLocal
 
 
 def _minus_max(ctx, op, inputs, attrs):
@@ -25,15 +27,26 @@ def _minus_max(ctx, op, inputs, attrs):
     return out, axis
 
 
-@register("Softmax")
+def _last_axis_rows(x, attrs) -> bool:
+    """Whether a row kernel (kernels/rowwise.py) takes ``x``: float32, C-contiguous, ``axis`` the last one."""
+    return (isinstance(x, np.ndarray) and x.dtype == np.float32 and x.flags.c_contiguous and x.size > 0
+            and x.ndim >= 1 and attrs.get("axis", -1) in (-1, x.ndim - 1))
+
+
+@register("Softmax", streaming=AxisOp(-1))
 def softmax(ctx, inputs, attrs):
+    x = inputs[0] if inputs else None
+    if _last_axis_rows(x, attrs):  # attention scores: one pass per row
+        out = ctx.output(x.shape, x.dtype, donors=(0,))
+        softmax_rows(x.reshape(-1, x.shape[-1]), out.reshape(-1, x.shape[-1]))
+        return [out]
     out, axis = _minus_max(ctx, "Softmax", inputs, attrs)
     np.exp(out, out=out)
     np.divide(out, out.sum(axis=axis, keepdims=True), out=out)
     return [out]
 
 
-@register("LogSoftmax")
+@register("LogSoftmax", streaming=AxisOp(-1))
 def log_softmax(ctx, inputs, attrs):
     out, axis = _minus_max(ctx, "LogSoftmax", inputs, attrs)
     np.subtract(out, np.log(np.exp(out).sum(axis=axis, keepdims=True)), out=out)
@@ -48,7 +61,7 @@ def _global_pool(op: str, numpy_reduce):
             raise GraphError(f"{op} needs an input of rank >= 3 [N, C, ...], got shape {x.shape}")
         return [numpy_reduce(x, axis=tuple(range(2, x.ndim)), keepdims=True).astype(x.dtype, copy=False)]
 
-    register(op)(run)
+    register(op, streaming=Refuses("it pools over every frame"))(run)
 
 
 _global_pool("GlobalAveragePool", np.mean)
@@ -68,13 +81,21 @@ def _matmul_into(ctx, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.matmul(a, b, out=out)
 
 
-@register("MatMul")
+def _matmul_time_axis(node, constants, stream: Stream):
+    """A streamed A times a stored B: the time axis of A stays a row axis of the product."""
+    if stream.rank < 2 or stream.axis == stream.rank - 1:
+        raise GraphError("it contracts the time axis")
+    rank = max(stream.rank, len(getattr(constants[1], "shape", ())))
+    return rank, stream.axis + rank - stream.rank
+
+
+@register("MatMul", streaming=TimeLocal(layout=_matmul_time_axis))
 def matmul(ctx, inputs, attrs):
     check_inputs("MatMul", inputs, 2)
     return [_matmul_into(ctx, dense(inputs[0], "MatMul", "A"), dense(inputs[1], "MatMul", "B"))]
 
 
-@register("Gemm")
+@register("Gemm", streaming=Refuses("no streaming rule for Gemm yet (MatMul streams)"))
 def gemm(ctx, inputs, attrs):
     """Y = alpha * A' B' + beta * C, with A' = A.T if transA, B' = B.T if transB."""
     check_inputs("Gemm", inputs, 2)
@@ -102,12 +123,20 @@ def _gemm_epilogue(out, inputs, attrs):
     return [out]
 
 
-@register("LayerNormalization")
+@register("LayerNormalization", streaming=Refuses(
+    "no streaming rule for LayerNormalization yet (its axes [axis, rank) may include the time axis)"))
 def layer_normalization(ctx, inputs, attrs):
     """Normalise over axes [axis, rank); optional outputs Mean and InvStdDev keep the reduced dims as 1."""
     check_inputs("LayerNormalization", inputs, 2)
     x, scale = inputs[0], inputs[1]
     bias = inputs[2] if len(inputs) > 2 else None
+    width = x.shape[-1] if x.ndim else 0
+    if (ctx.num_outputs <= 1 and _last_axis_rows(x, attrs) and _row_vector(scale, width)
+            and (bias is None or _row_vector(bias, width))):  # transformer blocks: one pass per row
+        out = ctx.output(x.shape, x.dtype, donors=(0,))
+        layer_norm_rows(x.reshape(-1, width), scale, np.zeros(0, np.float32) if bias is None else bias,
+                        np.float32(attrs.get("epsilon", 1e-5)), out.reshape(-1, width))
+        return [out]
     axis = normalize_axis(attrs.get("axis", -1), x.ndim, "LayerNormalization")
     axes = tuple(range(axis, x.ndim))
     epsilon = np.asarray(attrs.get("epsilon", 1e-5), x.dtype)
@@ -122,7 +151,12 @@ def layer_normalization(ctx, inputs, attrs):
     return [out, mean, inv_std][: max(1, ctx.num_outputs)]
 
 
-@register("BatchNormalization")
+def _row_vector(value, width: int) -> bool:
+    return isinstance(value, np.ndarray) and value.dtype == np.float32 and value.shape == (width,) \
+        and value.flags.c_contiguous
+
+
+@register("BatchNormalization", streaming=Refuses("no streaming rule for BatchNormalization yet"))
 def batch_normalization(ctx, inputs, attrs):
     """Inference form: per-channel (axis 1) affine map from the running statistics."""
     check_inputs("BatchNormalization", inputs, 5)

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinyasr.ops import register
 from tinyasr.ops.common import axes_from, check_inputs, normalize_axes, normalize_axis
+from tinyasr.ops.registry import register
+from tinyasr.ops.streaming_rules import Refuses
+
+# Reductions over axes other than time could stream; none is declared yet, as none was needed.
+OVER_TIME = Refuses("it reduces over its axes, which may include the time axis")
 
 
 def _reduction(op: str, numpy_reduce):
@@ -26,7 +30,7 @@ def _reduction(op: str, numpy_reduce):
         result = numpy_reduce(x, axis=axis, keepdims=keepdims)
         return [np.asarray(result, dtype=x.dtype)]
 
-    register(op)(run)
+    register(op, streaming=OVER_TIME)(run)
 
 
 _reduction("ReduceMean", np.mean)
@@ -49,7 +53,7 @@ def _arg_reduction(op: str, numpy_arg):
         index = np.asarray(index, dtype=np.int64)
         return [np.expand_dims(index, axis) if attrs.get("keepdims", 1) else index]
 
-    register(op)(run)
+    register(op, streaming=OVER_TIME)(run)
 
 
 _arg_reduction("ArgMax", np.argmax)

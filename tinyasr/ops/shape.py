@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 
 from tinyasr.errors import GraphError
-from tinyasr.ops import register
 from tinyasr.ops.common import (
     axes_from,
     check_inputs,
@@ -18,6 +17,8 @@ from tinyasr.ops.common import (
     normalize_axes,
     normalize_axis,
 )
+from tinyasr.ops.registry import register
+from tinyasr.ops.streaming_rules import TIME_LOCAL, AxisOp, Refuses, Stream, TimeLocal
 
 # ONNX TensorProto.DataType -> numpy (the types a speech model's graph can carry).
 ONNX_DTYPES = {
@@ -38,20 +39,20 @@ def numpy_dtype(code, what: str) -> np.dtype:
     return np.dtype(ONNX_DTYPES[int(code)])
 
 
-@register("Shape")
+@register("Shape", streaming=Refuses("its value is the length of the whole input"))
 def shape(ctx, inputs, attrs):
     check_inputs("Shape", inputs, 1)
     dims = inputs[0].shape[attrs.get("start", 0): attrs.get("end", None)]
     return [np.array(dims, dtype=np.int64)]
 
 
-@register("Size")
+@register("Size", streaming=Refuses("its value is the length of the whole input"))
 def size(ctx, inputs, attrs):
     check_inputs("Size", inputs, 1)
     return [np.array(inputs[0].size, dtype=np.int64)]
 
 
-@register("Reshape")
+@register("Reshape", streaming=Refuses("it may merge or split the time axis"))
 def reshape(ctx, inputs, attrs):
     """0 copies the input's dim (unless allowzero=1), -1 is inferred."""
     check_inputs("Reshape", inputs, 2)
@@ -69,7 +70,7 @@ def reshape(ctx, inputs, attrs):
         raise GraphError(f"Reshape: cannot reshape a tensor of shape {x.shape} to {target}") from None
 
 
-@register("Flatten")
+@register("Flatten", streaming=Refuses("it may merge the time axis with others"))
 def flatten(ctx, inputs, attrs):
     check_inputs("Flatten", inputs, 1)
     x = inputs[0]
@@ -78,7 +79,15 @@ def flatten(ctx, inputs, attrs):
     return [x.reshape(int(np.prod(x.shape[:axis])), int(np.prod(x.shape[axis:])))]
 
 
-@register("Transpose")
+def _transpose_time_axis(node, constants, stream: Stream):
+    perm = node.attrs.get("perm")
+    perm = list(range(stream.rank))[::-1] if perm is None else normalize_axes(perm, stream.rank, "Transpose")
+    if len(perm) != stream.rank:
+        raise GraphError(f"perm {perm} does not match rank {stream.rank}")
+    return stream.rank, perm.index(stream.axis)
+
+
+@register("Transpose", streaming=TimeLocal(layout=_transpose_time_axis))
 def transpose(ctx, inputs, attrs):
     check_inputs("Transpose", inputs, 1)
     x = inputs[0]
@@ -89,7 +98,17 @@ def transpose(ctx, inputs, attrs):
     return [x.transpose(perm)]
 
 
-@register("Squeeze")
+def _squeeze_time_axis(node, constants, stream: Stream):
+    axes = axes_from(constants, 1, node.attrs)
+    if axes is None:
+        raise GraphError("Squeeze without axes may drop the time axis")
+    axes = normalize_axes(axes, stream.rank, "Squeeze")
+    if stream.axis in axes:
+        raise GraphError("it removes the time axis")
+    return stream.rank - len(axes), stream.axis - sum(a < stream.axis for a in axes)
+
+
+@register("Squeeze", streaming=TimeLocal(layout=_squeeze_time_axis))
 def squeeze(ctx, inputs, attrs):
     check_inputs("Squeeze", inputs, 1)
     x = inputs[0]
@@ -103,7 +122,18 @@ def squeeze(ctx, inputs, attrs):
     return [np.squeeze(x, axis=tuple(axes))]
 
 
-@register("Unsqueeze")
+def _unsqueeze_time_axis(node, constants, stream: Stream):
+    axes = axes_from(constants, 1, node.attrs)
+    if axes is None:
+        raise GraphError("Unsqueeze needs axes (input 1 or attribute)")
+    rank = stream.rank + len(axes)
+    axis = stream.axis
+    for a in sorted(normalize_axes(axes, rank, "Unsqueeze")):
+        axis += a <= axis
+    return rank, axis
+
+
+@register("Unsqueeze", streaming=TimeLocal(layout=_unsqueeze_time_axis))
 def unsqueeze(ctx, inputs, attrs):
     """Axes count in the output's rank; negative ones from its end."""
     check_inputs("Unsqueeze", inputs, 1)
@@ -118,7 +148,7 @@ def unsqueeze(ctx, inputs, attrs):
     return [x.reshape(shape_out)]
 
 
-@register("Concat")
+@register("Concat", streaming=AxisOp(0, several_streams=True))
 def concat(ctx, inputs, attrs):
     parts = [x for x in inputs if x is not None]
     if not parts:
@@ -138,7 +168,7 @@ def concat(ctx, inputs, attrs):
     return [out]
 
 
-@register("Split")
+@register("Split", streaming=AxisOp(0))
 def split(ctx, inputs, attrs):
     """Sizes from input 1 (opset 13+), the ``split`` attribute, ``num_outputs`` (18+) or equal parts."""
     check_inputs("Split", inputs, 1)
@@ -171,7 +201,7 @@ def _slice_bounds(start: int, end: int, step: int, dim: int):
     return slice(start, None if end < 0 else end, step)
 
 
-@register("Slice")
+@register("Slice", streaming=Refuses("it may select frames by position along the time axis"))
 def slice_(ctx, inputs, attrs):
     check_inputs("Slice", inputs, 3)
     x = inputs[0]
@@ -189,7 +219,7 @@ def slice_(ctx, inputs, attrs):
     return [x[tuple(index)]]
 
 
-@register("Gather")
+@register("Gather", streaming=Refuses("it may select frames by position along the time axis"))
 def gather(ctx, inputs, attrs):
     check_inputs("Gather", inputs, 2)
     data, indices = inputs
@@ -200,7 +230,7 @@ def gather(ctx, inputs, attrs):
     return [np.asarray(np.take(data, indices.astype(np.int64, copy=False), axis=axis))]
 
 
-@register("Expand")
+@register("Expand", streaming=Refuses("it may repeat values along the time axis"))
 def expand(ctx, inputs, attrs):
     """Two-way broadcast of the input against the given shape (so a 1 in the shape keeps the input's dim)."""
     check_inputs("Expand", inputs, 2)
@@ -215,7 +245,7 @@ def expand(ctx, inputs, attrs):
     return [out]
 
 
-@register("Tile")
+@register("Tile", streaming=Refuses("it may repeat values along the time axis"))
 def tile(ctx, inputs, attrs):
     check_inputs("Tile", inputs, 2)
     repeats = int_list(inputs[1], "Tile repeats")
@@ -224,7 +254,7 @@ def tile(ctx, inputs, attrs):
     return [np.tile(inputs[0], repeats)]
 
 
-@register("Range")
+@register("Range", streaming=Refuses("its output is built from values, not from frames"))
 def range_(ctx, inputs, attrs):
     """max(ceil((limit - start) / delta), 0) elements start + i * delta, in start's dtype."""
     check_inputs("Range", inputs, 3)
@@ -252,14 +282,14 @@ def _fill_value(value):
     return np.asarray(value, np.int64 if isinstance(value, int) else np.float32)
 
 
-@register("ConstantOfShape")
+@register("ConstantOfShape", streaming=Refuses("its output is built from values, not from frames"))
 def constant_of_shape(ctx, inputs, attrs):
     check_inputs("ConstantOfShape", inputs, 1)
     fill = _fill_value(attrs.get("value"))
     return [np.full(int_list(inputs[0], "ConstantOfShape shape"), fill, dtype=fill.dtype)]
 
 
-@register("Cast")
+@register("Cast", streaming=TIME_LOCAL)
 def cast(ctx, inputs, attrs):
     """``to`` is the ONNX TensorProto enum; float -> int truncates toward zero, as in ONNX."""
     check_inputs("Cast", inputs, 1)
@@ -274,7 +304,7 @@ def cast(ctx, inputs, attrs):
     return [out]
 
 
-@register("Pad")
+@register("Pad", streaming=Refuses("it may pad the time axis, which needs the end of the input"))
 def pad(ctx, inputs, attrs):
     """Modes constant, reflect, edge and wrap; pads [x1_begin, x2_begin, ..., x1_end, ...]; negative pads crop."""
     check_inputs("Pad", inputs, 1)
