@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Dict, List, Optional
 
+from tinyasr.decoding.specs import decoder_spec
+from tinyasr.errors import ModelFileError
 from tinyasr.format.container import describe, read_model
 
 VOCABULARY_PREVIEW = 12  # entries of a vocabulary or label list shown in the summary
@@ -32,9 +34,18 @@ def _layer(node, rows: List[Dict[str, Any]]) -> Dict[str, Any]:
 
 
 def _decoder_summary(decoder: Optional[dict]) -> Optional[Dict[str, Any]]:
+    """The decoder's settings with defaults written out (tinyasr.decoding.specs); an entry the Recognizer would
+    refuse is shown as stored, with the problem."""
     if not decoder:
         return None
+    try:
+        decoder = decoder_spec(decoder, "decoder").to_dict()
+        problem = None
+    except ModelFileError as exc:
+        problem = exc.problem
     summary = {k: v for k, v in decoder.items() if not (k in ("vocabulary", "labels") and isinstance(v, list))}
+    if problem:
+        summary["problem"] = problem
     for key in ("vocabulary", "labels"):
         if isinstance(decoder.get(key), list):  # anything else stays as stored: info describes, the Recognizer judges
             summary[f"{key}_size"] = len(decoder[key])

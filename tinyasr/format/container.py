@@ -10,6 +10,7 @@ every problem becomes a ModelFileError naming the file and the fault.
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 import secrets
@@ -25,7 +26,8 @@ from tinyasr.format.graph import Graph
 from tinyasr.format.tensors import DTYPES, FLOAT_DTYPES, EncodedTensor, Encoding, PartEntry, TensorEntry  # noqa: F401  (re-exported)
 
 MAGIC = b"TASR\r\n\x1a\n"
-VERSION = (1, 1)  # (major, newest minor) this module knows; it reads any 1.x, writes 1.<newest encoding used>
+VERSION = (1, 2)  # (major, newest minor) this module knows; it reads any 1.x, writes 1.<newest encoding used>
+OPSET = 17  # the ONNX (default domain) opset whose semantics graph ops follow: the only one the runtime implements
 BYTE_ORDER_MARK = 0x01020304
 HEADER = struct.Struct("<8sHHIQIIQQ12sI")  # see the header table in docs/format.md
 HEADER_CRC_SPAN = 60  # header_crc32 covers bytes 0..59
@@ -68,6 +70,13 @@ def _refuse_constant(name):
     raise _Refusal(f"manifest contains {name}, which is not JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # e.g. 1e400: valid JSON that would become inf
+        raise _Refusal(f"manifest number {text[:40]} is outside the range of a double")
+    return value
+
+
 def _json_depth(value) -> int:
     """Deepest nesting of lists/objects, computed without recursion."""
     deepest, stack = 0, [(value, 1)]
@@ -82,14 +91,15 @@ def _json_depth(value) -> int:
     return deepest
 
 
-def _is_int(x) -> bool:
+def is_int(x) -> bool:
+    """An integer as JSON gives one: a Python int that is not a bool (True is an int in Python)."""
     return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _parse_shape(raw, what: str) -> Tuple[int, ...]:
     if not isinstance(raw, list) or len(raw) > MAX_RANK:
         raise _Refusal(f"{what}: shape must be a list of at most {MAX_RANK} dims, got {str(raw)[:80]}")
-    if not all(_is_int(d) and 0 <= d <= MAX_DIM for d in raw):
+    if not all(is_int(d) and 0 <= d <= MAX_DIM for d in raw):
         raise _Refusal(f"{what}: shape dims must be integers in [0, {MAX_DIM}], got {str(raw)[:80]}")
     return tuple(raw)
 
@@ -114,7 +124,7 @@ def _parse_part(raw, tensor: str, data_length: int) -> PartEntry:
     what = f"tensor {tensor!r} part {role!r}"
     dtype = _parse_dtype(dtype, what)
     shape = _parse_shape(shape, what)
-    if not (_is_int(offset) and _is_int(nbytes) and _is_int(crc) and 0 <= crc < 2**32):
+    if not (is_int(offset) and is_int(nbytes) and is_int(crc) and 0 <= crc < 2**32):
         raise _Refusal(f"{what}: offset, nbytes and crc32 must be non-negative integers (crc32 < 2**32)")
     if offset < 0 or nbytes < 0 or offset + nbytes > data_length:
         raise _Refusal(
@@ -199,7 +209,8 @@ def _parse_header(mm, path_size: int) -> Tuple[Tuple[int, int], int, int, int]:
 def _parse_manifest(raw: bytes, version: Tuple[int, int]) -> Dict[str, Any]:
     try:
         text = raw.decode("utf-8")
-        manifest = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_refuse_constant)
+        manifest = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_refuse_constant,
+                              parse_float=_finite_float)
     except UnicodeDecodeError as exc:
         raise _Refusal(f"manifest is not UTF-8: {exc}") from None
     except ValueError as exc:  # JSONDecodeError, or an integer of over 4300 digits
@@ -214,7 +225,7 @@ def _parse_manifest(raw: bytes, version: Tuple[int, int]) -> Dict[str, Any]:
     if missing:
         raise _Refusal(f"manifest is missing keys {missing}")
     declared = manifest["version"]
-    if manifest["format"] != "tasr" or not (isinstance(declared, list) and all(map(_is_int, declared))
+    if manifest["format"] != "tasr" or not (isinstance(declared, list) and all(map(is_int, declared))
                                             and declared == list(version)):
         raise _Refusal(
             f"manifest says format {str(manifest['format'])[:20]!r} version {str(manifest['version'])[:20]}, "
@@ -225,6 +236,11 @@ def _parse_manifest(raw: bytes, version: Tuple[int, int]) -> Dict[str, Any]:
             raise _Refusal(f"manifest key {key!r} must be an object or null")
     if not isinstance(manifest["provenance"], dict):
         raise _Refusal("manifest key 'provenance' must be an object")
+    opset = manifest.get("opset", OPSET)  # files written before 1.2 have no opset: their graphs use opset 17
+    if not is_int(opset):
+        raise _Refusal(f"manifest key 'opset' must be an integer, got {str(opset)[:20]!r}")
+    if opset != OPSET:
+        raise _Refusal(f"the graph uses ONNX opset {opset} semantics; this reader implements opset {OPSET} only")
     tensors = manifest["tensors"]
     if not isinstance(tensors, list) or len(tensors) > MAX_TENSORS:
         raise _Refusal(f"manifest 'tensors' must be a list of at most {MAX_TENSORS} entries")
@@ -258,6 +274,7 @@ class ModelFile:
         self.manifest = manifest
         self.graph = graph
         self.version: Tuple[int, int] = tuple(manifest["version"])
+        self.opset: int = manifest.get("opset", OPSET)
         self._mm: Optional[mmap.mmap] = mm
         self._entries = entries
         self._data_offset = data_offset
@@ -337,9 +354,10 @@ def _load(path: str, mm: mmap.mmap, size: int, verify: bool) -> ModelFile:
         entry = _parse_entry(raw, data_length)
         if entry.name in entries:
             raise _Refusal(f"duplicate tensor name {entry.name!r}")
-        if ENCODINGS[entry.encoding].minor > version[1]:
+        encoding = ENCODINGS[entry.encoding]
+        if encoding.oldest_file_minor > version[1]:
             raise _Refusal(f"tensor {entry.name!r}: encoding {entry.encoding!r} needs format version "
-                           f"1.{ENCODINGS[entry.encoding].minor}, but the file says 1.{version[1]}")
+                           f"1.{encoding.minor}, but the file says 1.{version[1]}")
         entries[entry.name] = entry
     _check_layout(list(entries.values()), np.frombuffer(mm, np.uint8, data_length, data_offset))
     for entry in entries.values():
@@ -425,8 +443,9 @@ def _layout(path: str, tensors: Mapping[str, Any]) -> Tuple[List[dict], List[Tup
 def write_model(path, manifest: Mapping[str, Any], tensors: Mapping[str, Union[np.ndarray, EncodedTensor]]) -> None:
     """Write a .tasr file atomically (temp file, strict re-read, rename).
 
-    ``manifest`` holds graph, frontend, decoder, provenance (and optional extra keys); the writer
-    adds format, version and the tensor table.  Plain arrays are stored dense in their own dtype.
+    ``manifest`` holds graph, frontend, decoder, provenance (and optional keys: opset, default OPSET;
+    streaming, sample_rate, user metadata); the writer adds format, version and the tensor table.
+    Plain arrays are stored dense in their own dtype.
     """
     path = os.fspath(path)
     clash = [k for k in ("format", "version", "tensors") if k in manifest]
@@ -436,10 +455,11 @@ def write_model(path, manifest: Mapping[str, Any], tensors: Mapping[str, Union[n
             path, f"write_model manifest: keys {clash} are written by the writer, keys {missing} are missing"
         )
     table, blobs, data_length = _layout(path, tensors)
-    # The oldest version that has every encoding used, so readers of that version can read the file.
+    # The oldest version that has every encoding used, so readers of that version can read the file.  The
+    # opset needs none: readers before 1.2 ignore the key and run opset 17, the only opset written so far.
     version = (VERSION[0], max((ENCODINGS[t["encoding"]].minor for t in table if t["encoding"] in ENCODINGS),
                                default=0))
-    full = {"format": "tasr", "version": list(version), **manifest, "tensors": table}
+    full = {"format": "tasr", "version": list(version), "opset": OPSET, **manifest, "tensors": table}
     try:
         text = json.dumps(full, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
     except (TypeError, ValueError) as exc:

@@ -31,6 +31,10 @@ class ValueInfo:
     def to_dict(self) -> Dict[str, Any]:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
 
+    def describe(self) -> str:
+        """``name: dtype [dims]``, as error messages show a model's input or output."""
+        return f"{self.name}: {self.dtype} [{', '.join(map(str, self.shape))}]"
+
     @staticmethod
     def from_dict(d: Dict[str, Any]) -> "ValueInfo":
         try:

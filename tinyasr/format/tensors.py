@@ -87,3 +87,11 @@ class Encoding:
     decode: Callable[[TensorEntry, Dict[str, np.ndarray]], Any]
     count_nonzero: Callable[[TensorEntry, Dict[str, np.ndarray]], Optional[int]]
     minor: int = 0  # the format minor version that introduced it; files using it declare at least 1.<minor>
+    # Where older writers declared it lower (ternary: 1.0 before it got its version), the lowest file minor
+    # a reader still accepts it in; None means ``minor``.  See "Version history" in docs/format.md.
+    legacy_minor: Optional[int] = None
+
+    @property
+    def oldest_file_minor(self) -> int:
+        """The lowest file minor version a reader accepts this encoding in."""
+        return self.minor if self.legacy_minor is None else self.legacy_minor

@@ -179,8 +179,8 @@ def int8_arrays(weight: np.ndarray, axis: int = 0):
 
 
 # --------------------------------------------------------------------------- the file encodings
-# Validators run at load (tinyasr/fileformat.py registers them), so the kernels can index without checks.
-# ``entry`` is a fileformat.TensorEntry, ``parts`` maps role -> read-only array; problems raise ValueError.
+# Validators run at load (listed in tinyasr.format.encodings), so the kernels can index without checks.
+# ``entry`` is a tinyasr.format.tensors.TensorEntry, ``parts`` maps role -> read-only array; problems raise ValueError.
 
 VALUE_DTYPES = ("float32", "float16")
 INDEX_DTYPES = ("uint16", "int32")

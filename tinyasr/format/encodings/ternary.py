@@ -29,6 +29,7 @@ MIX_SHIFTS = (30, 27, 31)
 MAX_SEED = 2**64 - 1
 MAX_LAYER_ID = 2**32 - 1
 MAX_IN_CHANNELS = 65535  # column indices are uint16
+MAX_OUT_CHANNELS = 65535  # rows; also bounds the scales a seed entry without a 'scales' part expands to at load
 
 
 # --------------------------------------------------------------------------- the generator (numpy reference)
@@ -46,7 +47,10 @@ def block_width(density: float) -> int:
     """Columns per block, one non-zero each: round(1 / density), halves rounded up."""
     if not (isinstance(density, (int, float)) and 0.0 < density <= 1.0):
         raise ValueError(f"density must be a number in (0, 1], got {density!r}")
-    return int(math.floor(1.0 / float(density) + 0.5))
+    inverse = 1.0 / float(density)
+    if not inverse < 2.0**32:  # a subnormal density: 1 / density overflows, and no block can be that wide anyway
+        raise ValueError(f"density {density!r} is too small: blocks would be wider than 2**32 columns")
+    return int(math.floor(inverse + 0.5))
 
 
 def layer_key(seed: int, layer_id: int) -> int:
@@ -91,7 +95,8 @@ def ternary_matrix(seed: int, layer_id: int, out_channels: int, in_channels: int
 def check_layer(seed, layer_id, out_channels, in_channels, density) -> None:
     """ValueError naming the first generator parameter out of range."""
     for name, value, top in (("seed", seed, MAX_SEED), ("layer_id", layer_id, MAX_LAYER_ID),
-                             ("out_channels", out_channels, 2**31 - 1), ("in_channels", in_channels, MAX_IN_CHANNELS)):
+                             ("out_channels", out_channels, MAX_OUT_CHANNELS),
+                             ("in_channels", in_channels, MAX_IN_CHANNELS)):
         if not (isinstance(value, (int, np.integer)) and not isinstance(value, bool) and 0 <= value <= top):
             raise ValueError(f"{name} must be an integer in [0, {top}], got {value!r}")
     if in_channels < 1:
@@ -214,6 +219,8 @@ def _check_logical(entry: TensorEntry) -> Tuple[int, int]:
     out_channels, in_channels, _ = entry.shape
     if not 1 <= in_channels <= MAX_IN_CHANNELS:
         raise ValueError(f"in_channels {in_channels} is outside 1..{MAX_IN_CHANNELS}")
+    if out_channels > MAX_OUT_CHANNELS:
+        raise ValueError(f"out_channels {out_channels} is outside 0..{MAX_OUT_CHANNELS}")
     return out_channels, in_channels
 
 
@@ -292,8 +299,9 @@ def _decode_index(entry: TensorEntry, parts: Dict[str, np.ndarray]) -> TernaryWe
     return TernaryWeight(entry.shape[0], entry.shape[1], parts["scales"], lists=lists)
 
 
+# Introduced in format 1.2; tinyasr before 1.2 wrote them in files declaring 1.0 / 1.1, which stay readable.
 FILE_ENCODINGS = (
-    Encoding("ternary_seed", _validate_seed, _decode_seed, _count_seed),
+    Encoding("ternary_seed", _validate_seed, _decode_seed, _count_seed, minor=2, legacy_minor=0),
     Encoding("ternary_index", _validate_index, _decode_index,
-             lambda entry, parts: int(parts["plus"].size + parts["minus"].size)),
+             lambda entry, parts: int(parts["plus"].size + parts["minus"].size), minor=2, legacy_minor=0),
 )
