@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import List
 
 import onnx  # noqa: F401  -- importing this module fails with ModuleNotFoundError('onnx') without the convert extra
-from tinyasr_convert import DECODER_TYPES, convert_model
+from tinyasr_convert.conversion import DECODER_TYPES, convert_model
 from tinyasr_convert.sparse_choice import SPARSE_MODES
 
 from tinyasr.errors import ConversionError
@@ -17,7 +17,11 @@ from tinyasr.errors import ConversionError
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", metavar="SRC", help="the source model (.onnx, or a NeMo .nemo archive)")
     parser.add_argument("-o", "--output", required=True, metavar="OUT.tasr", help="the .tasr file to write")
-    parser.add_argument("--labels", metavar="FILE", help="labels / vocabulary: a JSON list, or one label per line")
+    parser.add_argument("--labels", metavar="FILE", help="labels / vocabulary: a JSON list, or one label per line; "
+                        "for a model with several one-class outputs (MarbleNet VAD: score_silence, score_active) "
+                        "one label per output, in output order: they are joined into one output 'scores'")
+    parser.add_argument("--sample-rate", type=int, metavar="HZ", help="for a model on raw audio (no front end): "
+                        "the rate audio is resampled to")
     parser.add_argument("--blank", type=int, metavar="INDEX", help="CTC blank index (default: last, after the labels)")
     parser.add_argument("--decoder", choices=DECODER_TYPES, help="how to read the output (default: from the model's "
                         "metadata, else classification for [batch, classes] outputs and ctc otherwise)")
@@ -36,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Convert, print a one-line summary, return 0.  Problems raise TinyASRError subclasses."""
     source = Path(args.source)
+    folder = Path(args.output).parent
+    if not folder.is_dir():
+        raise ConversionError(f"{args.output}: cannot write there: {folder} is not an existing directory")
     suffix = source.suffix.lower()
     if suffix == ".nemo":
         return _run_nemo(source, args)
@@ -56,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         float16=args.float16,
         sparse=args.sparse,
         compact=args.compact,
+        sample_rate=args.sample_rate,
     )
     print(result.summary())
     return 0
@@ -76,7 +84,7 @@ def _run_nemo(source: Path, args: argparse.Namespace) -> int:
     from tinyasr_convert.nemo import convert_nemo
 
     given = [flag for flag, value in (("--labels", args.labels), ("--blank", args.blank), ("--decoder", args.decoder),
-                                      ("--frontend-json", args.frontend_json),
+                                      ("--frontend-json", args.frontend_json), ("--sample-rate", args.sample_rate),
                                       ("--config", args.config)) if value is not None]
     if given:
         raise ConversionError(f"{source}: {', '.join(given)} cannot be used with a .nemo source, "

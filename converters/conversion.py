@@ -1,11 +1,5 @@
-"""Converters: ONNX files and torch modules -> .tasr model files (the `convert` extra; needs onnx, torch for from_torch).
-
-    from tinyasr_convert import convert, from_torch
-    convert("model.onnx", "model.tasr", labels=[...], decoder="ctc")
-
-The pipeline is import (onnx_import.py) -> passes (passes.py) -> structured compaction (compaction.py)
--> sparse encoding choice (sparse_choice.py) -> manifest + write (here).
-"""
+"""One ONNX model to one .tasr file: import (onnx_import.py) -> passes (passes.py) -> structured compaction
+(compaction.py) -> sparse encoding choice (sparse_choice.py) -> manifest + write (here)."""
 
 from __future__ import annotations
 
@@ -17,18 +11,18 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 from tinyasr_convert import compaction
-from tinyasr_convert.onnx_import import Imported, import_onnx, load_onnx
+from tinyasr_convert.onnx_import import TARGET_OPSET, Imported, import_onnx, load_onnx
 from tinyasr_convert.passes import optimize
 from tinyasr_convert.sparse_choice import encode_weights
 
 import tinyasr
-from tinyasr.errors import ConversionError
+from tinyasr.audio.resample import MAX_SAMPLE_RATE
+from tinyasr.decoding.specs import DECODER_SPECS, CTCSpec, DecoderSpec, decoder_spec, vocabulary_type_of
+from tinyasr.errors import ConversionError, ModelFileError, TinyASRError
 from tinyasr.format.graph import Graph, Node, ValueInfo
+from tinyasr.ops import ENCODED_WEIGHT_INPUTS
 
-__all__ = ["convert", "convert_model", "from_torch", "Conversion", "DECODER_TYPES"]
-
-DECODER_TYPES = ("ctc", "classification", "frame_classification")
-_WEIGHT_INPUTS = {"Conv": (1,), "MatMul": (0, 1), "Gemm": (0, 1)}  # inputs stored as float16 with float16=True
+DECODER_TYPES = tuple(DECODER_SPECS)
 _PASS_THROUGH = {"Split", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Slice", "Cast"}
 
 
@@ -78,6 +72,7 @@ def convert_model(
     output_names: Optional[Sequence[str]] = None,
     source_format: str = "onnx",
     source_name: Optional[str] = None,
+    sample_rate: Optional[int] = None,
 ) -> Conversion:
     """Convert and write; returns a `Conversion` with the figures the CLI prints.
 
@@ -91,6 +86,9 @@ def convert_model(
     streaming: fixed feature statistics for streaming a model that normalises per utterance,
     ``{"feature_mean": [...], "feature_std": [...]}`` (tinyasr.features.streaming.estimate_feature_stats on
     training audio); also read from the model's "streaming" metadata.
+    sample_rate: for a graph on raw audio (no front end), the rate in Hz audio is resampled to.
+    labels for a graph with several one-class outputs of one shape (MarbleNet VAD: score_silence,
+    score_active) name them in output order; a Concat joins them into one output ``scores`` the decoder reads.
     float16 stores Conv / MatMul / Gemm weights as float16 (the runtime upcasts them at load); measured
     max abs error on the NeMo exports' outputs: 3e-4 (MatchboxNet, MarbleNet logits) to 3.1e-3 (QuartzNet 15x5 log-probs).
     """
@@ -111,7 +109,10 @@ def convert_model(
     decoder = decoder if decoder is not None else _meta_json(meta, "decoder", (dict, str))
     frontend = frontend if frontend is not None else _meta_json(meta, "frontend", dict)
     streaming = streaming if streaming is not None else _meta_json(meta, "streaming", dict)
+    if labels is not None and not isinstance(decoder, dict):
+        converted = replace(converted, graph=_joined_one_class_outputs(converted.graph, len(labels)))
     manifest = {
+        "opset": TARGET_OPSET,  # import_onnx brought every op to it
         "graph": converted.graph.to_dict(),
         "frontend": frontend,
         "decoder": _decoder(converted.graph, decoder, labels, blank),
@@ -125,6 +126,8 @@ def convert_model(
     }
     if streaming is not None:
         manifest["streaming"] = _streaming_stats(streaming, frontend)
+    if sample_rate is not None:
+        manifest["sample_rate"] = _raw_audio_rate(sample_rate, frontend)
     tensors, encodings = encode_weights(converted.graph, converted.tensors, sparse,
                                         value_dtype="float16" if float16 else "float32")
     if float16:
@@ -136,13 +139,6 @@ def convert_model(
     parameters = sum(int(np.asarray(t).size) for t in converted.tensors.values() if np.asarray(t).dtype.kind == "f")
     return Conversion(out, nodes_before, len(converted.graph.nodes), parameters, os.path.getsize(out), bool(float16),
                       encodings, dict(removed))
-
-
-def from_torch(module, example_inputs, out, **options) -> Path:
-    """Export a torch module with torch.onnx.export and convert it; see torch_export.from_torch."""
-    from tinyasr_convert.torch_export import from_torch as _from_torch
-
-    return _from_torch(module, example_inputs, out, **options)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -164,6 +160,30 @@ def _streaming_stats(stats, frontend) -> Dict[str, List[float]]:
     return {"feature_mean": mean, "feature_std": std}
 
 
+def _raw_audio_rate(rate, frontend) -> int:
+    """A checked rate for a graph on raw audio; a model with a front end has the front end's rate."""
+    if frontend:
+        raise ConversionError(f"a sample rate ({rate} Hz) was given for a model with a front end, whose "
+                              f"sample_rate ({frontend.get('sample_rate')}) is the one audio is resampled to")
+    if isinstance(rate, bool) or not isinstance(rate, int) or not 0 < rate <= MAX_SAMPLE_RATE:
+        raise ConversionError(f"sample rate must be an integer from 1 to {MAX_SAMPLE_RATE} Hz, got {rate!r}")
+    return rate
+
+
+def _joined_one_class_outputs(graph: Graph, labels: int) -> Graph:
+    """With one label per output for a graph whose float outputs all have one class and the same shape,
+    the graph plus a Concat of them on the class axis as output ``scores``; otherwise the graph as it is."""
+    parts = [v for v in graph.outputs if np.dtype(v.dtype).kind == "f" and len(v.shape) >= 2]
+    if labels < 2 or len(parts) != labels or any(v.shape[-1] != 1 or v.shape != parts[0].shape for v in parts):
+        return graph
+    name = "scores"
+    while name in {v.name for v in graph.outputs} | {o for n in graph.nodes for o in n.outputs}:
+        name = "_" + name
+    joined = ValueInfo(name, parts[0].dtype, tuple(parts[0].shape[:-1]) + (labels,))
+    node = Node(f"{name}_concat", "Concat", tuple(v.name for v in parts), (name,), {"axis": -1})
+    return Graph(graph.inputs, [joined] + list(graph.outputs), list(graph.nodes) + [node])
+
+
 def _meta_json(meta: Dict[str, str], key: str, kinds):
     if key not in meta:
         return None
@@ -177,10 +197,15 @@ def _meta_json(meta: Dict[str, str], key: str, kinds):
 
 
 def _decoder(graph: Graph, decoder, labels, blank) -> Optional[Dict[str, Any]]:
-    """The manifest's decoder entry; checks the vocabulary size against the output's last dim when static."""
+    """The manifest's decoder entry, written from its spec (tinyasr.decoding.specs) so that the runtime reads back
+    exactly what was checked here; the class count must fit the output's last dim when that is static."""
     if isinstance(decoder, dict):
-        _check_decoder_fits(graph, decoder)
-        return decoder
+        try:
+            spec = decoder_spec(decoder, "decoder")
+        except ModelFileError as exc:
+            raise ConversionError(exc.problem) from None
+        _check_decoder_fits(graph, spec)
+        return spec.to_dict()
     if decoder is None and labels is None:
         if blank is not None:
             raise ConversionError(f"a CTC blank index ({blank}) was given without labels; give the vocabulary too "
@@ -200,7 +225,7 @@ def _decoder(graph: Graph, decoder, labels, blank) -> Optional[Dict[str, Any]]:
     if decoder != "ctc":
         if isinstance(classes, int) and classes != len(labels):
             raise ConversionError(f"{len(labels)} labels given but output {output.name!r} has {classes} classes")
-        return {"type": decoder, "output": output.name, "labels": list(labels), "logits": logits}
+        return _built(DECODER_SPECS[decoder], output=output.name, labels=list(labels), logits=logits).to_dict()
     vocabulary = list(labels)
     if blank is None:
         blank = len(vocabulary)  # NeMo's convention: the blank is the last logit, not in the label list
@@ -211,30 +236,27 @@ def _decoder(graph: Graph, decoder, labels, blank) -> Optional[Dict[str, Any]]:
         )
     if isinstance(classes, int) and not 0 <= blank < classes:
         raise ConversionError(f"blank index {blank} is outside the {classes} classes of output {output.name!r}")
-    if any(x.startswith("\u2581") or x.startswith("##") for x in vocabulary):
-        kind = "subword"
-    elif all(len(x) <= 1 for x in vocabulary):
-        kind = "chars"
-    else:
-        kind = "words"
-    return {"type": "ctc", "output": output.name, "blank": int(blank), "vocabulary": vocabulary,
-            "vocabulary_type": kind, "logits": logits}
+    return _built(CTCSpec, output=output.name, blank=int(blank), vocabulary=vocabulary,
+                  vocabulary_type=vocabulary_type_of(vocabulary), logits=logits).to_dict()
 
 
-def _check_decoder_fits(graph: Graph, decoder: Dict[str, Any]) -> None:
+def _built(spec_class, **settings) -> DecoderSpec:
+    """A decoder spec from the converter's own settings; a value the spec refuses is a ConversionError."""
+    try:
+        return spec_class(**settings)
+    except TinyASRError as exc:
+        raise ConversionError(str(exc)) from None
+
+
+def _check_decoder_fits(graph: Graph, spec: DecoderSpec) -> None:
     """A given decoder entry (e.g. from a NeMo config) must name a graph output whose class count fits its labels."""
-    outputs = {v.name: v for v in graph.outputs}
-    output = outputs.get(decoder.get("output")) if isinstance(decoder.get("output"), str) else None
-    if output is None:
-        raise ConversionError(f"the decoder reads output {decoder.get('output')!r}, but the model's outputs are "
-                              f"{sorted(outputs)}: is the config or decoder for another model?")
-    labels = decoder.get("vocabulary", decoder.get("labels"))
+    try:
+        output = spec.output_of(graph.outputs, "decoder")
+    except ModelFileError as exc:
+        raise ConversionError(f"{exc.problem}: is the config or decoder for another model?") from None
     classes = output.shape[-1] if output.shape else None
-    if not isinstance(labels, list) or not isinstance(classes, int):
-        return
-    fits = (len(labels), len(labels) + 1) if decoder.get("type") == "ctc" else (len(labels),)
-    if classes not in fits:
-        raise ConversionError(f"the decoder lists {len(labels)} labels but output {output.name!r} has {classes} "
+    if isinstance(classes, int) and not spec.fits(classes):
+        raise ConversionError(f"the decoder lists {len(spec.classes)} labels but output {output.name!r} has {classes} "
                               "classes: is the config or decoder for another model?")
 
 
@@ -244,6 +266,9 @@ def _logits_kind(graph: Graph, name: str) -> str:
     node = producers.get(name)
     while node is not None and node.op in _PASS_THROUGH:
         node = producers.get(node.inputs[0])
+    if node is not None and node.op == "Concat":  # one-class outputs joined (_joined_one_class_outputs)
+        kinds = {_logits_kind(graph, part) for part in node.inputs}
+        return kinds.pop() if len(kinds) == 1 else "logits"
     if node is not None and node.op == "LogSoftmax":
         return "log_probs"
     if node is not None and node.op == "Softmax":
@@ -252,10 +277,11 @@ def _logits_kind(graph: Graph, name: str) -> str:
 
 
 def _weight_names(graph: Graph, tensors) -> List[str]:
-    """Stored float32 tensors that are the weight operand of Conv / MatMul / Gemm (what float16 storage halves)."""
+    """Stored float32 tensors that are the weight operand of Conv / MatMul / Gemm (what float16 storage halves):
+    the inputs where the runtime accepts an encoded tensor."""
     names = []
     for node in graph.nodes:
-        for i in _WEIGHT_INPUTS.get(node.op, ()):
+        for i in ENCODED_WEIGHT_INPUTS.get(node.op, ()):
             name = node.inputs[i] if len(node.inputs) > i else ""
             t = tensors.get(name)
             if isinstance(t, np.ndarray) and t.dtype == np.float32 and t.ndim >= 2 and name not in names:

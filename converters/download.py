@@ -67,6 +67,14 @@ REGISTRY = {
     "stt_en_citrinet_1024": RegistryEntry(
         f"{_NGC}/stt_en_citrinet_1024/versions/1.0.0rc1/files/stt_en_citrinet_1024.nemo",
         "Citrinet-1024, English, sentencepiece subwords (NVIDIA NeMo)", f"{_CARD}/stt_en_citrinet_1024"),
+    # ConformerEncoder models (EncDecCTCModelBPE.list_available_models(), NeMo 1.x).
+    "stt_en_conformer_ctc_small": RegistryEntry(
+        f"{_NGC}/stt_en_conformer_ctc_small/versions/1.6.0/files/stt_en_conformer_ctc_small.nemo",
+        "Conformer-CTC Small, English, sentencepiece subwords (NVIDIA NeMo)", f"{_CARD}/stt_en_conformer_ctc_small"),
+    "stt_en_fastconformer_ctc_large": RegistryEntry(
+        f"{_NGC}/stt_en_fastconformer_ctc_large/versions/1.0.0/files/stt_en_fastconformer_ctc_large.nemo",
+        "FastConformer-CTC Large, English, sentencepiece subwords (NVIDIA NeMo)",
+        f"{_CARD}/stt_en_fastconformer_ctc_large"),
     "commandrecognition_en_matchboxnet3x1x64_v2": RegistryEntry(
         f"{_NGC}/commandrecognition_en_matchboxnet3x1x64_v2/versions/1.0.0rc1/files/"
         "commandrecognition_en_matchboxnet3x1x64_v2.nemo",

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Dict, Mapping, Optional, Sequence
 
 from tinyasr.errors import ConversionError
+from tinyasr_convert.conversion import convert_model
 
 OPSET = 17
 
@@ -37,7 +38,6 @@ def from_torch(
     """
     import onnx
     import torch
-    from tinyasr_convert import convert_model
     from tinyasr_convert.ternary import add_ternary_metadata
 
     if not isinstance(module, torch.nn.Module):

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tinyasr.cli.main import main
@@ -155,11 +156,13 @@ def test_bad_convert_sources_get_one_line(models, tmp_path, capsys):
 
 
 @pytest.mark.skipif(not CONFORMER.exists(), reason="shared NeMo models not available")
-def test_converting_a_conformer_names_the_unsupported_node(tmp_path, capsys):
+def test_converting_a_conformer_export_with_its_config(tmp_path, capsys):
+    """The Conformer's 2-D conv subsampling converts (parity: tests/test_conformer.py)."""
     pytest.importorskip("tinyasr_convert.cli")
-    assert main(["convert", str(CONFORMER), "-o", str(tmp_path / "c.tasr")]) == 1
-    assert re.fullmatch(r"tinyasr: model.onnx: node '/pre_encode/conv/conv.0/Conv' \(Conv\) is a 2-D convolution; "
-                        r"only 1-D convolutions .* are supported .*", _one_error_line(capsys))
+    out = tmp_path / "c.tasr"
+    assert main(["convert", str(CONFORMER), "-o", str(out), "--config",
+                 str(CONFORMER.parent / "model_config.yaml")]) == 0
+    assert capsys.readouterr().out.startswith(f"wrote {out}:")
 
 
 def test_stream_options_are_checked_and_a_missing_file_is_named(models, tmp_path, capsys):
@@ -171,7 +174,7 @@ def test_stream_options_are_checked_and_a_missing_file_is_named(models, tmp_path
 
 
 def test_info_json(models, capsys):
-    pytest.importorskip("tinyasr.format.info")
+    pytest.importorskip("tinyasr.cli.info")
     assert main(["info", str(models / "ctc.tasr"), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert "logprobs" in json.dumps(summary)  # the CTC output the converter recorded
@@ -218,3 +221,111 @@ def test_subprocess_batch_exit_code_and_no_traceback(models, expected_texts, tmp
     assert done.returncode == 1
     assert done.stdout.splitlines() == [f"{CLIPS[0]}: {expected_texts[0]}"]
     assert "gone.wav" in done.stderr and "Traceback" not in done.stderr
+
+
+# ---------------------------------------------------------------------------
+# Issue 16: what a new user hit
+
+VAD_ONNX = SHARED_DIR / "models" / "marblenet_vad" / "frame_vad_marblenet.onnx"
+SAMPLE = ROOT / "tinyasr" / "models" / "sample_digits.wav"
+
+
+def _flagging_model(tmp_path) -> Path:
+    """The energy 'recogniser' of test_streaming whose decoder entry flags any speech as out of vocabulary
+    (certainty < 1 holds for every posterior short of one-hot)."""
+    from test_streaming import energy_ctc_parts
+    from tinyasr.format.container import write_model
+
+    _, tensors, manifest = energy_ctc_parts()
+    manifest["decoder"].update(oov_score="certainty", oov_threshold=1.0)
+    path = tmp_path / "flagging.tasr"
+    write_model(path, manifest, tensors)
+    return path
+
+
+def test_out_of_vocabulary_is_a_warning_line_in_text_and_a_field_in_json(tmp_path, capsys):
+    model = str(_flagging_model(tmp_path))
+    assert main(["transcribe", str(CLIPS[0]), "-m", model]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip()
+    assert re.fullmatch(rf"tinyasr: {re.escape(str(CLIPS[0]))}: warning: the speech does not sound like this "
+                        r"model's vocabulary \(confidence 0\.\d\d\); the text is likely wrong\n", captured.err)
+    assert main(["transcribe", str(CLIPS[0]), "-m", model, "--format", "json"]) == 0
+    captured = capsys.readouterr()
+    line = json.loads(captured.out)
+    assert line["out_of_vocabulary"] is True and 0 <= line["confidence"] < 1 and captured.err == ""
+    assert main(["transcribe", str(SAMPLE)]) == 0  # the bundled model on its own sample: no warning
+    captured = capsys.readouterr()
+    assert captured.out.strip() and captured.err == ""
+
+
+@pytest.mark.parametrize("command", [["transcribe", str(SAMPLE), str(SAMPLE)], ["info", "--json", "digits"]])
+def test_a_closed_pipe_ends_quietly_with_the_sigpipe_status(command):
+    """``tinyasr ... | head``: before, a BrokenPipeError traceback.  Here the reader is gone from the start, so
+    the first write fails whatever the timing; 141 = 128 + SIGPIPE, what the shell reports for ``yes | head``."""
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([sys.executable, "-m", "tinyasr", *command], cwd=ROOT, stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141 and done.stderr == "", done.stderr
+
+
+def test_stream_from_stdin_needs_the_rate(capsys):
+    """Raw PCM carries no rate: before, 16 kHz input was read as the model's 8 kHz, giving wrong digits."""
+    assert main(["stream", "--input", "-"]) == 2
+    assert _one_error_line(capsys) == ("tinyasr: --input - reads raw PCM, which carries no sample rate: give it with "
+                                       "--rate HZ")
+
+
+def test_bad_rates_cut_files_and_unknown_names_get_one_line(tmp_path, capsys, monkeypatch):
+    import soundfile
+
+    one_hertz = tmp_path / "one_hertz.wav"
+    soundfile.write(one_hertz, [0.0] * 100, 1)
+    for command in (["transcribe", str(one_hertz)], ["stream", "--input", str(one_hertz)]):
+        assert main(command) == 1
+        assert _one_error_line(capsys) == (f"tinyasr: {one_hertz}: the file's header: sample rate 1 Hz is below "
+                                           "1000 Hz, too low for speech")
+    cut = tmp_path / "cut.wav"
+    data = SAMPLE.read_bytes()
+    cut.write_bytes(data[:len(data) // 2])
+    assert main(["transcribe", str(cut)]) == 0
+    assert _one_error_line(capsys).startswith(f"tinyasr: warning: {cut}: the WAV header declares")
+    monkeypatch.setenv("TINYASR_HOME", str(tmp_path))
+    assert main(["transcribe", str(SAMPLE), "-m", "stt_en_quartznet15x5"]) == 3
+    assert _one_error_line(capsys).endswith("; a public model is fetched once with "
+                                            "'tinyasr download stt_en_quartznet15x5'")
+
+
+@pytest.mark.skipif(not VAD_ONNX.exists(), reason="shared MarbleNet VAD not available")
+def test_convert_a_raw_audio_classifier_with_its_rate_and_a_label_per_output(tmp_path, capsys):
+    """MarbleNet's frame VAD takes raw audio and ends in a Softmax split into two one-class outputs.  Before,
+    convert had no way to give its rate (classify: rc 3) and refused two labels for its two outputs."""
+    pytest.importorskip("tinyasr_convert.cli")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("silence\nspeech\n")
+    out = tmp_path / "vad.tasr"
+    assert main(["convert", str(VAD_ONNX), "-o", str(out), "--sample-rate", "16000", "--labels", str(labels),
+                 "--decoder", "frame_classification"]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["classify", "-m", str(out), str(CLIPS[0])]) == 0
+    segments = capsys.readouterr().out.strip().split(", ")
+    assert {s.split()[-1] for s in segments} == {"silence", "speech"}
+    # the joined output holds onnxruntime's two outputs side by side
+    ort = pytest.importorskip("onnxruntime")
+    from tinyasr import Recognizer
+    from tinyasr.audio.io import load_audio, to_pcm
+
+    pcm = to_pcm(load_audio(CLIPS[0], 16000)[0], np.int16)[None, None, :]
+    expected = ort.InferenceSession(str(VAD_ONNX), providers=["CPUExecutionProvider"]).run(
+        ["score_silence", "score_active"], {"audio": pcm})
+    frames = Recognizer(out).classify_frames(CLIPS[0]).probabilities
+    np.testing.assert_allclose(frames, np.concatenate(expected, axis=-1)[0, :len(frames)], atol=1e-4)
+    assert main(["convert", str(VAD_ONNX), "-o", str(tmp_path / "no_dir" / "x.tasr")]) == 1
+    assert _one_error_line(capsys) == (f"tinyasr: {tmp_path / 'no_dir' / 'x.tasr'}: cannot write there: "
+                                       f"{tmp_path / 'no_dir'} is not an existing directory")

@@ -88,10 +88,17 @@ def test_float16_storage_stays_close(converted, tmp_path):
     np.testing.assert_allclose(got, expected, rtol=0, atol=FLOAT16_TOLERANCE)
 
 
-def test_two_dimensional_conv_is_refused(tmp_path):
-    module = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU())
-    with pytest.raises(ConversionError, match=r"2-D convolution.*only 1-D"):
-        from_torch(module, (torch.randn(1, 1, 8, 8),), tmp_path / "x.tasr", input_names=["x"], output_names=["y"])
+def test_two_dimensional_convs_match_torch(tmp_path):
+    """A Conformer-style 2-D subsampling (dense and depthwise stride 2, ReLU fused) converts and matches torch."""
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, stride=2, padding=1), torch.nn.ReLU(),
+                                 torch.nn.Conv2d(4, 4, 3, stride=2, padding=1, groups=4), torch.nn.Conv2d(4, 6, 1),
+                                 torch.nn.ReLU()).eval()
+    x = torch.randn(2, 1, 37, 20)
+    path = from_torch(module, (x,), tmp_path / "x.tasr", input_names=["x"], output_names=["y"])
+    with torch.no_grad():
+        expected = module(x).numpy()
+    np.testing.assert_allclose(load_model(path).run({"x": x.numpy()})["y"], expected, rtol=1e-5, atol=1e-5)
 
 
 def test_recurrent_layer_is_refused_naming_the_op(tmp_path):

@@ -10,10 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tinyasr.decoding.classification import classify_clip, classify_frames
-
 from tinyasr.decoding.ctc import ctc_greedy, tokens_to_words
-
 from tinyasr.decoding.scores import output_frame_seconds
+from tinyasr.decoding.specs import ClassificationSpec, CTCSpec, FrameClassificationSpec
 from tinyasr.errors import InputError, TinyASRError
 from _paths import SHARED_DIR  # noqa: E402
 
@@ -21,6 +20,12 @@ CHARS = [" ", "a", "b", "c", "'"]  # blank is appended last, as in NeMo
 SUBWORDS = ["<unk>", "\u2581", "\u2581the", "\u2581ca", "t", "s", "a"]
 WORDPIECES = ["the", "ca", "##t", "##s", "a"]
 WORDS = ["yes", "no", "up", "down"]
+
+
+def decode(scores, frame_seconds, valid_frames=None, duration=None, output="output", kind="log_probs", **settings):
+    """ctc_greedy with the decoder's settings as keywords (``kind``: the spec's ``logits``)."""
+    spec = CTCSpec(output=output, logits=kind, **settings)
+    return ctc_greedy(scores, spec, frame_seconds=frame_seconds, valid_frames=valid_frames, duration=duration)
 
 
 def reference_greedy(log_probs, blank):
@@ -70,7 +75,7 @@ def test_ctc_greedy_matches_groupby_reference(case, frame_seconds, duration_frac
     blank = len(vocabulary)
     vocabulary_type = vocabulary_type_of(vocabulary)
     duration = len(log_probs) * frame_seconds * (0.5 + duration_fraction)
-    result = ctc_greedy(
+    result = decode(
         log_probs[np.newaxis],
         vocabulary=vocabulary,
         blank=blank,
@@ -96,8 +101,8 @@ def test_ctc_greedy_logits_decode_like_their_log_softmax():
     logits = rng.normal(size=(1, 30, len(CHARS) + 1)) * 3
     log_probs = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
     common = dict(vocabulary=CHARS, blank=len(CHARS), frame_seconds=0.02)
-    from_logits = ctc_greedy(logits, kind="logits", **common)
-    from_log_probs = ctc_greedy(log_probs, kind="log_probs", **common)
+    from_logits = decode(logits, kind="logits", **common)
+    from_log_probs = decode(log_probs, kind="log_probs", **common)
     assert from_logits.text == from_log_probs.text
     assert [t.confidence for t in from_logits.tokens] == pytest.approx([t.confidence for t in from_log_probs.tokens])
 
@@ -113,7 +118,7 @@ def test_chars_words_and_times():
     blank = len(CHARS)
     #        a  a  _  b  ' ' ' ' c  _  c  a
     ids = [1, 1, blank, 2, 0, 0, 3, blank, 3, 1]
-    result = ctc_greedy(one_hot_frames(ids, blank + 1), vocabulary=CHARS, blank=blank, frame_seconds=0.04)
+    result = decode(one_hot_frames(ids, blank + 1), vocabulary=CHARS, blank=blank, frame_seconds=0.04)
     assert result.text == "ab cca"
     assert [(w.text, w.start, w.end) for w in result.words] == [
         ("ab", 0.0, pytest.approx(0.16)),
@@ -125,11 +130,11 @@ def test_chars_words_and_times():
 def test_blank_may_be_listed_in_the_vocabulary_and_sit_first():
     vocabulary = ["<b>", "x", "y"]
     ids = [1, 0, 1, 2, 2, 0]
-    result = ctc_greedy(one_hot_frames(ids, 3), vocabulary=vocabulary, blank=0, vocabulary_type="words",
+    result = decode(one_hot_frames(ids, 3), vocabulary=vocabulary, blank=0, vocabulary_type="words",
                         frame_seconds=0.01)
     assert result.text == "x x y"
     # without the blank in the list, ids above the blank shift by one
-    result = ctc_greedy(one_hot_frames(ids, 3), vocabulary=["x", "y"], blank=0, vocabulary_type="words",
+    result = decode(one_hot_frames(ids, 3), vocabulary=["x", "y"], blank=0, vocabulary_type="words",
                         frame_seconds=0.01)
     assert result.text == "x x y"
 
@@ -147,7 +152,7 @@ def test_subword_text_matches_sentencepiece_decode():
     for _ in range(20):
         ids = rng.integers(1, blank, size=rng.integers(1, 25)).tolist()  # 0 is <unk>
         frames = [i for token_id in ids for i in (token_id, token_id, blank)]
-        result = ctc_greedy(one_hot_frames(frames, blank + 1), vocabulary=vocabulary, blank=blank,
+        result = decode(one_hot_frames(frames, blank + 1), vocabulary=vocabulary, blank=blank,
                             vocabulary_type="subword", frame_seconds=0.08)
         assert result.text == " ".join(processor.decode(ids).split())
         assert [t.id for t in result.tokens] == ids
@@ -163,7 +168,7 @@ def test_wordpiece_continuations_join_the_previous_word():
     tokens_text = ["the", "ca", "##t", "##s", "a"]
     ids = [WORDPIECES.index(p) for p in tokens_text]
     blank = len(WORDPIECES)
-    result = ctc_greedy(one_hot_frames(ids, blank + 1), vocabulary=WORDPIECES, blank=blank,
+    result = decode(one_hot_frames(ids, blank + 1), vocabulary=WORDPIECES, blank=blank,
                         vocabulary_type="subword", frame_seconds=0.08)
     assert [w.text for w in result.words] == ["the", "cats", "a"]
 
@@ -171,7 +176,7 @@ def test_wordpiece_continuations_join_the_previous_word():
 def test_end_times_stop_at_the_audio_end():
     blank = len(CHARS)
     ids = [blank] * 8 + [1, 1]  # token in the padded tail beyond the audio
-    result = ctc_greedy(one_hot_frames(ids, blank + 1), vocabulary=CHARS, blank=blank, frame_seconds=0.1,
+    result = decode(one_hot_frames(ids, blank + 1), vocabulary=CHARS, blank=blank, frame_seconds=0.1,
                         duration=0.85)
     assert result.tokens[0].start == pytest.approx(0.8) and result.tokens[0].end == pytest.approx(0.85)
 
@@ -179,13 +184,13 @@ def test_end_times_stop_at_the_audio_end():
 def test_valid_frames_drop_padding():
     blank = len(CHARS)
     ids = [1, blank, 2, blank, 3, 3]
-    result = ctc_greedy(one_hot_frames(ids, blank + 1), vocabulary=CHARS, blank=blank, frame_seconds=0.02,
+    result = decode(one_hot_frames(ids, blank + 1), vocabulary=CHARS, blank=blank, frame_seconds=0.02,
                         valid_frames=4)
     assert result.text == "ab"
 
 
 def test_no_frames_give_an_empty_result():
-    result = ctc_greedy(np.zeros((1, 0, 6), np.float32), vocabulary=CHARS, blank=5, frame_seconds=0.02)
+    result = decode(np.zeros((1, 0, 6), np.float32), vocabulary=CHARS, blank=5, frame_seconds=0.02)
     assert result.text == "" and result.tokens == () and result.words == ()
 
 
@@ -200,20 +205,21 @@ def test_output_frame_seconds_is_hop_times_stride(feature_frames, output_frames,
 
 
 @pytest.mark.parametrize("kwargs, words", [
-    (dict(vocabulary=CHARS, blank=9), "blank index 9"),
-    (dict(vocabulary=CHARS[:2], blank=2), "vocabulary has 2 entries"),
-    (dict(vocabulary=CHARS, blank=5, vocabulary_type="bytes"), "vocabulary_type 'bytes'"),
-    (dict(vocabulary=CHARS, blank=5, kind="softmax"), "'softmax'"),
+    (dict(vocabulary=CHARS, blank=9), "'blank' must be from 0 to 5 .*got 9"),  # refused by the spec
+    (dict(vocabulary=CHARS[:2], blank=2), "vocabulary has 2 entries"),  # by the decoder: the output has 6 classes
+    (dict(vocabulary=CHARS + ["x"], blank=6), "blank index 6 is outside the 6 classes"),  # fits 7, not 6
+    (dict(vocabulary=CHARS, blank=5, vocabulary_type="bytes"), "'vocabulary_type' must be one of .*'bytes'"),
+    (dict(vocabulary=CHARS, blank=5, kind="softmax"), "'logits' must be one of .*'softmax'"),
 ])
 def test_bad_decoder_settings_are_named(kwargs, words):
     scores = one_hot_frames([1, 5, 2], 6)
     with pytest.raises(TinyASRError, match=words):
-        ctc_greedy(scores, frame_seconds=0.02, output="logprobs", **kwargs)
+        decode(scores, frame_seconds=0.02, output="logprobs", **kwargs)
 
 
 def test_bad_output_shape_names_the_output():
     with pytest.raises(InputError, match="'logprobs'"):
-        ctc_greedy(np.zeros((2, 3, 6)), vocabulary=CHARS, blank=5, frame_seconds=0.02, output="logprobs")
+        decode(np.zeros((2, 3, 6)), vocabulary=CHARS, blank=5, frame_seconds=0.02, output="logprobs")
 
 
 def test_tokens_to_words_of_nothing():
@@ -234,7 +240,7 @@ def test_top_k_matches_softmax_and_argsort(classes, top_k, kind, seed):
     expected_probs /= expected_probs.sum()
     given_scores = {"logits": logits, "log_probs": np.log(expected_probs)[None], "probs": expected_probs[None]}[kind]
     labels = [f"label{i}" for i in range(classes)]
-    result = classify_clip(given_scores, labels=labels, kind=kind, top_k=top_k)
+    result = classify_clip(given_scores, ClassificationSpec(output="output", labels=labels, logits=kind), top_k=top_k)
     order = np.argsort(expected_probs)[::-1][:top_k]
     assert [name for name, _ in result.labels] == [labels[i] for i in order]
     assert [p for _, p in result.labels] == pytest.approx(expected_probs[order].tolist(), rel=1e-9)
@@ -243,14 +249,15 @@ def test_top_k_matches_softmax_and_argsort(classes, top_k, kind, seed):
 
 def test_classification_label_count_must_match():
     with pytest.raises(InputError, match="'logits'.*3 labels"):
-        classify_clip(np.zeros((1, 4)), labels=["a", "b", "c"], output="logits")
+        classify_clip(np.zeros((1, 4)), ClassificationSpec(output="logits", labels=["a", "b", "c"]))
 
 
 def test_frame_segments_merge_runs():
     labels = ["background", "speech"]
     frame_labels = [0, 0, 1, 1, 1, 0, 1]
     probs = np.where(np.eye(2)[frame_labels] > 0, 0.9, 0.1)
-    result = classify_frames(probs[None], labels=labels, kind="probs", frame_seconds=0.02, duration=0.13)
+    spec = FrameClassificationSpec(output="output", labels=labels, logits="probs")
+    result = classify_frames(probs[None], spec, frame_seconds=0.02, duration=0.13)
     assert result.frame_labels == tuple(labels[i] for i in frame_labels)
     np.testing.assert_allclose(result.probabilities, probs, rtol=1e-6)
     expected = []  # (label, first, stop) runs found another way: positions where the label changes
@@ -266,7 +273,8 @@ def test_frame_segments_merge_runs():
 def test_frame_classification_softmaxes_logits_and_drops_padding():
     rng = np.random.default_rng(3)
     logits = rng.normal(size=(1, 20, 3))
-    result = classify_frames(logits, labels=["a", "b", "c"], frame_seconds=0.01, valid_frames=15)
+    result = classify_frames(logits, FrameClassificationSpec(output="output", labels=["a", "b", "c"]),
+                             frame_seconds=0.01, valid_frames=15)
     expected = np.exp(logits[0, :15]) / np.exp(logits[0, :15]).sum(axis=1, keepdims=True)
     np.testing.assert_allclose(result.probabilities, expected, rtol=1e-5)
     assert result.duration == pytest.approx(0.15)

@@ -5,10 +5,12 @@ Tolerance: |y - ref| <= 1e-5 + 1e-5 * |ref| elementwise (TOL).  Weights are scal
 ~2,500 terms stays below it (seen: <= 4e-6 absolute).
 """
 
+import json
 import os
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -21,7 +23,7 @@ from tinyasr.kernels import ACTIVATIONS, bias_act, bias_act_reference, conv1d, c
 from tinyasr.kernels._compile import TILE
 from tinyasr.kernels.conv1d import SHORT_FRAMES, deinterleave, depthwise_rows, depthwise_short_rows
 from tinyasr.kernels.epilogue import NO_RESIDUAL, epilogue_rows
-from tinyasr.kernels.pointwise import frames_first, pointwise_narrow, pointwise_tiles, tiles_of
+from tinyasr.kernels.pointwise import TILE_KERNELS, frames_first, pointwise_narrow, tiles_of
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 CLIP = (-0.5, 0.75)  # the Clip activation_params used throughout
@@ -281,23 +283,76 @@ def test_set_num_threads_controls_numba_and_blas(restore_threads):
 
 
 def test_without_a_controllable_blas_threads_still_work(monkeypatch, restore_threads):
-    monkeypatch.setattr(threads, "_BLAS", [])
+    monkeypatch.setattr(threads, "_blas", [])
     assert not threads.blas_threads_controllable()
     assert threads.blas_num_threads() is None and threads.blas_core_name() is None
     threads.set_num_threads(2)
     assert threads.get_num_threads() == 2
 
 
-@pytest.mark.parametrize("value,expected", [("2", 2), ("zero", threads.DEFAULT_THREADS)])
-def test_environment_variable_read_at_import(value, expected):
-    # also: the kernels pull in no test-only library (numba itself imports scipy when present)
-    code = ("import sys, tinyasr.kernels; from tinyasr.engine import threads; "
-            "print(threads.get_num_threads(), threads.blas_num_threads(), "
-            "[m for m in ('torch', 'onnx', 'onnxruntime', 'librosa') if m in sys.modules])")
+def test_ctypes_fallback_finds_the_blas_threadpoolctl_finds(monkeypatch):
+    """Without threadpoolctl, the ctypes helper controls the same OpenBLAS, as threadpoolctl itself reads it."""
+    from threadpoolctl import threadpool_info
+
+    monkeypatch.setitem(sys.modules, "threadpoolctl", None)  # import fails, as when it is not installed
+    found = threads._find_blas()
+    monkeypatch.undo()
+    numpy_dir = os.path.realpath(os.path.dirname(np.__file__))  # numpy.libs/ (wheels) or numpy/.dylibs/
+    numpy_blas = {os.path.realpath(i["filepath"]): i for i in threadpool_info()
+                  if i["user_api"] == "blas" and os.path.realpath(i["filepath"]).startswith(numpy_dir)}
+    assert [os.path.realpath(lib.filepath) for lib in found] == list(numpy_blas)
+    (lib,), (info,) = found, numpy_blas.values()
+    assert isinstance(lib, threads._CtypesOpenBLAS) and lib.architecture == info["architecture"]
+    before = lib.num_threads
+    try:
+        for n in (2, 1):
+            lib.set_num_threads(n)
+            assert [i["num_threads"] for i in threadpool_info() if i["filepath"] == info["filepath"]] == [n]
+    finally:
+        lib.set_num_threads(before)
+
+
+# Child process: numpy's BLAS at a count tinyasr never picks, then tinyasr imported, then its first run.
+FIRST_RUN = """
+import json, sys
+import numpy as np
+from threadpoolctl import threadpool_info, threadpool_limits
+threadpool_limits(3, user_api="blas")
+numpy_blas = [i["filepath"] for i in threadpool_info() if i["user_api"] == "blas"]  # only numpy's is loaded
+import tinyasr.kernels
+from tinyasr.engine import offline, streaming, threads
+
+
+def state():
+    return [threads.get_num_threads(), [i["num_threads"] for i in threadpool_info() if i["filepath"] in numpy_blas]]
+
+
+imported = state()
+model = offline.load_model("tinyasr/models/digits.tasr")
+x = np.zeros((1, 64, 40), np.float32)
+if sys.argv[1] == "stream":
+    streaming.GraphStream(streaming.StreamPlan.from_model(model)).accept(x)
+else:
+    if sys.argv[1] == "set_num_threads":
+        threads.set_num_threads(1)  # explicit: wins over the variable, also at the run after it
+    model.run({model.inputs[0].name: x})
+heavy = [m for m in ("torch", "onnx", "onnxruntime", "librosa") if m in sys.modules]
+print(json.dumps([imported, state(), heavy]))
+"""
+
+
+@pytest.mark.parametrize("value,first,expected", [
+    ("2", "run", 2), ("zero", "stream", threads.DEFAULT_THREADS), ("2", "set_num_threads", 1)])
+def test_environment_variable_read_at_first_run(value, first, expected):
+    """Nothing is set at import; the first run (offline or streamed) or set_num_threads applies the policy."""
     env = dict(os.environ, TINYASR_NUM_THREADS=value, NUMBA_NUM_THREADS="2")
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    assert done.stdout.split() == [str(expected), str(threads.BLAS_THREADS), "[]"]  # runtime deps only
+    done = subprocess.run([sys.executable, "-c", FIRST_RUN, first], env=env, capture_output=True, text=True,
+                          timeout=120, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0, done.stderr
+    imported, ran, heavy = json.loads(done.stdout.strip().splitlines()[-1])
+    assert imported == [threads.DEFAULT_THREADS, [3]]  # import read nothing and set nothing
+    assert ran == [expected, [threads.BLAS_THREADS]]
+    assert heavy == []  # the kernels pull in no test-only library (numba itself imports scipy when present)
     assert ("not a positive integer" in done.stderr) == (value == "zero")
 
 
@@ -397,11 +452,14 @@ def test_new_kernels_read_only_weights_and_identical_builds():
     assert tiles.shape == (2 * 2, 16, TILE)
     np.testing.assert_array_equal(tiles[1, :, : 100 - TILE], x[0, :, TILE:])  # padded with zeros
     assert not tiles[1, :, 100 - TILE :].any()
-    ys = [np.empty((2, 12, 100), np.float32) for _ in range(2)]
-    for build, y in zip((pointwise_tiles.serial, pointwise_tiles.parallel), ys):
-        build(tiles, pointwise_w[:, :, 0], bias[:12], np.ascontiguousarray(x[:, :12]), y, ACTIVATIONS["Relu"],
-              np.float32(0), np.float32(0))
-    np.testing.assert_array_equal(ys[0], ys[1])
+    ys = []  # every tile shape (each CPU picks one), serial and parallel: the same sums in the same order
+    for kernel in TILE_KERNELS.values():
+        for build in (kernel.serial, kernel.parallel):
+            ys.append(np.empty((2, 12, 100), np.float32))
+            build(tiles_of(x, kernel.width), pointwise_w[:, :, 0], bias[:12], np.ascontiguousarray(x[:, :12]), ys[-1],
+                  ACTIVATIONS["Relu"], np.float32(0), np.float32(0))
+    for y in ys[1:]:
+        np.testing.assert_array_equal(ys[0], y)
     x_t = frames_first(x[:, :, :6])
     np.testing.assert_array_equal(x_t[:, :6], x[:, :, :6].transpose(0, 2, 1))
     assert x_t.shape == (2, 8, 16) and not x_t[:, 6:].any()
@@ -416,3 +474,101 @@ def test_new_kernels_read_only_weights_and_identical_builds():
         build(padded, depthwise_w[:, 0], bias, NO_RESIDUAL, y, 1, 0, np.float32(0), np.float32(0))
     np.testing.assert_array_equal(ys[0], ys[1])
     np.testing.assert_allclose(ys[0], conv1d_reference(x[:, :, :20], depthwise_w, bias, group=16), **TOL)
+
+
+# Every register-tile shape of the dense pointwise kernel (the CPU picks one at first use, tuning.py) against the
+# float64 numpy product, over odd sizes, T = 1 .. 2000 and an all-zero weight
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(TILE_KERNELS))
+@pytest.mark.parametrize("cin,cout,frames", [(1, 4, 1), (37, 8, 15), (5, 12, 16), (64, 20, 47), (129, 36, 97),
+                                             (33, 4, 2000), (256, 16, 1000)])
+def test_every_tile_shape_matches_numpy(name, cin, cout, frames):
+    kernel = TILE_KERNELS[name]
+    rng = np.random.default_rng(cin + cout + frames)
+    x = rng.standard_normal((2, cin, frames), dtype=np.float32)
+    bias = rng.standard_normal(cout, dtype=np.float32)
+    residual = rng.standard_normal((2, cout, frames), dtype=np.float32)
+    for w in (rng.standard_normal((cout, cin), dtype=np.float32), np.zeros((cout, cin), np.float32)):
+        y = np.full((2, cout, frames), np.nan, np.float32)
+        kernel.serial(tiles_of(x, kernel.width), w, bias, residual, y, ACTIVATIONS["Relu"], np.float32(0), np.float32(0))
+        want = np.maximum(np.matmul(w.astype(np.float64), x.astype(np.float64)) + bias[:, None] + residual, 0)
+        np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-4 * np.sqrt(cin))
+
+
+def test_tile_choice_is_measured_once_and_cached(tmp_path, monkeypatch):
+    """tuning.fastest times the candidates once, keeps the fastest in its file, and reads it back (a damaged file
+    is measured again) -- a second process on the same CPU does not measure."""
+    from tinyasr.kernels import tuning
+
+    calls = {"slow": 0, "fast": 0}
+
+    def candidate(name, seconds):
+        def run():
+            calls[name] += 1
+            end = time.thread_time() + seconds
+            while time.thread_time() < end:
+                pass
+        return run
+
+    candidates = {"slow": candidate("slow", 2e-3), "fast": candidate("fast", 0.0)}
+    monkeypatch.setattr(tuning, "_chosen", {})
+    assert tuning.fastest("family", candidates, tmp_path) == "fast"
+    assert calls["slow"] == tuning.ROUNDS + 1
+    monkeypatch.setattr(tuning, "_chosen", {})  # a new process: reads the file
+    assert tuning.fastest("family", candidates, tmp_path) == "fast" and calls["slow"] == tuning.ROUNDS + 1
+    (tmp_path / tuning.CACHE_FILE).write_text("{not json")
+    monkeypatch.setattr(tuning, "_chosen", {})
+    assert tuning.fastest("family", candidates, tmp_path) == "fast" and calls["slow"] == 2 * (tuning.ROUNDS + 1)
+    assert tuning.fastest("family", candidates, None) == "fast"  # no folder: remembered in the process
+
+
+@pytest.mark.parametrize("rows, width", [(1, 1), (7, 29), (64, 500)])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_rowwise_kernels_match_torch(rows, width, in_place):
+    """softmax / layer norm / sigmoid rows (the ops' float32 fast paths) against torch, also writing over x."""
+    from tinyasr.kernels.rowwise import layer_norm_rows, sigmoid_flat, softmax_rows
+
+    rng = np.random.default_rng(rows + width)
+    x = (rng.standard_normal((rows, width)) * 4).astype(np.float32)
+    scale, bias = rng.standard_normal(width).astype(np.float32), rng.standard_normal(width).astype(np.float32)
+    t = torch.from_numpy(x)
+    expected = [torch.softmax(t, -1), F.layer_norm(t, (width,), torch.from_numpy(scale), torch.from_numpy(bias), 1e-5),
+                F.layer_norm(t, (width,), torch.from_numpy(scale), None, 1e-3), torch.sigmoid(t)]
+    runs = [lambda a, o: softmax_rows(a, o),
+            lambda a, o: layer_norm_rows(a, scale, bias, np.float32(1e-5), o),
+            lambda a, o: layer_norm_rows(a, scale, np.zeros(0, np.float32), np.float32(1e-3), o),
+            lambda a, o: sigmoid_flat(a.reshape(-1), o.reshape(-1))]
+    for run, ref in zip(runs, expected):
+        a = x.copy()
+        out = a if in_place else np.empty_like(a)
+        run(a, out)
+        np.testing.assert_allclose(out, ref.numpy(), **TOL)
+    extreme = np.array([-100.0, -20.0, 0.0, 30.0, 100.0, np.inf, -np.inf], np.float32)
+    out = np.empty_like(extreme)
+    sigmoid_flat(extreme, out)
+    np.testing.assert_array_equal(out, torch.sigmoid(torch.from_numpy(extreme)).numpy())
+
+
+@pytest.mark.parametrize("taps,dilation,frames", [(25, 1, 1), (33, 1, 95), (33, 2, 97), (75, 1, 500), (33, 1, 2000)])
+def test_tiled_depthwise_matches_torch_and_the_short_kernel(taps, dilation, frames):
+    """Rows with >= TILED_MIN_TAPS non-zero taps run in register tiles (others, here a pruned row, per tap): both
+    against torch, and bit for bit against depthwise_short_rows (streaming), which sums in the same tap order."""
+    from tinyasr.kernels.conv1d import TILED_MIN_TAPS
+
+    rng = np.random.default_rng(taps + frames)
+    x = rng.standard_normal((2, 8, frames), dtype=np.float32)
+    w = (rng.standard_normal((8, 1, taps)) / np.sqrt(taps)).astype(np.float32)
+    w[3, 0, TILED_MIN_TAPS // 2 :] = 0.0  # a pruned row: the per-tap pass
+    bias = rng.standard_normal(8, dtype=np.float32)
+    pad = dilation * (taps - 1) // 2
+    got = conv1d(x, w, bias, group=8, dilation=dilation, pad_left=pad, pad_right=pad, activation="Relu")
+    np.testing.assert_allclose(got, _torch_conv1d(x, w, bias, group=8, dilation=dilation, pad_left=pad, pad_right=pad,
+                                                  activation="Relu"), **TOL)
+    padded = np.zeros((2, 8, frames + 2 * pad + SHORT_FRAMES), np.float32)
+    padded[:, :, pad : pad + frames] = x
+    short = np.empty((2, 8, min(frames, SHORT_FRAMES)), np.float32)
+    depthwise_short_rows.serial(padded, w[:, 0], bias, NO_RESIDUAL, short, dilation, ACTIVATIONS["Relu"],
+                                np.float32(0), np.float32(0))
+    np.testing.assert_array_equal(got[:, :, : short.shape[2]], short)

@@ -72,6 +72,8 @@ UNARY_CASES = [
     ("Erf", f32(3, 7)),
     ("Sqrt", f32(4, 5, low=0.0)),
     ("Exp", f32(4, 5)),
+    ("Sin", f32(4, 5, low=-3000.0, high=3000.0)),
+    ("Cos", f32(4, 5, low=-3000.0, high=3000.0)),
     ("Log", f32(4, 5, low=0.01)),
     ("Neg", f32(4, 5)),
     ("Neg", i64(-3, 0, 7)),
@@ -83,7 +85,19 @@ UNARY_CASES = [
     ("Round", np.array([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 0.3], np.float32)),
     ("Not", np.array([[True, False], [False, False]])),
     ("Identity", f32(2, 3)),
+    ("Identity", i64(4, -2)),
+    ("Not", np.array(True)),
 ]
+# Each float op again on a 0-d tensor and on a rank-4 one with an empty axis (the domain kept positive
+# where the op needs it), and the rounding ops at their ties and signed zeros.
+UNARY_CASES += [
+    (op, f32(*shape, low=low, high=high))
+    for op, low, high in [("Relu", -3, 3), ("Sigmoid", -30, 30), ("Tanh", -10, 10), ("Softplus", -30, 30),
+                          ("Erf", -4, 4), ("Sqrt", 0, 9), ("Exp", -20, 20), ("Sin", -9, 9), ("Cos", -9, 9), ("Log", 1e-6, 50), ("Neg", -3, 3),
+                          ("Abs", -3, 3), ("Reciprocal", 0.01, 4), ("Floor", -5, 5), ("Ceil", -5, 5),
+                          ("Round", -5, 5), ("Identity", -3, 3)]
+    for shape in [(), (2, 0, 3, 1), (1, 2, 3, 4)]
+] + [(op, np.array([-1.5, -0.5, -0.0, 0.0, 0.5, 1.5, 2.5, -2.49], np.float32)) for op in ("Floor", "Ceil", "Round")]
 
 
 @pytest.mark.parametrize("op,x", UNARY_CASES, ids=[c[0] for c in UNARY_CASES])
@@ -109,6 +123,7 @@ def test_clip_bounds_as_inputs_attributes_and_one_sided():
 def test_dropout_is_identity_with_a_true_mask():
     check_against_ort("Dropout", [f32(2, 5)], num_outputs=2)
     check_against_ort("Dropout", [f32(2, 5)])
+    check_against_ort("Dropout", [f32(3, 1, 4), np.array(0.3, np.float32), np.array(False)], num_outputs=2)
 
 
 BINARY_SHAPES = [((2, 3, 4), (2, 3, 4)), ((2, 3, 4), (4,)), ((2, 1, 4), (3, 1)), ((), (3, 2)), ((5,), ())]
@@ -143,8 +158,9 @@ def test_comparisons(op):
 
 
 @pytest.mark.parametrize("op", ["And", "Or", "Xor"])
-def test_logic(op):
-    check_against_ort(op, [RNG.random((3, 4)) > 0.5, RNG.random((4,)) > 0.5])
+@pytest.mark.parametrize("shapes", [((3, 4), (4,)), ((2, 3), (2, 3)), ((), (2, 1, 3)), ((2, 1), (1, 5))], ids=str)
+def test_logic(op, shapes):
+    check_against_ort(op, [np.asarray(RNG.random(shape) > 0.5) for shape in shapes])
 
 
 def test_where_broadcasts():
@@ -239,10 +255,11 @@ def test_layer_normalization(axis):
                       num_outputs=3, atol=1e-5)
 
 
-def test_batch_normalization():
-    x = f32(2, 4, 6)
+@pytest.mark.parametrize("x_shape", [(2, 4, 6), (3, 4), (1, 4, 3, 5)], ids=str)
+@pytest.mark.parametrize("attrs", [{"epsilon": 1e-3}, {}], ids=str)
+def test_batch_normalization(x_shape, attrs):
     stats = [f32(4), f32(4), f32(4), f32(4, low=0.1)]
-    check_against_ort("BatchNormalization", [x] + stats, {"epsilon": 1e-3}, atol=1e-5)
+    check_against_ort("BatchNormalization", [f32(*x_shape)] + stats, attrs, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- conv
@@ -255,6 +272,14 @@ CONV_CASES = [
     ((1, 3, 10), (2, 3, 4), {"auto_pad": "SAME_UPPER", "strides": [3]}),
     ((1, 3, 10), (2, 3, 4), {"auto_pad": "SAME_LOWER"}),
     ((1, 3, 10), (2, 3, 4), {"auto_pad": "VALID", "kernel_shape": [4]}),
+    # 2-D: NeMo's striding / dw_striding subsampling, pointwise, grouped with dilation, auto_pad, im2col in row chunks
+    ((2, 1, 21, 16), (4, 1, 3, 3), {"strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    ((2, 4, 9, 10), (4, 1, 3, 3), {"group": 4, "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    ((1, 4, 5, 6), (3, 4, 1, 1), {}),
+    ((1, 6, 12, 11), (4, 3, 3, 2), {"group": 2, "dilations": [2, 1], "strides": [1, 2], "pads": [2, 0, 1, 1]}),
+    ((1, 3, 10, 7), (2, 3, 3, 4), {"auto_pad": "SAME_UPPER", "strides": [2, 3]}),
+    ((1, 3, 10, 7), (2, 3, 2, 3), {"auto_pad": "SAME_LOWER"}),
+    ((1, 2, 3000, 40), (2, 2, 3, 3), {"pads": [1, 1, 1, 1]}),
 ]
 
 
@@ -265,21 +290,48 @@ def test_conv(x_shape, w_shape, attrs, with_bias):
     check_against_ort("Conv", inputs, attrs, atol=1e-5)
 
 
+FUSED_GEOMETRIES = [((2, 4, 12), (6, 2, 3), {"group": 2, "pads": [1, 1]}),
+                    ((1, 3, 11), (5, 3, 3), {"strides": [2], "dilations": [2], "pads": [2, 0]})]
+
+
+@pytest.mark.parametrize("activation", ["Relu", "Sigmoid"])
+@pytest.mark.parametrize("w_shape,conv_attrs", [((3, 2, 3, 3), {"pads": [1, 1, 1, 1]}),
+                                                ((2, 1, 3, 3), {"group": 2, "strides": [2, 2]})], ids=str)
+def test_conv2d_fused_activation(w_shape, conv_attrs, activation):
+    """A 2-D Conv with a fused activation (the converter fuses the subsampling's ReLU) equals Conv -> activation."""
+    x, w, b = f32(2, 2, 9, 8), f32(*w_shape), f32(w_shape[0])
+    ours = run_op("Conv", [x, w, b], {**conv_attrs, "activation": activation})[0]
+    nodes = [helper.make_node("Conv", ["in0", "in1", "in2"], ["conv"], **conv_attrs),
+             helper.make_node(activation, ["conv"], ["out0"])]
+    ref = ort_outputs(nodes, [x, w, b], [np.dtype(np.float32)], 17)[0]
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("activation,params", [("", ()), ("Relu", ()), ("Sigmoid", ()), ("Tanh", ()),
                                                ("Clip", (-0.5, 1.0))])
-def test_conv_fused_residual_and_activation(activation, params):
-    """tinyasr's extended Conv equals ONNX Conv -> Add(Z) -> activation."""
-    x, w, b, z = f32(2, 4, 12), f32(6, 2, 3), f32(6), f32(2, 6, 12)
-    attrs = {"group": 2, "pads": [1, 1], "activation": activation, "activation_params": list(params)}
+@pytest.mark.parametrize("bias,residual", [(True, True), (True, False), (False, True)])
+@pytest.mark.parametrize("x_shape,w_shape,conv_attrs", FUSED_GEOMETRIES, ids=[str(g[2]) for g in FUSED_GEOMETRIES])
+def test_conv_fused_residual_and_activation(x_shape, w_shape, conv_attrs, bias, residual, activation, params):
+    """tinyasr's extended Conv equals the unfused ONNX subgraph Conv -> Add(Z) -> activation."""
+    x, w = f32(*x_shape), f32(*w_shape)
+    b = f32(w_shape[0]) if bias else None
+    z = f32(*run_op("Conv", [x, w], conv_attrs)[0].shape) if residual else None
+    attrs = {**conv_attrs, "activation": activation, "activation_params": list(params)}
     ours = run_op("Conv", [x, w, b, z], attrs)[0]
-    nodes = [helper.make_node("Conv", ["in0", "in1", "in2"], ["conv"], group=2, pads=[1, 1]),
-             helper.make_node("Add", ["conv", "in3"], ["out0" if not activation else "sum"])]
+    nodes = [helper.make_node("Conv", ["in0", "in1"] + ["in2"] * bias, ["conv"], **conv_attrs)]
+    last = "conv"
+    if residual:
+        nodes.append(helper.make_node("Add", [last, "in3"], ["sum"]))
+        last = "sum"
     if activation == "Clip":
-        nodes.append(helper.make_node("Clip", ["sum", "lo", "hi"], ["out0"]))
-        nodes[1:1] = [helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.float32(v)))
-                      for name, v in zip(("lo", "hi"), params)]
+        nodes += [helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.float32(v)))
+                  for name, v in zip(("lo", "hi"), params)]
+        nodes.append(helper.make_node("Clip", [last, "lo", "hi"], ["act"]))
+        last = "act"
     elif activation:
-        nodes.append(helper.make_node(activation, ["sum"], ["out0"]))
+        nodes.append(helper.make_node(activation, [last], ["act"]))
+        last = "act"
+    nodes.append(helper.make_node("Identity", [last], ["out0"]))
     ref = ort_outputs(nodes, [x, w, b, z], [np.dtype(np.float32)], 17)[0]
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
 
@@ -307,18 +359,32 @@ def test_conv_with_encoded_weights(kind, w_shape, attrs):
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_matmul_and_gemm_decode_encoded_weights():
-    a = f32(5, 6)
-    dense_weight, encoded = sparse_weight((6, 8), "csr")
-    np.testing.assert_allclose(run_op("MatMul", [a, encoded], {})[0], a @ dense_weight, rtol=1e-5, atol=1e-6)
-    dense_weight, encoded = sparse_weight((8, 6), "bsr")
-    np.testing.assert_allclose(run_op("Gemm", [a, encoded], {"transB": 1})[0], a @ dense_weight.T, rtol=1e-5,
-                               atol=1e-6)
+@pytest.mark.parametrize("kind", ["csr", "bsr"])
+@pytest.mark.parametrize("op,attrs,a_shape,w_shape", [
+    ("MatMul", {}, (5, 8), (8, 12)), ("MatMul", {}, (2, 3, 8), (8, 4)),
+    ("Gemm", {"transB": 1}, (5, 8), (12, 8)), ("Gemm", {"alpha": 0.5}, (5, 8), (8, 12)),
+], ids=str)
+def test_matmul_and_gemm_with_encoded_weights(kind, op, attrs, a_shape, w_shape):
+    """Gemm with transB runs the sparse kernel, the other cases the decoded weight; both equal dense ONNX."""
+    dense_weight, encoded = sparse_weight(w_shape, kind)
+    a = f32(*a_shape)
+    ours = run_op(op, [a, encoded], attrs)[0]
+    node = helper.make_node(op, ["in0", "in1"], ["out0"], **attrs)
+    ref = ort_outputs([node], [a, dense_weight], [np.dtype(np.float32)], 17)[0]
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_conv_errors_name_the_problem():
     with pytest.raises(GraphError, match="only 1-D convolution"):
-        run_op("Conv", [f32(1, 2, 4, 4), f32(3, 2, 3, 3)], {})
+        run_op("Conv", [f32(1, 2, 4, 4, 4), f32(3, 2, 3, 3, 3)], {})
+    with pytest.raises(GraphError, match="2-D convolution needs input"):
+        run_op("Conv", [f32(1, 2, 4), f32(3, 2, 3, 3)], {})
+    with pytest.raises(GraphError, match="fused residual input Z is supported for 1-D"):
+        run_op("Conv", [f32(1, 2, 4, 4), f32(3, 2, 3, 3), None, f32(1, 3, 2, 2)], {})
+    with pytest.raises(GraphError, match="pads .* must be \\[top, left, bottom, right\\]"):
+        run_op("Conv", [f32(1, 2, 4, 4), f32(3, 2, 3, 3)], {"pads": [1, 1]})
+    with pytest.raises(GraphError, match="does not fit input X with 2 channels"):
+        run_op("Conv", [f32(1, 2, 4, 4), f32(4, 2, 3, 3)], {"group": 2})
     with pytest.raises(GraphError, match="does not fit input X with 4 channels"):
         run_op("Conv", [f32(1, 4, 8), f32(3, 2, 3)], {})
     with pytest.raises(GraphError, match="too short"):
@@ -329,6 +395,52 @@ def test_conv_errors_name_the_problem():
         run_op("Conv", [f32(1, 2, 8), f32(3, 2, 3), f32(3), f32(1, 3, 8)], {})
 
 
+def _rel_shift_softmax_nodes(batch, heads, frames, scale, masked):
+    """NeMo's export of the attention weights: rel_shift by Pad / Reshape / Slice, then Add, Div, Where, Softmax,
+    Where (in0 content, in1 position, in2 keep)."""
+    def const(name, value):
+        return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.asarray(value)))
+
+    return [
+        const("pads", i64(0, 0, 0, 1, 0, 0, 0, 0)), const("tall", i64(batch, heads, 2 * frames, frames)),
+        const("wide", i64(batch, heads, frames, 2 * frames - 1)), const("one", i64(1)), const("big", i64(INT64_MAX)),
+        const("zero", i64(0)), const("t", i64(frames)), const("ax2", i64(2)), const("ax3", i64(3)),
+        const("scale", np.float32(scale)), const("masked", np.float32(masked)), const("nil", np.float32(0)),
+        helper.make_node("Pad", ["in1", "pads"], ["p"]), helper.make_node("Reshape", ["p", "tall"], ["r"]),
+        helper.make_node("Slice", ["r", "one", "big", "ax2"], ["s"]), helper.make_node("Reshape", ["s", "wide"], ["w"]),
+        helper.make_node("Slice", ["w", "zero", "t", "ax3"], ["bd"]), helper.make_node("Add", ["in0", "bd"], ["sum"]),
+        helper.make_node("Div", ["sum", "scale"], ["scores"]),
+        helper.make_node("Where", ["in2", "scores", "masked"], ["kept"]),
+        helper.make_node("Softmax", ["kept"], ["soft"], axis=-1),
+        helper.make_node("Where", ["in2", "soft", "nil"], ["out0"]),
+    ]
+
+
+@pytest.mark.parametrize("batch, heads, frames, position_batch, lengths", [
+    (1, 4, 7, 1, None), (2, 3, 9, 1, (9, 4)), (2, 2, 5, 2, (1, 5)), (1, 1, 1, 1, (1,))])
+def test_rel_position_softmax(batch, heads, frames, position_batch, lengths):
+    """tinyasr's fused attention weights equal NeMo's exported subgraph (position batch 1 broadcasts)."""
+    content = f32(batch, heads, frames, frames)
+    position = f32(position_batch, heads, frames, 2 * frames - 1)
+    valid = np.arange(frames)[None, :] < np.array(lengths or (frames,) * batch)[:, None]
+    keep = (valid[:, None, :] & valid[:, :, None])[:, None]
+    attrs = {"scale": 4.690416, "masked_value": -10000.0}
+    ours = run_op("RelPositionSoftmax", [content, position] + ([keep] if lengths else []), attrs)[0]
+    full = np.broadcast_to(position, (batch,) + position.shape[1:]).copy()
+    nodes = _rel_shift_softmax_nodes(batch, heads, frames, attrs["scale"], attrs["masked_value"])
+    ref = ort_outputs(nodes, [content, full, keep], [np.dtype(np.float32)], 17)[0]
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_rel_position_softmax_names_bad_shapes():
+    with pytest.raises(GraphError, match=r"position must be \[1 or 1, 2, 3, 5\]"):
+        run_op("RelPositionSoftmax", [f32(1, 2, 3, 3), f32(1, 2, 3, 4)], {"scale": 1.0})
+    with pytest.raises(GraphError, match="keep must be bool"):
+        run_op("RelPositionSoftmax", [f32(1, 2, 3, 3), f32(1, 2, 3, 5), f32(1, 1, 3, 3)], {"scale": 1.0})
+    with pytest.raises(GraphError, match="scale must be > 0"):
+        run_op("RelPositionSoftmax", [f32(1, 2, 3, 3), f32(1, 2, 3, 5)], {"scale": 0.0})
+
+
 # ----------------------------------------------------------------------------- shape and data movement
 
 def test_shape_and_size():
@@ -337,6 +449,8 @@ def test_shape_and_size():
     for attrs in ({"start": 1}, {"start": 1, "end": -1}, {"start": -2}, {"end": 10}, {"start": -10, "end": 2}):
         check_against_ort("Shape", [x], attrs, opset=15)
     check_against_ort("Size", [x])
+    check_against_ort("Size", [np.array(1.5, np.float32)])
+    check_against_ort("Size", [i64(1, 2, 3)[:0].reshape(3, 0)])
 
 
 @pytest.mark.parametrize("shape", [(0, -1), (4, 0, 2), (-1,), (2, 3, 2, 2), (0, 0, 4)], ids=str)
@@ -419,6 +533,8 @@ def test_expand_tile():
     check_against_ort("Expand", [f32(3, 1), i64(2, 1, 6)])
     check_against_ort("Expand", [f32(2, 3), i64(3)])
     check_against_ort("Tile", [f32(2, 3), i64(2, 1)])
+    check_against_ort("Tile", [f32(2, 1, 3), i64(1, 4, 2)])
+    check_against_ort("Tile", [i64(5, -1), i64(3)])
 
 
 def test_range():

@@ -14,7 +14,6 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from tinyasr_convert import convert  # noqa: E402
-from tinyasr.errors import ConversionError  # noqa: E402
 from tinyasr.engine.offline import load_model  # noqa: E402
 from _paths import SHARED_DIR  # noqa: E402
 
@@ -48,13 +47,6 @@ def test_nemo_export_matches_test_vectors(name, tmp_path):
                 got = outputs[key[len(prefix) + len("output."):]]
                 assert got.shape == expected.shape and got.dtype == expected.dtype
                 np.testing.assert_allclose(got, expected, rtol=0, atol=TOLERANCE, err_msg=f"{name} {key}")
-
-
-@_needs(NEMO)
-def test_nemo_conformer_is_refused_with_the_reason(tmp_path):
-    with pytest.raises(ConversionError, match=r"Conv'?\)? is a 2-D convolution.*only 1-D.*Conformer"):
-        convert(os.path.join(NEMO, "conformer_ctc_small", "model.onnx"), tmp_path / "c.tasr")
-    assert not (tmp_path / "c.tasr").exists()
 
 
 def _clip_as_int16(path) -> np.ndarray:

@@ -11,19 +11,20 @@ import numpy as np
 import pytest
 import soundfile
 
+import tinyasr
 from test_streaming import energy_ctc_parts
+from tinyasr import transcribe_long
 from tinyasr.audio.io import load_audio
 from tinyasr.format.container import write_model
 from tinyasr.pipeline.recognizer import Recognizer
 from tinyasr.pipeline.vad import FRAME_SECONDS, EnergyVAD, MarbleNetVAD, Segmenter, VADConfig
-from tinyasr.pipeline.long_form import transcribe_long
 from _paths import SHARED_DIR  # noqa: E402
 
 SHARED = str(SHARED_DIR)
 VAD_ONNX = os.path.join(SHARED, "models", "marblenet_vad", "frame_vad_marblenet.onnx")
 AUDIO = os.path.join(SHARED, "audio")
 GOFORWARD = os.path.join(AUDIO, "pocketsphinx_goforward.wav")
-needs_vad = pytest.mark.skipif(not os.path.exists(VAD_ONNX), reason="MarbleNet VAD not available")
+needs_vad = pytest.mark.skipif(not os.path.exists(VAD_ONNX), reason="shared MarbleNet VAD not available")
 needs_audio = pytest.mark.skipif(not os.path.exists(GOFORWARD), reason="shared audio not available")
 
 
@@ -150,6 +151,15 @@ def test_transcribe_long_segments_a_ten_minute_file_in_bounded_memory(tmp_path):
     assert recognizer.transcribe(samples, sample_rate=16000).text == first.result.text
 
 
+def test_transcribe_long_defaults_to_the_bundled_model():
+    """tinyasr.transcribe_long(path) alone: the bundled digits model, its utterances together saying what one
+    transcribe() of the whole sample says (the energy detector splits it at its two longer pauses)."""
+    sample = os.path.join(os.path.dirname(tinyasr.__file__), "models", "sample_digits.wav")
+    utterances = list(transcribe_long(sample))
+    assert len(utterances) > 1
+    assert " ".join(u.result.text for u in utterances) == Recognizer().transcribe(sample).text
+
+
 @needs_audio
 def test_transcribe_of_a_long_file_goes_utterance_by_utterance(tmp_path):
     """Past LONG_FILE_SECONDS, Recognizer.transcribe (and so ``tinyasr transcribe``) joins transcribe_long's
@@ -188,3 +198,95 @@ def test_transcribe_long_with_the_marblenet_vad(tmp_path, marblenet):
     for utterance, start in zip(utterances, starts):
         assert start - 0.25 <= utterance.start <= start + 0.6  # the clip begins with a short quiet stretch
         assert utterance.end <= start + speech.size / 16000 + 0.25 and utterance.result.text.startswith("x")
+
+
+# ---------------------------------------------------------------------------
+# The speech / no-speech decision in front of decoding (issue 16)
+
+FSDD = os.path.join(AUDIO, "fsdd", "recordings")
+needs_fsdd = pytest.mark.skipif(not os.path.isdir(FSDD), reason="shared FSDD recordings not available")
+NON_SPEECH_RATE = 16000
+
+
+def _non_speech(kind: str, seconds: float, rate: int = NON_SPEECH_RATE) -> np.ndarray:
+    """Digital silence, white noise at -60 dBFS RMS, or a 440 Hz tone at -6 dBFS (issue 16's three)."""
+    n = int(seconds * rate)
+    if kind == "silence":
+        return np.zeros(n, np.float32)
+    if kind == "noise":
+        return (1e-3 * np.random.default_rng(n).standard_normal(n)).astype(np.float32)
+    return (0.5 * np.sin(2 * np.pi * 440.0 * np.arange(n) / rate)).astype(np.float32)
+
+
+def _segments(samples, rate, piece=None):
+    detector, segmenter = EnergyVAD(rate), Segmenter()
+    probs = _feed(detector, samples, piece or samples.size)
+    return segmenter.accept(probs) + segmenter.finish()
+
+
+def _streamed_text(recognizer, samples, rate, chunk=1280):
+    """Every final text of an OnlineStream fed ``samples`` in chunks, endpoints included."""
+    stream, texts = recognizer.stream(), []
+    for i in range(0, samples.size, chunk):
+        stream.accept_waveform(samples[i:i + chunk], rate)
+        if stream.is_endpoint:
+            texts.append(stream.finalize().text)
+    texts.append(stream.finalize().text)
+    return " ".join(t for t in texts if t)
+
+
+@pytest.mark.parametrize("seconds", [1, 5, 20, 60])
+@pytest.mark.parametrize("kind", ["silence", "noise", "tone"])
+def test_non_speech_gives_no_text_whole_file_and_streaming(kind, seconds, tmp_path):
+    """Before: 5 s of zeros read "six one six one", noise "seven four seven", the tone "seven seven"."""
+    recognizer = Recognizer()
+    samples = _non_speech(kind, seconds)
+    path = tmp_path / f"{kind}.wav"
+    soundfile.write(path, samples, NON_SPEECH_RATE, subtype="PCM_16")
+    result = recognizer.transcribe(path)
+    assert (result.text, result.out_of_vocabulary) == ("", False)
+    assert _streamed_text(recognizer, samples, NON_SPEECH_RATE) == ""
+
+
+@pytest.mark.parametrize("rate", [8000, 16000, 44100])
+def test_a_steady_tone_is_not_speech_even_after_silence(rate):
+    """The energy detector alone calls a loud tone speech until its floor catches up (~0.4 s from the start, 2.7 s
+    after silence); the spectral check does not (speech spans of FSDD and the English clips: tone share <= 0.992)."""
+    t = np.arange(3 * rate) / rate
+    for hz in (100.0, 440.0, 1234.5, 3000.0):
+        tone = (0.5 * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+        assert _segments(tone, rate) == [], hz
+        assert _segments(np.concatenate([np.zeros(rate, np.float32), tone]), rate) == [], hz
+
+
+@needs_audio
+def test_energy_vad_gives_the_same_frames_whatever_the_pieces():
+    samples, _ = load_audio(GOFORWARD, 16000)
+    whole = _feed(EnergyVAD(16000), samples, samples.size)
+    for piece in (160, 1234, 16000):
+        np.testing.assert_array_equal(_feed(EnergyVAD(16000), samples, piece), whole)
+
+
+@needs_fsdd
+def test_every_tightly_cut_fsdd_clip_holds_speech():
+    """FSDD cuts its clips at the word, so there is no quiet lead-in to set the noise floor: before the prior
+    floor, 594 of the 3,000 clips had no speech segment, and a transcript gated on speech would be empty."""
+    missing = []
+    for path in sorted(glob.glob(os.path.join(FSDD, "*.wav"))):
+        samples, rate = soundfile.read(path, dtype="float32")
+        if not _segments(samples, rate):
+            missing.append(os.path.basename(path))
+    assert not missing, missing
+
+
+def test_quiet_speech_still_passes_the_gate():
+    """The bundled sample 10 dB quieter still reads the same: its quietest digits then peak near -45 dBFS,
+    above the detector's -50 dBFS floor (20 dB quieter, three of its six digits fall under it)."""
+    sample = os.path.join(os.path.dirname(tinyasr.__file__), "models", "sample_digits.wav")
+    samples, rate = load_audio(sample)
+    recognizer = Recognizer()
+    expected = recognizer.transcribe(sample).text
+    assert len(expected.split()) == 6
+    quieter = samples * 10 ** (-10 / 20)
+    assert recognizer.transcribe(quieter, sample_rate=rate).text == expected
+    assert _streamed_text(recognizer, quieter, rate) == expected

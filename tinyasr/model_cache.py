@@ -42,7 +42,8 @@ def resolve_model_path(model: Union[str, os.PathLike, None] = None) -> Path:
     if candidates and candidates[0].is_dir():
         raise ModelFileError(candidates[0], "is a directory, not a .tasr model file")
     tried = ", ".join(str(c) for c in candidates)
-    raise ModelFileError(name, f"no such model file (tried {tried})")
+    hint = f"; a public model is fetched once with 'tinyasr download {name}'" if len(candidates) > 1 else ""
+    raise ModelFileError(name, f"no such model file (tried {tried}){hint}")
 
 
 def file_sha256(path: Path) -> str:

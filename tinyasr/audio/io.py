@@ -11,14 +11,17 @@ dependency.
 from __future__ import annotations
 
 import os
+import struct
+import warnings
 from typing import Optional, Tuple
 
 import numpy as np
 import soundfile
 
 from tinyasr.audio.resample import check_rate, resample
-from tinyasr.errors import AudioError
+from tinyasr.errors import AudioError, TinyASRWarning
 
+MIN_AUDIO_RATE = 1000  # Hz: below this a recording holds no speech band (a 1 Hz header is a broken file)
 _INT_SCALE = {np.dtype(np.int8): 128.0, np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2147483648.0}
 
 
@@ -52,11 +55,48 @@ def load_audio(path, sample_rate: Optional[int] = None) -> Tuple[np.ndarray, int
         raise AudioError(f"{name}: not a readable audio file ({reason})") from None
     if data.shape[0] == 0:
         raise AudioError(f"{name}: contains no audio samples (0 frames)")
-    check_rate(rate, f"{name}: the file's header")
+    check_audio_rate(rate, f"{name}: the file's header")
+    warn_if_cut_short(name)
     samples = _mix_to_mono(data, name)
     if sample_rate is not None and sample_rate != rate:
         return resample(samples, rate, sample_rate), int(sample_rate)
     return samples, int(rate)
+
+
+def check_audio_rate(rate, what: str) -> int:
+    """The rate of audio to recognise: check_rate's integer up to the maximum, and at least MIN_AUDIO_RATE."""
+    rate = check_rate(rate, what)
+    if rate < MIN_AUDIO_RATE:
+        raise AudioError(f"{what}: sample rate {rate} Hz is below {MIN_AUDIO_RATE} Hz, too low for speech")
+    return rate
+
+
+def warn_if_cut_short(name: str) -> None:
+    """A TinyASRWarning naming the file when a RIFF WAV's data chunk declares more bytes than the file holds
+    (an interrupted copy or recording): libsndfile then reads what is there without a word."""
+    try:
+        size = os.path.getsize(name)
+        with open(name, "rb") as handle:
+            head = handle.read(12)
+            if head[:4] != b"RIFF" or head[8:] != b"WAVE":
+                return
+            position = 12
+            for _ in range(64):  # a WAV has a handful of chunks before its data
+                handle.seek(position)
+                header = handle.read(8)
+                if len(header) < 8:
+                    return
+                chunk, length = header[:4], struct.unpack("<I", header[4:])[0]
+                if chunk == b"data":
+                    present = size - position - 8
+                    if present < length < 0xFFFFFFFF:  # 0xFFFFFFFF (or 0): a streaming writer's unknown size
+                        warnings.warn(f"{name}: the WAV header declares {length} bytes of audio but the file "
+                                      f"holds {present}: it is cut short; using the part that is there",
+                                      TinyASRWarning, stacklevel=2)
+                    return
+                position += 8 + length + (length & 1)
+    except OSError:
+        return  # the reader reports unreadable files
 
 
 def as_float32_mono(array, sample_rate: int, target_rate: Optional[int] = None) -> np.ndarray:
@@ -67,7 +107,7 @@ def as_float32_mono(array, sample_rate: int, target_rate: Optional[int] = None) 
     floats are taken as they are.  An array shaped [channels, N] (more columns than
     rows) is refused rather than guessed: pass ``array.T``.
     """
-    rate = check_rate(sample_rate, "audio array")
+    rate = check_audio_rate(sample_rate, "audio array")
     array = np.asarray(array)
     if array.ndim not in (1, 2):
         raise AudioError(f"audio array must have shape [N] or [N, channels], got shape {array.shape}")
@@ -102,3 +142,11 @@ def _mix_to_mono(data: np.ndarray, name: str) -> np.ndarray:
     return np.ascontiguousarray(mono, dtype=np.float32)
 
 
+# ---------------------------------------------------------------- to a graph
+
+
+def to_pcm(samples: np.ndarray, dtype) -> np.ndarray:
+    """Float samples in [-1, 1] as integer PCM of ``dtype`` (int16: x 32768), rounded and clipped: the inverse
+    of as_float32_mono's scaling, for graphs that take integer audio (the MarbleNet VAD takes int16)."""
+    info = np.iinfo(dtype)
+    return np.clip(np.round(samples * (info.max + 1.0)), info.min, info.max).astype(dtype)

@@ -10,17 +10,24 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
+import warnings
 from typing import List, Optional
 
 from tinyasr import __version__
+from tinyasr.cli import batch as batch_cli
+from tinyasr.cli import lm as lm_cli
 from tinyasr.cli import stream as stream_cli
+from tinyasr.cli import transcribe as transcribe_cli
 from tinyasr.errors import TinyASRError
+from tinyasr.serve import cli as serve_cli
 
 EXIT_OK = 0
 EXIT_INPUT_FAILED = 1
 EXIT_USAGE = 2  # argparse's own code
 EXIT_MODEL = 3
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what the shell reports for a writer whose reader went away
 
 EPILOG = """\
 exit codes:
@@ -32,6 +39,8 @@ exit codes:
 output:
   text  one file: the bare result; several files: one "PATH: result" line each
   json  JSON Lines: one object per file, {"path": ..., result fields} or {"path": ..., "error": message}
+  transcribe also: txt, srt, vtt (subtitles cut at pauses and --max-line-chars), tsv (word times); with
+  --output-dir one file per input, DIR/NAME.FORMAT (the path is printed instead of the result)
 """
 
 MODEL_HELP = "a .tasr file, or the name of a bundled or downloaded model"
@@ -45,7 +54,7 @@ def _error(message: str) -> None:
 # transcribe / classify
 
 
-# the decoder types each command reads, and the command for each decoder type
+# the decoder types (tinyasr.decoding.specs.DECODER_SPECS) each command reads, and the command for each type
 COMMAND_DECODERS = {"transcribe": ("ctc",), "classify": ("classification", "frame_classification")}
 DECODER_COMMAND = {kind: command for command, kinds in COMMAND_DECODERS.items() for kind in kinds}
 
@@ -59,7 +68,7 @@ def _load_recognizer(args):
     except TinyASRError as exc:
         _error(str(exc))
         return None
-    kind = (recognizer.decoder or {}).get("type")
+    kind = recognizer.decoder.type if recognizer.decoder else None
     if kind not in COMMAND_DECODERS[args.command]:
         what = f"a {kind} model" if kind else "a model without a decoder (raw outputs: tinyasr.load_model)"
         advice = f"; use 'tinyasr {DECODER_COMMAND[kind]}'" if kind else ""
@@ -92,10 +101,15 @@ def _run_batch(paths: List[str], analyse, to_text, output_format: str) -> int:
             continue
         if output_format == "json":
             print(json.dumps({"path": path, **result.to_dict()}), flush=True)
-        elif len(paths) == 1:
+            continue  # the JSON carries confidence and out_of_vocabulary
+        if len(paths) == 1:
             print(to_text(result), flush=True)
         else:
             print(f"{path}: {to_text(result)}", flush=True)
+        if getattr(result, "out_of_vocabulary", False):
+            from tinyasr.decoding.confidence import out_of_vocabulary_warning
+
+            _error(out_of_vocabulary_warning(path, result.confidence))
     return EXIT_INPUT_FAILED if failed else EXIT_OK
 
 
@@ -103,14 +117,14 @@ def _transcribe(args) -> int:
     recognizer = _load_recognizer(args)
     if recognizer is None:
         return EXIT_MODEL
-    return _run_batch(args.audio, recognizer.transcribe, lambda r: r.text, args.format)
+    return transcribe_cli.run(args, recognizer, _run_batch, _error)
 
 
 def _classify(args) -> int:
     recognizer = _load_recognizer(args)
     if recognizer is None:
         return EXIT_MODEL
-    if recognizer.decoder and recognizer.decoder.get("type") == "frame_classification":
+    if recognizer.decoder.type == "frame_classification":  # a classify model: checked by _load_recognizer
         analyse = recognizer.classify_frames
     else:
         def analyse(path):
@@ -149,7 +163,7 @@ def _run_converter_command(command: str, argv: List[str]) -> int:
 
 
 def _info(args) -> int:
-    from tinyasr.format.info import format_summary, summarize
+    from tinyasr.cli.info import format_summary, summarize
     from tinyasr.model_cache import resolve_model_path
 
     try:
@@ -175,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tinyasr {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add_batch_command(name: str, help_text: str, model_required: bool):
+    def add_batch_command(name: str, help_text: str, model_required: bool, formats=("text", "json")):
         command = commands.add_parser(
             name, help=help_text, description=help_text, epilog=EPILOG,
             formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -184,12 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument(
             "-m", "--model", required=model_required, help=MODEL_HELP + ("" if model_required else " (default: digits)")
         )
-        command.add_argument("--format", choices=("text", "json"), default="text")
+        command.add_argument("--format", choices=formats, default="text")
         command.add_argument("--threads", type=stream_cli.positive_int, metavar="N",
                              help="compute threads (default: $TINYASR_NUM_THREADS, else 1)")
         return command
 
-    add_batch_command("transcribe", "Transcribe speech to text.", model_required=False)
+    transcribe = add_batch_command("transcribe", "Transcribe speech to text.", model_required=False,
+                                   formats=transcribe_cli.FORMATS)
+    transcribe_cli.add_arguments(transcribe)
     classify = add_batch_command("classify", "Label audio clips (keywords, VAD).", model_required=True)
     classify.add_argument("--top-k", type=stream_cli.positive_int, default=5, help="labels to show per clip (default: 5)")
 
@@ -204,6 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stream_cli.add_arguments(stream)
 
+    serve_help = "WebSocket server for live recognition, with a browser page (needs tinyasr[serve])."
+    serve_cli.add_arguments(commands.add_parser("serve", help=serve_help, description=serve_help))
+
+    lm_cli.add_arguments(commands.add_parser("lm", help=lm_cli.HELP, description=lm_cli.HELP))
+    batch_cli.add_arguments(commands.add_parser("batch", help=batch_cli.HELP, description=batch_cli.HELP))
+
     info = commands.add_parser("info", help="Describe a .tasr model.", description="Describe a .tasr model.")
     info.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     info.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -212,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the command line; returns the exit code (see EPILOG)."""
+    # This process is tinyasr's own: idle Numba OpenMP workers sleep instead of spinning (at 2 threads 1.5-5x
+    # faster, benchmarks/results/threads.md).  Read when Numba starts its pool, later; the user's value wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     try:
         args, rest = parser.parse_known_args(argv)
@@ -221,5 +246,28 @@ def main(argv: Optional[List[str]] = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
     except SystemExit as exc:  # argparse: --help, --version and usage errors
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    handlers = {"transcribe": _transcribe, "classify": _classify, "info": _info, "stream": stream_cli.run}
-    return handlers[args.command](args)
+    handlers = {"transcribe": _transcribe, "classify": _classify, "info": _info, "stream": stream_cli.run,
+                "serve": serve_cli.run, "lm": lm_cli.run, "batch": batch_cli.run}
+    return _quiet_on_closed_pipe(_with_one_line_warnings, handlers[args.command], args)
+
+
+def _with_one_line_warnings(handler, args) -> int:
+    """Run a command with tinyasr's warnings (a WAV cut short) shown as one ``tinyasr: warning:`` line."""
+    def show(message, category, *_):
+        print(f"tinyasr: warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        return handler(args)
+
+
+def _quiet_on_closed_pipe(run, *args) -> int:
+    """``tinyasr ... | head``: when the reader closes the pipe, stop without a traceback, with the status a
+    Unix tool killed by SIGPIPE has (128 + 13); stdout goes to /dev/null so the exit flush stays quiet."""
+    try:
+        code = run(*args)
+        sys.stdout.flush()  # a closed pipe shows here rather than at interpreter exit
+        return code
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE

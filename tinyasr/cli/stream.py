@@ -42,7 +42,8 @@ def add_arguments(parser) -> None:
                         help="an audio file, '-' for raw 16-bit little-endian mono PCM on stdin, or omit for the "
                         "microphone")
     parser.add_argument("--rate", type=positive_int, default=None, metavar="HZ",
-                        help="sample rate of stdin PCM or of the microphone (default: the model's)")
+                        help="sample rate of the microphone (default: the model's); required for stdin PCM, which "
+                        "carries no rate")
     parser.add_argument("--realtime", action="store_true", help="play a file at real-time pace")
     parser.add_argument("--chunk-ms", type=positive_int, default=80, metavar="MS", help="audio per step (default: 80)")
     parser.add_argument("--silence-after-speech", type=positive_seconds, default=1.2, metavar="S",
@@ -59,15 +60,16 @@ def _file_chunks(path, chunk_ms: int, realtime: bool):
 
     import soundfile
 
-    from tinyasr.audio.io import check_audio_file
+    from tinyasr.audio.io import check_audio_file, check_audio_rate, warn_if_cut_short
 
     check_audio_file(path)
+    warn_if_cut_short(path)
     try:
         handle = soundfile.SoundFile(path)
     except (RuntimeError, OSError, soundfile.LibsndfileError) as exc:
         raise InputError(f"{path}: cannot read audio: {exc}") from None
     with handle:
-        rate = handle.samplerate
+        rate = check_audio_rate(handle.samplerate, f"{path}: the file's header")
         step = max(1, rate * chunk_ms // 1000)
         started, fed = time.monotonic(), 0
         while True:
@@ -108,9 +110,14 @@ def _microphone_chunks(rate: int, chunk_ms: int):
 
 def run(args) -> int:
     """``tinyasr stream``: partial text on one updating line (stderr), final results with times (stdout)."""
+    from tinyasr.decoding.confidence import out_of_vocabulary_warning
     from tinyasr.pipeline.online import EndpointConfig, OnlineStream
     from tinyasr.pipeline.recognizer import Recognizer
 
+    if args.input == "-" and args.rate is None:
+        print("tinyasr: --input - reads raw PCM, which carries no sample rate: give it with --rate HZ",
+              file=sys.stderr)
+        return 2
     try:
         recognizer = Recognizer(args.model, num_threads=args.threads)
         stream = OnlineStream(recognizer, endpoint=EndpointConfig.simple(
@@ -136,6 +143,9 @@ def run(args) -> int:
             shown = ""
         if result.text:
             print(f"[{start:8.2f} - {start + result.duration:8.2f}] {result.text}", flush=True)
+        if result.out_of_vocabulary:
+            span = f"{start:.2f}-{start + result.duration:.2f} s"
+            print(f"tinyasr: {out_of_vocabulary_warning(span, result.confidence)}", file=sys.stderr, flush=True)
 
     try:
         for samples, chunk_rate in chunks:

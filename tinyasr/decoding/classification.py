@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -13,49 +13,49 @@ from tinyasr.decoding.scores import (
     label_runs,
     to_log_probs,
 )
+from tinyasr.decoding.specs import ClassificationSpec, FrameClassificationSpec
 from tinyasr.errors import InputError
 
 
 def classify_clip(
     scores: np.ndarray,
+    spec: ClassificationSpec,
     *,
-    labels: Sequence[str],
-    kind: str = "logits",
     top_k: int = 5,
     duration: float = 0.0,
-    output: str = "output",
 ) -> Classification:
     """Top-k labels of a clip model; ``scores`` [1, classes] or [classes] (trailing axes of 1 allowed)."""
     if top_k < 1:
         raise InputError(f"top_k must be at least 1, got {top_k}")
+    labels = spec.labels
     scores = np.asarray(scores)
     flat = scores.reshape(-1)
     if flat.size != len(labels):
         raise InputError(
-            f"model output {output!r} has shape {scores.shape}; expected one score per label ({len(labels)} labels)"
+            f"model output {spec.output!r} has shape {scores.shape}; expected one score per label "
+            f"({len(labels)} labels)"
         )
-    probs = np.exp(to_log_probs(flat, kind))
+    probs = np.exp(to_log_probs(flat, spec.logits))
     order = np.argsort(-probs, kind="stable")[:top_k]
     return Classification(labels=tuple((labels[i], float(probs[i])) for i in order), duration=float(duration))
 
 
 def classify_frames(
     scores: np.ndarray,
+    spec: FrameClassificationSpec,
     *,
-    labels: Sequence[str],
-    kind: str = "logits",
     frame_seconds: float,
     valid_frames: Optional[int] = None,
     duration: Optional[float] = None,
-    output: str = "output",
 ) -> FrameClassification:
     """Per-frame labels of a frame model; ``scores`` [1, frames, classes] or [frames, classes]."""
-    scores = frames_by_classes(scores, output)
+    labels = spec.labels
+    scores = frames_by_classes(scores, spec.output)
     if scores.shape[1] != len(labels):
         raise InputError(
-            f"model output {output!r} has {scores.shape[1]} classes but the decoder lists {len(labels)} labels"
+            f"model output {spec.output!r} has {scores.shape[1]} classes but the decoder lists {len(labels)} labels"
         )
-    probs = np.exp(to_log_probs(scores, kind))
+    probs = np.exp(to_log_probs(scores, spec.logits))
     if valid_frames is not None:
         probs = probs[: max(0, valid_frames)]
     if duration is None:

@@ -10,6 +10,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
+from tinyasr.decoding.confidence import COVER_SECONDS, Speech, is_out_of_vocabulary, speech_confidence
 from tinyasr.decoding.results import Result, Token, Word
 from tinyasr.decoding.scores import (
     frame_span,
@@ -17,15 +18,16 @@ from tinyasr.decoding.scores import (
     label_runs,
     to_log_probs,
 )
+from tinyasr.decoding.specs import (
+    VOCABULARY_TYPES,
+    WORD_START,
+    WORDPIECE_CONTINUATION,
+    CTCSpec,
+)
 from tinyasr.errors import InputError
 
-WORD_START = "\u2581"  # sentencepiece's "▁": the piece starts a new word
-WORDPIECE_CONTINUATION = "##"  # WordPiece: the piece continues the previous word
-VOCABULARY_TYPES = ("chars", "subword", "words")
 
-
-
-def _id_to_text(vocabulary: Sequence[str], blank: int, classes: int, output: str):
+def id_to_text(vocabulary: Sequence[str], blank: int, classes: int, output: str):
     """Map class ids to token text; the vocabulary may list the blank or leave it out."""
     if not 0 <= blank < classes:
         raise InputError(f"CTC blank index {blank} is outside the {classes} classes of output {output!r}")
@@ -38,6 +40,11 @@ def _id_to_text(vocabulary: Sequence[str], blank: int, classes: int, output: str
         f"model output {output!r} has {classes} classes but the vocabulary has {len(vocabulary)} entries "
         f"(expected {classes} with the blank, or {classes - 1} without)"
     )
+
+
+def is_wordpiece(texts: Sequence[str]) -> bool:
+    """NeMo's WordPiece vocabularies mark continuations with "##" and never use "▁"."""
+    return any(t.startswith(WORDPIECE_CONTINUATION) for t in texts) and not any(WORD_START in t for t in texts)
 
 
 def _starts_word(text: str, vocabulary_type: str, wordpiece: bool) -> bool:
@@ -89,41 +96,61 @@ def tokens_to_words(tokens: Sequence[Token], vocabulary_type: str, wordpiece: bo
     )
 
 
+def ctc_frames(scores: np.ndarray, spec: CTCSpec, frame_seconds: float, valid_frames: Optional[int],
+               duration: Optional[float]):
+    """What a CTC decoder starts from: the valid frames' log-probs, each class's text, whether the vocabulary
+    is WordPiece, and the duration (default: the frames' span)."""
+    log_probs = to_log_probs(frames_by_classes(scores, spec.output), spec.logits)
+    if valid_frames is not None:
+        log_probs = log_probs[: max(0, valid_frames)]
+    texts = id_to_text(spec.vocabulary, spec.blank, log_probs.shape[1], spec.output)
+    if duration is None:
+        duration = len(log_probs) * frame_seconds
+    return log_probs, texts, is_wordpiece(texts), duration
+
+
 def ctc_greedy(
     scores: np.ndarray,
+    spec: CTCSpec,
     *,
-    vocabulary: Sequence[str],
-    blank: int,
-    vocabulary_type: str = "chars",
-    kind: str = "log_probs",
     frame_seconds: float,
     valid_frames: Optional[int] = None,
     duration: Optional[float] = None,
-    output: str = "output",
+    speech: Optional[Speech] = None,
 ) -> Result:
     """Best-path CTC decoding: argmax per frame, collapse repeats, drop blanks.
 
-    ``scores``: [1, frames, classes] or [frames, classes] in ``kind`` units.
+    ``scores``: [1, frames, classes] or [frames, classes] in ``spec.logits`` units.
     Only the first ``valid_frames`` frames are decoded (the rest come from
     feature padding).  ``duration`` defaults to the decoded frames' span.
+    ``speech``: what the voice activity detector heard; tokens outside its
+    segments are dropped and the Result's confidence and out-of-vocabulary
+    flag are computed from it (tinyasr.decoding.confidence).
     """
-    log_probs = to_log_probs(frames_by_classes(scores, output), kind)
-    if valid_frames is not None:
-        log_probs = log_probs[: max(0, valid_frames)]
-    texts = _id_to_text(vocabulary, blank, log_probs.shape[1], output)
-    # NeMo's WordPiece vocabularies mark continuations with "##" and never use "▁"
-    wordpiece = any(t.startswith(WORDPIECE_CONTINUATION) for t in texts) and not any(WORD_START in t for t in texts)
-    if duration is None:
-        duration = len(log_probs) * frame_seconds
-
+    log_probs, texts, wordpiece, duration = ctc_frames(scores, spec, frame_seconds, valid_frames, duration)
     best = log_probs.argmax(axis=1)
     frame_scores = log_probs[np.arange(len(best)), best]
     tokens = []
     for first, stop in label_runs(best):
         token_id = int(best[first])
-        if token_id != blank:
+        if token_id != spec.blank:
             start, end = frame_span(first, stop, frame_seconds, duration)
             confidence = float(np.exp(frame_scores[first:stop].mean()))
             tokens.append(Token(text=texts[token_id], id=token_id, start=start, end=end, confidence=confidence))
-    words = tokens_to_words(tokens, vocabulary_type, wordpiece)
-    return Result(text=" ".join(w.text for w in words), tokens=tuple(tokens), words=words, duration=float(duration))
+    return ctc_result(tokens, log_probs, spec, wordpiece, frame_seconds=frame_seconds, duration=duration,
+                      speech=speech)
+
+
+def ctc_result(tokens, log_probs: np.ndarray, spec: CTCSpec, wordpiece: bool, *, frame_seconds: float,
+               duration: float, speech: Optional[Speech]) -> Result:
+    """The Result of a CTC decoder's tokens (greedy or beam search, tinyasr.decoding.beam): with ``speech``,
+    tokens outside it are dropped and the confidence and out-of-vocabulary flag come from it."""
+    score, out_of_vocabulary = 1.0, False
+    if speech is not None:
+        reach = spec.cover_seconds or COVER_SECONDS  # CTC spikes may lead or trail the speech they stand for
+        tokens = [t for t in tokens if speech.holds(t.start - reach, t.end + reach)]
+        score = speech_confidence(log_probs, spec.blank, frame_seconds, speech, spec.oov_score, reach)
+        out_of_vocabulary = is_out_of_vocabulary(score, speech, spec.oov_threshold, spec.oov_min_speech)
+    words = tokens_to_words(tokens, spec.vocabulary_type, wordpiece)
+    return Result(text=" ".join(w.text for w in words), tokens=tuple(tokens), words=words, duration=float(duration),
+                  confidence=score, out_of_vocabulary=out_of_vocabulary)

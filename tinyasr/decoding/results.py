@@ -36,17 +36,26 @@ class Word:
 
 @dataclass(frozen=True)
 class Result:
-    """A transcript: ``text`` is the words joined by single spaces; ``duration`` in seconds."""
+    """A transcript: ``text`` is the words joined by single spaces; ``duration`` in seconds.
+
+    ``confidence`` in [0, 1]: the share of the speech heard that the tokens account for (1.0 without speech,
+    tinyasr.decoding.confidence); ``out_of_vocabulary``: the audio holds speech the model's vocabulary does not
+    seem to cover, so the text is likely wrong (the decoder entry's rule).
+    """
 
     text: str
     tokens: Tuple[Token, ...]
     words: Tuple[Word, ...]
     duration: float
+    confidence: float = 1.0
+    out_of_vocabulary: bool = False
 
     def to_dict(self) -> dict:
         return {
             "text": self.text,
             "duration": self.duration,
+            "confidence": self.confidence,
+            "out_of_vocabulary": self.out_of_vocabulary,
             "words": [vars(w) for w in self.words],
             "tokens": [vars(t) for t in self.tokens],
         }

@@ -13,7 +13,7 @@ from typing import Iterable, Iterator, List, Tuple
 import numpy as np
 import soundfile
 
-from tinyasr.audio.io import as_float32_mono
+from tinyasr.audio.io import as_float32_mono, check_audio_rate, warn_if_cut_short
 from tinyasr.audio.resample import StreamResampler
 from tinyasr.decoding.results import Result, Token, Word
 from tinyasr.errors import AudioError
@@ -32,8 +32,9 @@ def _read_blocks(path, block_seconds: float) -> Iterator[Tuple[np.ndarray, int]]
         handle = soundfile.SoundFile(os.fspath(path))
     except (RuntimeError, OSError, soundfile.LibsndfileError) as exc:
         raise AudioError(f"{path}: cannot read audio: {exc}") from None
+    warn_if_cut_short(os.fspath(path))
     with handle:
-        rate = handle.samplerate
+        rate = check_audio_rate(handle.samplerate, f"{path}: the file's header")
         while True:
             block = handle.read(max(1, int(block_seconds * rate)), dtype="float32", always_2d=True)
             if not len(block):
@@ -42,29 +43,30 @@ def _read_blocks(path, block_seconds: float) -> Iterator[Tuple[np.ndarray, int]]
 
 
 def join_utterances(utterances: Iterable[Utterance], duration: float) -> Result:
-    """One Result of a whole recording from its utterances: their words in order, times from the file start."""
+    """One Result of a whole recording from its utterances: their words in order, times from the file start;
+    its confidence is the least confident utterance's, out of vocabulary when any utterance is."""
     tokens: List[Token] = []
     words: List[Word] = []
+    confidence, out_of_vocabulary = 1.0, False
     for utterance in utterances:
         shift = utterance.start
         tokens += [replace(t, start=t.start + shift, end=t.end + shift) for t in utterance.result.tokens]
         words += [replace(w, start=w.start + shift, end=w.end + shift) for w in utterance.result.words]
-    return Result(" ".join(w.text for w in words), tuple(tokens), tuple(words), duration)
+        confidence = min(confidence, utterance.result.confidence)
+        out_of_vocabulary = out_of_vocabulary or utterance.result.out_of_vocabulary
+    return Result(" ".join(w.text for w in words), tuple(tokens), tuple(words), duration, confidence,
+                  out_of_vocabulary)
 
 
-def transcribe_long(path, recognizer=None, *, vad=None, config: VADConfig = VADConfig(),
-                    block_seconds: float = 5.0) -> Iterator[Utterance]:
+def transcribe_utterances(path, recognizer, *, vad=None, config: VADConfig = VADConfig(),
+                          block_seconds: float = 5.0) -> Iterator[Utterance]:
     """Yield an Utterance for each voiced segment of an audio file, in order.
 
-    ``recognizer``: a Recognizer (default: the bundled model); ``vad``: a
-    detector, a frame-VAD .tasr path / Model (MarbleNetVAD) or None (EnergyVAD).
-    Memory: one block, the detector's window and at most one segment
-    (``config.max_segment`` s) of audio, whatever the file's length.
+    ``recognizer``: anything with ``sample_rate`` and ``transcribe(samples, sample_rate=...)``, a Recognizer
+    (tinyasr.transcribe_long picks the bundled one by default); ``vad``: a detector, a frame-VAD .tasr
+    path / Model (MarbleNetVAD) or None (EnergyVAD).  Memory: one block, the detector's window and at most
+    one segment (``config.max_segment`` s) of audio, whatever the file's length.
     """
-    if recognizer is None:
-        from tinyasr.pipeline.recognizer import Recognizer
-
-        recognizer = Recognizer()
     rate = recognizer.sample_rate
     detector = make_vad(vad, rate)
     segmenter = Segmenter(config)

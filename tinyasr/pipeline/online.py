@@ -8,7 +8,7 @@
             print(stream.finalize().text)        # and the stream is ready for the next utterance
 
 The pipeline is the offline one made stateful: StreamResampler -> StreamingFeatures
-(tinyasr/stream_frontend.py) -> GraphStream (tinyasr/stream_graph.py, every frame
+(tinyasr/features/streaming.py) -> GraphStream (tinyasr/engine/streaming.py, every frame
 computed once) -> CTC greedy decoding of the frames so far.  A model whose
 front end does not normalise over the utterance gives exactly the offline
 transcript; the algorithmic latency is ``OnlineStream.latency`` (the graph's
@@ -22,7 +22,7 @@ import math
 import os
 import threading
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional, Tuple, Union
 
 import numpy as np
@@ -32,6 +32,7 @@ from tinyasr.audio.resample import StreamResampler
 from tinyasr.decoding.ctc import ctc_greedy
 from tinyasr.decoding.results import Result
 from tinyasr.decoding.scores import to_log_probs
+from tinyasr.decoding.specs import CTCSpec, decoder_spec
 from tinyasr.engine.offline import Model, load_model
 from tinyasr.engine.streaming import GraphStream, StreamPlan
 from tinyasr.errors import InputError, ModelFileError
@@ -41,6 +42,9 @@ from tinyasr.features.streaming import (
     RunningNormalizer,
     StreamingFeatures,
 )
+from tinyasr.model_cache import resolve_model_path
+from tinyasr.pipeline.model_input import audio_tensor, frontend_of, sample_rate_of
+from tinyasr.pipeline.vad import SpeechGate
 
 NORMALIZATION_MODES = ("auto", "fixed", "running")
 
@@ -101,8 +105,6 @@ def _as_model(recognizer_or_model):
     if isinstance(model, Model):
         return model
     if isinstance(model, (str, os.PathLike)):
-        from tinyasr.model_cache import resolve_model_path
-
         return load_model(resolve_model_path(model))
     raise InputError(f"OnlineStream needs a Recognizer, a Model or a model path, got {type(model).__name__}")
 
@@ -151,33 +153,33 @@ class OnlineStream:
                  normalization: Union[str, object] = "auto"):
         self.model = _as_model(recognizer_or_model)
         label = self.model.label
-        self.decoder = self.model.decoder
-        if not self.decoder or self.decoder.get("type") != "ctc":
-            kind = (self.decoder or {}).get("type")
+        self.decoder = decoder_spec(self.model.decoder, label)
+        if not isinstance(self.decoder, CTCSpec):
+            kind = self.decoder.type if self.decoder else None
             raise InputError(f"{label}: streaming recognition needs a CTC model; this model's decoder is {kind!r}")
+        self.decoder.output_of(self.model.outputs, label)
+        self._decoder_on_log_probs = replace(self.decoder, logits="log_probs")  # _collect converts each chunk
         self.plan = stream_plan(self.model)
         self.endpoint = endpoint
-        self.frontend = FrontendConfig.from_dict(self.model.frontend) if self.model.frontend else None
+        self.frontend = frontend_of(self.model, label)
+        self.sample_rate = sample_rate_of(self.model, self.frontend, self.decoder, self.plan.input, label)
         if self.frontend is not None:
-            self.sample_rate = self.frontend.sample_rate
             self.normalizer = _normalizer(normalization, self.frontend, self.model.manifest, label)
             self._features = StreamingFeatures(self.frontend, self.normalizer)
             input_seconds = self.frontend.hop_length / self.sample_rate
             lookahead = self.frontend.n_fft // 2
         else:
-            rate = self.model.manifest.get("sample_rate") or self.decoder.get("sample_rate")
-            if not rate:
-                raise ModelFileError(label, "the model takes raw audio but its manifest gives no 'sample_rate'")
-            self.sample_rate, self._features, self.normalizer = int(rate), None, None
+            self._features, self.normalizer = None, None
             input_seconds, lookahead = 1.0 / self.sample_rate, 0
         field = self.plan.receptive_field
-        self.frame_seconds = self.decoder.get("frame_seconds") or input_seconds * field.stride
+        self.frame_seconds = self.decoder.frame_seconds or input_seconds * field.stride
         self._input_seconds = input_seconds
         self.latency = field.right * input_seconds + lookahead / self.sample_rate
-        self._output_axis = dict(self.plan.outputs)[self.decoder["output"]].axis
+        self._output_axis = dict(self.plan.outputs)[self.decoder.output].axis
         self._graph = GraphStream(self.plan)
         self._resampler: Optional[StreamResampler] = None
         self._input_rate: Optional[int] = None
+        self._gate = SpeechGate(self.sample_rate)  # tokens count only inside speech, as in Recognizer.transcribe
         self.samples_seen = 0  # at the model's rate, whole stream
         self.utterance_start = 0.0  # seconds in the stream
         self._new_utterance()
@@ -202,14 +204,11 @@ class OnlineStream:
             return
         self.samples_seen += samples.size
         self._utterance_samples += samples.size
+        self._gate.accept(samples)
         if self._features is not None:
             self._run_graph(self._features.accept(samples)[np.newaxis])
-        else:  # a graph on raw audio: integer inputs take full-scale PCM, as Recognizer feeds them
-            dtype = np.dtype(self.plan.input.dtype)
-            if dtype.kind in "iu":
-                limits = np.iinfo(dtype)
-                samples = np.clip(np.round(samples * (limits.max + 1.0)), limits.min, limits.max)
-            self._run_graph(samples.astype(dtype).reshape((1,) * (len(self.plan.input.shape) - 1) + (-1,)))
+        else:  # a graph on raw audio, fed as the Recognizer feeds it
+            self._run_graph(audio_tensor(samples, self.plan.input))
 
     def _run_graph(self, signal: np.ndarray, final: bool = False) -> None:
         if signal is not None and signal.shape[-1]:
@@ -218,15 +217,14 @@ class OnlineStream:
             self._collect(self._graph.finish())
 
     def _collect(self, outputs) -> None:
-        scores = outputs.get(self.decoder["output"])
+        scores = outputs.get(self.decoder.output)
         if scores is None:
             return
         scores = np.moveaxis(scores, self._output_axis, -2)
-        log_probs = to_log_probs(scores.reshape(-1, scores.shape[-1]), self.decoder.get("logits", "log_probs"))
+        log_probs = to_log_probs(scores.reshape(-1, scores.shape[-1]), self.decoder.logits)
         self._log_probs.append(log_probs)
         best = log_probs.argmax(axis=1)
-        blank = int(self.decoder["blank"])
-        speech = np.flatnonzero(best != blank)
+        speech = np.flatnonzero(best != self.decoder.blank)
         if speech.size:
             self._has_speech = True
             self._last_speech_frame = self._frames + int(speech[-1])
@@ -238,11 +236,9 @@ class OnlineStream:
     def _decode(self, valid_frames: Optional[int] = None) -> Result:
         if not self._log_probs:
             return Result("", (), (), self._utterance_samples / self.sample_rate)
-        return ctc_greedy(
-            np.concatenate(self._log_probs), vocabulary=self.decoder["vocabulary"], blank=int(self.decoder["blank"]),
-            vocabulary_type=self.decoder.get("vocabulary_type", "chars"), kind="log_probs",
-            frame_seconds=self.frame_seconds, valid_frames=valid_frames,
-            duration=self._utterance_samples / self.sample_rate, output=self.decoder["output"])
+        return ctc_greedy(np.concatenate(self._log_probs), self._decoder_on_log_probs, frame_seconds=self.frame_seconds,
+                          valid_frames=valid_frames, duration=self._utterance_samples / self.sample_rate,
+                          speech=self._gate.speech(since=self.utterance_start))
 
     @property
     def partial_result(self) -> Result:
@@ -283,6 +279,7 @@ class OnlineStream:
         stride = self.frame_seconds / self._input_seconds
         result = self._decode(valid_frames=math.ceil(valid_inputs / stride - 1e-9))
         self.utterance_start = self.samples_seen / self.sample_rate
+        self._gate.forget(self.utterance_start)
         self._new_utterance()
         return result
 

@@ -9,35 +9,35 @@ graph, decode as the manifest's ``decoder`` says.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Callable, Dict, Iterator, List, Optional, Union
 
 import numpy as np
 import soundfile
 
 from tinyasr.audio.io import as_float32_mono, load_audio
-from tinyasr.audio.resample import MAX_SAMPLE_RATE
 from tinyasr.decoding.classification import classify_clip, classify_frames
-from tinyasr.decoding.ctc import VOCABULARY_TYPES, ctc_greedy
+from tinyasr.decoding.beam import BeamDecoder
+from tinyasr.decoding.ctc import ctc_greedy
 from tinyasr.decoding.results import Classification, FrameClassification, Result
-from tinyasr.decoding.scores import SCORE_KINDS, output_frame_seconds
+from tinyasr.decoding.scores import output_frame_seconds
+from tinyasr.decoding.specs import BeamSearch, DecoderSpec, Greedy, decoder_spec
 from tinyasr.engine.offline import load_model
 from tinyasr.engine.threads import set_num_threads
-from tinyasr.errors import InputError, ModelFileError, TinyASRError
-from tinyasr.features.frontend import FrontendConfig, compute_features
+from tinyasr.errors import InputError
+from tinyasr.features.frontend import compute_features
 from tinyasr.model_cache import resolve_model_path
-
-BUNDLED_MODELS = Path(__file__).parent / "models"
-DEFAULT_MODEL = "digits"
-MODEL_SUFFIX = ".tasr"
+from tinyasr.pipeline.long_form import join_utterances, transcribe_utterances
+from tinyasr.pipeline.model_input import audio_tensor, frontend_of, sample_rate_of
+from tinyasr.pipeline.online import OnlineStream
+from tinyasr.pipeline.vad import Utterance, speech_in
 
 AudioInput = Union[str, os.PathLike, np.ndarray]
-# decoder type -> the manifest keys decoding needs, and the Recognizer call that decodes it
-DECODER_KEYS = {"ctc": ("output", "blank", "vocabulary"), "classification": ("output", "labels"),
-                "frame_classification": ("output", "labels")}
+Decoding = Union[Greedy, BeamSearch, None]  # None: the Recognizer's choice (greedy unless it was given one)
+# decoder type -> the Recognizer call that decodes it (every row of tinyasr.decoding.specs.DECODER_SPECS)
 DECODER_CALLS = {"ctc": "transcribe", "classification": "classify", "frame_classification": "classify_frames"}
 
 
@@ -47,7 +47,7 @@ DECODER_CALLS = {"ctc": "transcribe", "classification": "classify", "frame_class
 LONG_FILE_SECONDS = 120.0  # longer files are transcribed utterance by utterance (Recognizer.transcribe)
 
 
-def _file_duration(audio_input) -> Optional[float]:
+def file_duration(audio_input) -> Optional[float]:
     """Seconds of audio in a readable sound file, else None (arrays, other inputs and unreadable files fail
     later, with the loader's message)."""
     if not isinstance(audio_input, (str, os.PathLike)) or not os.path.isfile(audio_input):
@@ -68,6 +68,7 @@ class _Forward:
     input_frames: int  # time steps fed to the network (padded feature frames, or samples)
     valid_input_frames: int  # of those, how many carry audio (the rest is padding)
     input_seconds: float  # seconds per input time step (feature hop, or 1 / sample rate)
+    samples: Optional[np.ndarray] = None  # the audio at the model's rate (None: features were given)
 
 
 class Recognizer:
@@ -78,82 +79,79 @@ class Recognizer:
     ``num_threads``: Numba / BLAS threads (process-wide), None leaves them as they are.
     """
 
-    def __init__(self, model_path: Union[str, os.PathLike, None] = None, *, num_threads: Optional[int] = None):
+    def __init__(self, model_path: Union[str, os.PathLike, None] = None, *, num_threads: Optional[int] = None,
+                 decoding: Decoding = None):
         if num_threads is not None:
             set_num_threads(num_threads)
+        self.decoding = _checked_decoding(decoding)  # None: greedy
+        self._beam_decoders: Dict[BeamSearch, BeamDecoder] = {}  # LM read and hotword tree built once per options
         self.path = resolve_model_path(model_path)
         self.model = load_model(self.path)
-        self.decoder = self._checked_decoder(self.model.decoder)
-        try:
-            self.frontend = FrontendConfig.from_dict(self.model.frontend) if self.model.frontend else None
-        except TinyASRError as exc:
-            raise ModelFileError(self.path, str(exc)) from None
+        self.decoder: Optional[DecoderSpec] = decoder_spec(self.model.decoder, self.path)
+        if self.decoder is not None:
+            self.decoder.output_of(self.model.outputs, self.path)
+        self.frontend = frontend_of(self.model, self.path)
         self._signal, self._length = self._split_inputs(self.model.inputs)
-        self.sample_rate = self._sample_rate()
+        self.sample_rate = sample_rate_of(self.model, self.frontend, self.decoder, self._signal, self.path)
+        if isinstance(self.decoding, BeamSearch):
+            self._beam_decoder(self.decoding)  # a bad LM or a model that is not CTC fails here, not per file
 
     def __repr__(self) -> str:
-        kind = self.decoder["type"] if self.decoder else "no decoder"
+        kind = self.decoder.type if self.decoder else "no decoder"
         return f"Recognizer({str(self.path)!r}, {kind})"
 
     # -- public calls ------------------------------------------------------
 
-    def stream(self, **options):
+    def stream(self, **options) -> OnlineStream:
         """A new online stream on this model (own state; many may run at once): see tinyasr.pipeline.online.OnlineStream."""
-        from tinyasr.pipeline.online import OnlineStream
-
         return OnlineStream(self, **options)
 
-    def transcribe(self, audio_input: AudioInput, sample_rate: Optional[int] = None) -> Result:
+    def transcribe(self, audio_input: AudioInput, sample_rate: Optional[int] = None, *,
+                   decoding: Decoding = None, progress: Optional[Callable[[float], None]] = None) -> Result:
         """Text, tokens and words with times of a file path or a sample array (then give ``sample_rate``).
 
-        A file longer than LONG_FILE_SECONDS is read block by block and cut into utterances by voice
-        activity (tinyasr.pipeline.long_form.transcribe_long, energy detector), so its memory does not grow with its
-        length; the utterances' words are joined into one Result with times from the file's start.
-        """
-        duration = _file_duration(audio_input)
-        if duration is not None and duration > LONG_FILE_SECONDS and (self.decoder or {}).get("type") == "ctc":
-            from tinyasr.pipeline.long_form import join_utterances, transcribe_long
+        ``decoding``: Greedy() or BeamSearch(...) for this call (default: the Recognizer's ``decoding``, greedy
+        unless given).
+        ``progress``: called with the seconds of audio done since its last call (per utterance of a long file).
 
-            return join_utterances(transcribe_long(audio_input, self), duration)
+        A file longer than LONG_FILE_SECONDS is read block by block and cut into utterances by voice
+        activity (tinyasr.pipeline.long_form.transcribe_utterances, energy detector), so its memory does not grow
+        with its length; the utterances' words are joined into one Result with times from the file's start.
+        """
+        duration = file_duration(audio_input)
+        if duration is not None and duration > LONG_FILE_SECONDS and self.decoder and self.decoder.type == "ctc":
+            utterances = transcribe_utterances(audio_input, self.with_decoding(decoding))
+            return join_utterances(_reported(utterances, progress), duration)
         decoder, forward, scores = self._scores("ctc", "transcribe", audio_input, sample_rate)
         frame_seconds, valid = self._time_base(forward, scores.shape[-2])
-        return ctc_greedy(
-            scores,
-            vocabulary=decoder["vocabulary"],
-            blank=int(decoder["blank"]),
-            vocabulary_type=decoder.get("vocabulary_type", "chars"),
-            kind=decoder.get("logits", "log_probs"),
-            frame_seconds=frame_seconds,
-            valid_frames=valid,
-            duration=forward.duration,
-            output=decoder["output"],
-        )
+        result = self._decode_ctc(decoding, scores, frame_seconds=frame_seconds, valid_frames=valid,
+                                  duration=forward.duration, speech=speech_in(forward.samples, self.sample_rate))
+        if progress is not None:
+            progress(result.duration)
+        return result
+
+    def transcribe_features(self, features: np.ndarray, length: Optional[int] = None) -> Result:
+        """CTC transcript of features computed elsewhere (e.g. NeMo's preprocessor): ``features`` [n_features, T]
+        as the encoder takes them, ``length`` the valid frames (default T).  Frames from ``length`` on are
+        padding: the model masks them as NeMo does (through its length input) and they are not decoded.
+        ``Result.tokens`` carry vocabulary ids; times count from the first frame."""
+        decoder = self._decoder_for("ctc", "transcribe_features")
+        forward = self._forward_features(features, length)
+        scores = self._output(forward, decoder)
+        frame_seconds, valid = self._time_base(forward, scores.shape[-2])
+        return ctc_greedy(scores, decoder, frame_seconds=frame_seconds, valid_frames=valid, duration=forward.duration)
 
     def classify(self, audio_input: AudioInput, sample_rate: Optional[int] = None, top_k: int = 5) -> Classification:
         """The ``top_k`` most probable labels of a clip, for a classification model."""
         decoder, forward, scores = self._scores("classification", "classify", audio_input, sample_rate)
-        return classify_clip(
-            scores,
-            labels=decoder["labels"],
-            kind=decoder.get("logits", "logits"),
-            top_k=top_k,
-            duration=forward.duration,
-            output=decoder["output"],
-        )
+        return classify_clip(scores, decoder, top_k=top_k, duration=forward.duration)
 
     def classify_frames(self, audio_input: AudioInput, sample_rate: Optional[int] = None) -> FrameClassification:
         """Per-frame labels and merged segments, for a frame classification model (e.g. frame VAD)."""
         decoder, forward, scores = self._scores("frame_classification", "classify_frames", audio_input, sample_rate)
         frame_seconds, valid = self._time_base(forward, scores.shape[-2])
-        return classify_frames(
-            scores,
-            labels=decoder["labels"],
-            kind=decoder.get("logits", "logits"),
-            frame_seconds=frame_seconds,
-            valid_frames=valid,
-            duration=forward.duration,
-            output=decoder["output"],
-        )
+        return classify_frames(scores, decoder, frame_seconds=frame_seconds, valid_frames=valid,
+                               duration=forward.duration)
 
     def _scores(self, kind: str, method: str, audio_input: AudioInput, sample_rate: Optional[int]):
         """(decoder entry, forward pass, the decoder's output) for a call that needs a ``kind`` decoder."""
@@ -168,7 +166,7 @@ class Recognizer:
         lengths = [v for v in inputs if len(v.shape) == 1 and np.dtype(v.dtype).kind in "iu"]
         signals = [v for v in inputs if v not in lengths]
         if len(signals) != 1 or len(lengths) > 1:
-            described = ", ".join(_format_value(v) for v in inputs)
+            described = "; ".join(v.describe() for v in inputs)
             raise InputError(
                 f"{self.path}: the Recognizer feeds one signal input and an optional length input, "
                 f"but the model's inputs are: {described}; use tinyasr.engine.offline.load_model(...).run instead"
@@ -181,51 +179,38 @@ class Recognizer:
             )
         return signal, (lengths[0] if lengths else None)
 
-    def _checked_decoder(self, decoder: Optional[dict]) -> Optional[dict]:
-        """The manifest's decoder entry, refused early (naming the key) when it lacks what decoding needs."""
-        if decoder is None:
-            return None
-        kind = decoder.get("type") if isinstance(decoder, dict) else None
-        if kind not in DECODER_KEYS:
-            raise ModelFileError(self.path, f"decoder type {kind!r} is not one of {', '.join(DECODER_KEYS)}")
-        missing = [key for key in DECODER_KEYS[kind] if key not in decoder]
-        if missing:
-            raise ModelFileError(self.path, f"the {kind} decoder entry lacks {', '.join(map(repr, missing))}")
-        problem = _decoder_problem(decoder)
-        if problem:
-            raise ModelFileError(self.path, f"the {kind} decoder entry: {problem}")
-        outputs = [v.name for v in self.model.outputs]
-        if decoder["output"] not in outputs:
-            raise ModelFileError(self.path, f"decoder output {decoder['output']!r} is not among the model's "
-                                            f"outputs {sorted(outputs)}")
-        return decoder
+    def _decode_ctc(self, decoding: Decoding, scores: np.ndarray, **times) -> Result:
+        """Greedy, or beam search with ``decoding`` (else the Recognizer's) by a BeamDecoder built once."""
+        decoding = _checked_decoding(decoding) or self.decoding
+        if decoding is None or isinstance(decoding, Greedy):
+            return ctc_greedy(scores, self.decoder, **times)
+        return self._beam_decoder(decoding).decode(scores, **times)
 
-    def _sample_rate(self) -> int:
-        """The rate audio is resampled to: the frontend's, or for an audio-input graph the manifest's."""
-        if self.frontend is not None:
-            return int(self.frontend.sample_rate)
-        rate = self.model.manifest.get("sample_rate") or (self.decoder or {}).get("sample_rate")
-        if not rate and len(self._signal.shape) == 3 and self._signal.shape[1] != 1:
-            raise ModelFileError(
-                self.path, f"the model's input {_format_value(self._signal)} takes features, but the manifest has "
-                "no front end to compute them; convert the model again with --config (NeMo exports) or --frontend-json"
-            )
-        if not rate:
-            raise ModelFileError(
-                self.path, "the model takes raw audio but its manifest gives no 'sample_rate' to resample to"
-            )
-        if not _is_int(rate) or not 0 < rate <= MAX_SAMPLE_RATE:
-            raise ModelFileError(self.path, f"'sample_rate' must be an integer from 1 to {MAX_SAMPLE_RATE}, "
-                                            f"got {rate!r}")
-        return rate
+    def _beam_decoder(self, decoding: BeamSearch) -> BeamDecoder:
+        beam = self._beam_decoders.get(decoding)
+        if beam is None:
+            if not self.decoder or self.decoder.type != "ctc":
+                raise InputError(f"{self.path}: beam search needs a CTC model, but this model's decoder is "
+                                 f"{self.decoder.type if self.decoder else 'missing'}")
+            beam = self._beam_decoders[decoding] = BeamDecoder(decoding, self.decoder)
+        return beam
 
-    def _decoder_for(self, kind: str, call: str) -> dict:
+    def with_decoding(self, decoding: Decoding) -> "Recognizer":
+        """This Recognizer (the same loaded model) with ``decoding`` as its default; its LM is read now."""
+        decoding = _checked_decoding(decoding)
+        if decoding is None:
+            return self
+        view = copy.copy(self)
+        view.decoding = None if isinstance(decoding, Greedy) else self._beam_decoder(decoding).options
+        return view
+
+    def _decoder_for(self, kind: str, call: str) -> DecoderSpec:
         if not self.decoder:
             raise InputError(
                 f"{self.path}: the model has no decoder, so {call}() cannot interpret its outputs; "
                 "use tinyasr.engine.offline.load_model(...).run for raw outputs"
             )
-        actual = self.decoder["type"]
+        actual = self.decoder.type
         if actual != kind:
             raise InputError(
                 f"{self.path}: {call}() needs a {kind} model, but this model's decoder is {actual!r}; "
@@ -240,7 +225,10 @@ class Recognizer:
             if sample_rate is None:
                 raise InputError("an audio array needs its sample_rate (e.g. transcribe(samples, sample_rate=16000))")
             return as_float32_mono(audio_input, sample_rate, self.sample_rate)
-        if not isinstance(audio_input, (str, bytes, os.PathLike)):
+        if isinstance(audio_input, (bytes, bytearray, memoryview)):
+            raise InputError(f"audio given as {len(audio_input)} bytes: pass a file path, or decoded samples with "
+                             "their sample_rate (e.g. soundfile.read(io.BytesIO(data)))")
+        if not isinstance(audio_input, (str, os.PathLike)):
             raise InputError(f"audio must be a file path or a numpy array of samples, got {type(audio_input).__name__}")
         samples, _ = load_audio(audio_input, sample_rate=self.sample_rate)
         return samples
@@ -253,18 +241,39 @@ class Recognizer:
             signal = features[np.newaxis].astype(self._signal.dtype, copy=False)
             steps, step_seconds = features.shape[1], self.frontend.hop_length / self.sample_rate
         else:
-            signal = _audio_tensor(samples, self._signal)
+            signal = audio_tensor(samples, self._signal)
             valid = steps = len(samples)
             step_seconds = 1.0 / self.sample_rate
         inputs = {self._signal.name: signal}
         if self._length is not None:
             inputs[self._length.name] = np.array([valid], dtype=self._length.dtype)
-        return _Forward(self.model.run(inputs), duration, steps, valid, step_seconds)
+        return _Forward(self.model.run(inputs), duration, steps, valid, step_seconds, samples)
 
-    def _output(self, forward: _Forward, decoder: dict) -> np.ndarray:
-        name = decoder["output"]  # one of the model's outputs: checked at load
+    def _forward_features(self, features, length: Optional[int]) -> _Forward:
+        """One run on given features [n_features, T] with ``length`` valid frames (InputError when they do not fit)."""
+        if self.frontend is None:
+            raise InputError(f"{self.path}: the model takes raw audio ({self._signal.describe()}), not features; "
+                             "use transcribe()")
+        features = np.asarray(features)
+        n_features = self._signal.shape[1]
+        if features.ndim != 2 or features.dtype.kind not in "fiu" or features.shape[1] < 1 or (
+                isinstance(n_features, int) and features.shape[0] != n_features):
+            raise InputError(f"features must be a numeric array [n_features, T] with n_features = {n_features} and "
+                             f"T >= 1, got dtype {features.dtype} shape {features.shape}")
+        frames = features.shape[1]
+        valid = frames if length is None else length
+        if isinstance(valid, (bool, np.bool_)) or not isinstance(valid, (int, np.integer)) or not 1 <= valid <= frames:
+            raise InputError(f"length must be an integer from 1 to the {frames} feature frames, got {length!r}")
+        inputs = {self._signal.name: features[np.newaxis].astype(self._signal.dtype, copy=False)}
+        if self._length is not None:
+            inputs[self._length.name] = np.array([valid], dtype=self._length.dtype)
+        hop = self.frontend.hop_length / self.sample_rate
+        return _Forward(self.model.run(inputs), int(valid) * hop, frames, int(valid), hop)
+
+    def _output(self, forward: _Forward, decoder: DecoderSpec) -> np.ndarray:
+        name = decoder.output  # one of the model's outputs: checked at load
         scores = forward.outputs[name]
-        if decoder["type"] != "classification" and np.ndim(scores) < 2:
+        if decoder.type != "classification" and np.ndim(scores) < 2:
             raise InputError(
                 f"{self.path}: output {name!r} has shape {np.shape(scores)}; expected [1, frames, classes]"
             )
@@ -279,7 +288,7 @@ class Recognizer:
         sample count does not pin down exactly); output frames past
         ``ceil(valid input steps / stride)`` come from padding and are not decoded.
         """
-        frame_seconds = self.decoder.get("frame_seconds") or output_frame_seconds(
+        frame_seconds = self.decoder.frame_seconds or output_frame_seconds(
             forward.input_seconds, forward.input_frames, output_frames
         )
         stride = frame_seconds / forward.input_seconds
@@ -287,41 +296,23 @@ class Recognizer:
         return frame_seconds, valid
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def _reported(utterances: Iterator[Utterance], progress: Optional[Callable[[float], None]]):
+    done = 0.0
+    for utterance in utterances:
+        if progress is not None:
+            progress(utterance.end - done)
+            done = utterance.end
+        yield utterance
 
 
-def _format_value(info) -> str:
-    return f"{info.name!r} {info.dtype}{list(info.shape)}"
+def _checked_decoding(decoding: Decoding) -> Decoding:
+    if decoding is not None and not isinstance(decoding, (Greedy, BeamSearch)):
+        raise InputError(f"decoding must be tinyasr.Greedy() or tinyasr.BeamSearch(...), got {type(decoding).__name__}")
+    return decoding
 
 
-def _decoder_problem(decoder: dict) -> Optional[str]:
-    """What is wrong with the values of a decoder entry whose keys are all there, or None."""
-    def is_strings(value):
-        return isinstance(value, list) and all(isinstance(x, str) for x in value)
-
-    frame_seconds = decoder.get("frame_seconds")
-    checks = [
-        ("output", isinstance(decoder["output"], str), "a string (an output name)"),
-        ("blank", _is_int(decoder.get("blank", 0)), "an integer"),
-        ("vocabulary", is_strings(decoder.get("vocabulary", [])), "a list of strings"),
-        ("labels", is_strings(decoder.get("labels", [])), "a list of strings"),
-        ("logits", decoder.get("logits", "logits") in SCORE_KINDS,
-         f"one of {', '.join(SCORE_KINDS)}"),
-        ("vocabulary_type", decoder.get("vocabulary_type", "chars") in VOCABULARY_TYPES,
-         f"one of {', '.join(VOCABULARY_TYPES)}"),
-        ("frame_seconds", frame_seconds is None or (isinstance(frame_seconds, (int, float))
-                                                    and not isinstance(frame_seconds, bool)
-                                                    and 0 < frame_seconds < math.inf), "a positive number"),
-    ]
-    return next((f"{key!r} must be {expected}, got {str(decoder.get(key))[:80]!r}"
-                 for key, ok, expected in checks if not ok), None)
-
-
-def _audio_tensor(samples: np.ndarray, signal) -> np.ndarray:
-    """Float samples in [-1, 1] shaped and typed for an audio-input graph ([T], [1, T] or [1, 1, T])."""
-    dtype = np.dtype(signal.dtype)
-    if dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        samples = np.clip(np.round(samples * (info.max + 1.0)), info.min, info.max)
-    return samples.astype(dtype).reshape((1,) * (len(signal.shape) - 1) + (-1,))
+def transcribe_long(path, recognizer: Optional[Recognizer] = None, **options) -> Iterator[Utterance]:
+    """``tinyasr.transcribe_long``: the utterances of a long file with their times, by
+    tinyasr.pipeline.long_form.transcribe_utterances (``options``: vad, config, block_seconds); the
+    recognizer defaults to the bundled model."""
+    return transcribe_utterances(path, recognizer if recognizer is not None else Recognizer(), **options)
