@@ -288,7 +288,7 @@ CTC_DECODER = {"type": "ctc", "output": "logprobs", "blank": BLANK, "vocabulary"
     (dict(CTC_DECODER, blank="x"), FRONTEND.to_dict(), "'blank' must be an integer, got 'x'"),
     (dict(CTC_DECODER, output=["logprobs"]), FRONTEND.to_dict(), "'output' must be a string"),
     (dict(CTC_DECODER, logits="evil"), FRONTEND.to_dict(), "'logits' must be one of log_probs, logits, probs"),
-    (dict(CTC_DECODER, frame_seconds=-1), FRONTEND.to_dict(), "'frame_seconds' must be a positive number, got -1"),
+    (dict(CTC_DECODER, frame_seconds=-1), FRONTEND.to_dict(), "'frame_seconds' must be a number of seconds from 1e-06 to 86400, got -1"),
     # sizes a hostile manifest could use to exhaust memory in the front end
     (CTC_DECODER, dict(FRONTEND.to_dict(), n_mels=2**30), "n_mels=1073741824 must be an integer from 1 to 512"),
     (CTC_DECODER, dict(FRONTEND.to_dict(), n_fft=2**40), "n_fft=1099511627776 must be an integer from 1 to 32768"),

@@ -35,3 +35,7 @@ class ConversionError(TinyASRError):
 
 class AudioError(TinyASRError):
     """An audio file or array cannot be used: missing, empty, not audio, non-finite samples."""
+
+
+class TinyASRWarning(UserWarning):
+    """Input tinyasr can use but the user should know about (a WAV file cut short); the CLI prints one line."""

@@ -43,7 +43,8 @@ def make_sample(fsdd_dir: str, dest: str, speakers: str = "seen_heldback") -> st
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fsdd", default=data.default_fsdd_dir(), help="FSDD folder holding recordings/")
-    parser.add_argument("--dest", default="tinyasr/models")
+    parser.add_argument("--dest", required=True, help="folder to write into (tinyasr/models replaces the bundled "
+                        "sample, so it is never the default)")
     parser.add_argument("--speakers", choices=("seen_heldback", "unseen"), default="seen_heldback",
                         help="whose recordings: the training speakers' held-back takes, or the held-out speaker")
     args = parser.parse_args(argv)

@@ -13,9 +13,10 @@ from typing import Tuple
 
 import numpy as np
 
-from tinyasr.errors import InputError
+from tinyasr.errors import InputError, ModelFileError
 
 SCORE_KINDS = ("log_probs", "logits", "probs")
+PROB_SLACK = 1e-3  # float32 rounding a softmax may show past [0, 1]
 
 
 
@@ -56,6 +57,21 @@ def frame_span(first: int, stop: int, frame_seconds: float, duration: float) -> 
     """Start and end seconds of frames [first, stop); the end never passes the audio's end."""
     start = first * frame_seconds
     return float(start), float(max(start, min(stop * frame_seconds, duration)))
+
+
+def check_scores(scores: np.ndarray, kind: str, model, output: str) -> None:
+    """ModelFileError naming ``model`` and ``output`` if the scores cannot be decoded into anything meaningful:
+    NaN or Inf (broken weights; text decoded from them would be garbage), or "probs" that are not in [0, 1]
+    (e.g. a log-softmax output declared as probabilities)."""
+    scores = np.asarray(scores)
+    if scores.dtype.kind == "f" and not np.isfinite(scores).all():
+        bad = int(scores.size - np.isfinite(scores).sum())
+        raise ModelFileError(model, f"output {output!r} holds {bad} NaN or infinite values of {scores.size}: "
+                                    "the model is broken (weights or graph), its result cannot be decoded")
+    if kind == "probs" and scores.size and not (-PROB_SLACK <= scores.min() and scores.max() <= 1 + PROB_SLACK):
+        raise ModelFileError(model, f"the decoder reads output {output!r} as probs, but it holds values from "
+                                    f"{float(scores.min()):.4g} to {float(scores.max()):.4g}; set the decoder's "
+                                    "'logits' to log_probs or logits")
 
 
 def to_log_probs(scores: np.ndarray, kind: str) -> np.ndarray:

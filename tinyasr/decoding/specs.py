@@ -9,20 +9,22 @@ fields carry their rules, plus one row of DECODER_SPECS.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar, Dict, Mapping, Optional, Sequence, Tuple, Type
 
 from tinyasr.decoding.hotwords import parse_hotword
 from tinyasr.decoding.confidence import OOV_SCORES
+from tinyasr.audio.io import MIN_AUDIO_RATE
+from tinyasr.audio.resample import MAX_SAMPLE_RATE
 from tinyasr.decoding.scores import SCORE_KINDS
 from tinyasr.errors import ModelFileError, TinyASRError
-from tinyasr.format.container import is_int
+from tinyasr.format.values import is_int, is_real
 
 WORD_START = "\u2581"  # sentencepiece's "▁": the piece starts a new word
 WORDPIECE_CONTINUATION = "##"  # WordPiece: the piece continues the previous word
 VOCABULARY_TYPES = ("chars", "subword", "words")
+MIN_SECONDS, MAX_SECONDS = 1e-6, 86400.0  # the range of every seconds-valued decoder key
 
 
 def vocabulary_type_of(vocabulary: Sequence[str]) -> str:
@@ -50,11 +52,12 @@ def _is_strings(value) -> bool:
 _OUTPUT = _rule(lambda v: isinstance(v, str) and v != "", "a string (an output name)")
 _LOGITS = _rule(lambda v: isinstance(v, str) and v in SCORE_KINDS, f"one of {', '.join(SCORE_KINDS)}")
 _STRINGS = _rule(_is_strings, "a list of strings")
-_SECONDS = _rule(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf,
-                 "a positive number")
-_SHARE = _rule(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1,
-               "a number from 0 to 1")
-_HERTZ = _rule(lambda v: is_int(v) and v > 0, "a positive integer (Hz)")
+# Seconds per frame or of cover: below a microsecond a frame count overflows (5e-324 gave inf frames).
+_SECONDS = _rule(lambda v: is_real(v) and MIN_SECONDS <= v <= MAX_SECONDS,
+                 f"a number of seconds from {MIN_SECONDS:g} to {MAX_SECONDS:g}")
+_SHARE = _rule(lambda v: is_real(v) and 0 <= v <= 1, "a number from 0 to 1")
+_HERTZ = _rule(lambda v: is_int(v) and MIN_AUDIO_RATE <= v <= MAX_SAMPLE_RATE,
+               f"an integer from {MIN_AUDIO_RATE} to {MAX_SAMPLE_RATE} (Hz)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -169,8 +172,8 @@ class CTCSpec(DecoderSpec):
     cover_seconds: Optional[float] = field(default=None, metadata=_SECONDS)
     oov_threshold: Optional[float] = field(default=None, metadata=_SHARE)
     oov_min_speech: Optional[float] = field(default=None, metadata=_rule(
-        lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < math.inf,
-        "a number of seconds >= 0"))
+        lambda v: is_real(v) and 0 <= v <= MAX_SECONDS,
+        f"a number of seconds from 0 to {MAX_SECONDS:g}"))
 
     def _problem(self) -> Optional[str]:
         if not 0 <= self.blank <= len(self.vocabulary):
@@ -275,7 +278,7 @@ class BeamSearch:
             object.__setattr__(self, "lm", str(self.lm if isinstance(self.lm, str) else os.fsdecode(self.lm)))
         for name in ("alpha", "beta", "token_min_logp", "beam_prune"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            if not is_real(value):
                 raise TinyASRError(f"BeamSearch: {name} must be a finite number, got {_shown(value)}")
         if self.beam_prune <= 0:
             raise TinyASRError(f"BeamSearch: beam_prune must be positive, got {self.beam_prune}")

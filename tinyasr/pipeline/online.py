@@ -31,7 +31,7 @@ from tinyasr.audio.io import as_float32_mono
 from tinyasr.audio.resample import StreamResampler
 from tinyasr.decoding.ctc import ctc_greedy
 from tinyasr.decoding.results import Result
-from tinyasr.decoding.scores import to_log_probs
+from tinyasr.decoding.scores import check_scores, to_log_probs
 from tinyasr.decoding.specs import CTCSpec, decoder_spec
 from tinyasr.engine.offline import Model, load_model
 from tinyasr.engine.streaming import GraphStream, StreamPlan
@@ -152,7 +152,7 @@ class OnlineStream:
     def __init__(self, recognizer_or_model, *, endpoint: EndpointConfig = EndpointConfig(),
                  normalization: Union[str, object] = "auto"):
         self.model = _as_model(recognizer_or_model)
-        label = self.model.label
+        label = self._label = self.model.label  # names the model in errors, at load and per chunk
         self.decoder = decoder_spec(self.model.decoder, label)
         if not isinstance(self.decoder, CTCSpec):
             kind = self.decoder.type if self.decoder else None
@@ -220,6 +220,7 @@ class OnlineStream:
         scores = outputs.get(self.decoder.output)
         if scores is None:
             return
+        check_scores(scores, self.decoder.logits, self._label, self.decoder.output)
         scores = np.moveaxis(scores, self._output_axis, -2)
         log_probs = to_log_probs(scores.reshape(-1, scores.shape[-1]), self.decoder.logits)
         self._log_probs.append(log_probs)

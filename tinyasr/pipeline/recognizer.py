@@ -23,7 +23,7 @@ from tinyasr.decoding.classification import classify_clip, classify_frames
 from tinyasr.decoding.beam import BeamDecoder
 from tinyasr.decoding.ctc import ctc_greedy
 from tinyasr.decoding.results import Classification, FrameClassification, Result
-from tinyasr.decoding.scores import output_frame_seconds
+from tinyasr.decoding.scores import check_scores, output_frame_seconds
 from tinyasr.decoding.specs import BeamSearch, DecoderSpec, Greedy, decoder_spec
 from tinyasr.engine.offline import load_model
 from tinyasr.engine.threads import set_num_threads
@@ -273,6 +273,7 @@ class Recognizer:
     def _output(self, forward: _Forward, decoder: DecoderSpec) -> np.ndarray:
         name = decoder.output  # one of the model's outputs: checked at load
         scores = forward.outputs[name]
+        check_scores(scores, decoder.logits, self.path, name)
         if decoder.type != "classification" and np.ndim(scores) < 2:
             raise InputError(
                 f"{self.path}: output {name!r} has shape {np.shape(scores)}; expected [1, frames, classes]"

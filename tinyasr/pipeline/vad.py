@@ -79,7 +79,7 @@ class EnergyVAD:
 
     TONE_FRAMES = 5  # the tone check looks at the last 100 ms
     TONE_BINS = 5
-    TONE_BATCH = 16  # frames per FFT batch
+    TONE_BATCH = 32  # spans per FFT batch
 
     def __init__(self, sample_rate: int = 16000, snr_db: float = 6.0, min_db: float = -50.0,
                  floor_seconds: float = 3.0, floor_percentile: float = 10.0, prior_db: float = -60.0,
@@ -120,7 +120,7 @@ class EnergyVAD:
         self._history = history[-(self.floor_frames - 1):] if self.floor_frames > 1 else np.zeros(0)
         margin = level - np.maximum(floor + self.snr_db, self.min_db)
         probs = np.concatenate([self._held, 1.0 / (1.0 + np.exp(-margin / 2.0))])
-        tonal = np.concatenate([self._held_tonal, self._tonal(audio)])
+        tonal = np.concatenate([self._held_tonal, self._tonal(audio, level >= self.min_db)])
         ready = max(0, probs.size - (self.TONE_FRAMES - 1))
         self._held, self._held_tonal = probs[ready:], tonal[ready:]
         return self._untoned(probs[:ready], tonal)
@@ -131,19 +131,23 @@ class EnergyVAD:
         covered = np.lib.stride_tricks.sliding_window_view(spans, self.TONE_FRAMES)[:probs.size].any(axis=1)
         return np.where(covered, 0.0, probs)
 
-    def _tonal(self, audio: np.ndarray) -> np.ndarray:
-        """Per new frame: whether the 100 ms ending with it hold a steady tone (see the class docstring)."""
+    def _tonal(self, audio: np.ndarray, loud: np.ndarray) -> np.ndarray:
+        """Per new frame: whether the 100 ms ending with it hold a steady tone (see the class docstring).  Only
+        spans ending in a ``loud`` frame (>= min_db) are looked at: the frames of any span that could matter
+        are covered by one of those, and skipping the rest saves most of the cost on speech with pauses."""
         joined = np.concatenate([self._tail, audio])
         self._tail = joined[audio.size:]
         windows = np.lib.stride_tricks.sliding_window_view(joined, self._window.size)[::self.frame]
+        rows = np.flatnonzero(loud)
         tonal = np.zeros(len(windows), bool)
-        for first in range(0, len(windows), self.TONE_BATCH):  # in batches: a long block's spectra stay small
-            spans = windows[first:first + self.TONE_BATCH]
+        for first in range(0, rows.size, self.TONE_BATCH):  # in batches: a long block's spectra stay small
+            batch = rows[first:first + self.TONE_BATCH]
+            spans = windows[batch]
             spans = spans - spans.mean(axis=1, keepdims=True)  # a DC offset is no tone
             power = np.abs(np.fft.rfft(spans * self._window, axis=1)) ** 2
             total = np.concatenate([np.zeros((len(power), 1)), np.cumsum(power, axis=1)], axis=1)
             peak = (total[:, self.TONE_BINS:] - total[:, :-self.TONE_BINS]).max(axis=1)
-            tonal[first:first + self.TONE_BATCH] = peak >= self.tone_share * total[:, -1] + 1e-20
+            tonal[batch] = peak >= self.tone_share * total[:, -1] + 1e-20
         return tonal
 
     def finish(self) -> np.ndarray:
