@@ -4,6 +4,7 @@ References are hand-worked cases, formulas (lengths, frequencies, spectral
 slopes) and onnxruntime for the exported graph.
 """
 
+import ast
 import os
 
 import numpy as np
@@ -15,9 +16,55 @@ onnxruntime = pytest.importorskip("onnxruntime")
 from recipes.digits import data  # noqa: E402
 from recipes.digits.evaluate import edit_distance, greedy_ctc, word_error_rate  # noqa: E402
 from recipes.digits.model import DigitNet, export_onnx, output_lengths  # noqa: E402
+from _paths import REPO, SHARED_DIR  # noqa: E402
 
 FSDD = data.default_fsdd_dir()
-needs_fsdd = pytest.mark.skipif(not os.path.isdir(os.path.join(FSDD, "recordings")), reason="FSDD not present")
+needs_fsdd = pytest.mark.skipif(not os.path.isdir(os.path.join(FSDD, "recordings")),
+                                reason=f"shared FSDD recordings not present in {FSDD}")
+
+
+# --- where the data is ------------------------------------------------------
+
+
+def test_recipes_read_the_shared_data_where_the_tests_do(monkeypatch, tmp_path):
+    assert FSDD == str(SHARED_DIR / "audio" / "fsdd")
+    monkeypatch.setenv("TINYASR_SHARED", str(tmp_path))
+    assert data.default_fsdd_dir() == str(tmp_path / "audio" / "fsdd")
+    for unset in (lambda: monkeypatch.delenv("TINYASR_SHARED"), lambda: monkeypatch.setenv("TINYASR_SHARED", "")):
+        unset()
+        assert data.default_fsdd_dir() == str(REPO.parent / "shared" / "audio" / "fsdd")
+
+
+class _SharedStrings(ast.NodeVisitor):
+    """The functions (or "<module>") whose string constants, docstrings aside, mention "shared"."""
+
+    def __init__(self):
+        self.scope, self.found = ["<module>"], set()
+
+    def visit_FunctionDef(self, node):
+        self.scope.append(node.name)
+        self.generic_visit(node)
+        self.scope.pop()
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def visit_Expr(self, node):  # a bare string statement is a docstring, not a path
+        if not (isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)):
+            self.generic_visit(node)
+
+    def visit_Constant(self, node):
+        if isinstance(node.value, str) and "shared" in node.value.lower():
+            self.found.add(self.scope[-1])
+
+
+def test_only_one_helper_in_the_recipes_names_the_shared_folder():
+    """A recipe that built its own ../shared path would ignore TINYASR_SHARED again."""
+    found = set()
+    for path in sorted((REPO / "recipes").rglob("*.py")):
+        visitor = _SharedStrings()
+        visitor.visit(ast.parse(path.read_text()))
+        found |= {(str(path.relative_to(REPO)), scope) for scope in visitor.found}
+    assert found == {("recipes/digits/data.py", "shared_dir")}
 
 
 # --- WER and decoding -----------------------------------------------------
@@ -148,6 +195,30 @@ def test_model_exports_to_onnx_matching_torch_for_any_length(tmp_path):
         np.testing.assert_allclose(np.exp(got).sum(axis=-1), 1.0, rtol=1e-5)
 
 
+def test_model_extended_from_the_bundled_tasr_computes_what_the_runtime_does():
+    from recipes.digits.model import load_tasr_weights
+    from tinyasr.engine.offline import load_model
+
+    tasr = str(REPO / "tinyasr" / "models" / "digits.tasr")
+    rng = np.random.default_rng(4)
+    calibration = torch.from_numpy(rng.standard_normal((4, 64, 120)).astype(np.float32))
+    model = DigitNet()
+    load_tasr_weights(model, tasr, calibration)
+    x = rng.standard_normal((1, 64, 90)).astype(np.float32)
+    expected = load_model(tasr).run({"audio_signal": x})["logprobs"]
+    for train_mode in (False, True):  # batch norm adds only the folded bias: in eval mode on any input,
+        model.train(train_mode)       # in training mode on the calibration batch (whose statistics it holds)
+        with torch.no_grad():
+            if train_mode:
+                # (to ~1e-2: float32 batch statistics of activations whose mean is large next to their spread)
+                np.testing.assert_allclose(model(calibration)[:1].numpy(), model.eval()(calibration)[:1].numpy(),
+                                           atol=2e-2)
+            else:
+                np.testing.assert_allclose(model(torch.from_numpy(x)).numpy(), expected, atol=1e-4)
+    with pytest.raises(ValueError, match="channels"):
+        load_tasr_weights(DigitNet(channels=32), tasr, calibration)
+
+
 # --- synthetic voices -------------------------------------------------------
 
 
@@ -170,3 +241,85 @@ def test_synthetic_voices_say_every_digit_reproducibly():
     assert max(length_changes) < 0.02
     length_changes = [abs(len(a.samples) / len(b.samples) - 1) for a, b in zip(clips, synthesize_digits(3, seed=6))]
     assert np.median(length_changes) > 0.05  # other voices: other rates and pitches
+
+
+# --- no-digit material and padding (issue 16) ----------------------------------------
+
+
+def test_non_digit_words_hold_no_digit_word_or_sound_alike():
+    from recipes.digits.no_digits import NON_DIGIT_WORDS, SOUND_ALIKES
+
+    assert set(data.DIGIT_WORDS) <= SOUND_ALIKES and {"oh", "for", "to", "too", "won", "ate", "free"} <= SOUND_ALIKES
+    assert not set(NON_DIGIT_WORDS) & SOUND_ALIKES
+    assert len(set(NON_DIGIT_WORDS)) == len(NON_DIGIT_WORDS) >= 200
+    from recipes.digits.no_digits import phrase_texts
+
+    texts = phrase_texts(np.random.default_rng(0), 300)
+    lengths = [len(t.split()) for t in texts]
+    assert min(lengths) == 1 and max(lengths) == 10 and 0.2 < np.mean(np.array(lengths) == 1) < 0.5
+    assert all(w in NON_DIGIT_WORDS for t in texts for w in t.split())
+
+
+@pytest.mark.parametrize("kind", ["silence", "noise", "hum", "clicks", "tone", "notes"])
+def test_noise_examples_have_the_length_level_and_content_of_their_kind(kind):
+    from recipes.digits.no_digits import noise_example
+
+    rng = np.random.default_rng(11)
+    for seconds in (0.2, 3.0):
+        audio = noise_example(rng, kind, seconds)
+        assert audio.dtype == np.float32 and len(audio) == int(seconds * data.SAMPLE_RATE)
+        peak = np.abs(audio).max()
+        if kind == "silence":
+            assert peak == 0.0  # digital silence, exactly
+        else:
+            assert 10 ** (-70 / 20) * 0.999 <= peak <= 10 ** (-3 / 20) * 1.001
+
+
+def test_hum_is_mains_frequency_and_its_harmonics():
+    from recipes.digits.no_digits import _hum
+
+    for seed in range(5):
+        audio = _hum(np.random.default_rng(seed), 4 * data.SAMPLE_RATE) * np.hanning(4 * data.SAMPLE_RATE)
+        power = np.abs(np.fft.rfft(audio)) ** 2
+        freqs = np.fft.rfftfreq(len(audio), 1 / data.SAMPLE_RATE)
+
+        def share_on_harmonics(f0):
+            k = np.maximum(np.round(freqs / f0), 1)
+            return power[np.abs(freqs - k * f0) < 1.0].sum() / power.sum()
+
+        assert max(share_on_harmonics(f0) for f0 in np.arange(49.5, 60.61, 0.05)) > 0.99
+        assert share_on_harmonics(55.0) < 0.9  # a wrong fundamental does not explain it
+
+
+def test_no_digit_examples_have_empty_targets():
+    from recipes.digits.data import Clip
+    from recipes.digits.no_digits import no_digit_example
+
+    rng = np.random.default_rng(2)
+    phrase = Clip(-1, "phrase0", 0, (0.5 * np.sin(np.arange(4000) / 7)).astype(np.float32))
+    for _ in range(40):
+        audio, target = no_digit_example(rng, [phrase])
+        assert target == [] and audio.dtype == np.float32 and np.all(np.isfinite(audio))
+        assert 0.2 * data.SAMPLE_RATE - 1 <= len(audio) and np.abs(audio).max() <= 1.0
+
+
+@needs_fsdd
+def test_training_strings_are_padded_0_to_half_a_second_and_single_digits_often_cut_tight(parts, monkeypatch):
+    # without augment_audio (speed, noise, level) the padding is the digital silence before the first
+    # and after the last recording
+    takes = [[clips[0]] for clips in data.by_digit(parts["train"])]
+    monkeypatch.setattr(data, "augment_audio", lambda rng, audio: audio)
+    rng = np.random.default_rng(8)
+    leads, trails, tight = [], [], 0
+    for n in [1] * 200 + [3] * 100:
+        audio, digits = data.compose(rng, takes, n, augment=True)
+        loud = np.flatnonzero(audio)
+        first, last = takes[digits[0]][0].samples, takes[digits[-1]][0].samples
+        lead = loud[0] - np.flatnonzero(first)[0]
+        trail = len(audio) - 1 - loud[-1] - (len(last) - 1 - np.flatnonzero(last)[-1])
+        leads.append(lead / data.SAMPLE_RATE)
+        trails.append(trail / data.SAMPLE_RATE)
+        tight += n == 1 and lead == 0 and trail == 0
+    assert 0.0 <= min(leads + trails) and max(leads + trails) <= 0.5
+    assert max(leads) > 0.45 and max(trails) > 0.45  # the whole range is used
+    assert 0.35 < tight / 200 < 0.65  # TIGHT_SINGLE_SHARE of single digits have no padding at all

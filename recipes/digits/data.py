@@ -59,10 +59,17 @@ class Clip:
     samples: np.ndarray  # float32, [n] at SAMPLE_RATE
 
 
-def default_fsdd_dir() -> str:
-    """``../shared/audio/fsdd`` relative to the repository root."""
+def shared_dir() -> str:
+    """The shared data: ``$TINYASR_SHARED`` when set (as the tests read it), else ``../shared`` beside the repository."""
+    if os.environ.get("TINYASR_SHARED"):
+        return os.environ["TINYASR_SHARED"]
     repo_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    return os.path.normpath(os.path.join(repo_root, "..", "shared", "audio", "fsdd"))
+    return os.path.normpath(os.path.join(repo_root, "..", "shared"))
+
+
+def default_fsdd_dir() -> str:
+    """``audio/fsdd`` in the shared data."""
+    return os.path.join(shared_dir(), "audio", "fsdd")
 
 
 def load_fsdd(fsdd_dir: str) -> List[Clip]:
@@ -127,29 +134,41 @@ def change_speed(samples: np.ndarray, factor: float) -> np.ndarray:
     return np.interp(positions, np.arange(len(samples)), samples).astype(np.float32)
 
 
+EDGE_PAD_S = (0.0, 0.5)  # training: silence before / after a string, from tightly cut to half a second
+TIGHT_SINGLE_SHARE = 0.5  # training: single digits with no padding at all, cut like FSDD's files
+
+
+def augment_audio(rng: np.random.Generator, audio: np.ndarray) -> np.ndarray:
+    """Speed 0.85-1.15, coloured noise (1/f^0..2) at 10-40 dB SNR and a random peak level 0.1-0.9."""
+    audio = change_speed(audio, rng.uniform(0.85, 1.15))
+    speech_rms = np.sqrt(np.mean(audio[np.abs(audio) > 0] ** 2)) if np.any(audio) else 1.0
+    snr_db = rng.uniform(10, 40)
+    audio = audio + coloured_noise(rng, len(audio), rng.uniform(0, 2)) * speech_rms * 10 ** (-snr_db / 20)
+    return np.clip(audio * (rng.uniform(0.1, 0.9) / (np.abs(audio).max() + 1e-9)), -1.0, 1.0).astype(np.float32)
+
+
 def compose(
     rng: np.random.Generator, takes: List[List[Clip]], n_digits: int, augment: bool
 ) -> Tuple[np.ndarray, List[int]]:
     """One digit string: random digits, one random take each, gaps of 50-400 ms.
 
-    ``augment`` adds per-digit gain (+-6 dB), speed 0.85-1.15, coloured noise at
-    10-40 dB SNR and an overall level change, for training only; evaluation
-    strings keep the recordings as they are.
+    ``augment`` (training only) pads each end by 0-0.5 s instead (half of the
+    single digits not at all), so files cut tight to the speech are normal,
+    and adds per-digit gain (+-6 dB) and ``augment_audio``; evaluation strings
+    keep the recordings as they are.
     """
     digits = [int(d) for d in rng.integers(0, 10, size=n_digits)]
-    pieces = [_silence(rng, 0.05, 0.4)]
-    for digit in digits:
+    tight = augment and n_digits == 1 and rng.random() < TIGHT_SINGLE_SHARE
+    edge = (0.0, 0.0) if tight else EDGE_PAD_S if augment else (0.05, 0.4)
+    pieces = [_silence(rng, *edge)]
+    for i, digit in enumerate(digits):
         clip = takes[digit][rng.integers(len(takes[digit]))]
         gain = 10 ** (rng.uniform(-6, 6) / 20) if augment else 1.0
         pieces.append(clip.samples * gain)
-        pieces.append(_silence(rng, 0.05, 0.4))
+        pieces.append(_silence(rng, *edge) if i == n_digits - 1 else _silence(rng, 0.05, 0.4))
     audio = np.concatenate(pieces)
     if augment:
-        audio = change_speed(audio, rng.uniform(0.85, 1.15))
-        speech_rms = np.sqrt(np.mean(audio[np.abs(audio) > 0] ** 2)) if np.any(audio) else 1.0
-        snr_db = rng.uniform(10, 40)
-        audio = audio + coloured_noise(rng, len(audio), rng.uniform(0, 2)) * speech_rms * 10 ** (-snr_db / 20)
-        audio = audio * (rng.uniform(0.1, 0.9) / (np.abs(audio).max() + 1e-9))
+        return augment_audio(rng, audio), digits
     return np.clip(audio, -1.0, 1.0).astype(np.float32), digits
 
 

@@ -24,21 +24,11 @@ import torch
 
 from recipes.digits import data
 from recipes.digits.model import STRIDE, DigitNet
+from tinyasr.batch import edit_distance
 
 EVAL_SEED = 20240
 EVAL_STRINGS = 300
 EVAL_DIGITS = (3, 7)
-
-
-def edit_distance(ref: Sequence, hyp: Sequence) -> int:
-    """Levenshtein distance (substitutions + deletions + insertions) between two token sequences."""
-    previous = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        current = [i]
-        for j, h in enumerate(hyp, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (r != h)))
-        previous = current
-    return previous[-1]
 
 
 def word_error_rate(refs: Sequence[Sequence], hyps: Sequence[Sequence]) -> float:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Dict, Sequence
 
+import numpy as np
+
 import onnx
 import torch
 from torch import nn
@@ -101,3 +103,59 @@ def export_onnx(model: DigitNet, path: str, metadata: Dict[str, str], example_fr
     exported = onnx.load(path)
     onnx.helper.set_model_props(exported, metadata)
     onnx.save(exported, path)
+
+
+def load_tasr_weights(model: DigitNet, tasr_path: str, calibration: torch.Tensor) -> None:
+    """Start ``model`` from a converted DigitNet (e.g. the bundled digits.tasr), to extend rather than retrain it.
+
+    The converter folds each BatchNorm into the 1x1 conv before it (weight and
+    bias).  Each conv takes its folded weight; its BatchNorm is set so that, in
+    training and in eval mode alike, it only adds the folded bias: running
+    statistics and scale are the batch statistics of the conv's output on
+    ``calibration`` features [B, 64, T].  The torch model then computes what the
+    .tasr does.  Node names are the ONNX export's module scopes.
+    """
+    from tinyasr.engine.offline import load_model
+
+    source = load_model(tasr_path)
+    modules = dict(model.named_modules())
+    batch_norms = {}
+    for node in source.graph.nodes:
+        if node.op != "Conv":
+            continue
+        scopes = node.name.strip("/").split("/")[:-1]  # e.g. blocks, blocks.0, main, main.0, main.0.1
+        path = scopes[-1] if scopes[0] != "blocks" else f"{scopes[1]}.{scopes[-1]}"
+        conv = modules[path]
+        weight = np.array(source.tensors[node.inputs[1]], np.float32)
+        if weight.size != conv.weight.numel():
+            raise ValueError(f"{tasr_path}: {path} has {weight.shape} weights, the model {tuple(conv.weight.shape)}; "
+                             f"is it a DigitNet of {model.blocks[0].main[0][0].in_channels} channels?")
+        conv.weight.data = torch.tensor(weight).reshape(conv.weight.shape)
+        bias = torch.tensor(np.array(source.tensors[node.inputs[2]], np.float32)) if len(node.inputs) > 2 \
+            and node.inputs[2] in source.tensors else None
+        if conv.bias is not None:
+            conv.bias.data = bias.reshape(conv.bias.shape).clone()
+        elif bias is not None:
+            parent, index = path.rsplit(".", 1)
+            batch_norms[f"{parent}.{int(index) + 1}"] = bias.reshape(-1)
+    if set(batch_norms) != {name for name, m in modules.items() if isinstance(m, nn.BatchNorm1d)}:
+        raise ValueError(f"{tasr_path}: its convs do not match the model's batch norms; is it a DigitNet "
+                         f"of {model.blocks[0].main[0][0].in_channels} channels?")
+    stats = {}
+    hooks = [modules[name].register_forward_hook(
+        lambda m, inputs, _, name=name: stats.__setitem__(name, inputs[0].transpose(0, 1).flatten(1)))
+        for name in batch_norms]
+    model.eval()
+    with torch.no_grad():
+        for name, bias in batch_norms.items():  # identity first: every BN input is then the .tasr's
+            bn = modules[name]
+            bn.running_mean.zero_(), bn.running_var.fill_(1 - bn.eps), bn.weight.fill_(1), bn.bias.copy_(bias)
+        model(calibration)
+        for hook in hooks:
+            hook.remove()
+        for name, bias in batch_norms.items():
+            bn, x = modules[name], stats[name]
+            mean, var = x.mean(dim=1), x.var(dim=1, unbiased=False)
+            bn.running_mean.copy_(mean), bn.running_var.copy_(var)
+            bn.weight.copy_(torch.sqrt(var + bn.eps)), bn.bias.copy_(bias + mean)
+    model.train()

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-from typing import List
+from typing import List, Sequence
 
 import numpy as np
 from scipy.signal import resample_poly
@@ -74,22 +74,42 @@ def _trim(samples: np.ndarray, threshold_db: float = -40.0, margin_s: float = 0.
     return samples[max(loud[0] - margin, 0) : loud[-1] + margin + 1]
 
 
+def _voices(engine: _ESpeak, rng: np.random.Generator, count: int):
+    """``count`` random voices: (accent+variant name, speaking settings)."""
+    for _ in range(count):
+        voice = f"{ACCENTS[rng.integers(len(ACCENTS))]}+{engine.variants[rng.integers(len(engine.variants))]}"
+        yield voice, dict(
+            words_per_minute=int(rng.integers(110, 230)),
+            pitch=int(rng.integers(10, 90)),
+            pitch_range=int(rng.integers(10, 90)),
+        )
+
+
+def _as_clip(engine: _ESpeak, speech: np.ndarray) -> np.ndarray:
+    """eSpeak output -> 8 kHz, trimmed, peak 0.5."""
+    divisor = np.gcd(engine.rate, SAMPLE_RATE)
+    resampled = resample_poly(speech, SAMPLE_RATE // divisor, engine.rate // divisor).astype(np.float32)
+    trimmed = _trim(resampled)
+    return trimmed / (np.abs(trimmed).max() + 1e-9) * 0.5
+
+
 def synthesize_digits(voices: int, seed: int = 0) -> List[Clip]:
     """``voices`` random synthetic voices x the ten digits, as 8 kHz ``Clip``s (speaker ``synth{i}``)."""
     engine = _ESpeak()
     rng = np.random.default_rng(seed)
     clips = []
-    for i in range(voices):
-        voice = f"{ACCENTS[rng.integers(len(ACCENTS))]}+{engine.variants[rng.integers(len(engine.variants))]}"
-        settings = dict(
-            words_per_minute=int(rng.integers(110, 230)),
-            pitch=int(rng.integers(10, 90)),
-            pitch_range=int(rng.integers(10, 90)),
-        )
+    for i, (voice, settings) in enumerate(_voices(engine, rng, voices)):
         for digit, word in enumerate(DIGIT_WORDS):
-            speech = engine.say(word, voice, **settings)
-            divisor = np.gcd(engine.rate, SAMPLE_RATE)
-            resampled = resample_poly(speech, SAMPLE_RATE // divisor, engine.rate // divisor).astype(np.float32)
-            trimmed = _trim(resampled)
-            clips.append(Clip(digit, f"synth{i}", 0, trimmed / (np.abs(trimmed).max() + 1e-9) * 0.5))
+            clips.append(Clip(digit, f"synth{i}", 0, _as_clip(engine, engine.say(word, voice, **settings))))
     return clips
+
+
+def synthesize_phrases(texts: Sequence[str], seed: int = 0) -> List[Clip]:
+    """Each text said by its own random voice, as 8 kHz ``Clip``s (digit -1: no digit; speaker ``phrase{i}``).
+
+    The non-digit speech of ``no_digits``; the voices are drawn like ``synthesize_digits``'s.
+    """
+    engine = _ESpeak()
+    rng = np.random.default_rng(seed)
+    return [Clip(-1, f"phrase{i}", 0, _as_clip(engine, engine.say(text, voice, **settings)))
+            for i, (text, (voice, settings)) in enumerate(zip(texts, _voices(engine, rng, len(texts))))]

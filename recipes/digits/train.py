@@ -3,7 +3,9 @@
     python -m recipes.digits.train --out runs/digits
 
 Every step composes a new batch of augmented 1-7 digit strings from the
-training speakers (takes 5-49), computes runtime-identical features, applies
+training speakers (takes 5-49) and eSpeak NG voices, with a share of
+examples holding no digit at all (``no_digits``: noise, tones, non-digit
+speech; empty target), computes runtime-identical features, applies
 a mel-axis warp and SpecAugment-style masks and takes one AdamW step on the CTC loss (one-cycle
 learning rate).  The held-out speaker is never read here.  Writes
 ``model.pt``, ``digits.onnx``, ``train.log`` (JSON lines) and the training
@@ -21,9 +23,9 @@ import time
 import numpy as np
 import torch
 
-from recipes.digits import data
+from recipes.digits import data, no_digits
 from recipes.digits.evaluate import greedy_ctc, word_error_rate
-from recipes.digits.model import DigitNet, export_onnx, output_lengths, parameter_count
+from recipes.digits.model import DigitNet, export_onnx, load_tasr_weights, output_lengths, parameter_count
 
 VALIDATION_SEED = 7  # seen-speaker held-back takes, for the log only (no model selection)
 
@@ -90,11 +92,17 @@ def main(argv=None) -> None:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--channels", type=int, default=96)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--init", default=None,
+                        help="start from this converted DigitNet .tasr (e.g. tinyasr/models/digits.tasr) and extend it")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--synthetic-voices", type=int, default=2000, help="eSpeak NG voices saying the digits (0: real speech only)"
     )
     parser.add_argument("--synthetic-share", type=float, default=0.3, help="fraction of strings spoken by them")
+    parser.add_argument("--no-digit-share", type=float, default=0.2,
+                        help="fraction of examples holding no digit (empty target): noise, tones, other speech")
+    parser.add_argument("--phrases", type=int, default=3000,
+                        help="eSpeak NG phrases of non-digit words among them (0: non-speech only)")
     args = parser.parse_args(argv)
 
     os.makedirs(args.out, exist_ok=True)
@@ -110,12 +118,19 @@ def main(argv=None) -> None:
         from recipes.digits.synthetic import synthesize_digits
 
         synthetic_takes = data.by_digit(synthesize_digits(args.synthetic_voices, seed=args.seed))
+    phrases = []
+    if args.phrases and args.no_digit_share:
+        from recipes.digits.synthetic import synthesize_phrases
+
+        phrases = synthesize_phrases(no_digits.phrase_texts(rng, args.phrases), seed=args.seed + 1)
     validation = collate(
         data.compose_many(np.random.default_rng(VALIDATION_SEED), parts["seen_heldback"], 64, 3, 7, augment=False)
     )
 
     model_config = {"n_classes": len(data.VOCABULARY) + 1, "channels": args.channels}
     model = DigitNet(**model_config)
+    if args.init:
+        load_tasr_weights(model, args.init, validation[0])
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-3)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
     ctc = torch.nn.CTCLoss(blank=data.BLANK, zero_infinity=True)
@@ -125,7 +140,9 @@ def main(argv=None) -> None:
     running = 0.0
     for step in range(1, args.steps + 1):
         items = [
-            data.compose(
+            no_digits.no_digit_example(rng, phrases)
+            if rng.random() < args.no_digit_share
+            else data.compose(
                 rng,
                 synthetic_takes if synthetic_takes and rng.random() < args.synthetic_share else takes,
                 int(rng.integers(1, 8)),
@@ -171,12 +188,16 @@ def main(argv=None) -> None:
         "steps": args.steps,
         "batch": args.batch,
         "seed": args.seed,
+        "init": args.init,
+        "lr": args.lr,
         "parameters": parameter_count(model),
         "vocabulary": data.VOCABULARY,
         "blank": data.BLANK,
         "held_out_speaker": data.HELD_OUT_SPEAKER,
         "synthetic_voices": args.synthetic_voices,
         "synthetic_share": args.synthetic_share if args.synthetic_voices else 0.0,
+        "no_digit_share": args.no_digit_share,
+        "phrases": len(phrases),
         "frontend": data.FRONTEND.to_dict(),
     }
     with open(os.path.join(args.out, "results.json"), "w") as f:
