@@ -28,6 +28,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from tinyasr.decoding.specs import ClassificationSpec, CTCSpec
 from tinyasr.errors import ConversionError, TinyASRError
 from tinyasr.model_cache import file_sha256
 
@@ -373,6 +374,21 @@ def _plain_vocab(data: bytes, name: str) -> List[str]:
     return tokens
 
 
+def ctc_branch(cfg: Dict[str, Any], weights: Optional[Dict[str, np.ndarray]] = None):
+    """(config, weights) of a hybrid RNN-T + CTC model (NeMo's EncDecHybridRNNTCTC*) read as its CTC branch: the
+    ``aux_ctc.decoder`` section as the decoder and the ``ctc_decoder.*`` tensors as ``decoder.*`` (the
+    transducer's prediction net and joint dropped).  Any other model is returned as it is."""
+    aux = cfg.get("aux_ctc")
+    if not (isinstance(aux, dict) and isinstance(aux.get("decoder"), dict)
+            and _target(cfg.get("decoder")) != "ConvASRDecoder"):
+        return cfg, weights
+    cfg = dict(cfg, decoder=aux["decoder"])
+    if weights is not None:
+        weights = {("decoder." + key[len("ctc_decoder."):] if key.startswith("ctc_decoder.") else key): value
+                   for key, value in weights.items() if not key.startswith(("decoder.", "joint."))}
+    return cfg, weights
+
+
 def manifest_from_nemo_config(cfg: Dict[str, Any], files: Optional[Dict[str, bytes]] = None,
                               output: Optional[str] = None) -> Dict[str, Any]:
     """``{"frontend": ..., "decoder": ...}`` for a NeMo model config (also for the model's ONNX export).
@@ -382,6 +398,7 @@ def manifest_from_nemo_config(cfg: Dict[str, Any], files: Optional[Dict[str, byt
     """
     from tinyasr_convert.nemo_blocks import subsampling_factor
 
+    cfg, _ = ctc_branch(cfg)
     frontend = frontend_from_config(cfg)
     kind = _target(cfg.get("decoder"))
     if kind == "ConvASRDecoder":
@@ -391,21 +408,26 @@ def manifest_from_nemo_config(cfg: Dict[str, Any], files: Optional[Dict[str, byt
             raise ConversionError(f"NeMo config decoder.num_classes={num_classes} but the vocabulary has "
                                   f"{len(vocabulary)} tokens")
         hop_seconds = frontend["hop_length"] / frontend["sample_rate"]
-        decoder = {
-            "type": "ctc", "output": output or "logprobs", "blank": len(vocabulary), "vocabulary": vocabulary,
-            "vocabulary_type": "subword" if isinstance(cfg.get("tokenizer"), dict) else "chars",
-            "logits": "log_probs", "frame_seconds": hop_seconds * subsampling_factor(cfg.get("encoder")),
-        }
+        settings = dict(
+            output=output or "logprobs", blank=len(vocabulary), vocabulary=vocabulary,
+            vocabulary_type="subword" if isinstance(cfg.get("tokenizer"), dict) else "chars",
+            logits="log_probs", frame_seconds=hop_seconds * subsampling_factor(cfg.get("encoder")),
+        )
+        spec_class = CTCSpec
     elif kind == "ConvASRDecoderClassification":
         labels = cfg.get("labels")
         if not labels:
             raise ConversionError("NeMo classification config has no 'labels'")
         logits = "logits" if cfg["decoder"].get("return_logits", True) else "probs"
-        decoder = {"type": "classification", "output": output or "logits", "labels": [str(x) for x in labels],
-                   "logits": logits}
+        settings = dict(output=output or "logits", labels=[str(x) for x in labels], logits=logits)
+        spec_class = ClassificationSpec
     else:
         raise ConversionError(f"NeMo config decoder._target_={cfg.get('decoder', {}).get('_target_')!r} is not "
                               "supported (supported: ConvASRDecoder, ConvASRDecoderClassification)")
+    try:  # written from the spec, so that the runtime reads back what was written
+        decoder = spec_class(**settings).to_dict()
+    except TinyASRError as exc:
+        raise ConversionError(f"NeMo config 'decoder': {exc}") from None
     return {"frontend": frontend, "decoder": decoder}
 
 
@@ -415,16 +437,17 @@ def convert_nemo(src, out, *, float16: bool = False) -> Path:
     ``float16``: store Conv / Gemm weights as float16 (half the size), as ``tinyasr_convert.convert`` does.
     """
     from tinyasr_convert.nemo_blocks import build_graph
+    from tinyasr_convert.onnx_import import TARGET_OPSET
 
     import tinyasr
     from tinyasr.format.container import to_float16, write_model
 
     archive = read_nemo(src)
     name = Path(archive.path).name
-    cfg = archive.config
+    cfg, weights = ctc_branch(archive.config, archive.weights)
     try:
         manifest = manifest_from_nemo_config(cfg, archive.files)
-        graph, tensors = build_graph(cfg, archive.weights)
+        graph, tensors = build_graph(cfg, weights)
         decoder, classes = manifest["decoder"], graph.outputs[0].shape[-1]
         if decoder["type"] == "ctc" and classes != len(decoder["vocabulary"]) + 1:
             raise ConversionError(f"the decoder has {classes} output classes but the vocabulary has "
@@ -432,10 +455,11 @@ def convert_nemo(src, out, *, float16: bool = False) -> Path:
     except ConversionError as exc:
         raise ConversionError(f"{name}: {exc}") from None
     if float16:
-        for node in graph.nodes:
-            if node.op in ("Conv", "Gemm") and tensors[node.inputs[1]].ndim >= 2:
-                tensors[node.inputs[1]] = to_float16(tensors[node.inputs[1]], node.inputs[1])
-    manifest.update(graph=graph.to_dict(), provenance={
+        for node in graph.nodes:  # stored weights only: a Conformer's attention MatMuls multiply two activations
+            weight = tensors.get(node.inputs[1]) if node.op in ("Conv", "Gemm", "MatMul") else None
+            if weight is not None and weight.dtype == np.float32 and weight.ndim >= 2:
+                tensors[node.inputs[1]] = to_float16(weight, node.inputs[1])
+    manifest.update(opset=TARGET_OPSET, graph=graph.to_dict(), provenance={
         "source": name, "source_sha256": archive.sha256, "converter": f"tinyasr {tinyasr.__version__}",
         "source_format": "nemo", "float16_weights": bool(float16), "nemo_target": cfg.get("target"),
         "nemo_name": cfg.get("name"), "nemo_version": cfg.get("nemo_version"),

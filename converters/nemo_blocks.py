@@ -1,4 +1,4 @@
-"""A NeMo ConvASREncoder + decoder config and its weights -> a tinyasr Graph and tensors.
+"""A NeMo encoder (ConvASREncoder or ConformerEncoder) + decoder config and its weights -> a tinyasr Graph and tensors.
 
 Covers the Jasper-block family (QuartzNet, Citrinet, MatchboxNet, MarbleNet, Jasper)
 with NeMo's CTC decoder (1x1 conv + log_softmax, blank last) or its
@@ -10,6 +10,13 @@ pooling of Citrinet is masked by the ``length`` input exactly as the export
 masks it (padded frames zeroed, mean over the valid frames only).  Anything the
 config asks for that is not reproduced here is a ConversionError naming the
 field and its value, never a silently different network.
+
+ConformerEncoder (Conformer ``striding`` and FastConformer ``dw_striding``
+subsampling, rel_pos attention, full context) is built from existing ops as its
+export computes it: 2-D conv subsampling, computed relative positions (no
+table: any input length), padding masks in attention and before the conv
+module's depthwise conv, macaron half-step FFNs, BatchNorm folded; the
+attention weights (rel-shift, scale, mask, softmax) are one RelPositionSoftmax.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from collections import Counter
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+from tinyasr_convert.passes import position_rows
 
 from tinyasr.errors import ConversionError
 from tinyasr.format.graph import Graph, Node, ValueInfo
@@ -79,7 +87,10 @@ def _pads(kernel: int, dilation: int, future_context: int) -> Tuple[int, int]:
 
 
 def subsampling_factor(encoder: Any) -> int:
-    """The encoder's time stride: the product of the blocks' first stride (ConvASREncoder.subsampling_factor)."""
+    """The encoder's time stride: ConformerEncoder's ``subsampling_factor``, or for ConvASREncoder the product of the
+    blocks' first stride."""
+    if _target(encoder) == "ConformerEncoder":
+        return _first(encoder.get("subsampling_factor", 4), "encoder.subsampling_factor")
     factor = 1
     for i, block in enumerate((encoder or {}).get("jasper") or []):
         factor *= _first(block.get("stride", [1]), f"encoder.jasper[{i}].stride")
@@ -220,7 +231,7 @@ def _require(value, allowed, field: str) -> None:
 
 
 def _encoder(b: _Builder, enc: Dict[str, Any], x: str, length: Optional[str]) -> Tuple[str, int]:
-    _require(_target(enc), ("ConvASREncoder",), "encoder._target_")
+    _require(_target(enc), ("ConvASREncoder", "ConformerEncoder"), "encoder._target_")  # a Conformer goes elsewhere
     _check_keys(enc, ENCODER_KEYS, "encoder")
     activation = str(enc.get("activation", "relu"))
     _require(activation, tuple(ACTIVATIONS), "encoder.activation")
@@ -358,6 +369,256 @@ def _squeeze_excite(b: _Builder, prefix: str, j: int, x: str, channels: int, rat
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# ConformerEncoder (Conformer, FastConformer)
+
+LN_EPS = 1e-5  # nn.LayerNorm and the conv module's nn.BatchNorm1d defaults
+MASKED_SCORE = -10000.0  # RelPositionMultiHeadAttention masks scores with -INF_VAL, INF_VAL = 10000.0
+CONFORMER_KEYS = {
+    "_target_", "feat_in", "feat_out", "n_layers", "d_model", "subsampling", "subsampling_factor",
+    "subsampling_conv_channels", "subsampling_conv_chunking_factor", "causal_downsampling", "reduction",
+    "reduction_position", "reduction_factor", "ff_expansion_factor", "self_attention_model", "n_heads",
+    "att_context_size", "att_context_probs", "att_context_style", "xscaling", "untie_biases", "pos_emb_max_len",
+    "conv_kernel_size", "conv_norm_type", "conv_context_size", "use_bias", "dropout", "dropout_pre_encoder",
+    "dropout_emb", "dropout_att", "stochastic_depth_drop_prob", "stochastic_depth_mode",
+    "stochastic_depth_start_layer", "global_tokens", "global_tokens_spacing", "global_attn_separate",
+    "use_pytorch_sdpa", "use_pytorch_sdpa_backends", "sync_max_audio_length",
+}
+
+
+def _conformer_settings(enc: Dict[str, Any]) -> Dict[str, Any]:
+    """The ConformerEncoder options this builder reproduces; ConversionError naming the key of any other."""
+    _check_keys(enc, CONFORMER_KEYS, "encoder")
+    _require(enc.get("self_attention_model", "rel_pos"), ("rel_pos",), "encoder.self_attention_model")
+    _require(enc.get("subsampling", "striding"), ("striding", "dw_striding"), "encoder.subsampling")
+    _require(bool(enc.get("causal_downsampling", False)), (False,), "encoder.causal_downsampling")
+    _require(enc.get("conv_norm_type", "batch_norm"), ("batch_norm",), "encoder.conv_norm_type")
+    _require(enc.get("reduction"), (None,), "encoder.reduction")
+    _require(enc.get("global_tokens", 0), (0,), "encoder.global_tokens")
+    context = enc.get("att_context_size") or [-1, -1]
+    if context != [-1, -1]:
+        raise ConversionError(f"encoder.att_context_size={context!r} is not supported (only [-1, -1]: full context)")
+    d_model, heads = _first(enc.get("d_model"), "encoder.d_model"), _first(enc.get("n_heads", 4), "encoder.n_heads")
+    factor = _first(enc.get("subsampling_factor", 4), "encoder.subsampling_factor")
+    if factor < 2 or factor & (factor - 1):
+        raise ConversionError(f"encoder.subsampling_factor={factor} is not supported (a power of 2 from 2 up)")
+    if heads < 1 or d_model % heads:
+        raise ConversionError(f"encoder.n_heads={heads} does not divide encoder.d_model={d_model}")
+    kernel = _first(enc.get("conv_kernel_size", 31), "encoder.conv_kernel_size")
+    if kernel % 2 == 0 or enc.get("conv_context_size") not in (None, [(kernel - 1) // 2] * 2):
+        raise ConversionError(f"encoder.conv_context_size={enc.get('conv_context_size')!r} with conv_kernel_size="
+                              f"{kernel} is not supported (only symmetric: null or [(k-1)/2, (k-1)/2], k odd)")
+    channels = enc.get("subsampling_conv_channels", -1)
+    return dict(
+        feat_in=_first(enc.get("feat_in"), "encoder.feat_in"), d_model=d_model, heads=heads, kernel=kernel,
+        layers=_first(enc.get("n_layers"), "encoder.n_layers"), factor=factor, subsampling=enc.get("subsampling"),
+        conv_channels=d_model if channels in (-1, None) else _first(channels, "encoder.subsampling_conv_channels"),
+        ff_units=int(d_model * _number(enc.get("ff_expansion_factor", 4), "encoder.ff_expansion_factor")),
+        xscaling=bool(enc.get("xscaling", True)), untie=bool(enc.get("untie_biases", True)),
+        bias=bool(enc.get("use_bias", True)), feat_out=enc.get("feat_out", -1),
+    )
+
+
+def _conformer_encoder(b: _Builder, enc: Dict[str, Any], x: str, length: str) -> Tuple[str, int, str]:
+    """NeMo ConformerEncoder.forward as its ONNX export computes it: (output [B, d, T'], d, encoded lengths)."""
+    cfg = _conformer_settings(enc)
+    d = cfg["d_model"]
+    b.where = f"encoder.pre_encode ({cfg['subsampling']} x{cfg['factor']})"
+    x, length = _subsampling(b, cfg, x, length)
+    if cfg["xscaling"]:
+        x = b.node("Mul", [x, b.const("encoder.xscale", np.float32(np.sqrt(d)))], scope="encoder.pos_enc")
+    masks = _padding_masks(b, x, length)
+    positions = _relative_positions(b, x, d)
+    for i in range(cfg["layers"]):
+        x = _conformer_layer(b, cfg, i, x, positions, masks)
+    channels = d
+    if isinstance(cfg["feat_out"], int) and cfg["feat_out"] > 0:
+        b.where = "encoder.out_proj"
+        x = _linear(b, "encoder.out_proj", x, d, cfg["feat_out"], True)
+        channels = cfg["feat_out"]
+    return b.node("Transpose", [x], {"perm": [0, 2, 1]}, "encoder"), channels, length
+
+
+def _linear(b: _Builder, prefix: str, x: str, n_in: int, n_out: int, bias: bool, scale: float = 1.0) -> str:
+    """torch Linear on [B, T, n_in] as MatMul (+ Add); ``scale`` (a power of 2: exact) folded into the weights."""
+    weight = b.take(f"{prefix}.weight", (n_out, n_in)) * scale
+    y = b.node("MatMul", [x, b.const(f"{prefix}.weight_t", weight.T.astype(np.float32))], scope=prefix)
+    if bias:
+        y = b.node("Add", [y, b.const(f"{prefix}.bias", (b.take(f"{prefix}.bias", (n_out,)) * scale)
+                                      .astype(np.float32))], scope=prefix)
+    return y
+
+
+def _layer_norm(b: _Builder, prefix: str, x: str, d: int) -> str:
+    scale, shift = (b.const(f"{prefix}.{k}", b.take(f"{prefix}.{k}", (d,)).astype(np.float32))
+                    for k in ("weight", "bias"))
+    return b.node("LayerNormalization", [x, scale, shift], {"axis": -1, "epsilon": LN_EPS}, prefix)
+
+
+def _shape_dim(b: _Builder, x: str, axis: int, scope: str) -> str:
+    """Dim ``axis`` of x as a [1] int64 tensor."""
+    return b.node("Gather", [b.node("Shape", [x], scope=scope), b.const(f"{scope}.axis{axis}", np.array([axis], np.int64))],
+                  {"axis": 0}, scope)
+
+
+def _subsampling(b: _Builder, cfg, x: str, length: str) -> Tuple[str, str]:
+    """ConvSubsampling: [B, F, T] -> 2-D convs over (time, frequency) -> Linear -> [B, T', d]; lengths alike.
+    ``striding``: (Conv2d 3x3 s2 p1 + ReLU) per factor 2; ``dw_striding``: the first conv dense, then depthwise
+    3x3 s2 + pointwise 1x1 + ReLU.  As NeMo does, the input and every conv's output are zeroed on the frames
+    past the item's length at that rate, so padding never reaches the valid frames."""
+    scope, prefix = "encoder.pre_encode", "encoder.pre_encode.conv"
+    y = b.node("Unsqueeze", [b.node("Transpose", [x], {"perm": [0, 2, 1]}, scope),
+                             b.const(f"{scope}.axis1", np.array([1], np.int64))], scope=scope)  # [B, 1, T, F]
+    y = _mask_frames(b, y, length, scope)
+    stride2 = {"strides": [2, 2], "pads": [1, 1, 1, 1], "dilations": [1, 1]}
+    channels, cin, index, freq = cfg["conv_channels"], 1, 0, cfg["feat_in"]
+
+    def conv2d(cout, group, kernel, attrs, activation):
+        nonlocal y, cin, index, length
+        key = f"{prefix}.{index}"
+        weight = b.take(f"{key}.weight", (cout, cin // group, kernel, kernel)).astype(np.float32)
+        bias = b.take(f"{key}.bias", (cout,)).astype(np.float32)
+        attrs = dict(attrs, group=group, kernel_shape=[kernel, kernel], **({"activation": "Relu"} if activation else {}))
+        y = b.node("Conv", [y, b.const(f"{key}.weight", weight), b.const(f"{key}.bias", bias)], attrs, key)
+        if attrs["strides"][0] == 2:  # calc_length: floor((L + 2 - 3) / 2) + 1
+            halved = b.node("Div", [b.node("Add", [length, b.const(f"{scope}.minus_one", np.int64(-1))], scope=scope),
+                                    b.const(f"{scope}.two", np.int64(2))], scope=scope)
+            length = b.node("Add", [halved, b.const(f"{scope}.one", np.int64(1))], scope=scope)
+        y = _mask_frames(b, y, length, scope)
+        cin, index = cout, index + (2 if activation else 1)  # the ReLU is a module of its own
+
+    for step in range(int(np.log2(cfg["factor"]))):
+        if cfg["subsampling"] == "striding" or step == 0:
+            conv2d(channels, 1, 3, stride2, True)
+        else:
+            conv2d(cin, cin, 3, stride2, False)
+            conv2d(channels, 1, 1, {"strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1]}, True)
+        freq = (freq - 1) // 2 + 1
+    frames = b.node("Transpose", [y], {"perm": [0, 2, 1, 3]}, scope)  # [B, T', C, F']
+    flat = b.node("Reshape", [frames, b.const(f"{scope}.flat", np.array([0, 0, -1], np.int64))], scope=scope)
+    return _linear(b, "encoder.pre_encode.out", flat, channels * freq, cfg["d_model"], True), length
+
+
+def _valid_frames(b: _Builder, x: str, axis: int, length: str, scope: str) -> str:
+    """[B, T] bool: frame t (x's dim ``axis``) < the item's length."""
+    frames = b.node("Squeeze", [_shape_dim(b, x, axis, scope), b.const(f"{scope}.axis0", np.array([0], np.int64))], scope=scope)
+    steps = b.node("Range", [b.const(f"{scope}.zero", np.int64(0)), frames, b.const(f"{scope}.one", np.int64(1))],
+                   scope=scope)
+    return b.node("Less", [steps, b.node("Unsqueeze", [length, b.const(f"{scope}.axis1", np.array([1], np.int64))],
+                                         scope=scope)], scope=scope)
+
+
+def _mask_frames(b: _Builder, y: str, length: str, scope: str) -> str:
+    """y [B, C, T, F] with frames past the length zeroed (NeMo's subsampling masks)."""
+    valid = _valid_frames(b, y, 2, length, scope)
+    mask = b.node("Cast", [b.node("Unsqueeze", [valid, b.const(f"{scope}.axes13", np.array([1, 3], np.int64))],
+                                  scope=scope)], {"to": ONNX_FLOAT}, scope)
+    return b.node("Mul", [y, mask], scope=scope)
+
+
+def _padding_masks(b: _Builder, x: str, length: str) -> Tuple[str, str]:
+    """(frames [B, 1, T] and attention [B, 1, T, T] bool masks: True where NeMo keeps the value)."""
+    scope = "encoder.masks"
+    valid = _valid_frames(b, x, 1, length, scope)
+    axis1 = b.const(f"{scope}.axis1", np.array([1], np.int64))
+    keys = b.node("Unsqueeze", [valid, axis1], scope=scope)  # [B, 1, T]
+    queries = b.node("Unsqueeze", [valid, b.const(f"{scope}.axis2", np.array([2], np.int64))], scope=scope)
+    pairs = b.node("And", [keys, queries], scope=scope)  # [B, T, T]
+    return keys, b.node("Unsqueeze", [pairs, axis1], scope=scope)
+
+
+def _relative_positions(b: _Builder, x: str, d: int) -> str:
+    """RelPositionalEncoding's rows for T frames: positions T-1 down to -(T-1), [1, 2T-1, d], computed (no table;
+    any length).  Row r of the virtual table holds position -1 - r; the rows are -T .. T-1."""
+    scope = "encoder.pos_enc"
+    frames = _shape_dim(b, x, 1, scope)
+    start = b.node("Neg", [frames], scope=scope)
+    end = b.node("Sub", [frames, b.const(f"{scope}.one", np.array([1], np.int64))], scope=scope)
+    b.nodes.extend(position_rows(f"{scope}/rows", start, end, f"{scope}.pos_emb", -1, -1, d, b.tensors))
+    return f"{scope}.pos_emb"
+
+
+def _conformer_layer(b: _Builder, cfg, i: int, x: str, positions: str, masks: Tuple[str, str]) -> str:
+    """ConformerLayer: half-step FFN, rel-pos self-attention, conv module, half-step FFN, each pre-LayerNorm with
+    a residual add, then LayerNorm."""
+    prefix, d = f"encoder.layers.{i}", cfg["d_model"]
+    b.where = f"encoder layer {i} (d_model={d}, n_heads={cfg['heads']})"
+    x = b.node("Add", [x, _feed_forward(b, cfg, f"{prefix}.feed_forward1",
+                                        _layer_norm(b, f"{prefix}.norm_feed_forward1", x, d))], scope=prefix)
+    x = b.node("Add", [x, _self_attention(b, cfg, i, _layer_norm(b, f"{prefix}.norm_self_att", x, d), positions,
+                                          masks[1])], scope=prefix)
+    x = b.node("Add", [x, _conv_module(b, cfg, f"{prefix}.conv", _layer_norm(b, f"{prefix}.norm_conv", x, d),
+                                       masks[0])], scope=prefix)
+    x = b.node("Add", [x, _feed_forward(b, cfg, f"{prefix}.feed_forward2",
+                                        _layer_norm(b, f"{prefix}.norm_feed_forward2", x, d))], scope=prefix)
+    return _layer_norm(b, f"{prefix}.norm_out", x, d)
+
+
+def _feed_forward(b: _Builder, cfg, prefix: str, x: str) -> str:
+    """linear1 -> Swish -> linear2, times the layer's fc_factor 0.5 (folded into linear2)."""
+    hidden = _linear(b, f"{prefix}.linear1", x, cfg["d_model"], cfg["ff_units"], cfg["bias"])
+    hidden = b.activate(hidden, ("Swish", ()), prefix)
+    return _linear(b, f"{prefix}.linear2", hidden, cfg["ff_units"], cfg["d_model"], cfg["bias"], scale=0.5)
+
+
+def _self_attention(b: _Builder, cfg, i: int, x: str, positions: str, keep: str) -> str:
+    """RelPositionMultiHeadAttention (Transformer-XL): scores = ((q + u) k^T + rel_shift((q + v) p^T)) / sqrt(d_k),
+    masked with -10000 where a query or key frame is padding, softmax, masked to 0 (one RelPositionSoftmax node),
+    times the values."""
+    prefix, d, heads = f"encoder.layers.{i}.self_attn", cfg["d_model"], cfg["heads"]
+    dk = d // heads
+    split = b.const(f"{prefix}.heads_shape", np.array([0, 0, heads, dk], np.int64))
+
+    def project(name):  # [B, T, H, dk]
+        return b.node("Reshape", [_linear(b, f"{prefix}.{name}", x, d, d, cfg["bias"]), split], scope=prefix)
+
+    q, k, v = project("linear_q"), project("linear_k"), project("linear_v")
+    bias_prefix = prefix if cfg["untie"] else "encoder"
+    heads_first = {"perm": [0, 2, 1, 3]}
+    q_u, q_v = (b.node("Transpose", [b.node("Add", [q, b.const(f"{prefix}.{name}", b.take(
+        f"{bias_prefix}.{name}", (heads, dk)).astype(np.float32))], scope=prefix)], heads_first, prefix)
+        for name in ("pos_bias_u", "pos_bias_v"))
+    keys_t = b.node("Transpose", [k], {"perm": [0, 2, 3, 1]}, prefix)  # [B, H, dk, T]
+    values = b.node("Transpose", [v], heads_first, prefix)
+    pos = b.node("MatMul", [positions, b.const(f"{prefix}.linear_pos.weight_t", b.take(
+        f"{prefix}.linear_pos.weight", (d, d)).T.astype(np.float32))], scope=prefix)
+    pos_t = b.node("Transpose", [b.node("Reshape", [pos, b.const(f"{prefix}.pos_shape", np.array(
+        [1, -1, heads, dk], np.int64))], scope=prefix)], {"perm": [0, 2, 3, 1]}, prefix)  # [1, H, dk, 2T-1]
+    content = b.node("MatMul", [q_u, keys_t], scope=prefix)  # [B, H, T, T]
+    position = b.node("MatMul", [q_v, pos_t], scope=prefix)  # [B, H, T, 2T-1]
+    weights = b.node("RelPositionSoftmax", [content, position, keep],
+                     {"scale": float(np.float32(np.sqrt(dk))), "masked_value": MASKED_SCORE}, prefix)
+    out = b.node("Transpose", [b.node("MatMul", [weights, values], scope=prefix)], heads_first, prefix)
+    out = b.node("Reshape", [out, b.const(f"{prefix}.merge", np.array([0, 0, d], np.int64))], scope=prefix)
+    return _linear(b, f"{prefix}.linear_out", out, d, d, cfg["bias"])
+
+
+def _conv_module(b: _Builder, cfg, prefix: str, x: str, keep: str) -> str:
+    """ConformerConvolution: pointwise (2d) -> GLU -> padding zeroed -> depthwise (BatchNorm folded) -> Swish ->
+    pointwise, on [B, d, T]."""
+    d, kernel = cfg["d_model"], cfg["kernel"]
+    y = b.node("Transpose", [x], {"perm": [0, 2, 1]}, prefix)
+    w1, b1 = b.take_conv(f"{prefix}.pointwise_conv1", (2 * d, d, 1))
+    y = b.conv(y, w1, b1, f"{prefix}.pointwise_conv1")
+    half = b.const(f"{prefix}.glu_split", np.array([d, d], np.int64))
+    value, gate = f"{prefix}.glu_value", f"{prefix}.glu_gate"
+    b.nodes.append(Node(f"{prefix}/Split", "Split", (y, half), (value, gate), {"axis": 1}))
+    y = b.node("Mul", [value, b.node("Sigmoid", [gate], scope=prefix)], scope=prefix)
+    y = b.node("Where", [keep, y, b.const(f"{prefix}.zero", np.float32(0))], scope=prefix)
+    weight, bias = b.take_conv(f"{prefix}.depthwise_conv", (d, 1, kernel))
+    gamma, beta, mean, var = (b.take(f"{prefix}.batch_norm.{k}", (d,))
+                              for k in ("weight", "bias", "running_mean", "running_var"))
+    b.used.add(f"{prefix}.batch_norm.num_batches_tracked")
+    scale = gamma / np.sqrt(var + LN_EPS)
+    bias = (0 if bias is None else bias) * scale + beta - mean * scale
+    pad = (kernel - 1) // 2
+    y = b.conv(y, weight * scale[:, None, None], bias, f"{prefix}.depthwise_conv", pads=(pad, pad), group=d,
+               activation=("Swish", ()))
+    w2, b2 = b.take_conv(f"{prefix}.pointwise_conv2", (d, d, 1))
+    y = b.conv(y, w2, b2, f"{prefix}.pointwise_conv2")
+    return b.node("Transpose", [y], {"perm": [0, 2, 1]}, prefix)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Decoders and the whole model
 
 
@@ -399,32 +660,49 @@ def _classification_decoder(b: _Builder, dec: Dict[str, Any], x: str, channels: 
     return ValueInfo("logits", "float32", ("batch", classes))
 
 
-def build_graph(cfg: Dict[str, Any], weights: Dict[str, np.ndarray]) -> Tuple[Graph, Dict[str, np.ndarray]]:
+def build_graph(cfg: Dict[str, Any], weights: Dict[str, np.ndarray],
+                encoder_only: bool = False) -> Tuple[Graph, Dict[str, np.ndarray]]:
     """The NeMo model's ONNX-export computation as a tinyasr Graph plus its stored tensors.
 
     Inputs as NeMo's export names them: ``audio_signal`` [batch, features, time] float32, and ``length``
-    [batch] int64 only when a squeeze-excite block uses it.  Output ``logprobs`` [batch, frames, classes]
-    (CTC, blank last) or ``logits`` [batch, classes].
+    [batch] int64 when the encoder uses it (a Conformer; a squeeze-excite block).  Output ``logprobs``
+    [batch, frames, classes] (CTC, blank last) or ``logits`` [batch, classes].  ``encoder_only`` (Conformer
+    encoders, e.g. of a transducer): outputs ``outputs`` [batch, d_model, frames] and ``encoded_lengths``
+    [batch] as NeMo's encoder export names them; the decoder section is not read.
     """
     enc, dec = cfg.get("encoder"), cfg.get("decoder")
-    if not isinstance(enc, dict) or not isinstance(dec, dict):
+    if not isinstance(enc, dict) or not (encoder_only or isinstance(dec, dict)):
         raise ConversionError("NeMo config needs 'encoder' and 'decoder' sections")
-    decoder_kind = _target(dec)
-    _require(decoder_kind, tuple(DECODER_KEYS), "decoder._target_")
-    _check_keys(dec, DECODER_KEYS[decoder_kind], "decoder")
+    conformer = _target(enc) == "ConformerEncoder"
+    if encoder_only:
+        _require(_target(enc), ("ConformerEncoder",), "encoder._target_ (encoder only)")
+    else:
+        decoder_kind = _target(dec)
+        _require(decoder_kind, tuple(DECODER_KEYS), "decoder._target_")
+        _check_keys(dec, DECODER_KEYS[decoder_kind], "decoder")
     feat_in = _first(enc.get("feat_in"), "encoder.feat_in")
-    uses_length = any(isinstance(blk, dict) and blk.get("se") for blk in enc.get("jasper") or [])
+    uses_length = conformer or any(isinstance(blk, dict) and blk.get("se") for blk in enc.get("jasper") or [])
     b = _Builder(weights)
     inputs = [ValueInfo("audio_signal", "float32", ("batch", feat_in, "time"))]
     if uses_length:
         inputs.append(ValueInfo("length", "int64", ("batch",)))
-    x, channels = _encoder(b, enc, "audio_signal", "length" if uses_length else None)
-    build = _ctc_decoder if decoder_kind == "ConvASRDecoder" else _classification_decoder
-    output = build(b, dec, x, channels)
-    unused = sorted(k for k in weights if k.split(".", 1)[0] in ("encoder", "decoder") and k not in b.used)
+    if conformer:
+        x, channels, lengths = _conformer_encoder(b, enc, "audio_signal", "length")
+    else:
+        x, channels = _encoder(b, enc, "audio_signal", "length" if uses_length else None)
+    if encoder_only:
+        b.node("Identity", [x], scope="encoder", output="outputs")
+        b.node("Identity", [lengths], scope="encoder", output="encoded_lengths")
+        outputs = [ValueInfo("outputs", "float32", ("batch", channels, "frames")),
+                   ValueInfo("encoded_lengths", "int64", ("batch",))]
+    else:
+        build = _ctc_decoder if decoder_kind == "ConvASRDecoder" else _classification_decoder
+        outputs = [build(b, dec, x, channels)]
+    sections = ("encoder",) if encoder_only else ("encoder", "decoder")
+    unused = sorted(k for k in weights if k.split(".", 1)[0] in sections and k not in b.used)
     if unused:
         raise ConversionError(f"the checkpoint has {len(unused)} encoder/decoder tensor(s) the config does not "
                               f"account for, e.g. {unused[:4]} (adapters, or a config for another architecture?)")
-    graph = Graph(inputs, [output], b.nodes)
+    graph = Graph(inputs, outputs, b.nodes)
     graph.validate(b.tensors)
     return graph, b.tensors

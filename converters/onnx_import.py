@@ -2,7 +2,7 @@
 
 The result (`Imported`) is the source graph almost node for node, in tinyasr
 IR: constants are stored tensors, Identity/Dropout are gone, attributes are
-JSON, Conv carries explicit 1-D pads, and `com.microsoft` FusedConv is spelled
+JSON, a 1-D Conv carries explicit pads, and `com.microsoft` FusedConv is spelled
 out as Conv (+ Add) + activation so the fusion passes can rebuild it from
 standard pieces.  Folding and fusion happen afterwards in `passes.py`.
 """
@@ -16,8 +16,11 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from tinyasr.errors import ConversionError
+from tinyasr.errors import ConversionError, GraphError
 from tinyasr.format.graph import Graph, Node, ValueInfo
+from tinyasr.ops.attributes import CONV_ATTRS
+from tinyasr_convert.opset18 import from_opset_18
+from tinyasr_convert.onnx_safety import ONNX_NUMPY as _ONNX_NUMPY, check_proto, in_child
 
 TARGET_OPSET = 17
 
@@ -74,53 +77,66 @@ def load_onnx(src) -> Tuple["object", str, str]:
 
 def import_onnx(model, source_name: str) -> Imported:
     """Translate a ModelProto into tinyasr IR (no folding or fusion yet)."""
-    import onnx
     from onnx import numpy_helper
 
+    check_proto(model, source_name)  # every initializer, node and value the code below reads
     model = _normalise(model, source_name)
     shapes, dtypes = _infer_shapes(model)
     tensors: Dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     rename: Dict[str, str] = {}
     graph_outputs = {o.name for o in model.graph.output}
     nodes: List[Node] = []
-
-    def src(name: str) -> str:
-        return rename.get(name, name)
-
     seen = set()
     for i, pn in enumerate(model.graph.node):
         name = pn.name or f"{pn.op_type}_{i}"
         name = name if name not in seen else f"{name}_{i}"  # unique: passes derive tensor names from node names
         seen.add(name)
-        attrs = {a.name: _attr_value(a, name, pn.op_type) for a in pn.attribute if a.type != onnx.AttributeProto.TENSOR}
-        inputs = [src(x) for x in pn.input]
-        outputs = list(pn.output)
-        op = pn.op_type
-        if op == "Constant":
-            tensors[outputs[0]] = _constant_value(pn, name)
-            continue
-        if op in ("Identity", "Dropout"):
-            if len(outputs) > 1 and outputs[1]:
-                raise ConversionError(f"node {name!r} ({op}): the dropout mask output is not supported")
-            if outputs[0] in graph_outputs:
-                nodes.append(Node(name, "Identity", (inputs[0],), (outputs[0],)))
-            else:
-                rename[outputs[0]] = inputs[0]
-            continue
-        if op == "ConstantOfShape":
-            # ConstantOfShape(s) == Expand(value, s) with a 0-d value: no tensor-valued attribute needed.
-            value = next((numpy_helper.to_array(a.t) for a in pn.attribute if a.name == "value"), np.zeros(1, np.float32))
-            tensors[f"{outputs[0]}::value"] = value.reshape(())
-            nodes.append(Node(name, "Expand", (f"{outputs[0]}::value", inputs[0]), tuple(outputs)))
-            continue
-        if op == "Conv":
-            attrs = _conv_attrs(name, attrs, inputs, tensors, shapes)
-        nodes.append(Node(name, op, tuple(inputs), tuple(outputs), attrs))
+        try:
+            node = _translated(pn, name, tensors, shapes, graph_outputs, rename)
+        except (ValueError, TypeError, IndexError, KeyError, AttributeError, OverflowError) as exc:
+            raise ConversionError(f"{source_name}: node {name!r} ({pn.op_type}) cannot be read: "
+                                  f"{type(exc).__name__}: {str(exc)[:160]}") from None
+        if node is not None:
+            nodes.append(node)
 
     inputs = [_value_info(v, shapes) for v in model.graph.input if v.name not in tensors]
     outputs = [_value_info(v, shapes) for v in model.graph.output]
     metadata = {p.key: p.value for p in model.metadata_props}
     return Imported(Graph(inputs, outputs, nodes), tensors, shapes, dtypes, metadata)
+
+
+def _translated(pn, name: str, tensors: dict, shapes: dict, graph_outputs, rename: Dict[str, str]) -> Optional[Node]:
+    """One ONNX node as a tinyasr Node, or None when it becomes a stored tensor or a renaming."""
+    import onnx
+    from onnx import numpy_helper
+
+    def src(name: str) -> str:
+        return rename.get(name, name)
+
+    attrs = {a.name: _attr_value(a, name, pn.op_type) for a in pn.attribute if a.type != onnx.AttributeProto.TENSOR}
+    inputs = [src(x) for x in pn.input]
+    outputs = list(pn.output)
+    op = pn.op_type
+    if op == "Constant":
+        tensors[outputs[0]] = _constant_value(pn, name)
+        return None
+    if op in ("Identity", "Dropout"):
+        if len(outputs) > 1 and outputs[1]:
+            raise ConversionError(f"node {name!r} ({op}): the dropout mask output is not supported")
+        if outputs[0] in graph_outputs:
+            return Node(name, "Identity", (inputs[0],), (outputs[0],))
+        rename[outputs[0]] = inputs[0]
+        return None
+    if op == "ConstantOfShape":
+        # ConstantOfShape(s) == Expand(value, s) with a 0-d value: no tensor-valued attribute needed.
+        value = next((numpy_helper.to_array(a.t) for a in pn.attribute if a.name == "value"), np.zeros(1, np.float32))
+        if value.size != 1:
+            raise ConversionError(f"node {name!r} (ConstantOfShape): value must hold one number, got {value.shape}")
+        tensors[f"{outputs[0]}::value"] = value.reshape(())
+        return Node(name, "Expand", (f"{outputs[0]}::value", inputs[0]), tuple(outputs))
+    if op == "Conv":
+        attrs = _conv_attrs(name, attrs, inputs, tensors, shapes)
+    return Node(name, op, tuple(inputs), tuple(outputs), attrs)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -150,16 +166,18 @@ def _normalise(model, source_name: str):
                 f"{source_name}: node {name!r}: op {pn.op_type!r} of domain {domain!r} (opset {opsets.get(domain, '?')}) "
                 f"is not supported. Supported: {', '.join(sorted(supported))}, com.microsoft:FusedConv"
             )
-        if pn.op_type == "Conv" and weight_ranks.get(pn.input[1], 3) != 3:
+        if pn.op_type == "Conv" and weight_ranks.get(pn.input[1], 3) not in (3, 4):
             raise ConversionError(
                 f"{source_name}: node {name!r} (Conv) is a {weight_ranks[pn.input[1]] - 2}-D convolution; only 1-D "
-                "convolutions over time (input [batch, channels, time]) are supported (e.g. a Conformer's Conv2d "
-                "subsampling is not)"
+                "(input [batch, channels, time]) and 2-D convolutions are supported"
             )
     model = _expand_fused_conv(model)
+    if default == 18 and TARGET_OPSET == 17:  # onnx's converter has no Pad adapter down from 18
+        model, default = from_opset_18(model, source_name), TARGET_OPSET
     if default != TARGET_OPSET:
         try:
-            model = onnx.version_converter.convert_version(model, TARGET_OPSET)
+            converted = in_child(_converted_to_target_opset, model.SerializeToString(), "version converter")
+            model = onnx.ModelProto.FromString(converted)
         except Exception as exc:
             raise ConversionError(
                 f"{source_name}: cannot bring the model from ONNX opset {default} to {TARGET_OPSET}: {exc}"
@@ -216,26 +234,39 @@ def _expand_fused_conv(model):
 def _infer_shapes(model) -> Tuple[Dict[str, Shape], Dict[str, str]]:
     """Static shapes and dtypes of every value onnx shape inference can tell (unknown dims are None)."""
     import onnx
-    from onnx import helper
 
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    try:  # in a child: onnx's C++ inference aborts the process on some malformed models
+        inferred = onnx.ModelProto.FromString(in_child(_inferred, model.SerializeToString(), "shape inference"))
     except Exception:  # a model that defeats inference still converts; fusions just stay conservative
         inferred = model
     shapes: Dict[str, Shape] = {}
     dtypes: Dict[str, str] = {}
     for v in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
         tt = v.type.tensor_type
-        if tt.elem_type:
-            dtypes[v.name] = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)).name
+        if tt.elem_type in _ONNX_NUMPY:
+            dtypes[v.name] = _ONNX_NUMPY[tt.elem_type]
         if tt.HasField("shape"):
             shapes[v.name] = tuple(
                 d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim
             )
     for t in inferred.graph.initializer:
         shapes[t.name] = tuple(t.dims)
-        dtypes[t.name] = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).name
+        dtypes[t.name] = _ONNX_NUMPY[t.data_type]  # check_proto refused unknown ones
     return shapes, dtypes
+
+
+def _inferred(model_bytes: bytes) -> bytes:
+    import onnx
+
+    model = onnx.ModelProto.FromString(model_bytes)
+    return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True).SerializeToString()
+
+
+def _converted_to_target_opset(model_bytes: bytes) -> bytes:
+    import onnx
+
+    model = onnx.ModelProto.FromString(model_bytes)
+    return onnx.version_converter.convert_version(model, TARGET_OPSET).SerializeToString()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -269,15 +300,26 @@ def _constant_value(pn, name: str) -> np.ndarray:
 
 
 def _conv_attrs(name: str, attrs: dict, inputs: List[str], tensors: dict, shapes: dict) -> dict:
-    """Normalise Conv attributes to 1-D explicit form: group, strides, dilations, pads [left, right]."""
+    """Normalise Conv attributes to 1-D explicit form: group, strides, dilations, pads [left, right].  They are
+    first checked by the rules the runtime loads them with (tinyasr.ops.attributes.CONV_ATTRS)."""
+    for key, value in attrs.items():
+        if key in CONV_ATTRS:
+            try:
+                CONV_ATTRS[key](value, f"node {name!r} (Conv) attribute {key!r}")
+            except GraphError as exc:
+                raise ConversionError(str(exc)) from None
     w_shape = tensors[inputs[1]].shape if inputs[1] in tensors else shapes.get(inputs[1])
     kernel = attrs.get("kernel_shape") or (list(w_shape[2:]) if w_shape else None)
     x_shape = shapes.get(inputs[0])
     rank = len(kernel) if kernel is not None else (len(x_shape) - 2 if x_shape else None)
+    if rank == 2:  # the Conformer subsampling: explicit attributes; the op resolves auto_pad from the input
+        keep = {k: attrs[k] for k in ("auto_pad", "pads") if k in attrs}
+        return {"group": int(attrs.get("group", 1)), "strides": [int(s) for s in attrs.get("strides", [1, 1])],
+                "dilations": [int(d) for d in attrs.get("dilations", [1, 1])], **keep}
     if rank != 1:
         raise ConversionError(
-            f"node {name!r} (Conv): only 1-D convolutions (input [batch, channels, time]) are supported; "
-            f"this one is {rank}-D (kernel {kernel}), e.g. a Conformer's Conv2d subsampling"
+            f"node {name!r} (Conv): only 1-D (input [batch, channels, time]) and 2-D convolutions are supported; "
+            f"this one is {rank}-D (kernel {kernel})"
         )
     k = int(kernel[0])
     stride = int(attrs.get("strides", [1])[0])
@@ -303,12 +345,11 @@ def _conv_attrs(name: str, attrs: dict, inputs: List[str], tensors: dict, shapes
 
 
 def _value_info(v, shapes) -> ValueInfo:
-    from onnx import helper
-
     tt = v.type.tensor_type
-    if not tt.elem_type:
-        raise ConversionError(f"graph value {v.name!r}: only tensor inputs and outputs are supported")
-    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)).name
+    if tt.elem_type not in _ONNX_NUMPY:
+        raise ConversionError(f"graph value {v.name!r}: only tensor inputs and outputs of a numeric type are "
+                              f"supported (element type {tt.elem_type})")
+    dtype = _ONNX_NUMPY[tt.elem_type]
     dims = []
     for i, d in enumerate(tt.shape.dim):
         if d.HasField("dim_value"):

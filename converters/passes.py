@@ -1,4 +1,5 @@
-"""Graph passes run after import: fold constants and static shapes, fold BatchNorm, fuse Conv epilogues, drop dead code.
+"""Graph passes run after import: fold constants and static shapes, regenerate position tables, fold BatchNorm,
+fuse Conv epilogues, drop dead code.
 
 Each pass takes and returns an `Imported` (graph + stored tensors + inferred
 shapes).  Folding runs nodes through `tinyasr.ops.run_op`, the same functions
@@ -25,6 +26,8 @@ def optimize(model: Imported) -> Imported:
     """All passes in order; the result contains only ops the runtime supports."""
     model = resolve_identities(model)
     model = fold_constants(model)
+    model = regenerate_position_tables(model)
+    model = fuse_rel_position_attention(model)
     model = fold_batchnorm(model)
     model = fuse_conv_epilogues(model)
     model = remove_dead(model)
@@ -84,7 +87,7 @@ def fold_constants(model: Imported) -> Imported:
             args = [tensors[x] if x else None for x in node.inputs]
             try:
                 results = run_op(node.op, args, node.attrs, num_outputs=len(node.outputs))
-            except GraphError as exc:
+            except (GraphError, ValueError, TypeError, IndexError, KeyError, OverflowError, MemoryError) as exc:
                 raise ConversionError(f"node {node.name!r} ({node.op}): constant folding failed: {exc}") from None
             for name, value in zip(node.outputs, results):
                 tensors[name] = np.asarray(value, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
@@ -198,6 +201,185 @@ _PARTIAL_OPS = {
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# sinusoidal position tables
+
+POSITION_TABLE_TOLERANCE = 1e-4  # stored vs regenerated table (NeMo's torch float32 sin differs by ~1 ulp of the angle)
+
+
+def sinusoid_frequencies(dim: int) -> np.ndarray:
+    """[dim / 2] float32 ``exp(2i * -ln(10000) / dim)`` as NeMo / ESPnet compute them (float32 argument)."""
+    argument = np.arange(0, dim, 2, dtype=np.float32) * np.float32(-(np.log(10000.0) / dim))
+    return np.exp(argument.astype(np.float64)).astype(np.float32)
+
+
+def sinusoid_table(positions: np.ndarray, dim: int) -> np.ndarray:
+    """[len(positions), dim] float32: sin at even, cos at odd columns, computed as the regenerating subgraph does."""
+    angle = positions.astype(np.float32)[:, None] * sinusoid_frequencies(dim)[None, :]
+    return np.stack((np.sin(angle), np.cos(angle)), axis=2).reshape(len(positions), dim)
+
+
+def _table_origin(table: np.ndarray) -> Optional[tuple]:
+    """(position of row 0, step per row) if ``table`` [1, n, d] is a sinusoid table: relative (NeMo rel_pos:
+    positions (n-1)/2 down to -(n-1)/2) or absolute (0 up to n-1); None otherwise."""
+    if table.dtype != np.float32 or table.ndim != 3 or table.shape[0] != 1 or table.shape[2] % 2:
+        return None
+    rows = table.shape[1]
+    candidates = [(0, 1)] + ([((rows - 1) // 2, -1)] if rows % 2 else [])
+    for origin, step in candidates:
+        positions = origin + step * np.arange(rows)
+        if np.abs(sinusoid_table(positions, table.shape[2]) - table[0]).max() <= POSITION_TABLE_TOLERANCE:
+            return origin, step
+    return None
+
+
+def regenerate_position_tables(model: Imported, min_rows: int = 256) -> Imported:
+    """A stored sinusoid table read by a run-time Slice along its rows becomes a subgraph that computes the rows.
+
+    NeMo exports bake in ``pe`` [1, 2L-1, d] and slice the rows the input needs, so an input longer than L
+    encoder frames fails (the slice is short).  The subgraph computes row r's position (origin + step * r) for
+    the same start / end, so it equals the Slice wherever the table was long enough, continues past its ends, and
+    the table is no longer stored.  Tables of fewer than ``min_rows`` rows are left alone.
+    """
+    tensors = dict(model.tensors)
+    nodes: List[Node] = []
+    for node in model.graph.nodes:
+        table = tensors.get(node.inputs[0]) if node.op == "Slice" else None
+        if table is None or not isinstance(table, np.ndarray) or table.ndim != 3 or table.shape[1] < min_rows:
+            nodes.append(node)
+            continue
+        axes = tensors.get(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] else None
+        steps = tensors.get(node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4] else None
+        origin = _table_origin(table)
+        if (origin is None or axes is None or [int(a) % 3 for a in np.reshape(axes, -1)] != [1]
+                or (steps is not None and [int(v) for v in np.reshape(steps, -1)] != [1])
+                or node.inputs[1] in tensors or node.inputs[2] in tensors):
+            nodes.append(node)
+            continue
+        nodes += position_rows(node.name, node.inputs[1], node.inputs[2], node.outputs[0], *origin, table.shape[2],
+                               tensors, model.dtypes.get(node.inputs[1], "int64"))
+    model = Imported(model.graph, tensors, model.shapes, model.dtypes, model.metadata)
+    return _with_nodes(model, nodes)
+
+
+def position_rows(name: str, starts: str, ends: str, output: str, origin: int, step: int, dim: int, tensors,
+                  index_dtype: str = "int64") -> List[Node]:
+    """Nodes computing rows ``starts .. ends`` ([1] integer values) of an unbounded sinusoid table whose row r
+    holds position ``origin + step * r``, as ``output`` [1, ends - starts, dim]: sin / cos of positions times
+    the frequencies, interleaved.  New stored tensors go into ``tensors``."""
+
+    def const(suffix, value):
+        tensors[f"{name}::{suffix}"] = np.asarray(value)
+        return f"{name}::{suffix}"
+
+    def v(suffix):
+        return f"{name}::{suffix}"
+
+    zero, one = const("axis0", np.array([0], np.int64)), const("one", np.array(1, index_dtype))
+    axis2 = const("axis2", np.array([2], np.int64))
+    return [
+        Node(v("start"), "Squeeze", (starts, zero), (v("start"),)),
+        Node(v("end"), "Squeeze", (ends, zero), (v("end"),)),
+        Node(v("rows"), "Range", (v("start"), v("end"), one), (v("rows"),)),
+        Node(v("rowsf"), "Cast", (v("rows"),), (v("rowsf"),), {"to": 1}),
+        Node(v("scaled"), "Mul", (v("rowsf"), const("step", np.float32(step))), (v("scaled"),)),
+        Node(v("positions"), "Add", (v("scaled"), const("origin", np.float32(origin))), (v("positions"),)),
+        Node(v("column"), "Unsqueeze", (v("positions"), const("axis1", np.array([1], np.int64))), (v("column"),)),
+        Node(v("angle"), "Mul", (v("column"), const("frequencies", sinusoid_frequencies(dim)[None, :])), (v("angle"),)),
+        Node(v("sin"), "Sin", (v("angle"),), (v("sin"),)),
+        Node(v("cos"), "Cos", (v("angle"),), (v("cos"),)),
+        Node(v("sin3"), "Unsqueeze", (v("sin"), axis2), (v("sin3"),)),
+        Node(v("cos3"), "Unsqueeze", (v("cos"), axis2), (v("cos3"),)),
+        Node(v("pairs"), "Concat", (v("sin3"), v("cos3")), (v("pairs"),), {"axis": 2}),
+        Node(name, "Reshape", (v("pairs"), const("shape", np.array([1, -1, dim], np.int64))), (output,)),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# relative-position attention
+
+
+def fuse_rel_position_attention(model: Imported) -> Imported:
+    """NeMo's exported rel_pos attention weights become one RelPositionSoftmax node (tinyasr/ops/attention.py).
+
+    The export computes Where(mask, 0, Softmax(Where(mask, -10000, (ac + rel_shift(bd)) / c))) with rel_shift as
+    Pad(bd, one zero column in front) -> Reshape -> Slice(rows 1:) -> Reshape -> Slice(columns :T); ten passes
+    and two copies of [B, H, T, 2T-1] arrays.  Matched from the Softmax back, every intermediate read only by
+    the next node; the mask (True where padding) becomes the op's keep input through one Not.
+    """
+    tensors = dict(model.tensors)
+    nodes = list(model.graph.nodes)
+    consumers = _consumer_counts(model)
+    producers = {o: n for n in nodes for o in n.outputs}
+    fused: Dict[str, List[Node]] = {}  # Softmax name -> [replacement nodes]; removed nodes by name
+    removed = set()
+    for node in nodes:
+        match = _rel_position_match(node, producers, consumers, tensors) if node.op == "Softmax" else None
+        if match is None:
+            continue
+        final, mask, content, position, scale, masked, chain = match
+        keep = f"{node.name}::keep"
+        fused[final.name] = [
+            Node(f"{node.name}::not", "Not", (mask,), (keep,)),
+            Node(f"{node.name}::fused", "RelPositionSoftmax", (content, position, keep), tuple(final.outputs),
+                 {"scale": scale, "masked_value": masked}),
+        ]
+        removed.update(n.name for n in chain)
+    if not fused:
+        return model
+    out: List[Node] = []
+    for node in nodes:
+        if node.name in fused:
+            out += fused[node.name]
+        elif node.name not in removed:
+            out.append(node)
+    return _with_nodes(Imported(model.graph, tensors, model.shapes, model.dtypes, model.metadata), out)
+
+
+def _rel_position_match(softmax: Node, producers, consumers, tensors):
+    """(final Where, mask, content, position, scale, masked value, nodes replaced) or None."""
+    def only(name, op):  # the producer of ``name`` if it is an ``op`` read by one node
+        node = producers.get(name)
+        return node if node is not None and node.op == op and consumers[name] == 1 else None
+
+    def scalar(name):
+        value = tensors.get(name)
+        return float(np.asarray(value).reshape(())) if value is not None and np.size(value) == 1 else None
+
+    def ints(name):
+        value = tensors.get(name)
+        return [int(v) for v in np.asarray(value).reshape(-1)] if value is not None else None
+
+    if softmax.attrs.get("axis", -1) not in (-1, 3) or consumers[softmax.outputs[0]] != 1:
+        return None
+    final = next((n for n in producers.values() if n.op == "Where" and n.inputs[2:] == (softmax.outputs[0],)), None)
+    pre = only(softmax.inputs[0], "Where")
+    if final is None or pre is None or final.inputs[0] != pre.inputs[0] or scalar(final.inputs[1]) != 0.0:
+        return None
+    masked, div = scalar(pre.inputs[1]), only(pre.inputs[2], "Div")
+    scale = scalar(div.inputs[1]) if div is not None else None
+    add = only(div.inputs[0], "Add") if div is not None else None
+    if masked is None or scale is None or not scale > 0 or add is None:
+        return None
+    for content, shifted in ((add.inputs[0], add.inputs[1]), (add.inputs[1], add.inputs[0])):
+        cut = only(shifted, "Slice")
+        wide = only(cut.inputs[0], "Reshape") if cut is not None else None
+        rows = only(wide.inputs[0], "Slice") if wide is not None else None
+        tall = only(rows.inputs[0], "Reshape") if rows is not None else None
+        pad = only(tall.inputs[0], "Pad") if tall is not None else None
+        if pad is None or pad.attrs.get("mode", "constant") != "constant" or ints(pad.inputs[1]) != [0, 0, 0, 1, 0, 0, 0, 0]:
+            continue
+        if len(pad.inputs) > 2 and pad.inputs[2] and scalar(pad.inputs[2]) != 0.0:
+            continue
+        if (ints(rows.inputs[1]) != [1] or [a % 4 for a in ints(rows.inputs[3]) or [-1]] != [2]
+                or ints(cut.inputs[1]) != [0] or [a % 4 for a in ints(cut.inputs[3]) or [-1]] != [3]
+                or any(len(n.inputs) > 4 and n.inputs[4] and ints(n.inputs[4]) != [1] for n in (rows, cut))):
+            continue
+        chain = [pre, div, add, cut, wide, rows, tall, pad, softmax]
+        return final, pre.inputs[0], content, pad.inputs[0], scale, masked, chain
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # BatchNorm
 
 
@@ -216,11 +398,10 @@ def fold_batchnorm(model: Imported) -> Imported:
         missing = [x for x in node.inputs[1:5] if x not in tensors]
         if missing:
             raise ConversionError(f"node {node.name!r} (BatchNormalization): parameter {missing[0]!r} is not constant")
-        gamma, beta, mean, var = (tensors[x].astype(np.float64) for x in node.inputs[1:5])
-        scale = gamma / np.sqrt(var + node.attrs.get("epsilon", 1e-5))
-        shift = beta - mean * scale
+        scale, shift = _batchnorm_affine(node, tensors)
         conv = producers.get(node.inputs[0])
-        if conv is not None and conv.op == "Conv" and consumers[node.inputs[0]] == 1 and _conv_is_plain(conv, tensors):
+        if (conv is not None and conv.op == "Conv" and consumers[node.inputs[0]] == 1 and conv in out
+                and _conv_is_plain(conv, tensors) and _folds_into(conv, tensors, len(scale))):
             w = tensors[conv.inputs[1]]
             b = tensors[conv.inputs[2]] if len(conv.inputs) > 2 and conv.inputs[2] else np.zeros(w.shape[0])
             w_name, b_name = f"{conv.name}::weight", f"{conv.name}::bias"
@@ -238,6 +419,32 @@ def fold_batchnorm(model: Imported) -> Imported:
         out.append(Node(f"{node.name}::add", "Add", (mid, h_name), node.outputs[:1]))
     model = Imported(model.graph, tensors, model.shapes, model.dtypes, model.metadata)
     return _with_nodes(model, out)
+
+
+def _batchnorm_affine(node: Node, tensors):
+    """(scale, shift) float64 [C] of an inference BatchNormalization; ConversionError naming the node when its
+    parameters are not four numeric vectors of one length or epsilon is not a non-negative number."""
+    params = [np.asarray(tensors[x]) for x in node.inputs[1:5]]
+    epsilon = node.attrs.get("epsilon", 1e-5)
+    if (any(p.ndim != 1 or p.dtype.kind not in "iuf" or p.shape != params[0].shape for p in params)
+            or isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not 0 <= epsilon < 1):
+        raise ConversionError(f"node {node.name!r} (BatchNormalization): scale, bias, mean and var must be numeric "
+                              f"vectors of one length and epsilon a small number; got shapes "
+                              f"{[p.shape for p in params]}, epsilon {str(epsilon)[:20]}")
+    gamma, beta, mean, var = (p.astype(np.float64) for p in params)
+    with np.errstate(all="ignore"):
+        scale = gamma / np.sqrt(var + epsilon)
+    if not np.isfinite(scale).all():
+        raise ConversionError(f"node {node.name!r} (BatchNormalization): var + epsilon is not positive everywhere")
+    return scale, beta - mean * scale
+
+
+def _folds_into(conv: Node, tensors, channels: int) -> bool:
+    """A Conv whose stored weight [C, ...] and bias [C] have the BatchNorm's channel count."""
+    w = np.asarray(tensors[conv.inputs[1]])
+    has_bias = len(conv.inputs) > 2 and conv.inputs[2]
+    return (w.ndim >= 2 and w.dtype.kind == "f" and w.shape[0] == channels
+            and (not has_bias or np.shape(tensors[conv.inputs[2]]) == (channels,)))
 
 
 def _conv_is_plain(conv: Node, tensors) -> bool:
@@ -303,7 +510,7 @@ def _fuse_at(node: Node, producers, consumers, order, model: Imported):
         params = []
         if node.op == "Clip":
             bounds = [node.inputs[i] if len(node.inputs) > i else "" for i in (1, 2)]
-            if any(b and b not in tensors for b in bounds):
+            if any(b and (b not in tensors or np.size(tensors[b]) != 1) for b in bounds):
                 return None
             lo, hi = (float(tensors[b]) if b else d for b, d in zip(bounds, (-FLOAT32_MAX, FLOAT32_MAX)))
             params = [max(lo, -FLOAT32_MAX), min(hi, FLOAT32_MAX)]
@@ -329,12 +536,19 @@ def _same_shape(a: str, b: str, model: Imported) -> bool:
 # dead code, support check, helpers
 
 
+# ops whose trailing outputs are optional: unread ones are dropped (a streamed LSTM has no final states to give)
+OPTIONAL_TRAILING_OUTPUTS = frozenset({"LSTM", "GRU"})
+
+
 def remove_dead(model: Imported) -> Imported:
-    """Drop nodes whose outputs nobody reads and tensors no node reads."""
+    """Drop nodes whose outputs nobody reads, unread trailing optional outputs, and tensors no node reads."""
     needed = {v.name for v in model.graph.outputs}
     kept: List[Node] = []
     for node in reversed(model.graph.nodes):
         if needed.intersection(node.outputs):
+            if node.op in OPTIONAL_TRAILING_OUTPUTS:
+                count = max(i for i, name in enumerate(node.outputs) if name in needed) + 1
+                node = replace(node, outputs=tuple(node.outputs[:count]))
             kept.append(node)
             needed.update(x for x in node.inputs if x)
     tensors = {k: v for k, v in model.tensors.items() if k in needed}

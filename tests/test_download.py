@@ -162,6 +162,30 @@ def test_registry_has_the_english_models_with_sound_entries():
         assert entry.sha256 is None or re.fullmatch(r"[0-9a-f]{64}", entry.sha256)
 
 
+@pytest.mark.skipif(not (ARCHIVE.parent.parent / "fastconformer_ctc_small").exists(), reason="shared NeMo archive not available")
+def test_a_conformer_registry_entry_downloads_and_converts(tmp_path, monkeypatch):
+    """The Conformer entries take the registry path: here with a FastConformer-CTC archive served locally."""
+    import dataclasses
+
+    import numpy as np
+
+    from tinyasr import Recognizer
+
+    assert {"stt_en_conformer_ctc_small", "stt_en_fastconformer_ctc_large"} <= set(REGISTRY)
+    folder = ARCHIVE.parent.parent / "fastconformer_ctc_small"
+    local = _Server({"/v/stt_en_fastconformer_ctc_large.nemo": (folder / "model.nemo").read_bytes()})
+    try:
+        entry = dataclasses.replace(REGISTRY["stt_en_fastconformer_ctc_large"],
+                                    url=local.url("/v/stt_en_fastconformer_ctc_large.nemo"))
+        monkeypatch.setitem(REGISTRY, "stt_en_fastconformer_ctc_large", entry)
+        path = fetch_model("stt_en_fastconformer_ctc_large", cache_dir=tmp_path, stream=io.StringIO())
+    finally:
+        local.close()
+    vectors = np.load(folder / "test_vectors.npz")
+    result = Recognizer(path).transcribe_features(vectors["input.audio_signal"][0])
+    assert [t.id for t in result.tokens] == list(vectors["greedy.tokens"])
+
+
 def test_cli_lists_and_fetches(server, tmp_path, capsys):
     parser = argparse.ArgumentParser()
     add_arguments(parser)

@@ -67,6 +67,8 @@ ORT_CASES = {
     "ConstantOfShape": ("test_constant_of_shape",),
     "Cast": ("test_cast",),
     "Pad": ("test_pad",),
+    "LSTM": ("test_lstm", "test_lstm_with_peepholes"),
+    "GRU": ("test_gru",),
     # tinyasr's fused Conformer attention weights: compared with NeMo's exported subgraph, which ends in Softmax.
     "RelPositionSoftmax": ("test_rel_position_softmax",),
 }

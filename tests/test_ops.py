@@ -395,6 +395,49 @@ def test_conv_errors_name_the_problem():
         run_op("Conv", [f32(1, 2, 8), f32(3, 2, 3), f32(3), f32(1, 3, 8)], {})
 
 
+# ----------------------------------------------------------------------------- recurrent (more cases vs torch:
+# tests/test_recurrent.py)
+
+RECURRENT_CASES = [  # (direction, layout, batch, with_lengths, with_states, extra attrs); onnxruntime has no layout 1
+    ("forward", 0, 1, False, False, {}), ("reverse", 0, 3, True, True, {}),
+    ("bidirectional", 0, 2, True, True, {}), ("forward", 0, 2, False, True, {}),
+    ("bidirectional", 0, 3, False, False, {"clip": 0.5}),
+]
+
+
+def _recurrent_inputs(op, direction, layout, batch, with_lengths, with_states, steps=6, features=5, hidden=4):
+    gates = {"LSTM": 4, "GRU": 3}[op]
+    nd = 2 if direction == "bidirectional" else 1
+    x = f32(batch, steps, features) if layout else f32(steps, batch, features)
+    state_shape = (batch, nd, hidden) if layout else (nd, batch, hidden)
+    lengths = RNG.integers(0, steps + 1, batch).astype(np.int32) if with_lengths else None
+    inputs = [x, f32(nd, gates * hidden, features, low=-0.7, high=0.7),
+              f32(nd, gates * hidden, hidden, low=-0.7, high=0.7), f32(nd, 2 * gates * hidden, low=-0.5, high=0.5),
+              lengths, f32(*state_shape) if with_states else None]
+    if op == "LSTM":
+        inputs.append(f32(*state_shape) if with_states else None)
+    return inputs, {"hidden_size": hidden, "direction": direction, "layout": layout}
+
+
+@pytest.mark.parametrize("direction,layout,batch,with_lengths,with_states,extra", RECURRENT_CASES)
+def test_lstm(direction, layout, batch, with_lengths, with_states, extra):
+    inputs, attrs = _recurrent_inputs("LSTM", direction, layout, batch, with_lengths, with_states)
+    check_against_ort("LSTM", inputs, {**attrs, **extra}, num_outputs=3, rtol=1e-5, atol=2e-6)
+
+
+def test_lstm_with_peepholes():
+    inputs, attrs = _recurrent_inputs("LSTM", "bidirectional", 0, 2, True, True)
+    check_against_ort("LSTM", inputs + [f32(2, 12, low=-0.5, high=0.5)], attrs, num_outputs=3, atol=2e-6)
+
+
+@pytest.mark.parametrize("linear_before_reset", [0, 1])
+@pytest.mark.parametrize("direction,layout,batch,with_lengths,with_states,extra", RECURRENT_CASES)
+def test_gru(direction, layout, batch, with_lengths, with_states, extra, linear_before_reset):
+    inputs, attrs = _recurrent_inputs("GRU", direction, layout, batch, with_lengths, with_states)
+    attrs = {**attrs, **extra, "linear_before_reset": linear_before_reset}
+    check_against_ort("GRU", inputs, attrs, num_outputs=2, rtol=1e-5, atol=2e-6)
+
+
 def _rel_shift_softmax_nodes(batch, heads, frames, scale, masked):
     """NeMo's export of the attention weights: rel_shift by Pad / Reshape / Slice, then Add, Div, Where, Softmax,
     Where (in0 content, in1 position, in2 keep)."""

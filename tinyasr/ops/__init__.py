@@ -14,10 +14,10 @@ from __future__ import annotations
 from typing import Dict, List, Sequence
 
 from tinyasr.ops.context import OpContext, OpFunction
-from tinyasr.ops.registry import lookup, register, registered_ops, run_op, stream_rule
+from tinyasr.ops.registry import check_node_attrs, lookup, register, registered_ops, run_op, stream_rule
 
-__all__ = ["ENCODED_WEIGHT_INPUTS", "SUPPORTED_OPS", "OpContext", "OpFunction", "lookup", "register", "run_op",
-           "stream_rule"]
+__all__ = ["ENCODED_WEIGHT_INPUTS", "SUPPORTED_OPS", "OpContext", "OpFunction", "check_node_attrs", "lookup",
+           "register", "run_op", "stream_rule"]
 
 # Where an op accepts a stored tensor in an encoding other than dense (CSR, BSR, int8, ternary):
 # op -> input positions.  The runtime refuses an encoded tensor anywhere else at load, so no other op
@@ -25,6 +25,6 @@ __all__ = ["ENCODED_WEIGHT_INPUTS", "SUPPORTED_OPS", "OpContext", "OpFunction", 
 ENCODED_WEIGHT_INPUTS: Dict[str, Sequence[int]] = {"Conv": (1,), "MatMul": (0, 1), "Gemm": (0, 1)}
 
 # Importing the op modules fills the registry.
-from tinyasr.ops import attention, conv, elementwise, nn, reduce, shape  # noqa: E402,F401
+from tinyasr.ops import attention, conv, elementwise, nn, recurrent, reduce, shape  # noqa: E402,F401
 
 SUPPORTED_OPS: List[str] = registered_ops()

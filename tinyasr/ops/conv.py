@@ -5,7 +5,8 @@ before the activation, and ``activation`` / ``activation_params`` name the
 activation ("" / "Relu" / "Sigmoid" / "Tanh" / "Clip" with [min, max]).
 The arithmetic and most shape checks are the kernels' (``conv1d_any``: dense weights,
 or CSR / BSR weights of pointwise convs, see tinyasr/kernels/sparse.py); this op turns
-ONNX attributes (strides, dilations, pads, auto_pad) into their arguments.
+ONNX attributes (strides, dilations, pads, auto_pad) into their arguments.  How it streams: conv_stream.py.
+A 4-D weight (2-D convolution, the Conformer subsampling) goes to conv2d.py.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ from tinyasr.errors import GraphError
 from tinyasr.format.encodings.ternary import TernaryWeight
 from tinyasr.kernels.conv1d import output_length
 from tinyasr.kernels.sparse import conv1d_any
-from tinyasr.ops import register
+from tinyasr.ops.attributes import CONV_ATTRS
 from tinyasr.ops.common import check_inputs
+from tinyasr.ops.conv2d import conv2d_op
+from tinyasr.ops.conv_stream import CONV_STREAMING
+from tinyasr.ops.registry import register
 
 
 def _single(attrs, name: str, default: int) -> int:
@@ -45,7 +49,7 @@ def _pads(attrs, length: int, kernel: int, stride: int, dilation: int):
     raise GraphError(f"Conv: auto_pad {auto_pad!r} is not one of NOTSET, VALID, SAME_UPPER, SAME_LOWER")
 
 
-@register("Conv")
+@register("Conv", streaming=CONV_STREAMING, attrs=CONV_ATTRS)
 def conv(ctx, inputs, attrs):
     """Attributes to kernel arguments; the kernel checks channels, group, bias, residual and activation."""
     check_inputs("Conv", inputs, 2)
@@ -55,12 +59,15 @@ def conv(ctx, inputs, attrs):
         )
 
         return ternary_conv(ctx, inputs, attrs)
+    if getattr(inputs[1], "ndim", 3) == 4:
+        return conv2d_op(ctx, inputs, attrs)
     x, weight = inputs[0], inputs[1]
     bias = inputs[2] if len(inputs) > 2 else None
     residual = inputs[3] if len(inputs) > 3 else None
     if x.ndim != 3 or weight.ndim != 3:
         raise GraphError(
-            "Conv: only 1-D convolution is supported (input [N, C, T], weight [Cout, Cin/group, K]); "
+            "Conv: only 1-D convolution (input [N, C, T], weight [Cout, Cin/group, K]) and 2-D convolution "
+            "(input [N, C, H, W], weight [Cout, Cin/group, kh, kw]) are supported; "
             f"got input {x.shape}, weight {weight.shape}"
         )
     kernel = weight.shape[2]
