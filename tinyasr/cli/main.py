@@ -1,4 +1,4 @@
-"""The ``tinyasr`` command: transcribe, classify, info; convert and download (the ``convert`` extra).
+"""The ``tinyasr`` command: transcribe, classify, batch, lm, info; convert and download (the ``convert`` extra).
 
 A batch never stops at a bad file: each failure goes to stderr and the rest
 still run; the exit code then says something failed.  Every TinyASRError is

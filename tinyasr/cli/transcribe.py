@@ -26,7 +26,8 @@ def add_decoding_arguments(parser) -> None:
     """Beam search, LM and hotword options (transcribe and batch)."""
     search = parser.add_argument_group("decoding (default: greedy)")
     search.add_argument("--beam", type=int, metavar="N", help="CTC prefix beam search keeping N hypotheses")
-    search.add_argument("--lm", metavar="FILE", help="word n-gram LM, ARPA (.arpa or .arpa.gz; 'tinyasr lm' builds one)")
+    search.add_argument("--lm", metavar="FILE",
+                        help="word n-gram LM, ARPA (.arpa or .arpa.gz; 'tinyasr lm' builds one)")
     search.add_argument("--alpha", type=float, default=0.5, help="LM weight (default: 0.5)")
     search.add_argument("--beta", type=float, default=1.0, help="score added per word with an LM (default: 1.0)")
     search.add_argument("--hotwords", metavar="FILE", help="words or phrases to boost, one 'phrase[:boost]' a line")

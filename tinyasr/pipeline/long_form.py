@@ -6,14 +6,12 @@ segment (``VADConfig.max_segment`` seconds) of audio.
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from typing import Iterable, Iterator, List, Tuple
 
 import numpy as np
-import soundfile
 
-from tinyasr.audio.io import as_float32_mono, check_audio_rate, warn_if_cut_short
+from tinyasr.audio.io import as_float32_mono, read_blocks
 from tinyasr.audio.resample import StreamResampler
 from tinyasr.decoding.results import Result, Token, Word
 from tinyasr.errors import AudioError
@@ -27,19 +25,10 @@ from tinyasr.pipeline.vad import (
 
 
 def _read_blocks(path, block_seconds: float) -> Iterator[Tuple[np.ndarray, int]]:
-    """Mono float32 blocks of a file, never the whole file at once."""
-    try:
-        handle = soundfile.SoundFile(os.fspath(path))
-    except (RuntimeError, OSError, soundfile.LibsndfileError) as exc:
-        raise AudioError(f"{path}: cannot read audio: {exc}") from None
-    warn_if_cut_short(os.fspath(path))
-    with handle:
-        rate = check_audio_rate(handle.samplerate, f"{path}: the file's header")
-        while True:
-            block = handle.read(max(1, int(block_seconds * rate)), dtype="float32", always_2d=True)
-            if not len(block):
-                return
-            yield as_float32_mono(block, rate), rate
+    """Mono float32 blocks of a file, never the whole file at once (tinyasr.audio.io.read_blocks checks the
+    header and turns libsndfile's failures into AudioError)."""
+    for block, rate in read_blocks(path, block_seconds):
+        yield as_float32_mono(block, rate), rate
 
 
 def join_utterances(utterances: Iterable[Utterance], duration: float) -> Result:

@@ -1,11 +1,13 @@
 """Voice activity detection: split long or live audio into utterances, then transcribe each.
 
-Two detectors give a speech probability per 20 ms frame from audio fed in pieces:
+Three detectors give a speech probability per 20 ms frame from audio fed in pieces:
 
 * :class:`MarbleNetVAD`: a converted frame-VAD model (NVIDIA's Frame-VAD MarbleNet:
   int16 audio in, ``score_active`` per 20 ms out).  Its graph removes the mean of
   the whole input, so it cannot run frame by frame; it runs on windows of a few
   seconds with context on both sides (``context`` seconds of extra latency).
+* :class:`SileroVAD`: Silero VAD v5 converted from its ONNX (``--sample-rate 16000``), 32 ms chunks with
+  the LSTM state carried, spread onto the 20 ms frames.
 * :class:`EnergyVAD`: frame energy against an adaptive noise floor; no model needed.
 
 :class:`Segmenter` turns probabilities into utterances with hysteresis
@@ -228,12 +230,91 @@ class MarbleNetVAD:
         return probs
 
 
+class SileroVAD:
+    """Silero VAD (v5, its ONNX converted with ``--sample-rate 16000`` or 8000: float ``input`` [1, N] and LSTM
+    ``state`` [2, 1, 128] in, ``output`` [1, 1] and ``stateN`` out), run as its own wrapper runs it: chunks of
+    512 samples (256 at 8 kHz), each with the 64 (32) samples before it as context, the state carried.  One
+    probability per chunk (32 ms), given per 20 ms frame as the chunk's that holds the frame's middle."""
+
+    STATE_SHAPE = (2, 1, 128)
+
+    def __init__(self, model):
+        self.model = model if isinstance(model, Model) else load_model(model)
+        inputs = {v.name: v for v in self.model.inputs}
+        outputs = [v.name for v in self.model.outputs]
+        if set(inputs) != {"input", "state"} or not {"output", "stateN"} <= set(outputs):
+            raise InputError(f"{self.model.label}: not a Silero VAD (inputs input and state, outputs output and "
+                             f"stateN); inputs {sorted(inputs)}, outputs {outputs}")
+        label = self.model.label
+        self.sample_rate = sample_rate_of(self.model, None, decoder_spec(self.model.decoder, label),
+                                          inputs["input"], label)
+        if self.sample_rate not in (8000, 16000):
+            raise InputError(f"{label}: Silero VAD runs at 8000 or 16000 Hz, this file was converted for "
+                             f"{self.sample_rate}")
+        self.chunk = 512 if self.sample_rate == 16000 else 256
+        self.context = self.chunk // 8
+        self.frame = int(round(FRAME_SECONDS * self.sample_rate))
+        self.reset()
+
+    def reset(self) -> None:
+        self._state = np.zeros(self.STATE_SHAPE, np.float32)
+        self._audio = np.zeros(self.context, np.float32)  # the context, then samples not yet in a chunk
+        self._chunk_probs = np.zeros(0)  # probabilities of chunks that frames still read
+        self._first_chunk = 0  # chunk index of _chunk_probs[0]
+        self._frames = 0  # 20 ms frames given out
+        self._samples = 0  # samples accepted
+
+    def chunk_probabilities(self, samples: np.ndarray, final: bool = False) -> np.ndarray:
+        """Probabilities of the 512-sample chunks that ``samples`` complete (with ``final``, the last part
+        chunk padded with zeros, as Silero's wrapper pads it)."""
+        audio = np.concatenate([self._audio, np.asarray(samples, np.float32).reshape(-1)])
+        self._samples += audio.size - self._audio.size
+        count = (audio.size - self.context) // self.chunk
+        if final and (audio.size - self.context) % self.chunk:
+            count += 1
+            audio = np.concatenate([audio, np.zeros(count * self.chunk + self.context - audio.size, np.float32)])
+        probs = np.empty(count)
+        for i in range(count):
+            window = audio[i * self.chunk:(i + 1) * self.chunk + self.context].reshape(1, -1)
+            out = self.model.run({"input": window, "state": self._state})
+            self._state = out["stateN"]
+            probs[i] = float(out["output"].reshape(-1)[0])
+        self._audio = audio[count * self.chunk:]
+        return probs
+
+    def _frame_probs(self, probs: np.ndarray, frames: int) -> np.ndarray:
+        """Per 20 ms frame up to ``frames`` (those whose middle a computed chunk holds): its chunk's probability."""
+        self._chunk_probs = np.concatenate([self._chunk_probs, probs])
+        last = self._first_chunk + self._chunk_probs.size  # chunks computed
+        middles = (np.arange(self._frames, frames) + 0.5) * self.frame
+        chunk_of = (middles // self.chunk).astype(int)
+        ready = chunk_of < last
+        out = self._chunk_probs[chunk_of[ready] - self._first_chunk]
+        self._frames += int(ready.sum())
+        drop = max(0, int((self._frames + 0.5) * self.frame // self.chunk) - self._first_chunk)
+        self._chunk_probs, self._first_chunk = self._chunk_probs[drop:], self._first_chunk + drop
+        return out
+
+    def accept(self, samples: np.ndarray) -> np.ndarray:
+        """Probabilities of the 20 ms frames completed by ``samples`` (float at sample_rate)."""
+        probs = self.chunk_probabilities(samples)
+        return self._frame_probs(probs, self._samples // self.frame)
+
+    def finish(self) -> np.ndarray:
+        probs = self.chunk_probabilities(np.zeros(0, np.float32), final=True)
+        out = self._frame_probs(probs, self._samples // self.frame)
+        self.reset()
+        return out
+
+
 def make_vad(vad=None, sample_rate: int = 16000):
-    """A detector: None -> EnergyVAD; a path or Model -> MarbleNetVAD; a detector is returned as is."""
+    """A detector: None -> EnergyVAD; a path or Model -> SileroVAD (a graph with a ``state`` input) or
+    MarbleNetVAD; a detector is returned as is."""
     if vad is None:
         return EnergyVAD(sample_rate)
     if isinstance(vad, (str, os.PathLike, Model)):
-        return MarbleNetVAD(vad)
+        model = vad if isinstance(vad, Model) else load_model(vad)
+        return SileroVAD(model) if "state" in {v.name for v in model.inputs} else MarbleNetVAD(model)
     return vad
 
 
