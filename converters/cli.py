@@ -21,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "for a model with several one-class outputs (MarbleNet VAD: score_silence, score_active) "
                         "one label per output, in output order: they are joined into one output 'scores'")
     parser.add_argument("--sample-rate", type=int, metavar="HZ", help="for a model on raw audio (no front end): "
-                        "the rate audio is resampled to")
+                        "the rate audio is resampled to; a graph with a sample-rate input (Silero VAD's sr) is "
+                        "fixed to it, and the Ifs that switch on it keep only the branch taken")
     parser.add_argument("--blank", type=int, metavar="INDEX", help="CTC blank index (default: last, after the labels)")
     parser.add_argument("--decoder", choices=DECODER_TYPES, help="how to read the output (default: from the model's "
                         "metadata, else classification for [batch, classes] outputs and ctc otherwise)")

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import traceback
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 from tinyasr_convert import compaction
+from tinyasr_convert.control_flow import specialise
 from tinyasr_convert.onnx_import import TARGET_OPSET, Imported, import_onnx, load_onnx
 from tinyasr_convert.passes import optimize
 from tinyasr_convert.sparse_choice import encode_weights
@@ -18,7 +20,7 @@ from tinyasr_convert.sparse_choice import encode_weights
 import tinyasr
 from tinyasr.audio.resample import MAX_SAMPLE_RATE
 from tinyasr.decoding.specs import DECODER_SPECS, CTCSpec, DecoderSpec, decoder_spec, vocabulary_type_of
-from tinyasr.errors import ConversionError, ModelFileError, TinyASRError
+from tinyasr.errors import ConversionError, GraphError, ModelFileError, TinyASRError
 from tinyasr.format.graph import Graph, Node, ValueInfo
 from tinyasr.ops import ENCODED_WEIGHT_INPUTS
 
@@ -92,12 +94,27 @@ def convert_model(
     float16 stores Conv / MatMul / Gemm weights as float16 (the runtime upcasts them at load); measured
     max abs error on the NeMo exports' outputs: 3e-4 (MatchboxNet, MarbleNet logits) to 3.1e-3 (QuartzNet 15x5 log-probs).
     """
+    model, name, sha256 = load_onnx(src)
+    try:
+        return _converted(model, name, sha256, out, source_name, labels, blank, decoder, frontend, float16, sparse,
+                          compact, streaming, input_names, output_names, source_format, sample_rate)
+    except GraphError as exc:  # the converted graph does not hold together (e.g. a node reading a value never made)
+        raise ConversionError(f"{source_name or name}: the converted graph is inconsistent: {exc}") from None
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError, OverflowError, ZeroDivisionError,
+            RecursionError, MemoryError) as exc:  # the ONNX file is untrusted: whatever slipped past check_proto
+        raise ConversionError(f"{source_name or name}: the model cannot be converted, it is malformed "
+                              f"({type(exc).__name__} in {_innermost(exc)}: {str(exc)[:160]})") from None
+
+
+def _converted(model, name, sha256, out, source_name, labels, blank, decoder, frontend, float16, sparse, compact,
+               streaming, input_names, output_names, source_format, sample_rate) -> Conversion:
+    """convert_model's work on a loaded ModelProto (see there)."""
     from tinyasr.format.container import to_float16, write_model
 
-    model, name, sha256 = load_onnx(src)
+    model = specialise(model, sample_rate, source_name or name)  # an If on the sample-rate input (Silero VAD)
     imported = import_onnx(model, source_name or name)
-    nodes_before = len(model.graph.node)
     converted = optimize(imported)
+    nodes_before = len(model.graph.node)
     converted = _renamed_io(converted, input_names, output_names)
     removed: Dict[str, int] = {}
     if compact:
@@ -105,7 +122,7 @@ def convert_model(
         converted = Imported(graph, compacted, converted.shapes, converted.dtypes, converted.metadata)
     meta = converted.metadata
     labels = list(labels) if labels is not None else _meta_json(meta, "labels", list)
-    blank = blank if blank is not None else (int(meta["blank"]) if "blank" in meta else None)
+    blank = blank if blank is not None else _meta_json(meta, "blank", int)
     decoder = decoder if decoder is not None else _meta_json(meta, "decoder", (dict, str))
     frontend = frontend if frontend is not None else _meta_json(meta, "frontend", dict)
     streaming = streaming if streaming is not None else _meta_json(meta, "streaming", dict)
@@ -182,6 +199,12 @@ def _joined_one_class_outputs(graph: Graph, labels: int) -> Graph:
     joined = ValueInfo(name, parts[0].dtype, tuple(parts[0].shape[:-1]) + (labels,))
     node = Node(f"{name}_concat", "Concat", tuple(v.name for v in parts), (name,), {"axis": -1})
     return Graph(graph.inputs, [joined] + list(graph.outputs), list(graph.nodes) + [node])
+
+
+def _innermost(exc: BaseException) -> str:
+    """``function (file:line)`` where ``exc`` was raised, for a message the next engineer can act on."""
+    frame = traceback.extract_tb(exc.__traceback__)[-1]
+    return f"{frame.name} ({os.path.basename(frame.filename)}:{frame.lineno})"
 
 
 def _meta_json(meta: Dict[str, str], key: str, kinds):

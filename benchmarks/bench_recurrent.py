@@ -1,0 +1,142 @@
+"""One LSTM frame (batch 1): the recurrent step with R dense vs CSR at 90 % sparsity, hidden 256 to 1024; and
+greedy transducer decoding of NeMo's test vectors against the same loop over onnxruntime.
+
+The recurrent product at one frame is a matrix x vector product (R is [4H, H]), memory-bound: dense reads
+16 H^2 bytes, CSR at 90 % about 1.6 H^2 (float32 values) + 0.8 H^2 (uint16 indices), so the limit is about
+6.7x.  Both run tinyasr's kernel (tinyasr/kernels/recurrent.py, ``lstm_direction`` with T = 1, gates fused,
+so the gates' cost is in both).  The issue's target: >= 4x.
+
+Decoding: tinyasr.decoding.transducer's greedy search over the stored encoder output of each NeMo transducer in
+../shared/models/nemo-random (prediction network and joint read from its decoder_joint ONNX), against the
+loop NeMo's ONNX decoding runs: one onnxruntime call of the decoder_joint graph per step, identical tokens.
+Best of repeats, functions taking turns (the machine may be shared).  Writes benchmarks/results/recurrent.md.
+Run: ``python3 benchmarks/bench_recurrent.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.bench_ternary import best_us  # noqa: E402
+from benchmarks.machine import cpu_model  # noqa: E402
+from tinyasr.format.encodings.sparse import csr_arrays  # noqa: E402
+from tinyasr.kernels.recurrent import EMPTY_CSR, EMPTY_DENSE, lstm_direction  # noqa: E402
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "recurrent.md")
+NEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "models",
+                    "nemo-random")
+TRANSDUCERS = ("conformer_transducer_small", "fastconformer_tdt_small", "fastconformer_hybrid_small")
+
+
+def measure(hidden, sparsity, min_seconds):
+    rng = np.random.default_rng(hidden)
+    r = (rng.standard_normal((4 * hidden, hidden)) / np.sqrt(hidden)).astype(np.float32)
+    r[rng.random(r.shape) < sparsity] = 0.0
+    pre = rng.standard_normal((1, 1, 4 * hidden)).astype(np.float32)
+    h, c = np.zeros((1, hidden), np.float32), np.zeros((1, hidden), np.float32)
+    y = np.empty((1, 1, hidden), np.float32)
+    one, no_peephole, zero = np.ones(1, np.int64), np.zeros(0, np.float32), np.float32(0)
+    dense_t, csr = np.ascontiguousarray(r.T), csr_arrays(r)
+    return best_us({
+        "dense": lambda: lstm_direction(pre, dense_t, *EMPTY_CSR, no_peephole, EMPTY_DENSE, h, c, one, False, zero,
+                                        y),
+        "csr": lambda: lstm_direction(pre, EMPTY_DENSE, *csr, no_peephole, EMPTY_DENSE, h, c, one, False, zero, y),
+    }, min_seconds)
+
+
+def _ort_greedy(session, encoder_output, length, blank, max_symbols, durations):
+    """NeMo's greedy rules (RNN-T, or TDT when durations) with one decoder_joint run per step."""
+    states = [np.zeros((1, 1, i.shape[2]), np.float32) for i in session.get_inputs()[3:5]]
+    last, tokens, t, frames = blank, [], 0, encoder_output.shape[2]
+    classes = session.get_outputs()[0].shape[-1] - len(durations)
+    while t < min(length, frames):
+        tries = 0
+        while tries < max_symbols:
+            logits, _, h, c = session.run(None, {
+                "encoder_outputs": encoder_output[:, :, t:t + 1], "targets": np.array([[last]], np.int32),
+                "target_length": np.array([1], np.int32), "input_states_1": states[0], "input_states_2": states[1]})
+            token = int(np.argmax(logits.reshape(-1)[:classes]))
+            step = durations[int(np.argmax(logits.reshape(-1)[classes:]))] if durations else 0
+            tries += 1
+            if token != blank:
+                tokens.append(token)
+                last, states = token, [h, c]
+            if durations:
+                t += step
+                if step:
+                    break
+            elif token == blank:
+                break
+        if not durations or tries == max_symbols:
+            t += 1
+    return tokens
+
+
+def measure_decoding(min_seconds):
+    """{model: (tinyasr us, onnxruntime loop us)} per greedy decode of the B=1 test vector."""
+    import onnx
+    import onnxruntime as ort
+    from tinyasr.decoding.transducer import Transducer, greedy
+    from tinyasr_convert.transducer import decoder_joint
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    results = {}
+    for name in TRANSDUCERS:
+        path = os.path.join(NEMO, name)
+        z = np.load(os.path.join(path, "test_vectors.npz"))
+        model_path = os.path.join(path, "decoder_joint-model.onnx")
+        durations = tuple(int(d) for d in z["meta.tdt_durations"]) if "meta.tdt_durations" in z.files else ()
+        blank, max_symbols = int(z["meta.blank_index"]), int(z["meta.max_symbols_per_step"])
+        model = Transducer(*decoder_joint(onnx.load(model_path)), blank, durations)
+        session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
+        encoder_output, length = z["output.outputs"], int(z["output.encoded_lengths"][0])
+        ours = greedy(model, encoder_output[0], length, max_symbols).tokens
+        if ours != _ort_greedy(session, encoder_output, length, blank, max_symbols, durations):
+            raise SystemExit(f"{name}: tinyasr and the onnxruntime loop decode different tokens")
+        us = best_us({"tinyasr": lambda: greedy(model, encoder_output[0], length, max_symbols),
+                      "ort": lambda: _ort_greedy(session, encoder_output, length, blank, max_symbols, durations)},
+                     min_seconds)
+        results[name] = (us["tinyasr"], us["ort"], len(ours), encoder_output.shape[2])
+        print(f"{name}: tinyasr {us['tinyasr']:.0f} us, onnxruntime loop {us['ort']:.0f} us, "
+              f"{us['ort'] / us['tinyasr']:.1f}x", flush=True)
+    return results
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="shorter timing (noisier)")
+    args = parser.parse_args()
+    seconds = 0.3 if args.quick else 1.5
+    rows = []
+    for hidden in (256, 512, 1024):
+        us = measure(hidden, 0.9, seconds)
+        rows.append((hidden, us))
+        print(f"H={hidden}: " + ", ".join(f"{k} {v:.1f} us" for k, v in us.items())
+              + f"; dense/csr {us['dense'] / us['csr']:.2f}x", flush=True)
+    lines = ["# LSTM recurrent step, one frame, batch 1, R 90 % sparse (CSR) vs dense",
+             "", f"{datetime.date.today()}, {cpu_model()}, 1 thread, best of repeats (machine shared: noisy).",
+             "Produced by `python3 benchmarks/bench_recurrent.py`.", "",
+             "| hidden | dense us | CSR us | dense / CSR |", "|---|---|---|---|"]
+    for hidden, us in rows:
+        lines.append(f"| {hidden} | {us['dense']:.1f} | {us['csr']:.1f} | {us['dense'] / us['csr']:.2f}x |")
+    if os.path.isdir(NEMO):
+        lines += ["", "Greedy transducer decoding of the test vector's encoder output (B = 1), same tokens:", "",
+                  "| model | tokens / frames | tinyasr us | onnxruntime step loop us | ratio |", "|---|---|---|---|---|"]
+        for name, (ours, theirs, tokens, frames) in measure_decoding(seconds).items():
+            lines.append(f"| {name} | {tokens} / {frames} | {ours:.0f} | {theirs:.0f} | {theirs / ours:.1f}x |")
+    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
+    with open(RESULTS, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
