@@ -114,9 +114,11 @@ def test_each_file_declares_the_version_its_encodings_need():
     assert "opset" not in split((FORMAT / "old" / "basic_1.0.tasr").read_bytes())[0]
 
 
-def test_bundled_model_from_before_1_2_loads():
+def test_bundled_model_states_its_opset_and_the_oldest_version_that_reads_it():
+    """Dense weights only: readers of 1.0 read it (they ignore the opset key); files from before 1.2 without
+    the key are in tests/data/format/old/."""
     with read_model(Path(__file__).parents[1] / "tinyasr" / "models" / "digits.tasr") as mf:
-        assert mf.version == (1, 0) and "opset" not in mf.manifest and mf.opset == 17
+        assert mf.version == (1, 0) and mf.manifest["opset"] == 17 and mf.opset == 17
 
 
 def test_regenerate_reproduces_the_committed_files(tmp_path):
