@@ -26,7 +26,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from _paths import SHARED_DIR  # noqa: E402
 from benchmarks.bench_dense import median_seconds  # noqa: E402
-from benchmarks.bench_sparse import _cpu_name  # noqa: E402
+from benchmarks.machine import cpu_model  # noqa: E402
 
 NEMO = SHARED_DIR / "models" / "nemo-random"
 CASES = [("conformer_ctc_small", (10, 60)), ("fastconformer_ctc_small", (10, 40))]
@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     from tinyasr.engine.threads import set_num_threads
 
     set_num_threads(1)
-    cpu = _cpu_name()
+    cpu = cpu_model()
     load = os.getloadavg()[0]  # a shared machine makes both sides slower, and the ratio noisy
     lines = [f"Conformer CTC encoders, tinyasr vs onnxruntime, 1 thread, median of {args.runs} alternating runs; "
              f"{time.strftime('%Y-%m-%d')}, {cpu}, load average {load:.1f} on {os.cpu_count()} CPUs", "",

@@ -172,6 +172,12 @@ def main(argv=None) -> int:
         build_in_child(folder, args.channels)
         tasr, onnx_path = folder / "bench.tasr", folder / "bench.onnx"
         x = np.random.default_rng(0).standard_normal((1, 64, args.frames)).astype(np.float32)
+        from benchmarks.machine import cpu_model
+        from tinyasr.kernels.pointwise import pointwise_tiles
+
+        tile = pointwise_tiles(args.frames)
+        print(f"CPU: {cpu_model()} ({os.cpu_count()} cores); dense pointwise tile measured fastest here: "
+              f"{tile.rows}x{tile.width}; target: ort/tinyasr >= 1.2 at 1 thread")
         print(f"model: QuartzNet-like, {args.channels} channels, {os.path.getsize(tasr):,} bytes .tasr")
         compare(tasr, onnx_path, x, args.runs, spinning=not args.no_spin)
         if args.per_node:

@@ -13,7 +13,8 @@ from tinyasr.engine import threads
 from tinyasr.errors import GraphError
 from tinyasr.kernels.conv1d import conv1d_reference
 from tinyasr.kernels.epilogue import activate_reference
-from tinyasr.kernels.sparse import conv1d_any, kernel_matrix, linear, spmm, spmm_reference
+from tinyasr.kernels.sparse import (BSR_KERNELS, CSR_KERNELS, conv1d_any, kernel_matrix, linear, spmm,
+                                   spmm_reference)
 from tinyasr.format.encodings.sparse import BSRMatrix, CSRMatrix, Int8Matrix, bsr_arrays, csr_arrays, int8_arrays
 
 RTOL = 1e-5
@@ -104,6 +105,29 @@ def test_parallel_build_matches_serial():
             np.testing.assert_array_equal(spmm(matrix, x, activation="Relu"), serial)
     finally:
         threads.set_num_threads(before)
+
+
+@pytest.mark.parametrize("name", sorted(CSR_KERNELS) + sorted(BSR_KERNELS))
+@pytest.mark.parametrize("rows,columns,frames,density", [(4, 1, 1, 1.0), (12, 37, 33, 0.3), (36, 129, 127, 0.1),
+                                                         (8, 64, 2000, 0.05), (20, 16, 200, 0.0)])
+def test_every_kernel_variant_matches_dense(name, rows, columns, frames, density):
+    """Each CPU runs one variant per encoding (tuning.py): all of them against float64 numpy, over odd sizes,
+    T = 1 .. 2000, rows with no non-zeros and an all-zero matrix; serial and parallel builds agree bit for bit."""
+    rng = np.random.default_rng(rows + columns + frames)
+    block_rows = 1 if name in CSR_KERNELS else 4
+    weight = random_weight(rng, rows, columns, density, block_rows)
+    weight[rows // 2 : rows // 2 + block_rows] = 0.0  # an empty row (block row)
+    matrix = encoded(weight, block_rows)
+    kernel = CSR_KERNELS[name] if block_rows == 1 else BSR_KERNELS[name]
+    values = matrix.values.reshape(-1, 1, 1) if block_rows == 1 else matrix.values
+    x = rng.standard_normal((2, columns, frames)).astype(np.float32)
+    bias = rng.standard_normal(rows).astype(np.float32)
+    residual = rng.standard_normal((2, rows, frames)).astype(np.float32)
+    ys = [np.full((2, rows, frames), np.nan, np.float32) for _ in range(2)]
+    for build, y in zip((kernel.serial, kernel.parallel), ys):
+        build(x, values, matrix.indices, matrix.indptr, bias, residual, y, 1, np.float32(0), np.float32(0))
+    np.testing.assert_array_equal(ys[0], ys[1])
+    assert_close(ys[0], weight, x, dense_reference(weight, x, bias, residual, "Relu"), bias, residual)
 
 
 def test_reference_and_out_buffer():

@@ -9,8 +9,9 @@ shape (measured in benchmarks/bench_kernels.py):
   up to SHORT_FRAMES output frames at stride 1 (streaming chunks), ``depthwise_short_rows``: four
   rows' outputs in registers, every tap added to all of them;
 * pointwise (K = 1, group 1, no padding; a stride subsamples first): the Numba kernels of
-  pointwise.py where they beat BLAS: ``pointwise_tiles`` from POINTWISE_MIN_FRAMES frames
-  (Cout % 4 == 0), ``pointwise_narrow`` up to 12 frames;
+  pointwise.py where they beat BLAS: ``pointwise_tiles()`` (the tile shape measured fastest on this
+  CPU) from POINTWISE_MIN_FRAMES frames (Cout % 4 == 0), ``pointwise_narrow()`` up to 12 frames (where it
+  measured faster than BLAS on this CPU);
 * everything else (other pointwise sizes, Cin=1 STFT-as-conv, grouped or dense K > 1):
   im2col then BLAS ``matmul`` per batch item and group, then the Numba epilogue.  For a
   pointwise conv im2col is a no-copy view; for a strided K=1 conv it is the subsampling.
@@ -59,6 +60,11 @@ POINTWISE_MIN_FRAMES = 24
 # Up to this many output frames a stride-1 depthwise conv takes depthwise_short_rows (a literal: a stack buffer).
 SHORT_FRAMES = 16
 SHORT_QUAD = 4 * SHORT_FRAMES  # four rows' accumulators
+# Stride-1 depthwise rows with at least TILED_MIN_TAPS non-zero taps are computed DEPTHWISE_TILE frames at a time
+# in registers (12 AVX2 / 6 AVX-512 registers).  Measured on Zen 3 (AVX2), C256 T500, against the per-tap pass:
+# K33 / K57 / K87 all taps 1.19 / 1.38 / 1.56x faster, K33 with 16 taps left 1.0x, 10 taps 0.82x, 3 taps 0.96x.
+DEPTHWISE_TILE = 96
+TILED_MIN_TAPS = 24
 
 
 def output_length(T, K, stride=1, dilation=1, pad_left=0, pad_right=0) -> int:
@@ -88,6 +94,40 @@ def deinterleave(x_row, stride):
     return out
 
 
+@njit(inline="always", fastmath={"contract"})
+def _depthwise_tiles(x_row, w_c, y_row, dilation, pad_left, tiles):
+    """y_row = the stride-1 depthwise conv of x_row, DEPTHWISE_TILE output frames at a time in registers.
+
+    Each tile adds every non-zero tap into its accumulators (one x load and one fused multiply-add per
+    vector, no store), where the per-tap pass over the row loads, adds and stores y per tap (store-bound);
+    see TILED_MIN_TAPS.  x_row is first copied between zeros (the padding), so every tile reads in range.
+    Same sum, in tap order, as the per-tap pass: identical results."""
+    taps = w_c.shape[0]
+    span = (taps - 1) * dilation
+    padded = np.zeros(tiles * DEPTHWISE_TILE + span, np.float32)
+    copied = min(x_row.shape[0], padded.shape[0] - pad_left)
+    padded[pad_left : pad_left + copied] = x_row[:copied]
+    # The non-zero taps, in order, listed once: no branch per tile and tap (a random half of zero taps
+    # mispredicted enough to make tiles slower than the per-tap pass).
+    offsets, values, nonzero = np.empty(taps, np.int64), np.empty(taps, np.float32), 0
+    for k in range(taps):
+        if w_c[k] != 0.0:
+            offsets[nonzero], values[nonzero] = k * dilation, w_c[k]
+            nonzero += 1
+    acc = carray(stack_buffer(DEPTHWISE_TILE), (DEPTHWISE_TILE,))
+    frames = y_row.shape[0]
+    for tile in range(tiles):
+        t0 = tile * DEPTHWISE_TILE
+        for t in range(DEPTHWISE_TILE):
+            acc[t] = 0.0
+        for j in range(nonzero):
+            w_k, source = values[j], padded[t0 + offsets[j] :]
+            for t in range(DEPTHWISE_TILE):
+                acc[t] += w_k * source[t]
+        for t in range(min(DEPTHWISE_TILE, frames - t0)):
+            y_row[t0 + t] = acc[t]
+
+
 @serial_and_parallel(
     void(READ_3D, READ_2D, READ_1D, READ_3D, float32[:, :, ::1], int64, int64, int64, int64, float32, float32),
     fastmath={"contract"},
@@ -96,7 +136,8 @@ def depthwise_rows(loop):
     """y[b, c] = act(sum_k w[c, k] * x[b, c // m, t*stride + k*dilation - pad_left] + bias + residual).
 
     x [B, Cin, T], w [Cout, K] with Cout = m * Cin, y [B, Cout, T_out]; out-of-range taps are zero padding.
-    Taps in the outer loop, time in the inner loop, always contiguous (strided input is deinterleaved).
+    A stride-1 row with TILED_MIN_TAPS non-zero taps or more: time tiles in registers (_depthwise_tiles).
+    Else taps in the outer loop, time in the inner loop, always contiguous (strided input is deinterleaved).
     Zero taps are skipped: a pruned depthwise conv (tinyasr_convert.sparsity, ``depthwise=True``) costs its
     non-zeros only, without a sparse encoding.
     """
@@ -120,22 +161,30 @@ def depthwise_rows(loop):
             phase_len = short + (1 if phase < long_phases else 0)
             tap_lo[k], tap_hi[k] = max(0, -shift), min(t_out, phase_len - shift)
             tap_src[k] = phase * short + min(phase, long_phases) + tap_lo[k] + shift
+        tiles = (t_out + DEPTHWISE_TILE - 1) // DEPTHWISE_TILE
         for r in loop(batch * channels_out):
             b = r // channels_out
             c = r - b * channels_out
             x_row = x[b, c // multiplier]
-            phases = x_row if stride == 1 else deinterleave(x_row, stride)
             y_row = y[b, c]
-            y_row[:] = 0.0
+            w_c = w[c]
+            nonzero = 0
             for k in range(taps):
-                if tap_hi[k] <= tap_lo[k] or w[c, k] == 0.0:
-                    continue  # the tap falls entirely in the padding, or was pruned
-                # Slices read from index 0: provably >= 0, so no wraparound check blocks vectorising.
-                y_part = y_row[tap_lo[k] : tap_hi[k]]
-                x_part = phases[tap_src[k] :]
-                w_k = w[c, k]
-                for i in range(y_part.shape[0]):
-                    y_part[i] += w_k * x_part[i]
+                nonzero += w_c[k] != 0.0
+            if stride == 1 and nonzero >= TILED_MIN_TAPS:
+                _depthwise_tiles(x_row, w_c, y_row, dilation, pad_left, tiles)
+            else:
+                phases = x_row if stride == 1 else deinterleave(x_row, stride)
+                y_row[:] = 0.0
+                for k in range(taps):
+                    if tap_hi[k] <= tap_lo[k] or w_c[k] == 0.0:
+                        continue  # the tap falls entirely in the padding, or was pruned
+                    # Slices read from index 0: provably >= 0, so no wraparound check blocks vectorising.
+                    y_part = y_row[tap_lo[k] : tap_hi[k]]
+                    x_part = phases[tap_src[k] :]
+                    w_k = w_c[k]
+                    for i in range(y_part.shape[0]):
+                        y_part[i] += w_k * x_part[i]
             bias_c = bias[c] if has_bias else np.float32(0.0)
             finish_row(y_row, bias_c, add_residual, residual[b, c] if add_residual else y_row, act, lo, hi)
 
@@ -267,16 +316,16 @@ def _pointwise_kernel(shape):
     benchmarks/bench_kernels.py): pointwise_narrow up to 12 frames, pointwise_tiles from 24 frames (a 64-frame
     tile costs as much as 24 frames of BLAS) if Cout % 4 == 0, else BLAS."""
     if shape[2] in NARROW_FRAMES:
-        return pointwise_narrow
+        return pointwise_narrow()  # None where BLAS measured faster on this CPU
     if shape[1] % ROWS == 0 and shape[2] >= POINTWISE_MIN_FRAMES:
-        return pointwise_tiles
+        return pointwise_tiles(shape[2])
     return None
 
 
 def _pointwise(kernel, x_used, weight_2d, bias, residual, out, act, lo, hi):
     """out = act(weight_2d @ x_used + bias + residual) with a pointwise.py kernel (Relu / Clip fused, others after)."""
     fused = act in (0, RELU, CLIP)
-    packed = frames_first(x_used) if kernel is pointwise_narrow else tiles_of(x_used)
+    packed = frames_first(x_used) if kernel is pointwise_narrow() else tiles_of(x_used, kernel.width)
     work = out.size * x_used.shape[1] // threads.POINTWISE_MACS_PER_WORK
     kernel(work, packed, weight_2d, bias, residual, out, act if fused else 0, lo, hi)
     if not fused:

@@ -4,13 +4,15 @@ The bulk of a QuartzNet's arithmetic.  numpy's matmul speed depends on which BLA
 which CPU kernels it picked (OpenBLAS runs its AVX2 kernels on AMD Zen 4 / 5 at half speed); this
 kernel is a register-tiled loop that LLVM vectorises for the host CPU, as the sparse kernels are:
 
-* x is first copied into tiles of 64 frames, ``[B * tiles, Cin, 64]`` (the last tile zero-padded):
-  reading 64 frames from each of Cin long rows (stride T) ran at half speed (cache-set and prefetch
+* x is first copied into tiles of ``width`` frames, ``[B * tiles, Cin, width]`` (the last tile zero-padded):
+  reading a tile's frames from each of Cin long rows (stride T) ran at half speed (cache-set and prefetch
   trouble), a contiguous tile at full speed, and the copy costs ~5 % of the product;
-* a strip of 4 output rows x 64 frames is accumulated in a stack buffer (``stack_buffer``) that LLVM
-  keeps in 16 vector registers over all Cin input channels: per channel one x row of the tile is
-  loaded once, 4 weights are broadcast, 16 fused multiply-adds (6-row strips were no faster);
-* work items are (batch, tile, strip), tile-major: the x tile stays in L2 while every strip uses it;
+* a strip of ``rows`` output rows x ``width`` frames is accumulated in a stack buffer (``stack_buffer``) that
+  LLVM keeps in vector registers over all Cin input channels: per channel one x row of the tile is loaded
+  once, the rows' weights are broadcast, rows x width / lanes fused multiply-adds.  How big a strip fits
+  the register file is the CPU's, so there are a few tile shapes (TILE_SHAPES) and the first call measures
+  which is fastest here (tuning.py);
+* work items are (batch, tile, strip), tile-major: the x tile stays in L1 / L2 while every strip uses it;
   the epilogue (bias, residual, Relu / Clip) is applied while copying the strip out.
 
 Cout must be a multiple of 4 (QuartzNet / Citrinet / MatchboxNet layers are; a vocabulary-sized
@@ -18,37 +20,54 @@ output conv is not and stays on BLAS).  A 64-frame tile costs as much as 24 fram
 streaming's few frames ``pointwise_narrow`` (below) walks the weights instead; conv1d chooses by shape.
 
 Summation is in channel order c = 0..Cin-1 with fused multiply-adds, so results match BLAS to
-float32 rounding, not bitwise, and are the same at any thread count (one thread computes a strip).
+float32 rounding, not bitwise, and are the same at any thread count (one thread computes a strip) and for
+every tile shape.
 
-Measured (benchmarks/bench_kernels.py, 1 thread, Zen 5 with OpenBLAS on its AVX2 kernels): 210-234
-GFLOP/s from T = 64, 1.8-2x numpy's matmul, 0.95-1.04x onnxruntime's MLAS (both near the FMA peak).
+Measured (benchmarks/bench_kernels.py, 1 thread, Zen 5 with OpenBLAS on its AVX2 kernels, 4x64 tiles): 210-234
+GFLOP/s from T = 64, 1.8-2x numpy's matmul, 0.95-1.04x onnxruntime's MLAS (both near the FMA peak).  On Zen 3
+(AVX2, 2026-12-05) the 4x64 tile ran at 0.35-0.41x onnxruntime; 4x16 / 2x48 at 0.8-1.0x (60-79 GFLOP/s).
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 from numba import carray, njit
 from numba.types import float32, int64, void
 
+from tinyasr.kernels import tuning
 from tinyasr.kernels._compile import TILE, serial_and_parallel, stack_buffer
-from tinyasr.kernels.epilogue import ACTIVATIONS, READ_1D, READ_2D, READ_3D, store_tile
+from tinyasr.kernels.epilogue import ACTIVATIONS, NO_BIAS, NO_RESIDUAL, READ_1D, READ_2D, READ_3D, store_tile
 
-ROWS = 4  # output rows per strip
-STRIP = ROWS * TILE  # a named constant: stack_buffer needs a literal
+ROWS = 4  # output rows per strip of pointwise_narrow (and the most any tile shape has: Cout % 4 == 0 suffices)
 RELU, CLIP = ACTIVATIONS["Relu"], ACTIVATIONS["Clip"]  # applied in the kernel; Sigmoid / Tanh after it
+# Register tiles (rows x frames) of pointwise_tiles, one chosen per CPU (tuning.py).  Accumulators plus one x
+# vector plus the rows' broadcast weights must fit the register file, or every step spills (LLVM broadcasts all
+# rows' weights first): 4x64 is 16 of AVX-512's 32 registers; AVX2 / NEON have 16 / 32 of a quarter / an
+# eighth of the width, so 4x16 (8 AVX2 accumulators) and 2x48 (12).  Measured, 1 thread, GFLOP/s on
+# 256x256 / 512x512 at T = 1000: Zen 3 (AVX2) 4x64 30 / 32, 4x16 59 / 63, 2x48 73 / 79, onnxruntime 87 / 85;
+# 4x24, 2x56 and 6x16 spilled (36-42, 11).
+TILE_SHAPES = {"4x64": (4, 64), "4x16": (4, 16), "2x48": (2, 48)}
+# The timing problems (tuning.py): 256x256 at T = 64 (short inputs, below SHORT_INPUT frames: a 64-frame chunk,
+# where 4x16 ran 1.1-1.8x 2x48, which pads it to 96 frames) and T = 384 (whole tiles for every width).
+CALIBRATION_CHANNELS = (256, 256)
+CALIBRATION_FRAMES = (64, 384)
+SHORT_INPUT = 96
 
 
-def tiles_of(x) -> np.ndarray:
-    """x [B, C, T] (any strides) as float32 tiles [B * ceil(T/64), C, 64]: tile j holds frames 64j .. 64j+63."""
+def tiles_of(x, width=TILE) -> np.ndarray:
+    """x [B, C, T] (any strides) as float32 tiles [B * ceil(T/width), C, width]: tile j holds frames
+    width*j .. width*j + width-1, the last one zero-padded."""
     batch, channels, frames = x.shape
-    tiles, full = -(-frames // TILE), frames // TILE
-    packed = np.empty((batch, tiles, channels, TILE), np.float32)
+    tiles, full = -(-frames // width), frames // width
+    packed = np.empty((batch, tiles, channels, width), np.float32)
     if full:
-        packed[:, :full] = x[:, :, : full * TILE].reshape(batch, channels, full, TILE).transpose(0, 2, 1, 3)
-    if frames % TILE:
-        packed[:, full, :, : frames % TILE] = x[:, :, full * TILE :]
-        packed[:, full, :, frames % TILE :] = 0.0
-    return packed.reshape(batch * tiles, channels, TILE)
+        packed[:, :full] = x[:, :, : full * width].reshape(batch, channels, full, width).transpose(0, 2, 1, 3)
+    if frames % width:
+        packed[:, full, :, : frames % width] = x[:, :, full * width :]
+        packed[:, full, :, frames % width :] = 0.0
+    return packed.reshape(batch * tiles, channels, width)
 
 
 @njit(inline="always", fastmath={"contract"})
@@ -66,41 +85,90 @@ def strip_update(a0, a1, a2, a3, v0, v1, v2, v3, x_row, n):
 
 
 @njit(inline="always", fastmath={"contract"})
-def _strip_tile(acc, x_tile, w, r0):
-    """acc[k*64:(k+1)*64] = sum over c of w[r0 + k, c] * x_tile[c] for the strip's 4 rows k."""
-    for t in range(STRIP):
+def _pair_update(a0, a1, v0, v1, x_row, n):
+    """strip_update for a 2-row strip (the 2x48 tile)."""
+    for t in range(n):
+        p = x_row[t]
+        a0[t] += v0 * p
+        a1[t] += v1 * p
+
+
+@njit(inline="always", fastmath={"contract"})
+def _strip_tile(acc, x_tile, w, r0, rows, width):
+    """acc[k*width:(k+1)*width] = sum over c of w[r0 + k, c] * x_tile[c] for the strip's rows k (2 or 4, a
+    compile-time constant, as is width: the accumulators unroll into registers), in channel order."""
+    for t in range(rows * width):
         acc[t] = 0.0
-    a0, a1, a2, a3 = acc[0:TILE], acc[TILE : 2 * TILE], acc[2 * TILE : 3 * TILE], acc[3 * TILE : 4 * TILE]
-    w0, w1, w2, w3 = w[r0], w[r0 + 1], w[r0 + 2], w[r0 + 3]
-    for c in range(x_tile.shape[0]):
-        strip_update(a0, a1, a2, a3, w0[c], w1[c], w2[c], w3[c], x_tile[c], TILE)
+    if rows == 4:
+        a0, a1, a2, a3 = acc[0:width], acc[width : 2 * width], acc[2 * width : 3 * width], acc[3 * width : 4 * width]
+        w0, w1, w2, w3 = w[r0], w[r0 + 1], w[r0 + 2], w[r0 + 3]
+        for c in range(x_tile.shape[0]):
+            strip_update(a0, a1, a2, a3, w0[c], w1[c], w2[c], w3[c], x_tile[c], width)
+    else:
+        a0, a1, w0, w1 = acc[0:width], acc[width : 2 * width], w[r0], w[r0 + 1]
+        for c in range(x_tile.shape[0]):
+            _pair_update(a0, a1, w0[c], w1[c], x_tile[c], width)
 
 
-@serial_and_parallel(
-    void(READ_3D, READ_2D, READ_1D, READ_3D, float32[:, :, ::1], int64, float32, float32), fastmath={"contract"}
-)
-def pointwise_tiles(loop):
-    """y[b, r, t] = act((sum_c w[r, c] * x[b, c, t] + bias[r]) + residual[b, r, t]) for act "" / Relu / Clip.
+def _tiles_kernel(rows: int, width: int):
+    """pointwise_tiles for a register tile of ``rows`` x ``width`` frames (closure constants: one build each)."""
+    strip_size = rows * width  # stack_buffer needs a compile-time constant
 
-    x_tiles [B * tiles, Cin, 64] from tiles_of, w [Cout, Cin] with Cout % 4 == 0, y [B, Cout, T].
-    """
+    @serial_and_parallel(
+        void(READ_3D, READ_2D, READ_1D, READ_3D, float32[:, :, ::1], int64, float32, float32), fastmath={"contract"}
+    )
+    def pointwise_tiles(loop):
+        """y[b, r, t] = act((sum_c w[r, c] * x[b, c, t] + bias[r]) + residual[b, r, t]) for act "" / Relu / Clip.
 
-    def kernel(x_tiles, w, bias, residual, y, act, lo, hi):
-        batch, channels_out, frames = y.shape
-        tiles = x_tiles.shape[0] // batch
-        strips = channels_out // ROWS
-        has_bias, add_residual = bias.shape[0] > 0, residual.size > 0
-        for item in loop(batch * tiles * strips):
-            acc = carray(stack_buffer(STRIP), (STRIP,))
-            strip = item % strips
-            tile = item // strips
-            b = tile // tiles
-            t0 = (tile - b * tiles) * TILE
-            n = min(TILE, frames - t0)
-            _strip_tile(acc, x_tiles[tile], w, strip * ROWS)
-            store_tile(y, acc, TILE, b, strip * ROWS, ROWS, t0, n, bias, has_bias, residual, add_residual, act, lo, hi)
+        x_tiles [B * tiles, Cin, width] from tiles_of, w [Cout, Cin] with Cout % rows == 0, y [B, Cout, T].
+        """
 
-    return kernel
+        def kernel(x_tiles, w, bias, residual, y, act, lo, hi):
+            batch, channels_out, frames = y.shape
+            tiles = x_tiles.shape[0] // batch
+            strips = channels_out // rows
+            has_bias, add_residual = bias.shape[0] > 0, residual.size > 0
+            for item in loop(batch * tiles * strips):
+                acc = carray(stack_buffer(strip_size), (strip_size,))
+                strip = item % strips
+                tile = item // strips
+                b = tile // tiles
+                t0 = (tile - b * tiles) * width
+                n = min(width, frames - t0)
+                _strip_tile(acc, x_tiles[tile], w, strip * rows, rows, width)
+                store_tile(y, acc, width, b, strip * rows, rows, t0, n, bias, has_bias, residual, add_residual, act,
+                           lo, hi)
+
+        return kernel
+
+    pointwise_tiles.rows, pointwise_tiles.width = rows, width
+    return pointwise_tiles
+
+
+TILE_KERNELS = {name: _tiles_kernel(rows, width) for name, (rows, width) in TILE_SHAPES.items()}
+
+
+def pointwise_tiles(frames: int):
+    """The tile kernel measured fastest on this CPU for ``frames`` output frames (its inputs come from
+    tiles_of(x, .width)): measured once at T = 64 for short inputs, where a wide tile computes mostly padding,
+    and once at T = 384 for the rest (tuning.fastest)."""
+    return _fastest_tiles(CALIBRATION_FRAMES[0] if frames < SHORT_INPUT else CALIBRATION_FRAMES[1])
+
+
+@functools.cache
+def _fastest_tiles(frames: int):
+    cin, cout = CALIBRATION_CHANNELS
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, cin, frames), dtype=np.float32)
+    w = rng.standard_normal((cout, cin), dtype=np.float32)
+    y = np.empty((1, cout, frames), np.float32)
+
+    def run(kernel):
+        return lambda: kernel.serial(tiles_of(x, kernel.width), w, NO_BIAS, NO_RESIDUAL, y, 0, 0.0, 0.0)
+
+    name = tuning.fastest(f"pointwise_tiles T={frames}", {name: run(kernel) for name, kernel in TILE_KERNELS.items()},
+                          tuning.cache_folder(next(iter(TILE_KERNELS.values())).serial))
+    return TILE_KERNELS[name]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,9 +178,12 @@ def pointwise_tiles(loop):
 LANES = 16  # input channels per vector step
 FRAME_GROUP = 4  # frames computed per pass over a strip of 4 weight rows
 NARROW_ACC = ROWS * FRAME_GROUP * LANES  # four rows x four frames x 16 lanes: 16 vector registers
-# pointwise_narrow beats BLAS up to 12 frames (2-6 frames: 1.7-2.5x; 1 and 8-12: 1.0-1.5x), not at 16:
-# benchmarks/bench_kernels.py, 256x256, 512x512, 256x1024, 1024x29.
+# The narrow kernel beats BLAS up to 12 frames on Zen 5 (2-6 frames: 1.7-2.5x; 1 and 8-12: 1.0-1.5x), not at 16:
+# benchmarks/bench_kernels.py, 256x256, 512x512, 256x1024, 1024x29.  On Zen 3 (AVX2: its 16 x 16 floats of sums
+# are 32 registers there) it ran 1.1-1.5x slower than OpenBLAS at 2-4 frames, 3x at 8 (an 8-lane form: slower
+# still), so pointwise_narrow() measures it against BLAS once per CPU (tuning.py), at NARROW_CALIBRATION.
 NARROW_FRAMES = range(1, 13)
+NARROW_CALIBRATION = (256, 256, 4)  # Cin, Cout, T: an 80 ms chunk after a stride of 2
 
 
 def frames_first(x) -> np.ndarray:
@@ -126,7 +197,7 @@ def frames_first(x) -> np.ndarray:
 @serial_and_parallel(
     void(READ_3D, READ_2D, READ_1D, READ_3D, float32[:, :, ::1], int64, float32, float32), fastmath={"contract"}
 )
-def pointwise_narrow(loop):
+def narrow_kernel(loop):
     """pointwise_tiles for few frames, x_t [B, T', Cin] from frames_first; any Cout.
 
     With T frames each weight is used T times: for small T the cost is reading W, which BLAS (and the
@@ -194,3 +265,17 @@ def pointwise_narrow(loop):
                         y[b, r, t0 + f] = value
 
     return kernel
+
+
+@functools.cache
+def pointwise_narrow():
+    """narrow_kernel, or None where numpy's BLAS matmul measured faster on this CPU (conv1d then runs BLAS)."""
+    cin, cout, frames = NARROW_CALIBRATION
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, cin, frames), dtype=np.float32)
+    w = rng.standard_normal((cout, cin), dtype=np.float32)
+    y = np.empty((1, cout, frames), np.float32)
+    candidates = {"narrow": lambda: narrow_kernel.serial(frames_first(x), w, NO_BIAS, NO_RESIDUAL, y, 0, 0.0, 0.0),
+                  "blas": lambda: np.matmul(w, x[0], out=y[0])}
+    name = tuning.fastest("pointwise_narrow", candidates, tuning.cache_folder(narrow_kernel.serial))
+    return narrow_kernel if name == "narrow" else None

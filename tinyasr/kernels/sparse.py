@@ -4,32 +4,38 @@
 op's semantics (see conv1d.py).  What makes sparsity pay (notes: ../shared/research/kernels.md):
 
 * time is the inner, contiguous, vectorised loop: each non-zero (column c, value v) of an output row
-  adds ``v * x[b, c, t0:t0+64]`` to the row's tile of 64 frames;
+  adds ``v * x[b, c, t0:t0+width]`` to the row's tile of ``width`` frames (32 to 128: a few variants,
+  the fastest on this CPU chosen by measurement at first use, tuning.py);
 * the tile is accumulated in a stack buffer (``stack_buffer``): LLVM knows a stack slot aliases no
   argument, so it keeps the tile in vector registers across the non-zeros instead of loading and storing
   y for each one (Numba cannot mark array arguments noalias).  Full tiles have a constant width so the
   time loop unrolls into registers; the last, shorter tile takes the same code with a runtime width;
-* BSR blocks of 4k x 1 (4 output rows share a column): 4 rows are accumulated at once (16 registers),
+* BSR blocks of 4k x 1 (4 output rows share a column): 4 rows are accumulated at once,
   one x load serves 4 multiply-adds, one index load 4 weights;
-* work items are (batch, tile, row or 4-row strip), tile-major: the x tile (64 frames x Cin) stays in L2
+* work items are (batch, tile, row or 4-row strip), tile-major: the x tile (width frames x Cin) stays in L2
   while all rows use it, and the epilogue runs on each row tile while it is in L1.
 
-Summation order differs from BLAS (CSR adds products in pairs), so results match a dense matmul to
+Summation order differs from BLAS (and between the CSR variants), so results match a dense matmul to
 float32 rounding, not bitwise.  ``fastmath={"contract"}`` only (fused multiply-add, no reassociation).
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 from numba import carray, njit, types
 
 from tinyasr.engine import threads
 from tinyasr.errors import GraphError
-from tinyasr.format.encodings.sparse import BSRMatrix, CSRMatrix, as_dense
-from tinyasr.kernels._compile import TILE, serial_and_parallel, stack_buffer
+from tinyasr.format.encodings.sparse import BSRMatrix, CSRMatrix, as_dense, bsr_arrays, csr_arrays
+from tinyasr.kernels import tuning
+from tinyasr.kernels._compile import serial_and_parallel, stack_buffer
 from tinyasr.kernels.conv1d import conv1d
 from tinyasr.kernels.epilogue import (
     ACTIVATIONS,
+    NO_BIAS,
+    NO_RESIDUAL,
     activation_code,
     as_float32,
     bias_act,
@@ -40,7 +46,6 @@ from tinyasr.kernels.epilogue import (
 from tinyasr.kernels.pointwise import strip_update
 
 RELU, CLIP = ACTIVATIONS["Relu"], ACTIVATIONS["Clip"]  # applied in the kernels; others after them
-STRIP = 4 * TILE  # a BSR strip: 4 rows of a tile (16 registers); a named constant, as stack_buffer needs a literal
 
 
 def _signature():
@@ -59,8 +64,12 @@ def _signature():
 
 
 @njit(inline="always", fastmath={"contract"})
-def _csr_row_tile(acc, x, values, indices, indptr, row, t0, n):
-    """acc[:n] = sum over the non-zeros j of ``row`` of values[j, 0, 0] * x[indices[j], t0:t0+n], four per pass."""
+def _csr_row_tile(acc, x, values, indices, indptr, row, t0, n, pairs):
+    """acc[:n] = sum over the non-zeros j of ``row`` of values[j, 0, 0] * x[indices[j], t0:t0+n], four per pass.
+
+    ``pairs`` (a compile-time constant) sums each four as (v0 x0 + v1 x1) + (v2 x2 + v3 x3): 6 vector ops, two
+    chains, for wide registers where a tile is too few vectors to hide the FMA latency; else one chain of 4
+    fused multiply-adds per vector (Zen 3, AVX2, 64 frames = 8 chains: 1.1-1.25x faster)."""
     j, end = indptr[row], indptr[row + 1]
     for t in range(n):
         acc[t] = 0.0
@@ -68,8 +77,15 @@ def _csr_row_tile(acc, x, values, indices, indptr, row, t0, n):
         v0, v1, v2, v3 = values[j, 0, 0], values[j + 1, 0, 0], values[j + 2, 0, 0], values[j + 3, 0, 0]
         x0, x1 = x[np.int64(indices[j]), t0:t0 + n], x[np.int64(indices[j + 1]), t0:t0 + n]
         x2, x3 = x[np.int64(indices[j + 2]), t0:t0 + n], x[np.int64(indices[j + 3]), t0:t0 + n]
-        for t in range(n):
-            acc[t] += (v0 * x0[t] + v1 * x1[t]) + (v2 * x2[t] + v3 * x3[t])
+        if pairs:
+            for t in range(n):
+                acc[t] += (v0 * x0[t] + v1 * x1[t]) + (v2 * x2[t] + v3 * x3[t])
+        else:
+            for t in range(n):
+                acc[t] = acc[t] + v0 * x0[t]
+                acc[t] = acc[t] + v1 * x1[t]
+                acc[t] = acc[t] + v2 * x2[t]
+                acc[t] = acc[t] + v3 * x3[t]
         j += 4
     while j < end:
         v0, x0 = values[j, 0, 0], x[np.int64(indices[j]), t0:t0 + n]
@@ -95,8 +111,9 @@ def _bsr_strip_tile(acc, x, values, indices, indptr, strip, t0, n):
         j += 1
 
 
-def _rows_kernel(rows_per_group: int):
-    """The kernel factory for CSR (``rows_per_group`` 1) and BSR (4: a strip of 4 rows of a br x 1 block row).
+def _rows_kernel(rows_per_group: int, width: int, pairs: bool = False):
+    """The kernel factory for CSR (``rows_per_group`` 1) and BSR (4: a strip of 4 rows of a br x 1 block row),
+    on tiles of ``width`` frames (for CSR, ``pairs`` as in _csr_row_tile).
 
     ``rows_per_group`` is a closure constant, so each kernel is compiled with only its own path (one kernel
     branching on the encoding at run time ran CSR 1.3x slower) and the two stay apart in Numba's cache.
@@ -106,25 +123,27 @@ def _rows_kernel(rows_per_group: int):
     So only "" / Relu / Clip are applied here; spmm applies Sigmoid / Tanh in a second pass.
     """
 
+    strip_size = 4 * width  # stack_buffer needs a compile-time constant
+
     def make(loop):
         def kernel(x, values, indices, indptr, bias, residual, y, act, lo, hi):
             batch, frames = x.shape[0], x.shape[2]
             groups = y.shape[1] // rows_per_group
-            tiles = (frames + TILE - 1) // TILE
+            tiles = (frames + width - 1) // width
             has_bias, add_residual = bias.shape[0] > 0, residual.size > 0
             for item in loop(batch * tiles * groups):
-                acc = carray(stack_buffer(STRIP), (STRIP,))
+                acc = carray(stack_buffer(strip_size), (strip_size,))
                 group = item % groups
                 b = item // (groups * tiles)
-                t0 = (item // groups - b * tiles) * TILE
-                n = min(TILE, frames - t0)
+                t0 = (item // groups - b * tiles) * width
+                n = min(width, frames - t0)
                 if rows_per_group == 1:
-                    if n == TILE:  # constant width: the tile lives in registers
-                        _csr_row_tile(acc, x[b], values, indices, indptr, group, t0, TILE)
+                    if n == width:  # constant width: the tile lives in registers
+                        _csr_row_tile(acc, x[b], values, indices, indptr, group, t0, width, pairs)
                     else:
-                        _csr_row_tile(acc, x[b], values, indices, indptr, group, t0, n)
-                elif n == TILE:
-                    _bsr_strip_tile(acc, x[b], values, indices, indptr, group, t0, TILE)
+                        _csr_row_tile(acc, x[b], values, indices, indptr, group, t0, n, pairs)
+                elif n == width:
+                    _bsr_strip_tile(acc, x[b], values, indices, indptr, group, t0, width)
                 else:
                     _bsr_strip_tile(acc, x[b], values, indices, indptr, group, t0, n)
                 store_tile(y, acc, n, b, group * rows_per_group, rows_per_group, t0, n, bias, has_bias, residual,
@@ -133,14 +152,43 @@ def _rows_kernel(rows_per_group: int):
         return kernel
 
     make.__name__ = make.__qualname__ = "csr_rows" if rows_per_group == 1 else "bsr_rows"
-    return make
+    return serial_and_parallel(_signature(), fastmath={"contract"})(make)
 
 
-# y[b, r] = act(sum_j values[j] * x[b, indices[j]] + bias[r] + residual[b, r]) over the non-zeros j of row r;
+# The variants, one chosen per CPU (tuning.py; all are exact to float32 rounding, each the same at any thread count).
+# CSR: y[b, r] = act(sum_j values[j] * x[b, indices[j]] + bias[r] + residual[b, r]) over the non-zeros j of row r;
 # values [nnz, 1, 1] (a free reshape of the CSR values); indptr and indices were validated at load.
-csr_rows = serial_and_parallel(_signature(), fastmath={"contract"})(_rows_kernel(1))
-# The same for blocks of br x 1, br a multiple of 4: values [nblocks, br, 1], indptr [rows/br + 1].
-bsr_rows = serial_and_parallel(_signature(), fastmath={"contract"})(_rows_kernel(4))
+# BSR: the same for blocks of br x 1, br a multiple of 4: values [nblocks, br, 1], indptr [rows/br + 1]; a strip
+# of 4 rows x width frames must fit the registers: 4x64 is 16 AVX-512 registers but 32 AVX2 ones (spills).
+# Measured on Zen 3 (AVX2), 512x512 at 90 %, T = 1000, speed-up over the dense kernel: CSR pairs64 2.9, chain64
+# 3.6, chain128 3.0; BSR 4x1 width 32 4.2, width 64 3.8.
+CSR_KERNELS = {"pairs64": _rows_kernel(1, 64, True), "chain64": _rows_kernel(1, 64), "chain128": _rows_kernel(1, 128)}
+BSR_KERNELS = {"4x32": _rows_kernel(4, 32), "4x64": _rows_kernel(4, 64)}
+CALIBRATION = (256, 256, 384, 0.9)  # rows, columns, T (whole tiles for every width), sparsity of the timing problem
+
+
+@functools.cache
+def fastest_kernel(kind: str):
+    """The CSR ("csr") or BSR ("bsr", 4x1 blocks) kernel measured fastest on this CPU (tuning.fastest)."""
+    rows, columns, frames, sparsity = CALIBRATION
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((rows, columns), dtype=np.float32)
+    if kind == "csr":
+        weight[rng.random(weight.shape) < sparsity] = 0.0
+        values, indices, indptr = csr_arrays(weight)
+        values, kernels = values.reshape(-1, 1, 1), CSR_KERNELS
+    else:
+        weight[np.repeat(rng.random((rows // 4, columns)) < sparsity, 4, axis=0)] = 0.0
+        (values, indices, indptr), kernels = bsr_arrays(weight, (4, 1)), BSR_KERNELS
+    x = rng.standard_normal((1, columns, frames), dtype=np.float32)
+    y = np.empty((1, rows, frames), np.float32)
+
+    def run(kernel):
+        return lambda: kernel.serial(x, values, indices, indptr, NO_BIAS, NO_RESIDUAL, y, 0, 0.0, 0.0)
+
+    name = tuning.fastest(f"spmm {kind}", {name: run(kernel) for name, kernel in kernels.items()},
+                          tuning.cache_folder(next(iter(kernels.values())).serial))
+    return kernels[name]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,9 +232,9 @@ def spmm(weight, x, bias=None, residual=None, activation="", activation_params=(
     work = weight.values.size * shape[0] * shape[2] // threads.SPARSE_MACS_PER_WORK  # threads.py: parallel or not
     fused = act in (0, RELU, CLIP)
     if isinstance(weight, CSRMatrix):
-        kernel, values = csr_rows, weight.values.reshape(-1, 1, 1)
+        kernel, values = fastest_kernel("csr"), weight.values.reshape(-1, 1, 1)
     else:
-        kernel, values = bsr_rows, weight.values
+        kernel, values = fastest_kernel("bsr"), weight.values
     kernel(work, x, values, weight.indices, weight.indptr, bias, residual, out, act if fused else 0, lo, hi)
     if not fused:
         bias_act(out, activation=activation, params=activation_params)

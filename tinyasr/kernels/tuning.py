@@ -1,0 +1,92 @@
+"""Kernel variants chosen per CPU by a short measurement at first use, cached beside Numba's cache.
+
+LLVM picks the vector width, but how many accumulators fit in registers is the CPU's: a 4-row x 64-frame
+dense tile is 16 AVX-512 registers and ran at 1.0x onnxruntime on Zen 5, yet needs 32 AVX2 registers, spills
+on every step and ran at 0.36x on Zen 3.  So each tiled kernel family has a few compiled candidates; the
+first call in a process times them on one small problem (a few ms once their builds are cached) and
+remembers the fastest per host CPU in ``tinyasr-tuning.json`` in the family's Numba cache folder.  The dense
+tile shapes sum in the same order, so that choice changes speed only; the CSR variants (and the few-frame
+kernel against BLAS) differ by float32 rounding.  Each variant gives the same result at any thread count.
+On a busy machine a choice can be wrong by the noise (the variants measured here were within 10-20 % of
+each other where that happened): delete the file to measure again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+CACHE_FILE = "tinyasr-tuning.json"
+ROUNDS = 7  # candidates are timed in turn, this many rounds of CALLS calls, each keeping its best (a busy machine)
+CALLS = 5
+_chosen: Dict[str, str] = {}
+
+
+def host_key() -> str:
+    """LLVM's name and feature string for this CPU: what the kernels were compiled for, so what their speed depends on."""
+    import llvmlite.binding as llvm
+
+    features = hashlib.sha256(llvm.get_host_cpu_features().flatten().encode()).hexdigest()[:12]
+    return f"{llvm.get_host_cpu_name()} {features}"
+
+
+def choices() -> Dict[str, str]:
+    """{family: chosen variant} of the families measured or read so far in this process (for benchmarks)."""
+    return dict(_chosen)
+
+
+def cache_folder(dispatcher) -> Optional[Path]:
+    """The folder where Numba caches ``dispatcher``'s builds (beside the module, or Numba's fallback), or None."""
+    folder = getattr(getattr(dispatcher, "_cache", None), "_cache_path", None)
+    return None if folder is None else Path(folder)
+
+
+def _read(path: Path) -> dict:
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, ValueError):  # absent, unreadable or not JSON (our own cache: re-measure)
+        return {}
+    return entries if isinstance(entries, dict) else {}
+
+
+def _write(path: Path, entries: dict) -> None:
+    """Best effort: a read-only install keeps the choice for this process only."""
+    try:
+        temporary = path.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(entries, indent=1, sort_keys=True))
+        os.replace(temporary, path)
+    except OSError:
+        pass
+
+
+def fastest(family: str, candidates: Dict[str, Callable[[], None]], cache_dir: Optional[Path]) -> str:
+    """The name of the fastest of ``candidates`` (name -> a call that runs it once) for ``family`` on this CPU.
+
+    Measured once per CPU (thread CPU time, the best of ROUNDS x CALLS calls each, rounds interleaved), then read from
+    cache_dir / CACHE_FILE, or from memory for the rest of the process.
+    """
+    if family in _chosen:
+        return _chosen[family]
+    path = cache_dir / CACHE_FILE if cache_dir is not None else None
+    key = f"{family} {sorted(candidates)} {host_key()}"
+    entries = _read(path) if path is not None else {}
+    choice = entries.get(key)
+    if choice not in candidates:
+        for run in candidates.values():  # compile or load each build, and warm the caches
+            run()
+        best = {name: float("inf") for name in candidates}
+        for _ in range(ROUNDS):
+            for name, run in candidates.items():
+                for _ in range(CALLS):
+                    start = time.thread_time()
+                    run()
+                    best[name] = min(best[name], time.thread_time() - start)
+        choice = min(best, key=best.get)
+        if path is not None:
+            _write(path, {**_read(path), key: choice})
+    _chosen[family] = choice
+    return choice
