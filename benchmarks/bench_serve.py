@@ -32,14 +32,12 @@ import numpy as np
 import soundfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from benchmarks.machine import cpu_model  # noqa: E402
+
 SAMPLE = os.path.join(ROOT, "tinyasr", "models", "sample_digits.wav")
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "serve.md")
 CHUNK_SECONDS = 0.1
-
-
-def cpu_model() -> str:
-    with open("/proc/cpuinfo") as cpuinfo:
-        return next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
 
 
 def rss_mb(pid: int) -> float:
