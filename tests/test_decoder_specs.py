@@ -123,15 +123,17 @@ def test_vocabulary_type_of_a_token_list(vocabulary, expected):
     (dict(CTC, logits="softmax"), "'logits' must be one of log_probs, logits, probs, got 'softmax'"),
     (dict(CLIP, logits=None), "'logits' must be one of .*got None"),  # null is not "use the default"
     (dict(CLIP, logits=["logits"]), r"'logits' must be one of .*got \['logits'\]"),
-    (dict(FRAMES, frame_seconds=0), "'frame_seconds' must be a positive number, got 0"),
-    (dict(FRAMES, frame_seconds=-0.02), "'frame_seconds' must be a positive number, got -0.02"),
-    (dict(FRAMES, frame_seconds=math.inf), "'frame_seconds' must be a positive number, got inf"),
-    (dict(FRAMES, frame_seconds=math.nan), "'frame_seconds' must be a positive number, got nan"),
-    (dict(FRAMES, frame_seconds="0.02"), "'frame_seconds' must be a positive number, got '0.02'"),
-    (dict(FRAMES, frame_seconds=True), "'frame_seconds' must be a positive number, got True"),
-    (dict(FRAMES, sample_rate=16000.0), r"'sample_rate' must be a positive integer \(Hz\), got 16000.0"),
-    (dict(FRAMES, sample_rate=0), "'sample_rate' must be a positive integer"),
-    (dict(FRAMES, sample_rate="16k"), "'sample_rate' must be a positive integer"),
+    (dict(FRAMES, frame_seconds=0), "'frame_seconds' must be a number of seconds from 1e-06 to 86400, got 0"),
+    (dict(FRAMES, frame_seconds=-0.02), "'frame_seconds' must be a number of seconds from 1e-06 to 86400, got -0.02"),
+    (dict(FRAMES, frame_seconds=math.inf), "'frame_seconds' must be a number of seconds from 1e-06 to 86400, got inf"),
+    (dict(FRAMES, frame_seconds=math.nan), "'frame_seconds' must be a number of seconds from 1e-06 to 86400, got nan"),
+    (dict(FRAMES, frame_seconds="0.02"), "'frame_seconds' must be a number of seconds from 1e-06 to 86400, got '0.02'"),
+    (dict(FRAMES, frame_seconds=True), "'frame_seconds' must be a number of seconds from 1e-06 to 86400, got True"),
+    (dict(FRAMES, frame_seconds=5e-324), "'frame_seconds' must be a number of seconds from 1e-06 to 86400, got 5e-324"),
+    (dict(FRAMES, frame_seconds=10**400), "'frame_seconds' must be a number of seconds from 1e-06 to 86400, got 1000"),
+    (dict(FRAMES, sample_rate=16000.0), r"'sample_rate' must be an integer from 1000 to 768000 \(Hz\), got 16000.0"),
+    (dict(FRAMES, sample_rate=0), "'sample_rate' must be an integer from 1000 to 768000"),
+    (dict(FRAMES, sample_rate="16k"), "'sample_rate' must be an integer from 1000 to 768000"),
 ])
 def test_malformed_entries_are_refused_naming_the_key(entry, message):
     with pytest.raises(ModelFileError, match=f"^m.tasr: .*{message}"):

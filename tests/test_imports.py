@@ -41,6 +41,7 @@ def _modules_after(statement: str):
     "import tinyasr; from tinyasr.format import container; from tinyasr.cli import info; from tinyasr.features import streaming",
     "import tinyasr; tinyasr.Recognizer, tinyasr.Result, tinyasr.load_model, tinyasr.set_num_threads",
     "import tinyasr.cli.main",
+    "from tinyasr import batch; from tinyasr.decoding import beam, lm, hotwords; from tinyasr.pipeline import formats",
 ])
 def test_runtime_imports_no_converter_dependencies(statement):
     loaded = _modules_after(statement)

@@ -307,6 +307,27 @@ def test_bad_decoder_or_frontend_values_are_refused_at_load_naming_the_file(mode
         Recognizer(tmp_path / "bad.tasr")
 
 
+@pytest.mark.parametrize("change, message", [
+    ("nan_weights", r"output 'logprobs' holds \d+ NaN or infinite values of \d+: the model is broken"),
+    ("probs", r"the decoder reads output 'logprobs' as probs, but it holds values from -\d"),
+])
+def test_a_model_with_non_finite_or_mislabelled_scores_raises_instead_of_printing_text(models, tmp_path, change,
+                                                                                       message):
+    """NaN weights, or log-probs declared as probs, used to print garbage text (issue 17)."""
+    from tinyasr.format.container import read_model, write_model
+
+    with read_model(models / "ctc.tasr") as good:
+        tensors = {name: np.array(good.tensor(name)) for name in good.tensor_names()}
+        decoder = dict(good.manifest["decoder"], logits="probs") if change == "probs" else good.manifest["decoder"]
+        manifest = dict({k: good.manifest[k] for k in ("graph", "provenance", "frontend")}, decoder=decoder)
+    if change == "nan_weights":
+        name = max((n for n in tensors if tensors[n].dtype == np.float32), key=lambda n: tensors[n].size)
+        tensors[name] = np.full_like(tensors[name], np.nan)
+    write_model(tmp_path / "bad.tasr", manifest, tensors)
+    with pytest.raises(ModelFileError, match=f"^{tmp_path / 'bad.tasr'}: {message}"):
+        Recognizer(tmp_path / "bad.tasr").transcribe(_read_16k(CLIPS[0]), sample_rate=16000)
+
+
 def test_a_directory_is_not_a_model(tmp_path):
     with pytest.raises(ModelFileError, match=f"{tmp_path}: is a directory, not a .tasr model file"):
         Recognizer(tmp_path)

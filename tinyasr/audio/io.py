@@ -13,15 +13,18 @@ from __future__ import annotations
 import os
 import struct
 import warnings
-from typing import Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 import numpy as np
 import soundfile
 
 from tinyasr.audio.resample import check_rate, resample
 from tinyasr.errors import AudioError, TinyASRWarning
+from tinyasr.format.values import MEMORY_BUDGET
 
 MIN_AUDIO_RATE = 1000  # Hz: below this a recording holds no speech band (a 1 Hz header is a broken file)
+MAX_CHANNELS = 256  # a header claiming more is broken (and would size every block by it)
+BLOCK_BYTES = 1 << 24  # float32 read at once: a header's frame count is never trusted for an allocation
 _INT_SCALE = {np.dtype(np.int8): 128.0, np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2147483648.0}
 
 
@@ -47,20 +50,46 @@ def load_audio(path, sample_rate: Optional[int] = None) -> Tuple[np.ndarray, int
     name = os.fspath(path)
     if sample_rate is not None:
         check_rate(sample_rate, f"{name}: requested rate")
-    check_audio_file(name)
-    try:
-        data, rate = soundfile.read(name, dtype="float32", always_2d=True)
-    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        reason = getattr(exc, "error_string", None) or str(exc)  # libsndfile's reason without the path
-        raise AudioError(f"{name}: not a readable audio file ({reason})") from None
-    if data.shape[0] == 0:
+    blocks, total, rate = [], 0, None
+    for block, rate in read_blocks(name):
+        total += block.nbytes
+        if total > MEMORY_BUDGET:
+            raise AudioError(f"{name}: more than {MEMORY_BUDGET >> 20} MiB of samples: too long to load at once; "
+                             "transcribe it with tinyasr.transcribe_long (block by block)")
+        blocks.append(block)
+    if not total:
         raise AudioError(f"{name}: contains no audio samples (0 frames)")
-    check_audio_rate(rate, f"{name}: the file's header")
-    warn_if_cut_short(name)
-    samples = _mix_to_mono(data, name)
+    samples = _mix_to_mono(np.concatenate(blocks) if len(blocks) > 1 else blocks[0], name)
     if sample_rate is not None and sample_rate != rate:
         return resample(samples, rate, sample_rate), int(sample_rate)
     return samples, int(rate)
+
+
+def read_blocks(path, seconds: Optional[float] = None) -> Iterator[Tuple[np.ndarray, int]]:
+    """([frames, channels] float32 block, sample rate) of a sound file, in order: ``seconds`` of audio each (default:
+    BLOCK_BYTES).  The header is untrusted: its rate must pass check_audio_rate and its channel count
+    MAX_CHANNELS, and its frame count is never used to allocate (a 27 KB FLAC may claim 2**32 - 1 samples);
+    reading stops where the data does.  Every libsndfile failure is an AudioError naming the file."""
+    name = os.fspath(path)
+    check_audio_file(name)
+    try:
+        with soundfile.SoundFile(name) as handle:
+            rate = check_audio_rate(handle.samplerate, f"{name}: the file's header")
+            if not 0 < handle.channels <= MAX_CHANNELS:
+                raise AudioError(f"{name}: the file's header declares {handle.channels} channels "
+                                 f"(at most {MAX_CHANNELS})")
+            warn_if_cut_short(name)
+            frames = max(1, BLOCK_BYTES // (4 * handle.channels))
+            if seconds is not None:
+                frames = min(frames, max(1, int(seconds * rate)))
+            while True:
+                block = handle.read(frames, dtype="float32", always_2d=True)
+                if not len(block):
+                    return
+                yield block, rate
+    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError, OverflowError) as exc:
+        reason = getattr(exc, "error_string", None) or str(exc)  # libsndfile's reason without the path
+        raise AudioError(f"{name}: not a readable audio file ({reason})") from None
 
 
 def check_audio_rate(rate, what: str) -> int:

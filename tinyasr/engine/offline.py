@@ -29,7 +29,7 @@ from tinyasr.errors import GraphError, InputError, TinyASRError
 from tinyasr.format.container import read_model
 from tinyasr.format.graph import Graph, Node, ValueInfo
 from tinyasr.model_cache import resolve_model_path
-from tinyasr.ops import ENCODED_WEIGHT_INPUTS, OpContext, OpFunction, lookup
+from tinyasr.ops import ENCODED_WEIGHT_INPUTS, OpContext, OpFunction, check_node_attrs, lookup
 
 # Input-shape signatures whose buffers a thread keeps (a recogniser sees a few lengths over and over).
 MAX_PLANS_PER_THREAD = 4
@@ -191,8 +191,11 @@ class Model:
 
     @staticmethod
     def _plan_steps(graph: Graph, tensors: Mapping[str, Any], slots: SlotPlan) -> List[_Step]:
-        """Resolve ops and input sources; the slots say after which step each value is dead."""
+        """Resolve ops, check their attributes and input sources; the slots say after which step each value is
+        dead."""
         functions = [lookup(node.op, node.name) for node in graph.nodes]
+        for node in graph.nodes:
+            check_node_attrs(node)
         steps = []
         for index, (node, run) in enumerate(zip(graph.nodes, functions)):
             constants = tuple(tensors[n] if n in tensors else None for n in node.inputs)
@@ -243,7 +246,8 @@ class Model:
             raise type(exc)(f"{self.label}: node {node.name!r} ({node.op}): {exc}") from None
         except TinyASRError:
             raise
-        except (ValueError, TypeError, IndexError, ZeroDivisionError, FloatingPointError, OverflowError) as exc:
+        except (ValueError, TypeError, IndexError, KeyError, AttributeError, ZeroDivisionError, FloatingPointError,
+                OverflowError) as exc:  # attributes are checked at load; this names the node if an op still slips
             shapes = ", ".join(str(getattr(a, "shape", None)) for a in args)
             raise GraphError(
                 f"{self.label}: node {node.name!r} ({node.op}) failed on inputs of shapes {shapes}: {exc}"
@@ -331,10 +335,10 @@ def _check_declared_dtypes(graph: Graph) -> None:
         for info in values:
             try:
                 kind = np.dtype(info.dtype).kind
-            except TypeError:
+            except (TypeError, ValueError):  # numpy raises either, depending on the string
                 kind = None
             if kind not in ("b", "i", "u", "f"):
-                raise GraphError(f"graph {what} {info.name!r} declares dtype {info.dtype!r}; "
+                raise GraphError(f"graph {what} {info.name!r} declares dtype {info.dtype[:40]!r}; "
                                  "expected a numeric type such as float32 or int64")
 
 

@@ -19,8 +19,10 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
+from tinyasr.audio.io import MIN_AUDIO_RATE
 from tinyasr.audio.resample import MAX_SAMPLE_RATE
 from tinyasr.errors import AudioError, TinyASRError
+from tinyasr.format.values import MEMORY_BUDGET, is_real
 
 WINDOWS = ("hann", "hamming", "blackman", "bartlett", "none")
 NORMALIZE = ("per_feature", "all_features", None)
@@ -31,6 +33,13 @@ FRAMES_PER_BLOCK = 2048  # STFT frames processed at once; bounds memory for long
 MAX_FFT = 32768
 MAX_MELS = 512
 MAX_PAD_TO = 1024
+# STFT values per second of audio (frames per second x n_fft): NeMo's 100 x 512 is 51,200; a hop of 1 sample
+# with n_fft 32768 (each within its cap) would be 5e8 and hang or exhaust memory, so the product is capped.
+MAX_STFT_VALUES_PER_SECOND = 1 << 24
+# Real-valued keys: (lowest, highest) a front end can sensibly use; a value past them (preemph 1e300) is refused.
+REAL_RANGES = {"lowfreq": (0.0, MAX_SAMPLE_RATE), "highfreq": (0.0, MAX_SAMPLE_RATE), "preemph": (0.0, 1.0),
+               "mag_power": (0.0, 4.0), "log_zero_guard_value": (0.0, 1.0), "dither": (0.0, 1.0),
+               "pad_value": (-1e6, 1e6)}
 
 
 @dataclass(frozen=True)
@@ -79,7 +88,8 @@ class FrontendConfig:
 
     def __post_init__(self):
         def bad(key, why):
-            raise TinyASRError(f"frontend config: {key}={getattr(self, key)!r} {why}")
+            shown = repr(getattr(self, key))
+            raise TinyASRError(f"frontend config: {key}={shown if len(shown) <= 40 else shown[:37] + '...'} {why}")
 
         def check_int(key, minimum, maximum):
             value = getattr(self, key)
@@ -90,15 +100,16 @@ class FrontendConfig:
             value = getattr(self, key)
             if value is None and allow_none:
                 return
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                bad(key, "must be a finite number" + (" or null" if allow_none else ""))
+            low, high = REAL_RANGES[key]
+            if not is_real(value) or not low <= value <= high:
+                bad(key, f"must be a number from {low:g} to {high:g}" + (" or null" if allow_none else ""))
 
         def check_choice(key, choices):
             if getattr(self, key) not in choices:
                 bad(key, f"is not one of {list(choices)}")
 
         check_choice("kind", ("mel", "mfcc"))
-        for key, minimum, maximum in (("sample_rate", 1, MAX_SAMPLE_RATE), ("win_length", 1, MAX_FFT),
+        for key, minimum, maximum in (("sample_rate", MIN_AUDIO_RATE, MAX_SAMPLE_RATE), ("win_length", 1, MAX_FFT),
                                       ("hop_length", 1, MAX_FFT), ("n_fft", 1, MAX_FFT), ("n_mels", 1, MAX_MELS),
                                       ("pad_to", 0, MAX_PAD_TO)):
             check_int(key, minimum, maximum)
@@ -114,6 +125,10 @@ class FrontendConfig:
         check_choice("pad_mode", ("constant", "reflect"))
         check_choice("log_zero_guard_type", ("add", "clamp"))
         check_choice("normalize", NORMALIZE)
+        if self.sample_rate / self.hop_length * self.n_fft > MAX_STFT_VALUES_PER_SECOND:
+            bad("n_fft", f"with hop_length={self.hop_length} at {self.sample_rate} Hz needs "
+                         f"{self.sample_rate / self.hop_length * self.n_fft:.3g} STFT values per second of audio "
+                         f"(at most {MAX_STFT_VALUES_PER_SECOND})")
         if self.win_length > self.n_fft:
             bad("win_length", f"exceeds n_fft={self.n_fft}")
         nyquist = self.sample_rate / 2
@@ -373,8 +388,9 @@ class FeatureCore:
             return np.zeros((cfg.num_features, 0))
         frames = np.lib.stride_tricks.sliding_window_view(signal, cfg.n_fft)[::cfg.hop_length][:count]
         out = np.empty((cfg.num_features, frames.shape[0]))
-        for start in range(0, frames.shape[0], FRAMES_PER_BLOCK):
-            spectrum = np.fft.rfft(frames[start:start + FRAMES_PER_BLOCK] * self.window, axis=1)
+        block = max(1, min(FRAMES_PER_BLOCK, MEMORY_BUDGET // 64 // (16 * cfg.n_fft)))  # <= 16 MiB of complex128
+        for start in range(0, frames.shape[0], block):
+            spectrum = np.fft.rfft(frames[start:start + block] * self.window, axis=1)
             power = spectrum.real**2 + spectrum.imag**2
             if cfg.mag_power != 2.0:
                 power = power ** (cfg.mag_power / 2)
@@ -382,7 +398,7 @@ class FeatureCore:
             if cfg.log:
                 guard = cfg.log_zero_guard_value
                 mel = np.log(mel + guard) if cfg.log_zero_guard_type == "add" else np.log(np.maximum(mel, guard))
-            out[:, start:start + FRAMES_PER_BLOCK] = mel if self.dct is None else self.dct @ mel
+            out[:, start:start + block] = mel if self.dct is None else self.dct @ mel
         return out
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from tinyasr.errors import ConversionError, GraphError, ModelFileError
 from tinyasr.format.encodings import ENCODINGS
 from tinyasr.format.graph import Graph
+from tinyasr.format.values import is_int  # noqa: F401  (re-exported: readers of manifest keys use it)
 from tinyasr.format.tensors import DTYPES, FLOAT_DTYPES, EncodedTensor, Encoding, PartEntry, TensorEntry  # noqa: F401  (re-exported)
 
 MAGIC = b"TASR\r\n\x1a\n"
@@ -89,11 +90,6 @@ def _json_depth(value) -> int:
             children = item.values() if isinstance(item, dict) else item
             stack.extend((child, depth + 1) for child in children)
     return deepest
-
-
-def is_int(x) -> bool:
-    """An integer as JSON gives one: a Python int that is not a bool (True is an int in Python)."""
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _parse_shape(raw, what: str) -> Tuple[int, ...]:

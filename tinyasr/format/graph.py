@@ -18,6 +18,9 @@ from typing import Any, Dict, List, Tuple, Union
 from tinyasr.errors import GraphError
 
 Dim = Union[int, str]  # a fixed size, or a symbolic name such as "T" or "batch"
+MAX_DIM = 2**31 - 1  # a declared input or output dim past this is no model's
+MAX_DIM_NAME = 256  # characters of a symbolic dim's name
+MAX_RANK = 16
 
 
 @dataclass(frozen=True)
@@ -38,12 +41,17 @@ class ValueInfo:
     @staticmethod
     def from_dict(d: Dict[str, Any]) -> "ValueInfo":
         try:
+            if not isinstance(d["shape"], list) or len(d["shape"]) > MAX_RANK:  # a string would pass as its letters
+                raise GraphError(f"value {str(d['name'])[:80]!r}: shape must be a list of at most {MAX_RANK} dims, "
+                                 f"got {str(d['shape'])[:80]}")
             shape = tuple(d["shape"])
-            if not all(isinstance(s, (int, str)) and not isinstance(s, bool) for s in shape):
-                raise GraphError(f"value {d['name']!r}: shape entries must be ints or names, got {shape}")
+            if not all((isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_DIM)
+                       or (isinstance(s, str) and 0 < len(s) <= MAX_DIM_NAME) for s in shape):
+                raise GraphError(f"value {str(d['name'])[:80]!r}: shape entries must be integers from 0 to {MAX_DIM} "
+                                 f"or names, got {str(shape)[:80]}")
             return ValueInfo(str(d["name"]), str(d["dtype"]), shape)
         except (KeyError, TypeError) as exc:
-            raise GraphError(f"malformed value description {d!r}: {exc}") from None
+            raise GraphError(f"malformed value description {str(d)[:200]}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -73,7 +81,7 @@ class Node:
                 attrs=dict(d.get("attrs", {})),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise GraphError(f"malformed node description {d!r}: {exc}") from None
+            raise GraphError(f"malformed node description {str(d)[:200]}: {exc}") from None
         return node
 
 

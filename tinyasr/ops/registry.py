@@ -12,16 +12,19 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from tinyasr.errors import GraphError
+from tinyasr.ops.attributes import Rule, check_attrs
 from tinyasr.ops.context import OpContext, OpFunction
 from tinyasr.ops.streaming_rules import UNDECLARED, StreamRule
 
 _REGISTRY: Dict[str, OpFunction] = {}
 _STREAMING: Dict[str, StreamRule] = {}
+_ATTRS: Dict[str, Dict[str, Rule]] = {}
 
 
-def register(*names: str, streaming: Optional[StreamRule] = None):
+def register(*names: str, streaming: Optional[StreamRule] = None, attrs: Optional[Dict[str, Rule]] = None):
     """Decorator: ``@register("Relu", streaming=TIME_LOCAL)`` adds the function under each name, with the rule the
-    streaming schedule asks (none declared: the op refuses to stream)."""
+    streaming schedule asks (none declared: the op refuses to stream) and ``attrs``, the rules its attributes
+    are checked by at load (tinyasr/ops/attributes.py; none declared: plain JSON values only)."""
 
     def add(fn: OpFunction) -> OpFunction:
         for name in names:
@@ -30,6 +33,7 @@ def register(*names: str, streaming: Optional[StreamRule] = None):
             _REGISTRY[name] = fn
             if streaming is not None:
                 _STREAMING[name] = streaming
+            _ATTRS[name] = dict(attrs or {})
         return fn
 
     return add
@@ -48,6 +52,11 @@ def lookup(op: str, node: str = "") -> OpFunction:
         raise GraphError(
             f"{where}op {op!r} is not supported by tinyasr; supported ops: {', '.join(registered_ops())}"
         ) from None
+
+
+def check_node_attrs(node) -> None:
+    """GraphError naming the node for an attribute its op would refuse or could not read (called at load)."""
+    check_attrs(node, _ATTRS.get(node.op, {}))
 
 
 def stream_rule(op: str) -> StreamRule:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from tinyasr.errors import GraphError
+from tinyasr.ops.attributes import number
 from tinyasr.ops.common import (
     axes_from,
     check_inputs,
@@ -28,15 +29,18 @@ ONNX_DTYPES = {
 
 
 def numpy_dtype(code, what: str) -> np.dtype:
-    """An ONNX dtype enum int (or a numpy dtype name, as the IR may write it) as a numpy dtype."""
+    """An ONNX dtype enum int (or a numpy dtype name, as the IR may write it) as a numeric numpy dtype."""
     if isinstance(code, str):
         try:
-            return np.dtype(code)
-        except TypeError:
-            raise GraphError(f"{what}: unknown dtype name {code!r}") from None
-    if int(code) not in ONNX_DTYPES:
-        raise GraphError(f"{what}: ONNX data type {code} is not supported; supported: {sorted(ONNX_DTYPES)}")
-    return np.dtype(ONNX_DTYPES[int(code)])
+            dtype = np.dtype(code)
+        except (TypeError, ValueError):  # numpy says ValueError for some strings ("1e-310"), TypeError for others
+            raise GraphError(f"{what}: unknown dtype name {code[:40]!r}") from None
+        if dtype.kind not in "biuf":
+            raise GraphError(f"{what}: dtype {code[:40]!r} is not numeric")
+        return dtype
+    if isinstance(code, bool) or not isinstance(code, int) or code not in ONNX_DTYPES:
+        raise GraphError(f"{what}: ONNX data type {str(code)[:40]} is not supported; supported: {sorted(ONNX_DTYPES)}")
+    return np.dtype(ONNX_DTYPES[code])
 
 
 @register("Shape", streaming=Refuses("its value is the length of the whole input"))
@@ -266,30 +270,47 @@ def range_(ctx, inputs, attrs):
 
 
 def _fill_value(value):
-    """ConstantOfShape's ``value``: a number (float -> float32, int -> int64, bool), an array,
+    """ConstantOfShape's ``value``: a number (float -> float32, int -> int64, bool), a one-element list,
     or ``{"dtype": NAME, "value": NUMBER}``; absent means float32 zero."""
     if value is None:
         return np.zeros((), np.float32)
     if isinstance(value, dict):
-        return np.asarray(value["value"], dtype=numpy_dtype(value["dtype"], "ConstantOfShape value"))
+        if set(value) != {"dtype", "value"}:
+            raise GraphError(f"ConstantOfShape: value must be {{'dtype': NAME, 'value': NUMBER}}, got {str(value)[:80]}")
+        dtype = numpy_dtype(value["dtype"], "ConstantOfShape value")
+        number(value["value"], "ConstantOfShape value")
+        return np.asarray(value["value"]).astype(dtype)
     if isinstance(value, (list, tuple, np.ndarray)):
         value = np.asarray(value)
-        if value.size != 1:
-            raise GraphError(f"ConstantOfShape: value must have one element, got shape {value.shape}")
+        if value.size != 1 or value.dtype.kind not in "biuf":
+            raise GraphError(f"ConstantOfShape: value must be one number, got {value.dtype} shape {value.shape}")
         return value.reshape(())
     if isinstance(value, bool):
         return np.asarray(value, np.bool_)
+    number(value, "ConstantOfShape value")
     return np.asarray(value, np.int64 if isinstance(value, int) else np.float32)
 
 
-@register("ConstantOfShape", streaming=Refuses("its output is built from values, not from frames"))
+def _fill_rule(value, what: str) -> None:
+    try:
+        _fill_value(value)
+    except GraphError as exc:
+        raise GraphError(f"{what}: {exc}") from None
+
+
+@register("ConstantOfShape", streaming=Refuses("its output is built from values, not from frames"),
+          attrs={"value": _fill_rule})
 def constant_of_shape(ctx, inputs, attrs):
     check_inputs("ConstantOfShape", inputs, 1)
     fill = _fill_value(attrs.get("value"))
     return [np.full(int_list(inputs[0], "ConstantOfShape shape"), fill, dtype=fill.dtype)]
 
 
-@register("Cast", streaming=TIME_LOCAL)
+def _dtype_rule(code, what: str) -> None:
+    numpy_dtype(code, what)
+
+
+@register("Cast", streaming=TIME_LOCAL, attrs={"to": _dtype_rule})
 def cast(ctx, inputs, attrs):
     """``to`` is the ONNX TensorProto enum; float -> int truncates toward zero, as in ONNX."""
     check_inputs("Cast", inputs, 1)

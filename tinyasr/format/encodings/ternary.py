@@ -17,6 +17,7 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple
 import numpy as np
 
 from tinyasr.format.tensors import EncodedTensor, Encoding, TensorEntry
+from tinyasr.format.values import is_real
 
 GENERATOR = "splitmix64-stratified-v1"  # the only generator; a new one gets a new name, never a change
 
@@ -251,8 +252,8 @@ def _validate_seed(entry: TensorEntry, parts: Dict[str, np.ndarray]) -> None:
         _check_scales(parts["scales"], out_channels)
     else:
         scale = params.get("scale", 1.0)
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-            raise ValueError(f"params 'scale' must be a finite number, got {scale!r}")
+        if not is_real(scale):  # 3.5e38 is a finite double but inf as the float32 weights hold it
+            raise ValueError(f"params 'scale' must be a number finite as float32, got {str(scale)[:40]}")
 
 
 def _decode_seed(entry: TensorEntry, parts: Dict[str, np.ndarray]) -> TernaryWeight:
