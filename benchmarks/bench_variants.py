@@ -39,20 +39,6 @@ SPARSE_SHAPES = [(256, 64), (256, 1000), (512, 64), (512, 1000)]  # channels, T
 SPARSITY = 0.9
 
 
-def best_seconds(functions, rounds, calls):
-    """{name: best thread time of one call}, the functions called in turn, ``rounds`` times ``calls`` calls."""
-    best = dict.fromkeys(functions, float("inf"))
-    for function in functions.values():
-        function()
-    for _ in range(rounds):
-        for name, function in functions.items():
-            for _ in range(calls):
-                start = time.thread_time()
-                function()
-                best[name] = min(best[name], time.thread_time() - start)
-    return best
-
-
 def dense_rows(rng, rounds, calls):
     rows = []
     for cin, cout, frames in DENSE_SHAPES:
@@ -65,7 +51,7 @@ def dense_rows(rng, rounds, calls):
             packed = tiles_of(x, kernel.width)
             functions[name] = lambda kernel=kernel, packed=packed: kernel.serial(packed, w, NO_BIAS, NO_RESIDUAL, y,
                                                                                  0, 0.0, 0.0)
-        best = best_seconds(functions, rounds, calls)
+        best = tuning.best_seconds(functions, rounds, calls)
         chosen = pointwise_tiles(frames)
         cells = [f"{best['ort'] / best[name]:.2f}" + (" *" if TILE_KERNELS[name] is chosen else "")
                  for name in TILE_KERNELS]
@@ -95,7 +81,7 @@ def sparse_rows(rng, rounds, calls):
             for name, kernel in kernels.items():
                 functions[f"{family} {name}"] = (lambda kernel=kernel, v=values, i=indices, p=indptr:
                                                  kernel.serial(x, v, i, p, NO_BIAS, NO_RESIDUAL, y, 0, 0.0, 0.0))
-        best = best_seconds(functions, rounds, calls)
+        best = tuning.best_seconds(functions, rounds, calls)
         chosen = {fastest_kernel("csr"), fastest_kernel("bsr")}
         cells = []
         for family, kernels in (("csr", CSR_KERNELS), ("bsr", BSR_KERNELS)):

@@ -63,6 +63,21 @@ def _write(path: Path, entries: dict) -> None:
         pass
 
 
+def best_seconds(functions: Dict[str, Callable[[], None]], rounds: int, calls: int) -> Dict[str, float]:
+    """{name: best thread CPU time of one call}: each function called once to compile and warm, then all in turn,
+    ``rounds`` times ``calls`` calls each, so a busy spell hurts every candidate alike."""
+    for function in functions.values():
+        function()
+    best = dict.fromkeys(functions, float("inf"))
+    for _ in range(rounds):
+        for name, function in functions.items():
+            for _ in range(calls):
+                start = time.thread_time()
+                function()
+                best[name] = min(best[name], time.thread_time() - start)
+    return best
+
+
 def fastest(family: str, candidates: Dict[str, Callable[[], None]], cache_dir: Optional[Path]) -> str:
     """The name of the fastest of ``candidates`` (name -> a call that runs it once) for ``family`` on this CPU.
 
@@ -76,15 +91,7 @@ def fastest(family: str, candidates: Dict[str, Callable[[], None]], cache_dir: O
     entries = _read(path) if path is not None else {}
     choice = entries.get(key)
     if choice not in candidates:
-        for run in candidates.values():  # compile or load each build, and warm the caches
-            run()
-        best = {name: float("inf") for name in candidates}
-        for _ in range(ROUNDS):
-            for name, run in candidates.items():
-                for _ in range(CALLS):
-                    start = time.thread_time()
-                    run()
-                    best[name] = min(best[name], time.thread_time() - start)
+        best = best_seconds(candidates, ROUNDS, CALLS)
         choice = min(best, key=best.get)
         if path is not None:
             _write(path, {**_read(path), key: choice})
