@@ -57,6 +57,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import tinyasr  # noqa: E402
+from benchmarks.machine import cpu_model  # noqa: E402
 import tinyasr.ops  # noqa: E402
 from tinyasr.errors import TinyASRError  # noqa: E402
 from tinyasr.format.container import ALIGNMENT, BYTE_ORDER_MARK, HEADER, HEADER_CRC_SPAN, MAGIC  # noqa: E402
@@ -828,7 +829,7 @@ def main(argv=None) -> int:
             except TinyASRError:
                 pass
         gc.freeze()  # the warm objects stay shared with the children instead of being copied by their collector
-        print(f"{len(seeds)} .tasr seeds warm after {time.monotonic() - started:.0f} s; CPU: {_cpu()}", flush=True)
+        print(f"{len(seeds)} .tasr seeds warm after {time.monotonic() - started:.0f} s; CPU: {cpu_model()}", flush=True)
         if args.audio:
             for name, raw, suffix in audio_cases():
                 server.submit(Case("audio", name, raw, suffix, [name]))
@@ -852,7 +853,7 @@ def main(argv=None) -> int:
                 print(f"tasr: {i + 1} cases submitted after {time.monotonic() - started:.0f} s\n{campaign.table()}",
                       flush=True)
         server.drain()
-    print(f"done in {time.monotonic() - started:.0f} s (seed {args.seed}, {args.jobs} jobs, CPU: {_cpu()})")
+    print(f"done in {time.monotonic() - started:.0f} s (seed {args.seed}, {args.jobs} jobs, CPU: {cpu_model()})")
     print(campaign.table())
     for (target, signature), count in sorted(campaign.signatures.items()):
         print(f"  {target}: {signature}  x{count}")
@@ -867,14 +868,6 @@ def _replayed(path: Path) -> Case:
         options = json.loads(options_file.read_text()) if options_file.exists() else {}
         return Case("onnx", path.name, raw, ".onnx", [], options)
     return Case("tasr" if path.suffix == ".tasr" else "audio", path.name, raw, path.suffix, [])
-
-
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            return next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return "unknown"
 
 
 if __name__ == "__main__":
