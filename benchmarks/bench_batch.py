@@ -94,9 +94,9 @@ def main() -> None:
             kill_ok = sorted(paths) == sorted(inputs) and len(set(paths)) == len(inputs)
 
     ratio = rates["2 workers"][0] / rates["1 worker"][0]
-    lines = ["# tinyasr batch on a Dask LocalCluster", "",
-             f"CPU: {cpu_model()}, {os.cpu_count()} cores, shared with other work while measured "
-             f"(load average {os.getloadavg()[0]:.1f} at the end).", "",
+    lines = [f"# tinyasr batch on a Dask LocalCluster ({time.strftime('%Y-%m-%d')})", "",
+             f"CPU: {cpu_model()}, {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f} at the end "
+             "(above the core count, other work shared the cores and the two-worker figure is a floor).", "",
              f"{args.files} FSDD recordings (0.3-2 s, 8 kHz), bundled digits model, greedy, {CHUNK} files per task; "
              f"best of {args.repeats} runs after every worker is warm.", "",
              "| where | files per second | CPU ms per file (workers') |", "|---|---|---|"]
