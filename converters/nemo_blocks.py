@@ -25,6 +25,8 @@ from collections import Counter
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+from tinyasr_convert import compaction
+from tinyasr_convert.compaction import Kept
 from tinyasr_convert.passes import position_rows
 
 from tinyasr.errors import ConversionError
@@ -89,7 +91,7 @@ def _pads(kernel: int, dilation: int, future_context: int) -> Tuple[int, int]:
 def subsampling_factor(encoder: Any) -> int:
     """The encoder's time stride: ConformerEncoder's ``subsampling_factor``, or for ConvASREncoder the product of the
     blocks' first stride."""
-    if _target(encoder) == "ConformerEncoder":
+    if _target(encoder) in ("ConformerEncoder", "RNNEncoder"):
         return _first(encoder.get("subsampling_factor", 4), "encoder.subsampling_factor")
     factor = 1
     for i, block in enumerate((encoder or {}).get("jasper") or []):
@@ -111,6 +113,7 @@ class _Builder:
         self.nodes: List[Node] = []
         self.names: Counter = Counter()
         self.where = ""  # the config field being translated, for messages
+        self.kept: Dict[str, Tuple[int, int]] = {}  # Conformer module scope -> (units, heads or channels kept, of)
 
     def take(self, key: str, shape: Tuple[int, ...]) -> np.ndarray:
         if key not in self.weights:
@@ -418,9 +421,10 @@ def _conformer_settings(enc: Dict[str, Any]) -> Dict[str, Any]:
     )
 
 
-def _conformer_encoder(b: _Builder, enc: Dict[str, Any], x: str, length: str) -> Tuple[str, int, str]:
+def _conformer_encoder(b: _Builder, enc: Dict[str, Any], x: str, length: str,
+                       compact: bool) -> Tuple[str, int, str]:
     """NeMo ConformerEncoder.forward as its ONNX export computes it: (output [B, d, T'], d, encoded lengths)."""
-    cfg = _conformer_settings(enc)
+    cfg = dict(_conformer_settings(enc), compact=compact)
     d = cfg["d_model"]
     b.where = f"encoder.pre_encode ({cfg['subsampling']} x{cfg['factor']})"
     x, length = _subsampling(b, cfg, x, length)
@@ -440,11 +444,15 @@ def _conformer_encoder(b: _Builder, enc: Dict[str, Any], x: str, length: str) ->
 
 def _linear(b: _Builder, prefix: str, x: str, n_in: int, n_out: int, bias: bool, scale: float = 1.0) -> str:
     """torch Linear on [B, T, n_in] as MatMul (+ Add); ``scale`` (a power of 2: exact) folded into the weights."""
-    weight = b.take(f"{prefix}.weight", (n_out, n_in)) * scale
+    return _dense(b, prefix, x, b.take(f"{prefix}.weight", (n_out, n_in)) * scale,
+                  b.take(f"{prefix}.bias", (n_out,)) * scale if bias else None)
+
+
+def _dense(b: _Builder, prefix: str, x: str, weight: np.ndarray, bias: Optional[np.ndarray]) -> str:
+    """x @ weight.T (+ bias) as MatMul (+ Add), weight [n_out, n_in] stored transposed as float32."""
     y = b.node("MatMul", [x, b.const(f"{prefix}.weight_t", weight.T.astype(np.float32))], scope=prefix)
-    if bias:
-        y = b.node("Add", [y, b.const(f"{prefix}.bias", (b.take(f"{prefix}.bias", (n_out,)) * scale)
-                                      .astype(np.float32))], scope=prefix)
+    if bias is not None:
+        y = b.node("Add", [y, b.const(f"{prefix}.bias", bias.astype(np.float32))], scope=prefix)
     return y
 
 
@@ -539,83 +547,202 @@ def _relative_positions(b: _Builder, x: str, d: int) -> str:
 
 def _conformer_layer(b: _Builder, cfg, i: int, x: str, positions: str, masks: Tuple[str, str]) -> str:
     """ConformerLayer: half-step FFN, rel-pos self-attention, conv module, half-step FFN, each pre-LayerNorm with
-    a residual add, then LayerNorm."""
+    a residual add, then LayerNorm.  With ``cfg["compact"]`` the heads, FFN units and conv channels that pruning
+    zeroed are left out (tinyasr_convert.compaction), and a module with nothing left is skipped."""
     prefix, d = f"encoder.layers.{i}", cfg["d_model"]
-    b.where = f"encoder layer {i} (d_model={d}, n_heads={cfg['heads']})"
-    x = b.node("Add", [x, _feed_forward(b, cfg, f"{prefix}.feed_forward1",
-                                        _layer_norm(b, f"{prefix}.norm_feed_forward1", x, d))], scope=prefix)
-    x = b.node("Add", [x, _self_attention(b, cfg, i, _layer_norm(b, f"{prefix}.norm_self_att", x, d), positions,
-                                          masks[1])], scope=prefix)
-    x = b.node("Add", [x, _conv_module(b, cfg, f"{prefix}.conv", _layer_norm(b, f"{prefix}.norm_conv", x, d),
-                                       masks[0])], scope=prefix)
-    x = b.node("Add", [x, _feed_forward(b, cfg, f"{prefix}.feed_forward2",
-                                        _layer_norm(b, f"{prefix}.norm_feed_forward2", x, d))], scope=prefix)
+    b.where = (f"encoder layer {i} (d_model={d}, n_heads={cfg['heads']}, ff_units={cfg['ff_units']}; pruned heads, "
+               "units and channels stay in the checkpoint as zeros, at the configured shapes)")
+    modules = (
+        ("norm_feed_forward1", lambda y: _feed_forward(b, cfg, f"{prefix}.feed_forward1", y)),
+        ("norm_self_att", lambda y: _self_attention(b, cfg, i, y, positions, masks[1])),
+        ("norm_conv", lambda y: _conv_module(b, cfg, f"{prefix}.conv", y, masks[0])),
+        ("norm_feed_forward2", lambda y: _feed_forward(b, cfg, f"{prefix}.feed_forward2", y)),
+    )
+    for norm, module in modules:
+        x = _residual(b, prefix, norm, x, d, module)
     return _layer_norm(b, f"{prefix}.norm_out", x, d)
 
 
-def _feed_forward(b: _Builder, cfg, prefix: str, x: str) -> str:
-    """linear1 -> Swish -> linear2, times the layer's fc_factor 0.5 (folded into linear2)."""
-    hidden = _linear(b, f"{prefix}.linear1", x, cfg["d_model"], cfg["ff_units"], cfg["bias"])
+def _residual(b: _Builder, prefix: str, norm: str, x: str, d: int, module) -> str:
+    """x + module(LayerNorm(x)); ``module`` gets a function that emits the LayerNorm and returns its output, or
+    returns the constant vector [d] it compacted to without calling it: then x + constant (x when it is 0)."""
+    out = module(lambda: _layer_norm(b, f"{prefix}.{norm}", x, d))
+    if isinstance(out, str):
+        return b.node("Add", [x, out], scope=prefix)
+    for key in ("weight", "bias"):  # a skipped module's LayerNorm: checked and accounted for, not needed
+        b.take(f"{prefix}.{norm}.{key}", (d,))
+    if not out.any():
+        return x
+    return b.node("Add", [x, b.const(f"{prefix}.{norm[5:]}.skipped_output", out.astype(np.float32))], scope=prefix)
+
+
+def _feed_forward(b: _Builder, cfg, prefix: str, normed):
+    """linear1 -> Swish -> linear2, times the layer's fc_factor 0.5 (folded into linear2); only the kept units."""
+    d, units = cfg["d_model"], cfg["ff_units"]
+    w1, b1 = b.take(f"{prefix}.linear1.weight", (units, d)), _linear_bias(b, cfg, f"{prefix}.linear1", units)
+    w2, b2 = b.take(f"{prefix}.linear2.weight", (d, units)) * 0.5, _linear_bias(b, cfg, f"{prefix}.linear2", d) * 0.5
+    kept = compaction.feed_forward_units(w1, b1, w2, b2) if cfg["compact"] else Kept(np.arange(units), b2)
+    b.kept[prefix] = (int(kept.indices.size), units)
+    if kept.skipped:
+        return kept.bias
+    rows = kept.indices
+    hidden = _dense(b, f"{prefix}.linear1", normed(), w1[rows], b1[rows] if cfg["bias"] else None)
     hidden = b.activate(hidden, ("Swish", ()), prefix)
-    return _linear(b, f"{prefix}.linear2", hidden, cfg["ff_units"], cfg["d_model"], cfg["bias"], scale=0.5)
+    return _dense(b, f"{prefix}.linear2", hidden, w2[:, rows], _needed(kept.bias, cfg["bias"]))
 
 
-def _self_attention(b: _Builder, cfg, i: int, x: str, positions: str, keep: str) -> str:
+def _self_attention(b: _Builder, cfg, i: int, normed, positions: str, keep: str):
     """RelPositionMultiHeadAttention (Transformer-XL): scores = ((q + u) k^T + rel_shift((q + v) p^T)) / sqrt(d_k),
     masked with -10000 where a query or key frame is padding, softmax, masked to 0 (one RelPositionSoftmax node),
-    times the values."""
+    times the values; only the kept heads (each d_k wide, as NeMo's)."""
     prefix, d, heads = f"encoder.layers.{i}.self_attn", cfg["d_model"], cfg["heads"]
     dk = d // heads
-    split = b.const(f"{prefix}.heads_shape", np.array([0, 0, heads, dk], np.int64))
+    names = ("linear_q", "linear_k", "linear_v", "linear_out")
+    w = {n: b.take(f"{prefix}.{n}.weight", (d, d)) for n in names}
+    bias = {n: _linear_bias(b, cfg, f"{prefix}.{n}", d) for n in names}
+    if cfg["compact"]:
+        kept = compaction.attention_heads(w["linear_v"], bias["linear_v"], w["linear_out"], bias["linear_out"], heads)
+    else:
+        kept = Kept(np.arange(heads), bias["linear_out"])
+    b.kept[prefix] = (int(kept.indices.size), heads)
+    bias_prefix = prefix if cfg["untie"] else "encoder"
+    pos_bias = {n: b.take(f"{bias_prefix}.{n}", (heads, dk)) for n in ("pos_bias_u", "pos_bias_v")}
+    pos_weight = b.take(f"{prefix}.linear_pos.weight", (d, d))
+    if kept.skipped:
+        return kept.bias
+    h, rows, x = int(kept.indices.size), compaction.head_rows(kept.indices, dk), normed()
+    split = b.const(f"{prefix}.heads_shape", np.array([0, 0, h, dk], np.int64))
 
-    def project(name):  # [B, T, H, dk]
-        return b.node("Reshape", [_linear(b, f"{prefix}.{name}", x, d, d, cfg["bias"]), split], scope=prefix)
+    def project(name):  # [B, T, h, dk]
+        y = _dense(b, f"{prefix}.{name}", x, w[name][rows], bias[name][rows] if cfg["bias"] else None)
+        return b.node("Reshape", [y, split], scope=prefix)
 
     q, k, v = project("linear_q"), project("linear_k"), project("linear_v")
-    bias_prefix = prefix if cfg["untie"] else "encoder"
     heads_first = {"perm": [0, 2, 1, 3]}
-    q_u, q_v = (b.node("Transpose", [b.node("Add", [q, b.const(f"{prefix}.{name}", b.take(
-        f"{bias_prefix}.{name}", (heads, dk)).astype(np.float32))], scope=prefix)], heads_first, prefix)
-        for name in ("pos_bias_u", "pos_bias_v"))
-    keys_t = b.node("Transpose", [k], {"perm": [0, 2, 3, 1]}, prefix)  # [B, H, dk, T]
+    q_u, q_v = (b.node("Transpose", [b.node("Add", [q, b.const(f"{prefix}.{name}", pos_bias[name][kept.indices].astype(
+        np.float32))], scope=prefix)], heads_first, prefix) for name in ("pos_bias_u", "pos_bias_v"))
+    keys_t = b.node("Transpose", [k], {"perm": [0, 2, 3, 1]}, prefix)  # [B, h, dk, T]
     values = b.node("Transpose", [v], heads_first, prefix)
-    pos = b.node("MatMul", [positions, b.const(f"{prefix}.linear_pos.weight_t", b.take(
-        f"{prefix}.linear_pos.weight", (d, d)).T.astype(np.float32))], scope=prefix)
+    pos = b.node("MatMul", [positions, b.const(f"{prefix}.linear_pos.weight_t",
+                                               pos_weight[rows].T.astype(np.float32))], scope=prefix)
     pos_t = b.node("Transpose", [b.node("Reshape", [pos, b.const(f"{prefix}.pos_shape", np.array(
-        [1, -1, heads, dk], np.int64))], scope=prefix)], {"perm": [0, 2, 3, 1]}, prefix)  # [1, H, dk, 2T-1]
-    content = b.node("MatMul", [q_u, keys_t], scope=prefix)  # [B, H, T, T]
-    position = b.node("MatMul", [q_v, pos_t], scope=prefix)  # [B, H, T, 2T-1]
+        [1, -1, h, dk], np.int64))], scope=prefix)], {"perm": [0, 2, 3, 1]}, prefix)  # [1, h, dk, 2T-1]
+    content = b.node("MatMul", [q_u, keys_t], scope=prefix)  # [B, h, T, T]
+    position = b.node("MatMul", [q_v, pos_t], scope=prefix)  # [B, h, T, 2T-1]
     weights = b.node("RelPositionSoftmax", [content, position, keep],
                      {"scale": float(np.float32(np.sqrt(dk))), "masked_value": MASKED_SCORE}, prefix)
     out = b.node("Transpose", [b.node("MatMul", [weights, values], scope=prefix)], heads_first, prefix)
-    out = b.node("Reshape", [out, b.const(f"{prefix}.merge", np.array([0, 0, d], np.int64))], scope=prefix)
-    return _linear(b, f"{prefix}.linear_out", out, d, d, cfg["bias"])
+    out = b.node("Reshape", [out, b.const(f"{prefix}.merge", np.array([0, 0, h * dk], np.int64))], scope=prefix)
+    return _dense(b, f"{prefix}.linear_out", out, w["linear_out"][:, rows], _needed(kept.bias, cfg["bias"]))
 
 
-def _conv_module(b: _Builder, cfg, prefix: str, x: str, keep: str) -> str:
+def _conv_module(b: _Builder, cfg, prefix: str, normed, keep: str):
     """ConformerConvolution: pointwise (2d) -> GLU -> padding zeroed -> depthwise (BatchNorm folded) -> Swish ->
-    pointwise, on [B, d, T]."""
+    pointwise, on [B, d, T]; only the kept channels (each with its GLU pair: value row c, gate row d + c)."""
     d, kernel = cfg["d_model"], cfg["kernel"]
-    y = b.node("Transpose", [x], {"perm": [0, 2, 1]}, prefix)
     w1, b1 = b.take_conv(f"{prefix}.pointwise_conv1", (2 * d, d, 1))
-    y = b.conv(y, w1, b1, f"{prefix}.pointwise_conv1")
-    half = b.const(f"{prefix}.glu_split", np.array([d, d], np.int64))
-    value, gate = f"{prefix}.glu_value", f"{prefix}.glu_gate"
-    b.nodes.append(Node(f"{prefix}/Split", "Split", (y, half), (value, gate), {"axis": 1}))
-    y = b.node("Mul", [value, b.node("Sigmoid", [gate], scope=prefix)], scope=prefix)
-    y = b.node("Where", [keep, y, b.const(f"{prefix}.zero", np.float32(0))], scope=prefix)
     weight, bias = b.take_conv(f"{prefix}.depthwise_conv", (d, 1, kernel))
     gamma, beta, mean, var = (b.take(f"{prefix}.batch_norm.{k}", (d,))
                               for k in ("weight", "bias", "running_mean", "running_var"))
     b.used.add(f"{prefix}.batch_norm.num_batches_tracked")
     scale = gamma / np.sqrt(var + LN_EPS)
-    bias = (0 if bias is None else bias) * scale + beta - mean * scale
-    pad = (kernel - 1) // 2
-    y = b.conv(y, weight * scale[:, None, None], bias, f"{prefix}.depthwise_conv", pads=(pad, pad), group=d,
-               activation=("Swish", ()))
+    weight, bias = weight * scale[:, None, None], (0 if bias is None else bias) * scale + beta - mean * scale
     w2, b2 = b.take_conv(f"{prefix}.pointwise_conv2", (d, d, 1))
-    y = b.conv(y, w2, b2, f"{prefix}.pointwise_conv2")
+    out_bias = np.zeros(d) if b2 is None else b2
+    if cfg["compact"]:
+        kept = compaction.glu_channels(w1[:d, :, 0], np.zeros(d) if b1 is None else b1[:d], weight[:, 0, :], bias,
+                                       w2[:, :, 0], out_bias)
+    else:
+        kept = Kept(np.arange(d), out_bias)
+    b.kept[prefix] = (int(kept.indices.size), d)
+    if kept.skipped:
+        return kept.bias
+    c = kept.indices
+    pair = np.concatenate([c, d + c])
+    y = b.node("Transpose", [normed()], {"perm": [0, 2, 1]}, prefix)
+    y = b.conv(y, w1[pair], None if b1 is None else b1[pair], f"{prefix}.pointwise_conv1")
+    half = b.const(f"{prefix}.glu_split", np.array([c.size, c.size], np.int64))
+    value, gate = f"{prefix}.glu_value", f"{prefix}.glu_gate"
+    b.nodes.append(Node(f"{prefix}/Split", "Split", (y, half), (value, gate), {"axis": 1}))
+    y = b.node("Mul", [value, b.node("Sigmoid", [gate], scope=prefix)], scope=prefix)
+    y = b.node("Where", [keep, y, b.const(f"{prefix}.zero", np.float32(0))], scope=prefix)
+    pad = (kernel - 1) // 2
+    y = b.conv(y, weight[c], bias[c], f"{prefix}.depthwise_conv", pads=(pad, pad), group=int(c.size),
+               activation=("Swish", ()))
+    y = b.conv(y, w2[:, c], _needed(kept.bias, b2 is not None), f"{prefix}.pointwise_conv2")
     return b.node("Transpose", [y], {"perm": [0, 2, 1]}, prefix)
+
+
+def _linear_bias(b: _Builder, cfg, prefix: str, n_out: int) -> np.ndarray:
+    """A Linear's bias, zeros when the config has none (use_bias: false)."""
+    return b.take(f"{prefix}.bias", (n_out,)) if cfg["bias"] else np.zeros(n_out)
+
+
+def _needed(bias: np.ndarray, declared: bool) -> Optional[np.ndarray]:
+    """An output bias: kept when the layer has one or when folded constants made it non-zero."""
+    return bias if declared or bias.any() else None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# RNNEncoder (NeMo's LSTM encoder, e.g. lstm_transducer_bpe.yaml): NeMo cannot export it (torch.onnx refuses LSTMs
+# with projections), so the .nemo archive is its only source.
+
+RNN_KEYS = {"_target_", "feat_in", "n_layers", "d_model", "proj_size", "rnn_type", "bidirectional", "subsampling",
+            "subsampling_factor", "subsampling_conv_channels", "dropout"}
+
+
+def _rnn_encoder(b: _Builder, enc: Dict[str, Any], x: str, length: str) -> Tuple[str, int, str]:
+    """RNNEncoder.forward: stacking subsampling (time padded with zeros to a multiple of the factor, ``factor``
+    frames concatenated, Linear to proj_size; lengths ``(len + pad) // factor`` with the pad of the padded batch,
+    as NeMo computes them), then per layer an LSTM with torch's ``proj_size`` (tinyasr's projection input;
+    bidirectional: proj_size / 2 per direction, concatenated) and a LayerNorm.  Like NeMo's, the LSTMs are not
+    length-masked: they run over the batch's padding.  -> (output [B, proj, T'], proj, encoded lengths)."""
+    from tinyasr_convert.transducer import torch_lstm_gates
+
+    _check_keys(enc, RNN_KEYS, "encoder")
+    _require(enc.get("rnn_type", "lstm"), ("lstm",), "encoder.rnn_type")
+    _require(enc.get("subsampling", "striding"), ("stacking",), "encoder.subsampling")
+    factor = _first(enc.get("subsampling_factor", 4), "encoder.subsampling_factor")
+    feat_in, layers = _first(enc.get("feat_in"), "encoder.feat_in"), _first(enc.get("n_layers"), "encoder.n_layers")
+    hidden, proj = _first(enc.get("d_model"), "encoder.d_model"), _first(enc.get("proj_size", -1), "encoder.proj_size")
+    directions = ("", "_reverse") if bool(enc.get("bidirectional", True)) else ("",)
+    if factor < 2 or proj < 1 or proj % len(directions) or not 0 < proj // len(directions) < hidden:
+        raise ConversionError(f"encoder.subsampling_factor={factor}, proj_size={proj}, d_model={hidden} are not "
+                              "supported (factor >= 2; 0 < proj_size per direction < d_model)")
+    scope = "encoder.pre_encode"
+    b.where = f"encoder.pre_encode (stacking x{factor})"
+    y = b.node("Transpose", [x], {"perm": [0, 2, 1]}, scope)  # [B, T, F]
+    frames = _shape_dim(b, y, 1, scope)
+    factor_t = b.const(f"{scope}.factor", np.array([factor], np.int64))
+    rounded = b.node("Mul", [b.node("Div", [b.node("Add", [frames, b.const(f"{scope}.round_up", np.array(
+        [factor - 1], np.int64))], scope=scope), factor_t], scope=scope), factor_t], scope=scope)
+    pad = b.node("Sub", [rounded, frames], scope=scope)  # [1]
+    zeros = b.const(f"{scope}.zeros", np.zeros(4, np.int64))
+    end_zero = b.const(f"{scope}.zero", np.zeros(1, np.int64))
+    pads = b.node("Concat", [zeros, pad, end_zero], {"axis": 0}, scope)  # [0, 0, 0, 0, pad, 0]
+    y = b.node("Pad", [y, pads], scope=scope)
+    y = b.node("Reshape", [y, b.const(f"{scope}.stacked", np.array([0, -1, factor * feat_in], np.int64))], scope=scope)
+    y = _linear(b, f"{scope}.proj_out", y, factor * feat_in, proj, True)
+    length = b.node("Div", [b.node("Add", [length, pad], scope=scope), factor_t], scope=scope)
+    width = proj // len(directions)
+    for i in range(layers):
+        key = f"encoder.layers.{3 * i}"  # LSTM, LayerNorm, Dropout per layer
+        b.where = f"encoder layer {i} (LSTM d_model={hidden}, proj_size={proj})"
+
+        def stacked(name, shape, gates=True):
+            arrays = [b.take(f"{key}.{name}_l0{d}", shape) for d in directions]
+            return np.stack([torch_lstm_gates(a) if gates else a for a in arrays]).astype(np.float32)
+
+        bias = np.concatenate([stacked("bias_ih", (4 * hidden,)), stacked("bias_hh", (4 * hidden,))], axis=1)
+        inputs = [y, b.const(f"{key}.W", stacked("weight_ih", (4 * hidden, proj))),
+                  b.const(f"{key}.R", stacked("weight_hh", (4 * hidden, width))), b.const(f"{key}.B", bias),
+                  "", "", "", "", b.const(f"{key}.projection", stacked("weight_hr", (width, hidden), False))]
+        attrs = {"hidden_size": hidden, "layout": 1,
+                 "direction": "bidirectional" if len(directions) == 2 else "forward"}
+        y = b.node("LSTM", inputs, attrs, key)  # [B, T, directions, width]
+        y = b.node("Reshape", [y, b.const(f"{key}.joined", np.array([0, 0, -1], np.int64))], scope=key)
+        y = _layer_norm(b, f"encoder.layers.{3 * i + 1}", y, proj)
+    return b.node("Transpose", [y], {"perm": [0, 2, 1]}, "encoder"), proj, length
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -660,44 +787,53 @@ def _classification_decoder(b: _Builder, dec: Dict[str, Any], x: str, channels: 
     return ValueInfo("logits", "float32", ("batch", classes))
 
 
-def build_graph(cfg: Dict[str, Any], weights: Dict[str, np.ndarray],
-                encoder_only: bool = False) -> Tuple[Graph, Dict[str, np.ndarray]]:
+def build_graph(cfg: Dict[str, Any], weights: Dict[str, np.ndarray], encoder_only: bool = False,
+                compact: bool = True, structure: Optional[Dict[str, Any]] = None,
+                encoder_outputs: bool = False) -> Tuple[Graph, Dict[str, np.ndarray]]:
     """The NeMo model's ONNX-export computation as a tinyasr Graph plus its stored tensors.
 
     Inputs as NeMo's export names them: ``audio_signal`` [batch, features, time] float32, and ``length``
     [batch] int64 when the encoder uses it (a Conformer; a squeeze-excite block).  Output ``logprobs``
     [batch, frames, classes] (CTC, blank last) or ``logits`` [batch, classes].  ``encoder_only`` (Conformer
     encoders, e.g. of a transducer): outputs ``outputs`` [batch, d_model, frames] and ``encoded_lengths``
-    [batch] as NeMo's encoder export names them; the decoder section is not read.
+    [batch] as NeMo's encoder export names them; the decoder section is not read.  ``encoder_outputs``: those two
+    outputs first, then the decoder's (a hybrid transducer's CTC head beside the transducer's encoder output).
+    RNNEncoder (LSTM) encoders are built for transducers (``encoder_only``).
+    ``compact`` (Conformer encoders): leave out the attention heads, FFN units, conv-module channels and whole
+    modules that structured pruning zeroed (outputs unchanged, up to float32 rounding of folded biases); a
+    ``structure`` dict given is filled with what was kept per layer (see ``conformer_structure``).
     """
     enc, dec = cfg.get("encoder"), cfg.get("decoder")
     if not isinstance(enc, dict) or not (encoder_only or isinstance(dec, dict)):
         raise ConversionError("NeMo config needs 'encoder' and 'decoder' sections")
-    conformer = _target(enc) == "ConformerEncoder"
+    conformer, rnn = _target(enc) == "ConformerEncoder", _target(enc) == "RNNEncoder"
     if encoder_only:
-        _require(_target(enc), ("ConformerEncoder",), "encoder._target_ (encoder only)")
+        _require(_target(enc), ("ConformerEncoder", "RNNEncoder"), "encoder._target_ (encoder only)")
     else:
         decoder_kind = _target(dec)
         _require(decoder_kind, tuple(DECODER_KEYS), "decoder._target_")
         _check_keys(dec, DECODER_KEYS[decoder_kind], "decoder")
     feat_in = _first(enc.get("feat_in"), "encoder.feat_in")
-    uses_length = conformer or any(isinstance(blk, dict) and blk.get("se") for blk in enc.get("jasper") or [])
+    uses_length = conformer or rnn or any(isinstance(blk, dict) and blk.get("se") for blk in enc.get("jasper") or [])
     b = _Builder(weights)
     inputs = [ValueInfo("audio_signal", "float32", ("batch", feat_in, "time"))]
     if uses_length:
         inputs.append(ValueInfo("length", "int64", ("batch",)))
     if conformer:
-        x, channels, lengths = _conformer_encoder(b, enc, "audio_signal", "length")
+        x, channels, lengths = _conformer_encoder(b, enc, "audio_signal", "length", compact)
+    elif rnn:
+        x, channels, lengths = _rnn_encoder(b, enc, "audio_signal", "length")
     else:
         x, channels = _encoder(b, enc, "audio_signal", "length" if uses_length else None)
-    if encoder_only:
+    outputs = []
+    if encoder_only or encoder_outputs:
         b.node("Identity", [x], scope="encoder", output="outputs")
         b.node("Identity", [lengths], scope="encoder", output="encoded_lengths")
         outputs = [ValueInfo("outputs", "float32", ("batch", channels, "frames")),
                    ValueInfo("encoded_lengths", "int64", ("batch",))]
-    else:
+    if not encoder_only:
         build = _ctc_decoder if decoder_kind == "ConvASRDecoder" else _classification_decoder
-        outputs = [build(b, dec, x, channels)]
+        outputs.append(build(b, dec, x, channels))
     sections = ("encoder",) if encoder_only else ("encoder", "decoder")
     unused = sorted(k for k in weights if k.split(".", 1)[0] in sections and k not in b.used)
     if unused:
@@ -705,4 +841,19 @@ def build_graph(cfg: Dict[str, Any], weights: Dict[str, np.ndarray],
                               f"account for, e.g. {unused[:4]} (adapters, or a config for another architecture?)")
     graph = Graph(inputs, outputs, b.nodes)
     graph.validate(b.tensors)
+    if conformer and structure is not None:
+        structure.update(conformer_structure(b.kept))
     return graph, b.tensors
+
+
+STRUCTURE_MODULES = ("feed_forward1", "self_attn", "conv", "feed_forward2")  # a ConformerLayer's, in order
+
+
+def conformer_structure(kept: Dict[str, Tuple[int, int]]) -> Dict[str, Any]:
+    """The manifest's ``structure`` entry: per layer, [kept, of] for each module (FFN units, attention heads,
+    conv-module channels; 0 kept: the module is skipped), for `tinyasr info`."""
+    layers = []
+    while f"encoder.layers.{len(layers)}.conv" in kept:
+        prefix = f"encoder.layers.{len(layers)}"
+        layers.append({m: list(kept[f"{prefix}.{m}"]) for m in STRUCTURE_MODULES})
+    return {"family": "conformer", "layers": layers}

@@ -29,6 +29,8 @@ def optimize(model: Imported) -> Imported:
     model = regenerate_position_tables(model)
     model = fuse_rel_position_attention(model)
     model = fold_batchnorm(model)
+    model = fold_pads_into_conv(model)
+    model = fuse_swish(model)
     model = fuse_conv_epilogues(model)
     model = remove_dead(model)
     model = rewrite_ternary(model)
@@ -456,6 +458,78 @@ def _conv_is_plain(conv: Node, tensors) -> bool:
         and len(conv.inputs) <= 3
         and not conv.attrs.get("activation")
     )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Pad before a Conv, Swish
+
+
+def fold_pads_into_conv(model: Imported) -> Imported:
+    """A zero Pad of the spatial axes read only by a Conv becomes the Conv's own ``pads`` (added to them).
+
+    NeMo's Conformer conv module pads the time axis with a separate Pad before its depthwise Conv (a copy of
+    the activation per layer); the Conv kernels pad without copying.  Only constant-mode Pads with stored,
+    non-negative pads, a zero (or omitted) value and nothing on the batch and channel axes qualify.
+    """
+    consumers = _consumer_counts(model)
+    producers = {o: n for n in model.graph.nodes for o in n.outputs}
+    folded: Dict[str, Node] = {}  # Conv name -> the Conv reading the Pad's input
+    removed = set()
+    for conv in model.graph.nodes:
+        pad = producers.get(conv.inputs[0]) if conv.op == "Conv" and conv.inputs else None
+        spatial = _spatial_zero_pads(pad, model.tensors) if pad is not None and pad.op == "Pad" else None
+        if (spatial is None or consumers[conv.inputs[0]] != 1 or conv.attrs.get("auto_pad", "NOTSET") != "NOTSET"
+                or len(spatial) != 2 * (len(model.shapes.get(conv.inputs[0]) or ()) - 2)):
+            continue
+        own = [int(p) for p in conv.attrs.get("pads", [0] * len(spatial))]
+        if len(own) != len(spatial):
+            continue
+        pads = [a + b for a, b in zip(own, spatial)]
+        folded[conv.name] = replace(conv, inputs=(pad.inputs[0],) + tuple(conv.inputs[1:]),
+                                    attrs=dict(conv.attrs, pads=pads))
+        removed.add(pad.name)
+    if not folded:
+        return model
+    nodes = [folded.get(n.name, n) for n in model.graph.nodes if n.name not in removed]
+    return _with_nodes(model, nodes)
+
+
+def _spatial_zero_pads(pad: Node, tensors) -> Optional[List[int]]:
+    """The Pad's [begin..., end...] over the axes after batch and channel, when it is a plain zero padding."""
+    if pad.attrs.get("mode", "constant") != "constant" or len(pad.inputs) < 2 or pad.inputs[1] not in tensors:
+        return None
+    if len(pad.inputs) > 2 and pad.inputs[2] and (pad.inputs[2] not in tensors or np.any(tensors[pad.inputs[2]])):
+        return None
+    if len(pad.inputs) > 3 and pad.inputs[3]:  # opset 18 axes input
+        return None
+    pads = [int(p) for p in np.asarray(tensors[pad.inputs[1]]).reshape(-1)]
+    rank = len(pads) // 2
+    begins, ends = pads[:rank], pads[rank:]
+    if rank < 3 or any(begins[:2]) or any(ends[:2]) or min(pads) < 0:
+        return None
+    return begins[2:] + ends[2:]
+
+
+def fuse_swish(model: Imported) -> Imported:
+    """Mul(x, Sigmoid(x)), the Sigmoid read by that Mul alone, becomes one Swish node (tinyasr/ops/elementwise.py):
+    one pass instead of two and no intermediate buffer, at the Mul's place in the order."""
+    consumers = _consumer_counts(model)
+    producers = {o: n for n in model.graph.nodes for o in n.outputs}
+    fused: Dict[str, Node] = {}  # Mul name -> Swish node
+    removed = set()
+    for node in model.graph.nodes:
+        if node.op != "Mul" or len(node.inputs) != 2:
+            continue
+        for x, gate in (node.inputs, node.inputs[::-1]):
+            sigmoid = producers.get(gate)
+            if sigmoid is not None and sigmoid.op == "Sigmoid" and sigmoid.inputs[0] == x and consumers[gate] == 1:
+                fused[node.name] = Node(f"{node.name}::swish", "Swish", (x,), tuple(node.outputs))
+                removed.add(sigmoid.name)
+                break
+    if not fused:
+        return model
+    nodes = [fused.get(n.name, n) for n in model.graph.nodes if n.name not in removed]
+    return _with_nodes(model, nodes)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -6,6 +6,8 @@ Two entry points share one plan and one mask function:
   masks; call ``apply_masks(module, masks)`` after every optimizer step while fine-tuning so pruned
   weights stay zero (``sparsity_schedule`` ramps the sparsity up over training, Zhu & Gupta 2017).
 * ``prune_onnx(model, sparsity, ...)`` prunes the initializers of an ONNX model directly (no training).
+* ``prune_recurrent(r, sparsity, block)`` prunes one LSTM / GRU recurrent weight R (converters/sparse_choice.py
+  stores it csr or as 8 x 1 blocks, which kernels/recurrent.py runs one frame at a time).
 
 Which layers: weights of dense 1x1 convs (group 1, kernel 1) and of Gemm / Linear / MatMul, the layers
 with a sparse kernel.  The first and the last of those layers (the input projection and the output
@@ -54,6 +56,21 @@ def magnitude_mask(matrix: np.ndarray, sparsity: float, block: int = 1) -> np.nd
     keep = np.ones(scores.size, bool)
     keep[np.argsort(scores, kind="stable")[:pruned]] = False
     return np.repeat(keep.reshape(rows // block, 1, columns), block, axis=1).reshape(rows, columns)
+
+
+def prune_recurrent(r: np.ndarray, sparsity: float, block: int = 1) -> np.ndarray:
+    """A copy of a recurrent weight R (ONNX [directions, G*H, P], or a prediction network's [G*H, P]) with
+    ``sparsity`` of each direction's weights zeroed by magnitude: single weights (``block`` 1: stored csr) or
+    blocks of 8 consecutive gate rows x 1 column (``block`` 8: the column-blocked form the recurrent kernel runs
+    fastest).  Gates are pruned together, so a direction's smallest weights go whichever gate holds them."""
+    r = np.asarray(r, np.float32)
+    if r.ndim not in (2, 3):
+        raise ConversionError(f"prune_recurrent needs R of rank 2 or 3, got shape {r.shape}")
+    if block not in (1, 8):
+        raise ConversionError(f"recurrent weights are pruned unstructured (block 1) or in 8 x 1 blocks, got {block}")
+    directions = r if r.ndim == 3 else r[None]
+    pruned = np.stack([d * magnitude_mask(d, sparsity, block) for d in directions])
+    return pruned if r.ndim == 3 else pruned[0]
 
 
 @dataclass(frozen=True)
@@ -193,6 +210,24 @@ def onnx_depthwise(model) -> List[LayerPlan]:
         if group > 1 and len(dims) == 3 and dims[1] == 1 and dims[2] > 1:
             found.append(LayerPlan(weight, 0.0))
     return found
+
+
+# Node-name patterns of the FFN and attention projections (q, k, v, out and the rel-pos linear) in NeMo's
+# Conformer / FastConformer ONNX exports: the linears the time-major sparse kernel runs.
+NEMO_CONFORMER_LINEARS = ("*/feed_forward*/linear*", "*/self_attn/linear_*")
+
+
+def onnx_weights_of_nodes(model, node_pattern: str) -> List[str]:
+    """Names of the prunable weights (onnx_prunable) read by nodes whose name matches the fnmatch ``node_pattern``,
+    for ``overrides``: exporters often name MatMul weights ``onnx::MatMul_<n>``, so a NeMo Conformer's FFN and
+    attention linears are found by their nodes ('*/feed_forward*', '*/self_attn/linear_*')."""
+    prunable = {layer.name for layer in onnx_prunable(model)}
+    names: List[str] = []
+    for node in model.graph.node:
+        weight = node.input[1] if len(node.input) > 1 else ""
+        if weight in prunable and weight not in names and fnmatch.fnmatchcase(node.name, node_pattern):
+            names.append(weight)
+    return names
 
 
 def prune_onnx(model, sparsity: float, block: int = 1, overrides: Optional[Mapping[str, float]] = None,

@@ -14,7 +14,7 @@ import tinyasr_convert  # noqa: E402
 from tinyasr_convert.compaction import compact  # noqa: E402
 from tinyasr.format.container import read_model, write_model  # noqa: E402
 from tinyasr.format.graph import Graph, Node, ValueInfo  # noqa: E402
-from tinyasr.engine.offline import load_model  # noqa: E402
+from tinyasr.engine.offline import Model, load_model  # noqa: E402
 
 from torch_models import QuartzNetLike, build  # noqa: E402
 
@@ -140,3 +140,39 @@ def test_convert_compacts_by_default_and_keeps_outputs(tmp_path):
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     (reference,) = session.run(None, {"x": x})
     np.testing.assert_allclose(load_model(compacted.path).run({"x": x})["y"], reference, rtol=1e-4, atol=1e-4)
+
+
+def _feed_forward_graph(output_bias: bool):
+    """x [1, T, 2] @ W1 [2, 4] + b1 -> Relu -> @ W2 [4, 3] (+ b2): unit 0 silent (W2 row 0 zero), unit 1 the
+    constant Relu(2) = 2, unit 3 the constant Relu(-1) = 0 (their W1 columns zero); unit 2 varies."""
+    tensors = {"w1": np.array([[1.0, 0.0, 3.0, 0.0], [2.0, 0.0, -1.0, 0.0]], np.float32),
+               "b1": np.array([0.1, 2.0, -0.3, -1.0], np.float32),
+               "w2": np.array([[0, 0, 0], [1, 2, 3], [4, 5, 6], [7, 8, 9]], np.float32),
+               "b2": np.array([1.0, 0.0, -1.0], np.float32)}
+    nodes = [Node("first", "MatMul", ("x", "w1"), ("h",)), Node("bias", "Add", ("b1", "h"), ("hb",)),
+             Node("act", "Relu", ("hb",), ("a",)),
+             Node("second", "MatMul", ("a", "w2"), ("z" if output_bias else "y",))]
+    if output_bias:
+        nodes.append(Node("out_bias", "Add", ("z", "b2"), ("y",)))
+    else:
+        del tensors["b2"]
+    return Graph([ValueInfo("x", "float32", (1, "T", 2))], [ValueInfo("y", "float32", (1, "T", 3))], nodes), tensors
+
+
+@pytest.mark.parametrize("output_bias", [True, False])
+def test_feed_forward_hidden_units_go_and_their_constants_fold(output_bias):
+    """Units 0 and 3 always go; unit 1's constant 2 needs an output bias to fold into (b2 + 2 * W2[1])."""
+    graph, tensors = _feed_forward_graph(output_bias)
+    new_graph, new_tensors, removed = compact(graph, tensors)
+    kept = [2] if output_bias else [1, 2]
+    assert removed == {"first": 4 - len(kept)}
+    nodes = {node.name: node for node in new_graph.nodes}
+    np.testing.assert_array_equal(new_tensors[nodes["first"].inputs[1]], tensors["w1"][:, kept])
+    np.testing.assert_array_equal(new_tensors[nodes["bias"].inputs[0]], tensors["b1"][kept])
+    np.testing.assert_array_equal(new_tensors[nodes["second"].inputs[1]], tensors["w2"][kept])
+    if output_bias:
+        np.testing.assert_allclose(new_tensors[nodes["out_bias"].inputs[1]], tensors["b2"] + 2.0 * tensors["w2"][1])
+    x = np.random.default_rng(2).standard_normal((1, 5, 2)).astype(np.float32)
+    expected = np.maximum(x @ tensors["w1"] + tensors["b1"], 0) @ tensors["w2"] + tensors.get("b2", 0)
+    got = Model(new_graph, new_tensors).run({"x": x})["y"]
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)

@@ -287,11 +287,12 @@ def test_nemo_archive_with_float16_weights(tmp_path):
     np.testing.assert_allclose(got["logprobs"], vectors["output.logprobs"], rtol=0, atol=1e-2)  # measured 3.7e-3
 
 
-def test_hybrid_archive_converts_as_its_ctc_branch(tmp_path):
-    """A hybrid RNN-T + CTC FastConformer: the aux CTC head's log-probs equal NeMo's torch CTC head, and its greedy
+def test_hybrid_archive_keeps_its_ctc_branch(tmp_path):
+    """A hybrid RNN-T + CTC FastConformer (a transducer file whose CTC head is selectable; the transducer head:
+    tests/test_transducer_file.py): the aux CTC head's log-probs equal NeMo's torch CTC head, and its greedy
     ids NeMo's CTC greedy decoding (batch 1 and both items of the padded batch)."""
     folder = NEMO / "fastconformer_hybrid_small"
-    recognizer = Recognizer(convert_nemo(folder / "model.nemo", tmp_path / "hybrid.tasr"))
+    recognizer = Recognizer(convert_nemo(folder / "model.nemo", tmp_path / "hybrid.tasr"), head="ctc")
     vectors = np.load(folder / "test_vectors.npz")
     for prefix, feeds in _cases(vectors):
         logprobs = recognizer.model.run(feeds)["logprobs"]

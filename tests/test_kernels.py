@@ -547,8 +547,42 @@ def test_rowwise_kernels_match_torch(rows, width, in_place):
         np.testing.assert_allclose(out, ref.numpy(), **TOL)
     extreme = np.array([-100.0, -20.0, 0.0, 30.0, 100.0, np.inf, -np.inf], np.float32)
     out = np.empty_like(extreme)
-    sigmoid_flat(extreme, out)
-    np.testing.assert_array_equal(out, torch.sigmoid(torch.from_numpy(extreme)).numpy())
+    sigmoid_flat(extreme, out)  # exact 0 and 1 at the ends, no NaN from inf / inf; within an ulp elsewhere
+    np.testing.assert_allclose(out, torch.sigmoid(torch.from_numpy(extreme)).numpy(), rtol=2e-7, atol=0)
+
+
+def test_exp32_is_within_an_ulp_and_keeps_the_limits():
+    """kernels/vector_math.exp32 (the vectorised exp of the softmax / sigmoid / Swish kernels) against float64
+    numpy over its whole range, then its documented behaviour outside it; lane_max / lane_sum on odd lengths."""
+    from numba import njit
+
+    from tinyasr.kernels.vector_math import HIGHEST, LOWEST, exp32, lane_max, lane_sum
+
+    @njit
+    def exp_all(x):
+        out = np.empty_like(x)
+        for i in range(x.shape[0]):
+            out[i] = exp32(x[i])
+        return out
+
+    x = np.concatenate([np.linspace(LOWEST, HIGHEST, 1_000_001, dtype=np.float32),
+                        np.float32([0, -0.0, 1e-30, -1e-30, 0.5, -0.5])])
+    exact = np.exp(x.astype(np.float64))
+    ulps = np.abs(exp_all(x) - exact) / np.spacing(exact.astype(np.float32)).astype(np.float64)
+    assert ulps.max() <= 1.0
+    limits = np.float32([-np.inf, -1000, -87.4, 88.4, 1000, np.inf, np.nan])
+    np.testing.assert_array_equal(exp_all(limits), np.float32([0, 0, 0, np.inf, np.inf, np.inf, np.nan]))
+
+    @njit
+    def reduce(row):
+        return lane_max(row), lane_sum(row)
+
+    rng = np.random.default_rng(3)
+    for n in (1, 7, 8, 9, 250, 1001):
+        row = rng.standard_normal(n).astype(np.float32)
+        top, total = reduce(row)
+        assert top == row.max()
+        np.testing.assert_allclose(total, row.astype(np.float64).sum(), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("taps,dilation,frames", [(25, 1, 1), (33, 1, 95), (33, 2, 97), (75, 1, 500), (33, 1, 2000)])

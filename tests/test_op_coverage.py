@@ -50,6 +50,11 @@ ORT_CASES = {
     "Gemm": ("test_gemm", "test_matmul_and_gemm_with_encoded_weights"),
     "LayerNormalization": ("test_layer_normalization",),
     "BatchNormalization": ("test_batch_normalization",),
+    "InstanceNormalization": ("test_instance_normalization",),
+    "CumSum": ("test_cumsum",),
+    "ScatterND": ("test_scatter_nd",),
+    "Mod": ("test_mod",),
+    "IsNaN": ("test_is_nan",),
     # Conv is extended (fused residual and activation): compared with ONNX Conv -> Add -> activation.
     "Conv": ("test_conv", "test_conv_fused_residual_and_activation", "test_conv_with_encoded_weights",
              "test_conv2d_fused_activation"),
@@ -71,9 +76,11 @@ ORT_CASES = {
     "GRU": ("test_gru",),
     # tinyasr's fused Conformer attention weights: compared with NeMo's exported subgraph, which ends in Softmax.
     "RelPositionSoftmax": ("test_rel_position_softmax",),
+    # tinyasr's Swish: compared with the Sigmoid -> Mul pair it replaces.
+    "Swish": ("test_swish",),
 }
 # tinyasr ops with no ONNX op of their name -> the ONNX op their unfused reference subgraph runs
-UNFUSED_REFERENCE = {"RelPositionSoftmax": "Softmax"}
+UNFUSED_REFERENCE = {"RelPositionSoftmax": "Softmax", "Swish": "Sigmoid"}
 
 
 def _calls(test):

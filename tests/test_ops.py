@@ -255,6 +255,69 @@ def test_layer_normalization(axis):
                       num_outputs=3, atol=1e-5)
 
 
+# wav2vec2's GroupNorm as exported ([1, 512, 1] groups of 16,000-sample rows), rows with an offset, other ranks
+@pytest.mark.parametrize("x_shape", [(1, 4, 7), (2, 3, 100), (2, 5, 3, 4), (1, 32, 3199), (3, 2, 2)], ids=str)
+@pytest.mark.parametrize("attrs", [{"epsilon": 1e-3}, {}], ids=str)
+@pytest.mark.parametrize("offset", [0.0, 5.0])
+def test_instance_normalization(x_shape, attrs, offset):
+    x, scale, bias = f32(*x_shape) + np.float32(offset), f32(x_shape[1]), f32(x_shape[1])
+    if not offset:
+        check_against_ort("InstanceNormalization", [x, scale, bias], attrs, atol=1e-5)
+        return
+    # onnxruntime's statistics lose precision on rows with an offset (measured up to 2e-4 off the float64
+    # formula on 2-element rows); the formula is the reference there, onnxruntime a coarse second one
+    check_against_ort("InstanceNormalization", [x, scale, bias], attrs, atol=1e-3)
+    rows = x.astype(np.float64).reshape(x.shape[0], x.shape[1], -1)
+    centred = rows - rows.mean(axis=-1, keepdims=True)
+    formula = centred / np.sqrt(np.mean(centred ** 2, axis=-1, keepdims=True) + attrs.get("epsilon", 1e-5))
+    expected = formula * scale.reshape(1, -1, 1) + bias.reshape(1, -1, 1)
+    got = run_op("InstanceNormalization", [x, scale, bias], attrs)[0]
+    np.testing.assert_allclose(got.reshape(expected.shape), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("attrs", [{}, {"reverse": 1}, {"exclusive": 1}, {"exclusive": 1, "reverse": 1}], ids=str)
+@pytest.mark.parametrize("x,axis", [(i64(1, 1, 0, 1), 0), (np.arange(24).reshape(2, 3, 4), -1),
+                                    (np.arange(24).reshape(2, 3, 4), 1)], ids=["mask", "last", "middle"])
+def test_cumsum(attrs, x, axis):
+    check_against_ort("CumSum", [x, i64(axis)], attrs)
+    check_against_ort("CumSum", [f32(3, 5), i64(axis % 2)], attrs, atol=1e-5)
+
+
+@pytest.mark.parametrize("data,indices,updates", [
+    (np.zeros((2, 6), np.int64), i64(0, 5, 1, 2).reshape(2, 2), i64(1, 1)),  # wav2vec2: 1 at each last frame
+    (f32(4, 3), i64(3, 0).reshape(2, 1), f32(2, 3)),  # whole rows
+    (f32(2, 3, 4), i64(1, 2, 3, 0, -1, -1).reshape(2, 3), f32(2)),  # single elements, negative indices
+], ids=["frames", "rows", "elements"])
+def test_scatter_nd(data, indices, updates):
+    check_against_ort("ScatterND", [data, indices, updates])
+
+
+def test_scatter_nd_refuses_an_index_outside_the_data():
+    with pytest.raises(GraphError, match="outside"):
+        run_op("ScatterND", [np.zeros((2, 3), np.int64), i64(0, 3).reshape(1, 2), i64(1)], {})
+
+
+@pytest.mark.parametrize("a,b,attrs", [
+    (i64(-7, -1, 0, 5, 9), i64(3), {}), (i64(7, -7, 8), i64(-3, 3, -5), {}), (i64(-7, 7), i64(3), {"fmod": 1}),
+    (f32(3, 4), f32(4, low=0.5), {"fmod": 1}), (f32(2, 3), f32(2, 3, low=-3.0, high=-0.5), {"fmod": 1}),
+], ids=str)
+def test_mod(a, b, attrs):
+    check_against_ort("Mod", [a, b], attrs)
+
+
+def test_mod_refuses_an_integer_division_by_zero():
+    with pytest.raises(GraphError, match="division by zero"):
+        run_op("Mod", [i64(4, 5), i64(2, 0)], {})
+
+
+def test_is_nan():
+    x = f32(3, 5)
+    x[0, 1] = x[2, 4] = np.nan
+    x[1, 2] = np.inf
+    check_against_ort("IsNaN", [x])
+    check_against_ort("IsNaN", [f32(2, 2, 2)])
+
+
 @pytest.mark.parametrize("x_shape", [(2, 4, 6), (3, 4), (1, 4, 3, 5)], ids=str)
 @pytest.mark.parametrize("attrs", [{"epsilon": 1e-3}, {}], ids=str)
 def test_batch_normalization(x_shape, attrs):
@@ -280,6 +343,10 @@ CONV_CASES = [
     ((1, 3, 10, 7), (2, 3, 3, 4), {"auto_pad": "SAME_UPPER", "strides": [2, 3]}),
     ((1, 3, 10, 7), (2, 3, 2, 3), {"auto_pad": "SAME_LOWER"}),
     ((1, 2, 3000, 40), (2, 2, 3, 3), {"pads": [1, 1, 1, 1]}),
+    # padding wider than a tap reaches (whole rows / columns of zeros), read without a padded copy
+    ((1, 2, 6, 5), (3, 2, 2, 2), {"pads": [3, 0, 0, 3], "strides": [1, 2]}),
+    ((1, 3, 8, 9), (3, 1, 3, 3), {"group": 3, "dilations": [2, 2], "pads": [2, 3, 1, 0], "strides": [1, 3]}),
+    ((2, 6, 4, 5), (4, 3, 1, 1), {"group": 2}),  # grouped 1x1: BLAS on the input itself
 ]
 
 
@@ -473,6 +540,23 @@ def test_rel_position_softmax(batch, heads, frames, position_batch, lengths):
     nodes = _rel_shift_softmax_nodes(batch, heads, frames, attrs["scale"], attrs["masked_value"])
     ref = ort_outputs(nodes, [content, full, keep], [np.dtype(np.float32)], 17)[0]
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("x", [f32(3, 5, 176, low=-30, high=30), f32(7), f32(2, 3, 4)[:, ::2],
+                               np.array([-100, -88.5, -20, 0, 30, 88.5, 100, np.inf], np.float32),
+                               f32(2, 6).astype(np.float64)], ids=["ffn", "short", "strided", "extremes", "float64"])
+def test_swish(x):
+    """tinyasr's Swish (converters/passes.fuse_swish) against the Sigmoid -> Mul pair onnxruntime runs (whose
+    sigmoid is an approximation a few 1e-7 off in the tails), and to an ulp or two against float64."""
+    ours = run_op("Swish", [x], {})[0]
+    nodes = [helper.make_node("Sigmoid", ["in0"], ["gate"]), helper.make_node("Mul", ["in0", "gate"], ["out0"])]
+    ref = ort_outputs(nodes, [x], [x.dtype], 17)[0]
+    assert ours.dtype == x.dtype and ours.shape == x.shape
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
+    with np.errstate(over="ignore", invalid="ignore"):
+        wide = x.astype(np.float64)
+        exact = wide / (1 + np.exp(-wide))
+    np.testing.assert_allclose(ours, exact.astype(x.dtype), rtol=3e-7, atol=1e-35)  # exp32 is inf past 88.37
 
 
 def test_rel_position_softmax_names_bad_shapes():

@@ -15,6 +15,10 @@ from tinyasr.errors import ModelFileError
 from tinyasr.format.container import describe, read_model
 
 VOCABULARY_PREVIEW = 12  # entries of a vocabulary or label list shown in the summary
+# A compacted Conformer's manifest ``structure`` (converters/nemo_blocks.py conformer_structure): per layer, per
+# module, [kept, of] in these units; 0 kept: the module is skipped.
+STRUCTURE_UNITS = {"feed_forward1": "units", "self_attn": "heads", "conv": "channels", "feed_forward2": "units"}
+MAX_STRUCTURE_LAYERS = 4096
 
 
 def _layer(node, rows: List[Dict[str, Any]]) -> Dict[str, Any]:
@@ -44,6 +48,14 @@ def _decoder_summary(decoder: Optional[dict]) -> Optional[Dict[str, Any]]:
     except ModelFileError as exc:
         problem = exc.problem
     summary = {k: v for k, v in decoder.items() if not (k in ("vocabulary", "labels") and isinstance(v, list))}
+    if not problem and decoder["type"] == "transducer":  # tensor names say little: the structure instead
+        layers = decoder["prediction"]["layers"]
+        summary["prediction"] = f"{len(layers)} LSTM layer(s)" + (
+            ", projected" if any("projection" in layer for layer in layers) else "")
+        summary["joint"] = decoder["joint"].get("activation", "relu")
+        if "ctc" in decoder:
+            ctc = _decoder_summary(decoder["ctc"])
+            summary["ctc"] = f"output {ctc['output']}, {ctc['vocabulary_size']} tokens (Recognizer(head='ctc'))"
     if problem:
         summary["problem"] = problem
     for key in ("vocabulary", "labels"):
@@ -51,6 +63,25 @@ def _decoder_summary(decoder: Optional[dict]) -> Optional[Dict[str, Any]]:
             summary[f"{key}_size"] = len(decoder[key])
             summary[f"{key}_preview"] = list(decoder[key][:VOCABULARY_PREVIEW])
     return summary
+
+
+def _structure_summary(structure) -> Optional[Dict[str, Any]]:
+    """The manifest's ``structure`` entry if it is well formed (every layer names each module with integers
+    0 <= kept <= of), else {"problem": ...}: info describes, it does not trust."""
+    if structure is None:
+        return None
+    if not isinstance(structure, dict):
+        structure = {}
+    layers = structure.get("layers")
+    if structure.get("family") != "conformer" or not isinstance(layers, list) or len(layers) > MAX_STRUCTURE_LAYERS:
+        return {"problem": "the manifest's 'structure' is not a list of Conformer layers"}
+    for i, layer in enumerate(layers):
+        if not (isinstance(layer, dict) and set(layer) == set(STRUCTURE_UNITS)
+                and all(isinstance(v, list) and len(v) == 2 and all(type(n) is int for n in v) and 0 <= v[0] <= v[1]
+                        for v in layer.values())):
+            return {"problem": f"the manifest's 'structure' layer {i} is not {{module: [kept, of]}} for the modules "
+                               f"{list(STRUCTURE_UNITS)}"}
+    return {"family": "conformer", "layers": layers}
 
 
 def summarize(path) -> Dict[str, Any]:
@@ -73,6 +104,7 @@ def summarize(path) -> Dict[str, Any]:
             "frontend": manifest.get("frontend"),
             "decoder": _decoder_summary(manifest.get("decoder")),
             "provenance": manifest.get("provenance"),
+            "structure": _structure_summary(manifest.get("structure")),
         }
 
 
@@ -85,6 +117,22 @@ def _size(n_bytes: int) -> str:
 
 def _value(v: Dict[str, Any]) -> str:
     return f"{v['name']} {v['dtype']} [{', '.join(map(str, v['shape']))}]"
+
+
+def _structure_lines(structure: Optional[Dict[str, Any]]) -> List[str]:
+    """What a compacted Conformer kept per layer: one line each, e.g. "3  ff1 176/352 units, 2/4 heads, ..."."""
+    if not structure:
+        return []
+    if "problem" in structure:
+        return [f"structure  {structure['problem']}"]
+    lines = ["", "structure (kept / of), per Conformer layer; skipped: the module was compacted away"]
+    for i, layer in enumerate(structure["layers"]):
+        parts = []
+        for module, unit in STRUCTURE_UNITS.items():
+            kept, of = layer[module]
+            parts.append(f"{module} {'skipped' if kept == 0 else f'{kept}/{of} {unit}'}")
+        lines.append(f"{i:>4}  " + ", ".join(parts))
+    return lines
 
 
 def format_summary(summary: Dict[str, Any]) -> str:
@@ -107,6 +155,7 @@ def format_summary(summary: Dict[str, Any]) -> str:
         lines.append(f"decoder    {details}{listed}")
     else:
         lines.append("decoder    none")
+    lines += _structure_lines(summary.get("structure"))
     lines.append("")
     header = f"{'#':>4}  {'layer':<28} {'op':<18} {'params':>10} {'size':>10}  {'sparsity':>8}  encodings"
     lines += [header, "-" * len(header)]

@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import numpy as np
 
 from tinyasr.engine import threads
-from tinyasr.engine.planner import SlotPlan
+from tinyasr.engine.planner import SlotPlan, signature_values
 from tinyasr.errors import GraphError, InputError, TinyASRError
 from tinyasr.format.container import read_model
 from tinyasr.format.graph import Graph, Node, ValueInfo
@@ -33,6 +33,9 @@ from tinyasr.ops import ENCODED_WEIGHT_INPUTS, OpContext, OpFunction, check_node
 
 # Input-shape signatures whose buffers a thread keeps (a recogniser sees a few lengths over and over).
 MAX_PLANS_PER_THREAD = 4
+# Largest output of a signature-determined node (planner.signature_values) kept between runs: the shape
+# arithmetic is a few int64s; a Conformer's position projection [2T - 1, d] is kept up to about 25 s of input.
+SIGNATURE_VALUE_MAX_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class _Step:
     constants: Tuple[Any, ...]
     outputs: Tuple[int, ...]
     release: Tuple[int, ...]  # value slots dead once this step has run
+    dying: Tuple[int, ...] = ()  # input positions whose slot is in ``release``: the only possible donors
 
 
 ALIGNMENT = 64  # bytes: a cache line, one AVX-512 register
@@ -73,6 +77,10 @@ class _BufferPool:
         self.owned: Dict[int, np.ndarray] = {}
         self.free: Dict[Tuple, List[np.ndarray]] = defaultdict(list)
         self.allocations = 0
+        # outputs of the signature-determined steps, kept from the first run (slot -> private copy), and the
+        # steps they make unnecessary; None until that run is over
+        self.signature_values: Optional[Dict[int, np.ndarray]] = None
+        self.skipped_steps: frozenset = frozenset()
 
     def reset(self) -> None:
         """Start of a run: every buffer is free."""
@@ -112,7 +120,7 @@ class _RunContext(OpContext):
         self.donatable: List[Optional[np.ndarray]] = []
 
     def output(self, shape, dtype=np.float32, donors=()) -> np.ndarray:
-        shape, dtype = tuple(int(d) for d in shape), np.dtype(dtype)
+        shape, dtype = tuple(map(int, shape)), np.dtype(dtype)
         for i in donors:
             candidate = self.donatable[i] if i < len(self.donatable) else None
             if candidate is not None and candidate.shape == shape and candidate.dtype == dtype:
@@ -123,10 +131,14 @@ class _RunContext(OpContext):
     def prepare(self, step: _Step, args: List[Any]) -> None:
         """Mark as donatable the inputs that are whole pool buffers no other live value uses."""
         self.num_outputs = len(step.outputs)
-        self.donatable = [
-            arg if slot in step.release and self._sole_owner(slot, arg) else None
-            for slot, arg in zip(step.slots, args)
-        ]
+        if not step.dying:  # most steps: every input lives on (planned once, see Model._plan_steps)
+            self.donatable = []
+            return
+        donatable: List[Optional[np.ndarray]] = [None] * len(args)
+        for i in step.dying:
+            if self._sole_owner(step.slots[i], args[i]):
+                donatable[i] = args[i]
+        self.donatable = donatable
 
     def _sole_owner(self, slot: int, array) -> bool:
         owner = self.slot_owner[slot]
@@ -150,7 +162,7 @@ class Model:
     """A graph with its stored tensors, ready to run.  Safe to share between threads."""
 
     def __init__(self, graph: Graph, tensors: Mapping[str, Any], manifest: Optional[dict] = None,
-                 path: Optional[str] = None):
+                 path: Optional[str] = None, decoder_tensors: Optional[Mapping[str, Any]] = None):
         self.label = os.path.basename(path) if path else "model"  # names the model in error messages
         try:
             graph.validate(tensors.keys())
@@ -158,12 +170,16 @@ class Model:
             _check_encoded_tensor_uses(graph, tensors)
             slots = SlotPlan([v.name for v in graph.inputs], graph.nodes, tensors, [v.name for v in graph.outputs])
             self._steps = self._plan_steps(graph, tensors, slots)
+            self._signature_steps = frozenset(signature_values([v.name for v in graph.inputs], graph.nodes, tensors))
         except GraphError as exc:
             raise GraphError(f"{self.label}: {exc}") from None
         self.graph = graph
         self.manifest = manifest or {}
         self.path = path
         self.tensors = types.MappingProxyType(dict(tensors))  # stored tensors as the ops see them (read-only)
+        # stored tensors no node reads: a transducer's prediction network and joint, which its decoder entry
+        # names and the Recognizer checks (tinyasr.decoding.transducer_decoder.transducer_of)
+        self.decoder_tensors = types.MappingProxyType(dict(decoder_tensors or {}))
         self._slot_count = slots.count
         self._output_slots = [slots.slot_of.get(v.name, -1) for v in graph.outputs]  # -1: a stored tensor
         self._output_constants = [tensors.get(v.name) for v in graph.outputs]
@@ -199,8 +215,9 @@ class Model:
         steps = []
         for index, (node, run) in enumerate(zip(graph.nodes, functions)):
             constants = tuple(tensors[n] if n in tensors else None for n in node.inputs)
-            steps.append(_Step(node, run, slots.input_slots(node), constants, slots.output_slots(node),
-                               slots.release[index]))
+            inputs, release = slots.input_slots(node), slots.release[index]
+            dying = tuple(i for i, slot in enumerate(inputs) if slot >= 0 and slot in release)
+            steps.append(_Step(node, run, inputs, constants, slots.output_slots(node), release, dying))
         return steps
 
     # ------------------------------------------------------------------ running
@@ -214,16 +231,30 @@ class Model:
         ctx = _RunContext(pool, self._slot_count)
         values: List[Any] = [None] * len(ctx.slot_owner)
         values[: len(arrays)] = arrays
-        for step in self._steps:
-            args = [values[s] if s >= 0 else c for s, c in zip(step.slots, step.constants)]
-            ctx.prepare(step, args)
-            results = self._run_step(step, ctx, args)
-            for slot, result in zip(step.outputs, results):
-                values[slot] = result
-                ctx.bind(slot, result)
+        kept, skipped = pool.signature_values, pool.skipped_steps
+        if kept is None:
+            kept, skipped, record = {}, frozenset(), self._signature_steps
+        else:
+            record = frozenset()
+            for slot, value in kept.items():  # never pool buffers: no op writes into them, none donates them
+                values[slot] = value
+        for index, step in enumerate(self._steps):
+            if index not in skipped:
+                args = [values[s] if s >= 0 else c for s, c in zip(step.slots, step.constants)]
+                ctx.prepare(step, args)
+                results = self._run_step(step, ctx, args)
+                for slot, result in zip(step.outputs, results):
+                    values[slot] = result
+                    ctx.bind(slot, result)
+                if index in record:
+                    _keep_signature_values(kept, step, results)
             for slot in step.release:
                 ctx.unbind(slot)
                 values[slot] = None
+        if pool.signature_values is None:
+            pool.signature_values = kept
+            pool.skipped_steps = frozenset(i for i in self._signature_steps
+                                           if all(slot in kept for slot in self._steps[i].outputs))
         return {
             info.name: self._fresh_output(info, values[slot] if slot >= 0 else constant)
             for info, slot, constant in zip(self.graph.outputs, self._output_slots, self._output_constants)
@@ -329,6 +360,13 @@ class Model:
         return arrays
 
 
+def _keep_signature_values(kept: Dict[int, np.ndarray], step: _Step, results) -> None:
+    """Private copies of a signature-determined step's outputs, if all are small arrays (else it runs each time)."""
+    if all(isinstance(r, np.ndarray) and r.nbytes <= SIGNATURE_VALUE_MAX_BYTES for r in results[: len(step.outputs)]):
+        for slot, result in zip(step.outputs, results):
+            kept[slot] = np.array(result, copy=True)
+
+
 def _check_declared_dtypes(graph: Graph) -> None:
     """Graph inputs and outputs must declare a numeric numpy dtype (bool, int, uint, float)."""
     for what, values in (("input", graph.inputs), ("output", graph.outputs)):
@@ -407,4 +445,6 @@ def load_model(path) -> Model:
     used = {name for node in model_file.graph.nodes for name in node.inputs}
     used.update(v.name for v in model_file.graph.outputs)
     tensors = {name: _prepare_tensor(model_file, name) for name in model_file.tensor_names() if name in used}
-    return Model(model_file.graph, tensors, manifest=model_file.manifest, path=model_file.path)
+    others = {name: _prepare_tensor(model_file, name) for name in model_file.tensor_names() if name not in used}
+    return Model(model_file.graph, tensors, manifest=model_file.manifest, path=model_file.path,
+                 decoder_tensors=others)

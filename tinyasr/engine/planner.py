@@ -8,6 +8,7 @@ from collections import defaultdict
 from typing import Container, Dict, Iterable, List, Sequence, Tuple
 
 from tinyasr.format.graph import Node
+from tinyasr.ops.shape_rules import reads_shape_only, shape_giving_inputs
 
 
 class SlotPlan:
@@ -44,3 +45,38 @@ class SlotPlan:
 
     def output_slots(self, node: Node) -> Tuple[int, ...]:
         return tuple(self.slot_of[o] for o in node.outputs)
+
+
+def signature_values(inputs: Sequence[str], nodes: Sequence[Node], constants: Container[str]) -> List[int]:
+    """Indices of the nodes whose outputs are a function of the graph inputs' shapes and dtypes alone.
+
+    An exported graph recomputes its shape arithmetic on every run (Shape -> Gather -> Unsqueeze -> Concat ->
+    Reshape: about 40 % of a NeMo Conformer export's nodes); the offline schedule runs these nodes once per
+    input-shape signature and keeps their outputs.  A value qualifies when an op that reads shapes only
+    (Shape, Size) makes it from a tensor whose shape is signature-determined, or when it is made from
+    qualifying values and stored tensors only; a tensor's shape is signature-determined when it is a graph
+    input's, or its op's shape rule (tinyasr/ops/shape_rules.py) says its shape follows from inputs that are.
+    """
+    fixed_shape = set(inputs)  # values whose shape the signature fixes (constants: always)
+    fixed_value = set()  # values the signature fixes
+    chosen = []
+    for index, node in enumerate(nodes):
+        present = [name for name in node.inputs if name]
+
+        def known(name, of):
+            return name in constants or name in of
+
+        if reads_shape_only(node.op):
+            value = bool(present) and known(present[0], fixed_shape)
+        else:
+            value = bool(present) and all(known(name, fixed_value) for name in present)
+        if value:
+            chosen.append(index)
+            fixed_value.update(node.outputs)
+            fixed_shape.update(node.outputs)
+            continue
+        first = shape_giving_inputs(node.op)  # inputs from here on give the output shape by their values
+        if first is not None and all(known(name, fixed_shape) for name in node.inputs[:first] if name) and all(
+                known(name, fixed_value) for name in node.inputs[first:] if name):
+            fixed_shape.update(node.outputs)
+    return chosen

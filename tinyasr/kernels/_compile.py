@@ -35,6 +35,68 @@ def stack_buffer(typingctx, size):
     return types.CPointer(types.float32)(size), codegen
 
 
+@intrinsic
+def element_pointer(typingctx, array, offset):
+    """A pointer to element ``offset`` (counted in elements from the first) of a C-contiguous ``array``; wrap it
+    with ``numba.carray(ptr, (n,))``.  For the gathers of the sparse kernels: a slice ``x[row, t0:t0 + n]``
+    costs Numba's negative-index and clamp code (~15 scalar instructions) per non-zero, a pointer one multiply-add.
+    Only C-contiguous arrays type, so an offset computed from the shape always names the element meant; the
+    caller keeps it in bounds (the indices were validated at load)."""
+    if not isinstance(array, types.Array) or array.layout != "C" or not isinstance(offset, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        return builder.gep(data, [args[1]])
+
+    return types.CPointer(array.dtype)(array, offset), codegen
+
+
+# Shuffle masks of an 8x8 transpose in three stages of two-input shuffles (the unpack / shufps / vperm2f128
+# network on AVX2; LLVM lowers the same IR for any vector width, NEON included).
+_UNPACK = ([0, 8, 1, 9, 4, 12, 5, 13], [2, 10, 3, 11, 6, 14, 7, 15])
+_PAIRS = ([0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15])
+_HALVES = ([0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15])
+
+
+@intrinsic
+def transpose_8x8(typingctx, src, src_row, src_column, dst, dst_row, dst_column):
+    """dst[dst_row + j, dst_column + i] = src[src_row + i, src_column + j] for i, j < 8, on C-contiguous 2-D
+    float32 arrays, with no bounds checks (the caller's loops keep the block inside both arrays).
+
+    Eight 8-float row loads, 24 shuffles in registers, eight row stores: LLVM's vectoriser does not find this
+    for a transposing loop, which instead moves one float per load and store (measured on Zen 3, AVX2, a
+    256 x 352 transpose: 32 us in blocks, 243 us as a loop, 40 us for numpy's copy)."""
+    if not all(isinstance(a, types.Array) and a.ndim == 2 and a.dtype == types.float32 and a.layout == "C"
+               for a in (src, dst)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        vector = llvm_ir.VectorType(llvm_ir.FloatType(), 8)
+        masks = llvm_ir.VectorType(llvm_ir.IntType(32), 8)
+
+        def row_pointer(array_type, array_value, row, column, offset):
+            array = context.make_array(array_type)(context, builder, array_value)
+            width = builder.extract_value(array.shape, 1)
+            index = builder.add(builder.mul(builder.add(row, llvm_ir.IntType(64)(offset)), width), column)
+            return builder.bitcast(builder.gep(array.data, [index]), vector.as_pointer())
+
+        def mix(a, b, mask):
+            return builder.shuffle_vector(a, b, llvm_ir.Constant(masks, mask))
+
+        src_type, dst_type = signature.args[0], signature.args[3]
+        rows = [builder.load(row_pointer(src_type, args[0], args[1], args[2], i), align=4) for i in range(8)]
+        pairs = [mix(rows[2 * k], rows[2 * k + 1], _UNPACK[h]) for k in range(4) for h in range(2)]
+        quads = [mix(pairs[4 * g + h], pairs[4 * g + h + 2], _PAIRS[p]) for g in range(2) for h in range(2)
+                 for p in range(2)]
+        for j in range(8):
+            column = mix(quads[j % 4], quads[4 + j % 4], _HALVES[j // 4])
+            builder.store(column, row_pointer(dst_type, args[3], args[4], args[5], j), align=4)
+        return context.get_dummy_value()
+
+    return types.void(src, types.int64, types.int64, dst, types.int64, types.int64), codegen
+
+
 class SerialAndParallel:
     """A kernel with a serial and a parallel build, each compiled (or loaded from the cache) on first use.
 

@@ -4,7 +4,8 @@ weights = Where(keep, softmax(Where(keep, (content + rel_shift(position)) / scal
 rel_shift(position)[.., i, j] = position[.., i, T - 1 - i + j] (NeMo's pad-reshape-slice trick).  As separate
 ops that is ten passes over [B, heads, T, T] and [B, heads, T, 2T - 1] arrays and two copies for the shift;
 here each output row is read, shifted, masked, normalised and written once.  The order of the float32
-operations is the unfused chain's (add, divide, then the softmax), so only the softmax's sum order differs.
+operations is the unfused chain's (add, divide, then the softmax), so only the softmax's sum order and exp
+(kernels/vector_math.exp32, within 1 ulp, vectorised) differ.
 """
 
 from __future__ import annotations
@@ -13,13 +14,17 @@ import numpy as np
 from numba import njit
 from numba.types import Array, boolean, float32, void
 
+from tinyasr.kernels.vector_math import exp32, lane_max, lane_sum
+
 READ_4D = Array(float32, 4, "C", readonly=True)
 READ_MASK = Array(boolean, 4, "C", readonly=True)
 
 
-@njit(void(READ_4D, READ_4D, READ_MASK, float32, float32, float32[:, :, :, ::1]), cache=True)
+@njit(void(READ_4D, READ_4D, READ_MASK, float32, float32, float32[:, :, :, ::1]), cache=True, error_model="numpy")
 def rel_position_softmax_rows(content, position, keep, scale, masked, out):
-    """content [B, H, T, T], position [B or 1, H, T, 2T - 1], keep [B or 1, 1, T, T] (size 0: none) -> out."""
+    """content [B, H, T, T], position [B or 1, H, T, 2T - 1], keep [B or 1, 1, T, T] (size 0: none) -> out.
+    Each row in passes LLVM vectorises (``error_model="numpy"``: no ZeroDivisionError branch in the divide):
+    scores, max, exp, sum, scale."""
     batch, heads, frames = content.shape[0], content.shape[1], content.shape[2]
     masking = keep.size > 0
     everything = np.ones(frames, np.bool_)
@@ -31,18 +36,13 @@ def rel_position_softmax_rows(content, position, keep, scale, masked, out):
                 row, shifted, y = content[b, h, i], position[pb, h, i], out[b, h, i]
                 valid = keep[kb, 0, i] if masking else everything
                 offset = frames - 1 - i
-                top = np.float32(-np.inf)
                 for j in range(frames):
                     v = (row[j] + shifted[offset + j]) / scale
-                    v = v if valid[j] else masked
-                    y[j] = v
-                    top = max(top, v)
-                total = np.float32(0.0)
+                    y[j] = v if valid[j] else masked
+                top = lane_max(y)
                 for j in range(frames):
-                    e = np.exp(y[j] - top)
-                    y[j] = e
-                    total += e
-                inverse = np.float32(1.0) / total
+                    y[j] = exp32(y[j] - top)
+                inverse = np.float32(1.0) / lane_sum(y)
                 for j in range(frames):
                     y[j] = y[j] * inverse if valid[j] else np.float32(0.0)
 

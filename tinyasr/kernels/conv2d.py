@@ -4,11 +4,16 @@
 
 * depthwise (``group == Cin == Cout``, FastConformer's ``dw_striding``): a Numba kernel, one output row at a
   time with every tap added in order (numpy's per-tap passes over strided planes took 10x longer);
-* everything else (dense 3x3 stride 2, pointwise 1x1, grouped): im2col then BLAS ``matmul`` per batch item and
-  group, in row chunks of at most IM2COL_MAX_ELEMENTS copied floats (a 60 s input stays a few MB);
+* pointwise (1x1, stride 1, no padding: FastConformer's subsampling): BLAS ``matmul`` on the input as it is;
+* everything else (dense 3x3 stride 2, grouped): im2col (a Numba gather) then BLAS ``matmul`` straight into
+  the output, per batch item and group, in row chunks of at most IM2COL_MAX_ELEMENTS floats (a 60 s input
+  stays a few MB);
 
-then the shared Numba epilogue (bias + activation).  The subsampling convs are a few percent of a Conformer's
-time (benchmarks/bench_conformer.py).
+then the shared Numba epilogue (bias + activation).  Both kernels read the unpadded input (taps outside it
+count as zeros) and the im2col columns go to a caller's scratch buffer (the engine's pool): no array is
+allocated per call.  That matters more than the arithmetic: on the shared 2-core machine (2026-12-06) the
+Conformer's first subsampling conv took 10.7 ms into a fresh 5 MB output and 1.0 ms into a reused one (page
+faults); the padded copy and the im2col / product temporaries cost the same again.
 """
 
 from __future__ import annotations
@@ -17,8 +22,7 @@ from typing import Sequence, Tuple
 
 import numpy as np
 from numba import njit
-from numba.types import Array, float32, int64, void
-from numpy.lib.stride_tricks import as_strided
+from numba.types import Array, UniTuple, float32, int64, void
 
 from tinyasr.errors import GraphError
 from tinyasr.kernels.conv1d import IM2COL_MAX_ELEMENTS, output_length
@@ -63,28 +67,12 @@ def conv2d_geometry(x_shape, weight_shape, strides: Pair, dilations: Pair, pads:
     return h_out, w_out
 
 
-def _padded(x: np.ndarray, pads) -> np.ndarray:
-    top, left, bottom, right = pads
-    if not any(pads):
-        return x
-    padded = np.zeros(x.shape[:2] + (top + x.shape[2] + bottom, left + x.shape[3] + right), x.dtype)
-    padded[:, :, top:top + x.shape[2], left:left + x.shape[3]] = x
-    return padded
-
-
-def _taps(x: np.ndarray, kernel: Pair, strides: Pair, dilations: Pair, out_hw: Pair) -> np.ndarray:
-    """A view [B, C, kh, kw, H_out, W_out]: view[b, c, i, j, h, w] = x[b, c, h*sh + i*dh, w*sw + j*dw]."""
-    s = x.strides
-    return as_strided(x, x.shape[:2] + tuple(kernel) + tuple(out_hw),
-                      s[:2] + (dilations[0] * s[2], dilations[1] * s[3], strides[0] * s[2], strides[1] * s[3]),
-                      writeable=False)
-
-
 def conv2d(x, weight, bias=None, *, strides: Sequence[int] = (1, 1), dilations: Sequence[int] = (1, 1),
            pads: Sequence[int] = (0, 0, 0, 0), group: int = 1, activation: str = "", activation_params=(),
-           out=None) -> np.ndarray:
+           out=None, scratch=None) -> np.ndarray:
     """y = act(conv2d(x, weight) + bias), zero padding.  x [B, Cin, H, W], weight [Cout, Cin/group, kh, kw],
-    bias [Cout] or None; returns float32 [B, Cout, H_out, W_out], into ``out`` when given (C-contiguous float32)."""
+    bias [Cout] or None; returns float32 [B, Cout, H_out, W_out], into ``out`` when given (C-contiguous float32).
+    ``scratch``: a float32 buffer of at least im2col_elements(...) floats for the columns (else allocated)."""
     x, weight = as_float32(x, "input X", "conv2d"), as_float32(weight, "weight W", "conv2d")
     strides, dilations, pads = tuple(strides), tuple(dilations), tuple(pads)
     h_out, w_out = conv2d_geometry(x.shape, weight.shape, strides, dilations, pads, group)
@@ -100,55 +88,123 @@ def conv2d(x, weight, bias=None, *, strides: Sequence[int] = (1, 1), dilations: 
     if out.size == 0:
         return out
     channels_out, cin_g, kh, kw = weight.shape
-    x = _padded(x, pads)
     if group == x.shape[1] == channels_out > 1:
-        _depthwise(x, weight.reshape(channels_out, kh, kw), out, *strides, *dilations)
+        _depthwise(x, weight.reshape(channels_out, kh, kw), out, *strides, *dilations, pads[0], pads[1])
     else:
-        _im2col_matmul(x, weight, out, strides, dilations, group)
+        needed = 0 if kh == kw == 1 and strides == (1, 1) and not any(pads) else im2col_elements(weight.shape,
+                                                                                               out.shape[2:])
+        if scratch is None or scratch.dtype != np.float32 or scratch.size < needed or not scratch.flags.c_contiguous:
+            scratch = np.empty(needed, np.float32)
+        _im2col_matmul(x, weight, out, strides, dilations, pads, group, scratch.reshape(-1))
     if bias.size or act:
         epilogue_rows(out.size, out.reshape(flat_shape), bias, NO_RESIDUAL, act, lo, hi)
     return out
 
 
-@njit(void(READ_4D, READ_3D, float32[:, :, :, ::1], int64, int64, int64, int64), cache=True,
+def im2col_elements(weight_shape, out_hw) -> int:
+    """Floats of scratch the dense path needs for a weight [Cout, Cin/g, kh, kw] and output [H_out, W_out]."""
+    depth = int(np.prod(weight_shape[1:]))
+    return depth * _im2col_rows(depth, out_hw) * int(out_hw[1])
+
+
+def _im2col_rows(depth: int, out_hw) -> int:
+    return max(1, min(int(out_hw[0]), IM2COL_MAX_ELEMENTS // (depth * int(out_hw[1]))))
+
+
+@njit(UniTuple(int64[::1], 2)(int64, int64, int64, int64, int64, int64), cache=True)
+def _column_ranges(width, w_out, kw, stride_w, dilation_w, left):
+    """Per tap column j: the output columns [first, last) whose input column w*sw + j*dw - left is inside x."""
+    first, last = np.zeros(kw, np.int64), np.zeros(kw, np.int64)
+    for j in range(kw):
+        offset = j * dilation_w - left
+        first[j] = min(w_out, max(0, (-offset + stride_w - 1) // stride_w))
+        last[j] = max(first[j], min(w_out, (width - 1 - offset) // stride_w + 1) if width - 1 - offset >= 0 else 0)
+    return first, last
+
+
+@njit(void(READ_4D, READ_3D, float32[:, :, :, ::1], int64, int64, int64, int64, int64, int64), cache=True,
       fastmath={"contract"})
-def _depthwise(x, weight, out, stride_h, stride_w, dilation_h, dilation_w):
-    """out[b, c, h, w] = sum over taps (i, j) in order of weight[c, i, j] * x[b, c, h*sh + i*dh, w*sw + j*dw] on
-    the padded x: one output row at a time, the row stays in L1 while every tap is added."""
+def _depthwise(x, weight, out, stride_h, stride_w, dilation_h, dilation_w, top, left):
+    """out[b, c, h, w] = sum over taps (i, j) in order of weight[c, i, j] * x[b, c, h*sh + i*dh - top,
+    w*sw + j*dw - left], taps outside x counting as zero: one output row at a time, the row stays in L1 while
+    every tap is added."""
     batch, channels, h_out, w_out = out.shape
+    height, width = x.shape[2], x.shape[3]
     kh, kw = weight.shape[1], weight.shape[2]
+    first, last = _column_ranges(width, w_out, kw, stride_w, dilation_w, left)
     for b in range(batch):
         for c in range(channels):
             for h in range(h_out):
                 row = out[b, c, h]
                 row[:] = 0.0
                 for i in range(kh):
-                    source = x[b, c, h * stride_h + i * dilation_h]
+                    r = h * stride_h + i * dilation_h - top
+                    if r < 0 or r >= height:
+                        continue
+                    source = x[b, c, r]
                     for j in range(kw):
                         tap = weight[c, i, j]
-                        offset = j * dilation_w
-                        for w in range(w_out):
+                        offset = j * dilation_w - left
+                        for w in range(first[j], last[j]):
                             row[w] += tap * source[offset + w * stride_w]
 
 
-def _im2col_matmul(x, weight, out, strides, dilations, group):
-    """out[b, group rows] = W_g [Cout/g, Cin/g*kh*kw] @ columns, in chunks of output rows."""
+@njit(void(READ_4D, int64, int64, int64, int64, int64, int64, int64, int64, int64, int64, int64, int64, int64,
+           float32[:, ::1]), cache=True)
+def _im2col(x, b, c0, channels, kh, kw, stride_h, stride_w, dilation_h, dilation_w, top, left, h0, w_out, columns):
+    """columns[(c, i, j), (h - h0) * W_out + w] = x[b, c0 + c, h*sh + i*dh - top, w*sw + j*dw - left] (zero
+    outside x) for the output rows h0 .. h0 + columns.shape[1] / W_out."""
+    height, width = x.shape[2], x.shape[3]
+    rows = columns.shape[1] // w_out
+    firsts, lasts = _column_ranges(width, w_out, kw, stride_w, dilation_w, left)
+    for c in range(channels):
+        for i in range(kh):
+            for j in range(kw):
+                dest = columns[(c * kh + i) * kw + j]
+                offset = j * dilation_w - left
+                first, last = firsts[j], lasts[j]
+                for rr in range(rows):
+                    r = (h0 + rr) * stride_h + i * dilation_h - top
+                    base = rr * w_out
+                    if r < 0 or r >= height:
+                        for w in range(w_out):
+                            dest[base + w] = 0.0
+                        continue
+                    source = x[b, c0 + c, r]
+                    for w in range(first):
+                        dest[base + w] = 0.0
+                    for w in range(first, last):
+                        dest[base + w] = source[offset + w * stride_w]
+                    for w in range(last, w_out):
+                        dest[base + w] = 0.0
+
+
+def _im2col_matmul(x, weight, out, strides, dilations, pads, group, scratch):
+    """out[b, group rows] = W_g [Cout/g, Cin/g*kh*kw] @ columns, in chunks of output rows, the product written
+    into ``out`` by BLAS."""
     batch, channels_out = out.shape[:2]
     h_out, w_out = out.shape[2:]
     _, cin_g, kh, kw = weight.shape
     cout_g = channels_out // group
-    taps = _taps(x, (kh, kw), strides, dilations, (h_out, w_out))
     weight_2d = weight.reshape(channels_out, cin_g * kh * kw)
     depth = cin_g * kh * kw
-    rows = max(1, min(h_out, IM2COL_MAX_ELEMENTS // (depth * w_out)))
+    rows = _im2col_rows(depth, (h_out, w_out))
+    flat = out.reshape(batch, channels_out, h_out * w_out)
+    if kh == kw == 1 and strides == (1, 1) and not any(pads) and x.flags.c_contiguous:  # 1x1: x is the columns
+        columns = x.reshape(batch, group, cin_g, h_out * w_out)
+        for b in range(batch):
+            for g in range(group):
+                np.matmul(weight_2d[g * cout_g:(g + 1) * cout_g], columns[b, g],
+                          out=flat[b, g * cout_g:(g + 1) * cout_g])
+        return
     for b in range(batch):
         for g in range(group):
-            cin, cout = slice(g * cin_g, (g + 1) * cin_g), slice(g * cout_g, (g + 1) * cout_g)
             for h0 in range(0, h_out, rows):
                 h1 = min(h_out, h0 + rows)
-                columns = taps[b, cin, :, :, h0:h1].reshape(depth, (h1 - h0) * w_out)
-                product = weight_2d[cout] @ columns
-                out[b, cout, h0:h1] = product.reshape(cout_g, h1 - h0, w_out)
+                columns = scratch[: depth * (h1 - h0) * w_out].reshape(depth, (h1 - h0) * w_out)
+                _im2col(x, b, g * cin_g, cin_g, kh, kw, *strides, *dilations, pads[0], pads[1], h0, w_out, columns)
+                np.matmul(weight_2d[g * cout_g:(g + 1) * cout_g], columns,
+                          out=flat[b, g * cout_g:(g + 1) * cout_g, h0 * w_out:h1 * w_out])
 
 
 def conv2d_reference(x, weight, bias=None, *, strides=(1, 1), dilations=(1, 1), pads=(0, 0, 0, 0), group=1,

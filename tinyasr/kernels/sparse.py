@@ -15,6 +15,18 @@ op's semantics (see conv1d.py).  What makes sparsity pay (notes: ../shared/resea
 * work items are (batch, tile, row or 4-row strip), tile-major: the x tile (width frames x Cin) stays in L2
   while all rows use it, and the epilogue runs on each row tile while it is in L1.
 
+Transformer blocks keep activations time-major, x [frames, K] (a row per frame), and multiply by a stored
+W [K, N] (MatMul, then a bias Add).  ``matmul_time_major`` runs a CSR / BSR W there with the same row tile:
+W is read by output column (``CSRMatrix.transposed``, built once), and each tile of 64 frames of x is first
+transposed into a [K, 64] scratch tile, so the inner loop is again a contiguous vector over frames; 8 output
+columns' sums are then transposed back into y's rows (both transposes in 8 x 8 register blocks,
+_compile.transpose_8x8).  Measured on Zen 3 (AVX2), 90 % sparse 88x352 / 352x88 / 88x88 at T = 64-1500,
+speed-up over numpy's BLAS matmul: this kernel 2.0-3.2x (1.3-2.0x with transposes one value at a time, which
+then took 1.5-3x the multiply-adds' time); transposing x and y with numpy around ``spmm`` 1.0-1.5x (two more
+passes over memory); scattering x[t, k] * W[k, :] into a transposed accumulator by input row (W as stored, no
+transposed copy) 0.4-0.5x (a load and a store per non-zero instead of a register accumulator).  Below ~8
+frames BLAS wins (0.4-0.5x at 1 frame): per output column the kernel pays a fixed ~20 ns.
+
 Summation order differs from BLAS (and between the CSR variants), so results match a dense matmul to
 float32 rounding, not bitwise.  ``fastmath={"contract"}`` only (fused multiply-add, no reassociation).
 """
@@ -30,7 +42,7 @@ from tinyasr.engine import threads
 from tinyasr.errors import GraphError
 from tinyasr.format.encodings.sparse import BSRMatrix, CSRMatrix, as_dense, bsr_arrays, csr_arrays
 from tinyasr.kernels import tuning
-from tinyasr.kernels._compile import serial_and_parallel, stack_buffer
+from tinyasr.kernels._compile import element_pointer, serial_and_parallel, stack_buffer, transpose_8x8
 from tinyasr.kernels.conv1d import conv1d
 from tinyasr.kernels.epilogue import (
     ACTIVATIONS,
@@ -69,14 +81,21 @@ def _csr_row_tile(acc, x, values, indices, indptr, row, t0, n, pairs):
 
     ``pairs`` (a compile-time constant) sums each four as (v0 x0 + v1 x1) + (v2 x2 + v3 x3): 6 vector ops, two
     chains, for wide registers where a tile is too few vectors to hide the FMA latency; else one chain of 4
-    fused multiply-adds per vector (Zen 3, AVX2, 64 frames = 8 chains: 1.1-1.25x faster)."""
-    j, end = indptr[row], indptr[row + 1]
+    fused multiply-adds per vector (Zen 3, AVX2, 64 frames = 8 chains: 1.1-1.25x faster).  Values, indices and
+    x rows are read through pointers (element_pointer), not slices, whose index wrap-around and clamping
+    doubled the instructions per pass (benchmarks/results/sparse_gathers.md)."""
+    frames = x.shape[1]
+    j, end = np.int64(indptr[row]), np.int64(indptr[row + 1])
     for t in range(n):
         acc[t] = 0.0
     while j + 4 <= end:
-        v0, v1, v2, v3 = values[j, 0, 0], values[j + 1, 0, 0], values[j + 2, 0, 0], values[j + 3, 0, 0]
-        x0, x1 = x[np.int64(indices[j]), t0:t0 + n], x[np.int64(indices[j + 1]), t0:t0 + n]
-        x2, x3 = x[np.int64(indices[j + 2]), t0:t0 + n], x[np.int64(indices[j + 3]), t0:t0 + n]
+        v = carray(element_pointer(values, j), (4,))
+        c = carray(element_pointer(indices, j), (4,))
+        x0 = carray(element_pointer(x, np.int64(c[0]) * frames + t0), (n,))
+        x1 = carray(element_pointer(x, np.int64(c[1]) * frames + t0), (n,))
+        x2 = carray(element_pointer(x, np.int64(c[2]) * frames + t0), (n,))
+        x3 = carray(element_pointer(x, np.int64(c[3]) * frames + t0), (n,))
+        v0, v1, v2, v3 = v[0], v[1], v[2], v[3]
         if pairs:
             for t in range(n):
                 acc[t] += (v0 * x0[t] + v1 * x1[t]) + (v2 * x2[t] + v3 * x3[t])
@@ -88,7 +107,8 @@ def _csr_row_tile(acc, x, values, indices, indptr, row, t0, n, pairs):
                 acc[t] = acc[t] + v3 * x3[t]
         j += 4
     while j < end:
-        v0, x0 = values[j, 0, 0], x[np.int64(indices[j]), t0:t0 + n]
+        v0 = carray(element_pointer(values, j), (1,))[0]
+        x0 = carray(element_pointer(x, np.int64(carray(element_pointer(indices, j), (1,))[0]) * frames + t0), (n,))
         for t in range(n):
             acc[t] += v0 * x0[t]
         j += 1
@@ -97,17 +117,19 @@ def _csr_row_tile(acc, x, values, indices, indptr, row, t0, n, pairs):
 @njit(inline="always", fastmath={"contract"})
 def _bsr_strip_tile(acc, x, values, indices, indptr, strip, t0, n):
     """acc[k*n:(k+1)*n] = sum over the blocks j of the strip's block row of values[j, i+k, 0] * x[indices[j], t0:t0+n]
-    for the strip's 4 rows k (i: the strip's first row inside its block of br = values.shape[1] rows)."""
-    strips_per_block = values.shape[1] // 4
+    for the strip's 4 rows k (i: the strip's first row inside its block of br = values.shape[1] rows); read
+    through pointers as in _csr_row_tile."""
+    frames, block_rows = x.shape[1], values.shape[1]
+    strips_per_block = block_rows // 4
     block_row, i = strip // strips_per_block, (strip % strips_per_block) * 4
-    j, end = indptr[block_row], indptr[block_row + 1]
+    j, end = np.int64(indptr[block_row]), np.int64(indptr[block_row + 1])
     for t in range(4 * n):
         acc[t] = 0.0
     a0, a1, a2, a3 = acc[0:n], acc[n:2 * n], acc[2 * n:3 * n], acc[3 * n:4 * n]
     while j < end:
-        xj = x[np.int64(indices[j]), t0:t0 + n]
-        strip_update(a0, a1, a2, a3, values[j, i, 0], values[j, i + 1, 0], values[j, i + 2, 0], values[j, i + 3, 0],
-                     xj, n)
+        v = carray(element_pointer(values, j * block_rows + i), (4,))
+        xj = carray(element_pointer(x, np.int64(carray(element_pointer(indices, j), (1,))[0]) * frames + t0), (n,))
+        strip_update(a0, a1, a2, a3, v[0], v[1], v[2], v[3], xj, n)
         j += 1
 
 
@@ -191,6 +213,112 @@ def fastest_kernel(kind: str):
     return kernels[name]
 
 
+def _time_major_signature():
+    """(x [frames, K], values [nnz, 1, 1], indices, indptr of W^T [N, K] by output column, bias [N] or empty,
+    y [frames, N])."""
+    readonly = [types.Array(dtype, ndim, "C", readonly=True) for dtype, ndim in (
+        (types.float32, 2), (types.float32, 3), (types.uint16, 1), (types.int32, 1), (types.float32, 1))]
+    return types.void(*readonly, types.Array(types.float32, 2, "C"))
+
+
+@njit(inline="always")
+def _frames_to_tile(x, t0, n, x_tile):
+    """x_tile[c, t] = x[t0 + t, c] for t < n and every input c: 8 x 8 blocks transposed in registers, the
+    edges (frames past a multiple of 8, inputs past a multiple of 8) one value at a time."""
+    inputs = x.shape[1]
+    block_frames, block_inputs = n - n % 8, inputs - inputs % 8
+    for t in range(0, block_frames, 8):
+        for c in range(0, block_inputs, 8):
+            transpose_8x8(x, t0 + t, c, x_tile, c, t)
+        for c in range(block_inputs, inputs):
+            for k in range(t, t + 8):
+                x_tile[c, k] = x[t0 + k, c]
+    for k in range(block_frames, n):
+        for c in range(inputs):
+            x_tile[c, k] = x[t0 + k, c]
+
+
+@njit(inline="always")
+def _columns_to_frames(acc, columns, y, t0, n, c0):
+    """y[t0 + t, c0 + q] = acc[q, t] for t < n and q < columns (<= 8): 8 x 8 blocks transposed in registers
+    when all 8 columns are there, the rest one value at a time."""
+    block_frames = n - n % 8 if columns == 8 else 0
+    for t in range(0, block_frames, 8):
+        transpose_8x8(acc, 0, t, y, t0 + t, c0)
+    for t in range(block_frames, n):
+        y_row = y[t0 + t]
+        for q in range(columns):
+            y_row[c0 + q] = acc[q, t]
+
+
+def _time_major_kernel(width: int, pairs: bool = False):
+    """The time-major CSR kernel factory on tiles of ``width`` frames (``pairs`` as in _csr_row_tile).
+
+    Work items are tiles of frames.  One item transposes its frames of x into a [K, width] scratch tile, then
+    runs _csr_row_tile on it for each output column, 8 columns at a time into an [8, width] stack buffer, and
+    writes those 8 columns' sums (plus bias) into y by 8 x 8 register transposes.  Measured on Zen 3 (AVX2), 90 %
+    sparse, 256 frames, multiply-adds alone -> whole kernel: 88x352 36 -> 62 us, 352x88 35 -> 57, 512x512 358 ->
+    409, 88x88 7 -> 18 (BLAS: 179, 177, 1460, 46); with transposes one value at a time the kernel took 75, 118,
+    731, 27.  Frames are independent, so any batch dims are folded into them.
+    """
+    block_size = 8 * width  # stack_buffer needs a compile-time constant
+
+    def make(loop):
+        def kernel(x, values, indices, indptr, bias, y):
+            frames, inputs = x.shape
+            outputs = y.shape[1]
+            has_bias = bias.shape[0] > 0
+            for tile in loop((frames + width - 1) // width):
+                t0 = tile * width
+                n = min(width, frames - t0)
+                x_tile = np.empty((inputs, width), np.float32)
+                _frames_to_tile(x, t0, n, x_tile)
+                acc = carray(stack_buffer(block_size), (8, width))
+                for c0 in range(0, outputs, 8):
+                    columns = min(8, outputs - c0)
+                    for q in range(columns):
+                        acc_q = acc[q]
+                        if n == width:  # constant width: the tile lives in registers
+                            _csr_row_tile(acc_q, x_tile, values, indices, indptr, c0 + q, 0, width, pairs)
+                        else:
+                            _csr_row_tile(acc_q, x_tile, values, indices, indptr, c0 + q, 0, n, pairs)
+                        if has_bias:
+                            bias_q = bias[c0 + q]
+                            for t in range(n):
+                                acc_q[t] = acc_q[t] + bias_q
+                    _columns_to_frames(acc, columns, y, t0, n, c0)
+
+        return kernel
+
+    make.__name__ = make.__qualname__ = "csr_time_major"
+    return serial_and_parallel(_time_major_signature(), fastmath={"contract"})(make)
+
+
+# One chosen per CPU, as for the channel-major CSR kernels (they differ where those do: FMA chains per register).
+TIME_MAJOR_KERNELS = {"pairs64": _time_major_kernel(64, True), "chain64": _time_major_kernel(64)}
+
+
+@functools.cache
+def fastest_time_major_kernel():
+    """The time-major CSR kernel measured fastest on this CPU (tuning.fastest), on the CALIBRATION problem."""
+    rows, columns, frames, sparsity = CALIBRATION
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((rows, columns), dtype=np.float32)
+    weight[rng.random(weight.shape) < sparsity] = 0.0
+    values, indices, indptr = csr_arrays(weight)
+    values = values.reshape(-1, 1, 1)
+    x = rng.standard_normal((frames, columns), dtype=np.float32)
+    y = np.empty((frames, rows), np.float32)
+
+    def run(kernel):
+        return lambda: kernel.serial(x, values, indices, indptr, NO_BIAS, y)
+
+    kernels = TIME_MAJOR_KERNELS
+    name = tuning.fastest("spmm time-major csr", {name: run(kernel) for name, kernel in kernels.items()},
+                          tuning.cache_folder(next(iter(kernels.values())).serial))
+    return kernels[name]
+
+
 # ---------------------------------------------------------------------------------------------
 # Python side: checks, dispatch and the numpy reference
 # ---------------------------------------------------------------------------------------------
@@ -201,7 +329,7 @@ def kernel_matrix(weight):
     run as CSR), with uint16 column indices (matrices over 65535 columns store int32 indices and run dense)."""
     if isinstance(weight, BSRMatrix) and not (weight.block[1] == 1 and weight.block[0] % 4 == 0):
         weight = weight.csr
-    if isinstance(weight, (CSRMatrix, BSRMatrix)) and weight.indices.dtype == np.uint16:
+    if isinstance(weight, (CSRMatrix, BSRMatrix)) and weight.indices.dtype == np.uint16 and weight.row_axes == 1:
         return weight
     return None
 
@@ -265,6 +393,47 @@ def conv1d_any(x, weight, bias=None, residual=None, *, stride=1, dilation=1, pad
         return spmm(weight, x, bias, residual, activation, activation_params, out)
     return conv1d(x, as_dense(weight), bias, residual, stride=stride, dilation=dilation, pad_left=pad_left,
                   pad_right=pad_right, group=group, activation=activation, activation_params=activation_params, out=out)
+
+
+def time_major_matrix(weight):
+    """What matmul_time_major runs for a MatMul weight W [K, N] stored CSR or BSR: W^T [N, K] as CSR by output
+    column (built once, cached on the weight), or None: another encoding, a weight of rank other than 2, or
+    over 65535 inputs (int32 indices: the op decodes W and runs BLAS)."""
+    if isinstance(weight, BSRMatrix):
+        weight = weight.csr
+    if not isinstance(weight, CSRMatrix) or len(weight.shape) != 2:
+        return None
+    transposed = weight.transposed
+    return transposed if transposed.indices.dtype == np.uint16 else None
+
+
+def matmul_time_major(x, weight, bias=None, out=None) -> np.ndarray:
+    """y = x @ W (+ bias) for time-major activations x [..., K] (a row per frame) and a CSR / BSR W [K, N].
+
+    bias [N] or None.  Returns float32 [..., N] (into ``out`` when given).  GraphError on bad shapes or a
+    weight the kernel cannot run (see time_major_matrix).
+    """
+    matrix = time_major_matrix(weight)
+    if matrix is None:
+        raise GraphError("matmul_time_major: weight must be a 2-D CSRMatrix or BSRMatrix with at most 65535 rows")
+    outputs, inputs = matrix.matrix_shape
+    x = as_float32(x, "input A", "matmul_time_major")
+    if x.ndim < 1 or x.shape[-1] != inputs:
+        raise GraphError(f"matmul_time_major: input A must be [..., {inputs}] for a {inputs}x{outputs} weight, "
+                         f"got shape {x.shape}")
+    shape = x.shape[:-1] + (outputs,)
+    bias, _ = check_bias_residual(bias, None, (1, outputs), "matmul_time_major")
+    if out is None:
+        out = np.empty(shape, np.float32)
+    elif not (isinstance(out, np.ndarray) and out.dtype == np.float32 and out.flags.c_contiguous and out.shape == shape):
+        raise GraphError(f"matmul_time_major: out must be a C-contiguous float32 array of shape {shape}")
+    if out.size == 0:
+        return out
+    rows = x.reshape(-1, inputs)
+    work = matrix.nnz * rows.shape[0] // threads.SPARSE_MACS_PER_WORK  # threads.py: parallel or not
+    fastest_time_major_kernel()(work, rows, matrix.values.reshape(-1, 1, 1), matrix.indices, matrix.indptr, bias,
+                                out.reshape(-1, outputs))
+    return out
 
 
 def linear(a, weight) -> np.ndarray:

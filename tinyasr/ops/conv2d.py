@@ -14,7 +14,7 @@ import numpy as np
 
 from tinyasr.errors import GraphError
 from tinyasr.kernels.conv1d import output_length
-from tinyasr.kernels.conv2d import conv2d
+from tinyasr.kernels.conv2d import conv2d, im2col_elements
 from tinyasr.ops.common import dense
 
 
@@ -64,6 +64,12 @@ def conv2d_op(ctx, inputs, attrs):
     if min(shape[2:]) < 1:
         raise GraphError(f"Conv: input of shape {x.shape} is too small for kernel {kernel} (pads {pads})")
     out = ctx.output(shape, np.float32)
-    conv2d(x, weight, bias, strides=strides, dilations=dilations, pads=tuple(pads), group=int(attrs.get("group", 1)),
-           activation=attrs.get("activation", ""), activation_params=attrs.get("activation_params", ()), out=out)
+    group = int(attrs.get("group", 1))
+    depthwise = group == x.shape[1] == weight.shape[0] > 1
+    # the im2col columns come from the pool like an output: the same buffer every run, no page faults
+    pointwise = kernel == (1, 1) and strides == (1, 1) and not any(pads)
+    scratch = None if depthwise or pointwise else ctx.output((im2col_elements(weight.shape, shape[2:]),), np.float32)
+    conv2d(x, weight, bias, strides=strides, dilations=dilations, pads=tuple(pads), group=group,
+           activation=attrs.get("activation", ""), activation_params=attrs.get("activation_params", ()), out=out,
+           scratch=scratch)
     return [out]

@@ -1,8 +1,12 @@
 """Neural-network ops: Softmax / LogSoftmax, pooling, MatMul / Gemm and normalisations.
 
+InstanceNormalization is how torch's exporter writes GroupNorm at opset 17 (Reshape to [N, groups, -1],
+InstanceNormalization with unit scale, Reshape back, per-channel Mul / Add): wav2vec2's first feature conv.
+
 Softmax and LogSoftmax follow opset 13+ (one axis, default -1).  The weight of
 MatMul and Gemm may be stored in an encoding: Gemm with transB (a torch Linear) runs a sparse
-weight through the sparse kernel; other cases decode it once to dense.
+weight through the sparse kernel, MatMul with a sparse 2-D B (a transformer block's linear layer on
+time-major activations) through the time-major one; other cases decode it once to dense.
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ import numpy as np
 
 from tinyasr.errors import GraphError
 from tinyasr.kernels.rowwise import layer_norm_rows, softmax_rows
-from tinyasr.kernels.sparse import kernel_matrix, linear
+from tinyasr.kernels.sparse import kernel_matrix, linear, matmul_time_major, time_major_matrix
+from tinyasr.ops.attributes import number
 from tinyasr.ops.common import check_inputs, dense, normalize_axis
 from tinyasr.ops.registry import register
 from tinyasr.ops.streaming_rules import AxisOp, Refuses, Stream, TimeLocal
@@ -92,6 +97,12 @@ def _matmul_time_axis(node, constants, stream: Stream):
 @register("MatMul", streaming=TimeLocal(layout=_matmul_time_axis))
 def matmul(ctx, inputs, attrs):
     check_inputs("MatMul", inputs, 2)
+    a = inputs[0]
+    if isinstance(a, np.ndarray) and a.ndim >= 1 and time_major_matrix(inputs[1]) is not None:
+        if a.dtype != np.float32:
+            raise GraphError(f"MatMul: operands must have one element type, got {a.dtype} and float32")
+        out = ctx.output(a.shape[:-1] + (inputs[1].shape[1],), np.float32)
+        return [matmul_time_major(a, inputs[1], out=out)]
     return [_matmul_into(ctx, dense(inputs[0], "MatMul", "A"), dense(inputs[1], "MatMul", "B"))]
 
 
@@ -168,4 +179,23 @@ def batch_normalization(ctx, inputs, attrs):
     out = ctx.output(x.shape, x.dtype, donors=(0,))
     np.multiply(x, gain.reshape(per_channel), out=out)
     np.add(out, shift.reshape(per_channel), out=out)
+    return [out]
+
+
+@register("InstanceNormalization", streaming=Refuses("it normalises over every frame"), attrs={"epsilon": number})
+def instance_normalization(ctx, inputs, attrs):
+    """Per sample and channel of X [N, C, ...]: (x - mean) / sqrt(var + epsilon) * scale[c] + B[c] over the
+    spatial axes.  The statistics are summed in float64: wav2vec2 normalises 16,000 samples a second at once."""
+    check_inputs("InstanceNormalization", inputs, 3)
+    x, scale, bias = inputs[:3]
+    if x.ndim < 3 or scale.shape != (x.shape[1],) or bias.shape != (x.shape[1],):
+        raise GraphError(f"InstanceNormalization needs X [N, C, ...] with scale and B [C], got shapes {x.shape}, "
+                         f"{scale.shape} and {bias.shape}")
+    rows = x.reshape(x.shape[0], x.shape[1], -1)
+    mean = rows.mean(axis=-1, keepdims=True, dtype=np.float64)
+    centred = rows - mean
+    inv_std = 1 / np.sqrt(np.mean(np.square(centred), axis=-1, keepdims=True) + float(attrs.get("epsilon", 1e-5)))
+    normalised = centred * (inv_std * scale.reshape(1, -1, 1)) + bias.reshape(1, -1, 1)
+    out = ctx.output(x.shape, x.dtype, donors=(0,))
+    out[...] = normalised.reshape(x.shape)
     return [out]

@@ -236,7 +236,10 @@ def gather(ctx, inputs, attrs):
 
 @register("Expand", streaming=Refuses("it may repeat values along the time axis"))
 def expand(ctx, inputs, attrs):
-    """Two-way broadcast of the input against the given shape (so a 1 in the shape keeps the input's dim)."""
+    """Two-way broadcast of the input against the given shape (so a 1 in the shape keeps the input's dim).
+
+    The result is a read-only broadcast view, not a copy: NeMo's masked subsampling expands a [B, 1, T, 1]
+    mask to the [B, C, T, F] activation only to multiply by it, and the copy cost as much as the multiply."""
     check_inputs("Expand", inputs, 2)
     x = inputs[0]
     target = int_list(inputs[1], "Expand shape")
@@ -244,9 +247,7 @@ def expand(ctx, inputs, attrs):
         shape_out = np.broadcast_shapes(x.shape, tuple(target))
     except ValueError:
         raise GraphError(f"Expand: shape {x.shape} cannot broadcast to {target}") from None
-    out = ctx.output(shape_out, x.dtype)
-    np.copyto(out, x)
-    return [out]
+    return [np.broadcast_to(x, shape_out)]
 
 
 @register("Tile", streaming=Refuses("it may repeat values along the time axis"))

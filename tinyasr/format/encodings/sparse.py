@@ -1,8 +1,9 @@
 """Sparse and int8 weights: what ``ModelFile.tensor`` returns for ``csr``, ``bsr`` and ``int8`` tensors.
 
-A weight of logical shape [rows, ...] (Conv [Cout, Cin/g, K]; Gemm with transB=1 [N, K]) is read as the
-matrix [rows, prod(rest)], so each matrix row is one output channel.  The objects hold plain arrays
-(views of the memory map where the stored dtype is already the kernels' dtype) and are immutable;
+A weight of logical shape [rows, ...] (Conv [Cout, Cin/g, K]; Gemm with transB=1 [N, K]) is read as the matrix
+[rows, prod(rest)], so each matrix row is one output channel.  An LSTM / GRU R [directions, gates * H, P] is read as
+[directions * gates * H, P] (``row_axes`` 2: the rows are its first two axes), each row one gate.  The objects hold
+plain arrays (views of the memory map where the stored dtype is already the kernels' dtype) and are immutable;
 ``to_dense()`` gives the logical float32 tensor for ops without a sparse kernel.
 
 Building them from dense matrices (``csr_arrays``, ``bsr_arrays``) lives here too: the converter and the
@@ -24,11 +25,12 @@ from tinyasr.format.tensors import Encoding
 UINT16_COLUMNS = 65535
 
 
-def matrix_shape(weight_shape) -> Tuple[int, int]:
-    """[rows, columns] of the matrix view of a weight: rows = shape[0], columns = the product of the rest."""
+def matrix_shape(weight_shape, row_axes: int = 1) -> Tuple[int, int]:
+    """[rows, columns] of the matrix view of a weight: rows = the product of the first ``row_axes`` dims (1, or 2
+    for a recurrent R), columns = the product of the rest."""
     if len(weight_shape) < 1:
         raise ValueError("a sparse weight needs at least one dimension")
-    return int(weight_shape[0]), int(math.prod(weight_shape[1:]))
+    return int(math.prod(weight_shape[:row_axes])), int(math.prod(weight_shape[row_axes:]))
 
 
 def index_dtype(columns: int) -> np.dtype:
@@ -45,9 +47,11 @@ class _EncodedWeight:
     def ndim(self) -> int:
         return len(self.shape)
 
+    row_axes = 1  # CSRMatrix / BSRMatrix: a field
+
     @property
     def matrix_shape(self) -> Tuple[int, int]:
-        return matrix_shape(self.shape)
+        return matrix_shape(self.shape, self.row_axes)
 
     @cached_property
     def dense(self) -> np.ndarray:
@@ -60,13 +64,14 @@ class CSRMatrix(_EncodedWeight):
     """Compressed sparse rows: row r holds ``values[indptr[r]:indptr[r+1]]`` at columns ``indices[...]``.
 
     values float32 [nnz]; indices uint16 / int32 [nnz], increasing within a row; indptr int32 [rows+1];
-    shape: the logical (dense) shape.
+    shape: the logical (dense) shape; row_axes: how many of its leading axes make the matrix rows.
     """
 
     values: np.ndarray
     indices: np.ndarray
     indptr: np.ndarray
     shape: Tuple[int, ...]
+    row_axes: int = 1
 
     @property
     def nnz(self) -> int:
@@ -78,6 +83,20 @@ class CSRMatrix(_EncodedWeight):
         row_of = np.repeat(np.arange(rows), np.diff(self.indptr))
         dense[row_of, self.indices] = self.values
         return dense.reshape(self.shape)
+
+    @cached_property
+    def transposed(self) -> "CSRMatrix":
+        """The transposed matrix [columns, rows] as CSR, built once from the validated arrays.
+
+        A MatMul weight W [K, N] is stored by its logical rows, the K inputs; the time-major kernel
+        (kernels/sparse.py, matmul_time_major) reads it by output column n."""
+        rows, columns = self.matrix_shape
+        row_of = np.repeat(np.arange(rows, dtype=np.int64), np.diff(self.indptr))
+        order = np.lexsort((row_of, self.indices))  # by column, rows increasing within one
+        indptr = np.zeros(columns + 1, np.int32)
+        np.cumsum(np.bincount(self.indices, minlength=columns), out=indptr[1:])
+        return CSRMatrix(np.ascontiguousarray(self.values[order]), row_of[order].astype(index_dtype(rows)), indptr,
+                         (columns, rows))
 
 
 @dataclass(frozen=True, eq=False)
@@ -93,6 +112,7 @@ class BSRMatrix(_EncodedWeight):
     indptr: np.ndarray
     shape: Tuple[int, ...]
     block: Tuple[int, int]
+    row_axes: int = 1
 
     @property
     def nnz(self) -> int:
@@ -110,7 +130,7 @@ class BSRMatrix(_EncodedWeight):
     @cached_property
     def csr(self) -> CSRMatrix:
         """The same matrix as CSR (zeros inside blocks dropped), for block shapes without a kernel."""
-        return CSRMatrix(*csr_arrays(self.dense.reshape(self.matrix_shape)), self.shape)
+        return CSRMatrix(*csr_arrays(self.dense.reshape(self.matrix_shape)), self.shape, self.row_axes)
 
 
 @dataclass(frozen=True, eq=False)
@@ -223,16 +243,25 @@ def _validate_compressed(parts, rows: int, columns: int, value_shape) -> None:
         raise ValueError(f"column indices must increase within a row; entry {position} does not")
 
 
+def row_axes_of(entry) -> int:
+    """The checked ``row_axes`` param (default 1): an int from 1 to rank - 1 (rank 1: 1)."""
+    row_axes = entry.params.get("row_axes", 1)
+    if not (isinstance(row_axes, int) and not isinstance(row_axes, bool)
+            and 1 <= row_axes <= max(1, len(entry.shape) - 1)):
+        raise ValueError(f"row_axes must be an int from 1 to rank - 1 = {len(entry.shape) - 1}, got {row_axes!r}")
+    return row_axes
+
+
 def _matrix_of(entry) -> Tuple[int, int]:
     if entry.dtype != "float32" or len(entry.shape) < 1:
         raise ValueError(f"the logical tensor must be float32 of rank >= 1, got {entry.dtype}{list(entry.shape)}")
-    return matrix_shape(entry.shape)
+    return matrix_shape(entry.shape, row_axes_of(entry))
 
 
 def validate_csr(entry, parts) -> None:
     rows, columns = _matrix_of(entry)
-    if entry.params:
-        raise ValueError(f"csr takes no params, got {sorted(entry.params)}")
+    if set(entry.params) - {"row_axes"}:
+        raise ValueError(f"csr takes no params but row_axes, got {sorted(entry.params)}")
     _validate_compressed(parts, rows, columns, ())
 
 
@@ -240,10 +269,11 @@ def block_of(entry) -> Tuple[int, int]:
     """The checked (br, bc) of a bsr entry: positive integers tiling the matrix."""
     rows, columns = _matrix_of(entry)
     block = entry.params.get("block")
-    if set(entry.params) != {"block"} or not (
+    if set(entry.params) - {"row_axes"} != {"block"} or not (
             isinstance(block, list) and len(block) == 2
             and all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in block)):
-        raise ValueError(f"bsr needs params {{'block': [rows, columns]}} of positive integers, got {entry.params}")
+        raise ValueError(f"bsr needs params {{'block': [rows, columns]}} of positive integers (and optionally "
+                         f"row_axes), got {entry.params}")
     br, bc = block
     if rows % br or columns % bc:
         raise ValueError(f"block {br}x{bc} does not tile the {rows}x{columns} matrix")
@@ -276,12 +306,13 @@ def _float32(values: np.ndarray) -> np.ndarray:
 
 
 def decode_csr(entry, parts) -> CSRMatrix:
-    return CSRMatrix(_float32(parts["values"]), parts["indices"], parts["indptr"], tuple(entry.shape))
+    return CSRMatrix(_float32(parts["values"]), parts["indices"], parts["indptr"], tuple(entry.shape),
+                     row_axes_of(entry))
 
 
 def decode_bsr(entry, parts) -> BSRMatrix:
     return BSRMatrix(_float32(parts["values"]), parts["indices"], parts["indptr"], tuple(entry.shape),
-                     block_of(entry))
+                     block_of(entry), row_axes_of(entry))
 
 
 def decode_int8(entry, parts) -> Int8Matrix:

@@ -1,0 +1,101 @@
+"""Converter fusions for transformer / Conformer blocks (converters/passes.py): a Pad folded into the Conv that
+reads it, Sigmoid -> Mul(x, .) as one Swish node.  Each fused graph is compared with onnxruntime on the
+unfused ONNX model, and the patterns that must not fuse are shown to stay as they are."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from _paths import SHARED_DIR
+from tinyasr.engine.offline import load_model
+from tinyasr_convert import convert
+
+RNG = np.random.default_rng(14)
+CHANNELS, FRAMES, TAPS = 6, 23, 5
+
+
+def _conv_module(tmp_path, pads, pad_value=0.0, sigmoid_also_read=False):
+    """x [1, C, T] -> Pad(pads) -> depthwise Conv -> Sigmoid / Mul (Swish) -> out: NeMo's conv module tail."""
+    weight = RNG.standard_normal((CHANNELS, 1, TAPS)).astype(np.float32)
+    bias = RNG.standard_normal(CHANNELS).astype(np.float32)
+    nodes = [
+        helper.make_node("Pad", ["x", "pads", "value"], ["padded"], mode="constant"),
+        helper.make_node("Conv", ["padded", "w", "b"], ["y"], group=CHANNELS, kernel_shape=[TAPS], pads=[1, 0]),
+        helper.make_node("Sigmoid", ["y"], ["gate"]),
+        helper.make_node("Mul", ["gate", "y"], ["out"]),
+    ]
+    outputs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)]
+    if sigmoid_also_read:
+        outputs.append(helper.make_tensor_value_info("gate", TensorProto.FLOAT, None))
+    graph = helper.make_graph(
+        nodes, "conv_module", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, CHANNELS, "T"])], outputs,
+        [numpy_helper.from_array(np.array(pads, np.int64), "pads"),
+         numpy_helper.from_array(np.float32(pad_value), "value"),
+         numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "conv_module.onnx"
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def _converted_and_checked(tmp_path, onnx_path):
+    """The converted model's op list, after checking every output against onnxruntime."""
+    tasr = convert(onnx_path, tmp_path / (onnx_path.stem + ".tasr"))
+    model = load_model(tasr)
+    x = RNG.standard_normal((1, CHANNELS, FRAMES)).astype(np.float32) * 4
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    expected = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"x": x})))
+    got = model.run({"x": x})
+    for name, value in expected.items():
+        np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=1e-5)
+    return [node.op for node in model.graph.nodes]
+
+
+@pytest.mark.parametrize("pads", [[0, 0, 3, 0, 0, 1], [0, 0, 0, 0, 0, 4], [0, 0, 2, 0, 0, 2]], ids=str)
+def test_time_padding_folds_into_the_conv_and_swish_fuses(tmp_path, pads):
+    ops = _converted_and_checked(tmp_path, _conv_module(tmp_path, pads))
+    assert ops == ["Conv", "Swish"]
+
+
+def test_a_non_zero_pad_value_stays_a_pad(tmp_path):
+    ops = _converted_and_checked(tmp_path, _conv_module(tmp_path, [0, 0, 2, 0, 0, 2], pad_value=0.5))
+    assert ops == ["Pad", "Conv", "Swish"]
+
+
+def test_channel_padding_is_not_folded():
+    """A Pad touching batch or channel axes is no Conv padding (checked on the pass's own reader)."""
+    from tinyasr_convert.passes import _spatial_zero_pads
+    from tinyasr.format.graph import Node
+
+    pad = Node("p", "Pad", ("x", "pads"), ("y",), {"mode": "constant"})
+    assert _spatial_zero_pads(pad, {"pads": np.array([0, 0, 2, 0, 0, 1])}) == [2, 1]
+    assert _spatial_zero_pads(pad, {"pads": np.array([0, 1, 2, 0, 0, 1])}) is None
+    assert _spatial_zero_pads(pad, {"pads": np.array([0, 0, -1, 0, 0, 1])}) is None
+    assert _spatial_zero_pads(pad, {"pads": np.array([0, 3])}) is None  # rank 1: no spatial axis
+    assert _spatial_zero_pads(pad, {}) is None  # pads computed at run time
+    reflect = Node("p", "Pad", ("x", "pads"), ("y",), {"mode": "reflect"})
+    assert _spatial_zero_pads(reflect, {"pads": np.array([0, 0, 2, 0, 0, 1])}) is None
+
+
+def test_a_sigmoid_read_elsewhere_is_not_fused(tmp_path):
+    ops = _converted_and_checked(tmp_path, _conv_module(tmp_path, [0, 0, 2, 0, 0, 2], sigmoid_also_read=True))
+    assert "Swish" not in ops and ops.count("Sigmoid") == 1 and "Pad" not in ops
+
+
+@pytest.mark.skipif(not (SHARED_DIR / "models" / "nemo-random").exists(),
+                    reason=f"shared NeMo models not available ({SHARED_DIR})")
+@pytest.mark.parametrize("name, layers", [("conformer_ctc_small", 16), ("fastconformer_ctc_small", 4)])
+def test_nemo_conformer_exports_fuse_every_swish_and_pad(tmp_path, name, layers):
+    """Two feed-forward Swishes and the conv module's Swish per layer; the conv module's Pad folds away.  Parity
+    of these graphs with onnxruntime: tests/test_conformer.py."""
+    from tinyasr_convert.nemo import load_config, manifest_from_nemo_config
+
+    folder = SHARED_DIR / "models" / "nemo-random" / name
+    settings = manifest_from_nemo_config(load_config(folder / "model_config.yaml"))
+    ops = [node.op for node in load_model(convert(folder / "model.onnx", tmp_path / "m.tasr", **settings)).graph.nodes]
+    assert ops.count("Swish") == 3 * layers and "Pad" not in ops
+    assert ops.count("Sigmoid") == layers  # the GLU's gate multiplies the other half: not a Swish
