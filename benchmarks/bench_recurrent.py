@@ -1,16 +1,26 @@
-"""One LSTM frame (batch 1): the recurrent step with R dense vs CSR at 90 % sparsity, hidden 256 to 1024; and
+"""One LSTM frame (batch 1): the recurrent step with R dense vs 90 % sparse, hidden 256 to 1024; and
 greedy transducer decoding of NeMo's test vectors against the same loop over onnxruntime.
 
-The recurrent product at one frame is a matrix x vector product (R is [4H, H]), memory-bound: dense reads
-16 H^2 bytes, CSR at 90 % about 1.6 H^2 (float32 values) + 0.8 H^2 (uint16 indices), so the limit is about
-6.7x.  Both run tinyasr's kernel (tinyasr/kernels/recurrent.py, ``lstm_direction`` with T = 1, gates fused,
-so the gates' cost is in both).  The issue's target: >= 4x.
+The recurrent product at one frame is a matrix x vector product (R is [4H, H]).  Dense reads 16 H^2 bytes;
+CSR at 90 % about 1.6 H^2 (float32 values) + 0.8 H^2 (uint16 indices), but each non-zero is a scalar gather,
+so while R fits the caches CSR is bound by loads (~0.5 ns a non-zero), not bytes.  Column blocks (8 gate
+rows x 1 column pruned together, 90 % of the blocks zero) are one 8-lane multiply-add per block, no gather.
+All run tinyasr's kernel (tinyasr/kernels/recurrent.py, ``lstm_direction`` with T = 1, gates fused, so
+the gates' cost is in all).  The issue's target: >= 4x.
 
 Decoding: tinyasr.decoding.transducer's greedy search over the stored encoder output of each NeMo transducer in
 ../shared/models/nemo-random (prediction network and joint read from its decoder_joint ONNX), against the
 loop NeMo's ONNX decoding runs: one onnxruntime call of the decoder_joint graph per step, identical tokens.
 Best of repeats, functions taking turns (the machine may be shared).  Writes benchmarks/results/recurrent.md.
 Run: ``python3 benchmarks/bench_recurrent.py [--quick]``.
+
+``--prediction``: one step of a transducer's prediction network (tinyasr.decoding.transducer.PredictionNetwork
+.step: embedding row, input projection W, recurrent step R, gates), its LSTM weights W and R pruned 90 % by
+magnitude (tinyasr_convert.sparsity.prune_recurrent): unstructured, stored csr; in 8 x 1 blocks, stored bsr and
+run as column blocks; vs the same network dense.  The shared NeMo transducers (lstm_transducer_small: 2 layers,
+conformer_transducer_small: 1 layer; H = 128 and 64), NeMo's default prediction network size (H = 640, 1 and 2
+layers, vocabulary 1024) and H = 8 (next to no arithmetic: the fixed cost of a step, which bounds the ratio
+of small networks).  Writes benchmarks/results/prediction_network.md.
 """
 
 from __future__ import annotations
@@ -26,10 +36,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.bench_ternary import best_us  # noqa: E402
 from benchmarks.machine import cpu_model  # noqa: E402
+from tinyasr.engine import threads  # noqa: E402
 from tinyasr.format.encodings.sparse import csr_arrays  # noqa: E402
-from tinyasr.kernels.recurrent import EMPTY_CSR, EMPTY_DENSE, lstm_direction  # noqa: E402
+from tinyasr.kernels.recurrent import BLOCK, EMPTY_CSR, EMPTY_DENSE, column_blocks, lstm_direction  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "recurrent.md")
+PREDICTION_RESULTS = os.path.join(os.path.dirname(RESULTS), "prediction_network.md")
 NEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "models",
                     "nemo-random")
 TRANSDUCERS = ("conformer_transducer_small", "fastconformer_tdt_small", "fastconformer_hybrid_small")
@@ -38,16 +50,21 @@ TRANSDUCERS = ("conformer_transducer_small", "fastconformer_tdt_small", "fastcon
 def measure(hidden, sparsity, min_seconds):
     rng = np.random.default_rng(hidden)
     r = (rng.standard_normal((4 * hidden, hidden)) / np.sqrt(hidden)).astype(np.float32)
+    blocked = r * np.repeat(rng.random((4 * hidden // BLOCK, hidden)) >= sparsity, BLOCK, axis=0)
     r[rng.random(r.shape) < sparsity] = 0.0
     pre = rng.standard_normal((1, 1, 4 * hidden)).astype(np.float32)
     h, c = np.zeros((1, hidden), np.float32), np.zeros((1, hidden), np.float32)
     y = np.empty((1, 1, hidden), np.float32)
     one, no_peephole, zero = np.ones(1, np.int64), np.zeros(0, np.float32), np.float32(0)
-    dense_t, csr = np.ascontiguousarray(r.T), csr_arrays(r)
+    dense_t, csr, blocks = np.ascontiguousarray(r.T), csr_arrays(r), column_blocks(blocked)
+    no_r = column_blocks(np.zeros_like(r))  # the step without its product: the call and the gates
     return best_us({
         "dense": lambda: lstm_direction(pre, dense_t, *EMPTY_CSR, no_peephole, EMPTY_DENSE, h, c, one, False, zero,
                                         y),
         "csr": lambda: lstm_direction(pre, EMPTY_DENSE, *csr, no_peephole, EMPTY_DENSE, h, c, one, False, zero, y),
+        "blocks": lambda: lstm_direction(pre, EMPTY_DENSE, *blocks, no_peephole, EMPTY_DENSE, h, c, one, False, zero,
+                                         y),
+        "no R": lambda: lstm_direction(pre, EMPTY_DENSE, *no_r, no_peephole, EMPTY_DENSE, h, c, one, False, zero, y),
     }, min_seconds)
 
 
@@ -110,23 +127,107 @@ def measure_decoding(min_seconds):
     return results
 
 
+def _pruned_networks(embedding, layers):
+    """{dense, csr, bsr: PredictionNetwork}: the layers' W and R pruned 90 % (unstructured for csr, 8 x 1 blocks
+    for bsr), given as the file decodes them."""
+    from tinyasr.decoding.transducer import LSTMLayer, PredictionNetwork
+    from tinyasr.format.encodings.sparse import BSRMatrix, CSRMatrix, bsr_arrays
+    from tinyasr_convert.sparsity import prune_recurrent
+
+    def stored(matrix, kind):
+        pruned = prune_recurrent(matrix, 0.9, 1 if kind == "csr" else BLOCK)
+        if kind == "csr":
+            return CSRMatrix(*csr_arrays(pruned), pruned.shape)
+        return BSRMatrix(*bsr_arrays(pruned, (BLOCK, 1)), pruned.shape, (BLOCK, 1))
+
+    networks = {"dense": PredictionNetwork(embedding, layers)}
+    for kind in ("csr", "bsr"):
+        networks[kind] = PredictionNetwork(embedding, [LSTMLayer(stored(layer.w, kind), stored(layer.r, kind),
+                                                                 layer.bias, layer.projection) for layer in layers])
+    return networks
+
+
+def prediction_cases():
+    """(name, embedding, layers): the shared NeMo transducers' prediction networks and NeMo's default size."""
+    from tinyasr.decoding.transducer import LSTMLayer
+    from tinyasr_convert.nemo import read_nemo
+    from tinyasr_convert.transducer import nemo_prediction_and_joint
+
+    for name in ("lstm_transducer_small", "conformer_transducer_small"):
+        path = os.path.join(NEMO, name, "model.nemo")
+        if os.path.exists(path):
+            archive = read_nemo(path)
+            prediction, _ = nemo_prediction_and_joint(archive.weights, archive.config, name)
+            yield name, prediction.embedding, prediction.layers
+    rng = np.random.default_rng(0)
+    for hidden, count in ((8, 1), (640, 1), (640, 2)):  # H = 8: next to no arithmetic, the fixed cost of a step
+        layers = [LSTMLayer(*(rng.standard_normal(shape).astype(np.float32) / np.float32(np.sqrt(hidden))
+                              for shape in ((4 * hidden, hidden), (4 * hidden, hidden), (4 * hidden,))))
+                  for _ in range(count)]
+        yield f"H {hidden} x {count} layer(s), random", rng.standard_normal((1025, hidden)).astype(np.float32), layers
+
+
+def measure_prediction(min_seconds):
+    """[(name, hidden, layers, {dense, csr, bsr: us per step})]."""
+    rows = []
+    for name, embedding, layers in prediction_cases():
+        networks = _pruned_networks(embedding, layers)
+        states = {kind: network.initial_state() for kind, network in networks.items()}
+        outputs = {kind: network.step(7, states[kind])[0] for kind, network in networks.items()}
+        assert all(np.isfinite(o).all() for o in outputs.values())
+        us = best_us({kind: (lambda n=network, s=states[kind]: n.step(7, s)) for kind, network in networks.items()},
+                     min_seconds)
+        rows.append((name, layers[0].hidden, len(layers), us))
+        print(f"{name}: " + ", ".join(f"{k} {v:.1f} us" for k, v in us.items())
+              + f"; dense/csr {us['dense'] / us['csr']:.2f}x, dense/bsr {us['dense'] / us['bsr']:.2f}x", flush=True)
+    return rows
+
+
+def write_prediction(seconds):
+    rows = measure_prediction(seconds)
+    lines = ["# Transducer prediction network, one step (B = 1), LSTM W and R 90 % pruned vs dense", "",
+             f"{datetime.date.today()}, {cpu_model()}, 1 thread, best of repeats (machine shared: noisy).",
+             "Produced by `python3 benchmarks/bench_recurrent.py --prediction`.  csr: unstructured pruning; "
+             "bsr: 8 x 1 blocks, run as column blocks.", "",
+             "| network | hidden | layers | dense us | csr us | dense / csr | bsr us | dense / bsr |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, hidden, count, us in rows:
+        lines.append(f"| {name} | {hidden} | {count} | {us['dense']:.1f} | {us['csr']:.1f} | "
+                     f"{us['dense'] / us['csr']:.2f}x | {us['bsr']:.1f} | {us['dense'] / us['bsr']:.2f}x |")
+    with open(PREDICTION_RESULTS, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print(f"wrote {PREDICTION_RESULTS}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter timing (noisier)")
+    parser.add_argument("--prediction", action="store_true", help="the prediction network step only")
     args = parser.parse_args()
     seconds = 0.3 if args.quick else 1.5
+    threads.set_num_threads(1)  # numpy's BLAS (the dense input projection) too
+    print(cpu_model())
+    if args.prediction:
+        write_prediction(seconds)
+        return
     rows = []
     for hidden in (256, 512, 1024):
         us = measure(hidden, 0.9, seconds)
         rows.append((hidden, us))
         print(f"H={hidden}: " + ", ".join(f"{k} {v:.1f} us" for k, v in us.items())
-              + f"; dense/csr {us['dense'] / us['csr']:.2f}x", flush=True)
-    lines = ["# LSTM recurrent step, one frame, batch 1, R 90 % sparse (CSR) vs dense",
+              + f"; dense/csr {us['dense'] / us['csr']:.2f}x, dense/blocks {us['dense'] / us['blocks']:.2f}x",
+              flush=True)
+    lines = ["# LSTM recurrent step, one frame, batch 1, R 90 % sparse (CSR; 8-row column blocks) vs dense",
              "", f"{datetime.date.today()}, {cpu_model()}, 1 thread, best of repeats (machine shared: noisy).",
              "Produced by `python3 benchmarks/bench_recurrent.py`.", "",
-             "| hidden | dense us | CSR us | dense / CSR |", "|---|---|---|---|"]
+             "`no R`: the same step with an all-zero R (the call and the gates, what no sparsity removes); "
+             "`bound`: dense / no R, the most any sparse R could give.", "",
+             "| hidden | dense us | CSR us | dense / CSR | column blocks us | dense / blocks | no R us | bound |",
+             "|---|---|---|---|---|---|---|---|"]
     for hidden, us in rows:
-        lines.append(f"| {hidden} | {us['dense']:.1f} | {us['csr']:.1f} | {us['dense'] / us['csr']:.2f}x |")
+        lines.append(f"| {hidden} | {us['dense']:.1f} | {us['csr']:.1f} | {us['dense'] / us['csr']:.2f}x "
+                     f"| {us['blocks']:.1f} | {us['dense'] / us['blocks']:.2f}x | {us['no R']:.1f} "
+                     f"| {us['dense'] / us['no R']:.1f}x |")
     if os.path.isdir(NEMO):
         lines += ["", "Greedy transducer decoding of the test vector's encoder output (B = 1), same tokens:", "",
                   "| model | tokens / frames | tinyasr us | onnxruntime step loop us | ratio |", "|---|---|---|---|---|"]

@@ -3,13 +3,17 @@
 Silero VAD switches on its sample-rate input ``sr``: converted with ``--sample-rate 16000``, that input
 becomes the constant 16000, every ``If`` whose condition then depends on stored values only is evaluated
 (onnx's reference evaluator, on the condition's ancestors alone) and replaced by the nodes of the branch it
-takes, nested Ifs included.  Any other control flow (an If on data or shapes, Loop, Scan) stays, and the
-importer refuses it naming the node.
+takes, nested Ifs included.  Its opset-15 export also tests shapes (torch's ``squeeze(dim)`` becomes "If
+this dim is 1", the LSTM's state handling "If the state has 2 rows"): with the inputs' shapes fixed at
+conversion (``--input-shape input=1,576``), a ``Shape`` / ``Size`` of a value whose shape onnx's shape
+inference then knows counts as stored, and inference is rerun after each round of inlining, since an inlined
+branch's values get shapes only then.  Any other control flow (an If on data or unknown shapes, Loop, Scan)
+stays, and the importer refuses it naming the node.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -34,41 +38,159 @@ def sample_rate_input(model) -> Optional[str]:
     return None
 
 
-def specialise(model, sample_rate: Optional[int], source_name: str):
-    """``model`` with its sample-rate input fixed to ``sample_rate`` and the Ifs that this decides inlined.
-    Unchanged when the graph has no such input; ConversionError when it has one and no rate is given."""
+def specialise(model, sample_rate: Optional[int], source_name: str,
+               input_shapes: Optional[Dict[str, Sequence[int]]] = None):
+    """``model`` with its sample-rate input fixed to ``sample_rate``, the inputs named in ``input_shapes``
+    given those static shapes, and the Ifs that this decides inlined.  Unchanged when there is nothing to
+    fix; ConversionError when the graph has a sample-rate input and no rate is given, or a shape does not
+    fit its input."""
     import onnx
     from onnx import helper, numpy_helper
 
     name = sample_rate_input(model)
-    if name is None:
+    if name is None and not input_shapes:
+        _refuse_shape_tests(model.graph.node, source_name)
         return model
-    if sample_rate is None:
+    if name is not None and sample_rate is None:
         raise ConversionError(f"{source_name}: the graph takes its sample rate as input {name!r}; give the rate "
                               "to fix it at conversion (--sample-rate, e.g. 16000)")
     model = onnx.ModelProto.FromString(model.SerializeToString())  # the caller's proto stays as it was
-    value = next(v for v in model.graph.input if v.name == name)
-    dtype = helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
-    shape = [1] * len(value.type.tensor_type.shape.dim)
-    model.graph.initializer.append(numpy_helper.from_array(np.full(shape, sample_rate, dtype), name))
-    kept = [v for v in model.graph.input if v.name != name]
-    del model.graph.input[:]
-    model.graph.input.extend(kept)
+    _fix_input_shapes(model, input_shapes or {}, source_name)
+    if name is not None:
+        value = next(v for v in model.graph.input if v.name == name)
+        dtype = helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+        shape = [1] * len(value.type.tensor_type.shape.dim)
+        model.graph.initializer.append(numpy_helper.from_array(np.full(shape, sample_rate, dtype), name))
+        kept = [v for v in model.graph.input if v.name != name]
+        del model.graph.input[:]
+        model.graph.input.extend(kept)
+    while True:  # a round inlines what the known shapes decide; the inlined values' shapes may decide more
+        ifs = sum(node.op_type == "If" for node in model.graph.node)
+        constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        shapes = _static_shapes(model) if input_shapes else {}
+        nodes = _inlined(list(model.graph.node), constants, shapes, model, source_name)
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        left = sum(node.op_type == "If" for node in nodes)
+        if not left or left == ifs or not input_shapes:
+            if not input_shapes:
+                _refuse_shape_tests(nodes, source_name)
+            return model
+
+
+def _refuse_shape_tests(nodes, source_name: str) -> None:
+    """ConversionError for the first If whose condition reads a Shape or Size: fixing the input shapes decides it."""
+    producers = {out: node for node in nodes for out in node.output}
+    for node in nodes:
+        if node.op_type != "If":
+            continue
+        stack, seen = [node.input[0]], set()
+        while stack:
+            value = stack.pop()
+            producer = producers.get(value)
+            if producer is None or value in seen:
+                continue
+            seen.add(value)
+            if producer.op_type in ("Shape", "Size"):
+                raise ConversionError(f"{source_name}: node {node.name!r} (If) tests the shape of "
+                                      f"{producer.input[0]!r}; fix the graph inputs' shapes at conversion to decide "
+                                      "it (--input-shape NAME=D1,D2,..., e.g. input=1,576 for Silero VAD)")
+            stack.extend(producer.input)
+
+
+def _fix_input_shapes(model, input_shapes: Dict[str, Sequence[int]], source_name: str) -> None:
+    """Give the named graph inputs the static ``input_shapes`` (each must keep the declared rank and fixed dims)."""
+    inputs = {v.name: v for v in model.graph.input}
+    for name, dims in input_shapes.items():
+        if name not in inputs:
+            raise ConversionError(f"{source_name}: --input-shape names {name!r}, which is not a graph input "
+                                  f"(inputs: {', '.join(sorted(inputs))})")
+        declared = inputs[name].type.tensor_type.shape.dim
+        if len(declared) != len(dims) or any(not 1 <= int(d) <= 2**31 - 1 for d in dims):
+            raise ConversionError(f"{source_name}: --input-shape {name}={','.join(map(str, dims))}: the input has "
+                                  f"rank {len(declared)}, and each dim must be 1 .. 2^31-1")
+        for dim, size in zip(declared, dims):
+            if dim.HasField("dim_value") and dim.dim_value not in (0, size):
+                raise ConversionError(f"{source_name}: --input-shape {name}={','.join(map(str, dims))} disagrees "
+                                      f"with the input's declared shape (a dim is fixed at {dim.dim_value})")
+            dim.Clear()
+            dim.dim_value = int(size)
+
+
+def _static_shapes(model) -> Dict[str, tuple]:
+    """Every value's shape that onnx shape inference (in a forked child) fixes completely."""
+    import onnx
+
+    from tinyasr_convert.onnx_import import _inferred
+    from tinyasr_convert.onnx_safety import in_child
+
+    try:
+        inferred = onnx.ModelProto.FromString(in_child(_inferred, _folded(model).SerializeToString(),
+                                                       "shape inference"))
+    except ConversionError:  # inference failed: nothing is known, the Ifs stay and are refused by name
+        return {}
+    shapes = {}
+    for v in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        dims = v.type.tensor_type.shape.dim
+        if v.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in dims):
+            shapes[v.name] = tuple(d.dim_value for d in dims)
+    return shapes
+
+
+def _folded(model):
+    """A copy of ``model`` whose nodes that read stored values only are replaced by their values, for shape
+    inference alone: Silero computes its STFT padding from constants, and inference cannot see through that."""
+    import onnx
+    from onnx import helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
     constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    nodes = _inlined(list(model.graph.node), constants, model, source_name)
+    kept = []
+    for node in model.graph.node:
+        inputs = [x for x in node.input if x]
+        if node.op_type in ("If", "Loop", "Scan") or not all(x in constants for x in inputs):
+            kept.append(node)
+            continue
+        graph = helper.make_graph([node], "fold", [], [helper.make_tensor_value_info(o, 0, None) for o in node.output],
+                                  [numpy_helper.from_array(np.asarray(constants[x]), x) for x in set(inputs)])
+        try:
+            values = ReferenceEvaluator(helper.make_model(graph, opset_imports=model.opset_import)).run(None, {})
+        except Exception:  # the reference evaluator raises many kinds: leave the node to inference
+            kept.append(node)
+            continue
+        for name, value in zip(node.output, values):
+            constants[name] = np.asarray(value)
+            model.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
     del model.graph.node[:]
-    model.graph.node.extend(nodes)
+    model.graph.node.extend(kept)
     return model
 
 
-def _inlined(nodes: List, constants: Dict[str, np.ndarray], model, source_name: str) -> List:
-    """``nodes`` with each If whose condition is computable from ``constants`` replaced by its branch."""
+def _shape_value(node, shapes: Dict[str, tuple]) -> Optional[np.ndarray]:
+    """What a Shape or Size node gives when its input's shape is known, else None."""
+    if node.op_type not in ("Shape", "Size") or node.input[0] not in shapes:
+        return None
+    shape = np.array(shapes[node.input[0]], np.int64)
+    if node.op_type == "Size":
+        return np.array(shape.prod(), np.int64)
+    attrs = {a.name: a.i for a in node.attribute}
+    return shape[attrs.get("start", 0):attrs.get("end", len(shape))]
+
+
+def _inlined(nodes: List, constants: Dict[str, np.ndarray], shapes: Dict[str, tuple], model,
+             source_name: str) -> List:
+    """``nodes`` with each If whose condition is computable from ``constants`` and the known ``shapes``
+    replaced by its branch."""
     from onnx import helper, numpy_helper
 
     out = []
     for node in nodes:
         if node.op_type == "Constant":
             constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+        known = _shape_value(node, shapes)
+        if known is not None:
+            constants[node.output[0]] = known
         if node.op_type != "If":
             out.append(node)
             continue
@@ -80,7 +202,7 @@ def _inlined(nodes: List, constants: Dict[str, np.ndarray], model, source_name: 
         for tensor in branch.initializer:
             constants[tensor.name] = numpy_helper.to_array(tensor)
             model.graph.initializer.append(tensor)
-        out.extend(_inlined(list(branch.node), constants, model, source_name))
+        out.extend(_inlined(list(branch.node), constants, shapes, model, source_name))
         for inner, outer in zip(branch.output, node.output):
             out.append(helper.make_node("Identity", [inner.name], [outer], name=f"{node.name}/{outer}"))
     return out

@@ -16,6 +16,7 @@ from tinyasr_convert.control_flow import specialise
 from tinyasr_convert.onnx_import import TARGET_OPSET, Imported, import_onnx, load_onnx
 from tinyasr_convert.passes import optimize
 from tinyasr_convert.sparse_choice import encode_weights
+from tinyasr_convert.transducer import encode_prediction_weights
 
 import tinyasr
 from tinyasr.audio.resample import MAX_SAMPLE_RATE
@@ -39,7 +40,7 @@ class Conversion:
     nbytes: int
     float16: bool
     encodings: Dict[str, str] = field(default_factory=dict)  # weight name -> csr / bsr, for weights stored sparse
-    removed_channels: Dict[str, int] = field(default_factory=dict)  # Conv node -> output channels compacted away
+    removed_channels: Dict[str, int] = field(default_factory=dict)  # Conv / FFN MatMul node -> channels compacted away
 
     def summary(self) -> str:
         storage = "float16" if self.float16 else "float32"
@@ -75,6 +76,8 @@ def convert_model(
     source_format: str = "onnx",
     source_name: Optional[str] = None,
     sample_rate: Optional[int] = None,
+    decoder_tensors: Optional[Dict[str, np.ndarray]] = None,
+    input_shapes: Optional[Dict[str, Sequence[int]]] = None,
 ) -> Conversion:
     """Convert and write; returns a `Conversion` with the figures the CLI prints.
 
@@ -82,22 +85,29 @@ def convert_model(
     (keys "labels" (JSON list), "decoder", "frontend" (JSON objects), "blank").
     decoder is a type name from DECODER_TYPES or a full decoder dict (docs/design.md).
     input_names / output_names rename the graph's inputs / outputs in order.
-    sparse ("auto", "dense", "csr", "bsr") chooses how 1x1-conv and linear weights with zeros are stored:
+    sparse ("auto", "dense", "csr", "bsr") chooses how 1x1-conv and linear weights with zeros are stored, and
+    LSTM / GRU R and a transducer prediction network's LSTM W / R:
     "auto" asks the measured cost model in converters/sparse_choice.py, per weight.  compact removes
-    Conv output channels that structured pruning zeroed (converters/compaction.py); outputs are unchanged.
+    Conv output channels and feed-forward (MatMul -> activation -> MatMul) hidden units that structured pruning
+    zeroed (converters/compaction.py); outputs are unchanged.
     streaming: fixed feature statistics for streaming a model that normalises per utterance,
     ``{"feature_mean": [...], "feature_std": [...]}`` (tinyasr.features.streaming.estimate_feature_stats on
     training audio); also read from the model's "streaming" metadata.
     sample_rate: for a graph on raw audio (no front end), the rate in Hz audio is resampled to.
+    input_shapes: static shapes for graph inputs, ``{"input": (1, 576)}``, for a graph whose ``If`` nodes test
+    shapes (Silero VAD's opset-15 export): the Ifs they decide are inlined (converters/control_flow.py).
     labels for a graph with several one-class outputs of one shape (MarbleNet VAD: score_silence,
     score_active) name them in output order; a Concat joins them into one output ``scores`` the decoder reads.
+    decoder_tensors: tensors no graph node reads that the decoder entry names (a transducer's prediction
+    network and joint, tinyasr_convert.transducer.decoder_entry), stored as given.
     float16 stores Conv / MatMul / Gemm weights as float16 (the runtime upcasts them at load); measured
     max abs error on the NeMo exports' outputs: 3e-4 (MatchboxNet, MarbleNet logits) to 3.1e-3 (QuartzNet 15x5 log-probs).
     """
     model, name, sha256 = load_onnx(src)
     try:
         return _converted(model, name, sha256, out, source_name, labels, blank, decoder, frontend, float16, sparse,
-                          compact, streaming, input_names, output_names, source_format, sample_rate)
+                          compact, streaming, input_names, output_names, source_format, sample_rate,
+                          decoder_tensors or {}, input_shapes or {})
     except GraphError as exc:  # the converted graph does not hold together (e.g. a node reading a value never made)
         raise ConversionError(f"{source_name or name}: the converted graph is inconsistent: {exc}") from None
     except (ValueError, TypeError, IndexError, KeyError, AttributeError, OverflowError, ZeroDivisionError,
@@ -107,11 +117,12 @@ def convert_model(
 
 
 def _converted(model, name, sha256, out, source_name, labels, blank, decoder, frontend, float16, sparse, compact,
-               streaming, input_names, output_names, source_format, sample_rate) -> Conversion:
+               streaming, input_names, output_names, source_format, sample_rate, decoder_tensors,
+               input_shapes) -> Conversion:
     """convert_model's work on a loaded ModelProto (see there)."""
     from tinyasr.format.container import to_float16, write_model
 
-    model = specialise(model, sample_rate, source_name or name)  # an If on the sample-rate input (Silero VAD)
+    model = specialise(model, sample_rate, source_name or name, input_shapes)  # Ifs on the rate or shapes (Silero)
     imported = import_onnx(model, source_name or name)
     converted = optimize(imported)
     nodes_before = len(model.graph.node)
@@ -151,6 +162,14 @@ def _converted(model, name, sha256, out, source_name, labels, blank, decoder, fr
         for tname in _weight_names(converted.graph, tensors):
             tensors[tname] = to_float16(tensors[tname], tname)
     converted.graph.validate(tensors.keys())
+    clash = sorted(set(tensors) & set(decoder_tensors))
+    if clash:
+        raise ConversionError(f"tensor names {clash[:3]} are used by both the graph and the decoder")
+    if decoder_tensors:
+        _check_transducer_fits(converted.graph, manifest["decoder"], decoder_tensors)
+        decoder_tensors, recurrent_kinds = encode_prediction_weights(manifest["decoder"], decoder_tensors, sparse)
+        encodings.update(recurrent_kinds)
+    tensors.update(decoder_tensors)
     out = Path(out)
     write_model(out, manifest, tensors)
     parameters = sum(int(np.asarray(t).size) for t in converted.tensors.values() if np.asarray(t).dtype.kind == "f")
@@ -283,6 +302,22 @@ def _check_decoder_fits(graph: Graph, spec: DecoderSpec) -> None:
                               "classes: is the config or decoder for another model?")
 
 
+def _check_transducer_fits(graph: Graph, decoder: Dict[str, Any], tensors: Dict[str, np.ndarray]) -> None:
+    """A transducer's prediction network and joint (from another file: the decoder_joint export) must fit the
+    encoder graph: checked as the Recognizer will check them, against the encoder output's feature size."""
+    from tinyasr.decoding.transducer_decoder import transducer_of
+
+    try:
+        spec = decoder_spec(decoder, "decoder")
+        encoder = spec.output_of(graph.outputs, "decoder")
+        if len(encoder.shape) != 3:
+            raise ConversionError(f"the transducer reads output {encoder.name!r} of shape {list(encoder.shape)}; "
+                                  "expected the encoder's [batch, features, frames]")
+        transducer_of(spec, tensors, encoder.shape[1], "decoder")
+    except ModelFileError as exc:
+        raise ConversionError(f"{exc.problem}: are the encoder and the decoder from one model?") from None
+
+
 def _logits_kind(graph: Graph, name: str) -> str:
     """"log_probs" / "probs" / "logits": what the op that (through pure reshaping ops) produced `name` computes."""
     producers = {o: n for n in graph.nodes for o in n.outputs}
@@ -304,6 +339,8 @@ def _weight_names(graph: Graph, tensors) -> List[str]:
     the inputs where the runtime accepts an encoded tensor."""
     names = []
     for node in graph.nodes:
+        if node.op not in ("Conv", "MatMul", "Gemm"):  # an LSTM / GRU R stays float32, as its W does
+            continue
         for i in ENCODED_WEIGHT_INPUTS.get(node.op, ()):
             name = node.inputs[i] if len(node.inputs) > i else ""
             t = tensors.get(name)

@@ -75,6 +75,12 @@ REGISTRY = {
         f"{_NGC}/stt_en_fastconformer_ctc_large/versions/1.0.0/files/stt_en_fastconformer_ctc_large.nemo",
         "FastConformer-CTC Large, English, sentencepiece subwords (NVIDIA NeMo)",
         f"{_CARD}/stt_en_fastconformer_ctc_large"),
+    # A transducer (EncDecRNNTBPEModel.list_available_models(), NeMo 1.x): encoder, prediction network and joint
+    # in one .tasr, decoded greedily as NeMo does.
+    "stt_en_fastconformer_transducer_large": RegistryEntry(
+        f"{_NGC}/stt_en_fastconformer_transducer_large/versions/1.0.0/files/stt_en_fastconformer_transducer_large.nemo",
+        "FastConformer-Transducer Large, English, sentencepiece subwords, RNN-T (NVIDIA NeMo)",
+        f"{_CARD}/stt_en_fastconformer_transducer_large"),
     "commandrecognition_en_matchboxnet3x1x64_v2": RegistryEntry(
         f"{_NGC}/commandrecognition_en_matchboxnet3x1x64_v2/versions/1.0.0rc1/files/"
         "commandrecognition_en_matchboxnet3x1x64_v2.nemo",

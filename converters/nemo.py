@@ -431,23 +431,85 @@ def manifest_from_nemo_config(cfg: Dict[str, Any], files: Optional[Dict[str, byt
     return {"frontend": frontend, "decoder": decoder}
 
 
-def convert_nemo(src, out, *, float16: bool = False) -> Path:
+def is_transducer(cfg: Dict[str, Any]) -> bool:
+    """Whether a NeMo config is a transducer (EncDecRNNT*, TDT, hybrid RNNT + CTC): an RNNTDecoder section."""
+    return _target(cfg.get("decoder")) == "RNNTDecoder"
+
+
+def transducer_manifest(cfg: Dict[str, Any], files: Dict[str, bytes], prediction, joint, where: str,
+                        with_ctc: bool = False):
+    """(``{"frontend", "decoder"}``, the decoder's tensors) of a NeMo transducer whose prediction network and
+    joint are given (from the .nemo's weights or from its decoder_joint ONNX export): vocabulary, blank (last,
+    NeMo's blank_as_pad), max_symbols and TDT durations from the config; ``with_ctc``: a hybrid's CTC head as the
+    entry's ``ctc`` (its graph output ``logprobs``).  The encoder graph's outputs are NeMo's ``outputs`` and
+    ``encoded_lengths``."""
+    from tinyasr_convert.nemo_blocks import subsampling_factor
+    from tinyasr_convert.transducer import decoder_entry, nemo_decoding_settings
+
+    frontend = frontend_from_config(cfg)
+    vocabulary = vocabulary_from_config(cfg, files)
+    settings = dict(
+        output="outputs", lengths="encoded_lengths", blank=len(vocabulary), vocabulary=vocabulary,
+        vocabulary_type="subword" if isinstance(cfg.get("tokenizer"), dict) else "chars",
+        frame_seconds=frontend["hop_length"] / frontend["sample_rate"] * subsampling_factor(cfg.get("encoder")),
+        **nemo_decoding_settings(cfg, where))
+    if with_ctc:
+        settings["ctc"] = manifest_from_nemo_config(cfg, files)["decoder"]
+    decoder, tensors = decoder_entry(prediction, joint, where, **settings)
+    return {"frontend": frontend, "decoder": decoder}, tensors
+
+
+def _transducer_parts(archive: NemoArchive, compact: bool, structure: Dict[str, Any]):
+    """(manifest, graph, tensors) of a transducer archive: the encoder graph (with a hybrid's CTC head beside
+    it) and the prediction network + joint as decoder tensors."""
+    from tinyasr_convert.nemo_blocks import build_graph
+    from tinyasr_convert.transducer import nemo_prediction_and_joint
+
+    cfg, name = archive.config, Path(archive.path).name
+    hybrid = ctc_branch(cfg)[0] is not cfg
+    if hybrid:
+        ctc_cfg, ctc_weights = ctc_branch(cfg, archive.weights)
+        graph, tensors = build_graph(ctc_cfg, ctc_weights, compact=compact, structure=structure, encoder_outputs=True)
+    else:
+        graph, tensors = build_graph(cfg, archive.weights, encoder_only=True, compact=compact, structure=structure)
+    prediction, joint = nemo_prediction_and_joint(archive.weights, cfg, name)
+    manifest, decoder_tensors = transducer_manifest(cfg, archive.files, prediction, joint, "NeMo config",
+                                                    with_ctc=hybrid)
+    clash = sorted(set(tensors) & set(decoder_tensors))
+    if clash:
+        raise ConversionError(f"tensor names {clash[:3]} are used by both the encoder and the transducer decoder")
+    return manifest, graph, {**tensors, **decoder_tensors}
+
+
+def convert_nemo(src, out, *, float16: bool = False, compact: bool = True, sparse: str = "auto") -> Path:
     """Convert a .nemo archive to a .tasr file; returns the output path.
 
+    ``sparse``: how a transducer's pruned prediction-network LSTM weights are stored ("auto", "dense", "csr",
+    "bsr": tinyasr_convert.transducer.encode_prediction_weights); unpruned ones stay dense.
+
     ``float16``: store Conv / Gemm weights as float16 (half the size), as ``tinyasr_convert.convert`` does.
+    ``compact``: leave out what structured pruning zeroed in a Conformer (heads, FFN units, conv channels, whole
+    modules; docs/pruned-conformers.md); the manifest's ``structure`` says what each layer kept.
     """
     from tinyasr_convert.nemo_blocks import build_graph
     from tinyasr_convert.onnx_import import TARGET_OPSET
+    from tinyasr_convert.transducer import encode_prediction_weights
 
     import tinyasr
     from tinyasr.format.container import to_float16, write_model
 
     archive = read_nemo(src)
     name = Path(archive.path).name
-    cfg, weights = ctc_branch(archive.config, archive.weights)
+    transducer = is_transducer(archive.config)  # a hybrid's CTC head rides along; else a hybrid is its CTC branch
+    cfg, weights = (archive.config, archive.weights) if transducer else ctc_branch(archive.config, archive.weights)
     try:
-        manifest = manifest_from_nemo_config(cfg, archive.files)
-        graph, tensors = build_graph(cfg, weights)
+        structure: Dict[str, Any] = {}
+        if transducer:
+            manifest, graph, tensors = _transducer_parts(archive, compact, structure)
+            tensors, _ = encode_prediction_weights(manifest["decoder"], tensors, sparse)
+        else:
+            manifest = manifest_from_nemo_config(cfg, archive.files)
+            graph, tensors = build_graph(cfg, weights, compact=compact, structure=structure)
         decoder, classes = manifest["decoder"], graph.outputs[0].shape[-1]
         if decoder["type"] == "ctc" and classes != len(decoder["vocabulary"]) + 1:
             raise ConversionError(f"the decoder has {classes} output classes but the vocabulary has "
@@ -464,6 +526,8 @@ def convert_nemo(src, out, *, float16: bool = False) -> Path:
         "source_format": "nemo", "float16_weights": bool(float16), "nemo_target": cfg.get("target"),
         "nemo_name": cfg.get("name"), "nemo_version": cfg.get("nemo_version"),
     })
+    if structure:
+        manifest["structure"] = structure
     out = Path(out)
     write_model(out, manifest, tensors)
     return out

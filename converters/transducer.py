@@ -142,3 +142,70 @@ def nemo_prediction_and_joint(weights: Dict[str, np.ndarray], config: Dict, wher
                   tensor("joint.pred.bias"), tensor("joint.joint_net.2.weight").T, tensor("joint.joint_net.2.bias"),
                   activation)
     return PredictionNetwork(tensor("decoder.prediction.embed.weight"), layers), joint
+
+
+def nemo_decoding_settings(cfg: Dict, where: str) -> Dict:
+    """``max_symbols`` and TDT ``durations`` from a NeMo transducer config (``decoding``, ``model_defaults``)."""
+    decoding = cfg.get("decoding") if isinstance(cfg.get("decoding"), dict) else {}
+    greedy = decoding.get("greedy") if isinstance(decoding.get("greedy"), dict) else {}
+    max_symbols = greedy.get("max_symbols", 10)
+    if max_symbols is None:  # NeMo: no limit; a runtime needs one (a joint that never emits the blank)
+        max_symbols = 10
+    defaults = cfg.get("model_defaults") if isinstance(cfg.get("model_defaults"), dict) else {}
+    durations = defaults.get("tdt_durations") or decoding.get("durations")
+    if decoding.get("model_type") == "tdt" and not durations:
+        raise ConversionError(f"{where}: decoding.model_type is 'tdt' but the config gives no durations "
+                              "(model_defaults.tdt_durations)")
+    extra = (cfg.get("joint") or {}).get("num_extra_outputs", 0) or 0
+    if len(durations or ()) != extra:
+        raise ConversionError(f"{where}: joint.num_extra_outputs={extra} but the config lists "
+                              f"{len(durations or ())} TDT durations")
+    settings = {"max_symbols": max_symbols}
+    if durations:
+        settings["durations"] = list(durations)
+    return settings
+
+
+def encode_prediction_weights(decoder: Dict, tensors: Dict[str, np.ndarray], sparse: str = "auto"
+                              ) -> Tuple[Dict, Dict[str, str]]:
+    """(the decoder tensors with the prediction network's pruned LSTM W and R stored csr / 8 x 1 bsr, {name: kind}):
+    ``sparse`` as the converter's --sparse (tinyasr_convert.sparse_choice.encode_recurrent: "auto" asks the
+    recurrent step's cost model; an unpruned R stays dense).  The runtime runs the step sparse from them."""
+    from tinyasr_convert.sparse_choice import encode_recurrent
+
+    names = [layer[key] for layer in decoder["prediction"]["layers"] for key in ("w", "r")]
+    return encode_recurrent(tensors, list(dict.fromkeys(names)), sparse)
+
+
+def decoder_entry(prediction: PredictionNetwork, joint: Joint, where: str, **settings
+                  ) -> Tuple[Dict, Dict[str, np.ndarray]]:
+    """(the manifest's ``transducer`` decoder entry, the tensors it names): the prediction network's and joint's
+    weights stored under ``transducer.*`` names, the entry written from TransducerSpec (``settings``: its other
+    keys) and checked as the runtime checks it, so a file the converter writes is one the Recognizer loads."""
+    from tinyasr.decoding.specs import TransducerSpec
+    from tinyasr.decoding.transducer_decoder import transducer_of
+    from tinyasr.errors import TinyASRError
+
+    tensors: Dict[str, np.ndarray] = {}
+
+    def stored(name: str, array: np.ndarray) -> str:
+        tensors[name] = np.ascontiguousarray(array, np.float32)
+        return name
+
+    layers = []
+    for i, layer in enumerate(prediction.layers):
+        parts = {"w": layer.w, "r": layer.r, "bias": layer.bias}
+        if layer.projection is not None:
+            parts["projection"] = layer.projection
+        layers.append({key: stored(f"transducer.lstm{i}.{key}", value) for key, value in parts.items()})
+    arrays = {"encoder_weight": joint.enc_w, "encoder_bias": joint.enc_b, "prediction_weight": joint.pred_w,
+              "prediction_bias": joint.pred_b, "output_weight": joint.out_w, "output_bias": joint.out_b}
+    joint_entry = {key: stored(f"transducer.joint.{key}", value) for key, value in arrays.items()}
+    joint_entry["activation"] = joint.activation
+    prediction_entry = {"embedding": stored("transducer.embedding", prediction.embedding), "layers": layers}
+    try:
+        spec = TransducerSpec(prediction=prediction_entry, joint=joint_entry, **settings)
+        transducer_of(spec, tensors, None, where)
+    except TinyASRError as exc:
+        raise ConversionError(f"{where}: {getattr(exc, 'problem', exc)}") from None
+    return spec.to_dict(), tensors

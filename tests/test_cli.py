@@ -102,7 +102,7 @@ def test_a_model_of_the_wrong_kind_is_reported_once_with_exit_3(models, capsys):
         f"tinyasr: {models / 'ctc.tasr'}: 'tinyasr classify' needs a classification or frame_classification model, "
         "but this is a ctc model; use 'tinyasr transcribe'\n")
     assert main(["transcribe", str(CLIPS[0]), "-m", str(models / "kws.tasr")]) == 3
-    assert capsys.readouterr().err == (f"tinyasr: {models / 'kws.tasr'}: 'tinyasr transcribe' needs a ctc model, "
+    assert capsys.readouterr().err == (f"tinyasr: {models / 'kws.tasr'}: 'tinyasr transcribe' needs a ctc or transducer model, "
                                        "but this is a classification model; use 'tinyasr classify'\n")
 
 

@@ -4,6 +4,7 @@ the defaults of files written before the specs, and every entry the converter wr
 from __future__ import annotations
 
 import glob
+import json
 import math
 import os
 from types import SimpleNamespace
@@ -31,7 +32,15 @@ CTC = {"type": "ctc", "output": "logprobs", "blank": 3, "vocabulary": ["a", "b",
 CLIP = {"type": "classification", "output": "logits", "labels": ["yes", "no"]}
 FRAMES = {"type": "frame_classification", "output": "frame_logits", "labels": ["silence", "speech"],
           "sample_rate": 16000, "frame_seconds": 0.02}
-ENTRIES = {"ctc": CTC, "classification": CLIP, "frame_classification": FRAMES}  # one per DECODER_SPECS row
+LAYER = {"w": "lstm.w", "r": "lstm.r", "bias": "lstm.b"}
+JOINT = {"encoder_weight": "j.ew", "encoder_bias": "j.eb", "prediction_weight": "j.pw", "prediction_bias": "j.pb",
+         "output_weight": "j.ow", "output_bias": "j.ob", "activation": "relu"}
+TRANSDUCER = {"type": "transducer", "output": "outputs", "lengths": "encoded_lengths", "blank": 3,
+              "vocabulary": ["a", "b", " "], "prediction": {"embedding": "emb", "layers": [LAYER]}, "joint": JOINT,
+              "max_symbols": 5, "durations": [0, 1, 2],
+              "ctc": dict(CTC, logits="log_probs", vocabulary_type="chars")}  # a hybrid's CTC head, defaults written
+ENTRIES = {"ctc": CTC, "classification": CLIP, "frame_classification": FRAMES,  # one per DECODER_SPECS row
+           "transducer": TRANSDUCER}
 
 
 def test_every_decoder_type_has_a_spec_a_recognizer_call_a_command_and_a_converter_name():
@@ -55,7 +64,8 @@ def test_from_dict_and_to_dict_are_inverse(kind):
     written = spec.to_dict()
     assert {k: v for k, v in written.items() if k in ENTRIES[kind]} == ENTRIES[kind]  # what was given, unchanged
     assert decoder_spec(written, "m.tasr") == spec and decoder_spec(written, "m.tasr").to_dict() == written
-    assert all(isinstance(v, (str, int, float, list)) for v in written.values())  # JSON values, lists not tuples
+    assert all(isinstance(v, (str, int, float, list, dict)) for v in written.values())  # JSON: lists not tuples
+    assert json.loads(json.dumps(written)) == written
     with pytest.raises(Exception):  # frozen: a shared model's settings cannot change under another thread
         spec.output = "other"
 
@@ -98,10 +108,26 @@ def test_vocabulary_type_of_a_token_list(vocabulary, expected):
 
 @pytest.mark.parametrize("entry, message", [
     ([CTC], "the decoder entry must be an object, got list"),
-    ({"output": "y"}, "'type' must be one of ctc, classification, frame_classification, got None"),
+    ({"output": "y"}, "'type' must be one of ctc, classification, frame_classification, transducer, got None"),
     (dict(CTC, type=["ctc"]), r"'type' must be one of .*, got \['ctc'\]"),
     (dict(CTC, type={"name": "ctc"}), r"'type' must be one of .*, got \{'name': 'ctc'\}"),
-    (dict(CTC, type="transducer"), "'type' must be one of .*, got 'transducer'"),
+    (dict(CTC, type="rnnt"), "type 'rnnt' is unknown to this tinyasr .*; the file may need a newer tinyasr"),
+    (dict(TRANSDUCER, blank=9), r"'blank' must be from 0 to 3 \(a class of the 3 vocabulary entries.*got 9"),
+    (dict(TRANSDUCER, durations=[0, 1.5]), r"'durations' must be a list of 1 to 64 integers from 0 to 1024"),
+    (dict(TRANSDUCER, durations=[0, 0]), r"'durations' must be .*one of them > 0, got \[0, 0\]"),
+    (dict(TRANSDUCER, max_symbols=0), "'max_symbols' must be an integer from 1 to 1000, got 0"),
+    (dict(TRANSDUCER, prediction={"embedding": 3, "layers": [LAYER]}), "'prediction.embedding' must be a tensor "
+                                                                        "name .*, got 3"),
+    (dict(TRANSDUCER, prediction={"embedding": "emb", "layers": []}), "'prediction.layers' must be a list of 1 to "
+                                                                      "16 objects"),
+    (dict(TRANSDUCER, prediction={"embedding": "emb", "layers": [dict(LAYER, r=None)]}),
+     r"'prediction.layers\[0\].r' must be a tensor name"),
+    (dict(TRANSDUCER, prediction={"embedding": "emb", "layers": [dict(LAYER, peephole="p")]}),
+     r"'prediction.layers\[0\]' has unknown key\(s\) \['peephole'\]"),
+    (dict(TRANSDUCER, joint=dict(JOINT, activation="gelu")), "'joint.activation' must be one of relu, tanh, sigmoid"),
+    (dict(TRANSDUCER, joint={"encoder_weight": "j.ew"}), r"'joint' has unknown key\(s\) \[\] and lacks "
+                                                         r"\['encoder_bias'"),
+    (dict(TRANSDUCER, ctc=dict(CTC, blank=7)), r"'ctc': the ctc decoder entry: 'blank' must be from 0 to 3"),
     (dict(CTC, beam_size=4), r"the ctc decoder entry has unknown key\(s\) 'beam_size'; its keys are type, output"),
     (dict(CLIP, blank=0), r"the classification decoder entry has unknown key\(s\) 'blank'"),
     (dict(CLIP, vocabulary=["a"]), r"unknown key\(s\) 'vocabulary'"),

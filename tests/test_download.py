@@ -186,6 +186,31 @@ def test_a_conformer_registry_entry_downloads_and_converts(tmp_path, monkeypatch
     assert [t.id for t in result.tokens] == list(vectors["greedy.tokens"])
 
 
+@pytest.mark.skipif(not (ARCHIVE.parent.parent / "fastconformer_tdt_small").exists(), reason="shared NeMo archive not available")
+def test_the_transducer_registry_entry_downloads_and_converts(tmp_path, monkeypatch):
+    """The FastConformer-Transducer entry takes the registry path to one transducer .tasr: here with a random-weight
+    transducer archive served locally, decoded to NeMo's stored token ids."""
+    import dataclasses
+
+    import numpy as np
+
+    from tinyasr import Recognizer
+
+    name = "stt_en_fastconformer_transducer_large"
+    folder = ARCHIVE.parent.parent / "fastconformer_tdt_small"
+    local = _Server({f"/v/{name}.nemo": (folder / "model.nemo").read_bytes()})
+    try:
+        monkeypatch.setitem(REGISTRY, name, dataclasses.replace(REGISTRY[name], url=local.url(f"/v/{name}.nemo")))
+        path = fetch_model(name, cache_dir=tmp_path, stream=io.StringIO())
+    finally:
+        local.close()
+    vectors = np.load(folder / "test_vectors.npz")
+    recognizer = Recognizer(path)
+    assert recognizer.decoder.type == "transducer"
+    result = recognizer.transcribe_features(vectors["input.audio_signal"][0])
+    assert [t.id for t in result.tokens] == list(vectors["greedy.tokens"])
+
+
 def test_cli_lists_and_fetches(server, tmp_path, capsys):
     parser = argparse.ArgumentParser()
     add_arguments(parser)

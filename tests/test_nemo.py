@@ -414,8 +414,9 @@ def _set(path: str, value):
     ("quartznet_5x5", _set("encoder.jasper.3.residual_mode", "max"), r"encoder\.jasper\[3\]\.residual_mode='max'"),
     ("quartznet_5x5", _set("encoder.jasper.4.mystery", True),
      r"encoder\.jasper\[4\]: option\(s\) \['mystery'\] are not supported"),
-    ("quartznet_5x5", _set("decoder._target_", "nemo.collections.asr.modules.RNNTDecoder"),
-     r"decoder\._target_='nemo\.collections\.asr\.modules\.RNNTDecoder' is not supported"),
+    ("quartznet_5x5", _set("decoder._target_", "nemo.collections.asr.modules.RNNTDecoder"),  # a transducer
+     r"encoder\._target_ \(encoder only\)='ConvASREncoder' is not supported \(supported: \['ConformerEncoder', "
+     r"'RNNEncoder'\]\)"),
     ("quartznet_5x5", _set("preprocessor.frame_splicing", 3), r"frame_splicing=3"),
     ("citrinet_256", _set("encoder.jasper.1.se_context_size", 64), r"encoder\.jasper\[1\]\.se_context_size=64"),
 ])

@@ -1,6 +1,7 @@
-"""The real Silero VAD: its ONNX If on the sample rate specialised at conversion, speech probabilities within
-1e-4 of onnxruntime on every clip of ../shared/audio, chunk by chunk with the state and context carried as
-Silero's own wrapper carries them; the detector in tinyasr.pipeline.vad fed in pieces of any size."""
+"""The real Silero VAD, both shared files: the op18 file's If on the sample rate and the op15 file's Ifs on
+shapes specialised at conversion, speech probabilities within 1e-4 of onnxruntime on every clip of
+../shared/audio, chunk by chunk with the state and context carried as Silero's own wrapper carries them; the
+detector in tinyasr.pipeline.vad fed in pieces of any size."""
 
 from __future__ import annotations
 
@@ -19,19 +20,28 @@ from tinyasr_convert import convert_model  # noqa: E402
 SILERO = SHARED_DIR / "models" / "silero_vad"
 AUDIO = SHARED_DIR / "audio"
 IFLESS = SILERO / "silero_vad_op18_ifless.onnx"  # one If on sr around the whole network
+OP15 = SILERO / "silero_vad_16k_op15.onnx"  # Ifs on shapes: torch's squeeze(dim), the LSTM's state handling
+OP15_SHAPES = {"input": (1, 576), "state": (2, 1, 128)}  # 512 samples + 64 of context, one stream
 pytestmark = pytest.mark.skipif(not IFLESS.exists(), reason=f"shared Silero VAD not available ({SILERO})")
 CLIPS = sorted(p.name for p in AUDIO.glob("*") if p.suffix in (".wav", ".flac"))
 TOLERANCE = 1e-4
 
 
-@pytest.fixture(scope="module")
-def converted(tmp_path_factory):
-    return convert_model(IFLESS, tmp_path_factory.mktemp("silero") / "silero.tasr", sample_rate=16000).path
+@pytest.fixture(scope="module", params=["op18", "op15"])
+def source(request):
+    return IFLESS if request.param == "op18" else OP15
 
 
 @pytest.fixture(scope="module")
-def session():
-    return ort.InferenceSession(str(IFLESS), providers=["CPUExecutionProvider"])
+def converted(source, tmp_path_factory):
+    shapes = OP15_SHAPES if source == OP15 else None
+    return convert_model(source, tmp_path_factory.mktemp("silero") / "silero.tasr", sample_rate=16000,
+                         input_shapes=shapes).path
+
+
+@pytest.fixture(scope="module")
+def session(source):
+    return ort.InferenceSession(str(source), providers=["CPUExecutionProvider"])
 
 
 def _reference(session, samples):
@@ -81,7 +91,30 @@ def test_sample_rate_input_needs_a_rate(tmp_path):
         convert_model(IFLESS, tmp_path / "x.tasr")
 
 
-def test_an_if_on_data_stays_refused_naming_the_node(tmp_path):
-    """The op15 file's Ifs test the input's shape, not the rate: not decided at conversion, so refused."""
-    with pytest.raises(ConversionError, match=r"node '/model/decoder/If' .*control flow"):
-        convert_model(SILERO / "silero_vad_16k_op15.onnx", tmp_path / "x.tasr", sample_rate=16000)
+def test_an_if_on_shapes_needs_the_input_shapes_and_says_so(tmp_path):
+    """The op15 file's Ifs test shapes, not the rate: without --input-shape they are refused, naming the node
+    and the flag."""
+    with pytest.raises(ConversionError, match=r"node '/model/decoder/If' \(If\) tests the shape .*--input-shape"):
+        convert_model(OP15, tmp_path / "x.tasr", sample_rate=16000)
+
+
+@pytest.mark.parametrize("shapes, message", [
+    ({"audio": (1, 576)}, "'audio', which is not a graph input"),
+    ({"input": (576,)}, "the input has rank 2"),
+    ({"input": (1, 0)}, "each dim must be 1"),
+    ({"state": (3, 1, 128)}, "disagrees with the input's declared shape"),
+])
+def test_input_shapes_that_do_not_fit_are_refused(tmp_path, shapes, message):
+    with pytest.raises(ConversionError, match=message):
+        convert_model(OP15, tmp_path / "x.tasr", sample_rate=16000, input_shapes=shapes)
+
+
+def test_input_shape_flag_from_the_command_line(tmp_path, capsys):
+    from tinyasr.cli.main import main
+
+    out = tmp_path / "op15.tasr"
+    assert main(["convert", str(OP15), "-o", str(out), "--sample-rate", "16000", "--input-shape", "input=1,576",
+                 "--input-shape", "state=2,1,128"]) == 0
+    assert out.exists()
+    assert main(["convert", str(OP15), "-o", str(out), "--sample-rate", "16000", "--input-shape", "input=1,x"]) != 0
+    assert "--input-shape 'input=1,x'" in capsys.readouterr().err

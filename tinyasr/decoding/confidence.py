@@ -1,4 +1,4 @@
-"""How far a CTC transcript is to be trusted: ``Result.confidence`` and ``Result.out_of_vocabulary``.
+"""How far a transcript (CTC or transducer) is to be trusted: ``Result.confidence`` and ``Result.out_of_vocabulary``.
 
 Both look at the speech the voice activity detector heard (tinyasr.pipeline.vad), not at the whole audio.
 Two scores in [0, 1], the decoder entry's ``oov_score`` picks one (tinyasr.decoding.specs.CTCSpec):
@@ -12,12 +12,18 @@ Two scores in [0, 1], the decoder entry's ``oov_score`` picks one (tinyasr.decod
   model, see recipes/digits/out_of_box.py).
 
 ``Result.out_of_vocabulary``: at least ``oov_min_speech`` s of speech and the score under ``oov_threshold``.
+
+A transducer (tinyasr.decoding.transducer_decoder) goes behind the same gate (:func:`in_speech`, reach
+COVER_SECONDS) and gets ``coverage`` with this module's defaults, its token frames being the frames its search
+emitted tokens on (a TDT token: the frames its duration skips, as its time span says).  ``certainty`` does not
+apply to it: a transducer has no posterior per frame independent of the tokens before it (the joint's
+distribution depends on the path), and its decoder entry has no ``oov_score`` key to ask for it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -52,6 +58,15 @@ class Speech:
     def seconds(self) -> float:
         return float(np.count_nonzero(self.frames)) * self.frame_seconds
 
+    def delayed(self, seconds: float) -> "Speech":
+        """The same speech with ``seconds`` of silence before it (the front end's pad_seconds), to the nearest
+        detector frame."""
+        lead = int(round(seconds / self.frame_seconds))
+        if lead <= 0:
+            return self
+        return Speech(np.concatenate([np.zeros(lead, bool), self.frames]), self.frame_seconds,
+                      tuple((a + seconds, b + seconds) for a, b in self.segments))
+
 
 def speech_confidence(log_probs: np.ndarray, blank: int, frame_seconds: float, speech: Speech, score: Optional[str],
                cover_seconds: float) -> float:
@@ -64,13 +79,29 @@ def speech_confidence(log_probs: np.ndarray, blank: int, frame_seconds: float, s
         frames = np.minimum((centres / frame_seconds).astype(int), len(log_probs) - 1)
         entropy = -(np.exp(log_probs[frames]) * log_probs[frames]).sum(axis=1)
         return float(np.exp(-entropy.mean()))
-    tokens = (np.flatnonzero(log_probs.argmax(axis=1) != blank) + 0.5) * frame_seconds
-    if tokens.size == 0:
+    return coverage((np.flatnonzero(log_probs.argmax(axis=1) != blank) + 0.5) * frame_seconds, speech, cover_seconds)
+
+
+def coverage(token_centres: np.ndarray, speech: Speech, cover_seconds: float) -> float:
+    """The ``coverage`` score: the share of speech frames within ``cover_seconds`` of a token frame, given the
+    centres (seconds, ascending) of the output frames a token accounts for (CTC: those whose best class is a
+    token; a transducer: the frames its tokens were emitted on, tinyasr.decoding.transducer_decoder); 1.0
+    when no speech was heard."""
+    centres = (np.flatnonzero(speech.frames) + 0.5) * speech.frame_seconds
+    if centres.size == 0:
+        return 1.0
+    if token_centres.size == 0:
         return 0.0
-    at = np.searchsorted(tokens, centres)
-    nearest = np.minimum(np.abs(centres - tokens[np.maximum(at - 1, 0)]),
-                         np.abs(tokens[np.minimum(at, tokens.size - 1)] - centres))
+    at = np.searchsorted(token_centres, centres)
+    nearest = np.minimum(np.abs(centres - token_centres[np.maximum(at - 1, 0)]),
+                         np.abs(token_centres[np.minimum(at, token_centres.size - 1)] - centres))
     return float(np.mean(nearest <= cover_seconds + 1e-9))
+
+
+def in_speech(tokens: Sequence, speech: Speech, reach: float) -> list:
+    """The speech gate every decoder applies: the tokens (anything with ``start`` / ``end`` seconds) whose span,
+    widened by ``reach`` s on both sides, meets a speech segment; the others fell in silence, noise or a tone."""
+    return [t for t in tokens if speech.holds(t.start - reach, t.end + reach)]
 
 
 def is_out_of_vocabulary(score: float, speech: Speech, threshold: Optional[float],

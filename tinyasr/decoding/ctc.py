@@ -10,7 +10,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from tinyasr.decoding.confidence import COVER_SECONDS, Speech, is_out_of_vocabulary, speech_confidence
+from tinyasr.decoding.confidence import COVER_SECONDS, Speech, in_speech, is_out_of_vocabulary, speech_confidence
 from tinyasr.decoding.results import Result, Token, Word
 from tinyasr.decoding.scores import (
     frame_span,
@@ -69,11 +69,24 @@ def tokens_to_words(tokens: Sequence[Token], vocabulary_type: str, wordpiece: bo
     ``wordpiece``, every piece not starting with "##" does); words: each token
     is a word.
     """
+    return tuple(_word(group) for group in _word_groups(tokens, vocabulary_type, wordpiece))
+
+
+def words_and_open_start(tokens: Sequence[Token], vocabulary_type: str, wordpiece: bool = False):
+    """tokens_to_words, and the index of the first token of the last word (``len(tokens)`` when there is none):
+    a token added later may still extend that word, never an earlier one, and grouping tokens from that index on
+    gives the same last words (tinyasr.decoding.ctc_partial extends a stream's words so)."""
+    groups = _word_groups(tokens, vocabulary_type, wordpiece)
+    return tuple(map(_word, groups)), (groups[-1][0][0] if groups else len(tokens))
+
+
+def _word_groups(tokens, vocabulary_type: str, wordpiece: bool):
+    """The words' tokens: lists of (index in ``tokens``, token, its text in the word)."""
     if vocabulary_type not in VOCABULARY_TYPES:
         raise InputError(f"vocabulary_type {vocabulary_type!r}; expected one of {', '.join(VOCABULARY_TYPES)}")
     groups = []
     current = []
-    for token in tokens:
+    for index, token in enumerate(tokens):
         if vocabulary_type == "chars":
             boundary, text = not token.text.strip(), token.text
         else:
@@ -82,18 +95,15 @@ def tokens_to_words(tokens: Sequence[Token], vocabulary_type: str, wordpiece: bo
             groups.append(current)
             current = []
         if text.strip():
-            current.append((token, text))
+            current.append((index, token, text))
     if current:
         groups.append(current)
-    return tuple(
-        Word(
-            text="".join(text for _, text in group),
-            start=group[0][0].start,
-            end=group[-1][0].end,
-            confidence=min(token.confidence for token, _ in group),
-        )
-        for group in groups
-    )
+    return groups
+
+
+def _word(group) -> Word:
+    return Word(text="".join(text for _, _, text in group), start=group[0][1].start, end=group[-1][1].end,
+                confidence=min(token.confidence for _, token, _ in group))
 
 
 def ctc_frames(scores: np.ndarray, spec: CTCSpec, frame_seconds: float, valid_frames: Optional[int],
@@ -148,7 +158,7 @@ def ctc_result(tokens, log_probs: np.ndarray, spec: CTCSpec, wordpiece: bool, *,
     score, out_of_vocabulary = 1.0, False
     if speech is not None:
         reach = spec.cover_seconds or COVER_SECONDS  # CTC spikes may lead or trail the speech they stand for
-        tokens = [t for t in tokens if speech.holds(t.start - reach, t.end + reach)]
+        tokens = in_speech(tokens, speech, reach)
         score = speech_confidence(log_probs, spec.blank, frame_seconds, speech, spec.oov_score, reach)
         out_of_vocabulary = is_out_of_vocabulary(score, speech, spec.oov_threshold, spec.oov_min_speech)
     words = tokens_to_words(tokens, spec.vocabulary_type, wordpiece)

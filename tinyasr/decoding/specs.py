@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import MISSING, dataclass, field, fields
+from types import MappingProxyType
 from typing import Any, ClassVar, Dict, Mapping, Optional, Sequence, Tuple, Type
 
 from tinyasr.decoding.hotwords import parse_hotword
@@ -209,8 +210,143 @@ class FrameClassificationSpec(ClassificationSpec):
     type: ClassVar[str] = "frame_classification"
 
 
+_TENSOR_NAME = "a tensor name (a string of 1 to 1024 characters)"
+PREDICTION_KEYS, LSTM_KEYS = ("embedding", "layers"), ("w", "r", "bias")  # required; a layer may add "projection"
+JOINT_KEYS = ("encoder_weight", "encoder_bias", "prediction_weight", "prediction_bias", "output_weight", "output_bias")
+JOINT_ACTIVATION_NAMES = ("relu", "tanh", "sigmoid")
+MAX_PREDICTION_LAYERS, MAX_DURATIONS, MAX_DURATION, MAX_SYMBOLS = 16, 64, 1024, 1000
+
+
+def _is_tensor_name(value) -> bool:
+    return isinstance(value, str) and 1 <= len(value) <= 1024
+
+
+def _object_problem(value, key: str, required: Sequence[str], optional: Sequence[str] = ()) -> Optional[str]:
+    """What is wrong with an object of tensor names at ``key`` (unknown, missing or non-name values), or None."""
+    if not isinstance(value, Mapping):
+        return f"{key!r} must be an object, got {_shown(value)}"
+    unknown = [k for k in value if k not in (*required, *optional)]
+    missing = [k for k in required if k not in value]
+    if unknown or missing:
+        return (f"{key!r} has unknown key(s) {unknown} and lacks {missing}; its keys are "
+                f"{', '.join(required)}" + (f" and optionally {', '.join(optional)}" if optional else ""))
+    for name in (*required, *optional):
+        if name in value and name not in ("layers", "activation") and not _is_tensor_name(value[name]):
+            return f"'{key}.{name}' must be {_TENSOR_NAME}, got {_shown(value[name])}"
+    return None
+
+
+def _frozen(value):
+    """JSON objects and arrays as read-only mappings and tuples (a spec is shared between threads)."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({k: _frozen(v) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
+def _thawed(value):
+    if isinstance(value, Mapping):
+        return {k: _thawed(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_thawed(v) for v in value]
+    return value
+
+
+def _is_durations(value) -> bool:
+    return (isinstance(value, (list, tuple)) and 0 < len(value) <= MAX_DURATIONS
+            and all(is_int(d) and 0 <= d <= MAX_DURATION for d in value) and any(d > 0 for d in value))
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransducerSpec(DecoderSpec):
+    """A transducer (RNN-T or TDT): the graph is the encoder; the prediction network and joint are stored
+    tensors this entry names, run one step at a time by tinyasr.decoding.transducer.
+
+    output: the encoder output [1, D, frames] (NeMo's ``outputs``).  lengths: optional graph output [1] with the
+    encoder's valid frames (NeMo's ``encoded_lengths``); without it they are measured as for CTC.
+    blank: the blank's token class (NeMo: len(vocabulary), the last); vocabulary / vocabulary_type: as CTCSpec's.
+    prediction: {"embedding": [classes, E], "layers": [{"w": [4H, I], "r": [4H, P], "bias": [4H],
+    "projection"?: [P, H]}, ...]}: LSTM layers in ONNX gate order (i, o, f, c), the two biases summed.
+    joint: {"encoder_weight": [D, J], "encoder_bias": [J], "prediction_weight": [P, J], "prediction_bias": [J],
+    "output_weight": [J, K], "output_bias": [K], "activation": "relu" | "tanh" | "sigmoid"}: weights as x @ W.
+    max_symbols: NeMo's max_symbols_per_step.  durations: TDT's frame advances, one duration logit each after
+    the K - len(durations) token logits; absent for RNN-T.
+    ctc: a hybrid model's CTC head, a whole "ctc" decoder entry (Recognizer(..., head="ctc") decodes with it).
+    The tensors' existence, dtypes and shapes are checked when the Recognizer loads the model
+    (tinyasr.decoding.transducer.transducer_of).
+    """
+
+    type: ClassVar[str] = "transducer"
+
+    blank: int = field(metadata=_rule(is_int, "an integer"))
+    vocabulary: Tuple[str, ...] = field(metadata=_STRINGS)
+    prediction: Mapping[str, Any] = field(metadata=_rule(lambda v: isinstance(v, Mapping), "an object"))
+    joint: Mapping[str, Any] = field(metadata=_rule(lambda v: isinstance(v, Mapping), "an object"))
+    vocabulary_type: str = field(default="chars", metadata=_rule(lambda v: isinstance(v, str) and v in VOCABULARY_TYPES,
+                                                                  f"one of {', '.join(VOCABULARY_TYPES)}"))
+    lengths: Optional[str] = field(default=None, metadata=_OUTPUT)
+    max_symbols: int = field(default=10, metadata=_rule(lambda v: is_int(v) and 1 <= v <= MAX_SYMBOLS,
+                                                        f"an integer from 1 to {MAX_SYMBOLS}"))
+    durations: Optional[Tuple[int, ...]] = field(default=None, metadata=_rule(
+        _is_durations, f"a list of 1 to {MAX_DURATIONS} integers from 0 to {MAX_DURATION}, one of them > 0"))
+    ctc: Optional[CTCSpec] = field(default=None, metadata=_rule(lambda v: isinstance(v, (Mapping, CTCSpec)),
+                                                                "a ctc decoder entry (an object)"))
+
+    def _problem(self) -> Optional[str]:
+        if not 0 <= self.blank <= len(self.vocabulary):
+            return (f"'blank' must be from 0 to {len(self.vocabulary)} (a class of the {len(self.vocabulary)} "
+                    f"vocabulary entries, or one more when they leave the blank out), got {self.blank}")
+        problem = _object_problem(self.prediction, "prediction", PREDICTION_KEYS)
+        if problem:
+            return problem
+        layers = self.prediction["layers"]
+        if not isinstance(layers, (list, tuple)) or not 1 <= len(layers) <= MAX_PREDICTION_LAYERS:
+            return f"'prediction.layers' must be a list of 1 to {MAX_PREDICTION_LAYERS} objects, got {_shown(layers)}"
+        for i, layer in enumerate(layers):
+            problem = _object_problem(layer, f"prediction.layers[{i}]", LSTM_KEYS, ("projection",))
+            if problem:
+                return problem
+        problem = _object_problem(self.joint, "joint", JOINT_KEYS, ("activation",))
+        if problem:
+            return problem
+        if self.joint.get("activation", "relu") not in JOINT_ACTIVATION_NAMES:
+            return (f"'joint.activation' must be one of {', '.join(JOINT_ACTIVATION_NAMES)}, got "
+                    f"{_shown(self.joint.get('activation'))}")
+        object.__setattr__(self, "prediction", _frozen(self.prediction))
+        object.__setattr__(self, "joint", _frozen(self.joint))
+        if isinstance(self.ctc, Mapping):
+            try:
+                object.__setattr__(self, "ctc", CTCSpec.from_dict(self.ctc, "the transducer's ctc entry"))
+            except ModelFileError as exc:
+                return f"'ctc': {exc.problem}"
+        return None
+
+    @property
+    def classes(self) -> Tuple[str, ...]:
+        return self.vocabulary
+
+    def fits(self, classes: int) -> bool:
+        return True  # the encoder output's last axis is time: the joint's shapes are checked at load
+
+    @property
+    def tensor_names(self) -> Tuple[str, ...]:
+        """Every stored tensor the entry names (the prediction network's and the joint's)."""
+        names = [self.prediction["embedding"]]
+        for layer in self.prediction["layers"]:
+            names += [layer[k] for k in (*LSTM_KEYS, "projection") if k in layer]
+        return tuple(names + [self.joint[k] for k in JOINT_KEYS])
+
+    def to_dict(self) -> Dict[str, Any]:
+        entry = super().to_dict()
+        entry.update(prediction=_thawed(self.prediction), joint=_thawed(self.joint))
+        if self.ctc is not None:
+            entry["ctc"] = self.ctc.to_dict()
+        return entry
+
+
 DECODER_SPECS: Dict[str, Type[DecoderSpec]] = {
-    spec.type: spec for spec in (CTCSpec, ClassificationSpec, FrameClassificationSpec)
+    spec.type: spec for spec in (CTCSpec, ClassificationSpec, FrameClassificationSpec, TransducerSpec)
 }
 
 
@@ -221,9 +357,12 @@ def decoder_spec(entry: Optional[Mapping[str, Any]], where) -> Optional[DecoderS
     if not isinstance(entry, Mapping):
         raise ModelFileError(where, f"the decoder entry must be an object, got {type(entry).__name__}")
     kind = entry.get("type")
-    if not isinstance(kind, str) or kind not in DECODER_SPECS:
+    if not isinstance(kind, str):
         raise ModelFileError(where, f"the decoder entry's 'type' must be one of {', '.join(DECODER_SPECS)}, "
                                     f"got {_shown(kind)}")
+    if kind not in DECODER_SPECS:
+        raise ModelFileError(where, f"the decoder entry's type {_shown(kind)} is unknown to this tinyasr (it knows "
+                                    f"{', '.join(DECODER_SPECS)}); the file may need a newer tinyasr")
     return DECODER_SPECS[kind].from_dict(entry, where)
 
 
@@ -254,7 +393,8 @@ class Greedy:
 class BeamSearch:
     """CTC prefix beam search (tinyasr.decoding.beam), optionally with a word n-gram LM and hotwords.
 
-    beam: hypotheses kept per frame.  lm: an ARPA file (plain or .gz) scored per word with weight ``alpha``
+    beam: hypotheses kept per frame.  lm: an ARPA file (plain or .gz), or a KenLM binary file (needs the
+    ``kenlm`` package), scored per word with weight ``alpha``
     (natural-log LM score times alpha) plus ``beta`` per word (both only with an LM).  hotwords: phrases
     ("word", "word:boost" or (phrase, boost)) whose completed match adds boost (natural log) to a
     hypothesis (tinyasr.decoding.hotwords).  token_min_logp: tokens below this log-probability at a frame
@@ -274,7 +414,7 @@ class BeamSearch:
             raise TinyASRError(f"BeamSearch: beam must be an integer from 1 to 10000, got {_shown(self.beam)}")
         if self.lm is not None:
             if not isinstance(self.lm, (str, bytes)) and not hasattr(self.lm, "__fspath__"):
-                raise TinyASRError(f"BeamSearch: lm must be the path of an ARPA file, got {_shown(self.lm)}")
+                raise TinyASRError(f"BeamSearch: lm must be the path of an ARPA or KenLM file, got {_shown(self.lm)}")
             object.__setattr__(self, "lm", str(self.lm if isinstance(self.lm, str) else os.fsdecode(self.lm)))
         for name in ("alpha", "beta", "token_min_logp", "beam_prune"):
             value = getattr(self, name)

@@ -8,7 +8,8 @@ joint once per (frame, token) try, so both run here one vector at a time, not as
   search; its prediction projection ``pred(p_u)`` runs once per emitted token and is kept with the
   hypothesis, with the LSTM states (a blank reuses both: NeMo's ``blank_as_pad``, the blank is also the
   start symbol, whose embedding row is zero);
-* the LSTM step is tinyasr's recurrent kernel (tinyasr/kernels/recurrent.py), torch's ``proj_size`` included.
+* the LSTM step is tinyasr's recurrent kernel (tinyasr/kernels/recurrent.py), torch's ``proj_size`` included;
+  R runs sparse where the file stores it ``csr`` or 8 x 1 ``bsr`` (the converter's choice for pruned layers).
 
 Greedy rules (NeMo ``GreedyRNNTInfer`` / ``GreedyTDTInfer``, the loops ../shared/models/nemo-random's
 ``nemo2core.ref_greedy`` restates): RNN-T tries a frame up to ``max_symbols`` times and leaves it at a blank;
@@ -25,7 +26,8 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from tinyasr.errors import GraphError
-from tinyasr.kernels.recurrent import EMPTY_CSR, EMPTY_DENSE, lstm_direction
+from tinyasr.format.encodings.sparse import SPARSE_TYPES
+from tinyasr.kernels.recurrent import EMPTY_DENSE, add_product, lstm_direction, recurrent_operands
 
 JOINT_ACTIVATIONS = {"relu": lambda x: np.maximum(x, 0, out=x), "tanh": lambda x: np.tanh(x, out=x),
                      "sigmoid": lambda x: np.divide(1.0, 1.0 + np.exp(-x), out=x)}
@@ -42,7 +44,8 @@ def _float32(array, what: str, ndim: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class LSTMLayer:
-    """One prediction-network layer, ONNX gate order (i, o, f, c): w [4H, I], r [4H, P], bias [4H] (input and
+    """One prediction-network layer, ONNX gate order (i, o, f, c): w [4H, I], r [4H, P] (each an array, or a
+    CSRMatrix / BSRMatrix as the file stores a pruned one: the step then runs it sparse), bias [4H] (input and
     recurrent biases summed), projection [P, H] (torch ``proj_size``) or None (P = H)."""
 
     w: np.ndarray
@@ -59,7 +62,10 @@ class LSTMLayer:
             raise GraphError(f"transducer: an LSTM layer has W {self.w.shape}, R {self.r.shape}, B {self.bias.shape}"
                              f", projection {None if self.projection is None else self.projection.shape}: they "
                              "do not fit one another")
-        object.__setattr__(self, "r_t", np.ascontiguousarray(self.r.T))
+        object.__setattr__(self, "input_operands", recurrent_operands(self.w, 0) if isinstance(self.w, SPARSE_TYPES)
+                           else None)  # a dense W runs as one BLAS product over the batch (w_t)
+        object.__setattr__(self, "w_t", None if self.input_operands else np.ascontiguousarray(self.w.T))
+        object.__setattr__(self, "recurrent", recurrent_operands(self.r, 0))  # (R^T or empty, sparse arrays)
         object.__setattr__(self, "projection_t", EMPTY_DENSE if self.projection is None
                            else np.ascontiguousarray(self.projection.T))
 
@@ -98,18 +104,28 @@ class PredictionNetwork:
         return tuple((np.zeros((1, layer.width), np.float32), np.zeros((1, layer.hidden), np.float32))
                      for layer in self.layers)
 
-    def step(self, token: int, state: State) -> Tuple[np.ndarray, State]:
-        """(the last layer's output [P], the new states); ``state`` is left as it was (hypotheses share it)."""
-        x = self.embedding[token]
+    def step(self, tokens, state: State) -> Tuple[np.ndarray, State]:
+        """One step of B hypotheses at once (beam search batches them): ``tokens`` [B], or one int (B = 1),
+        ``state`` per layer (h [B, P], c [B, H]) -> (the last layer's output [B, P], or [P] for one int; the
+        new states).  ``state`` is left as it was (hypotheses share it)."""
+        x = self.embedding[tokens]  # [E] or [B, E]
+        batch = 1 if x.ndim == 1 else x.shape[0]
+        rows = _ONE_FRAME if batch == 1 else np.ones(batch, np.int64)  # every row takes one frame
         new_state = []
         for layer, (h, c) in zip(self.layers, state):
-            pre = (layer.w @ x + layer.bias).reshape(1, 1, -1)
+            if layer.input_operands is None:
+                pre = (x @ layer.w_t + layer.bias).reshape(1, batch, -1)
+            else:  # pruned W: one sparse product per row
+                pre = np.empty((1, batch, 4 * layer.hidden), np.float32)
+                for b, row in enumerate(x.reshape(batch, -1)):
+                    pre[0, b] = layer.bias
+                    add_product(pre[0, b], row, *layer.input_operands)
             h, c = h.copy(), c.copy()
-            y = np.empty((1, 1, layer.width), np.float32)
-            lstm_direction(pre, layer.r_t, *EMPTY_CSR, _NO_PEEPHOLE, layer.projection_t, h, c, _ONE_FRAME, False,
+            y = np.empty((1, batch, layer.width), np.float32)
+            lstm_direction(pre, *layer.recurrent, _NO_PEEPHOLE, layer.projection_t, h, c, rows, False,
                            np.float32(0), y)
             new_state.append((h, c))
-            x = y[0, 0]
+            x = y[0, 0] if x.ndim == 1 else y[0]
         return x, tuple(new_state)
 
 
@@ -206,48 +222,80 @@ def _encoder_frames(encoder_output: np.ndarray, length: Optional[int]) -> np.nda
     return np.ascontiguousarray(encoder_output[:, :frames].T)
 
 
+class GreedySearch:
+    """NeMo's greedy search (RNN-T, or TDT with ``tdt``, default: when the model has durations) over encoder
+    frames that may arrive in pieces (an online stream): the hypothesis and the next frame to try carry over
+    from one ``advance`` to the next, so frames given at once or chunk by chunk give the same tokens.
+    ``confidences``: each emitted token's probability among the token classes where it was chosen."""
+
+    def __init__(self, model: Transducer, max_symbols: int = 10, tdt: Optional[bool] = None):
+        self.model, self.max_symbols = model, int(max_symbols)
+        self.tdt = bool(model.durations) if tdt is None else tdt
+        if self.tdt and not model.durations:
+            raise GraphError("transducer: TDT decoding needs the model's durations")
+        self.hyp = model.start()
+        self.confidences: List[float] = []
+        self.frame = 0  # the next frame to try (TDT may jump past the frames seen so far)
+        self._first = 0  # the frame index of _pending[0]: frames before it are done with
+        self._pending = np.zeros((0, model.joint.enc_w.shape[1]), np.float32)
+
+    @property
+    def frames_seen(self) -> int:
+        return self._first + len(self._pending)
+
+    def advance(self, frames: np.ndarray) -> Hypothesis:
+        """Search the next encoder frames [T, D] (they follow those given before); returns the hypothesis."""
+        self._pending = np.concatenate([self._pending, self.model.joint.project_encoder(frames)])
+        step = self._tdt_frame if self.tdt else self._rnnt_frame
+        while self.frame < self.frames_seen:
+            self.frame = step(self.frame, self._pending[self.frame - self._first])
+        done = min(self.frame, self.frames_seen) - self._first
+        self._pending, self._first = self._pending[done:], self._first + done
+        return self.hyp
+
+    def _emit(self, logits: np.ndarray, token: int, t: int, duration: Optional[int] = None) -> None:
+        shifted = np.exp(logits - logits.max())
+        self.confidences.append(float(shifted[token] / shifted.sum()))
+        self.hyp = self.model.emit(self.hyp, token, t, duration)
+
+    def _rnnt_frame(self, t: int, frame: np.ndarray) -> int:
+        """Up to ``max_symbols`` non-blank tokens at frame t; a blank moves on.  -> the next frame."""
+        for _ in range(self.max_symbols):
+            logits = self.model.joint.logits(frame, self.hyp.projected)
+            token = int(np.argmax(logits))
+            if token == self.model.blank:
+                break
+            self._emit(logits, token, t)
+        return t + 1
+
+    def _tdt_frame(self, t: int, frame: np.ndarray) -> int:
+        """Token and duration per try; stay while the duration is 0, up to ``max_symbols`` tries, after which one
+        frame more (NeMo moves it even when the last duration was > 0).  -> the next frame."""
+        classes = self.model.token_classes
+        for tries in range(1, self.max_symbols + 1):
+            logits = self.model.joint.logits(frame, self.hyp.projected)
+            token = int(np.argmax(logits[:classes]))
+            duration = self.model.durations[int(np.argmax(logits[classes:]))]
+            if token != self.model.blank:
+                self._emit(logits[:classes], token, t, duration)
+            if duration != 0:
+                return t + duration + (1 if tries == self.max_symbols else 0)
+        return t + 1
+
+
 def rnnt_greedy(model: Transducer, encoder_output: np.ndarray, length: Optional[int] = None,
                 max_symbols: int = 10) -> Hypothesis:
     """NeMo's greedy RNN-T: per frame up to ``max_symbols`` non-blank tokens; a blank moves to the next frame."""
-    projected = model.joint.project_encoder(_encoder_frames(encoder_output, length))
-    hyp = model.start()
-    for t in range(projected.shape[0]):
-        for _ in range(max_symbols):
-            token = int(np.argmax(model.joint.logits(projected[t], hyp.projected)))
-            if token == model.blank:
-                break
-            hyp = model.emit(hyp, token, t)
-    return hyp
+    return GreedySearch(model, max_symbols, tdt=False).advance(_encoder_frames(encoder_output, length))
 
 
 def tdt_greedy(model: Transducer, encoder_output: np.ndarray, length: Optional[int] = None,
                max_symbols: int = 10) -> Hypothesis:
     """NeMo's greedy TDT (``GreedyTDTInfer``): token and duration from one joint output per try."""
-    if not model.durations:
-        raise GraphError("transducer: TDT decoding needs the model's durations")
-    projected = model.joint.project_encoder(_encoder_frames(encoder_output, length))
-    classes = model.token_classes
-    hyp = model.start()
-    t = 0
-    while t < projected.shape[0]:
-        tries, duration = 0, 0
-        while tries < max_symbols:
-            logits = model.joint.logits(projected[t], hyp.projected)
-            token = int(np.argmax(logits[:classes]))
-            duration = model.durations[int(np.argmax(logits[classes:]))]
-            if token != model.blank:
-                hyp = model.emit(hyp, token, t, duration)
-            tries += 1
-            t += duration
-            if duration != 0:
-                break
-        if tries == max_symbols:
-            t += 1
-    return hyp
+    return GreedySearch(model, max_symbols, tdt=True).advance(_encoder_frames(encoder_output, length))
 
 
 def greedy(model: Transducer, encoder_output: np.ndarray, length: Optional[int] = None,
            max_symbols: int = 10) -> Hypothesis:
     """TDT greedy for a model with durations, else RNN-T greedy."""
-    search = tdt_greedy if model.durations else rnnt_greedy
-    return search(model, encoder_output, length, max_symbols)
+    return GreedySearch(model, max_symbols).advance(_encoder_frames(encoder_output, length))

@@ -27,7 +27,9 @@ from tinyasr.format.values import is_int  # noqa: F401  (re-exported: readers of
 from tinyasr.format.tensors import DTYPES, FLOAT_DTYPES, EncodedTensor, Encoding, PartEntry, TensorEntry  # noqa: F401  (re-exported)
 
 MAGIC = b"TASR\r\n\x1a\n"
-VERSION = (1, 2)  # (major, newest minor) this module knows; it reads any 1.x, writes 1.<newest encoding used>
+VERSION = (1, 3)  # (major, newest minor) this module knows; it reads any 1.x, writes 1.<newest feature used>
+DECODER_MINORS = {"transducer": 3}  # decoder types newer than 1.0, by the minor version that added them
+ROW_AXES_MINOR = 3  # the csr / bsr param row_axes (a sparse LSTM / GRU R) came with 1.3
 OPSET = 17  # the ONNX (default domain) opset whose semantics graph ops follow: the only one the runtime implements
 BYTE_ORDER_MARK = 0x01020304
 HEADER = struct.Struct("<8sHHIQIIQQ12sI")  # see the header table in docs/format.md
@@ -451,10 +453,14 @@ def write_model(path, manifest: Mapping[str, Any], tensors: Mapping[str, Union[n
             path, f"write_model manifest: keys {clash} are written by the writer, keys {missing} are missing"
         )
     table, blobs, data_length = _layout(path, tensors)
-    # The oldest version that has every encoding used, so readers of that version can read the file.  The
-    # opset needs none: readers before 1.2 ignore the key and run opset 17, the only opset written so far.
-    version = (VERSION[0], max((ENCODINGS[t["encoding"]].minor for t in table if t["encoding"] in ENCODINGS),
-                               default=0))
+    # The oldest version that has every encoding and decoder type used, so readers of that version can read the
+    # file.  The opset needs none: readers before 1.2 ignore the key and run opset 17, the only opset written so far.
+    decoder = manifest.get("decoder")
+    kind = decoder.get("type") if isinstance(decoder, Mapping) else None
+    decoder_minor = DECODER_MINORS.get(kind, 0) if isinstance(kind, str) else 0
+    version = (VERSION[0], max([ENCODINGS[t["encoding"]].minor for t in table if t["encoding"] in ENCODINGS]
+                               + [decoder_minor]
+                               + [ROW_AXES_MINOR for t in table if "row_axes" in t.get("params", {})]))
     full = {"format": "tasr", "version": list(version), "opset": OPSET, **manifest, "tensors": table}
     try:
         text = json.dumps(full, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")

@@ -5,6 +5,14 @@ recurrent product is sequential, in tinyasr/kernels/recurrent.py with the gates 
 the ONNX defaults (what torch and NeMo export); ``input_forget`` is refused.  Frames past a row's
 ``sequence_lens`` are zero in Y and leave that row's state alone, as onnxruntime does.
 
+tinyasr extension (LSTM only): an optional ninth input ``projection`` [directions, P, H] is torch's
+``proj_size`` (``weight_hr``, NeMo's RNNEncoder): h = projection @ (o * tanh(c)) has P < H values, so R is
+[directions, 4H, P], initial_h [directions, B, P] and Y [.., P].  ONNX's LSTM has no projection (torch.onnx
+refuses such LSTMs); a reader without the extension refuses the node, as R's shape does not fit ``hidden_size``.
+
+R may come from the file as ``csr`` or 8 x 1 ``bsr`` (the converter's choice, converters/sparse_choice.py):
+the step then runs sparse (kernels/recurrent.py, recurrent_operands); W and the rest are dense.
+
 Streaming (``Recurrent`` rule): a forward, single-direction node without ``sequence_lens`` streams frame by
 frame, its h (and c) carried between chunks.  Its final-state outputs Y_h / Y_c have no time axis and exist
 only once the input has ended, so a streamed node must leave them unread (the converter drops unread optional
@@ -18,7 +26,8 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from tinyasr.errors import GraphError
-from tinyasr.kernels.recurrent import EMPTY_CSR, EMPTY_DENSE, gru_direction, lstm_direction
+from tinyasr.format.encodings.sparse import ENCODED_TYPES
+from tinyasr.kernels.recurrent import EMPTY_DENSE, gru_direction, lstm_direction, recurrent_operands
 from tinyasr.ops.context import OpContext
 from tinyasr.ops.registry import register
 from tinyasr.ops.streaming_rules import Recurrent, StreamStep, Stream
@@ -28,8 +37,9 @@ _GATES = {"LSTM": 4, "GRU": 3}
 _DIRECTIONS = {"forward": 1, "reverse": 1, "bidirectional": 2}
 
 
-def _check(op: str, inputs, attrs) -> Tuple[int, int, str]:
-    """(hidden, directions, direction) after checking what this op supports; GraphError naming the problem."""
+def _check(op: str, inputs, attrs) -> Tuple[int, int, str, int]:
+    """(hidden, directions, direction, width of h) after checking what this op supports; GraphError naming the
+    problem."""
     if len(inputs) < 3 or any(x is None for x in inputs[:3]):
         raise GraphError(f"{op} needs inputs X, W and R")
     direction = attrs.get("direction", "forward")
@@ -44,18 +54,28 @@ def _check(op: str, inputs, attrs) -> Tuple[int, int, str]:
     if attrs.get("input_forget", 0):
         raise GraphError(f"{op}: input_forget=1 is not supported")
     x, w, r = inputs[:3]
+    if not isinstance(r, (np.ndarray,) + ENCODED_TYPES):
+        raise GraphError(f"{op}: R is a {type(r).__name__}; only a dense, csr, bsr or int8 R is supported")
     gates = _GATES[op]
     if x.ndim != 3 or w.ndim != 3 or r.ndim != 3:
         raise GraphError(f"{op}: X, W, R must have rank 3, got shapes {x.shape}, {w.shape}, {r.shape}")
     hidden = int(attrs.get("hidden_size", r.shape[-1]))
-    if w.shape[:2] != (directions, gates * hidden) or r.shape != (directions, gates * hidden, hidden):
+    projection = inputs[8] if len(inputs) > 8 else None
+    width = hidden
+    if projection is not None:
+        if op != "LSTM" or projection.ndim != 3 or projection.shape[0] != directions or not (
+                0 < projection.shape[1] < hidden) or projection.shape[2] != hidden:
+            raise GraphError(f"{op}: projection {projection.shape} must be [{directions}, P, {hidden}] with "
+                             f"0 < P < hidden size {hidden} (LSTM only)")
+        width = projection.shape[1]
+    if w.shape[:2] != (directions, gates * hidden) or r.shape != (directions, gates * hidden, width):
         raise GraphError(f"{op}: W {w.shape} / R {r.shape} do not match {directions} direction(s) of "
-                         f"hidden size {hidden}")
+                         f"hidden size {hidden}" + (f" projected to {width}" if width != hidden else ""))
     if w.shape[2] != x.shape[2]:
         raise GraphError(f"{op}: X has {x.shape[2]} features but W expects {w.shape[2]}")
     if x.dtype != np.float32:
         raise GraphError(f"{op}: X must be float32, got {x.dtype}")
-    return hidden, directions, direction
+    return hidden, directions, direction, width
 
 
 def _state(value: Optional[np.ndarray], layout: int, shape, op: str, what: str) -> np.ndarray:
@@ -78,8 +98,8 @@ def _lengths(value: Optional[np.ndarray], batch: int, steps: int, op: str) -> np
 
 
 def _run(op: str, ctx, inputs, attrs) -> List[np.ndarray]:
-    hidden, directions, direction = _check(op, inputs, attrs)
-    inputs = list(inputs) + [None] * (8 - len(inputs))
+    hidden, directions, direction, width = _check(op, inputs, attrs)
+    inputs = list(inputs) + [None] * (9 - len(inputs))
     x, w, r, bias, sequence_lens, initial_h = inputs[:6]
     layout = int(attrs.get("layout", 0))
     xs = x.transpose(1, 0, 2) if layout else x  # [T, B, I]
@@ -90,24 +110,24 @@ def _run(op: str, ctx, inputs, attrs) -> List[np.ndarray]:
     if bias.shape != (directions, 2 * gates * hidden):
         raise GraphError(f"{op}: B has shape {bias.shape}, expected {(directions, 2 * gates * hidden)}")
     lengths = _lengths(sequence_lens, batch, steps, op)
-    h = _state(initial_h, layout, (directions, batch, hidden), op, "initial_h")
+    h = _state(initial_h, layout, (directions, batch, width), op, "initial_h")
     c = _state(inputs[6], layout, (directions, batch, hidden), op, "initial_c") if op == "LSTM" else None
     peephole = inputs[7] if op == "LSTM" else None
     if peephole is not None and peephole.shape != (directions, 3 * hidden):
         raise GraphError(f"{op}: P has shape {peephole.shape}, expected {(directions, 3 * hidden)}")
     clip = np.float32(attrs.get("clip", 0.0))
-    y = np.empty((steps, directions, batch, hidden), np.float32)
+    y = np.empty((steps, directions, batch, width), np.float32)
     flat = np.ascontiguousarray(xs).reshape(steps * batch, -1)
     for d in range(directions):
         reverse = direction == "reverse" or d == 1
         wb, rb = bias[d, :gates * hidden], bias[d, gates * hidden:]
         pre = flat @ w[d].T + wb  # the input projection of every frame: one matrix product
-        recurrent_t = np.ascontiguousarray(r[d].T)
-        values, indices, indptr = EMPTY_CSR
+        recurrent_t, values, indices, indptr = recurrent_operands(r, d)  # R dense, or as stored sparse
         if op == "LSTM":
             pre += rb
             pp = np.zeros(0, np.float32) if peephole is None else np.ascontiguousarray(peephole[d], np.float32)
-            lstm_direction(pre.reshape(steps, batch, -1), recurrent_t, values, indices, indptr, pp, EMPTY_DENSE,
+            projection_t = EMPTY_DENSE if inputs[8] is None else np.ascontiguousarray(inputs[8][d].T, np.float32)
+            lstm_direction(pre.reshape(steps, batch, -1), recurrent_t, values, indices, indptr, pp, projection_t,
                            h[d], c[d], lengths, reverse, clip, y[:, d])
         else:
             pre[:, :2 * hidden] += rb[:2 * hidden]
