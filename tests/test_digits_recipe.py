@@ -323,3 +323,27 @@ def test_training_strings_are_padded_0_to_half_a_second_and_single_digits_often_
     assert 0.0 <= min(leads + trails) and max(leads + trails) <= 0.5
     assert max(leads) > 0.45 and max(trails) > 0.45  # the whole range is used
     assert 0.35 < tight / 200 < 0.65  # TIGHT_SINGLE_SHARE of single digits have no padding at all
+
+
+def test_length_grouped_batches_hold_every_example_once_each_batch_a_run_of_the_sorted_lengths():
+    """Issue 16: a tight single digit must not share a batch with a long string (it would be followed by batch
+    padding a real file lacks).  Reference: the lengths sorted by numpy, cut into consecutive runs."""
+    from recipes.digits.train import length_grouped
+
+    rng = np.random.default_rng(3)
+    items = [(np.zeros(int(n), np.float32), [i]) for i, n in enumerate(rng.integers(800, 60000, size=70))]
+    batches = length_grouped(items, 8, rng)
+    assert sorted(d for batch in batches for _, (d,) in batch) == list(range(70))  # each example once
+    lengths = np.sort([len(audio) for audio, _ in items])
+    runs = {tuple(lengths[i:i + 8]) for i in range(0, 70, 8)}
+    assert {tuple(sorted(len(audio) for audio, _ in batch)) for batch in batches} == runs
+    shortest = [min(len(audio) for audio, _ in batch) for batch in batches]
+    assert shortest != sorted(shortest)  # batches come in random order, not shortest first
+
+
+def test_the_bundled_model_has_the_recipe_front_end_with_its_padding():
+    """The runtime pads as training did: the bundled manifest's front end is data.FRONTEND, pad_seconds included."""
+    from tinyasr.pipeline.recognizer import Recognizer
+
+    frontend = Recognizer().frontend
+    assert frontend == data.FRONTEND and frontend.pad_seconds == 0.1

@@ -93,10 +93,13 @@ class Scorer:
             samples = as_float32_mono(audio, sample_rate, self.recognizer.sample_rate)
         else:
             samples, _ = load_audio(audio, sample_rate=self.recognizer.sample_rate)
-        feats, valid = compute_features(samples, self.recognizer.frontend)
+        frontend = self.recognizer.frontend
+        feats, valid = compute_features(samples, frontend)
         outputs = self.recognizer.model.run({self.input_name: feats[None]})
         logprobs = outputs[self.recognizer.model.decoder["output"]][0][: -(-valid // STRIDE)]
         speech = EnergyVAD(self.recognizer.sample_rate).accept(samples) > 0.5
+        lead = int(round(frontend.pad_samples / (frontend.hop_length * STRIDE)))  # frames of the front end's silence
+        speech = np.concatenate([np.zeros(lead, bool), speech])  # on the posteriors' time line, as the Recognizer
         scores = ood_scores(logprobs, speech, self.blank)
         scores["token_unconfidence"] = 1 - (np.mean([t.confidence for t in result.tokens]) if result.tokens else 0.0)
         model_text = " ".join(data.DIGIT_WORDS[t] for t in greedy_ctc(logprobs, self.blank))

@@ -60,6 +60,18 @@ def warp_frequency(batch: torch.Tensor, rng: np.random.Generator, max_warp: floa
     return out
 
 
+def length_grouped(items, batch: int, rng: np.random.Generator):
+    """``items`` (audio, digits) cut into batches of similar length, in random order.
+
+    Features of a batch are zero-padded to its longest example; drawn at random, a tight single digit shares a
+    batch with a 7-digit string and is always followed by seconds of padding that a real file lacks, and the
+    model learned to wait for it (tight FSDD files came out empty, issue 16).
+    """
+    ordered = sorted(items, key=lambda item: len(item[0]))
+    batches = [ordered[i:i + batch] for i in range(0, len(ordered), batch)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
 def collate(items):
     """Features zero-padded to [B, 64, Tmax], valid frame counts, concatenated CTC targets and their lengths."""
     feats, valid = zip(*(data.features(audio) for audio, _ in items))
@@ -103,6 +115,9 @@ def main(argv=None) -> None:
                         help="fraction of examples holding no digit (empty target): noise, tones, other speech")
     parser.add_argument("--phrases", type=int, default=3000,
                         help="eSpeak NG phrases of non-digit words among them (0: non-speech only)")
+    parser.add_argument("--length-groups", type=int, default=8,
+                        help="compose this many batches at once and batch them by length (1: as drawn), so a "
+                             "short example is rarely followed by batch padding that a real file lacks")
     args = parser.parse_args(argv)
 
     os.makedirs(args.out, exist_ok=True)
@@ -138,19 +153,18 @@ def main(argv=None) -> None:
     log = open(os.path.join(args.out, "train.log"), "w")
     start = time.perf_counter()
     running = 0.0
+
+    def example():
+        if rng.random() < args.no_digit_share:
+            return no_digits.no_digit_example(rng, phrases)
+        voices = synthetic_takes if synthetic_takes and rng.random() < args.synthetic_share else takes
+        return data.compose(rng, voices, int(rng.integers(1, 8)), augment=True)
+
+    batches = []
     for step in range(1, args.steps + 1):
-        items = [
-            no_digits.no_digit_example(rng, phrases)
-            if rng.random() < args.no_digit_share
-            else data.compose(
-                rng,
-                synthetic_takes if synthetic_takes and rng.random() < args.synthetic_share else takes,
-                int(rng.integers(1, 8)),
-                augment=True,
-            )
-            for _ in range(args.batch)
-        ]
-        batch, lengths, targets, target_lengths = collate(items)
+        if not batches:
+            batches = length_grouped([example() for _ in range(args.batch * args.length_groups)], args.batch, rng)
+        batch, lengths, targets, target_lengths = collate(batches.pop())
         logprobs = model(spec_augment(warp_frequency(batch, rng), lengths, rng))
         loss = ctc(logprobs.transpose(0, 1), targets, output_lengths(lengths), target_lengths)
         optimizer.zero_grad()
@@ -198,6 +212,7 @@ def main(argv=None) -> None:
         "synthetic_share": args.synthetic_share if args.synthetic_voices else 0.0,
         "no_digit_share": args.no_digit_share,
         "phrases": len(phrases),
+        "length_groups": args.length_groups,
         "frontend": data.FRONTEND.to_dict(),
     }
     with open(os.path.join(args.out, "results.json"), "w") as f:

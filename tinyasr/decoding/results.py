@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Tuple
 
 import numpy as np
@@ -10,11 +10,14 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Token:
-    """One emitted CTC token.
+    """One emitted token (CTC or transducer).
 
     ``start`` / ``end`` are seconds from the start of the audio (end exclusive:
     the end of the last frame of the token's run); ``confidence`` in (0, 1] is
-    the geometric mean of the token's probability over the frames of its run.
+    the geometric mean of the token's probability over the frames of its run
+    (a transducer's: its probability among the token classes in the joint's
+    output where the search chose it; its span is its frame, or a TDT token's
+    duration).
     """
 
     text: str
@@ -50,6 +53,13 @@ class Result:
     confidence: float = 1.0
     out_of_vocabulary: bool = False
 
+    def shifted(self, seconds: float, duration: float) -> "Result":
+        """The same transcript with ``seconds`` added to every time and that duration: an utterance placed in
+        its file, or times from audio that was decoded with silence before it.  Times stay in 0 .. ``duration``;
+        a token that fell in silence before the audio starts at 0 and keeps its length."""
+        return replace(self, tokens=tuple(shifted_item(t, seconds, duration) for t in self.tokens),
+                       words=tuple(shifted_item(w, seconds, duration) for w in self.words), duration=float(duration))
+
     def to_dict(self) -> dict:
         return {
             "text": self.text,
@@ -59,6 +69,13 @@ class Result:
             "words": [vars(w) for w in self.words],
             "tokens": [vars(t) for t in self.tokens],
         }
+
+
+def shifted_item(item, seconds: float, duration: float):
+    """A Token or Word as Result.shifted places it: ``seconds`` added, kept in 0 .. ``duration``."""
+    start = min(max(item.start + seconds, 0.0), duration)
+    end = max(item.end + seconds, start + (item.end - item.start))
+    return replace(item, start=start, end=min(end, duration))
 
 
 @dataclass(frozen=True)

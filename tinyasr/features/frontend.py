@@ -39,7 +39,7 @@ MAX_STFT_VALUES_PER_SECOND = 1 << 24
 # Real-valued keys: (lowest, highest) a front end can sensibly use; a value past them (preemph 1e300) is refused.
 REAL_RANGES = {"lowfreq": (0.0, MAX_SAMPLE_RATE), "highfreq": (0.0, MAX_SAMPLE_RATE), "preemph": (0.0, 1.0),
                "mag_power": (0.0, 4.0), "log_zero_guard_value": (0.0, 1.0), "dither": (0.0, 1.0),
-               "pad_value": (-1e6, 1e6)}
+               "pad_value": (-1e6, 1e6), "pad_seconds": (0.0, 10.0)}
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,10 @@ class FrontendConfig:
     remove_mean: subtract the mean of the whole signal before pre-emphasis (not a NeMo
       option; the MarbleNet frame-VAD ONNX graph does it).
     dither: recorded from the source model; inference never adds noise.
+    pad_seconds: digital silence added at both ends of the audio before anything else (not a NeMo option).
+      A model trained on speech with silence around it misreads a file cut tight to the speech (the digits
+      model, recipes/digits/); this pads every file and stream the same way.  Feature frame i then starts
+      pad_seconds before the audio's frame i; the Recognizer and OnlineStream report times from the audio.
     """
 
     kind: str = "mel"
@@ -85,6 +89,7 @@ class FrontendConfig:
     dither: float = 0.0
     pad_to: int = 16
     pad_value: float = 0.0
+    pad_seconds: float = 0.0
 
     def __post_init__(self):
         def bad(key, why):
@@ -113,7 +118,7 @@ class FrontendConfig:
                                       ("hop_length", 1, MAX_FFT), ("n_fft", 1, MAX_FFT), ("n_mels", 1, MAX_MELS),
                                       ("pad_to", 0, MAX_PAD_TO)):
             check_int(key, minimum, maximum)
-        for key in ("lowfreq", "mag_power", "log_zero_guard_value", "dither", "pad_value"):
+        for key in ("lowfreq", "mag_power", "log_zero_guard_value", "dither", "pad_value", "pad_seconds"):
             check_real(key)
         for key in ("highfreq", "preemph"):
             check_real(key, allow_none=True)
@@ -154,6 +159,11 @@ class FrontendConfig:
                     "is not part of NeMo's MFCC front end (use normalize=None, pad_to=0 with kind 'mfcc')")
         elif self.n_mfcc is not None:
             bad("n_mfcc", "is only used with kind 'mfcc'")
+
+    @property
+    def pad_samples(self) -> int:
+        """Samples of silence added at each end of the audio (pad_seconds at the sample rate)."""
+        return int(round(self.pad_seconds * self.sample_rate))
 
     @property
     def num_features(self) -> int:
@@ -321,7 +331,9 @@ def dct_matrix(n_mfcc: int, n_mels: int) -> np.ndarray:
 
 def valid_frame_count(num_samples: int, config: FrontendConfig) -> int:
     """NeMo's feature length: ceil(N / hop) for MFCC; for mel (N + padding - n_fft) // hop, which is
-    floor(N / hop) with centring and one less than the number of STFT frames in every case."""
+    floor(N / hop) with centring and one less than the number of STFT frames in every case.  N counts the
+    ``num_samples`` of audio and the config's pad_samples at both ends."""
+    num_samples = num_samples + 2 * config.pad_samples
     if config.kind == "mfcc":
         return -(-num_samples // config.hop_length)
     if config.exact_pad:
@@ -427,8 +439,8 @@ def compute_features(samples: np.ndarray, config: FrontendConfig) -> Tuple[np.nd
     """Features [num_features, T] float32 and the number of valid frames, exactly as NeMo in eval mode.
 
     ``samples`` is 1-D audio at config.sample_rate (see tinyasr.audio.io for loading and
-    resampling).  For kind "mel", frames from the valid count on hold pad_value and T is
-    padded with pad_value to a multiple of pad_to.
+    resampling), padded with pad_seconds of zeros at both ends first.  For kind "mel", frames from
+    the valid count on hold pad_value and T is padded with pad_value to a multiple of pad_to.
     """
     samples = np.asarray(samples)
     if samples.ndim != 1:
@@ -442,9 +454,12 @@ def compute_features(samples: np.ndarray, config: FrontendConfig) -> Tuple[np.nd
     if valid < 1:
         raise AudioError(f"audio of {samples.size} samples is too short: at least hop_length={config.hop_length} "
                          "samples are needed for one feature frame")
+    given = samples.size
+    if config.pad_samples:
+        samples = np.pad(samples, config.pad_samples)
     x = _prepare_signal(samples, config)
     if x.size < config.n_fft:
-        raise AudioError(f"audio of {samples.size} samples is shorter than one STFT frame (n_fft={config.n_fft})")
+        raise AudioError(f"audio of {given} samples is shorter than one STFT frame (n_fft={config.n_fft})")
     features = FeatureCore(config)(x)
     if config.kind == "mfcc":
         return features.astype(np.float32), valid

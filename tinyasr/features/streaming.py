@@ -143,7 +143,9 @@ class StreamingFeatures:
     concatenated frames have the offline shape.  ``normalizer`` is required when
     the config normalises over the utterance (it is then used instead).  Each frame
     is computed by the offline path's own ``FeatureCore``; this class adds only the
-    carried samples, pre-emphasis state, the padding at both ends and the normaliser.
+    carried samples, pre-emphasis state, the padding at both ends (the centring's and
+    the config's pad_seconds of silence) and the normaliser.  ``num_samples`` counts
+    that silence too.
     """
 
     def __init__(self, config: FrontendConfig, normalizer=None):
@@ -216,13 +218,20 @@ class StreamingFeatures:
         x = np.asarray(samples, np.float64).reshape(-1)
         if not np.all(np.isfinite(x)):
             raise AudioError("audio samples contain NaN or Inf")
-        y = self._preemphasize(x)
-        self.num_samples += x.size
-        self._append(y)
+        self._take(x)
         return self._output(self._frames(self._ready()))
+
+    def _take(self, x: np.ndarray) -> None:
+        """Pre-emphasise and append samples; the first of an utterance come after the config's leading silence."""
+        if self.num_samples == 0 and x.size and self.config.pad_samples:
+            x = np.concatenate([np.zeros(self.config.pad_samples), x])
+        self.num_samples += x.size
+        self._append(self._preemphasize(x))
 
     def finish(self) -> np.ndarray:
         """The utterance ends: its last frames and the offline padding frames; then reset for the next one."""
+        if self.config.pad_samples:  # the trailing silence (_take adds the leading one when no audio came)
+            self._take(np.zeros(self.config.pad_samples))
         cfg, half, n = self.config, self._half, self.num_samples
         if cfg.pad_mode == "reflect":
             if n <= half:
