@@ -2,9 +2,15 @@
 
 1. WER.  The held-out digit strings of recipes/digits/evaluate.py (300 strings from the unseen speaker,
    300 from the training speakers' held-back takes, 3-7 digits) go through the network once each; the same
-   outputs are then decoded greedily and by beam search (beam 8) with a digit-string LM: a Witten-Bell
-   model (tinyasr.decoding.lm.build_arpa) counted from 20,000 random strings of 3-7 digits drawn with
-   another seed, which is what the task's strings are.  WER by recipes.digits.evaluate.word_error_rate.
+   outputs are then decoded greedily and by beam search (beam 4 / 8 / 16) with a digit-string LM: a 3-gram
+   Witten-Bell model (tinyasr.decoding.lm.build_arpa) counted from LM_STRINGS random strings of 3-7 digits
+   drawn with another seed, which is what the task's strings are.  Such an LM knows nothing of which digit
+   was said, so its scores between digits should tie: counted from 20,000 strings they differ by sampling
+   noise (about 10 % a trigram) that tipped near-ties of the network (0.1 nats) to wrong digits; from
+   200,000 they tie closely.  alpha and beta are tuned on the held-back takes of the training speakers
+   (beam 8; ties go to the smaller LM weight) and the unseen speaker is scored with them, never tuned on.
+   WER by recipes.digits.evaluate.word_error_rate, and the strings beam search makes better or worse
+   than greedy decoding.
 2. Hotwords.  On the unseen speaker's strings, the digit greedy decoding finds least often (recall: matched
    occurrences over occurrences in the references) is boosted; its recall and false insertions (hypothesis
    occurrences beyond the reference's, per string) for several boosts.
@@ -13,11 +19,11 @@
    29-class character model at 50 frames/s (one minute) for a larger vocabulary.
 
 Run: ``python3 benchmarks/bench_beam.py`` from the repository root; writes benchmarks/results/beam.md.
-The machine's 2 cores were shared with other work when the committed figures were taken.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import tempfile
@@ -32,23 +38,26 @@ from benchmarks.machine import cpu_model  # noqa: E402
 from recipes.digits import data  # noqa: E402
 from recipes.digits.evaluate import EVAL_DIGITS, eval_sets, word_error_rate  # noqa: E402
 from tinyasr import BeamSearch, Recognizer  # noqa: E402
+from tinyasr.batch import edit_distance  # noqa: E402
 from tinyasr.decoding.beam import ctc_beam_search  # noqa: E402
 from tinyasr.decoding.lm import build_arpa  # noqa: E402
 from tinyasr.decoding.specs import CTCSpec  # noqa: E402
 from tinyasr.pipeline.vad import speech_in  # noqa: E402
 
-LM_SEED, LM_STRINGS = 777, 20_000
+LM_SEED, LM_STRINGS, FEW_LM_STRINGS = 777, 200_000, 20_000
+TUNING = "seen_heldback"  # the set alpha and beta are chosen on
+ALPHAS, BETA_PER_ALPHA = (0.1, 0.25, 0.5, 1.0), (2.0, 2.3, 2.6)  # an LM word costs about alpha ln 10: beta near it
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "beam.md")
 
 
-def digit_lm(folder: str, order: int) -> str:
+def digit_lm(folder: str, order: int, strings: int = LM_STRINGS) -> str:
     rng = np.random.default_rng(LM_SEED)
-    text = os.path.join(folder, "digit_strings.txt")
+    text = os.path.join(folder, f"digit_strings{strings}.txt")
     with open(text, "w") as handle:
-        for _ in range(LM_STRINGS):
+        for _ in range(strings):
             digits = rng.integers(0, 10, size=rng.integers(EVAL_DIGITS[0], EVAL_DIGITS[1] + 1))
             handle.write(" ".join(data.DIGIT_WORDS[d] for d in digits) + "\n")
-    arpa = os.path.join(folder, f"digits{order}.arpa")
+    arpa = os.path.join(folder, f"digits{order}_{strings}.arpa")
     build_arpa(text, arpa, order=order)
     return arpa
 
@@ -86,28 +95,44 @@ def recall_and_insertions(refs, hyps, word):
 def main() -> None:
     recognizer = Recognizer()
     sets = eval_sets(data.load_fsdd(data.default_fsdd_dir()))
-    lines = ["# Beam search on the digits model", "", f"CPU: {cpu_model()} (2 cores, shared with other work).", ""]
+    lines = [f"# Beam search on the digits model ({time.strftime('%Y-%m-%d')})", "",
+             f"CPU: {cpu_model()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} when written.", ""]
     with tempfile.TemporaryDirectory() as folder:
-        lms = {order: digit_lm(folder, order) for order in (3, 8)}
+        lm = digit_lm(folder, 3)
         outputs = {name: Outputs(recognizer, clips) for name, clips in sets.items()}
-        configs = {
-            "greedy": None,
-            "beam 8, no LM": BeamSearch(beam=8),
-            "beam 8, 3-gram LM, alpha 0.5 beta 1.0 (defaults)": BeamSearch(beam=8, lm=lms[3]),
-            "beam 8, 8-gram LM, alpha 0.5 beta 1.0": BeamSearch(beam=8, lm=lms[8]),
-            "beam 8, 8-gram LM, alpha 1.0 beta 2.0": BeamSearch(beam=8, lm=lms[8], alpha=1.0, beta=2.0),
-        }
-        lines += ["## WER on the held-out digit strings", "",
-                  "| decoding | unseen speaker WER | held-back takes WER | strings changed vs greedy |",
-                  "|---|---|---|---|"]
         greedy = {name: out.texts(None)[0] for name, out in outputs.items()}
-        for label, decoding in configs.items():
-            cells, changed = [], 0
-            for name, out in outputs.items():
-                texts = out.texts(decoding)[0]
-                cells.append(f"{100 * word_error_rate(digit_words(sets[name]), texts):.2f} %")
-                changed += sum(a != b for a, b in zip(texts, greedy[name]))
-            lines.append(f"| {label} | {cells[0]} | {cells[1]} | {changed} |")
+
+        def wer(name, decoding):
+            """WER of one set, and its strings better and worse than greedy decoding's."""
+            refs, texts = digit_words(sets[name]), outputs[name].texts(decoding)[0]
+            ours = [edit_distance(r, h) for r, h in zip(refs, texts)]
+            theirs = [edit_distance(r, h) for r, h in zip(refs, greedy[name])]
+            return (word_error_rate(refs, texts), sum(a < b for a, b in zip(ours, theirs)),
+                    sum(a > b for a, b in zip(ours, theirs)))
+
+        grid = [(alpha, round(alpha * ratio, 3)) for alpha in ALPHAS for ratio in BETA_PER_ALPHA]
+        tuned = {weights: wer(TUNING, BeamSearch(beam=8, lm=lm, alpha=weights[0], beta=weights[1]))[0]
+                 for weights in grid}
+        alpha, beta = min(grid, key=lambda w: (tuned[w], w[0], abs(w[1] - w[0] * math.log(10))))
+        lines += [f"## WER on the held-out digit strings (3-gram LM from {LM_STRINGS:,} strings; alpha {alpha}, "
+                  f"beta {beta} tuned on the held-back takes)", "",
+                  "Tuning (beam 8, WER on the held-back takes): " + ", ".join(
+                      f"{a}/{b}: {100 * tuned[(a, b)]:.2f} %" for a, b in grid) + ".", "",
+                  "| decoding | unseen speaker WER | better / worse strings | held-back takes WER | "
+                  "better / worse strings |", "|---|---|---|---|---|"]
+        configs = [("greedy", None)]
+        configs += [(f"beam {b}, no LM", BeamSearch(beam=b)) for b in (4, 8, 16)]
+        configs += [(f"beam {b}, 3-gram LM, alpha {alpha} beta {beta}", BeamSearch(beam=b, lm=lm, alpha=alpha, beta=beta))
+                    for b in (4, 8, 16)]
+        configs += [("beam 8, 3-gram LM, alpha 0.5 beta 1.0 (defaults)", BeamSearch(beam=8, lm=lm)),
+                    (f"beam 8, 3-gram LM from {FEW_LM_STRINGS:,} strings, defaults",
+                     BeamSearch(beam=8, lm=digit_lm(folder, 3, FEW_LM_STRINGS)))]
+        for label, decoding in configs:
+            cells = []
+            for name in outputs:
+                rate, better, worse = wer(name, decoding)
+                cells += [f"{100 * rate:.2f} %", f"{better} / {worse}"]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
             print(lines[-1], flush=True)
 
         refs = digit_words(sets["unseen"])
@@ -135,9 +160,9 @@ def main() -> None:
                   f"Network (features + graph): {1000 * per_second:.2f} ms per second of audio.", "",
                   "| decoding | ms per s of audio | x network |", "|---|---|---|"]
         for label, decoding in [("greedy", None)] + [
-                (f"beam {b}{lm_label}", BeamSearch(beam=b, lm=lm)) for b in (4, 8, 16)
-                for lm_label, lm in (("", None), (", 3-gram LM", lms[3]))]:
-            seconds = min(out.texts(decoding)[1] for _ in range(3))
+                (f"beam {b}{lm_label}", BeamSearch(beam=b, lm=path, alpha=alpha, beta=beta)) for b in (4, 8, 16)
+                for lm_label, path in (("", None), (", 3-gram LM", lm))]:
+            seconds = min(out.texts(decoding)[1] for _ in range(2))
             cost = seconds / out.audio_seconds
             lines.append(f"| {label} | {1000 * cost:.2f} | {cost / per_second:.2f} |")
             print(lines[-1], flush=True)

@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 
-from tinyasr.decoding.beam import BeamDecoder, ctc_align, ctc_beam_search, token_piece
+from tinyasr.decoding.beam import BeamDecoder, ctc_align, ctc_beam_search, ctc_log_likelihood, token_piece
 from tinyasr.decoding.ctc import ctc_greedy
 from tinyasr.decoding.hotwords import START, HotwordTree, parse_hotword, read_hotwords
 from tinyasr.decoding.lm import ARPALanguageModel, sentence_log_prob, witten_bell, write_arpa
@@ -54,8 +54,8 @@ def hotword_bonus(words, hotwords):
     return bonus
 
 
-def brute_force(scores, vocabulary, kind, lm=None, alpha=0.0, beta=0.0, hotwords=()):
-    """text -> exact score, by every alignment (blank last)."""
+def sequence_scores(scores, vocabulary, kind, lm=None, alpha=0.0, beta=0.0, hotwords=()):
+    """token ids -> exact score, by every alignment (blank last)."""
     log_probs = log_softmax(scores)
     blank = len(vocabulary)
     totals = {}
@@ -63,13 +63,21 @@ def brute_force(scores, vocabulary, kind, lm=None, alpha=0.0, beta=0.0, hotwords
         ids = tuple(c for c, _ in itertools.groupby(path) if c != blank)
         logp = log_probs[np.arange(len(path)), path].sum()
         totals[ids] = np.logaddexp(totals.get(ids, -np.inf), logp)
-    texts = {}
+    exact = {}
     for ids, logp in totals.items():
         words = text_words(ids, vocabulary, kind)
         extra = alpha * sentence_log_prob(lm, words) + beta * len(words) if lm else 0.0
-        key = " ".join(words)
-        # different token sequences may spell one text (subwords): the search keeps them apart too
-        texts[key] = max(texts.get(key, -np.inf), logp + extra + hotword_bonus(words, hotwords))
+        exact[ids] = logp + extra + hotword_bonus(words, hotwords)
+    return exact
+
+
+def brute_force(scores, vocabulary, kind, lm=None, alpha=0.0, beta=0.0, hotwords=()):
+    """text -> exact score of its best token sequence (different ones may spell one text: subwords; the search
+    keeps them apart too)."""
+    texts = {}
+    for ids, score in sequence_scores(scores, vocabulary, kind, lm, alpha, beta, hotwords).items():
+        key = " ".join(text_words(ids, vocabulary, kind))
+        texts[key] = max(texts.get(key, -np.inf), score)
     return texts
 
 
@@ -105,6 +113,26 @@ def test_exhaustive_beam_finds_the_brute_force_best(kind, seed, with_lm, lm, tmp
     assert best_score == pytest.approx(reference[expected], abs=1e-9)
     for score, prefix in found:  # every hypothesis kept scores as the reference says
         assert score <= reference[" ".join(text_words(prefix.tokens(), vocabulary, kind))] + 1e-9
+
+
+@pytest.mark.parametrize("kind", VOCABULARIES)
+@pytest.mark.parametrize("beam", [1, 2, 3])
+@pytest.mark.parametrize("with_lm", [False, True])
+def test_any_beam_scores_at_least_greedy(kind, beam, with_lm, lm):
+    """However narrow the beam, the hypothesis chosen scores at least what greedy decoding's does under the same
+    scoring (every alignment summed, plus LM, beta and hotwords: the reference's); the scores the search
+    reports are lower bounds of that exact score (the alignments that stayed in the beam)."""
+    vocabulary, kind = VOCABULARIES[kind]
+    options = dict(lm=lm.path, alpha=0.8, beta=0.3, hotwords=(("ab", 1.5), ("b", 0.7))) if with_lm else {}
+    for seed in range(8):
+        scores = random_scores(np.random.default_rng(200 + seed), 6, len(vocabulary) + 1)
+        reference = sequence_scores(scores, vocabulary, kind, lm if with_lm else None, 0.8, 0.3,
+                                    options.get("hotwords", ()))
+        greedy = tuple(c for c, _ in itertools.groupby(scores.argmax(axis=1)) if c != len(vocabulary))
+        _, found = search(scores, vocabulary, kind, beam=beam, **options)
+        assert reference[tuple(found[0][1].tokens())] >= reference[greedy] - 1e-9
+        for score, prefix in found:
+            assert score <= reference[tuple(prefix.tokens())] + 1e-9
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -184,6 +212,19 @@ def test_alignment_is_the_viterbi_path():
             spans.append((frame, frame + n))
         frame += n
     assert ctc_align(log_probs, ids, blank=2) == spans
+
+
+def test_log_likelihood_sums_every_alignment():
+    """ctc_log_likelihood against summing every path that collapses to the ids (repeats, none, too many)."""
+    rng = np.random.default_rng(6)
+    log_probs = log_softmax(random_scores(rng, 6, 3))
+    totals = {}
+    for path in itertools.product(range(3), repeat=6):
+        ids = tuple(c for c, _ in itertools.groupby(path) if c != 2)
+        totals[ids] = np.logaddexp(totals.get(ids, -np.inf), log_probs[np.arange(6), path].sum())
+    for ids in [(), (0,), (0, 1), (1, 1), (0, 0, 1), (1, 0, 1)]:
+        assert ctc_log_likelihood(log_probs, ids, blank=2) == pytest.approx(totals[ids], abs=1e-9)
+    assert ctc_log_likelihood(log_probs, (0, 0, 0, 0), blank=2) == -np.inf  # repeats need 7 frames
 
 
 def test_beam_options_are_checked():

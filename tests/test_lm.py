@@ -177,3 +177,37 @@ def test_order_is_checked(tmp_path):
     text.write_text("a b\n")
     with pytest.raises(TinyASRError, match="order must be from 1 to 10"):
         build_arpa(text, tmp_path / "x.arpa", order=0)
+
+
+# ---------------------------------------------------------------------------
+# KenLM files (the optional kenlm package)
+
+
+def test_kenlm_scores_as_the_arpa_reader(tmp_path):
+    """KenLM's own reading of an ARPA file (an independent implementation) gives every score ours gives, so
+    the beam search's LM terms are the same through either; binary files take KenLM's path."""
+    pytest.importorskip("kenlm")
+    from tinyasr.decoding.lm import KenLMLanguageModel, witten_bell, write_arpa
+
+    path = tmp_path / "wb.arpa"
+    write_arpa(witten_bell(CORPUS, order=3), path)
+    ours, theirs = ARPALanguageModel(path), KenLMLanguageModel(path)
+    assert theirs.order == ours.order == 3 and "two" in theirs and "seven" not in theirs
+    words = ["one", "two", "three", "four", EOS]
+    for sentence in itertools.product(words[:4], repeat=3):
+        assert sentence_log_prob(theirs, sentence) == pytest.approx(sentence_log_prob(ours, sentence), abs=1e-5)
+
+
+def test_kenlm_binary_without_the_package_names_it(tmp_path, monkeypatch, hand):
+    from tinyasr.decoding.lm import KENLM_MAGIC, load_language_model
+
+    binary = tmp_path / "model.binary"
+    binary.write_bytes(KENLM_MAGIC + b" format version 5\n\0\0garbage")
+    monkeypatch.setitem(sys.modules, "kenlm", None)  # import fails as when it is not installed
+    with pytest.raises(LanguageModelError, match=r"model.binary is a KenLM binary file: .*pip install kenlm"):
+        load_language_model(binary)
+    monkeypatch.undo()
+    pytest.importorskip("kenlm")
+    with pytest.raises(LanguageModelError, match="model.binary: kenlm cannot read"):
+        load_language_model(binary)
+    assert isinstance(load_language_model(hand), ARPALanguageModel)

@@ -263,6 +263,18 @@ SCRIPTS = {  # kind -> (messages, expected (error code, close code))
                                 json.dumps({"type": "end"})], ("bad_audio", 1008)),
     "file mode without a file": ([json.dumps({"type": "start", "mode": "file"}), json.dumps({"type": "end"})],
                                  ("bad_audio", 1008)),
+    "hotwords on a greedy server": ([json.dumps({"type": "start", "sample_rate": 16000, "hotwords": ["nine"]})],
+                                    ("bad_message", 1008)),
+    "hotwords not a list": ([json.dumps({"type": "start", "sample_rate": 16000, "hotwords": "nine"})],
+                            ("bad_message", 1008)),
+    "too many hotwords": ([json.dumps({"type": "start", "sample_rate": 16000, "hotwords": ["a"] * 101})],
+                          ("bad_message", 1008)),
+    "hotword too long": ([json.dumps({"type": "start", "sample_rate": 16000, "hotwords": ["a" * 101]})],
+                         ("bad_message", 1008)),
+    "hotword boost too large": ([json.dumps({"type": "start", "sample_rate": 16000, "hotwords": ["nine:1e9"]})],
+                                ("bad_message", 1008)),
+    "hotwords in file mode": ([json.dumps({"type": "start", "mode": "file", "hotwords": ["nine"]})],
+                              ("bad_message", 1008)),
 }
 
 
@@ -474,3 +486,33 @@ def test_serve_command_names_the_missing_extra():
 def test_python_client_reports_server_errors(running):
     with pytest.raises(ServerError, match="limit"):
         run(stream_chunks(running.url, [(np.zeros(16000, np.int16), 16000)] * 13))
+
+
+def test_beam_search_server_with_session_hotwords(sample):
+    """A server started with beam search (as ``tinyasr serve --beam``) streams what OnlineStream's beam search
+    gives; a session's own hotwords (its start message) change its text and no other session's."""
+    from tinyasr import BeamSearch
+
+    beam = Recognizer().with_decoding(BeamSearch(beam=4))
+    expected = {}
+    for hotwords in ((), (("zero", 15.0),)):  # strong enough to replace digits: shows the words are used
+        direct = beam.stream(hotwords=hotwords)
+        direct.accept_waveform(*sample)
+        expected[hotwords] = direct.finalize().text
+    assert expected[()] == beam.transcribe(SAMPLE).text
+    assert expected[()].count("zero") < expected[(("zero", 15.0),)].count("zero")
+    with ServerThread(beam, ServeConfig(port=0, limits=LIMITS), grace=1.0) as server:
+        async def both():
+            return await asyncio.gather(stream_chunks(server.url, chunks(*sample), hotwords=["zero:15"]),
+                                        stream_chunks(server.url, chunks(*sample)))
+        boosted, plain = run(both())
+    assert [f["text"] for f in boosted] == [expected[(("zero", 15.0),)]]
+    assert [f["text"] for f in plain] == [expected[()]]
+
+
+def test_serve_command_takes_the_decoding_options(tmp_path, capsys):
+    """``tinyasr serve --beam/--lm/--hotword`` build the server's decoding (a bad LM fails at start, named)."""
+    from tinyasr.cli.main import main
+
+    assert main(["serve", "--beam", "4", "--lm", str(tmp_path / "absent.arpa"), "--hotword", "nine:2"]) == 3
+    assert f"{tmp_path / 'absent.arpa'}: cannot read the language model" in capsys.readouterr().err

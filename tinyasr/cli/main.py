@@ -55,7 +55,7 @@ def _error(message: str) -> None:
 
 
 # the decoder types (tinyasr.decoding.specs.DECODER_SPECS) each command reads, and the command for each type
-COMMAND_DECODERS = {"transcribe": ("ctc",), "classify": ("classification", "frame_classification")}
+COMMAND_DECODERS = {"transcribe": ("ctc", "transducer"), "classify": ("classification", "frame_classification")}
 DECODER_COMMAND = {kind: command for command, kinds in COMMAND_DECODERS.items() for kind in kinds}
 
 
@@ -64,7 +64,7 @@ def _load_recognizer(args):
     from tinyasr.pipeline.recognizer import Recognizer
 
     try:
-        recognizer = Recognizer(args.model, num_threads=args.threads)
+        recognizer = Recognizer(args.model, num_threads=args.threads, head=getattr(args, "head", None))
     except TinyASRError as exc:
         _error(str(exc))
         return None

@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 
+from tinyasr.cli.transcribe import add_decoding_arguments, decoding_of
 from tinyasr.errors import InputError, TinyASRError
 
 PORTAUDIO_HINT = ("microphone input needs the optional 'sounddevice' package (pip install sounddevice) and the "
@@ -53,6 +54,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-utterance", type=positive_seconds, default=20.0, metavar="S",
                         help="endpoint at this utterance length (default: 20)")
     parser.add_argument("--threads", type=positive_int, default=None, metavar="N", help="compute threads")
+    add_decoding_arguments(parser)
 
 
 def _file_chunks(path, chunk_ms: int, realtime: bool):
@@ -119,7 +121,7 @@ def run(args) -> int:
               file=sys.stderr)
         return 2
     try:
-        recognizer = Recognizer(args.model, num_threads=args.threads)
+        recognizer = Recognizer(args.model, num_threads=args.threads).with_decoding(decoding_of(args))
         stream = OnlineStream(recognizer, endpoint=EndpointConfig.simple(
             args.silence_after_speech, args.silence_only, args.max_utterance))
     except TinyASRError as exc:

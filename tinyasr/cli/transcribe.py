@@ -13,6 +13,8 @@ FILE_ONLY = ("srt", "vtt", "tsv")  # several inputs in these formats need --outp
 
 def add_arguments(parser) -> None:
     add_decoding_arguments(parser)
+    parser.add_argument("--head", choices=("transducer", "ctc"), help="a hybrid transducer + CTC model (NeMo "
+                        "EncDecHybridRNNTCTC): which head decodes (default: transducer)")
     output = parser.add_argument_group("output")
     output.add_argument("--output-dir", metavar="DIR", help="write one file per input, DIR/NAME.FORMAT")
     output.add_argument("--max-line-chars", type=int, default=42, metavar="N",
@@ -27,7 +29,8 @@ def add_decoding_arguments(parser) -> None:
     search = parser.add_argument_group("decoding (default: greedy)")
     search.add_argument("--beam", type=int, metavar="N", help="CTC prefix beam search keeping N hypotheses")
     search.add_argument("--lm", metavar="FILE",
-                        help="word n-gram LM, ARPA (.arpa or .arpa.gz; 'tinyasr lm' builds one)")
+                        help="word n-gram LM: ARPA (.arpa or .arpa.gz; 'tinyasr lm' builds one) or a KenLM binary "
+                        "file (needs the kenlm package)")
     search.add_argument("--alpha", type=float, default=0.5, help="LM weight (default: 0.5)")
     search.add_argument("--beta", type=float, default=1.0, help="score added per word with an LM (default: 1.0)")
     search.add_argument("--hotwords", metavar="FILE", help="words or phrases to boost, one 'phrase[:boost]' a line")

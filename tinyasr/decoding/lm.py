@@ -1,4 +1,5 @@
-"""Word n-gram language models in ARPA format: read one (plain or gzip), score words, build a small one.
+"""Word n-gram language models: read an ARPA file (plain or gzip), score words, build a small one; KenLM
+binary files through the optional ``kenlm`` package (:func:`load_language_model` tells them apart).
 
 Scores are natural logs (ARPA stores log10; the reader converts once), so they add directly to CTC
 log-probabilities in beam search (tinyasr.decoding.beam).  Back-off follows the ARPA rule:
@@ -27,8 +28,11 @@ UNKNOWN_LOG10 = -10.0  # a word the model does not list, when it has no <unk> en
 MAX_ORDER = 10
 
 
+KENLM_MAGIC = b"mmap lm http://kheafield.com/code"  # how every KenLM binary file (build_binary's output) starts
+
+
 class LanguageModelError(TinyASRError):
-    """An ARPA file cannot be read: the message names the file and line."""
+    """A language model cannot be read: the message names the file (and the line of an ARPA file)."""
 
 
 Context = Tuple[str, ...]
@@ -145,6 +149,55 @@ class ARPALanguageModel:
         return max(counts)
 
 
+def load_language_model(path):
+    """The model in ``path``: a KenLM binary file (by its header) through :class:`KenLMLanguageModel`, else an
+    ARPA file (plain or gzip) read here.  Both score as :class:`ARPALanguageModel` does."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as raw:
+            head = raw.read(len(KENLM_MAGIC))
+    except OSError as exc:
+        raise LanguageModelError(f"{path}: cannot read the language model: {exc}") from None
+    return KenLMLanguageModel(path) if head == KENLM_MAGIC else ARPALanguageModel(path)
+
+
+class KenLMLanguageModel:
+    """A KenLM model (a binary file from KenLM's ``build_binary``; KenLM reads ARPA too) through the ``kenlm``
+    package, with ARPALanguageModel's calls: ``score(context, word) -> (natural-log P, next context)``, the
+    contexts being KenLM states.  KenLM's own rules apply (an unlisted word scores as its ``<unk>``)."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        try:
+            import kenlm
+        except ImportError:
+            raise LanguageModelError(f"{self.path} is a KenLM binary file: reading it needs the optional 'kenlm' "
+                                     "package (pip install kenlm), or give the ARPA file it was built from") from None
+        try:
+            self._model = kenlm.Model(self.path)
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise LanguageModelError(f"{self.path}: kenlm cannot read the language model: {exc}") from None
+        self._state = kenlm.State
+        self.order = self._model.order
+        self._cache: Dict[tuple, Tuple[float, object]] = {}
+
+    def __contains__(self, word: str) -> bool:
+        return word in self._model
+
+    def start(self):
+        state = self._state()
+        self._model.BeginSentenceWrite(state)
+        return state
+
+    def score(self, context, word: str):
+        key = (context, word)
+        hit = self._cache.get(key)
+        if hit is None:
+            following = self._state()
+            hit = self._cache[key] = (self._model.BaseScore(context, word, following) * LN10, following)
+        return hit
+
+
 # ---------------------------------------------------------------------------
 # Building a small model
 
@@ -231,7 +284,7 @@ def build_arpa(text_path, arpa_path, order: int = 3) -> int:
     return len(model)
 
 
-def sentence_log_prob(model: ARPALanguageModel, words: Sequence[str]) -> float:
+def sentence_log_prob(model, words: Sequence[str]) -> float:
     """Natural-log probability of a whole sentence, </s> included (what beam search adds up word by word)."""
     context, total = model.start(), 0.0
     for word in [*words, EOS]:

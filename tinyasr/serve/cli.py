@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 
 from tinyasr.cli.stream import positive_int, positive_seconds
+from tinyasr.cli.transcribe import add_decoding_arguments, decoding_of
 from tinyasr.errors import TinyASRError
 from tinyasr.serve.protocol import Limits
 
@@ -38,6 +39,7 @@ def add_arguments(parser) -> None:
                         help="on Ctrl-C / SIGTERM, let open sessions finish this long (default: 30)")
     parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
                         help="compute threads per call (default: $TINYASR_NUM_THREADS, else 1)")
+    add_decoding_arguments(parser)  # files named here are the server's own: clients never name a file
 
 
 def run(args) -> int:
@@ -54,7 +56,7 @@ def run(args) -> int:
     from tinyasr.serve.server import ServeConfig
 
     try:
-        recognizer = Recognizer(args.model, num_threads=args.threads)
+        recognizer = Recognizer(args.model, num_threads=args.threads).with_decoding(decoding_of(args))
         recognizer.stream()  # refuses a model that cannot stream, now rather than per session
     except TinyASRError as exc:
         print(f"tinyasr: {exc}", file=sys.stderr)

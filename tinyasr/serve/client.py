@@ -14,7 +14,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterable, List, Optional, Tuple
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from websockets.asyncio.client import connect
@@ -43,10 +43,11 @@ def file_chunks(path, chunk_ms: int = 100) -> Chunks:
 
 
 async def stream_chunks(url: str, chunks: Chunks, *, realtime: bool = False,
-                        on_event: Optional[Callable[[dict], None]] = None) -> List[dict]:
+                        on_event: Optional[Callable[[dict], None]] = None, hotwords: Sequence[str] = ()) -> List[dict]:
     """Stream PCM pieces (all at one rate) to the server; returns its ``final`` events.
 
-    ``realtime`` paces the pieces as a microphone would; ``on_event`` sees every event as it arrives.
+    ``realtime`` paces the pieces as a microphone would; ``on_event`` sees every event as it arrives;
+    ``hotwords``: "phrase" or "phrase:boost" strings for this session (a server running beam search).
     """
     finals: List[dict] = []
     async with connect(url) as socket:
@@ -55,7 +56,8 @@ async def stream_chunks(url: str, chunks: Chunks, *, realtime: bool = False,
         sent = 0.0  # seconds of audio
         for samples, rate in chunks:
             if receiver is None:
-                await socket.send(json.dumps({"type": "start", "sample_rate": int(rate)}))
+                start = {"type": "start", "sample_rate": int(rate)}
+                await socket.send(json.dumps({**start, "hotwords": list(hotwords)} if hotwords else start))
                 await _expect_ready(socket)
                 receiver = asyncio.ensure_future(_receive(socket, finals, on_event))
             if realtime:

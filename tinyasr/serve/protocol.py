@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 MODES = ("stream", "file")  # stream: 16-bit PCM at a given rate; file: the bytes of an audio file
 
@@ -54,11 +54,14 @@ class Limits:
     send_timeout: float = 10.0  # a client that does not read its events for this long is dropped
     open_timeout: float = 10.0  # the WebSocket handshake
     close_timeout: float = 5.0  # a closed session waits this long for the client's close frame
+    max_hotwords: int = 100  # a stream session's own hotwords (its start message), on a beam-search server
+    max_hotword_chars: int = 100  # characters in one hotword phrase
+    max_hotword_boost: float = 20.0  # |boost| of a session's hotword (natural log)
 
     def to_dict(self) -> dict:
         return {"max_message_bytes": self.max_message_bytes, "max_session_seconds": self.max_session_seconds,
                 "max_file_bytes": self.max_file_bytes, "idle_timeout": self.idle_timeout,
-                "sample_rates": [self.min_sample_rate, self.max_sample_rate]}
+                "sample_rates": [self.min_sample_rate, self.max_sample_rate], "max_hotwords": self.max_hotwords}
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,7 @@ class Start:
 
     mode: str
     sample_rate: Optional[int]  # stream mode only
+    hotwords: Tuple[Tuple[str, float], ...] = ()  # stream mode only: (phrase, boost) for this session
 
 
 def parse_message(text: str) -> dict:
@@ -81,7 +85,8 @@ def parse_message(text: str) -> dict:
 
 
 def parse_start(message, limits: Limits) -> Start:
-    """The first message: ``{"type": "start", "sample_rate": HZ}`` or ``{"type": "start", "mode": "file"}``."""
+    """The first message: ``{"type": "start", "sample_rate": HZ}`` (optionally ``"hotwords": ["phrase:boost",
+    ...]``) or ``{"type": "start", "mode": "file"}``."""
     if isinstance(message, bytes):
         raise ProtocolError("bad_message", "the first message must be a JSON 'start' message, got binary data")
     message = parse_message(message)
@@ -90,7 +95,10 @@ def parse_start(message, limits: Limits) -> Start:
     mode = message.get("mode", "stream")
     if mode not in MODES:
         raise ProtocolError("bad_message", f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    hotwords = _hotwords(message.get("hotwords", []), limits)
     if mode == "file":
+        if hotwords:
+            raise ProtocolError("bad_message", "'hotwords' apply to stream mode only")
         return Start(mode, None)
     rate = message.get("sample_rate")
     if isinstance(rate, float) and rate.is_integer():
@@ -100,7 +108,31 @@ def parse_start(message, limits: Limits) -> Start:
     if not limits.min_sample_rate <= rate <= limits.max_sample_rate:
         raise ProtocolError("bad_message", f"sample rate {rate} Hz is outside {limits.min_sample_rate}-"
                             f"{limits.max_sample_rate} Hz")
-    return Start(mode, rate)
+    return Start(mode, rate, hotwords)
+
+
+def _hotwords(items, limits: Limits) -> Tuple[Tuple[str, float], ...]:
+    """A start message's ``hotwords``: at most max_hotwords strings "phrase" or "phrase:boost", each at most
+    max_hotword_chars long, |boost| at most max_hotword_boost; only text, never a file name."""
+    from tinyasr.decoding.hotwords import parse_hotword  # pure Python, no runtime
+    from tinyasr.errors import TinyASRError
+
+    if not isinstance(items, list) or len(items) > limits.max_hotwords:
+        raise ProtocolError("bad_message", f"'hotwords' must be a list of at most {limits.max_hotwords} strings")
+    pairs = []
+    for item in items:
+        if not isinstance(item, str) or not 0 < len(item) <= limits.max_hotword_chars:
+            raise ProtocolError("bad_message", f"a hotword must be a string of 1 to {limits.max_hotword_chars} "
+                                f"characters, 'phrase' or 'phrase:boost', got {_excerpt(str(item))}")
+        try:
+            phrase, boost = parse_hotword(item)
+        except TinyASRError as exc:
+            raise ProtocolError("bad_message", str(exc)) from None
+        if abs(boost) > limits.max_hotword_boost:
+            raise ProtocolError("bad_message", f"hotword {_excerpt(item)}: the boost must be within "
+                                f"+-{limits.max_hotword_boost:g}")
+        pairs.append((phrase, boost))
+    return tuple(pairs)
 
 
 def parse_control(text: str) -> None:

@@ -22,6 +22,7 @@ import numpy as np
 from websockets.asyncio.server import serve
 from websockets.exceptions import ConnectionClosed
 
+from tinyasr.decoding.specs import BeamSearch
 from tinyasr.serve.protocol import Limits, ProtocolError, parse_control, parse_start
 from tinyasr.serve.session import FileSession, StreamSession
 
@@ -158,10 +159,14 @@ class SpeechServer:
         if first is None:
             raise ProtocolError("shutdown", "the server is shutting down")
         start = parse_start(first, self.limits)
+        if start.hotwords and not isinstance(self.recognizer.decoding, BeamSearch):
+            raise ProtocolError("bad_message", "this server decodes greedily, so it takes no hotwords (tinyasr serve "
+                                "--beam N enables them)")
         if start.mode == "file":
             session = FileSession(self.recognizer, self.limits)
         else:
-            session = await self._compute(StreamSession, self.recognizer, start.sample_rate, self.limits)
+            session = await self._compute(StreamSession, self.recognizer, start.sample_rate, self.limits,
+                                          start.hotwords)
         await self._send(connection, {"type": "ready", "mode": start.mode, "model": Path(self.recognizer.path).name,
                                       "model_sample_rate": self.recognizer.sample_rate,
                                       "limits": self.limits.to_dict()})

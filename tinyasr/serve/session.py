@@ -17,10 +17,11 @@ from tinyasr.serve.protocol import Limits, ProtocolError, result_event
 
 
 class StreamSession:
-    """Stream mode: little-endian 16-bit mono PCM at ``sample_rate`` through ``recognizer.stream()``."""
+    """Stream mode: little-endian 16-bit mono PCM at ``sample_rate`` through ``recognizer.stream()``, decoded as
+    the recognizer decodes (greedy, or its beam search with ``hotwords`` added: the session's own)."""
 
-    def __init__(self, recognizer, sample_rate: int, limits: Limits):
-        self.stream = recognizer.stream()
+    def __init__(self, recognizer, sample_rate: int, limits: Limits, hotwords=()):
+        self.stream = recognizer.stream(hotwords=hotwords)
         self.sample_rate = sample_rate
         self.max_samples = int(limits.max_session_seconds * sample_rate)
         self.samples = 0  # received, at the client's rate
