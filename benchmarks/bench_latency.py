@@ -1,6 +1,6 @@
 """Streaming latency and cost: per-chunk compute, real-time factor, word delay, overhead vs offline.
 
-    python -m benchmarks.bench_latency [--chunks 40 80 160] [--clip PATH] [--runs 3] [--json]
+    python -m benchmarks.bench_latency [--chunks 40 80 160] [--clip PATH] [--runs 3] [--cpu-time] [--json]
 
 Models: the bundled digits model (when built), NeMo's QuartzNet 5x5 export
 (../shared/models/nemo-random, random weights, converted with NeMo's front end
@@ -16,6 +16,14 @@ look-ahead costs.  On one thread, for each chunk size:
 * delay: audio time fed when a token first shows in the partial minus its end time in
   the final streamed transcript (median, max): the algorithmic latency plus chunking;
 * exact: the streamed final transcript equals the offline one.
+
+``--graph`` adds, per model and chunk size, the streamed graph alone (GraphStream fed the chunk's feature frames)
+against one offline Model.run on the same frames, and the time per node per chunk: the per-call overhead the
+engine and the kernels add at a chunk's few frames.
+
+``--cpu-time`` times everything with this process's CPU time (time.process_time) instead of wall time: on a
+machine other work shares, wall time counts the waits for a core, CPU time much less so (cache and frequency
+effects remain; take the ratios, repeated).
 
     python -m benchmarks.bench_latency --accuracy [--model runs/digits/digits.tasr] [--strings 100]
 
@@ -80,14 +88,14 @@ def percentile(values, q):
     return float(np.percentile(np.asarray(values), q))
 
 
-def measure(recognizer, samples: np.ndarray, rate: int, chunk_ms: int, runs: int) -> dict:
+def measure(recognizer, samples: np.ndarray, rate: int, chunk_ms: int, runs: int, clock=time.perf_counter) -> dict:
     from tinyasr.pipeline.online import OnlineStream
 
     offline_times = []
     for _ in range(runs + 1):
-        start = time.perf_counter()
+        start = clock()
         offline = recognizer.transcribe(samples, sample_rate=rate)
-        offline_times.append(time.perf_counter() - start)
+        offline_times.append(clock() - start)
     offline_s = statistics.median(offline_times[1:])
     step = rate * chunk_ms // 1000
     best = None
@@ -95,15 +103,15 @@ def measure(recognizer, samples: np.ndarray, rate: int, chunk_ms: int, runs: int
         stream = OnlineStream(recognizer)
         per_chunk, arrivals = [], []
         for first in range(0, len(samples), step):
-            start = time.perf_counter()
+            start = clock()
             stream.accept_waveform(samples[first:first + step], rate)
             tokens = stream.partial_result.tokens
-            per_chunk.append(time.perf_counter() - start)
+            per_chunk.append(clock() - start)
             fed = min(len(samples), first + step) / rate
             arrivals += [fed] * (len(tokens) - len(arrivals))
-        start = time.perf_counter()
+        start = clock()
         final = stream.finalize()
-        total = sum(per_chunk) + time.perf_counter() - start
+        total = sum(per_chunk) + clock() - start
         if best is None or total < best[0]:
             best = (total, per_chunk, arrivals, final, stream.latency)
     total, per_chunk, arrivals, final, latency = best
@@ -125,6 +133,36 @@ def measure(recognizer, samples: np.ndarray, rate: int, chunk_ms: int, runs: int
         "tokens_before_finalize": len(arrivals),
         "exact": final.text == offline.text,
     }
+
+
+def graph_cost(recognizer, chunk_ms: int, runs: int, clock, seconds: float = 16.0) -> dict:
+    """The streamed graph alone on random input frames in chunks of ``chunk_ms`` against one offline run."""
+    from tinyasr.engine.streaming import GraphStream
+    from tinyasr.pipeline.online import stream_plan
+
+    plan = stream_plan(recognizer.model)
+    hop = recognizer.frontend.hop_length / recognizer.frontend.sample_rate if recognizer.frontend else None
+    if hop is None or len(plan.input.shape) != 3:
+        return {}
+    chunk, frames = max(1, round(chunk_ms / 1e3 / hop)), int(seconds / hop)
+    x = np.random.default_rng(0).standard_normal((1, int(plan.input.shape[1]), frames)).astype(np.float32)
+
+    def streamed():
+        stream = GraphStream(plan)
+        for first in range(0, frames, chunk):
+            stream.accept(x[:, :, first:first + chunk])
+        stream.finish()
+
+    best = {}
+    for _ in range(runs + 1):  # the first round warms up
+        for name, run in (("stream", streamed), ("offline", lambda: recognizer.model.run({plan.input.name: x}))):
+            start = clock()
+            run()
+            best[name] = min(best.get(name, np.inf), clock() - start)
+    chunks = -(-frames // chunk)
+    return {"graph_ratio": best["stream"] / best["offline"], "graph_nodes": len(plan.steps),
+            "graph_us_per_node_chunk": 1e6 * best["stream"] / chunks / len(plan.steps),
+            "graph_offline_us_per_chunk": 1e6 * best["offline"] / chunks}
 
 
 def accuracy(model_path: Path, strings: int) -> dict:
@@ -178,6 +216,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, default=40.0,
                         help="repeat the clip to this length: past the look-ahead, to see the steady state")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--graph", action="store_true", help="also the streamed graph alone vs offline")
+    parser.add_argument("--cpu-time", action="store_true", help="time with process CPU time, not wall time")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--accuracy", action="store_true", help="WER of streaming normalisers (digits model)")
     parser.add_argument("--model", type=Path, default=None, help="the digits model (default: the bundled one)")
@@ -194,7 +234,13 @@ def main(argv=None) -> int:
     from tinyasr.pipeline.recognizer import Recognizer
     from tinyasr.engine.threads import set_num_threads
 
+    from benchmarks.machine import cpu_model
+
     set_num_threads(1)
+    clock = time.process_time if args.cpu_time else time.perf_counter
+    if not args.json:
+        print(f"{cpu_model()}, 1 thread, {'CPU' if args.cpu_time else 'wall'} time, best of {args.runs} runs, "
+              f"{args.seconds:g} s clips, {time.strftime('%Y-%m-%d')}", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         models = {}
@@ -210,7 +256,10 @@ def main(argv=None) -> int:
             samples, rate = load_audio(clip, recognizer.sample_rate)
             samples = np.tile(samples, int(np.ceil(args.seconds * rate / len(samples))))[:int(args.seconds * rate)]
             for chunk_ms in args.chunks:
-                row = {"model": name, "clip": clip.name, **measure(recognizer, samples, rate, chunk_ms, args.runs)}
+                row = {"model": name, "clip": clip.name, **measure(recognizer, samples, rate, chunk_ms, args.runs, clock),
+                       "clock": "cpu" if args.cpu_time else "wall"}
+                if args.graph:
+                    row.update(graph_cost(recognizer, chunk_ms, args.runs, clock))
                 rows.append(row)
                 if not args.json:
                     print(f"{name:22s} {chunk_ms:4d} ms  chunk median {row['chunk_median_ms']:6.2f} "
@@ -220,6 +269,11 @@ def main(argv=None) -> int:
                           f"latency {row['algorithmic_latency_s']:.2f} s  "
                           f"delay median {_seconds(row['token_delay_median_s'])}  exact {row['exact']}",
                           flush=True)
+                    if "graph_ratio" in row:
+                        print(f"{'':22s}        graph alone vs offline x{row['graph_ratio']:.2f}, "
+                              f"{row['graph_us_per_node_chunk']:.1f} us per node per chunk ({row['graph_nodes']} "
+                              f"nodes; offline {row['graph_offline_us_per_chunk']:.0f} us per chunk's frames)",
+                              flush=True)
     if args.json:
         print(json.dumps(rows, indent=1))
     return 0

@@ -38,6 +38,8 @@ FRONTENDS = {
                                    preemph=None, pad_mode="reflect", normalize=None, pad_to=0),
     "digits_8k": FrontendConfig(sample_rate=8000, n_fft=256, win_length=200, hop_length=80, highfreq=4000.0,
                                 normalize=None, pad_to=0),
+    "digits_8k_padded": FrontendConfig(sample_rate=8000, n_fft=256, win_length=200, hop_length=80,
+                                       highfreq=4000.0, normalize=None, pad_to=0, pad_seconds=0.1),  # issue 16
 }
 
 
@@ -232,7 +234,7 @@ MIXES_FRAMES = ("GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceSum",
 # Inputs of the time-local ops that need something other than one or two float tensors.
 BOOLEAN_OPS = ("And", "Or", "Xor", "Not")
 BINARY_OPS = ("Add", "Sub", "Mul", "Div", "Pow", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Equal",
-              "And", "Or", "Xor", "Max", "Min")
+              "And", "Or", "Xor", "Max", "Min", "Mod")
 
 
 def test_every_registered_op_declares_how_it_streams():
@@ -269,7 +271,7 @@ def _one_node_model(op: str):
         names = ["cond"]
     elif arity == 1:
         names = ["x"]
-    attrs = {"to": 1} if op == "Cast" else {}
+    attrs = {"to": 1} if op == "Cast" else {"fmod": 1} if op == "Mod" else {}  # float Mod is C's fmod only
     nodes.append(Node("op", op, tuple(names), ("y",), attrs))
     channels = 3 * arity
     out_dtype = "bool" if op in BOOLEAN_OPS or op in BINARY_OPS[5:10] else "float32"
@@ -431,7 +433,7 @@ def test_online_stream_refuses_bad_input_clearly():
         stream.accept_waveform(np.array([0.0, np.nan], np.float32), 16000)
     graph, tensors, manifest = energy_ctc_parts()
     manifest = {**manifest, "decoder": {"type": "classification", "output": "logprobs", "labels": ["a", "b"]}}
-    with pytest.raises(InputError, match="needs a CTC model.*'classification'"):
+    with pytest.raises(InputError, match="needs a CTC or transducer model.*'classification'"):
         OnlineStream(Model(graph, tensors, manifest))
 
 
@@ -742,3 +744,40 @@ def test_a_stream_gets_the_offline_confidence_and_flag(tmp_path):
     assert online.text == offline.text and online.text
     assert online.out_of_vocabulary and offline.out_of_vocabulary
     assert online.confidence == pytest.approx(offline.confidence, abs=0.02)
+
+
+@needs_audio
+def test_beam_search_streams_as_offline(quartznet_like, tmp_path):
+    """With beam search, an LM and hotwords, the stream carries the search on chunk by chunk (its partial text is
+    the best prefix so far) and its final result is Recognizer.transcribe's beam search of the same audio."""
+    from tinyasr.decoding.lm import witten_bell, write_arpa
+    from tinyasr.decoding.specs import BeamSearch
+
+    write_arpa(witten_bell(["go forward ten meters", "go back", "turn left"], order=2), tmp_path / "lm.arpa")
+    decoding = BeamSearch(beam=4, lm=str(tmp_path / "lm.arpa"), alpha=0.3, hotwords=["go forward:3"])
+    # two clips: longer than the model's right receptive field (3.3 s), so partial results come before the end
+    samples = np.concatenate([load_audio(os.path.join(AUDIO, clip), 16000)[0] for clip in (
+        "pocketsphinx_goforward.wav", "librivox_sense_and_sensibility_01_austen_64kb-0930.wav")])
+    expected = quartznet_like.transcribe(samples, sample_rate=16000, decoding=decoding)
+    assert expected.text != quartznet_like.transcribe(samples, sample_rate=16000).text  # the search changed it
+    stream = OnlineStream(quartznet_like, decoding=decoding)
+    partials = []
+    for piece in _split(samples, range(0, len(samples), 1280)):  # 80 ms chunks, a partial after each
+        stream.accept_waveform(piece, 16000)
+        partials.append(stream.partial)
+    assert len(set(partials)) > 3 and partials[-1]
+    _same_result(stream.finalize(), expected)
+    # the Recognizer's own decoding is its streams' default; a second utterance starts a fresh search
+    stream = quartznet_like.with_decoding(decoding).stream()
+    _same_result(_transcribe_streaming(stream, samples, 16000, [16000]), expected)
+    _same_result(_transcribe_streaming(stream, samples, 16000, [8000, 30000]), expected)
+
+
+def test_stream_command_takes_the_decoding_options(capsys):
+    """``tinyasr stream --beam N --hotword ...`` streams with beam search: a strong hotword shows it is used."""
+    sample = str(Path(__file__).resolve().parents[1] / "tinyasr" / "models" / "sample_digits.wav")
+    texts = []
+    for options in ([], ["--beam", "4"], ["--beam", "4", "--hotword", "zero:15"]):
+        assert _stream_command(["--input", sample, *options]) == 0
+        texts.append(capsys.readouterr().out.split("]", 1)[1].split())
+    assert texts[0] == texts[1] and texts[2].count("zero") > texts[1].count("zero")

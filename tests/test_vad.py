@@ -87,19 +87,20 @@ def test_energy_vad_agrees_with_marblenet_on_real_speech():
 
 
 def test_segmenter_rules():
-    config = VADConfig(min_speech=0.1, min_silence=0.3, speech_pad=0.04, max_segment=2.0)
+    config = VADConfig(min_speech=0.1, min_silence=0.3, speech_pad=0.04, max_segment=2.0, cut_overlap=0.5)
     frames = np.zeros(600)
     frames[10:13] = 1.0  # 60 ms: shorter than min_speech, ignored
     frames[50:100] = 1.0  # speech with a 200 ms gap (bridged) ...
     frames[110:150] = 1.0  # ... then 300 ms of silence closes it
-    frames[200:400] = 1.0  # 4 s of speech: cut at max_segment
+    frames[200:400] = 1.0  # 4 s of speech: cut at max_segment, each piece from cut_overlap (25 frames) before
     segmenter = Segmenter(config)
     whole = segmenter.accept(frames) + segmenter.finish()
     pieces = Segmenter(config)
     streamed = [s for i in range(0, 600, 7) for s in pieces.accept(frames[i:i + 7])] + pieces.finish()
     assert whole == streamed
     f = FRAME_SECONDS
-    expected = [(50 * f - 0.04, 150 * f + 0.04), (200 * f - 0.04, 300 * f + 0.04), (300 * f - 0.04, 400 * f + 0.04)]
+    expected = [(50 * f - 0.04, 150 * f + 0.04), (200 * f - 0.04, 300 * f + 0.04), (275 * f - 0.04, 375 * f + 0.04),
+                (350 * f - 0.04, 400 * f + 0.04)]
     np.testing.assert_allclose(whole, expected, atol=1e-9)
 
 
@@ -265,6 +266,23 @@ def test_energy_vad_gives_the_same_frames_whatever_the_pieces():
     whole = _feed(EnergyVAD(16000), samples, samples.size)
     for piece in (160, 1234, 16000):
         np.testing.assert_array_equal(_feed(EnergyVAD(16000), samples, piece), whole)
+
+
+@needs_audio
+def test_energy_vad_probabilities_match_a_numpy_reference():
+    """The floor is np.nanpercentile over the window of levels ending at each frame (the prior's slots, then
+    NaN, before the start); the tone check is off (tone_share 2 is never reached) so the logistic is seen."""
+    samples, _ = load_audio(GOFORWARD, 16000)
+    detector = EnergyVAD(16000, tone_share=2.0)
+    frames = samples[:samples.size // detector.frame * detector.frame].astype(np.float64).reshape(-1, detector.frame)
+    levels = 10.0 * np.log10((frames ** 2).mean(axis=1) + 1e-10)
+    window = detector.floor_frames
+    prior = min(detector.prior_frames, window - 1)
+    padded = np.concatenate([np.full(window - 1 - prior, np.nan), np.full(prior, detector.prior_db), levels])
+    floor = np.nanpercentile(np.lib.stride_tricks.sliding_window_view(padded, window), detector.percentile, axis=1)
+    margin = levels - np.maximum(floor + detector.snr_db, detector.min_db)
+    expected = 1.0 / (1.0 + np.exp(-margin / 2.0))
+    np.testing.assert_allclose(_feed(detector, samples, 1600), expected, rtol=0, atol=1e-12)
 
 
 @needs_fsdd

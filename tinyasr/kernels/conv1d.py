@@ -393,7 +393,8 @@ class PreparedConv1d:
                             activation_params=activation_params)  # conv1d's, for other shapes
         self.act, self.lo, self.hi = activation_code(activation, activation_params)
         self.bias, _ = check_bias_residual(bias, None, (1, self.channels_out, 1))
-        self.depthwise_short = group == self.channels_in > 1 and stride == 1
+        self.depthwise = group == self.channels_in > 1
+        self.depthwise_short = self.depthwise and stride == 1
         self.pointwise = shape[2] == group == 1
         self.weight_2d = self.weight.reshape(self.channels_out, -1)
 
@@ -415,6 +416,16 @@ class PreparedConv1d:
             out = np.empty(shape, np.float32)
             _pointwise(kernel, x[:, :, :needed:self.stride], self.weight_2d, self.bias, z, out, self.act,
                        self.lo, self.hi)
+        elif self.depthwise:  # conv1d's kernel on the frames it reads, without conv1d's per-call checks
+            out = np.empty(shape, np.float32)
+            depthwise_rows(out.size * self.weight_2d.shape[1], np.ascontiguousarray(x[:, :, :needed]),
+                           self.weight_2d, self.bias, z, out, self.stride, self.dilation, 0, self.act, self.lo, self.hi)
+        elif self.pointwise and self.stride == 1:  # BLAS as conv1d's _conv_matmul calls it, then the epilogue
+            out = np.empty(shape, np.float32)
+            for b in range(shape[0]):
+                np.matmul(self.weight_2d, x[b, :, :frames], out=out[b])
+            if self.bias.size or residual is not None or self.act:
+                epilogue_rows(out.size, out, self.bias, z, self.act, self.lo, self.hi)
         else:
             out = conv1d(x[:, :, :needed], self.weight, self.bias if self.bias.size else None, residual,
                          **self.options)

@@ -9,7 +9,8 @@
 
 The pipeline is the offline one made stateful: StreamResampler -> StreamingFeatures
 (tinyasr/features/streaming.py) -> GraphStream (tinyasr/engine/streaming.py, every frame
-computed once) -> CTC greedy decoding of the frames so far.  A model whose
+computed once) -> CTC decoding of the frames so far: greedy, or prefix beam search (with an LM and hotwords)
+carried on frame by frame, the partial text its best prefix.  A model whose
 front end does not normalise over the utterance gives exactly the offline
 transcript; the algorithmic latency is ``OnlineStream.latency`` (the graph's
 right receptive field plus the STFT's half window).  Many streams may share one
@@ -23,16 +24,20 @@ import os
 import threading
 import weakref
 from dataclasses import dataclass, replace
-from typing import Optional, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from tinyasr.audio.io import as_float32_mono
 from tinyasr.audio.resample import StreamResampler
-from tinyasr.decoding.ctc import ctc_greedy
+from tinyasr.decoding.beam import BeamDecoder, token_piece
+from tinyasr.decoding.ctc import ctc_frames, ctc_greedy
+from tinyasr.decoding.ctc_partial import GreedyPartial
 from tinyasr.decoding.results import Result
 from tinyasr.decoding.scores import check_scores, to_log_probs
-from tinyasr.decoding.specs import CTCSpec, decoder_spec
+from tinyasr.decoding.specs import BeamSearch, CTCSpec, DecoderSpec, Greedy, TransducerSpec, decoder_spec
+from tinyasr.decoding.transducer import GreedySearch
+from tinyasr.decoding.transducer_decoder import search_result, transducer_of
 from tinyasr.engine.offline import Model, load_model
 from tinyasr.engine.streaming import GraphStream, StreamPlan
 from tinyasr.errors import InputError, ModelFileError
@@ -132,6 +137,19 @@ def _normalizer(mode, config: Optional[FrontendConfig], manifest: dict, label: s
     return RunningNormalizer(prior=fixed)
 
 
+def _beam_decoder(recognizer_or_model, decoding, spec: CTCSpec) -> Optional[BeamDecoder]:
+    """The BeamDecoder a stream searches with, or None for greedy: ``decoding``, else the Recognizer's; a
+    Recognizer's decoders are shared (its LM is read once for all its streams)."""
+    if decoding is None:
+        decoding = getattr(recognizer_or_model, "decoding", None)
+    if decoding is None or isinstance(decoding, Greedy):
+        return None
+    if not isinstance(decoding, BeamSearch):
+        raise InputError(f"decoding must be tinyasr.Greedy() or tinyasr.BeamSearch(...), got {type(decoding).__name__}")
+    shared = getattr(recognizer_or_model, "_beam_decoder", None)
+    return shared(decoding) if shared is not None else BeamDecoder(decoding, spec)
+
+
 # ---------------------------------------------------------------------------
 # The stream
 
@@ -147,18 +165,40 @@ class OnlineStream:
     Measured on the digits model (docs/streaming.md): fixed matches offline
     WER, running loses a few points.  Result times are seconds from the start
     of the utterance; ``utterance_start`` says where it began in the stream.
+
+    ``decoding``: Greedy() or BeamSearch(...) as for Recognizer.transcribe; default: the Recognizer's own
+    (greedy for a Model or a path).  With beam search the search goes on frame by frame as audio arrives,
+    the partial result is its best prefix so far, and the final result is what Recognizer.transcribe's
+    beam search gives on the same frames.  ``hotwords``: [(phrase, boost), ...] added to the beam search's
+    own for this stream only (a server session's; the LM is shared, not read again).
     """
 
     def __init__(self, recognizer_or_model, *, endpoint: EndpointConfig = EndpointConfig(),
-                 normalization: Union[str, object] = "auto"):
+                 normalization: Union[str, object] = "auto", decoding: Union[Greedy, BeamSearch, None] = None,
+                 hotwords: Sequence[Tuple[str, float]] = ()):
         self.model = _as_model(recognizer_or_model)
         label = self._label = self.model.label  # names the model in errors, at load and per chunk
-        self.decoder = decoder_spec(self.model.decoder, label)
-        if not isinstance(self.decoder, CTCSpec):
+        given = getattr(recognizer_or_model, "decoder", None)  # a Recognizer's (a hybrid's CTC head if it chose it)
+        self.decoder = given if isinstance(given, DecoderSpec) else decoder_spec(self.model.decoder, label)
+        self._transducer = None  # a transducer's prediction network and joint: greedy search carried across chunks
+        if isinstance(self.decoder, TransducerSpec):
+            encoder = self.decoder.output_of(self.model.outputs, label)
+            self._transducer = getattr(recognizer_or_model, "_transducer", None) or transducer_of(
+                self.decoder, self.model.decoder_tensors, encoder.shape[1] if len(encoder.shape) == 3 else None, label)
+            if isinstance(decoding or getattr(recognizer_or_model, "decoding", None), BeamSearch):
+                raise InputError(f"{label}: beam search over a streamed transducer is not available; use greedy")
+        elif not isinstance(self.decoder, CTCSpec):
             kind = self.decoder.type if self.decoder else None
-            raise InputError(f"{label}: streaming recognition needs a CTC model; this model's decoder is {kind!r}")
+            raise InputError(f"{label}: streaming recognition needs a CTC or transducer model; this model's decoder "
+                             f"is {kind!r}")
         self.decoder.output_of(self.model.outputs, label)
         self._decoder_on_log_probs = replace(self.decoder, logits="log_probs")  # _collect converts each chunk
+        self._beam = None if self._transducer else _beam_decoder(recognizer_or_model, decoding, self.decoder)
+        if hotwords:
+            if self._beam is None:
+                raise InputError("hotwords need beam search: give decoding=BeamSearch(...) (tinyasr serve --beam N)")
+            self._beam = self._beam.with_hotwords(hotwords)
+        self._pieces = None  # each class's text as the beam search reads it (known from the first frames)
         self.plan = stream_plan(self.model)
         self.endpoint = endpoint
         self.frontend = frontend_of(self.model, label)
@@ -168,9 +208,10 @@ class OnlineStream:
             self._features = StreamingFeatures(self.frontend, self.normalizer)
             input_seconds = self.frontend.hop_length / self.sample_rate
             lookahead = self.frontend.n_fft // 2
+            self._lead = self.frontend.pad_samples / self.sample_rate  # silence the front end puts before the audio
         else:
             self._features, self.normalizer = None, None
-            input_seconds, lookahead = 1.0 / self.sample_rate, 0
+            input_seconds, lookahead, self._lead = 1.0 / self.sample_rate, 0, 0.0
         field = self.plan.receptive_field
         self.frame_seconds = self.decoder.frame_seconds or input_seconds * field.stride
         self._input_seconds = input_seconds
@@ -217,6 +258,8 @@ class OnlineStream:
             self._collect(self._graph.finish())
 
     def _collect(self, outputs) -> None:
+        if self._transducer is not None:
+            return self._collect_encoder(outputs)
         scores = outputs.get(self.decoder.output)
         if scores is None:
             return
@@ -224,6 +267,8 @@ class OnlineStream:
         scores = np.moveaxis(scores, self._output_axis, -2)
         log_probs = to_log_probs(scores.reshape(-1, scores.shape[-1]), self.decoder.logits)
         self._log_probs.append(log_probs)
+        if self._greedy_partial is not None:
+            self._greedy_partial.extend(log_probs)
         best = log_probs.argmax(axis=1)
         speech = np.flatnonzero(best != self.decoder.blank)
         if speech.size:
@@ -232,20 +277,80 @@ class OnlineStream:
         self._frames += len(best)
         self._partial = None
 
+    def _collect_encoder(self, outputs) -> None:
+        """A transducer's encoder frames: the greedy search goes on over them (hypothesis, prediction-network
+        states and the next frame to try carried from chunk to chunk); its tokens mark the endpoint's speech."""
+        frames = outputs.get(self.decoder.output)
+        if frames is None:
+            return
+        check_scores(frames, "logits", self._label, self.decoder.output)
+        frames = np.moveaxis(frames, self._output_axis, 0)
+        frames = np.ascontiguousarray(frames.reshape(frames.shape[0], -1), np.float32)  # [t, D] (batch 1)
+        self._encoder_frames.append(frames)
+        emitted = len(self._greedy.hyp.tokens)
+        self._greedy.advance(frames)
+        if len(self._greedy.hyp.tokens) > emitted:
+            self._has_speech = True
+            self._last_speech_frame = self._greedy.hyp.frames[-1]
+        self._frames += frames.shape[0]
+        self._partial = None
+
+    def _transducer_decode(self, valid_frames: Optional[int], *, frame_seconds: float, duration: float,
+                           speech) -> Result:
+        if valid_frames is not None and valid_frames < self._greedy.frames_seen:  # finalize: padding frames it saw
+            self._greedy = GreedySearch(self._transducer, self.decoder.max_symbols)
+            self._greedy.advance(np.concatenate(self._encoder_frames)[:valid_frames])
+        return search_result(self._greedy, self.decoder, frame_seconds=frame_seconds, duration=duration,
+                             speech=speech)
+
     # -- results ---------------------------------------------------------------------
 
-    def _decode(self, valid_frames: Optional[int] = None) -> Result:
-        if not self._log_probs:
-            return Result("", (), (), self._utterance_samples / self.sample_rate)
-        return ctc_greedy(np.concatenate(self._log_probs), self._decoder_on_log_probs, frame_seconds=self.frame_seconds,
-                          valid_frames=valid_frames, duration=self._utterance_samples / self.sample_rate,
-                          speech=self._gate.speech(since=self.utterance_start))
+    def _decode(self, valid_frames: Optional[int] = None, final: bool = False) -> Result:
+        seconds = self._utterance_samples / self.sample_rate
+        if not self._log_probs and not self._encoder_frames:
+            return Result("", (), (), seconds)
+        lead = self._lead  # as Recognizer.transcribe: decoded with the front end's silence, reported without it
+        times = dict(frame_seconds=self.frame_seconds, valid_frames=valid_frames, duration=seconds + 2 * lead,
+                     speech=self._gate.speech(since=self.utterance_start).delayed(lead))
+        if self._transducer is not None:
+            result = self._transducer_decode(**times)
+        elif self._beam is None:
+            result = ctc_greedy(np.concatenate(self._log_probs), self._decoder_on_log_probs, **times)
+        else:
+            result = self._beam_decode(final, **times)
+        return result.shifted(-lead, seconds) if lead else result
+
+    def _beam_decode(self, final: bool, *, frame_seconds: float, valid_frames: Optional[int], duration: float,
+                     speech) -> Result:
+        """The search carried on over the frames that arrived since the last call: its best prefix, or with
+        ``final`` its best final hypothesis (BeamDecoder.decode's result on the same frames)."""
+        log_probs, texts, wordpiece, duration = ctc_frames(np.concatenate(self._log_probs), self._decoder_on_log_probs,
+                                                           frame_seconds, valid_frames, duration)
+        if self._pieces is None:
+            self._pieces = [token_piece(t, self.decoder.vocabulary_type, wordpiece) for t in texts]
+        if self._search is None or self._search.frames > len(log_probs):  # finalize cut padding frames it saw
+            self._search = self._beam.start(self.decoder.blank, self._pieces)
+        self._search.advance(log_probs[self._search.frames:])
+        if final:
+            ids = self._search.finish(log_probs)[0][1].tokens() if len(log_probs) else []
+        else:
+            ids = self._search.best().tokens()
+        return self._beam.result(ids, log_probs, texts, wordpiece, frame_seconds=frame_seconds, duration=duration,
+                                 speech=speech)
 
     @property
     def partial_result(self) -> Result:
-        """The current utterance decoded so far (times from the utterance start)."""
+        """The current utterance decoded so far (times from the utterance start).  Greedy decoding carries on
+        from the last partial (GreedyPartial: time linear in the audio); it equals ``_decode()``."""
         if self._partial is None:
-            self._partial = self._decode()
+            if self._greedy_partial is not None and self._log_probs:
+                since, lead = self.utterance_start, self._lead
+                held = self._gate.held_through(since)
+                self._partial = self._greedy_partial.result(
+                    self._utterance_samples / self.sample_rate, self._gate.speech(since=since).delayed(lead),
+                    self._gate.undecided_from(since) + lead, None if held is None else held + lead)
+            else:
+                self._partial = self._decode()
         return self._partial
 
     @property
@@ -261,7 +366,7 @@ class OnlineStream:
     @property
     def is_endpoint(self) -> bool:
         """True when an endpoint rule fires for the current utterance."""
-        length = self._frames * self.frame_seconds
+        length = self._frames * self.frame_seconds - self._lead
         return any(rule.fires(self._has_speech, self.trailing_silence, length) for rule in self.endpoint.rules)
 
     def finalize(self) -> Result:
@@ -269,7 +374,7 @@ class OnlineStream:
         if self._resampler is not None:
             self._feed(self._resampler.finish())
         if self._features is not None:
-            if valid_frame_count(self._utterance_samples, self.frontend) < 1:  # too short for one frame
+            if not self._utterance_samples or valid_frame_count(self._utterance_samples, self.frontend) < 1:
                 self._utterance_samples = 0
             else:
                 self._run_graph(self._features.finish()[np.newaxis], final=True)
@@ -278,7 +383,7 @@ class OnlineStream:
             self._run_graph(None, final=self._utterance_samples > 0)
             valid_inputs = self._utterance_samples
         stride = self.frame_seconds / self._input_seconds
-        result = self._decode(valid_frames=math.ceil(valid_inputs / stride - 1e-9))
+        result = self._decode(valid_frames=math.ceil(valid_inputs / stride - 1e-9), final=True)
         self.utterance_start = self.samples_seen / self.sample_rate
         self._gate.forget(self.utterance_start)
         self._new_utterance()
@@ -289,6 +394,11 @@ class OnlineStream:
         if self._features is not None:
             self._features.reset()
         self._log_probs = []
+        self._encoder_frames = []  # a transducer's, this utterance's
+        self._greedy = GreedySearch(self._transducer, self.decoder.max_symbols) if self._transducer else None
+        self._search = None  # the beam search over this utterance's frames (beam decoding only)
+        self._greedy_partial = (GreedyPartial(self._decoder_on_log_probs, self.frame_seconds, self._lead)
+                                if self._beam is None and self._transducer is None else None)
         self._frames = 0
         self._last_speech_frame = -1
         self._has_speech = False

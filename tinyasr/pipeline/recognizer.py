@@ -20,14 +20,17 @@ import soundfile
 
 from tinyasr.audio.io import as_float32_mono, load_audio
 from tinyasr.decoding.classification import classify_clip, classify_frames
+from tinyasr.decoding.confidence import Speech
 from tinyasr.decoding.beam import BeamDecoder
 from tinyasr.decoding.ctc import ctc_greedy
 from tinyasr.decoding.results import Classification, FrameClassification, Result
 from tinyasr.decoding.scores import check_scores, output_frame_seconds
-from tinyasr.decoding.specs import BeamSearch, DecoderSpec, Greedy, decoder_spec
+from tinyasr.decoding.specs import BeamSearch, DecoderSpec, Greedy, TransducerSpec, decoder_spec
+from tinyasr.decoding.transducer_beam import TransducerBeamDecoder
+from tinyasr.decoding.transducer_decoder import hypothesis_result, token_pieces, transducer_of, transducer_result
 from tinyasr.engine.offline import load_model
 from tinyasr.engine.threads import set_num_threads
-from tinyasr.errors import InputError
+from tinyasr.errors import InputError, ModelFileError
 from tinyasr.features.frontend import compute_features
 from tinyasr.model_cache import resolve_model_path
 from tinyasr.pipeline.long_form import join_utterances, transcribe_utterances
@@ -38,7 +41,9 @@ from tinyasr.pipeline.vad import Utterance, speech_in
 AudioInput = Union[str, os.PathLike, np.ndarray]
 Decoding = Union[Greedy, BeamSearch, None]  # None: the Recognizer's choice (greedy unless it was given one)
 # decoder type -> the Recognizer call that decodes it (every row of tinyasr.decoding.specs.DECODER_SPECS)
-DECODER_CALLS = {"ctc": "transcribe", "classification": "classify", "frame_classification": "classify_frames"}
+DECODER_CALLS = {"ctc": "transcribe", "classification": "classify", "frame_classification": "classify_frames",
+                 "transducer": "transcribe"}
+HEADS = ("transducer", "ctc")  # Recognizer(head=...) for a hybrid transducer + CTC model
 
 
 # ---------------------------------------------------------------------------
@@ -69,6 +74,7 @@ class _Forward:
     valid_input_frames: int  # of those, how many carry audio (the rest is padding)
     input_seconds: float  # seconds per input time step (feature hop, or 1 / sample rate)
     samples: Optional[np.ndarray] = None  # the audio at the model's rate (None: features were given)
+    lead_seconds: float = 0.0  # silence the front end put before the audio (its pad_seconds): input step 0 is there
 
 
 class Recognizer:
@@ -77,21 +83,39 @@ class Recognizer:
     ``model_path``: a path, a model name (bundled or in the cache, see
     :func:`resolve_model_path`) or None for the bundled digits model.
     ``num_threads``: Numba / BLAS threads (process-wide), None leaves them as they are.
+    ``head``: for a hybrid transducer + CTC model (NeMo's EncDecHybridRNNTCTC), "ctc" decodes its CTC head
+    instead of the transducer (the default, "transducer"); then everything CTC offers (beam search, LMs) applies.
     """
 
     def __init__(self, model_path: Union[str, os.PathLike, None] = None, *, num_threads: Optional[int] = None,
-                 decoding: Decoding = None):
+                 decoding: Decoding = None, head: Optional[str] = None):
         if num_threads is not None:
             set_num_threads(num_threads)
         self.decoding = _checked_decoding(decoding)  # None: greedy
         self._beam_decoders: Dict[BeamSearch, BeamDecoder] = {}  # LM read and hotword tree built once per options
         self.path = resolve_model_path(model_path)
         self.model = load_model(self.path)
-        self.decoder: Optional[DecoderSpec] = decoder_spec(self.model.decoder, self.path)
+        self.decoder: Optional[DecoderSpec] = _head(decoder_spec(self.model.decoder, self.path), head, self.path)
+        self._transducer = None
         if self.decoder is not None:
-            self.decoder.output_of(self.model.outputs, self.path)
+            encoder = self.decoder.output_of(self.model.outputs, self.path)
+            if isinstance(self.decoder, TransducerSpec):
+                if len(encoder.shape) != 3:
+                    raise ModelFileError(self.path, f"the transducer reads encoder output {encoder.name!r} of shape "
+                                                    f"{list(encoder.shape)}; expected [batch, features, frames]")
+                if self.decoder.lengths is not None and self.decoder.lengths not in {v.name for v in
+                                                                                     self.model.outputs}:
+                    raise ModelFileError(self.path, f"the transducer decoder entry: 'lengths' names output "
+                                                    f"{self.decoder.lengths!r}, which the graph does not have")
+                self._transducer = transducer_of(self.decoder, self.model.decoder_tensors, encoder.shape[1],
+                                                 self.path)
         self.frontend = frontend_of(self.model, self.path)
+        if self.frontend is not None and self.frontend.pad_samples and self.decoder is not None \
+                and self.decoder.type == "frame_classification":
+            raise ModelFileError(self.path, "frontend 'pad_seconds' is supported for ctc and classification "
+                                            "decoders, not frame_classification (its frame times would be shifted)")
         self._signal, self._length = self._split_inputs(self.model.inputs)
+        self._sample_mask = next((v for v in self.model.inputs if _is_sample_mask(v)), None)
         self.sample_rate = sample_rate_of(self.model, self.frontend, self.decoder, self._signal, self.path)
         if isinstance(self.decoding, BeamSearch):
             self._beam_decoder(self.decoding)  # a bad LM or a model that is not CTC fails here, not per file
@@ -114,32 +138,56 @@ class Recognizer:
         unless given).
         ``progress``: called with the seconds of audio done since its last call (per utterance of a long file).
 
-        A file longer than LONG_FILE_SECONDS is read block by block and cut into utterances by voice
+        A file (or array) longer than LONG_FILE_SECONDS is read block by block and cut into utterances by voice
         activity (tinyasr.pipeline.long_form.transcribe_utterances, energy detector), so its memory does not grow
-        with its length; the utterances' words are joined into one Result with times from the file's start.
+        with its length, nor with its square in a Conformer's attention; the utterances' words are joined into
+        one Result with times from the file's start.
         """
         duration = file_duration(audio_input)
-        if duration is not None and duration > LONG_FILE_SECONDS and self.decoder and self.decoder.type == "ctc":
-            utterances = transcribe_utterances(audio_input, self.with_decoding(decoding))
+        if isinstance(audio_input, np.ndarray) and isinstance(sample_rate, (int, np.integer)) and sample_rate > 0:
+            duration = len(audio_input) / sample_rate
+        if duration is not None and duration > LONG_FILE_SECONDS and self.decoder and self.decoder.type in (
+                "ctc", "transducer"):
+            utterances = transcribe_utterances(audio_input, self.with_decoding(decoding), sample_rate=sample_rate)
             return join_utterances(_reported(utterances, progress), duration)
+        if self._transducer is not None:
+            forward = self._forward(audio_input, sample_rate)
+            speech = speech_in(forward.samples, self.sample_rate).delayed(forward.lead_seconds)
+            result = self._decode_transducer(decoding, forward, forward.duration + 2 * forward.lead_seconds, speech)
+            if forward.lead_seconds:
+                result = result.shifted(-forward.lead_seconds, forward.duration)
+            if progress is not None:
+                progress(result.duration)
+            return result
         decoder, forward, scores = self._scores("ctc", "transcribe", audio_input, sample_rate)
         frame_seconds, valid = self._time_base(forward, scores.shape[-2])
+        lead = forward.lead_seconds  # decoded with the front end's silence at both ends, reported without it
         result = self._decode_ctc(decoding, scores, frame_seconds=frame_seconds, valid_frames=valid,
-                                  duration=forward.duration, speech=speech_in(forward.samples, self.sample_rate))
+                                  duration=forward.duration + 2 * lead,
+                                  speech=speech_in(forward.samples, self.sample_rate).delayed(lead))
+        if lead:
+            result = result.shifted(-lead, forward.duration)
         if progress is not None:
             progress(result.duration)
         return result
 
-    def transcribe_features(self, features: np.ndarray, length: Optional[int] = None) -> Result:
-        """CTC transcript of features computed elsewhere (e.g. NeMo's preprocessor): ``features`` [n_features, T]
-        as the encoder takes them, ``length`` the valid frames (default T).  Frames from ``length`` on are
-        padding: the model masks them as NeMo does (through its length input) and they are not decoded.
-        ``Result.tokens`` carry vocabulary ids; times count from the first frame."""
+    def transcribe_features(self, features: np.ndarray, length: Optional[int] = None, *,
+                            decoding: Decoding = None) -> Result:
+        """Greedy transcript (CTC or transducer) of features computed elsewhere (e.g. NeMo's preprocessor):
+        ``features`` [n_features, T] as the encoder takes them, ``length`` the valid frames (default T).  Frames
+        from ``length`` on are padding: the model masks them as NeMo does (through its length input) and they
+        are not decoded.  ``Result.tokens`` carry vocabulary ids; times count from the first frame.
+        ``decoding``: Greedy() (the default here, whatever the Recognizer's) or BeamSearch(...)."""
+        decoding = _checked_decoding(decoding) or Greedy()
+        if self._transducer is not None:
+            forward = self._forward_features(features, length)
+            return self._decode_transducer(decoding, forward, forward.duration)
         decoder = self._decoder_for("ctc", "transcribe_features")
         forward = self._forward_features(features, length)
         scores = self._output(forward, decoder)
         frame_seconds, valid = self._time_base(forward, scores.shape[-2])
-        return ctc_greedy(scores, decoder, frame_seconds=frame_seconds, valid_frames=valid, duration=forward.duration)
+        return self._decode_ctc(decoding, scores, frame_seconds=frame_seconds, valid_frames=valid,
+                                duration=forward.duration)
 
     def classify(self, audio_input: AudioInput, sample_rate: Optional[int] = None, top_k: int = 5) -> Classification:
         """The ``top_k`` most probable labels of a clip, for a classification model."""
@@ -164,7 +212,7 @@ class Recognizer:
     def _split_inputs(self, inputs: List) -> tuple:
         """The signal input (features or audio) and the optional length input ([batch] integers)."""
         lengths = [v for v in inputs if len(v.shape) == 1 and np.dtype(v.dtype).kind in "iu"]
-        signals = [v for v in inputs if v not in lengths]
+        signals = [v for v in inputs if v not in lengths and not _is_sample_mask(v)]
         if len(signals) != 1 or len(lengths) > 1:
             described = "; ".join(v.describe() for v in inputs)
             raise InputError(
@@ -179,6 +227,31 @@ class Recognizer:
             )
         return signal, (lengths[0] if lengths else None)
 
+    def _decode_transducer(self, decoding: Decoding, forward: _Forward, duration: float,
+                           speech: Optional[Speech] = None) -> Result:
+        """The transducer's search over the encoder output of one run: valid frames from the encoder's own
+        lengths output when the entry names one (an LSTM encoder's stacking rounds as NeMo does), else measured;
+        ``speech`` gates its tokens and gives its confidence as for CTC (hypothesis_result)."""
+        decoding = _checked_decoding(decoding) or self.decoding
+        encoder = forward.outputs[self.decoder.output]
+        check_scores(encoder, "logits", self.path, self.decoder.output)
+        if encoder.ndim != 3 or encoder.shape[0] != 1:
+            raise InputError(f"{self.path}: output {self.decoder.output!r} has shape {encoder.shape}; expected "
+                             "[1, features, frames]")
+        frame_seconds, valid = self._time_base(forward, encoder.shape[2])
+        if self.decoder.lengths is not None:
+            lengths = np.asarray(forward.outputs[self.decoder.lengths]).reshape(-1)
+            if lengths.size != 1 or lengths.dtype.kind not in "iu":
+                raise InputError(f"{self.path}: output {self.decoder.lengths!r} must hold one integer frame count, "
+                                 f"got {lengths.dtype} of shape {lengths.shape}")
+            valid = max(0, min(int(lengths[0]), encoder.shape[2]))
+        if isinstance(decoding, BeamSearch):  # modified beam search (tinyasr.decoding.transducer_beam)
+            hyp = self._beam_decoder(decoding).decode(encoder[0], valid)
+            return hypothesis_result(self._transducer, hyp, encoder[0], self.decoder, frame_seconds=frame_seconds,
+                                     duration=duration, speech=speech)
+        return transducer_result(self._transducer, self.decoder, encoder[0], valid, frame_seconds=frame_seconds,
+                                 duration=duration, speech=speech)
+
     def _decode_ctc(self, decoding: Decoding, scores: np.ndarray, **times) -> Result:
         """Greedy, or beam search with ``decoding`` (else the Recognizer's) by a BeamDecoder built once."""
         decoding = _checked_decoding(decoding) or self.decoding
@@ -188,6 +261,10 @@ class Recognizer:
 
     def _beam_decoder(self, decoding: BeamSearch) -> BeamDecoder:
         beam = self._beam_decoders.get(decoding)
+        if beam is None and self._transducer is not None:
+            beam = self._beam_decoders[decoding] = TransducerBeamDecoder(
+                self._transducer, decoding, token_pieces(self._transducer, self.decoder),
+                words_complete=self.decoder.vocabulary_type == "words")
         if beam is None:
             if not self.decoder or self.decoder.type != "ctc":
                 raise InputError(f"{self.path}: beam search needs a CTC model, but this model's decoder is "
@@ -245,9 +322,12 @@ class Recognizer:
             valid = steps = len(samples)
             step_seconds = 1.0 / self.sample_rate
         inputs = {self._signal.name: signal}
+        if self._sample_mask is not None:  # one utterance: every sample is valid
+            inputs[self._sample_mask.name] = np.ones(signal.shape, self._sample_mask.dtype)
         if self._length is not None:
             inputs[self._length.name] = np.array([valid], dtype=self._length.dtype)
-        return _Forward(self.model.run(inputs), duration, steps, valid, step_seconds, samples)
+        lead = self.frontend.pad_samples / self.sample_rate if self.frontend is not None else 0.0
+        return _Forward(self.model.run(inputs), duration, steps, valid, step_seconds, samples, lead)
 
     def _forward_features(self, features, length: Optional[int]) -> _Forward:
         """One run on given features [n_features, T] with ``length`` valid frames (InputError when they do not fit)."""
@@ -297,6 +377,11 @@ class Recognizer:
         return frame_seconds, valid
 
 
+def _is_sample_mask(value) -> bool:
+    """Hugging Face's ``attention_mask`` [batch, samples] of a raw-audio export (1: a valid sample)."""
+    return value.name == "attention_mask" and len(value.shape) == 2 and np.dtype(value.dtype).kind in "biu"
+
+
 def _reported(utterances: Iterator[Utterance], progress: Optional[Callable[[float], None]]):
     done = 0.0
     for utterance in utterances:
@@ -304,6 +389,20 @@ def _reported(utterances: Iterator[Utterance], progress: Optional[Callable[[floa
             progress(utterance.end - done)
             done = utterance.end
         yield utterance
+
+
+def _head(spec: Optional[DecoderSpec], head: Optional[str], path) -> Optional[DecoderSpec]:
+    """The decoder a Recognizer uses: the model's, or with head="ctc" a hybrid transducer's CTC head."""
+    if head is None or head == "transducer" and isinstance(spec, TransducerSpec):
+        return spec
+    if head not in HEADS:
+        raise InputError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
+    if head == "ctc" and isinstance(spec, TransducerSpec) and spec.ctc is not None:
+        return spec.ctc
+    kind = spec.type if spec is not None else "no decoder"
+    needed = "a hybrid transducer + CTC model" if head == "ctc" else "a transducer model"
+    raise InputError(f"{path}: head={head!r} needs {needed}, but this model's decoder is {kind!r}"
+                     + (" without a CTC head" if isinstance(spec, TransducerSpec) else ""))
 
 
 def _checked_decoding(decoding: Decoding) -> Decoding:

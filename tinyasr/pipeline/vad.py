@@ -29,6 +29,7 @@ from tinyasr.decoding.results import Result
 from tinyasr.decoding.specs import decoder_spec
 from tinyasr.engine.offline import Model, load_model
 from tinyasr.errors import InputError
+from tinyasr.kernels.energy import speech_probabilities
 from tinyasr.pipeline.model_input import audio_tensor, sample_rate_of
 
 FRAME_SECONDS = 0.02  # both detectors decide per 20 ms
@@ -38,13 +39,20 @@ MARBLENET_SAMPLE_RATE = 16000  # Frame-VAD MarbleNet's rate, for a converted fil
 @dataclass(frozen=True)
 class VADConfig:
     """Hysteresis: a segment opens after ``min_speech`` s of frames with probability >= ``threshold``, closes
-    after ``min_silence`` s below it, is widened by ``speech_pad`` s on both sides and cut at ``max_segment`` s."""
+    after ``min_silence`` s below it, is widened by ``speech_pad`` s on both sides and cut at ``max_segment`` s.
+
+    Speech that goes on past ``max_segment`` (no pause long enough to close it) goes on in a new segment that
+    starts ``cut_overlap`` s before the cut (at most half a segment), so a word at the cut is heard whole by one
+    of the two; a long file's transcript keeps each word of the overlap once
+    (tinyasr.pipeline.long_form.join_utterances).  The cap is what bounds a long file's memory for any model,
+    a Conformer's attention (length squared) included."""
 
     threshold: float = 0.5
     min_speech: float = 0.06  # 3 frames: a quiet, tightly cut "six" (FSDD 6_theo_0) is 4 frames of voice
     min_silence: float = 0.5
     speech_pad: float = 0.2
     max_segment: float = 20.0
+    cut_overlap: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -117,11 +125,9 @@ class EnergyVAD:
         missing = max(0, self.floor_frames - 1 - self._history.size)
         prior = min(self.prior_frames, missing)
         padded = np.concatenate([np.full(missing - prior, np.nan), np.full(prior, self.prior_db), history])
-        floor = _percentile_of_rows(np.lib.stride_tricks.sliding_window_view(padded, self.floor_frames),
-                                    self.percentile)
         self._history = history[-(self.floor_frames - 1):] if self.floor_frames > 1 else np.zeros(0)
-        margin = level - np.maximum(floor + self.snr_db, self.min_db)
-        probs = np.concatenate([self._held, 1.0 / (1.0 + np.exp(-margin / 2.0))])
+        probs = np.concatenate([self._held, speech_probabilities(padded, self.floor_frames, self.percentile,
+                                                                 self.snr_db, self.min_db)])
         tonal = np.concatenate([self._held_tonal, self._tonal(audio, level >= self.min_db)])
         ready = max(0, probs.size - (self.TONE_FRAMES - 1))
         self._held, self._held_tonal = probs[ready:], tonal[ready:]
@@ -129,8 +135,10 @@ class EnergyVAD:
 
     def _untoned(self, probs: np.ndarray, tonal: np.ndarray) -> np.ndarray:
         """``probs`` with 0 where a tonal span (``tonal[i]``: the span ending at frame i) covers the frame."""
+        if not tonal.any():
+            return probs
         spans = np.concatenate([tonal, np.zeros(self.TONE_FRAMES - 1, bool)])
-        covered = np.lib.stride_tricks.sliding_window_view(spans, self.TONE_FRAMES)[:probs.size].any(axis=1)
+        covered = np.convolve(spans, np.ones(self.TONE_FRAMES), "valid")[:probs.size] > 0
         return np.where(covered, 0.0, probs)
 
     def _tonal(self, audio: np.ndarray, loud: np.ndarray) -> np.ndarray:
@@ -139,9 +147,14 @@ class EnergyVAD:
         are covered by one of those, and skipping the rest saves most of the cost on speech with pauses."""
         joined = np.concatenate([self._tail, audio])
         self._tail = joined[audio.size:]
-        windows = np.lib.stride_tricks.sliding_window_view(joined, self._window.size)[::self.frame]
         rows = np.flatnonzero(loud)
-        tonal = np.zeros(len(windows), bool)
+        tonal = np.zeros(loud.size, bool)
+        if rows.size == 0:
+            return tonal
+        # span i: the TONE_FRAMES frames ending with new frame i (a read-only view, no copy)
+        windows = np.lib.stride_tricks.as_strided(joined, (loud.size, self._window.size),
+                                                  (self.frame * joined.strides[0], joined.strides[0]),
+                                                  writeable=False)
         for first in range(0, rows.size, self.TONE_BATCH):  # in batches: a long block's spectra stay small
             batch = rows[first:first + self.TONE_BATCH]
             spans = windows[batch]
@@ -157,18 +170,6 @@ class EnergyVAD:
         probs = self._untoned(self._held, self._held_tonal)
         self.reset()
         return probs
-
-
-def _percentile_of_rows(rows: np.ndarray, q: float) -> np.ndarray:
-    """np.percentile(rows, q, axis=1) (linear interpolation) over each row's non-NaN entries; np.nanpercentile
-    gives the same but is ~20x slower on many rows."""
-    ordered = np.sort(rows, axis=1)  # NaNs sort last
-    count = (~np.isnan(rows)).sum(axis=1)
-    position = q / 100.0 * (count - 1)
-    low = np.floor(position).astype(int)
-    high = np.minimum(low + 1, count - 1)
-    at = np.arange(len(rows))
-    return ordered[at, low] + (position - low) * (ordered[at, high] - ordered[at, low])
 
 
 class MarbleNetVAD:
@@ -329,6 +330,8 @@ class Segmenter:
         self.config = config
         self._open_after = max(1, round(config.min_speech / FRAME_SECONDS))
         self._close_after = max(1, round(config.min_silence / FRAME_SECONDS))
+        self._longest = max(1, int(config.max_segment / FRAME_SECONDS))
+        self._overlap = max(0, min(round(config.cut_overlap / FRAME_SECONDS), self._longest // 2))
         self.reset()
 
     @property
@@ -350,6 +353,14 @@ class Segmenter:
             return max(0.0, (self._frame - self._run) * FRAME_SECONDS - self.config.speech_pad)
         return None
 
+    @property
+    def open_until(self) -> Optional[float]:
+        """End (seconds, padded) the open segment reaches whatever comes: its last speech frame so far; None when
+        no segment is open, or no speech came since a max_segment cut (the cut's new segment may come to nothing)."""
+        if self._start is None or self._last_speech is None:
+            return None
+        return self._last_speech * FRAME_SECONDS + self.config.speech_pad
+
     def _close(self, end_frame: Optional[int]) -> List[Tuple[float, float]]:
         """The padded segment [start, end_frame), or none when no speech followed a max_segment cut."""
         pad = self.config.speech_pad
@@ -360,7 +371,6 @@ class Segmenter:
 
     def accept(self, probs: np.ndarray) -> List[Tuple[float, float]]:
         closed = []
-        longest = int(self.config.max_segment / FRAME_SECONDS)
         for p in probs:
             speech = p >= self.config.threshold
             if self._start is None:
@@ -374,9 +384,10 @@ class Segmenter:
                     self._run += 1
                 if self._run >= self._close_after:
                     closed += self._close(self._last_speech)
-                elif self._frame + 1 - self._start >= longest:
+                elif self._frame + 1 - self._start >= self._longest:
                     closed += self._close(self._frame + 1)
-                    self._start, self._last_speech = self._frame + 1, None  # speech may go on: a new segment
+                    # speech may go on: a new segment, from cut_overlap before the cut
+                    self._start, self._last_speech = self._frame + 1 - self._overlap, None
             self._frame += 1
         return closed
 
@@ -426,6 +437,21 @@ class SpeechGate:
         skip = max(0, int(round(since / FRAME_SECONDS)) - self._first)
         return Speech(self._frames[skip:], FRAME_SECONDS,
                       tuple((max(0.0, a - since), b - since) for a, b in segments if b > since))
+
+    def undecided_from(self, since: float = 0.0) -> float:
+        """Seconds from ``since`` before which no segment of speech(since) can start any more (closed segments
+        stay as they are; one still opening or open, and any to come, start from here on): whether a span that
+        ends before it meets a segment is known for good."""
+        start = self.segmenter.open_since
+        if start is None:
+            start = max(0.0, self.segmenter.frames_seen * FRAME_SECONDS - self.segmenter.config.speech_pad)
+        return max(0.0, start - since)
+
+    def held_through(self, since: float = 0.0) -> Optional[float]:
+        """Seconds from ``since`` up to which the open segment of speech(since) holds for good (None: none open):
+        a span that meets it from its start to here meets a segment whatever comes."""
+        end = self.segmenter.open_until
+        return None if end is None else end - since
 
     def forget(self, before: float) -> None:
         """Drop what lies before ``before`` s (a stream's finished utterances), keeping the detector's state."""

@@ -1,0 +1,217 @@
+"""Greedy CTC partial results of a stream, in time linear in the audio.
+
+A stream (tinyasr.pipeline.online) shows a partial result after every chunk.  Decoding all the frames so far
+again each time (ctc_greedy) costs time quadratic in the utterance's length.  ``GreedyPartial`` keeps what can
+no longer change and redoes only the rest:
+
+* the argmax per frame and the runs of equal labels: a run ends for good when another label follows;
+* a token's times, once its run has ended and its end lies before the audio's end (nothing clips it);
+* whether a token lies in the speech the gate heard, once it ends (with its reach) before the first time a
+  segment can still start (SpeechGate.undecided_from): closed segments never change; or once it meets the open
+  segment before its last speech so far (SpeechGate.held_through): the segment will end after that;
+* the words of those tokens but the last (a later token may extend it; tinyasr.decoding.ctc.words_and_open_start);
+* the coverage score: a speech frame covered by a token frame stays covered, and one further than
+  ``cover_seconds`` from every frame still to come stays uncovered.
+
+The result equals ``ctc_greedy(frames so far, speech=...).shifted(-lead, seconds)`` field for field, floats
+included (tests/test_streaming.py compares them after every chunk on real audio).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List, Optional
+
+import numpy as np
+
+from tinyasr.decoding.confidence import COVER_SECONDS, Speech, in_speech, is_out_of_vocabulary, speech_confidence
+from tinyasr.decoding.ctc import id_to_text, is_wordpiece, tokens_to_words, words_and_open_start
+from tinyasr.decoding.results import Result, Token, Word, shifted_item
+from tinyasr.decoding.scores import frame_span, to_log_probs
+from tinyasr.decoding.specs import CTCSpec
+
+SETTLE_MARGIN = 1e-6  # seconds kept from a boundary before a decision counts as final (float rounding)
+
+
+class _Growing:
+    """An array that frames are appended to, its storage doubled when full (amortised O(1) per frame)."""
+
+    def __init__(self, dtype, columns: Optional[int] = None):
+        self._data = np.empty((16,) if columns is None else (16, columns), dtype)
+        self.size = 0
+
+    def extend(self, rows: np.ndarray) -> None:
+        end = self.size + len(rows)
+        if end > len(self._data):
+            grown = np.empty((max(end, 2 * len(self._data)),) + self._data.shape[1:], self._data.dtype)
+            grown[:self.size] = self._data[:self.size]
+            self._data = grown
+        self._data[self.size:end] = rows
+        self.size = end
+
+    @property
+    def array(self) -> np.ndarray:
+        return self._data[:self.size]
+
+
+class GreedyPartial:
+    """One utterance's greedy decoding, carried on chunk by chunk.
+
+    ``spec``: the CTC decoder (its ``logits`` as the frames given to ``extend`` are: OnlineStream gives
+    log-probs); ``frame_seconds``: per output frame; ``lead``: seconds of silence the front end put before the
+    audio (the result is reported without it, as Recognizer.transcribe reports it).
+    """
+
+    def __init__(self, spec: CTCSpec, frame_seconds: float, lead: float = 0.0):
+        self.spec, self.frame_seconds, self.lead = spec, frame_seconds, lead
+        self.reach = spec.cover_seconds or COVER_SECONDS
+        self._texts: Optional[List[str]] = None
+        self._wordpiece = False
+        self._best = _Growing(np.int64)
+        self._scores = _Growing(np.float64)  # each frame's best log-prob
+        self._log_probs: Optional[_Growing] = None  # all of them, for the "certainty" score only
+        self._run_first = 0  # first frame of the last run (still open)
+        self._runs: List[tuple] = []  # (id, first, stop) of the ended runs of a token, in order
+        self._stable: List[Token] = []  # tokens of the first runs, final (ended, not clipped by the duration)
+        self._decided = 0  # tokens whose place in or out of speech is final
+        self._kept: List[Token] = []  # those of them in speech
+        self._words: List[Word] = []  # the words of _kept before its last word
+        self._texts_of_words: List[str] = []  # their texts
+        self._open = 0  # index in _kept of the last word's first token
+        self._placed_tokens: List[Token] = []  # _kept shifted by -lead, while nothing clips them
+        self._placed_words: List[Word] = []  # _words likewise
+        # coverage score: token frame centres; speech frame centres not settled; settled covered / all speech
+        self._token_centres = _Growing(np.float64)
+        self._pending = np.zeros(0)
+        self._covered = 0
+        self._settled_uncovered = 0
+        self._flags_seen = 0  # speech frames (Speech.frames) looked at
+
+    @property
+    def frames(self) -> int:
+        return self._best.size
+
+    def extend(self, scores: np.ndarray) -> None:
+        """New frames [frames, classes] in ``spec.logits`` units."""
+        log_probs = to_log_probs(scores, self.spec.logits)
+        if self._texts is None:
+            self._texts = id_to_text(self.spec.vocabulary, self.spec.blank, log_probs.shape[1], self.spec.output)
+            self._wordpiece = is_wordpiece(self._texts)
+            if self.spec.oov_score == "certainty":
+                self._log_probs = _Growing(np.float64, log_probs.shape[1])
+        if not len(log_probs):
+            return
+        if self._log_probs is not None:
+            self._log_probs.extend(log_probs)
+        best = log_probs.argmax(axis=1)
+        first = self._best.size
+        self._best.extend(best)
+        self._scores.extend(log_probs[np.arange(len(best)), best])
+        tokens = np.flatnonzero(best != self.spec.blank)
+        self._token_centres.extend((tokens + first + 0.5) * self.frame_seconds)
+        labels = self._best.array[self._run_first:]
+        for start in (np.flatnonzero(labels[1:] != labels[:-1]) + 1 + self._run_first).tolist():
+            self._end_run(start)
+
+    def _end_run(self, stop: int) -> None:
+        label = int(self._best.array[self._run_first])
+        if label != self.spec.blank:
+            self._runs.append((label, self._run_first, stop))
+        self._run_first = stop
+
+    def _token(self, label: int, first: int, stop: int, duration: float) -> Token:
+        start, end = frame_span(first, stop, self.frame_seconds, duration)
+        confidence = float(np.exp(self._scores.array[first:stop].mean()))
+        return Token(text=self._texts[label], id=label, start=start, end=end, confidence=confidence)
+
+    def result(self, seconds: float, speech: Speech, undecided_from: float,
+               held_through: Optional[float] = None) -> Result:
+        """The utterance so far: ``seconds`` of audio (the lead not counted), ``speech`` what the gate heard (times
+        with the lead), ``undecided_from`` where its segments may still change and ``held_through`` where its open
+        segment holds for good (SpeechGate.undecided_from / held_through, plus the lead)."""
+        lead, reach = self.lead, self.reach
+        duration = seconds + 2 * lead
+        frames = self.frames
+        # tokens: the final ones, then the others computed again
+        while len(self._stable) < len(self._runs) and self._runs[len(self._stable)][2] * self.frame_seconds <= duration:
+            self._stable.append(self._token(*self._runs[len(self._stable)], duration))
+        tail = [self._token(*run, duration) for run in self._runs[len(self._stable):]]
+        label = int(self._best.array[self._run_first]) if frames else self.spec.blank
+        if label != self.spec.blank:
+            tail.append(self._token(label, self._run_first, frames, duration))
+        # in speech or not: final for stable tokens that end (with their reach) before the undecided part
+        kept_before = len(self._kept)
+        limit = undecided_from - SETTLE_MARGIN
+        while self._decided < len(self._stable):
+            token = self._stable[self._decided]
+            if token.end + reach < limit:
+                self._kept += in_speech((token,), speech, reach)
+            elif held_through is not None and token.start - reach <= held_through - SETTLE_MARGIN:
+                self._kept.append(token)  # it meets the open segment (from undecided_from) before its end
+            else:
+                break
+            self._decided += 1
+        undecided = self._stable[self._decided:] + tail
+        kept_tail = in_speech(undecided, speech, reach)
+        # words: those before the last final token's word are final
+        vocabulary_type = self.spec.vocabulary_type
+        if len(self._kept) > kept_before:
+            words, start = words_and_open_start(self._kept[self._open:], vocabulary_type, self._wordpiece)
+            if start < len(self._kept) - self._open:
+                words = words[:-1]
+            self._words.extend(words)
+            self._texts_of_words.extend(w.text for w in words)
+            self._open += start
+        words = self._words + list(tokens_to_words(self._kept[self._open:] + kept_tail, vocabulary_type,
+                                                   self._wordpiece))
+        tokens = self._kept + kept_tail
+        score = self._score(speech)
+        oov = is_out_of_vocabulary(score, speech, self.spec.oov_threshold, self.spec.oov_min_speech)
+        text = " ".join(self._texts_of_words + [w.text for w in words[len(self._words):]])
+        if lead:
+            tokens = self._placed(self._placed_tokens, tokens, len(self._kept), seconds)
+            words = self._placed(self._placed_words, words, len(self._words), seconds)
+        return Result(text=text, tokens=tuple(tokens), words=tuple(words),
+                      duration=float(seconds if lead else duration), confidence=score, out_of_vocabulary=oov)
+
+    def _placed(self, placed: list, items: list, final: int, seconds: float) -> list:
+        """``items`` shifted by -lead into 0 .. seconds (Result.shifted); ``placed`` keeps those of the first
+        ``final`` (which never change) that no clip touches: a longer ``seconds`` never clips them either."""
+        while len(placed) < final:
+            item = shifted_item(items[len(placed)], -self.lead, math.inf)
+            if item.end > seconds:
+                break
+            placed.append(item)
+        return placed + [shifted_item(item, -self.lead, seconds) for item in items[len(placed):]]
+
+    def _score(self, speech: Speech) -> float:
+        """speech_confidence over the frames so far; coverage from the speech frames not yet settled."""
+        if self._log_probs is not None:
+            return speech_confidence(self._log_probs.array, self.spec.blank, self.frame_seconds, speech,
+                                     self.spec.oov_score, self.reach)
+        flags = speech.frames[self._flags_seen:]
+        new = (np.flatnonzero(flags) + self._flags_seen + 0.5) * speech.frame_seconds
+        self._flags_seen += flags.size
+        self._pending = np.concatenate([self._pending, new]) if new.size else self._pending
+        total = self._covered + self._pending.size  # never-covered frames leave _pending but count here
+        total += self._settled_uncovered
+        if total == 0 or self.frames == 0:
+            return 1.0
+        tokens = self._token_centres.array
+        if tokens.size == 0:
+            covered = np.zeros(self._pending.size, bool)
+        else:
+            at = np.searchsorted(tokens, self._pending)
+            nearest = np.minimum(np.abs(self._pending - tokens[np.maximum(at - 1, 0)]),
+                                 np.abs(tokens[np.minimum(at, tokens.size - 1)] - self._pending))
+            covered = nearest <= self.reach + 1e-9
+        # a frame this far before the next frame's centre is never covered by a frame still to come
+        hopeless = self._pending < (self.frames + 0.5) * self.frame_seconds - self.reach - SETTLE_MARGIN
+        settled = covered | hopeless
+        count = int(np.count_nonzero(covered))
+        self._covered += count
+        self._settled_uncovered += int(np.count_nonzero(settled)) - count
+        self._pending = self._pending[~settled]
+        if tokens.size == 0:
+            return 0.0
+        return float(self._covered / total)
