@@ -9,7 +9,7 @@ from typing import Dict, List, Tuple
 
 import onnx  # noqa: F401  -- importing this module fails with ModuleNotFoundError('onnx') without the convert extra
 from tinyasr_convert.conversion import DECODER_TYPES, convert_model
-from tinyasr_convert.huggingface import convert_huggingface, is_huggingface_config
+from tinyasr_convert.huggingface import convert_huggingface, is_huggingface_config, read_json_object
 from tinyasr_convert.sparse_choice import SPARSE_MODES
 
 from tinyasr.errors import ConversionError
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         labels=labels,
         blank=args.blank,
         decoder=decoder if decoder is not None else from_config.get("decoder"),
-        frontend=_read_json_object(args.frontend_json) if args.frontend_json else from_config.get("frontend"),
+        frontend=read_json_object(args.frontend_json) if args.frontend_json else from_config.get("frontend"),
         float16=args.float16,
         sparse=args.sparse,
         compact=args.compact,
@@ -179,11 +179,3 @@ def read_labels(path) -> List[str]:
     return [line.rstrip("\r") for line in labels]
 
 
-def _read_json_object(path) -> dict:
-    try:
-        value = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConversionError(f"{path}: cannot read the front-end JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise ConversionError(f"{path}: the front-end JSON must be an object")
-    return value

@@ -34,7 +34,7 @@ def is_huggingface_config(path) -> bool:
     if config.suffix.lower() != ".json" or not config.is_file():
         return False
     try:
-        return "model_type" in _json_object(config)
+        return "model_type" in read_json_object(config)
     except ConversionError:
         return False
 
@@ -42,9 +42,10 @@ def is_huggingface_config(path) -> bool:
 def settings_from_config(path) -> Dict[str, Any]:
     """``{"decoder", "sample_rate", "normalize"}`` for the model whose folder (or config.json) is ``path``."""
     folder = Path(path) if Path(path).is_dir() else Path(path).parent
-    config = _json_object(folder / "config.json")
-    tokenizer = _json_object(folder / "tokenizer_config.json") if (folder / "tokenizer_config.json").is_file() else {}
-    preprocessor = (_json_object(folder / "preprocessor_config.json")
+    config = read_json_object(folder / "config.json")
+    tokenizer = (read_json_object(folder / "tokenizer_config.json")
+                 if (folder / "tokenizer_config.json").is_file() else {})
+    preprocessor = (read_json_object(folder / "preprocessor_config.json")
                     if (folder / "preprocessor_config.json").is_file() else {})
     vocabulary = _vocabulary(folder / "vocab.json", tokenizer.get("word_delimiter_token", "|"))
     blank = config.get("pad_token_id")
@@ -124,7 +125,7 @@ def with_input_normalization(model: onnx.ModelProto, source: str) -> onnx.ModelP
 def _vocabulary(path: Path, delimiter: Optional[str]):
     """Token texts in id order; the word delimiter becomes a space (tinyasr's "chars" vocabularies end a word
     at whitespace)."""
-    tokens = _json_object(path)
+    tokens = read_json_object(path)
     integers = all(isinstance(i, int) and not isinstance(i, bool) for i in tokens.values())
     if not tokens or not integers or sorted(tokens.values()) != list(range(len(tokens))):
         raise ConversionError(f"{path}: the vocabulary must map each token to a distinct id 0..{len(tokens) - 1}")
@@ -132,7 +133,9 @@ def _vocabulary(path: Path, delimiter: Optional[str]):
     return [" " if by_id[i] == delimiter else by_id[i] for i in range(len(tokens))]
 
 
-def _json_object(path: Path) -> Dict[str, Any]:
+def read_json_object(path) -> Dict[str, Any]:
+    """A JSON file that must hold an object (a model folder's configs, a --frontend-json); ConversionError
+    naming the file otherwise."""
     try:
         value = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -334,6 +334,15 @@ def kernel_matrix(weight):
     return None
 
 
+def _output(out, shape, where: str) -> np.ndarray:
+    """``out`` if it can take the result (C-contiguous float32 of ``shape``), a new array if it is None."""
+    if out is None:
+        return np.empty(shape, np.float32)
+    if not (isinstance(out, np.ndarray) and out.dtype == np.float32 and out.flags.c_contiguous and out.shape == shape):
+        raise GraphError(f"{where}: out must be a C-contiguous float32 array of shape {shape}")
+    return out
+
+
 def spmm(weight, x, bias=None, residual=None, activation="", activation_params=(), out=None) -> np.ndarray:
     """y = act(W @ x[b] + bias + residual) for a CSRMatrix / BSRMatrix W [Cout, Cin] and x [B, Cin, T].
 
@@ -351,10 +360,7 @@ def spmm(weight, x, bias=None, residual=None, activation="", activation_params=(
     shape = (x.shape[0], rows, x.shape[2])
     act, lo, hi = activation_code(activation, activation_params, "spmm")
     bias, residual = check_bias_residual(bias, residual, shape, "spmm")
-    if out is None:
-        out = np.empty(shape, np.float32)
-    elif not (isinstance(out, np.ndarray) and out.dtype == np.float32 and out.flags.c_contiguous and out.shape == shape):
-        raise GraphError(f"spmm: out must be a C-contiguous float32 array of shape {shape}")
+    out = _output(out, shape, "spmm")
     if out.size == 0:
         return out
     work = weight.values.size * shape[0] * shape[2] // threads.SPARSE_MACS_PER_WORK  # threads.py: parallel or not
@@ -423,10 +429,7 @@ def matmul_time_major(x, weight, bias=None, out=None) -> np.ndarray:
                          f"got shape {x.shape}")
     shape = x.shape[:-1] + (outputs,)
     bias, _ = check_bias_residual(bias, None, (1, outputs), "matmul_time_major")
-    if out is None:
-        out = np.empty(shape, np.float32)
-    elif not (isinstance(out, np.ndarray) and out.dtype == np.float32 and out.flags.c_contiguous and out.shape == shape):
-        raise GraphError(f"matmul_time_major: out must be a C-contiguous float32 array of shape {shape}")
+    out = _output(out, shape, "matmul_time_major")
     if out.size == 0:
         return out
     rows = x.reshape(-1, inputs)
