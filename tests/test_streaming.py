@@ -777,7 +777,7 @@ def test_stream_command_takes_the_decoding_options(capsys):
     """``tinyasr stream --beam N --hotword ...`` streams with beam search: a strong hotword shows it is used."""
     sample = str(Path(__file__).resolve().parents[1] / "tinyasr" / "models" / "sample_digits.wav")
     texts = []
-    for options in ([], ["--beam", "4"], ["--beam", "4", "--hotword", "zero:15"]):
+    for options in ([], ["--beam", "4"], ["--beam", "4", "--hotword", "four:15"]):
         assert _stream_command(["--input", sample, *options]) == 0
         texts.append(capsys.readouterr().out.split("]", 1)[1].split())
-    assert texts[0] == texts[1] and texts[2].count("zero") > texts[1].count("zero")
+    assert texts[0] == texts[1] and texts[2].count("four") > texts[1].count("four")
