@@ -118,44 +118,28 @@ def _fix_input_shapes(model, input_shapes: Dict[str, Sequence[int]], source_name
 
 
 def _static_shapes(model) -> Dict[str, tuple]:
-    """Every value's shape that onnx shape inference (in a forked child) fixes completely."""
-    import onnx
+    """Every value's shape that onnx shape inference (the importer's, in a forked child) fixes completely."""
+    from tinyasr_convert.onnx_import import _infer_shapes
 
-    from tinyasr_convert.onnx_import import _inferred
-    from tinyasr_convert.onnx_safety import in_child
-
-    try:
-        inferred = onnx.ModelProto.FromString(in_child(_inferred, _folded(model).SerializeToString(),
-                                                       "shape inference"))
-    except ConversionError:  # inference failed: nothing is known, the Ifs stay and are refused by name
-        return {}
-    shapes = {}
-    for v in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
-        dims = v.type.tensor_type.shape.dim
-        if v.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in dims):
-            shapes[v.name] = tuple(d.dim_value for d in dims)
-    return shapes
+    shapes, _ = _infer_shapes(_folded(model))
+    return {name: dims for name, dims in shapes.items() if all(isinstance(d, int) for d in dims)}
 
 
 def _folded(model):
     """A copy of ``model`` whose nodes that read stored values only are replaced by their values, for shape
     inference alone: Silero computes its STFT padding from constants, and inference cannot see through that."""
     import onnx
-    from onnx import helper, numpy_helper
-    from onnx.reference import ReferenceEvaluator
+    from onnx import numpy_helper
 
     model = onnx.ModelProto.FromString(model.SerializeToString())
     constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     kept = []
     for node in model.graph.node:
-        inputs = [x for x in node.input if x]
-        if node.op_type in ("If", "Loop", "Scan") or not all(x in constants for x in inputs):
+        if node.op_type in ("If", "Loop", "Scan") or not all(x in constants for x in node.input if x):
             kept.append(node)
             continue
-        graph = helper.make_graph([node], "fold", [], [helper.make_tensor_value_info(o, 0, None) for o in node.output],
-                                  [numpy_helper.from_array(np.asarray(constants[x]), x) for x in set(inputs)])
         try:
-            values = ReferenceEvaluator(helper.make_model(graph, opset_imports=model.opset_import)).run(None, {})
+            values = _reference_run([node], list(node.output), constants, model)
         except Exception:  # the reference evaluator raises many kinds: leave the node to inference
             kept.append(node)
             continue
@@ -210,9 +194,6 @@ def _inlined(nodes: List, constants: Dict[str, np.ndarray], shapes: Dict[str, tu
 
 def _evaluate(name: str, nodes: List, constants: Dict[str, np.ndarray], model) -> Optional[bool]:
     """The value of ``name`` if it depends on constants only (computed on its ancestors), else None."""
-    from onnx import helper, numpy_helper
-    from onnx.reference import ReferenceEvaluator
-
     if name in constants:
         return bool(np.asarray(constants[name]).reshape(-1)[0])
     producers = {out: i for i, node in enumerate(nodes) for out in node.output}
@@ -226,13 +207,21 @@ def _evaluate(name: str, nodes: List, constants: Dict[str, np.ndarray], model) -
         if producers[value] not in needed:
             needed.add(producers[value])
             stack.extend(nodes[producers[value]].input)
-    ordered = [nodes[i] for i in sorted(needed)]
-    inputs = {x for n in ordered for x in n.input if x and x in constants}
-    graph = helper.make_graph(ordered, "condition", [], [helper.make_tensor_value_info(name, 0, None)],
-                              [numpy_helper.from_array(np.asarray(constants[x]), x) for x in sorted(inputs)])
     try:
-        (value,) = ReferenceEvaluator(helper.make_model(graph, opset_imports=model.opset_import)).run(None, {})
+        (value,) = _reference_run([nodes[i] for i in sorted(needed)], [name], constants, model)
     except Exception as exc:  # the reference evaluator raises many kinds
         raise ConversionError(f"cannot evaluate the condition {name!r} of an If at conversion: {exc}") from None
     constants[name] = value
     return bool(np.asarray(value).reshape(-1)[0])
+
+
+def _reference_run(nodes: List, outputs: List[str], constants: Dict[str, np.ndarray], model) -> List:
+    """``outputs`` of ``nodes`` (in order) computed by onnx's reference evaluator from the stored ``constants``
+    they read; raises whatever the evaluator raises."""
+    from onnx import helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    inputs = {x for node in nodes for x in node.input if x and x in constants}
+    graph = helper.make_graph(nodes, "constants", [], [helper.make_tensor_value_info(o, 0, None) for o in outputs],
+                              [numpy_helper.from_array(np.asarray(constants[x]), x) for x in sorted(inputs)])
+    return ReferenceEvaluator(helper.make_model(graph, opset_imports=model.opset_import)).run(None, {})

@@ -20,6 +20,7 @@ from _paths import SHARED_DIR
 pytest.importorskip("onnx")
 from tinyasr_convert.nemo import convert_nemo  # noqa: E402
 from test_transducer_file import _streamable_transducer  # noqa: E402
+from test_vad import _non_speech  # noqa: E402  (issue 16's silence, noise and tone, at 16 kHz)
 
 NEMO = SHARED_DIR / "models" / "nemo-random"
 pytestmark = pytest.mark.skipif(not NEMO.exists(), reason=f"shared NeMo models not available ({NEMO})")
@@ -39,16 +40,6 @@ def recognizer(tmp_path_factory):
             loaded[name] = Recognizer(folder / f"{name}.tasr")
         return loaded[name]
     return get
-
-
-def _non_speech(kind: str, seconds: float) -> np.ndarray:
-    """Issue 16's three: digital silence, white noise at -60 dBFS RMS, a 440 Hz tone at -6 dBFS."""
-    n = int(seconds * RATE)
-    if kind == "silence":
-        return np.zeros(n, np.float32)
-    if kind == "noise":
-        return (1e-3 * np.random.default_rng(n).standard_normal(n)).astype(np.float32)
-    return (0.5 * np.sin(2 * np.pi * 440.0 * np.arange(n) / RATE)).astype(np.float32)
 
 
 def _ungated(recognizer, samples):
