@@ -16,6 +16,7 @@ from test_streaming import energy_ctc_parts
 from tinyasr import transcribe_long
 from tinyasr.audio.io import load_audio
 from tinyasr.format.container import write_model
+from tinyasr.kernels.energy import tonal_spans, windowed_spans
 from tinyasr.pipeline.recognizer import Recognizer
 from tinyasr.pipeline.vad import FRAME_SECONDS, EnergyVAD, MarbleNetVAD, Segmenter, VADConfig
 from _paths import SHARED_DIR  # noqa: E402
@@ -258,6 +259,41 @@ def test_a_steady_tone_is_not_speech_even_after_silence(rate):
         tone = (0.5 * np.sin(2 * np.pi * hz * t)).astype(np.float32)
         assert _segments(tone, rate) == [], hz
         assert _segments(np.concatenate([np.zeros(rate, np.float32), tone]), rate) == [], hz
+
+
+def test_windowed_spans_match_numpy():
+    """windowed_spans against numpy's sliding windows: the span ending with each chosen frame, less its mean,
+    times the window."""
+    rng = np.random.default_rng(4)
+    frame, window = 320, np.hanning(1600)
+    audio = rng.standard_normal(1280 + 20 * frame) + 3.0  # 4 frames of history, then 20 frames
+    ends = np.array([0, 3, 4, 19], np.int64)
+    spans = np.lib.stride_tricks.sliding_window_view(audio, 1600)[::frame][ends]
+    want = (spans - spans.mean(axis=1, keepdims=True)) * window
+    np.testing.assert_allclose(windowed_spans(audio, ends, frame, window), want, rtol=0, atol=1e-12)
+
+
+def test_tone_share_kernel_matches_cumulative_sums():
+    """tonal_spans's running band sum against the band sums taken as differences of cumulative power sums, on
+    spectra of noise, of tones (several at once, at the edges of the spectrum) and of bands just below and above
+    the share; widths shorter than the band too."""
+    rng = np.random.default_rng(3)
+    t = np.arange(1600) / 16000.0
+    rows = [rng.standard_normal(1600), np.sin(2 * np.pi * 440 * t), np.sin(2 * np.pi * 7990 * t),
+            np.sin(2 * np.pi * 3 * t), np.sin(2 * np.pi * 440 * t) + 0.2 * np.sin(2 * np.pi * 450 * t),
+            np.sin(2 * np.pi * 440 * t) + 0.05 * rng.standard_normal(1600), np.zeros(1600)]
+    spectra = np.fft.rfft(np.array(rows) * np.hanning(1600), axis=1)
+    power = np.abs(spectra) ** 2
+    for bins in (1, 5, 12):
+        total = np.concatenate([np.zeros((len(power), 1)), np.cumsum(power, axis=1)], axis=1)
+        share = (total[:, bins:] - total[:, :-bins]).max(axis=1) / np.maximum(total[:, -1], 1e-300)
+        for threshold in (0.5, 0.99, 0.995, 0.9999, *share[1:5]):
+            want = (total[:, bins:] - total[:, :-bins]).max(axis=1) >= threshold * total[:, -1] + 1e-20
+            got = tonal_spans(spectra, bins, threshold)
+            close = np.abs(share - threshold) < 1e-12  # a threshold set at a row's own share: rounding decides
+            np.testing.assert_array_equal(got[~close], want[~close])
+    narrow = spectra[:, :3]
+    np.testing.assert_array_equal(tonal_spans(narrow, 5, 0.999), np.ones(len(rows), bool) & (np.abs(narrow).sum(1) > 0))
 
 
 @needs_audio

@@ -29,7 +29,7 @@ from tinyasr.decoding.results import Result
 from tinyasr.decoding.specs import decoder_spec
 from tinyasr.engine.offline import Model, load_model
 from tinyasr.errors import InputError
-from tinyasr.kernels.energy import speech_probabilities
+from tinyasr.kernels.energy import speech_probabilities, tonal_spans, windowed_spans
 from tinyasr.pipeline.model_input import audio_tensor, sample_rate_of
 
 FRAME_SECONDS = 0.02  # both detectors decide per 20 ms
@@ -151,18 +151,11 @@ class EnergyVAD:
         tonal = np.zeros(loud.size, bool)
         if rows.size == 0:
             return tonal
-        # span i: the TONE_FRAMES frames ending with new frame i (a read-only view, no copy)
-        windows = np.lib.stride_tricks.as_strided(joined, (loud.size, self._window.size),
-                                                  (self.frame * joined.strides[0], joined.strides[0]),
-                                                  writeable=False)
         for first in range(0, rows.size, self.TONE_BATCH):  # in batches: a long block's spectra stay small
             batch = rows[first:first + self.TONE_BATCH]
-            spans = windows[batch]
-            spans = spans - spans.mean(axis=1, keepdims=True)  # a DC offset is no tone
-            power = np.abs(np.fft.rfft(spans * self._window, axis=1)) ** 2
-            total = np.concatenate([np.zeros((len(power), 1)), np.cumsum(power, axis=1)], axis=1)
-            peak = (total[:, self.TONE_BINS:] - total[:, :-self.TONE_BINS]).max(axis=1)
-            tonal[batch] = peak >= self.tone_share * total[:, -1] + 1e-20
+            # span i: the TONE_FRAMES frames ending with new frame i, less its mean (a DC offset is no tone)
+            spans = windowed_spans(joined, batch, self.frame, self._window)
+            tonal[batch] = tonal_spans(np.fft.rfft(spans, axis=1), self.TONE_BINS, self.tone_share)
         return tonal
 
     def finish(self) -> np.ndarray:
