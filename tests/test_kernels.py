@@ -23,7 +23,7 @@ from tinyasr.kernels import ACTIVATIONS, bias_act, bias_act_reference, conv1d, c
 from tinyasr.kernels._compile import TILE
 from tinyasr.kernels.conv1d import SHORT_FRAMES, deinterleave, depthwise_rows, depthwise_short_rows
 from tinyasr.kernels.epilogue import NO_RESIDUAL, epilogue_rows
-from tinyasr.kernels.pointwise import TILE_KERNELS, frames_first, narrow_kernel, tiles_of
+from tinyasr.kernels.pointwise import NARROW_KERNELS, TILE_KERNELS, frames_first, tiles_of
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 CLIP = (-0.5, 0.75)  # the Clip activation_params used throughout
@@ -463,10 +463,11 @@ def test_new_kernels_read_only_weights_and_identical_builds():
     x_t = frames_first(x[:, :, :6])
     np.testing.assert_array_equal(x_t[:, :6], x[:, :, :6].transpose(0, 2, 1))
     assert x_t.shape == (2, 8, 16) and not x_t[:, 6:].any()
-    ys = [np.empty((2, 12, 6), np.float32) for _ in range(2)]
-    for build, y in zip((narrow_kernel.serial, narrow_kernel.parallel), ys):
-        build(x_t, pointwise_w[:, :, 0], bias[:12], NO_RESIDUAL, y, ACTIVATIONS["Clip"], *np.float32(CLIP))
-    np.testing.assert_array_equal(ys[0], ys[1])
+    for narrow in NARROW_KERNELS.values():  # each strip height: serial and parallel the same sums in the same order
+        ys = [np.empty((2, 12, 6), np.float32) for _ in range(2)]
+        for build, y in zip((narrow.serial, narrow.parallel), ys):
+            build(x_t, pointwise_w[:, :, 0], bias[:12], NO_RESIDUAL, y, ACTIVATIONS["Clip"], *np.float32(CLIP))
+        np.testing.assert_array_equal(ys[0], ys[1])
     padded = np.zeros((2, 16, 8 + SHORT_FRAMES), np.float32)
     padded[:, :, :20] = x[:, :, :20]
     ys = [np.empty((2, 16, 12), np.float32) for _ in range(2)]
@@ -608,14 +609,15 @@ def test_tiled_depthwise_matches_torch_and_the_short_kernel(taps, dilation, fram
     np.testing.assert_array_equal(got[:, :, : short.shape[2]], short)
 
 
+@pytest.mark.parametrize("variant", sorted(NARROW_KERNELS))
 @pytest.mark.parametrize("cin,cout,frames", [(1, 1, 1), (37, 29, 4), (16, 8, 12), (256, 30, 7), (5, 3, 2)])
-def test_narrow_kernel_matches_numpy(cin, cout, frames):
-    """The few-frame kernel against float64 numpy, whichever of it and BLAS this CPU's conv1d uses."""
+def test_narrow_kernel_matches_numpy(cin, cout, frames, variant):
+    """Each few-frame kernel against float64 numpy, whichever of them and BLAS this CPU's conv1d uses."""
     rng = np.random.default_rng(cin * frames + cout)
     x = rng.standard_normal((2, cin, frames), dtype=np.float32)
     w = rng.standard_normal((cout, cin), dtype=np.float32)
     bias = rng.standard_normal(cout, dtype=np.float32)
     y = np.full((2, cout, frames), np.nan, np.float32)
-    narrow_kernel.serial(frames_first(x), w, bias, NO_RESIDUAL, y, 0, np.float32(0), np.float32(0))
+    NARROW_KERNELS[variant].serial(frames_first(x), w, bias, NO_RESIDUAL, y, 0, np.float32(0), np.float32(0))
     want = np.matmul(w.astype(np.float64), x.astype(np.float64)) + bias[:, None]
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-4 * np.sqrt(cin))

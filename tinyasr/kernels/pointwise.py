@@ -176,14 +176,21 @@ def _fastest_tiles(frames: int):
 # ---------------------------------------------------------------------------------------------
 
 LANES = 16  # input channels per vector step
-FRAME_GROUP = 4  # frames computed per pass over a strip of 4 weight rows
-NARROW_ACC = ROWS * FRAME_GROUP * LANES  # four rows x four frames x 16 lanes: 16 vector registers
+FRAME_GROUP = 4  # frames computed per pass over a strip of weight rows
 # The narrow kernel beats BLAS up to 12 frames on Zen 5 (2-6 frames: 1.7-2.5x; 1 and 8-12: 1.0-1.5x), not at 16:
-# benchmarks/bench_kernels.py, 256x256, 512x512, 256x1024, 1024x29.  On Zen 3 (AVX2: its 16 x 16 floats of sums
-# are 32 registers there) it ran 1.1-1.5x slower than OpenBLAS at 2-4 frames, 3x at 8 (an 8-lane form: slower
-# still), so pointwise_narrow() measures it against BLAS once per CPU (tuning.py), at NARROW_CALIBRATION.
+# benchmarks/bench_kernels.py, 256x256, 512x512, 256x1024, 1024x29.  Its strip of 4 rows x 4 frames x 16 lanes is
+# 16 AVX-512 registers but 32 AVX2 ones: on Zen 3 it spilled and ran 1.1-1.5x slower than OpenBLAS at 2-4 frames.
+# A strip of 1 row is 8 AVX2 registers (16 NEON ones); its loop, read with inspect_asm: 2 weight loads and 8 fused
+# multiply-adds with the frames as memory operands, 17 instructions per 16 channels.  On Zen 3 (loaded machine,
+# OpenBLAS at 1 thread, 4 frames) it took 18.5 / 52 / 83 us for 256x256 / 512x512 / 1024x512 against BLAS's
+# 21 / 82 / 166 us, and made a causal QuartzNet 5x5's 80 ms stream 18 % cheaper.  Strips of 2 rows x 2 frames and
+# 4 x 2 ran between the two; with fewer than 4 statements per lane LLVM unrolls the lane loop before its loop
+# vectoriser sees it and the code stays scalar (5-8x slower).  pointwise_narrow() picks the fastest per CPU.
 NARROW_FRAMES = range(1, 13)
-NARROW_CALIBRATION = (256, 256, 4)  # Cin, Cout, T: an 80 ms chunk after a stride of 2
+# The timing problems, (Cin, Cout, T): an 80 ms chunk after a stride of 2 on QuartzNet's narrowest and widest blocks
+# (at 256 alone the kernels' fixed costs weigh more than in a whole model: BLAS won there on the loaded Zen 3
+# while the 1-row strip made a causal QuartzNet 5x5's stream 18 % cheaper)
+NARROW_CALIBRATION = ((256, 256, 4), (512, 512, 4))
 
 
 def frames_first(x) -> np.ndarray:
@@ -194,88 +201,120 @@ def frames_first(x) -> np.ndarray:
     return x_t
 
 
-@serial_and_parallel(
-    void(READ_3D, READ_2D, READ_1D, READ_3D, float32[:, :, ::1], int64, float32, float32), fastmath={"contract"}
-)
-def narrow_kernel(loop):
-    """pointwise_tiles for few frames, x_t [B, T', Cin] from frames_first; any Cout.
+def _narrow_kernel(rows: int):
+    """The few-frames kernel with strips of ``rows`` (4 or 1, a closure constant: each build has only its path)
+    weight rows x FRAME_GROUP frames x LANES input channels of partial sums."""
+    acc_size = rows * FRAME_GROUP * LANES
 
-    With T frames each weight is used T times: for small T the cost is reading W, which BLAS (and the
-    64-frame tile) do at 20 GB/s here.  This walks 4 weight rows contiguously, 16 input channels per
-    step, keeping 16 partial sums per (row, frame) in registers for a group of 4 frames; further groups
-    re-read the rows from L1, so W streams from memory once.  The 16 lanes are added up at the end
-    (channels c = l mod 16 first, then the lanes in order).  512x512 at 4 frames: 24 us, BLAS 55 us.
-    """
+    def make(loop):
+        """pointwise_tiles for few frames, x_t [B, T', Cin] from frames_first; any Cout.
 
-    def kernel(x_t, w, bias, residual, y, act, lo, hi):
-        batch, channels_out, frames = y.shape
-        channels_in = w.shape[1]
-        vector_end = channels_in - channels_in % LANES
-        strips = (channels_out + ROWS - 1) // ROWS
-        has_bias, add_residual = bias.shape[0] > 0, residual.size > 0
-        for item in loop(batch * strips):
-            b = item // strips
-            r0 = (item - b * strips) * ROWS
-            # Past the last row the last row is computed again and not stored.
-            w0, w1 = w[r0], w[min(r0 + 1, channels_out - 1)]
-            w2, w3 = w[min(r0 + 2, channels_out - 1)], w[min(r0 + 3, channels_out - 1)]
-            acc = carray(stack_buffer(NARROW_ACC), (NARROW_ACC,))
-            for t0 in range(0, frames, FRAME_GROUP):
-                x0, x1, x2, x3 = x_t[b, t0], x_t[b, t0 + 1], x_t[b, t0 + 2], x_t[b, t0 + 3]
-                for i in range(NARROW_ACC):
-                    acc[i] = 0.0
-                for c0 in range(0, vector_end, LANES):
-                    u0, u1, u2, u3 = w0[c0:], w1[c0:], w2[c0:], w3[c0:]
-                    p0, p1, p2, p3 = x0[c0:], x1[c0:], x2[c0:], x3[c0:]
-                    for lane in range(LANES):  # acc[(row * 4 + frame) * 16 + lane]
-                        acc[lane] += u0[lane] * p0[lane]
-                        acc[LANES + lane] += u0[lane] * p1[lane]
-                        acc[2 * LANES + lane] += u0[lane] * p2[lane]
-                        acc[3 * LANES + lane] += u0[lane] * p3[lane]
-                        acc[4 * LANES + lane] += u1[lane] * p0[lane]
-                        acc[5 * LANES + lane] += u1[lane] * p1[lane]
-                        acc[6 * LANES + lane] += u1[lane] * p2[lane]
-                        acc[7 * LANES + lane] += u1[lane] * p3[lane]
-                        acc[8 * LANES + lane] += u2[lane] * p0[lane]
-                        acc[9 * LANES + lane] += u2[lane] * p1[lane]
-                        acc[10 * LANES + lane] += u2[lane] * p2[lane]
-                        acc[11 * LANES + lane] += u2[lane] * p3[lane]
-                        acc[12 * LANES + lane] += u3[lane] * p0[lane]
-                        acc[13 * LANES + lane] += u3[lane] * p1[lane]
-                        acc[14 * LANES + lane] += u3[lane] * p2[lane]
-                        acc[15 * LANES + lane] += u3[lane] * p3[lane]
-                for j in range(min(ROWS, channels_out - r0)):
-                    r = r0 + j
-                    w_r = w[r]
-                    bias_r = bias[r] if has_bias else np.float32(0.0)
-                    for f in range(min(FRAME_GROUP, frames - t0)):
-                        total = np.float32(0.0)
-                        for lane in range(LANES):
-                            total += acc[(j * FRAME_GROUP + f) * LANES + lane]
-                        x_f = x_t[b, t0 + f]
-                        for c in range(vector_end, channels_in):
-                            total += w_r[c] * x_f[c]
-                        value = total + bias_r
-                        if add_residual:
-                            value = value + residual[b, r, t0 + f]
-                        if act == RELU:
-                            value = max(value, np.float32(0.0))
-                        elif act == CLIP:
-                            value = min(max(value, lo), hi)
-                        y[b, r, t0 + f] = value
+        With T frames each weight is used T times: for small T the cost is reading W, which BLAS (and the
+        64-frame tile) do at 20 GB/s here.  This walks ``rows`` weight rows contiguously, LANES input channels
+        per step, keeping LANES partial sums per (row, frame) in registers for a group of 4 frames; further
+        groups re-read the rows from L1, so W streams from memory once.  The lanes are added up at the end
+        (channels c = l mod LANES first, then the lanes in order).
+        """
 
-    return kernel
+        def kernel(x_t, w, bias, residual, y, act, lo, hi):
+            batch, channels_out, frames = y.shape
+            channels_in = w.shape[1]
+            vector_end = channels_in - channels_in % LANES
+            strips = (channels_out + rows - 1) // rows
+            last = channels_out - 1
+            has_bias, add_residual = bias.shape[0] > 0, residual.size > 0
+            for item in loop(batch * strips):
+                b = item // strips
+                r0 = (item - b * strips) * rows
+                # Past the last row the last row is computed again and not stored.
+                w0 = w[r0]
+                w1, w2, w3 = (w0, w0, w0) if rows == 1 else (w[min(r0 + 1, last)], w[min(r0 + 2, last)],
+                                                             w[min(r0 + 3, last)])
+                acc = carray(stack_buffer(acc_size), (acc_size,))
+                for t0 in range(0, frames, FRAME_GROUP):
+                    x0, x1, x2, x3 = x_t[b, t0], x_t[b, t0 + 1], x_t[b, t0 + 2], x_t[b, t0 + 3]
+                    for i in range(acc_size):
+                        acc[i] = 0.0
+                    for c0 in range(0, vector_end, LANES):
+                        u0 = w0[c0:]
+                        p0, p1, p2, p3 = x0[c0:], x1[c0:], x2[c0:], x3[c0:]
+                        if rows == 1:
+                            for lane in range(LANES):  # acc[frame * LANES + lane]
+                                acc[lane] += u0[lane] * p0[lane]
+                                acc[LANES + lane] += u0[lane] * p1[lane]
+                                acc[2 * LANES + lane] += u0[lane] * p2[lane]
+                                acc[3 * LANES + lane] += u0[lane] * p3[lane]
+                        else:
+                            u1, u2, u3 = w1[c0:], w2[c0:], w3[c0:]
+                            for lane in range(LANES):  # acc[(row * 4 + frame) * LANES + lane]
+                                acc[lane] += u0[lane] * p0[lane]
+                                acc[LANES + lane] += u0[lane] * p1[lane]
+                                acc[2 * LANES + lane] += u0[lane] * p2[lane]
+                                acc[3 * LANES + lane] += u0[lane] * p3[lane]
+                                acc[4 * LANES + lane] += u1[lane] * p0[lane]
+                                acc[5 * LANES + lane] += u1[lane] * p1[lane]
+                                acc[6 * LANES + lane] += u1[lane] * p2[lane]
+                                acc[7 * LANES + lane] += u1[lane] * p3[lane]
+                                acc[8 * LANES + lane] += u2[lane] * p0[lane]
+                                acc[9 * LANES + lane] += u2[lane] * p1[lane]
+                                acc[10 * LANES + lane] += u2[lane] * p2[lane]
+                                acc[11 * LANES + lane] += u2[lane] * p3[lane]
+                                acc[12 * LANES + lane] += u3[lane] * p0[lane]
+                                acc[13 * LANES + lane] += u3[lane] * p1[lane]
+                                acc[14 * LANES + lane] += u3[lane] * p2[lane]
+                                acc[15 * LANES + lane] += u3[lane] * p3[lane]
+                    for j in range(min(rows, channels_out - r0)):
+                        r = r0 + j
+                        w_r = w[r]
+                        bias_r = bias[r] if has_bias else np.float32(0.0)
+                        for f in range(min(FRAME_GROUP, frames - t0)):
+                            total = np.float32(0.0)
+                            for lane in range(LANES):
+                                total += acc[(j * FRAME_GROUP + f) * LANES + lane]
+                            x_f = x_t[b, t0 + f]
+                            for c in range(vector_end, channels_in):
+                                total += w_r[c] * x_f[c]
+                            value = total + bias_r
+                            if add_residual:
+                                value = value + residual[b, r, t0 + f]
+                            if act == RELU:
+                                value = max(value, np.float32(0.0))
+                            elif act == CLIP:
+                                value = min(max(value, lo), hi)
+                            y[b, r, t0 + f] = value
+
+        return kernel
+
+    make.__name__ = make.__qualname__ = f"narrow_kernel_{rows}rows"
+    return serial_and_parallel(
+        void(READ_3D, READ_2D, READ_1D, READ_3D, float32[:, :, ::1], int64, float32, float32), fastmath={"contract"}
+    )(make)
+
+
+NARROW_KERNELS = {"4rows": _narrow_kernel(4), "1row": _narrow_kernel(1)}
 
 
 @functools.cache
 def pointwise_narrow():
-    """narrow_kernel, or None where numpy's BLAS matmul measured faster on this CPU (conv1d then runs BLAS)."""
-    cin, cout, frames = NARROW_CALIBRATION
+    """The NARROW_KERNELS kernel measured fastest on this CPU, or None where numpy's BLAS matmul was (conv1d then
+    runs BLAS)."""
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((1, cin, frames), dtype=np.float32)
-    w = rng.standard_normal((cout, cin), dtype=np.float32)
-    y = np.empty((1, cout, frames), np.float32)
-    candidates = {"narrow": lambda: narrow_kernel.serial(frames_first(x), w, NO_BIAS, NO_RESIDUAL, y, 0, 0.0, 0.0),
-                  "blas": lambda: np.matmul(w, x[0], out=y[0])}
-    name = tuning.fastest("pointwise_narrow", candidates, tuning.cache_folder(narrow_kernel.serial))
-    return narrow_kernel if name == "narrow" else None
+    problems = []
+    for cin, cout, frames in NARROW_CALIBRATION:
+        x = rng.standard_normal((1, cin, frames), dtype=np.float32)
+        problems.append((x, rng.standard_normal((cout, cin), dtype=np.float32), np.empty((1, cout, frames), np.float32)))
+
+    def run(kernel):
+        def call():
+            for x, w, y in problems:
+                kernel.serial(frames_first(x), w, NO_BIAS, NO_RESIDUAL, y, 0, 0.0, 0.0)
+        return call
+
+    def blas():
+        for x, w, y in problems:
+            np.matmul(w, x[0], out=y[0])
+
+    candidates = {name: run(kernel) for name, kernel in NARROW_KERNELS.items()}
+    candidates["blas"] = blas
+    name = tuning.fastest("pointwise_narrow", candidates, tuning.cache_folder(NARROW_KERNELS["4rows"].serial))
+    return NARROW_KERNELS.get(name)
