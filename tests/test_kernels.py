@@ -21,7 +21,13 @@ from tinyasr.engine import threads
 from tinyasr.errors import GraphError, TinyASRError
 from tinyasr.kernels import ACTIVATIONS, bias_act, bias_act_reference, conv1d, conv1d_reference, output_length
 from tinyasr.kernels._compile import TILE
-from tinyasr.kernels.conv1d import SHORT_FRAMES, deinterleave, depthwise_rows, depthwise_short_rows
+from tinyasr.kernels.conv1d import (
+    DEPTHWISE_SHORT,
+    SHORT_FRAMES,
+    deinterleave,
+    depthwise_rows,
+    depthwise_short_rows,
+)
 from tinyasr.kernels.epilogue import NO_RESIDUAL, epilogue_rows
 from tinyasr.kernels.pointwise import NARROW_KERNELS, TILE_KERNELS, frames_first, tiles_of
 
@@ -470,11 +476,14 @@ def test_new_kernels_read_only_weights_and_identical_builds():
         np.testing.assert_array_equal(ys[0], ys[1])
     padded = np.zeros((2, 16, 8 + SHORT_FRAMES), np.float32)
     padded[:, :, :20] = x[:, :, :20]
-    ys = [np.empty((2, 16, 12), np.float32) for _ in range(2)]
-    for build, y in zip((depthwise_short_rows.serial, depthwise_short_rows.parallel), ys):
-        build(padded, depthwise_w[:, 0], bias, NO_RESIDUAL, y, 1, 0, np.float32(0), np.float32(0))
-    np.testing.assert_array_equal(ys[0], ys[1])
-    np.testing.assert_allclose(ys[0], conv1d_reference(x[:, :, :20], depthwise_w, bias, group=16), **TOL)
+    want = conv1d_reference(x[:, :, :20], depthwise_w, bias, group=16)
+    for outputs, short in DEPTHWISE_SHORT.items():  # every width, serial and parallel: the same sums
+        frames = min(outputs, 12)
+        ys = [np.empty((2, 16, frames), np.float32) for _ in range(2)]
+        for build, y in zip((short.serial, short.parallel), ys):
+            build(padded, depthwise_w[:, 0], bias, NO_RESIDUAL, y, 1, 0, np.float32(0), np.float32(0))
+        np.testing.assert_array_equal(ys[0], ys[1])
+        np.testing.assert_allclose(ys[0], want[:, :, :frames], **TOL)
 
 
 # Every register-tile shape of the dense pointwise kernel (the CPU picks one at first use, tuning.py) against the
@@ -603,10 +612,11 @@ def test_tiled_depthwise_matches_torch_and_the_short_kernel(taps, dilation, fram
                                                   activation="Relu"), **TOL)
     padded = np.zeros((2, 8, frames + 2 * pad + SHORT_FRAMES), np.float32)
     padded[:, :, pad : pad + frames] = x
-    short = np.empty((2, 8, min(frames, SHORT_FRAMES)), np.float32)
-    depthwise_short_rows.serial(padded, w[:, 0], bias, NO_RESIDUAL, short, dilation, ACTIVATIONS["Relu"],
-                                np.float32(0), np.float32(0))
-    np.testing.assert_array_equal(got[:, :, : short.shape[2]], short)
+    for outputs in sorted(DEPTHWISE_SHORT):
+        short = np.empty((2, 8, min(frames, outputs)), np.float32)
+        depthwise_short_rows(short.shape[2]).serial(padded, w[:, 0], bias, NO_RESIDUAL, short, dilation,
+                                                    ACTIVATIONS["Relu"], np.float32(0), np.float32(0))
+        np.testing.assert_array_equal(got[:, :, : short.shape[2]], short)
 
 
 @pytest.mark.parametrize("variant", sorted(NARROW_KERNELS))

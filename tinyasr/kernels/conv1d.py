@@ -34,7 +34,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from tinyasr.engine import threads
 from tinyasr.errors import GraphError
-from tinyasr.kernels._compile import serial_and_parallel, stack_buffer
+from tinyasr.kernels._compile import element_pointer, serial_and_parallel, stack_buffer, vector_fma
 from tinyasr.kernels.epilogue import (
     ACTIVATIONS,  # noqa: F401  (re-exported: the Conv op's activation names)
     NO_BIAS,
@@ -191,61 +191,86 @@ def depthwise_rows(loop):
     return kernel
 
 
-@serial_and_parallel(
-    void(READ_3D, READ_2D, READ_1D, READ_3D, float32[:, :, ::1], int64, int64, float32, float32),
-    fastmath={"contract"},
-)
-def depthwise_short_rows(loop):
-    """depthwise_rows for stride 1 and T_out <= SHORT_FRAMES (streaming chunks), x padded by the caller to
-    (K - 1) * dilation + SHORT_FRAMES frames (its zero padding included): every tap reads SHORT_FRAMES frames.
+def _depthwise_short(outputs: int):
+    """The short-input depthwise kernel computing ``outputs`` frames per row (a closure constant: the stack buffer's
+    size and the vector loop's trip count)."""
+    quad = 4 * outputs
 
-    There the long-input loop spends its time setting up each tap's few-frame loop (C256 K75, 4 frames:
-    85 us; here 10 us).  Four rows' <= 16 outputs sit in a stack buffer (registers), every tap adds to all
-    of them: four independent multiply-add chains hide the FMA latency.  Each output is still summed in
-    tap order with fused multiply-adds, as in depthwise_rows, so streamed and offline results are identical.
-    """
+    def make(loop):
+        """depthwise_rows for stride 1 and T_out <= ``outputs`` (streaming chunks), x padded by the caller to
+        (K - 1) * dilation + ``outputs`` frames (its zero padding included): every tap reads ``outputs`` frames.
 
-    def kernel(x, w, bias, residual, y, dilation, act, lo, hi):
-        batch, channels_in = x.shape[0], x.shape[1]
-        channels_out, taps = w.shape
-        multiplier = channels_out // channels_in
-        quads = (channels_out + 3) // 4
-        has_bias, add_residual = bias.shape[0] > 0, residual.size > 0
-        for item in loop(batch * quads):
-            b = item // quads
-            c0 = (item - b * quads) * 4
-            # Past the last channel the last row is computed again and not stored.
-            c1, c2, c3 = min(c0 + 1, channels_out - 1), min(c0 + 2, channels_out - 1), min(c0 + 3, channels_out - 1)
-            x0, x1 = x[b, c0 // multiplier], x[b, c1 // multiplier]
-            x2, x3 = x[b, c2 // multiplier], x[b, c3 // multiplier]
-            w0, w1, w2, w3 = w[c0], w[c1], w[c2], w[c3]
-            acc = carray(stack_buffer(SHORT_QUAD), (SHORT_QUAD,))
-            for t in range(SHORT_QUAD):
-                acc[t] = 0.0
-            a0, a1 = acc[0:SHORT_FRAMES], acc[SHORT_FRAMES : 2 * SHORT_FRAMES]
-            a2, a3 = acc[2 * SHORT_FRAMES : 3 * SHORT_FRAMES], acc[3 * SHORT_FRAMES :]
-            for k in range(taps):
-                start = k * dilation
-                # Slices from index 0 (provably >= 0, so no wraparound check) and a constant trip count:
-                # one vector multiply-add per row and tap.
-                p0, p1, p2, p3 = x0[start:], x1[start:], x2[start:], x3[start:]
-                v0, v1, v2, v3 = w0[k], w1[k], w2[k], w3[k]
-                if v0 == 0.0 and v1 == 0.0 and v2 == 0.0 and v3 == 0.0:
-                    continue  # pruned in all four rows
-                for t in range(SHORT_FRAMES):
-                    a0[t] += v0 * p0[t]
-                    a1[t] += v1 * p1[t]
-                    a2[t] += v2 * p2[t]
-                    a3[t] += v3 * p3[t]
-            for j in range(min(4, channels_out - c0)):
-                c = c0 + j
-                y_row = y[b, c]
-                for t in range(y_row.shape[0]):
-                    y_row[t] = acc[j * SHORT_FRAMES + t]
-                bias_c = bias[c] if has_bias else np.float32(0.0)
-                finish_row(y_row, bias_c, add_residual, residual[b, c] if add_residual else y_row, act, lo, hi)
+        There the long-input loop spends its time setting up each tap's few-frame loop (C256 K75, 4 frames:
+        85 us; here 10 us).  Four rows' outputs sit in a stack buffer (registers), every tap adds to all
+        of them: four independent multiply-add chains hide the FMA latency.  Each output is still summed in
+        tap order with fused multiply-adds, as in depthwise_rows, so streamed and offline results are identical.
+        """
 
-    return kernel
+        def kernel(x, w, bias, residual, y, dilation, act, lo, hi):
+            batch, channels_in = x.shape[0], x.shape[1]
+            channels_out, taps = w.shape
+            multiplier = channels_out // channels_in
+            quads = (channels_out + 3) // 4
+            has_bias, add_residual = bias.shape[0] > 0, residual.size > 0
+            for item in loop(batch * quads):
+                b = item // quads
+                c0 = (item - b * quads) * 4
+                # Past the last channel the last row is computed again and not stored.
+                c1, c2 = min(c0 + 1, channels_out - 1), min(c0 + 2, channels_out - 1)
+                c3 = min(c0 + 3, channels_out - 1)
+                x0, x1 = x[b, c0 // multiplier], x[b, c1 // multiplier]
+                x2, x3 = x[b, c2 // multiplier], x[b, c3 // multiplier]
+                w0, w1, w2, w3 = w[c0], w[c1], w[c2], w[c3]
+                acc = carray(stack_buffer(quad), (quad,))
+                for t in range(quad):
+                    acc[t] = 0.0
+                a0, a1 = acc[0:outputs], acc[outputs : 2 * outputs]
+                a2, a3 = acc[2 * outputs : 3 * outputs], acc[3 * outputs :]
+                for k in range(taps):
+                    start = k * dilation
+                    v0, v1, v2, v3 = w0[k], w1[k], w2[k], w3[k]
+                    if v0 == 0.0 and v1 == 0.0 and v2 == 0.0 and v3 == 0.0:
+                        continue  # pruned in all four rows
+                    if outputs == SHORT_FRAMES:
+                        # Slices from index 0 (provably >= 0, so no wraparound check) and a constant trip count:
+                        # LLVM's vectoriser makes this one vector multiply-add per row and tap.
+                        p0, p1, p2, p3 = x0[start:], x1[start:], x2[start:], x3[start:]
+                        for t in range(outputs):
+                            a0[t] += v0 * p0[t]
+                            a1[t] += v1 * p1[t]
+                            a2[t] += v2 * p2[t]
+                            a3[t] += v3 * p3[t]
+                    else:  # too short for the vectoriser: one explicit vector multiply-add per row and tap
+                        vector_fma(element_pointer(acc, 0), v0, element_pointer(x0, start), outputs)
+                        vector_fma(element_pointer(acc, outputs), v1, element_pointer(x1, start), outputs)
+                        vector_fma(element_pointer(acc, 2 * outputs), v2, element_pointer(x2, start), outputs)
+                        vector_fma(element_pointer(acc, 3 * outputs), v3, element_pointer(x3, start), outputs)
+                for j in range(min(4, channels_out - c0)):
+                    c = c0 + j
+                    y_row = y[b, c]
+                    for t in range(y_row.shape[0]):
+                        y_row[t] = acc[j * outputs + t]
+                    bias_c = bias[c] if has_bias else np.float32(0.0)
+                    finish_row(y_row, bias_c, add_residual, residual[b, c] if add_residual else y_row, act, lo, hi)
+
+        return kernel
+
+    make.__name__ = make.__qualname__ = f"depthwise_short_{outputs}"
+    return serial_and_parallel(
+        void(READ_3D, READ_2D, READ_1D, READ_3D, float32[:, :, ::1], int64, int64, float32, float32),
+        fastmath={"contract"},
+    )(make)
+
+
+# An 80 ms chunk is 4 frames after a stride of 2 and 8 before: computing 16 outputs for 4 wasted 3/4 of the
+# multiply-adds (the depthwise convs were a fifth of a causal QuartzNet 5x5's stream on Zen 3).
+DEPTHWISE_SHORT = {outputs: _depthwise_short(outputs) for outputs in (4, 8, SHORT_FRAMES)}
+
+
+def depthwise_short_rows(frames: int):
+    """The short-input depthwise kernel for ``frames`` (<= SHORT_FRAMES) output frames: the smallest that holds
+    them; the caller pads x to (K - 1) * dilation + SHORT_FRAMES frames, enough for each."""
+    return DEPTHWISE_SHORT[4 if frames <= 4 else 8 if frames <= 8 else SHORT_FRAMES]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,7 +384,7 @@ def conv1d(x, weight, bias=None, residual=None, *, stride=1, dilation=1, pad_lef
         # Zero padding, and zeros after the input so every row holds SHORT_FRAMES outputs' worth of frames.
         padded = np.zeros(x.shape[:2] + ((taps - 1) * dilation + SHORT_FRAMES,), np.float32)
         padded[:, :, pad_left : pad_left + x.shape[2]] = x[:, :, : padded.shape[2] - pad_left]
-        depthwise_short_rows(out.size * taps, padded, weight.reshape(shape[1], taps), bias, residual, out,
+        depthwise_short_rows(t_out)(out.size * taps, padded, weight.reshape(shape[1], taps), bias, residual, out,
                              dilation, act, lo, hi)
     elif group == channels_in > 1:
         depthwise_rows(out.size * taps, x, weight.reshape(shape[1], taps), bias, residual, out,
@@ -410,7 +435,7 @@ class PreparedConv1d:
         z = NO_RESIDUAL if residual is None else residual
         if self.depthwise_short and frames <= SHORT_FRAMES and x.shape[2] >= self.span + SHORT_FRAMES:
             out = np.empty(shape, np.float32)
-            depthwise_short_rows(out.size * self.weight_2d.shape[1], x, self.weight_2d, self.bias, z, out,
+            depthwise_short_rows(frames)(out.size * self.weight_2d.shape[1], x, self.weight_2d, self.bias, z, out,
                                  self.dilation, self.act, self.lo, self.hi)
         elif self.pointwise and (kernel := _pointwise_kernel(shape)) is not None:
             out = np.empty(shape, np.float32)
