@@ -19,13 +19,20 @@ import json
 import os
 import random
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from recipes.digits import data, no_digits
 from recipes.digits.evaluate import greedy_ctc, word_error_rate
-from recipes.digits.model import DigitNet, export_onnx, load_tasr_weights, output_lengths, parameter_count
+from recipes.digits.model import (
+    DigitNet,
+    export_onnx,
+    load_tasr_weights,
+    output_lengths,
+    parameter_count,
+)
 
 VALIDATION_SEED = 7  # seen-speaker held-back takes, for the log only (no model selection)
 
@@ -84,28 +91,27 @@ def collate(items):
     return batch, lengths, targets, target_lengths
 
 
-def validate(model: DigitNet, batch, lengths, targets, target_lengths) -> float:
+def validate(model: torch.nn.Module, lengths_out: Callable[[torch.Tensor], torch.Tensor], batch, lengths, targets,
+             target_lengths) -> float:
+    """Greedy WER of ``model`` on one collated batch (evaluation mode for the call, training mode after)."""
     model.eval()
     with torch.no_grad():
         logprobs = model(batch).numpy()
     model.train()
-    out_lengths = output_lengths(lengths).tolist()
+    out_lengths = lengths_out(lengths).tolist()
     refs = torch.split(targets, target_lengths.tolist())
     hyps = [greedy_ctc(lp[:n]) for lp, n in zip(logprobs, out_lengths)]
     return word_error_rate([r.tolist() for r in refs], hyps)
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="runs/digits")
+def add_training_arguments(parser: argparse.ArgumentParser, out: str, steps: int = 3000, lr: float = 3e-3) -> None:
+    """The data stream's and the loop's options, shared by every recipe trained on the digit strings."""
+    parser.add_argument("--out", default=out)
     parser.add_argument("--fsdd", default=data.default_fsdd_dir(), help="FSDD folder holding recordings/")
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--channels", type=int, default=96)
+    parser.add_argument("--lr", type=float, default=lr)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--init", default=None,
-                        help="start from this converted DigitNet .tasr (e.g. tinyasr/models/digits.tasr) and extend it")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--synthetic-voices", type=int, default=2000, help="eSpeak NG voices saying the digits (0: real speech only)"
@@ -118,76 +124,141 @@ def main(argv=None) -> None:
     parser.add_argument("--length-groups", type=int, default=8,
                         help="compose this many batches at once and batch them by length (1: as drawn), so a "
                              "short example is rarely followed by batch padding that a real file lacks")
-    args = parser.parse_args(argv)
 
-    os.makedirs(args.out, exist_ok=True)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    random.seed(args.seed)
-    rng = np.random.default_rng(args.seed)
 
-    parts = data.split(data.load_fsdd(args.fsdd))
-    takes = data.by_digit(parts["train"])
-    synthetic_takes = None
-    if args.synthetic_voices:
-        from recipes.digits.synthetic import synthesize_digits
+class DigitStrings:
+    """The training data, composed afresh for every step from the parsed ``add_training_arguments`` options.
 
-        synthetic_takes = data.by_digit(synthesize_digits(args.synthetic_voices, seed=args.seed))
-    phrases = []
-    if args.phrases and args.no_digit_share:
-        from recipes.digits.synthetic import synthesize_phrases
+    ``next_batch()`` gives (features [B, 64, T] zero-padded, valid frames, CTC targets, target lengths), not yet
+    augmented on the features (``augment`` does that); ``validation`` is a fixed batch of held-back strings of
+    the training speakers (for the log only, no model selection).  Seeds torch, random and numpy from
+    ``args.seed``; the held-out speaker is never read.
+    """
 
-        phrases = synthesize_phrases(no_digits.phrase_texts(rng, args.phrases), seed=args.seed + 1)
-    validation = collate(
-        data.compose_many(np.random.default_rng(VALIDATION_SEED), parts["seen_heldback"], 64, 3, 7, augment=False)
-    )
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        os.makedirs(args.out, exist_ok=True)
+        torch.set_num_threads(args.threads)
+        torch.manual_seed(args.seed)
+        random.seed(args.seed)
+        self.rng = rng = np.random.default_rng(args.seed)
+        parts = data.split(data.load_fsdd(args.fsdd))
+        self.takes = data.by_digit(parts["train"])
+        self.synthetic_takes = None
+        if args.synthetic_voices:
+            from recipes.digits.synthetic import synthesize_digits
 
-    model_config = {"n_classes": len(data.VOCABULARY) + 1, "channels": args.channels}
-    model = DigitNet(**model_config)
-    if args.init:
-        load_tasr_weights(model, args.init, validation[0])
+            self.synthetic_takes = data.by_digit(synthesize_digits(args.synthetic_voices, seed=args.seed))
+        self.phrases = []
+        if args.phrases and args.no_digit_share:
+            from recipes.digits.synthetic import synthesize_phrases
+
+            self.phrases = synthesize_phrases(no_digits.phrase_texts(rng, args.phrases), seed=args.seed + 1)
+        self.validation = collate(
+            data.compose_many(np.random.default_rng(VALIDATION_SEED), parts["seen_heldback"], 64, 3, 7, augment=False)
+        )
+        self._batches: list = []
+
+    def _example(self):
+        args, rng = self.args, self.rng
+        if rng.random() < args.no_digit_share:
+            return no_digits.no_digit_example(rng, self.phrases)
+        voices = self.synthetic_takes if self.synthetic_takes and rng.random() < args.synthetic_share else self.takes
+        return data.compose(rng, voices, int(rng.integers(1, 8)), augment=True)
+
+    def next_batch(self):
+        if not self._batches:
+            args = self.args
+            self._batches = length_grouped([self._example() for _ in range(args.batch * args.length_groups)],
+                                           args.batch, self.rng)
+        return collate(self._batches.pop())
+
+    def augment(self, batch: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The mel-axis warp, then SpecAugment's masks."""
+        return spec_augment(warp_frequency(batch, self.rng), lengths, self.rng)
+
+    def settings(self) -> dict:
+        """The data settings for results.json."""
+        args = self.args
+        return {
+            "threads": args.threads,
+            "steps": args.steps,
+            "batch": args.batch,
+            "seed": args.seed,
+            "lr": args.lr,
+            "vocabulary": data.VOCABULARY,
+            "blank": data.BLANK,
+            "held_out_speaker": data.HELD_OUT_SPEAKER,
+            "synthetic_voices": args.synthetic_voices,
+            "synthetic_share": args.synthetic_share if args.synthetic_voices else 0.0,
+            "no_digit_share": args.no_digit_share,
+            "phrases": len(self.phrases),
+            "length_groups": args.length_groups,
+            "frontend": data.FRONTEND.to_dict(),
+        }
+
+
+def fit(model: torch.nn.Module, strings: DigitStrings, lengths_out: Callable[[torch.Tensor], torch.Tensor],
+        extra_loss: Callable[[int], torch.Tensor] | None = None,
+        after_step: Callable[[int], dict] | None = None) -> float:
+    """Train ``model`` ([B, 64, T] features -> [B, T', classes] log-probabilities) with the CTC loss: AdamW, a
+    one-cycle learning rate peaking at ``--lr``, gradient clipping 5; ``lengths_out`` maps valid feature frames
+    to valid output frames.  ``extra_loss(step)`` is added to the CTC loss (a pruning penalty, distillation);
+    ``after_step(step)`` runs after each optimizer step (masks, schedules) and returns figures for the log.
+    Logs JSON lines to ``--out``/train.log and stdout every 100 steps; returns the training seconds."""
+    args = strings.args
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-3)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
     ctc = torch.nn.CTCLoss(blank=data.BLANK, zero_infinity=True)
-
-    log = open(os.path.join(args.out, "train.log"), "w")
     start = time.perf_counter()
-    running = 0.0
-
-    def example():
-        if rng.random() < args.no_digit_share:
-            return no_digits.no_digit_example(rng, phrases)
-        voices = synthetic_takes if synthetic_takes and rng.random() < args.synthetic_share else takes
-        return data.compose(rng, voices, int(rng.integers(1, 8)), augment=True)
-
-    batches = []
-    for step in range(1, args.steps + 1):
-        if not batches:
-            batches = length_grouped([example() for _ in range(args.batch * args.length_groups)], args.batch, rng)
-        batch, lengths, targets, target_lengths = collate(batches.pop())
-        logprobs = model(spec_augment(warp_frequency(batch, rng), lengths, rng))
-        loss = ctc(logprobs.transpose(0, 1), targets, output_lengths(lengths), target_lengths)
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        optimizer.step()
-        schedule.step()
-        running += loss.item()
-        if step % 100 == 0 or step == args.steps:
-            entry = {
-                "step": step,
-                "loss": round(running / (100 if step % 100 == 0 else step % 100), 4),
-                "lr": round(schedule.get_last_lr()[0], 6),
-                "validation_wer_seen": round(validate(model, *validation), 4),
-                "seconds": round(time.perf_counter() - start, 1),
-            }
-            running = 0.0
-            log.write(json.dumps(entry) + "\n")
-            log.flush()
-            print(json.dumps(entry), flush=True)
-    train_seconds = time.perf_counter() - start
-
+    running, extra = 0.0, {}
+    with open(os.path.join(args.out, "train.log"), "w") as log:
+        for step in range(1, args.steps + 1):
+            batch, lengths, targets, target_lengths = strings.next_batch()
+            logprobs = model(strings.augment(batch, lengths))
+            loss = ctc(logprobs.transpose(0, 1), targets, lengths_out(lengths), target_lengths)
+            running += loss.item()
+            if extra_loss is not None:
+                loss = loss + extra_loss(step)
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            optimizer.step()
+            schedule.step()
+            if after_step is not None:
+                extra = after_step(step) or {}
+            if step % 100 == 0 or step == args.steps:
+                entry = {
+                    "step": step,
+                    "loss": round(running / (100 if step % 100 == 0 else step % 100), 4),
+                    "lr": round(schedule.get_last_lr()[0], 6),
+                    "validation_wer_seen": round(validate(model, lengths_out, *strings.validation), 4),
+                    "seconds": round(time.perf_counter() - start, 1),
+                    **extra,
+                }
+                running = 0.0
+                log.write(json.dumps(entry) + "\n")
+                log.flush()
+                print(json.dumps(entry), flush=True)
     model.eval()
+    return time.perf_counter() - start
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_training_arguments(parser, out="runs/digits")
+    parser.add_argument("--channels", type=int, default=96)
+    parser.add_argument("--init", default=None,
+                        help="start from this converted DigitNet .tasr (e.g. tinyasr/models/digits.tasr) and extend it")
+    args = parser.parse_args(argv)
+
+    strings = DigitStrings(args)
+    model_config = {"n_classes": len(data.VOCABULARY) + 1, "channels": args.channels}
+    model = DigitNet(**model_config)
+    if args.init:
+        load_tasr_weights(model, args.init, strings.validation[0])
+    train_seconds = fit(model, strings, output_lengths)
+
     torch.save({"model_config": model_config, "state_dict": model.state_dict()}, os.path.join(args.out, "model.pt"))
     metadata = {
         "labels": json.dumps(data.VOCABULARY),
@@ -196,25 +267,8 @@ def main(argv=None) -> None:
         "frontend": json.dumps(data.FRONTEND.to_dict()),
     }
     export_onnx(model, os.path.join(args.out, "digits.onnx"), metadata)
-    results = {
-        "train_seconds": round(train_seconds, 1),
-        "threads": args.threads,
-        "steps": args.steps,
-        "batch": args.batch,
-        "seed": args.seed,
-        "init": args.init,
-        "lr": args.lr,
-        "parameters": parameter_count(model),
-        "vocabulary": data.VOCABULARY,
-        "blank": data.BLANK,
-        "held_out_speaker": data.HELD_OUT_SPEAKER,
-        "synthetic_voices": args.synthetic_voices,
-        "synthetic_share": args.synthetic_share if args.synthetic_voices else 0.0,
-        "no_digit_share": args.no_digit_share,
-        "phrases": len(phrases),
-        "length_groups": args.length_groups,
-        "frontend": data.FRONTEND.to_dict(),
-    }
+    results = {"train_seconds": round(train_seconds, 1), **strings.settings(), "init": args.init,
+               "parameters": parameter_count(model)}
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     print(json.dumps(results))
