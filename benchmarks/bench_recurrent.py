@@ -44,21 +44,24 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "r
 PREDICTION_RESULTS = os.path.join(os.path.dirname(RESULTS), "prediction_network.md")
 NEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "models",
                     "nemo-random")
+SEQUENCE_FRAMES = 16  # frames a call in the sequence measurement (a longer call is preempted on a busy machine)
 TRANSDUCERS = ("conformer_transducer_small", "fastconformer_tdt_small", "fastconformer_hybrid_small")
 
 
-def measure(hidden, sparsity, min_seconds):
+def measure(hidden, sparsity, min_seconds, frames=1):
+    """Microseconds per frame of each variant, ``frames`` frames per call (1: a call per frame, the prediction
+    network's way; more: the LSTM op's way over an encoder's sequence, the call's cost spread over them)."""
     rng = np.random.default_rng(hidden)
     r = (rng.standard_normal((4 * hidden, hidden)) / np.sqrt(hidden)).astype(np.float32)
     blocked = r * np.repeat(rng.random((4 * hidden // BLOCK, hidden)) >= sparsity, BLOCK, axis=0)
     r[rng.random(r.shape) < sparsity] = 0.0
-    pre = rng.standard_normal((1, 1, 4 * hidden)).astype(np.float32)
+    pre = rng.standard_normal((frames, 1, 4 * hidden)).astype(np.float32)
     h, c = np.zeros((1, hidden), np.float32), np.zeros((1, hidden), np.float32)
-    y = np.empty((1, 1, hidden), np.float32)
-    one, no_peephole, zero = np.ones(1, np.int64), np.zeros(0, np.float32), np.float32(0)
+    y = np.empty((frames, 1, hidden), np.float32)
+    one, no_peephole, zero = np.full(1, frames, np.int64), np.zeros(0, np.float32), np.float32(0)
     dense_t, csr, blocks = np.ascontiguousarray(r.T), csr_arrays(r), column_blocks(blocked)
     no_r = column_blocks(np.zeros_like(r))  # the step without its product: the call and the gates
-    return best_us({
+    us = best_us({
         "dense": lambda: lstm_direction(pre, dense_t, *EMPTY_CSR, no_peephole, EMPTY_DENSE, h, c, one, False, zero,
                                         y),
         "csr": lambda: lstm_direction(pre, EMPTY_DENSE, *csr, no_peephole, EMPTY_DENSE, h, c, one, False, zero, y),
@@ -66,6 +69,7 @@ def measure(hidden, sparsity, min_seconds):
                                          y),
         "no R": lambda: lstm_direction(pre, EMPTY_DENSE, *no_r, no_peephole, EMPTY_DENSE, h, c, one, False, zero, y),
     }, min_seconds)
+    return {name: value / frames for name, value in us.items()}
 
 
 def _ort_greedy(session, encoder_output, length, blank, max_symbols, durations):
@@ -212,20 +216,24 @@ def main():
         return
     rows = []
     for hidden in (256, 512, 1024):
-        us = measure(hidden, 0.9, seconds)
-        rows.append((hidden, us))
-        print(f"H={hidden}: " + ", ".join(f"{k} {v:.1f} us" for k, v in us.items())
-              + f"; dense/csr {us['dense'] / us['csr']:.2f}x, dense/blocks {us['dense'] / us['blocks']:.2f}x",
-              flush=True)
+        for frames in (1, SEQUENCE_FRAMES):
+            us = measure(hidden, 0.9, seconds, frames)
+            rows.append((hidden, frames, us))
+            print(f"H={hidden}, {frames} frame(s) a call: " + ", ".join(f"{k} {v:.1f} us" for k, v in us.items())
+                  + f"; dense/csr {us['dense'] / us['csr']:.2f}x, dense/blocks {us['dense'] / us['blocks']:.2f}x",
+                  flush=True)
     lines = ["# LSTM recurrent step, one frame, batch 1, R 90 % sparse (CSR; 8-row column blocks) vs dense",
              "", f"{datetime.date.today()}, {cpu_model()}, 1 thread, best of repeats (machine shared: noisy).",
              "Produced by `python3 benchmarks/bench_recurrent.py`.", "",
-             "`no R`: the same step with an all-zero R (the call and the gates, what no sparsity removes); "
-             "`bound`: dense / no R, the most any sparse R could give.", "",
-             "| hidden | dense us | CSR us | dense / CSR | column blocks us | dense / blocks | no R us | bound |",
-             "|---|---|---|---|---|---|---|---|"]
-    for hidden, us in rows:
-        lines.append(f"| {hidden} | {us['dense']:.1f} | {us['csr']:.1f} | {us['dense'] / us['csr']:.2f}x "
+             "Microseconds per frame.  `frames a call` 1: one kernel call per frame (a prediction network's step, "
+             f"the call's ~2-3 us dispatch in every frame); {SEQUENCE_FRAMES}: the LSTM op over an encoder's "
+             "sequence, one call for all frames.  `no R`: the same step with an all-zero R (the call and the gates, "
+             "what no sparsity removes); `bound`: dense / no R, the most any sparse R could give.", "",
+             "| hidden | frames a call | dense us | CSR us | dense / CSR | column blocks us | dense / blocks | no R us "
+             "| bound |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for hidden, frames, us in rows:
+        lines.append(f"| {hidden} | {frames} | {us['dense']:.1f} | {us['csr']:.1f} | {us['dense'] / us['csr']:.2f}x "
                      f"| {us['blocks']:.1f} | {us['dense'] / us['blocks']:.2f}x | {us['no R']:.1f} "
                      f"| {us['dense'] / us['no R']:.1f}x |")
     if os.path.isdir(NEMO):
