@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from tinyasr.decoding.specs import ClassificationSpec, CTCSpec
+from tinyasr.decoding.specs import ClassificationSpec, CTCSpec, vocabulary_type_of
 from tinyasr.errors import ConversionError, TinyASRError
 from tinyasr.model_cache import file_sha256
 
@@ -410,7 +410,8 @@ def manifest_from_nemo_config(cfg: Dict[str, Any], files: Optional[Dict[str, byt
         hop_seconds = frontend["hop_length"] / frontend["sample_rate"]
         settings = dict(
             output=output or "logprobs", blank=len(vocabulary), vocabulary=vocabulary,
-            vocabulary_type="subword" if isinstance(cfg.get("tokenizer"), dict) else "chars",
+            # no tokenizer: one character per label (NeMo's char models), or whole words as the ONNX path reads them
+            vocabulary_type="subword" if isinstance(cfg.get("tokenizer"), dict) else vocabulary_type_of(vocabulary),
             logits="log_probs", frame_seconds=hop_seconds * subsampling_factor(cfg.get("encoder")),
         )
         spec_class = CTCSpec
