@@ -82,8 +82,9 @@ def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def export_onnx(model: DigitNet, path: str, metadata: Dict[str, str], example_frames: int = 300) -> None:
-    """ONNX opset 17, eval mode; input ``audio_signal`` [B, 64, T], output ``logprobs`` [B, T', 11].
+def export_onnx(model: nn.Module, path: str, metadata: Dict[str, str], example_frames: int = 300) -> None:
+    """ONNX opset 17, eval mode; input ``audio_signal`` [B, 64, T], output ``logprobs`` [B, T', 11]: any digit-string
+    model of the recipes (DigitNet here, recipes.lstm_digits' LstmCtc).
 
     ``metadata`` goes into metadata_props, where the tinyasr converter reads
     labels, blank, decoder and frontend, so ``tinyasr convert`` needs no options.
