@@ -11,6 +11,10 @@ joint once per (frame, token) try, so both run here one vector at a time, not as
 * the LSTM step is tinyasr's recurrent kernel (tinyasr/kernels/recurrent.py), torch's ``proj_size`` included;
   R runs sparse where the file stores it ``csr`` or 8 x 1 ``bsr`` (the converter's choice for pruned layers).
 
+Greedy search runs frame after frame in one compiled call (tinyasr/kernels/transducer.py: the joint, the argmax
+and the prediction step per token, the same recurrent kernels); this module keeps the hypothesis between calls.
+Beam search (transducer_beam.py) batches its hypotheses through ``PredictionNetwork.step`` and ``Joint.logits``.
+
 Greedy rules (NeMo ``GreedyRNNTInfer`` / ``GreedyTDTInfer``, the loops ../shared/models/nemo-random's
 ``nemo2core.ref_greedy`` restates): RNN-T tries a frame up to ``max_symbols`` times and leaves it at a blank;
 TDT reads a token and a duration from one joint output (token logits first, then one logit per entry of
@@ -28,6 +32,7 @@ import numpy as np
 from tinyasr.errors import GraphError
 from tinyasr.format.encodings.sparse import SPARSE_TYPES
 from tinyasr.kernels.recurrent import EMPTY_DENSE, add_product, lstm_direction, recurrent_operands
+from tinyasr.kernels.transducer import JOINT_ACTIVATION_CODES, greedy_frames, pack_layers
 
 JOINT_ACTIVATIONS = {"relu": lambda x: np.maximum(x, 0, out=x), "tanh": lambda x: np.tanh(x, out=x),
                      "sigmoid": lambda x: np.divide(1.0, 1.0 + np.exp(-x), out=x)}
@@ -196,6 +201,9 @@ class Transducer:
         if not 0 <= self.blank < self.token_classes or self.token_classes > prediction.embedding.shape[0]:
             raise GraphError(f"transducer: blank {self.blank} and {self.token_classes} token classes do not fit "
                              f"the embedding's {prediction.embedding.shape[0]} rows")
+        self._packed_layers = pack_layers(prediction.layers)  # for the compiled greedy loop
+        self._joint_operands = tuple(np.ascontiguousarray(a, np.float32) for a in (joint.pred_w, joint.pred_b,
+                                                                                   joint.out_w, joint.out_b))
 
     def start(self) -> Hypothesis:
         """The empty hypothesis: the blank fed as the start symbol into zero states."""
@@ -238,6 +246,7 @@ class GreedySearch:
         self.frame = 0  # the next frame to try (TDT may jump past the frames seen so far)
         self._first = 0  # the frame index of _pending[0]: frames before it are done with
         self._pending = np.zeros((0, model.joint.enc_w.shape[1]), np.float32)
+        self._durations = np.array(model.durations if self.tdt else (), np.int64)
 
     @property
     def frames_seen(self) -> int:
@@ -246,41 +255,40 @@ class GreedySearch:
     def advance(self, frames: np.ndarray) -> Hypothesis:
         """Search the next encoder frames [T, D] (they follow those given before); returns the hypothesis."""
         self._pending = np.concatenate([self._pending, self.model.joint.project_encoder(frames)])
-        step = self._tdt_frame if self.tdt else self._rnnt_frame
-        while self.frame < self.frames_seen:
-            self.frame = step(self.frame, self._pending[self.frame - self._first])
+        if self.frame < self.frames_seen:
+            self.frame = self._first + self._search(self.frame - self._first)
         done = min(self.frame, self.frames_seen) - self._first
         self._pending, self._first = self._pending[done:], self._first + done
         return self.hyp
 
-    def _emit(self, logits: np.ndarray, token: int, t: int, duration: Optional[int] = None) -> None:
-        shifted = np.exp(logits - logits.max())
-        self.confidences.append(float(shifted[token] / shifted.sum()))
-        self.hyp = self.model.emit(self.hyp, token, t, duration)
-
-    def _rnnt_frame(self, t: int, frame: np.ndarray) -> int:
-        """Up to ``max_symbols`` non-blank tokens at frame t; a blank moves on.  -> the next frame."""
-        for _ in range(self.max_symbols):
-            logits = self.model.joint.logits(frame, self.hyp.projected)
-            token = int(np.argmax(logits))
-            if token == self.model.blank:
-                break
-            self._emit(logits, token, t)
-        return t + 1
-
-    def _tdt_frame(self, t: int, frame: np.ndarray) -> int:
-        """Token and duration per try; stay while the duration is 0, up to ``max_symbols`` tries, after which one
-        frame more (NeMo moves it even when the last duration was > 0).  -> the next frame."""
-        classes = self.model.token_classes
-        for tries in range(1, self.max_symbols + 1):
-            logits = self.model.joint.logits(frame, self.hyp.projected)
-            token = int(np.argmax(logits[:classes]))
-            duration = self.model.durations[int(np.argmax(logits[classes:]))]
-            if token != self.model.blank:
-                self._emit(logits[:classes], token, t, duration)
-            if duration != 0:
-                return t + duration + (1 if tries == self.max_symbols else 0)
-        return t + 1
+    def _search(self, start: int) -> int:
+        """Run the compiled loop (tinyasr.kernels.transducer) over the pending frames from index ``start``; keep
+        what it emitted in the hypothesis.  -> the index of the next frame to try."""
+        model, hyp = self.model, self.hyp
+        capacity = (len(self._pending) - start) * self.max_symbols
+        tokens, frames, durations = (np.empty(capacity, np.int64) for _ in range(3))
+        confidences = np.empty(capacity, np.float32)
+        h = np.concatenate([h.reshape(-1) for h, _ in hyp.state])
+        c = np.concatenate([c.reshape(-1) for _, c in hyp.state])
+        projected = np.array(hyp.projected, np.float32)
+        classes = model.token_classes if self.tdt else model.joint.outputs
+        count, following = greedy_frames(
+            self._pending, start, self.max_symbols, model.blank, classes, self._durations, self.tdt,
+            model.prediction.embedding, *model._packed_layers, h, c, *model._joint_operands,
+            JOINT_ACTIVATION_CODES[model.joint.activation], projected, tokens, frames, durations, confidences)
+        if count:
+            hyp.tokens.extend(tokens[:count].tolist())
+            hyp.frames.extend((frames[:count] + self._first).tolist())
+            if self.tdt:
+                hyp.durations.extend(durations[:count].tolist())
+            self.confidences.extend(confidences[:count].tolist())
+            state, h_start, c_start = [], 0, 0
+            for layer in model.prediction.layers:
+                state.append((h[h_start:h_start + layer.width].reshape(1, -1),
+                              c[c_start:c_start + layer.hidden].reshape(1, -1)))
+                h_start, c_start = h_start + layer.width, c_start + layer.hidden
+            self.hyp = Hypothesis(hyp.tokens, hyp.frames, hyp.durations, tuple(state), projected)
+        return following
 
 
 def rnnt_greedy(model: Transducer, encoder_output: np.ndarray, length: Optional[int] = None,
