@@ -22,12 +22,16 @@ import numpy as np
 from tinyasr.audio.io import MIN_AUDIO_RATE
 from tinyasr.audio.resample import MAX_SAMPLE_RATE
 from tinyasr.errors import AudioError, TinyASRError
-from tinyasr.format.values import MEMORY_BUDGET, is_real
+from tinyasr.format.values import is_real
 
 WINDOWS = ("hann", "hamming", "blackman", "bartlett", "none")
 NORMALIZE = ("per_feature", "all_features", None)
 STD_GUARD = 1e-5  # NeMo's CONSTANT added to the feature std
-FRAMES_PER_BLOCK = 2048  # STFT frames processed at once; bounds memory for long audio
+# STFT frames processed at once: as many as fill BLOCK_BYTES of float64 frames (128 at n_fft 512).  Each
+# block's temporaries (windowed frames, spectrum, power, mel) then stay in L2 and come back from the allocator
+# already mapped: with 2,048-frame blocks, the fresh 4 MB temporaries of a 10 s file cost more in page faults
+# than in arithmetic (13.6 ms against 4.6 ms for the whole front end; benchmarks/results/transducer.md).
+BLOCK_BYTES = 1 << 19
 # Upper bounds on sizes a model file may ask for: far above any real front end, low enough that a hostile
 # manifest cannot make the filterbank or the padding exhaust memory (512 x 16385 float64 = 64 MiB at most).
 MAX_FFT = 32768
@@ -400,7 +404,7 @@ class FeatureCore:
             return np.zeros((cfg.num_features, 0))
         frames = np.lib.stride_tricks.sliding_window_view(signal, cfg.n_fft)[::cfg.hop_length][:count]
         out = np.empty((cfg.num_features, frames.shape[0]))
-        block = max(1, min(FRAMES_PER_BLOCK, MEMORY_BUDGET // 64 // (16 * cfg.n_fft)))  # <= 16 MiB of complex128
+        block = max(1, BLOCK_BYTES // (8 * cfg.n_fft))
         for start in range(0, frames.shape[0], block):
             spectrum = np.fft.rfft(frames[start:start + block] * self.window, axis=1)
             power = spectrum.real**2 + spectrum.imag**2
