@@ -3,7 +3,8 @@
 tinyasr/kernels/tuning.py picks one variant per family at first use from one small timing problem; this
 shows all of them on the layer shapes that matter, to check that pick and to judge a new variant:
 
-* dense pointwise tiles (pointwise.TILE_KERNELS) against onnxruntime's one-node Conv (MLAS), ort / variant;
+* dense pointwise tiles (pointwise.TILE_KERNELS) and numpy's BLAS matmul against onnxruntime's one-node Conv
+  (MLAS), ort / variant (the tiles given their input already tiled, no epilogue: what the kernels compute);
 * sparse 90 % (pointwise 512x512 and 256x256): the CSR variants (unstructured, magnitude-pruned) and BSR
   variants (4x1 blocks) against tinyasr's chosen dense tile kernel, dense / variant.
 
@@ -31,7 +32,7 @@ from benchmarks.machine import cpu_model  # noqa: E402
 from tinyasr.format.encodings.sparse import bsr_arrays, csr_arrays  # noqa: E402
 from tinyasr.kernels import tuning  # noqa: E402
 from tinyasr.kernels.epilogue import NO_BIAS, NO_RESIDUAL  # noqa: E402
-from tinyasr.kernels.pointwise import TILE_KERNELS, pointwise_tiles, tiles_of  # noqa: E402
+from tinyasr.kernels.pointwise import TILE_KERNELS, pointwise_tiles, prefer_blas, tiles_of  # noqa: E402
 from tinyasr.kernels.sparse import BSR_KERNELS, CSR_KERNELS, fastest_kernel  # noqa: E402
 
 DENSE_SHAPES = [(256, 256, 64), (256, 256, 1000), (512, 512, 1000), (256, 1024, 1000)]  # Cin, Cout, T
@@ -51,15 +52,17 @@ def dense_rows(rng, rounds, calls):
             packed = tiles_of(x, kernel.width)
             functions[name] = lambda kernel=kernel, packed=packed: kernel.serial(packed, w, NO_BIAS, NO_RESIDUAL, y,
                                                                                  0, 0.0, 0.0)
+        functions["blas"] = lambda: np.matmul(w, x[0], out=y[0])
         best = tuning.best_seconds(functions, rounds, calls)
-        chosen = pointwise_tiles(frames)
-        cells = [f"{best['ort'] / best[name]:.2f}" + (" *" if TILE_KERNELS[name] is chosen else "")
-                 for name in TILE_KERNELS]
-        gflops = 2 * cin * cout * frames / min(best[name] for name in TILE_KERNELS) / 1e9
+        chosen = "blas" if prefer_blas(frames) else next(n for n, k in TILE_KERNELS.items()
+                                                          if k is pointwise_tiles(frames))
+        variants = [*TILE_KERNELS, "blas"]
+        cells = [f"{best['ort'] / best[name]:.2f}" + (" *" if name == chosen else "") for name in variants]
+        gflops = 2 * cin * cout * frames / min(best[name] for name in variants) / 1e9
         rows.append(f"| dense {cin}x{cout} | {frames} | {best['ort'] * 1e3:.3f} | " + " | ".join(cells)
                     + f" | {gflops:.0f} |")
-    header = ("| layer | T | ort ms | " + " | ".join(f"ort / {name}" for name in TILE_KERNELS)
-              + " | best GFLOP/s |\n|---|---:|---:|" + "---:|" * (len(TILE_KERNELS) + 1))
+    header = ("| layer | T | ort ms | " + " | ".join(f"ort / {name}" for name in [*TILE_KERNELS, "blas"])
+              + " | best GFLOP/s |\n|---|---:|---:|" + "---:|" * (len(TILE_KERNELS) + 2))
     return header, rows
 
 

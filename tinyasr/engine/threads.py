@@ -5,7 +5,10 @@ Importing tinyasr changes nothing in the process: the policy is applied once, at
 ``TINYASR_NUM_THREADS`` is read then.  Until then kernels called directly run serially.
 
 * Numba: n threads, default 1 (serial builds only: no pool started, deterministic, thread-safe); opt in with
-  ``TINYASR_NUM_THREADS=n`` on a dedicated multi-core board.  Results are bit-identical at any n.
+  ``TINYASR_NUM_THREADS=n`` on a dedicated multi-core board.  Results are bit-identical at any n >= 2, and at
+  n = 1 as well except on CPUs where numpy's BLAS measured faster than the dense pointwise tile kernel
+  (kernels/pointwise.prefer_blas): a serial run then uses BLAS for those convs, a parallel one the tiles (BLAS
+  runs at one thread), and the two differ by float32 rounding (~1e-6 relative).
 * BLAS: numpy's BLAS is set to one thread from the first run on, for the whole process, because a Numba kernel
   that follows a multi-threaded OpenBLAS call runs several times slower while OpenBLAS's idle workers spin.
   Not scoped to each run: that would not stop the slowdown (an app's own multi-threaded call still leaves

@@ -51,7 +51,17 @@ from tinyasr.kernels.epilogue import (
     finish_row,
     remembered,
 )
-from tinyasr.kernels.pointwise import CLIP, NARROW_FRAMES, RELU, ROWS, frames_first, pointwise_narrow, pointwise_tiles, tiles_of
+from tinyasr.kernels.pointwise import (
+    CLIP,
+    NARROW_FRAMES,
+    RELU,
+    ROWS,
+    frames_first,
+    pointwise_narrow,
+    pointwise_tiles,
+    prefer_blas,
+    tiles_of,
+)
 
 # im2col copies at most this many floats at a time (4 MB); longer inputs are done in time chunks.
 IM2COL_MAX_ELEMENTS = 1 << 20
@@ -339,10 +349,12 @@ def _checked_geometry(x_shape, weight_shape, stride, dilation, pad_left, pad_rig
 def _pointwise_kernel(shape):
     """The Numba pointwise kernel that beats BLAS matmul for an output [B, Cout, T_out], or None (measured in
     benchmarks/bench_kernels.py): pointwise_narrow up to 12 frames, pointwise_tiles from 24 frames (a 64-frame
-    tile costs as much as 24 frames of BLAS) if Cout % 4 == 0, else BLAS."""
+    tile costs as much as 24 frames of BLAS) if Cout % 4 == 0, else BLAS.  Both Numba kernels only where they
+    measured faster than BLAS on this CPU; at more than one thread the tiles always (BLAS runs at one)."""
     if shape[2] in NARROW_FRAMES:
         return pointwise_narrow()  # None where BLAS measured faster on this CPU
-    if shape[1] % ROWS == 0 and shape[2] >= POINTWISE_MIN_FRAMES:
+    if (shape[1] % ROWS == 0 and shape[2] >= POINTWISE_MIN_FRAMES
+            and (threads.get_num_threads() > 1 or not prefer_blas(shape[2]))):
         return pointwise_tiles(shape[2])
     return None
 

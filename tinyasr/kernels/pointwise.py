@@ -38,7 +38,16 @@ from numba.types import float32, int64, void
 
 from tinyasr.kernels import tuning
 from tinyasr.kernels._compile import TILE, serial_and_parallel, stack_buffer
-from tinyasr.kernels.epilogue import ACTIVATIONS, NO_BIAS, NO_RESIDUAL, READ_1D, READ_2D, READ_3D, store_tile
+from tinyasr.kernels.epilogue import (
+    ACTIVATIONS,
+    NO_BIAS,
+    NO_RESIDUAL,
+    READ_1D,
+    READ_2D,
+    READ_3D,
+    epilogue_rows,
+    store_tile,
+)
 
 ROWS = 4  # output rows per strip of pointwise_narrow (and the most any tile shape has: Cout % 4 == 0 suffices)
 RELU, CLIP = ACTIVATIONS["Relu"], ACTIVATIONS["Clip"]  # applied in the kernel; Sigmoid / Tanh after it
@@ -169,6 +178,32 @@ def _fastest_tiles(frames: int):
     name = tuning.fastest(f"pointwise_tiles T={frames}", {name: run(kernel) for name, kernel in TILE_KERNELS.items()},
                           tuning.cache_folder(next(iter(TILE_KERNELS.values())).serial))
     return TILE_KERNELS[name]
+
+
+@functools.cache
+def prefer_blas(frames: int) -> bool:
+    """True where numpy's BLAS matmul followed by the epilogue pass measured faster on this CPU than
+    ``pointwise_tiles(frames)`` with its epilogue fused (both with a bias and Relu, one thread; conv1d then runs
+    BLAS at one thread).  OpenBLAS's AVX2 kernels reach 80-86 GFLOP/s on Zen 3 where the best tile did 57-70
+    (benchmarks/results/variants_znver3.md); on Zen 5 the tile ran 1.8-2x numpy's matmul."""
+    frames = CALIBRATION_FRAMES[0] if frames < SHORT_INPUT else CALIBRATION_FRAMES[1]
+    kernel = pointwise_tiles(frames)
+    cin, cout = CALIBRATION_CHANNELS
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, cin, frames), dtype=np.float32)
+    w = rng.standard_normal((cout, cin), dtype=np.float32)
+    bias = rng.standard_normal(cout, dtype=np.float32)
+    y = np.empty((1, cout, frames), np.float32)
+
+    def tiles():
+        kernel.serial(tiles_of(x, kernel.width), w, bias, NO_RESIDUAL, y, RELU, 0.0, 0.0)
+
+    def blas():
+        np.matmul(w, x[0], out=y[0])
+        epilogue_rows.serial(y, bias, NO_RESIDUAL, RELU, 0.0, 0.0)
+
+    family = f"pointwise_tiles or blas T={frames}"
+    return tuning.fastest(family, {"tiles": tiles, "blas": blas}, tuning.cache_folder(kernel.serial)) == "blas"
 
 
 # ---------------------------------------------------------------------------------------------
