@@ -171,8 +171,28 @@ def prediction_cases():
         yield f"H {hidden} x {count} layer(s), random", rng.standard_normal((1025, hidden)).astype(np.float32), layers
 
 
+SEARCH_FRAMES, SEARCH_SYMBOLS = 20, 5  # the search below emits 5 tokens on each of 20 frames
+
+
+def _emitting_search(network):
+    """A function running greedy search over SEARCH_FRAMES frames with a joint that emits token 3 on every try:
+    SEARCH_FRAMES x SEARCH_SYMBOLS prediction steps in the compiled loop (tinyasr/kernels/transducer.py), the
+    joint (4 inputs, 8 classes) next to nothing."""
+    from tinyasr.decoding.transducer import GreedySearch, Joint, Transducer
+
+    classes = 8  # blank 7
+    zeros = np.zeros
+    out_b = zeros(classes, np.float32)
+    out_b[3] = 1.0
+    joint = Joint(zeros((4, 4), np.float32), zeros(4, np.float32), zeros((network.width, 4), np.float32),
+                  zeros(4, np.float32), zeros((4, classes), np.float32), out_b)
+    model = Transducer(network, joint, classes - 1)
+    frames = zeros((SEARCH_FRAMES, 4), np.float32)
+    return lambda: GreedySearch(model, SEARCH_SYMBOLS).advance(frames)
+
+
 def measure_prediction(min_seconds):
-    """[(name, hidden, layers, {dense, csr, bsr: us per step})]."""
+    """[(name, hidden, layers, {dense, csr, bsr: us per step}, {the same: us per token in the greedy search})]."""
     rows = []
     for name, embedding, layers in prediction_cases():
         networks = _pruned_networks(embedding, layers)
@@ -181,9 +201,13 @@ def measure_prediction(min_seconds):
         assert all(np.isfinite(o).all() for o in outputs.values())
         us = best_us({kind: (lambda n=network, s=states[kind]: n.step(7, s)) for kind, network in networks.items()},
                      min_seconds)
-        rows.append((name, layers[0].hidden, len(layers), us))
+        searches = {kind: _emitting_search(network) for kind, network in networks.items()}
+        assert all(len(search().tokens) == SEARCH_FRAMES * SEARCH_SYMBOLS for search in searches.values())
+        in_search = {kind: v / (SEARCH_FRAMES * SEARCH_SYMBOLS) for kind, v in best_us(searches, min_seconds).items()}
+        rows.append((name, layers[0].hidden, len(layers), us, in_search))
         print(f"{name}: " + ", ".join(f"{k} {v:.1f} us" for k, v in us.items())
-              + f"; dense/csr {us['dense'] / us['csr']:.2f}x, dense/bsr {us['dense'] / us['bsr']:.2f}x", flush=True)
+              + f"; dense/csr {us['dense'] / us['csr']:.2f}x, dense/bsr {us['dense'] / us['bsr']:.2f}x; in the search "
+              + ", ".join(f"{k} {v:.1f} us" for k, v in in_search.items()), flush=True)
     return rows
 
 
@@ -192,12 +216,17 @@ def write_prediction(seconds):
     lines = ["# Transducer prediction network, one step (B = 1), LSTM W and R 90 % pruned vs dense", "",
              f"{datetime.date.today()}, {cpu_model()}, 1 thread, best of repeats (machine shared: noisy).",
              "Produced by `python3 benchmarks/bench_recurrent.py --prediction`.  csr: unstructured pruning; "
-             "bsr: 8 x 1 blocks, run as column blocks.", "",
-             "| network | hidden | layers | dense us | csr us | dense / csr | bsr us | dense / bsr |",
-             "|---|---|---|---|---|---|---|---|"]
-    for name, hidden, count, us in rows:
+             "bsr: 8 x 1 blocks, run as column blocks.  \"step\": `PredictionNetwork.step` from Python (what beam "
+             "search calls); \"in search\": per emitted token inside greedy search's compiled loop, where the step "
+             "has no Python around it.", "",
+             "| network | hidden | layers | step dense us | csr us | dense / csr | bsr us | dense / bsr | "
+             "in search dense us | csr us | bsr us | dense / csr | dense / bsr |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, hidden, count, us, tok in rows:
         lines.append(f"| {name} | {hidden} | {count} | {us['dense']:.1f} | {us['csr']:.1f} | "
-                     f"{us['dense'] / us['csr']:.2f}x | {us['bsr']:.1f} | {us['dense'] / us['bsr']:.2f}x |")
+                     f"{us['dense'] / us['csr']:.2f}x | {us['bsr']:.1f} | {us['dense'] / us['bsr']:.2f}x | "
+                     f"{tok['dense']:.2f} | {tok['csr']:.2f} | {tok['bsr']:.2f} | {tok['dense'] / tok['csr']:.2f}x | "
+                     f"{tok['dense'] / tok['bsr']:.2f}x |")
     with open(PREDICTION_RESULTS, "w") as f:
         f.write("\n".join(lines) + "\n")
     print(f"wrote {PREDICTION_RESULTS}")
