@@ -10,7 +10,7 @@ shape (measured in benchmarks/bench_kernels.py):
   rows' outputs in registers, every tap added to all of them;
 * pointwise (K = 1, group 1, no padding; a stride subsamples first): the Numba kernels of
   pointwise.py where they beat BLAS: ``pointwise_tiles()`` (the tile shape measured fastest on this
-  CPU) from POINTWISE_MIN_FRAMES frames (Cout % 4 == 0), ``pointwise_narrow()`` up to 12 frames (where it
+  CPU) from POINTWISE_MIN_FRAMES frames (Cout % 4 == 0), ``pointwise_narrow(T)`` up to 12 frames (where it
   measured faster than BLAS on this CPU);
 * everything else (other pointwise sizes, Cin=1 STFT-as-conv, grouped or dense K > 1):
   im2col then BLAS ``matmul`` per batch item and group, then the Numba epilogue.  For a
@@ -54,6 +54,7 @@ from tinyasr.kernels.epilogue import (
 from tinyasr.kernels.pointwise import (
     CLIP,
     NARROW_FRAMES,
+    NARROW_KERNELS,
     RELU,
     ROWS,
     frames_first,
@@ -352,7 +353,7 @@ def _pointwise_kernel(shape):
     tile costs as much as 24 frames of BLAS) if Cout % 4 == 0, else BLAS.  Both Numba kernels only where they
     measured faster than BLAS on this CPU; at more than one thread the tiles always (BLAS runs at one)."""
     if shape[2] in NARROW_FRAMES:
-        return pointwise_narrow()  # None where BLAS measured faster on this CPU
+        return pointwise_narrow(shape[2])  # None where BLAS measured faster on this CPU
     if (shape[1] % ROWS == 0 and shape[2] >= POINTWISE_MIN_FRAMES
             and (threads.get_num_threads() > 1 or not prefer_blas(shape[2]))):
         return pointwise_tiles(shape[2])
@@ -362,7 +363,7 @@ def _pointwise_kernel(shape):
 def _pointwise(kernel, x_used, weight_2d, bias, residual, out, act, lo, hi):
     """out = act(weight_2d @ x_used + bias + residual) with a pointwise.py kernel (Relu / Clip fused, others after)."""
     fused = act in (0, RELU, CLIP)
-    packed = frames_first(x_used) if kernel is pointwise_narrow() else tiles_of(x_used, kernel.width)
+    packed = frames_first(x_used) if kernel in NARROW_KERNELS.values() else tiles_of(x_used, kernel.width)
     work = out.size * x_used.shape[1] // threads.POINTWISE_MACS_PER_WORK
     kernel(work, packed, weight_2d, bias, residual, out, act if fused else 0, lo, hi)
     if not fused:

@@ -220,12 +220,16 @@ FRAME_GROUP = 4  # frames computed per pass over a strip of weight rows
 # OpenBLAS at 1 thread, 4 frames) it took 18.5 / 52 / 83 us for 256x256 / 512x512 / 1024x512 against BLAS's
 # 21 / 82 / 166 us, and made a causal QuartzNet 5x5's 80 ms stream 18 % cheaper.  Strips of 2 rows x 2 frames and
 # 4 x 2 ran between the two; with fewer than 4 statements per lane LLVM unrolls the lane loop before its loop
-# vectoriser sees it and the code stays scalar (5-8x slower).  pointwise_narrow() picks the fastest per CPU.
+# vectoriser sees it and the code stays scalar (5-8x slower).  pointwise_narrow picks the fastest per CPU.
 NARROW_FRAMES = range(1, 13)
-# The timing problems, (Cin, Cout, T): an 80 ms chunk after a stride of 2 on QuartzNet's narrowest and widest blocks
-# (at 256 alone the kernels' fixed costs weigh more than in a whole model: BLAS won there on the loaded Zen 3
-# while the 1-row strip made a causal QuartzNet 5x5's stream 18 % cheaper)
-NARROW_CALIBRATION = ((256, 256, 4), (512, 512, 4))
+# The timing problems, (Cin, Cout): QuartzNet's narrowest and widest blocks (at 256 alone the kernels' fixed costs
+# weigh more than in a whole model: BLAS won there on the loaded Zen 3 while the 1-row strip made a causal
+# QuartzNet 5x5's stream 18 % cheaper) ...
+NARROW_CALIBRATION = ((256, 256), (512, 512))
+# ... at 1 frame, 4 (an 80 ms chunk after a stride of 2) and 8 (a batched chunk), each standing for a band of frame
+# counts: on Zen 3 BLAS's matrix x vector ran 3x the strip at 1 frame and 1.2-2x at 8-12, the strip 1.2-1.5x BLAS
+# at 512 x 512 and 2-7 frames (benchmarks/results/streaming_cost.md)
+NARROW_BANDS = ((1, 1), (7, 4), (12, 8))  # (last frame count of the band, the frames it is measured at)
 
 
 def frames_first(x) -> np.ndarray:
@@ -329,13 +333,17 @@ def _narrow_kernel(rows: int):
 NARROW_KERNELS = {"4rows": _narrow_kernel(4), "1row": _narrow_kernel(1)}
 
 
+def pointwise_narrow(frames: int):
+    """The NARROW_KERNELS kernel measured fastest on this CPU for ``frames`` (1-12) output frames, or None where
+    numpy's BLAS matmul was (conv1d then runs BLAS); measured once per band of NARROW_BANDS."""
+    return _fastest_narrow(next(measured for last, measured in NARROW_BANDS if frames <= last))
+
+
 @functools.cache
-def pointwise_narrow():
-    """The NARROW_KERNELS kernel measured fastest on this CPU, or None where numpy's BLAS matmul was (conv1d then
-    runs BLAS)."""
+def _fastest_narrow(frames: int):
     rng = np.random.default_rng(0)
     problems = []
-    for cin, cout, frames in NARROW_CALIBRATION:
+    for cin, cout in NARROW_CALIBRATION:
         x = rng.standard_normal((1, cin, frames), dtype=np.float32)
         problems.append((x, rng.standard_normal((cout, cin), dtype=np.float32), np.empty((1, cout, frames), np.float32)))
 
@@ -351,5 +359,6 @@ def pointwise_narrow():
 
     candidates = {name: run(kernel) for name, kernel in NARROW_KERNELS.items()}
     candidates["blas"] = blas
-    name = tuning.fastest("pointwise_narrow", candidates, tuning.cache_folder(NARROW_KERNELS["4rows"].serial))
+    name = tuning.fastest(f"pointwise_narrow T={frames}", candidates,
+                          tuning.cache_folder(NARROW_KERNELS["4rows"].serial))
     return NARROW_KERNELS.get(name)
