@@ -13,7 +13,8 @@ computed once) -> CTC decoding of the frames so far: greedy, or prefix beam sear
 carried on frame by frame, the partial text its best prefix.  A model whose
 front end does not normalise over the utterance gives exactly the offline
 transcript; the algorithmic latency is ``OnlineStream.latency`` (the graph's
-right receptive field plus the STFT's half window).  Many streams may share one
+right receptive field plus the STFT's half window, plus the input frames a model
+that looks ahead lets wait so that its graph runs on several frames per call).  Many streams may share one
 model across threads: the plan is immutable and each stream owns its state.
 """
 
