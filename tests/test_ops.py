@@ -338,6 +338,12 @@ CONV_CASES = [
     # 2-D: NeMo's striding / dw_striding subsampling, pointwise, grouped with dilation, auto_pad, im2col in row chunks
     ((2, 1, 21, 16), (4, 1, 3, 3), {"strides": [2, 2], "pads": [1, 1, 1, 1]}),
     ((2, 4, 9, 10), (4, 1, 3, 3), {"group": 4, "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    # depthwise at stride 2 (a plane at a time over its stride phases): even and uneven kernels and pads, none,
+    # and pads wider than a tap reaches
+    ((1, 3, 11, 12), (3, 1, 4, 4), {"group": 3, "strides": [2, 2], "pads": [1, 2, 2, 1]}),
+    ((2, 5, 17, 9), (5, 1, 5, 3), {"group": 5, "strides": [2, 2], "pads": [2, 1, 2, 1]}),
+    ((1, 2, 7, 6), (2, 1, 3, 3), {"group": 2, "strides": [2, 2]}),
+    ((1, 2, 6, 5), (2, 1, 2, 2), {"group": 2, "strides": [2, 2], "pads": [3, 0, 0, 3]}),
     ((1, 4, 5, 6), (3, 4, 1, 1), {}),
     ((1, 6, 12, 11), (4, 3, 3, 2), {"group": 2, "dilations": [2, 1], "strides": [1, 2], "pads": [2, 0, 1, 1]}),
     ((1, 3, 10, 7), (2, 3, 3, 4), {"auto_pad": "SAME_UPPER", "strides": [2, 3]}),

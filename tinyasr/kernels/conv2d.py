@@ -2,8 +2,9 @@
 
 ``conv2d`` computes ``y = act(conv(x) + bias)`` for x [B, Cin, H, W] (NeMo: H = time, W = mel bins):
 
-* depthwise (``group == Cin == Cout``, FastConformer's ``dw_striding``): a Numba kernel, one output row at a
-  time with every tap added in order (numpy's per-tap passes over strided planes took 10x longer);
+* depthwise (``group == Cin == Cout``, FastConformer's ``dw_striding``): a Numba kernel with every tap added in
+  order (numpy's per-tap passes over strided planes took 10x longer): at stride 2 a plane at a time over its
+  four stride phases, else one output row at a time;
 * pointwise (1x1, stride 1, no padding: FastConformer's subsampling): BLAS ``matmul`` on the input as it is;
 * everything else (dense 3x3 stride 2, grouped): im2col (a Numba gather) then BLAS ``matmul`` straight into
   the output, per batch item and group, in row chunks of at most IM2COL_MAX_ELEMENTS floats (a 60 s input
@@ -89,7 +90,9 @@ def conv2d(x, weight, bias=None, *, strides: Sequence[int] = (1, 1), dilations: 
     if out.size == 0:
         return out
     channels_out, cin_g, kh, kw = weight.shape
-    if group == x.shape[1] == channels_out > 1:
+    if group == x.shape[1] == channels_out > 1 and strides == (2, 2) and dilations == (1, 1):
+        _depthwise_stride2(x, weight.reshape(channels_out, kh, kw), out, pads[0], pads[1])
+    elif group == x.shape[1] == channels_out > 1:
         _depthwise(x, weight.reshape(channels_out, kh, kw), out, *strides, *dilations, pads[0], pads[1])
     else:
         needed = 0 if kh == kw == 1 and strides == (1, 1) and not any(pads) else im2col_elements(weight.shape,
@@ -190,6 +193,60 @@ def _depthwise(x, weight, out, stride_h, stride_w, dilation_h, dilation_w, top, 
                 if phased:
                     for w in range(w_out):
                         row[w] = acc[w]
+
+
+@njit(inline="always", fastmath={"contract"})
+def _add_taps(phases, taps, acc, pitch, out):
+    """out [H_out, W_out] = every tap (i, j) of ``taps`` [kh, kw], in order, times its phase plane at its offset
+    (``_depthwise_stride2``), summed on the grid of pitch ``pitch`` in ``acc``.  (With several output channels
+    per input channel, the striding subsampling's first conv, these passes over planes larger than L1 lost to
+    im2col + BLAS: 2.5 against 1.35 ms, 64 channels, 1000 x 80 input.)"""
+    acc[:] = 0.0
+    for i in range(taps.shape[0]):
+        for j in range(taps.shape[1]):
+            tap = taps[i, j]
+            offset = (i // 2) * pitch + j // 2
+            source = phases[(i % 2) * 2 + j % 2, offset:offset + acc.shape[0]]
+            for p in range(acc.shape[0]):
+                acc[p] += tap * source[p]
+    for h in range(out.shape[0]):
+        out[h, :] = acc[h * pitch:h * pitch + out.shape[1]]
+
+
+@njit(void(READ_4D, READ_3D, float32[:, :, :, ::1], int64, int64), cache=True, fastmath={"contract"})
+def _depthwise_stride2(x, weight, out, top, left):
+    """``_depthwise`` at stride 2 in both axes, dilation 1 (FastConformer's dw_striding), a plane at a time.
+
+    Each channel's input is split once into its four phases (even / odd rows x even / odd columns, zeros where
+    the padding lies), each stored with a row pitch of ``Q = W_out + (kw - 1) / 2`` columns.  Tap (i, j) then
+    reads phase (i % 2, j % 2) at a fixed offset ``(i / 2) * Q + j / 2`` from the output's own position on a
+    grid of pitch Q, so every tap is one contiguous multiply-add over the whole plane (``H_out * Q``; the
+    columns past W_out are computed and dropped).  Row by row (``_depthwise``), 20-output rows (80 mel bins)
+    spent their time on per-row set-up and bounds checks: 64 channels, 500 x 40 input, Zen 3 (loaded), 1.77 ms
+    there, 1.11 ms here (onnxruntime: 0.42 ms, about the time to read the input once); 250 x 20: 0.57 / 0.34 ms.
+    Taps added in the same order as ``_depthwise``: bit-identical results."""
+    batch, channels, h_out, w_out = out.shape
+    height, width = x.shape[2], x.shape[3]
+    kh, kw = weight.shape[1], weight.shape[2]
+    rows, pitch = h_out + (kh - 1) // 2, w_out + (kw - 1) // 2
+    phases = np.zeros((4, rows * pitch), np.float32)  # the padding's zeros stay: only the inside is rewritten
+    acc = np.empty(h_out * pitch, np.float32)
+    for b in range(batch):
+        for c in range(channels):
+            for phase in range(4):
+                # phase (pi, pj) row r, column q: x[2r + pi - top, 2q + pj - left]; rows r0..r1, columns q0..q1
+                # lie inside x
+                pi, pj = phase // 2, phase % 2
+                r0, r1 = max(0, (top - pi + 1) // 2), min(rows, (height - 1 + top - pi) // 2 + 1)
+                q0, q1 = max(0, (left - pj + 1) // 2), min(pitch, (width - 1 + left - pj) // 2 + 1)
+                for r in range(r0, r1):
+                    # views from the first element read: indexed by loop variables alone, no negative-index
+                    # select per element, so the stride-2 copy vectorises (2x faster)
+                    inside = x[b, c, 2 * r + pi - top, 2 * q0 + pj - left:]
+                    target = phases[phase, r * pitch + q0:]
+                    for q in range(q1 - q0):
+                        target[q] = inside[2 * q]
+            _add_taps(phases, weight[c], acc, pitch, out[b, c])
 
 
 @njit(void(READ_4D, int64, int64, int64, int64, int64, int64, int64, int64, int64, int64, int64, int64, int64,
