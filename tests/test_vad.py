@@ -339,7 +339,7 @@ def test_quiet_speech_still_passes_the_gate():
     -50 dBFS floor (the middle of its 2 dB ramp): the three a segment needs.  At 10 dB quieter it sits on
     that ramp (-48 to -51 dBFS) and the gate hears fewer than three frames of it: the word is then dropped
     unless the model's token for it falls within the cover of a neighbouring segment (the 96-channel model's
-    early CTC peak did; the 128-channel one peaks at the word's end)."""
+    CTC peak, before the word, did; the 160-channel one peaks inside it)."""
     sample = os.path.join(os.path.dirname(tinyasr.__file__), "models", "sample_digits.wav")
     samples, rate = load_audio(sample)
     recognizer = Recognizer()
