@@ -246,7 +246,7 @@ class GreedySearch:
         self.frame = 0  # the next frame to try (TDT may jump past the frames seen so far)
         self._first = 0  # the frame index of _pending[0]: frames before it are done with
         self._pending = np.zeros((0, model.joint.enc_w.shape[1]), np.float32)
-        self._durations = np.array(model.durations if self.tdt else (), np.int64)
+        self._durations = np.array(model.durations if self.tdt else (), np.int64)  # none: RNN-T rules
 
     @property
     def frames_seen(self) -> int:
@@ -271,10 +271,8 @@ class GreedySearch:
         h = np.concatenate([h.reshape(-1) for h, _ in hyp.state])
         c = np.concatenate([c.reshape(-1) for _, c in hyp.state])
         projected = np.array(hyp.projected, np.float32)
-        classes = model.token_classes if self.tdt else model.joint.outputs
         count, following = greedy_frames(
-            self._pending, start, self.max_symbols, model.blank, classes, self._durations, self.tdt,
-            model.prediction.embedding, *model._packed_layers, h, c, *model._joint_operands,
+            self._pending, start, self.max_symbols, model.blank, self._durations, model.prediction.embedding, *model._packed_layers, h, c, *model._joint_operands,
             JOINT_ACTIVATION_CODES[model.joint.activation], projected, tokens, frames, durations, confidences)
         if count:
             hyp.tokens.extend(tokens[:count].tolist())

@@ -21,9 +21,10 @@ from typing import Sequence, Tuple
 
 import numpy as np
 from numba import njit
-from numba.types import Array, UniTuple, boolean, float32, int64
+from numba.types import Array, UniTuple, float32, int64
 
 from tinyasr.kernels.recurrent import (
+    EMPTY_CSR,
     READ_1D,
     READ_2D,
     READ_INDEX,
@@ -36,48 +37,48 @@ from tinyasr.kernels.recurrent import (
 JOINT_ACTIVATION_CODES = {"relu": 0, "tanh": 1, "sigmoid": 2}
 
 # columns of the per-layer table: sizes, then (offset, length) of each operand in its flat buffer
-(_INPUTS, _HIDDEN, _WIDTH, _W_DENSE, _W_DENSE_ROWS, _W_VALUES, _W_NNZ, _W_INDICES, _W_PTR, _W_PTR_LEN, _BIAS,
+(_HIDDEN, _WIDTH, _W_DENSE, _W_DENSE_ROWS, _W_VALUES, _W_NNZ, _W_INDICES, _W_PTR, _W_PTR_LEN, _BIAS,
  _R_DENSE, _R_DENSE_ROWS, _R_VALUES, _R_NNZ, _R_INDICES, _R_PTR, _R_PTR_LEN, _PROJECTION, _PROJECTION_ROWS,
- _COLUMNS) = range(21)
+ _COLUMNS) = range(20)
+
+
+class _EndToEnd:
+    """Arrays of one dtype laid end to end in one buffer."""
+
+    def __init__(self, dtype):
+        self.dtype, self.parts, self.size = dtype, [], 0
+
+    def put(self, array) -> int:
+        """Append ``array`` (flattened); -> where it starts."""
+        array = np.ascontiguousarray(array, self.dtype).reshape(-1)
+        self.parts.append(array)
+        self.size += array.size
+        return self.size - array.size
+
+    def joined(self) -> np.ndarray:
+        return np.concatenate(self.parts) if self.parts else np.zeros(0, self.dtype)
 
 
 def pack_layers(layers: Sequence) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(table int64 [L, _COLUMNS], floats, indices uint16, indptr int32) of prediction-network LSTM layers
     (tinyasr.decoding.transducer.LSTMLayer: ``input_operands`` / ``w_t``, ``recurrent``, ``bias``,
     ``projection_t``)."""
-    floats, indices, pointers = [], [], []
-    sizes = {"f": 0, "i": 0, "p": 0}
-
-    def put(kind, array, dtype):
-        parts = {"f": floats, "i": indices, "p": pointers}[kind]
-        array = np.ascontiguousarray(array, dtype).reshape(-1)
-        offset = sizes[kind]
-        parts.append(array)
-        sizes[kind] += array.size
-        return offset
-
+    floats, indices, pointers = _EndToEnd(np.float32), _EndToEnd(np.uint16), _EndToEnd(np.int32)
     table = np.zeros((len(layers), _COLUMNS), np.int64)
     for row, layer in zip(table, layers):
-        w_operands = layer.input_operands or (layer.w_t, np.zeros(0, np.float32), np.zeros(0, np.uint16),
-                                              np.zeros(1, np.int32))
-        row[_INPUTS], row[_HIDDEN], row[_WIDTH] = layer.w.shape[1], layer.hidden, layer.width
-        for (dense, values, index, indptr), columns in ((w_operands, (_W_DENSE, _W_DENSE_ROWS, _W_VALUES, _W_NNZ,
-                                                                       _W_INDICES, _W_PTR, _W_PTR_LEN)),
-                                                         (layer.recurrent, (_R_DENSE, _R_DENSE_ROWS, _R_VALUES,
-                                                                            _R_NNZ, _R_INDICES, _R_PTR, _R_PTR_LEN))):
+        row[_HIDDEN], row[_WIDTH] = layer.hidden, layer.width
+        for (dense, values, index, indptr), columns in (
+                (layer.input_operands or (layer.w_t,) + EMPTY_CSR,
+                 (_W_DENSE, _W_DENSE_ROWS, _W_VALUES, _W_NNZ, _W_INDICES, _W_PTR, _W_PTR_LEN)),
+                (layer.recurrent, (_R_DENSE, _R_DENSE_ROWS, _R_VALUES, _R_NNZ, _R_INDICES, _R_PTR, _R_PTR_LEN))):
             d, d_rows, v, nnz, i, p, p_len = columns
-            row[d], row[d_rows] = put("f", dense, np.float32), dense.shape[0]
-            row[v], row[nnz] = put("f", values, np.float32), values.size
-            row[i] = put("i", index, np.uint16)
-            row[p], row[p_len] = put("p", indptr, np.int32), indptr.size
-        row[_BIAS] = put("f", layer.bias, np.float32)
-        row[_PROJECTION] = put("f", layer.projection_t, np.float32)
-        row[_PROJECTION_ROWS] = layer.projection_t.shape[0]
-
-    def joined(parts, dtype):
-        return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
-
-    return table, joined(floats, np.float32), joined(indices, np.uint16), joined(pointers, np.int32)
+            row[d], row[d_rows] = floats.put(dense), dense.shape[0]
+            row[v], row[nnz] = floats.put(values), values.size
+            row[i] = indices.put(index)
+            row[p], row[p_len] = pointers.put(indptr), indptr.size
+        row[_BIAS] = floats.put(layer.bias)
+        row[_PROJECTION], row[_PROJECTION_ROWS] = floats.put(layer.projection_t), layer.projection_t.shape[0]
+    return table, floats.joined(), indices.joined(), pointers.joined()
 
 
 @njit(inline="always")
@@ -173,19 +174,20 @@ def _probability(logits, token, classes):
     return np.exp(np.float64(logits[token] - top)) / total
 
 
-@njit(UniTuple(int64, 2)(READ_2D, int64, int64, int64, int64, Array(int64, 1, "C", readonly=True), boolean,
-                         READ_2D, Array(int64, 2, "C", readonly=True), READ_1D, READ_INDEX, READ_PTR,
+@njit(UniTuple(int64, 2)(READ_2D, int64, int64, int64, Array(int64, 1, "C", readonly=True), READ_2D, Array(int64, 2, "C", readonly=True), READ_1D, READ_INDEX, READ_PTR,
                          float32[::1], float32[::1], READ_2D, READ_1D, READ_2D, READ_1D, int64, float32[::1],
                          int64[::1], int64[::1], int64[::1], float32[::1]),
       cache=True, fastmath={"contract"})
-def greedy_frames(frames, frame, max_symbols, blank, classes, durations, tdt, embedding, table, floats, indices,
-                  pointers, h, c, pred_w, pred_b, out_w, out_b, activation, projected, tokens, token_frames,
-                  token_durations, confidences):
+def greedy_frames(frames, frame, max_symbols, blank, durations, embedding, table, floats, indices, pointers, h, c,
+                  pred_w, pred_b, out_w, out_b, activation, projected, tokens, token_frames, token_durations,
+                  confidences):
     """Greedy search over ``frames`` [T, J] (the joint's encoder projection) from frame ``frame`` (an index into
-    them) to their end; h / c / ``projected`` hold the hypothesis' states and prediction projection and are
-    updated in place.  Emitted tokens go to ``tokens`` / ``token_frames`` / ``token_durations`` (TDT; -1 for
+    them) to their end: TDT with ``durations`` (the joint's last len(durations) outputs), RNN-T without (empty);
+    h / c / ``projected`` hold the hypothesis' states and prediction projection and are updated in place.  Emitted tokens go to ``tokens`` / ``token_frames`` / ``token_durations`` (TDT; -1 for
     RNN-T) / ``confidences`` (T * max_symbols entries suffice).  -> (tokens emitted, the next frame to try, which
     a TDT duration may put past T)."""
+    tdt = durations.shape[0] > 0
+    classes = out_b.shape[0] - durations.shape[0]  # token classes: the outputs before the durations'
     joint_hidden = np.empty(frames.shape[1], np.float32)
     logits = np.empty(out_b.shape[0], np.float32)
     widest = embedding.shape[1]
