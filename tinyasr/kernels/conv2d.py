@@ -22,11 +22,10 @@ from __future__ import annotations
 from typing import Sequence, Tuple
 
 import numpy as np
-from numba import carray, njit
+from numba import njit
 from numba.types import Array, UniTuple, float32, int64, void
 
 from tinyasr.errors import GraphError
-from tinyasr.kernels._compile import stack_buffer
 from tinyasr.kernels.conv1d import IM2COL_MAX_ELEMENTS, output_length
 from tinyasr.kernels.epilogue import (
     NO_RESIDUAL,
@@ -126,73 +125,31 @@ def _column_ranges(width, w_out, kw, stride_w, dilation_w, left):
     return first, last
 
 
-PHASE_FRAMES = 256  # longest phase row (input columns / 2 + taps) the stride-2 depthwise path holds on the stack
-
-
 @njit(void(READ_4D, READ_3D, float32[:, :, :, ::1], int64, int64, int64, int64, int64, int64), cache=True,
       fastmath={"contract"})
 def _depthwise(x, weight, out, stride_h, stride_w, dilation_h, dilation_w, top, left):
     """out[b, c, h, w] = sum over taps (i, j) in order of weight[c, i, j] * x[b, c, h*sh + i*dh - top,
     w*sw + j*dw - left], taps outside x counting as zero: one output row at a time, the row stays in L1 while
-    every tap is added.
-
-    At column stride 2 (FastConformer's dw_striding; dilation 1) each input row is first split into its even
-    and odd columns, zeros where the padding lies (``even[k] = x[2k - left]``, ``odd[k] = x[2k + 1 - left]``),
-    so that every tap reads a contiguous run: tap j is ``even[w + j / 2]`` or ``odd[w + (j - 1) / 2]``.  The
-    strided reads per tap (~20 outputs a row at 80 mel bins) ran 2.3x slower on Zen 3 (64 channels, 500 x 40
-    input: 3.10 against 1.31 ms).  Same taps in the same order: bit-identical results."""
+    every tap is added.  (Stride 2 in both axes, FastConformer's dw_striding, runs ``_depthwise_stride2``.)"""
     batch, channels, h_out, w_out = out.shape
     height, width = x.shape[2], x.shape[3]
     kh, kw = weight.shape[1], weight.shape[2]
     first, last = _column_ranges(width, w_out, kw, stride_w, dilation_w, left)
-    phased = stride_w == 2 and dilation_w == 1 and w_out + kw <= PHASE_FRAMES
-    acc = carray(stack_buffer(PHASE_FRAMES), (PHASE_FRAMES,))
-    even = carray(stack_buffer(PHASE_FRAMES), (PHASE_FRAMES,))
-    odd = carray(stack_buffer(PHASE_FRAMES), (PHASE_FRAMES,))
-    span = w_out + kw // 2 + 1  # phase entries the taps read
     for b in range(batch):
         for c in range(channels):
             for h in range(h_out):
                 row = out[b, c, h]
-                if phased:
-                    for w in range(w_out):
-                        acc[w] = 0.0
-                else:
-                    row[:] = 0.0
+                row[:] = 0.0
                 for i in range(kh):
                     r = h * stride_h + i * dilation_h - top
                     if r < 0 or r >= height:
                         continue
                     source = x[b, c, r]
-                    if phased:
-                        for k in range(span):
-                            e = 2 * k - left
-                            even[k] = source[e] if 0 <= e < width else np.float32(0.0)
-                            odd[k] = source[e + 1] if 0 <= e + 1 < width else np.float32(0.0)
-                        if kw == 3:  # the usual kernel: its three taps in one pass over the row
-                            t0, t1, t2 = weight[c, i, 0], weight[c, i, 1], weight[c, i, 2]
-                            for w in range(w_out):
-                                acc[w] += t0 * even[w]
-                                acc[w] += t1 * odd[w]
-                                acc[w] += t2 * even[w + 1]
-                            continue
-                        for j in range(kw):
-                            tap, base = weight[c, i, j], j // 2
-                            if j % 2 == 0:
-                                for w in range(w_out):
-                                    acc[w] += tap * even[base + w]
-                            else:
-                                for w in range(w_out):
-                                    acc[w] += tap * odd[base + w]
-                        continue
                     for j in range(kw):
                         tap = weight[c, i, j]
                         offset = j * dilation_w - left
                         for w in range(first[j], last[j]):
                             row[w] += tap * source[offset + w * stride_w]
-                if phased:
-                    for w in range(w_out):
-                        row[w] = acc[w]
 
 
 @njit(inline="always", fastmath={"contract"})
@@ -221,10 +178,11 @@ def _depthwise_stride2(x, weight, out, top, left):
     the padding lies), each stored with a row pitch of ``Q = W_out + (kw - 1) / 2`` columns.  Tap (i, j) then
     reads phase (i % 2, j % 2) at a fixed offset ``(i / 2) * Q + j / 2`` from the output's own position on a
     grid of pitch Q, so every tap is one contiguous multiply-add over the whole plane (``H_out * Q``; the
-    columns past W_out are computed and dropped).  Row by row (``_depthwise``), 20-output rows (80 mel bins)
-    spent their time on per-row set-up and bounds checks: 64 channels, 500 x 40 input, Zen 3 (loaded), 1.77 ms
-    there, 1.11 ms here (onnxruntime: 0.42 ms, about the time to read the input once); 250 x 20: 0.57 / 0.34 ms.
-    Taps added in the same order as ``_depthwise``: bit-identical results."""
+    columns past W_out are computed and dropped).  64 channels, 500 x 40 input, Zen 3: row by row
+    (``_depthwise``, strided reads per tap) 3.09 ms; with each input row split into even / odd columns first (the
+    previous version of this path) 1.31-1.77 ms, its 20-output rows spending their time on per-row set-up and
+    bounds checks; here 1.07-1.11 ms (onnxruntime: 0.42 ms, about the time to read the input once); 250 x 20:
+    0.57 -> 0.34 ms.  Taps added in the same order as ``_depthwise``: bit-identical results."""
     batch, channels, h_out, w_out = out.shape
     height, width = x.shape[2], x.shape[3]
     kh, kw = weight.shape[1], weight.shape[2]
