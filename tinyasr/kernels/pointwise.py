@@ -161,16 +161,33 @@ def pointwise_tiles(frames: int):
     """The tile kernel measured fastest on this CPU for ``frames`` output frames (its inputs come from
     tiles_of(x, .width)): measured once at T = 64 for short inputs, where a wide tile computes mostly padding,
     and once at T = 384 for the rest (tuning.fastest)."""
-    return _fastest_tiles(CALIBRATION_FRAMES[0] if frames < SHORT_INPUT else CALIBRATION_FRAMES[1])
+    return _fastest_tiles(_calibration_frames(frames))
+
+
+def prefer_blas(frames: int) -> bool:
+    """True where numpy's BLAS matmul followed by the epilogue pass measured faster on this CPU than
+    ``pointwise_tiles(frames)`` with its epilogue fused (both with a bias and Relu, one thread; conv1d then runs
+    BLAS at one thread), measured at the same two frame counts.  OpenBLAS's AVX2 kernels reach 80-86 GFLOP/s on
+    Zen 3 where the best tile did 57-70 (benchmarks/results/variants_znver3.md); on Zen 5 the tile ran 1.8-2x
+    numpy's matmul."""
+    return _blas_beats_tiles(_calibration_frames(frames))
+
+
+def _calibration_frames(frames: int) -> int:
+    return CALIBRATION_FRAMES[0] if frames < SHORT_INPUT else CALIBRATION_FRAMES[1]
+
+
+def _calibration_problem(frames: int):
+    """(x [1, Cin, frames], W [Cout, Cin], y [1, Cout, frames]) of CALIBRATION_CHANNELS, fixed values."""
+    cin, cout = CALIBRATION_CHANNELS
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, cin, frames), dtype=np.float32)
+    return x, rng.standard_normal((cout, cin), dtype=np.float32), np.empty((1, cout, frames), np.float32)
 
 
 @functools.cache
 def _fastest_tiles(frames: int):
-    cin, cout = CALIBRATION_CHANNELS
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((1, cin, frames), dtype=np.float32)
-    w = rng.standard_normal((cout, cin), dtype=np.float32)
-    y = np.empty((1, cout, frames), np.float32)
+    x, w, y = _calibration_problem(frames)
 
     def run(kernel):
         return lambda: kernel.serial(tiles_of(x, kernel.width), w, NO_BIAS, NO_RESIDUAL, y, 0, 0.0, 0.0)
@@ -181,19 +198,10 @@ def _fastest_tiles(frames: int):
 
 
 @functools.cache
-def prefer_blas(frames: int) -> bool:
-    """True where numpy's BLAS matmul followed by the epilogue pass measured faster on this CPU than
-    ``pointwise_tiles(frames)`` with its epilogue fused (both with a bias and Relu, one thread; conv1d then runs
-    BLAS at one thread).  OpenBLAS's AVX2 kernels reach 80-86 GFLOP/s on Zen 3 where the best tile did 57-70
-    (benchmarks/results/variants_znver3.md); on Zen 5 the tile ran 1.8-2x numpy's matmul."""
-    frames = CALIBRATION_FRAMES[0] if frames < SHORT_INPUT else CALIBRATION_FRAMES[1]
-    kernel = pointwise_tiles(frames)
-    cin, cout = CALIBRATION_CHANNELS
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((1, cin, frames), dtype=np.float32)
-    w = rng.standard_normal((cout, cin), dtype=np.float32)
-    bias = rng.standard_normal(cout, dtype=np.float32)
-    y = np.empty((1, cout, frames), np.float32)
+def _blas_beats_tiles(frames: int) -> bool:
+    kernel = _fastest_tiles(frames)
+    x, w, y = _calibration_problem(frames)
+    bias = np.random.default_rng(1).standard_normal(w.shape[0], dtype=np.float32)
 
     def tiles():
         kernel.serial(tiles_of(x, kernel.width), w, bias, NO_RESIDUAL, y, RELU, 0.0, 0.0)
