@@ -337,6 +337,14 @@ CONV_CASES = [
     ((1, 3, 10), (2, 3, 4), {"auto_pad": "VALID", "kernel_shape": [4]}),
     # 2-D: NeMo's striding / dw_striding subsampling, pointwise, grouped with dilation, auto_pad, im2col in row chunks
     ((2, 1, 21, 16), (4, 1, 3, 3), {"strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    # dense at stride 2 (im2col from the four stride phases): uneven kernels and pads, none, grouped, and an input
+    # long enough for several row chunks
+    ((1, 3, 12, 11), (5, 3, 4, 4), {"strides": [2, 2], "pads": [1, 2, 2, 1]}),
+    ((2, 2, 17, 9), (3, 2, 5, 3), {"strides": [2, 2], "pads": [2, 1, 2, 1]}),
+    ((1, 2, 7, 6), (4, 2, 3, 3), {"strides": [2, 2]}),
+    ((1, 2, 6, 5), (3, 2, 2, 2), {"strides": [2, 2], "pads": [3, 0, 0, 3]}),
+    ((1, 4, 9, 8), (6, 2, 3, 3), {"group": 2, "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    ((1, 8, 4000, 40), (2, 8, 3, 3), {"strides": [2, 2], "pads": [1, 1, 1, 1]}),
     ((2, 4, 9, 10), (4, 1, 3, 3), {"group": 4, "strides": [2, 2], "pads": [1, 1, 1, 1]}),
     # depthwise at stride 2 (a plane at a time over its stride phases): even and uneven kernels and pads, none,
     # and pads wider than a tap reaches
