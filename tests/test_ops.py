@@ -337,6 +337,12 @@ CONV_CASES = [
     ((1, 3, 10), (2, 3, 4), {"auto_pad": "VALID", "kernel_shape": [4]}),
     # 2-D: NeMo's striding / dw_striding subsampling, pointwise, grouped with dilation, auto_pad, im2col in row chunks
     ((2, 1, 21, 16), (4, 1, 3, 3), {"strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    # one input channel, 3 x 3, stride 2 (a direct kernel over six phase planes): no pads, uneven and wide pads,
+    # odd sizes, several row chunks
+    ((1, 1, 9, 7), (3, 1, 3, 3), {"strides": [2, 2]}),
+    ((2, 1, 10, 11), (5, 1, 3, 3), {"strides": [2, 2], "pads": [0, 2, 1, 0]}),
+    ((1, 1, 8, 6), (2, 1, 3, 3), {"strides": [2, 2], "pads": [3, 1, 2, 4]}),
+    ((1, 1, 701, 9), (3, 1, 3, 3), {"strides": [2, 2], "pads": [1, 1, 1, 1]}),
     # dense at stride 2 (im2col from the four stride phases): uneven kernels and pads, none, grouped, and an input
     # long enough for several row chunks
     ((1, 3, 12, 11), (5, 3, 4, 4), {"strides": [2, 2], "pads": [1, 2, 2, 1]}),
@@ -377,10 +383,12 @@ FUSED_GEOMETRIES = [((2, 4, 12), (6, 2, 3), {"group": 2, "pads": [1, 1]}),
 
 @pytest.mark.parametrize("activation", ["Relu", "Sigmoid"])
 @pytest.mark.parametrize("w_shape,conv_attrs", [((3, 2, 3, 3), {"pads": [1, 1, 1, 1]}),
-                                                ((2, 1, 3, 3), {"group": 2, "strides": [2, 2]})], ids=str)
+                                                ((2, 1, 3, 3), {"group": 2, "strides": [2, 2]}),
+                                                ((3, 2, 3, 3), {"strides": [2, 2], "pads": [1, 1, 1, 1]}),
+                                                ((4, 1, 3, 3), {"strides": [2, 2], "pads": [1, 1, 1, 1]})], ids=str)
 def test_conv2d_fused_activation(w_shape, conv_attrs, activation):
     """A 2-D Conv with a fused activation (the converter fuses the subsampling's ReLU) equals Conv -> activation."""
-    x, w, b = f32(2, 2, 9, 8), f32(*w_shape), f32(w_shape[0])
+    x, w, b = f32(2, w_shape[1] * conv_attrs.get("group", 1), 9, 8), f32(*w_shape), f32(w_shape[0])
     ours = run_op("Conv", [x, w, b], {**conv_attrs, "activation": activation})[0]
     nodes = [helper.make_node("Conv", ["in0", "in1", "in2"], ["conv"], **conv_attrs),
              helper.make_node(activation, ["conv"], ["out0"])]

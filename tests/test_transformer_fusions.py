@@ -1,5 +1,5 @@
 """Converter fusions for transformer / Conformer blocks (converters/passes.py): a Pad folded into the Conv that
-reads it, Sigmoid -> Mul(x, .) as one Swish node.  Each fused graph is compared with onnxruntime on the
+reads it, Sigmoid -> Mul(x, .) as one Swish node, a ReLU moved ahead of a 0 / 1 length mask into its Conv.  Each fused graph is compared with onnxruntime on the
 unfused ONNX model, and the patterns that must not fuse are shown to stay as they are."""
 
 from __future__ import annotations
@@ -86,6 +86,59 @@ def test_a_sigmoid_read_elsewhere_is_not_fused(tmp_path):
     assert "Swish" not in ops and ops.count("Sigmoid") == 1 and "Pad" not in ops
 
 
+def _masked_conv(tmp_path, mask_kind):
+    """x [1, C, T] -> Conv -> Mul(mask) -> Relu, the mask [1, 1, T] read by a Shape as well (NeMo's masked
+    subsampling): ``bool`` a cast of (frame index < 17), ``stored`` a stored non-negative mask, ``signed`` a
+    stored mask with a negative entry, ``input`` a graph input (unknown sign)."""
+    weight = RNG.standard_normal((CHANNELS, CHANNELS, 3)).astype(np.float32)
+    tensors = [numpy_helper.from_array(weight, "w")]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, CHANNELS, FRAMES])]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1]),
+             helper.make_node("Shape", ["y"], ["y_shape"]),
+             helper.make_node("Mul", ["y", "mask"], ["masked"]),
+             helper.make_node("Relu", ["masked"], ["out"])]
+    if mask_kind == "bool":
+        tensors += [numpy_helper.from_array(np.arange(FRAMES, dtype=np.int64).reshape(1, 1, FRAMES), "frames"),
+                    numpy_helper.from_array(np.int64(17), "length")]
+        inputs.append(helper.make_tensor_value_info("frame_count", TensorProto.INT64, []))
+        nodes[:0] = [helper.make_node("Less", ["frames", "frame_count"], ["keep"]),
+                     helper.make_node("Cast", ["keep"], ["mask"], to=TensorProto.FLOAT)]
+    elif mask_kind == "input":
+        inputs.append(helper.make_tensor_value_info("mask", TensorProto.FLOAT, [1, 1, FRAMES]))
+    else:
+        mask = RNG.uniform(0.0, 1.0, (1, 1, FRAMES)).astype(np.float32)
+        mask[0, 0, 3] = -0.5 if mask_kind == "signed" else 0.0
+        tensors.append(numpy_helper.from_array(mask, "mask"))
+    graph = helper.make_graph(nodes, "masked_conv", inputs,
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT if n == "out" else TensorProto.INT64,
+                                                             None) for n in ("out", "y_shape")], tensors)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / f"masked_{mask_kind}.onnx"
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+@pytest.mark.parametrize("mask_kind, fused", [("bool", True), ("stored", True), ("signed", False), ("input", False)])
+def test_relu_moves_ahead_of_a_non_negative_mask_into_the_conv(tmp_path, mask_kind, fused):
+    """relu(conv * mask) == relu(conv) * mask for a mask >= 0, so the ReLU fuses into the Conv; a mask that may
+    be negative keeps the order.  Outputs (and the Shape read of the Conv's output) equal onnxruntime's."""
+    path = _masked_conv(tmp_path, mask_kind)
+    model = load_model(convert(path, tmp_path / "m.tasr"))
+    feeds = {"x": RNG.standard_normal((1, CHANNELS, FRAMES)).astype(np.float32)}
+    if mask_kind == "bool":
+        feeds["frame_count"] = np.array(17, np.int64)
+    elif mask_kind == "input":
+        feeds["mask"] = RNG.uniform(-1.0, 1.0, (1, 1, FRAMES)).astype(np.float32)
+    expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
+    got = model.run(feeds)
+    np.testing.assert_allclose(got["out"], expected[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got["y_shape"], expected[1])
+    ops = [node.op for node in model.graph.nodes]
+    convs = [node for node in model.graph.nodes if node.op == "Conv"]
+    assert ("Relu" not in ops and convs[0].attrs.get("activation") == "Relu") == fused, ops
+
+
 @pytest.mark.skipif(not (SHARED_DIR / "models" / "nemo-random").exists(),
                     reason=f"shared NeMo models not available ({SHARED_DIR})")
 @pytest.mark.parametrize("name, layers", [("conformer_ctc_small", 16), ("fastconformer_ctc_small", 4)])
@@ -98,4 +151,5 @@ def test_nemo_conformer_exports_fuse_every_swish_and_pad(tmp_path, name, layers)
     settings = manifest_from_nemo_config(load_config(folder / "model_config.yaml"))
     ops = [node.op for node in load_model(convert(folder / "model.onnx", tmp_path / "m.tasr", **settings)).graph.nodes]
     assert ops.count("Swish") == 3 * layers and "Pad" not in ops
+    assert "Relu" not in ops  # the masked subsampling's ReLUs moved ahead of their masks, into the convs
     assert ops.count("Sigmoid") == layers  # the GLU's gate multiplies the other half: not a Swish

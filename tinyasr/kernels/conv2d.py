@@ -29,17 +29,21 @@ from tinyasr.errors import GraphError
 from tinyasr.kernels.conv1d import IM2COL_MAX_ELEMENTS, output_length
 from tinyasr.kernels.epilogue import (
     NO_RESIDUAL,
+    READ_1D,
     READ_3D,
     activate_reference,
     activation_code,
     as_float32,
     check_bias_residual,
     epilogue_rows,
+    finish_row,
     remembered,
 )
 
 Pair = Tuple[int, int]
 READ_4D = Array(float32, 4, "C", readonly=True)
+# ``_phase_direct_3x3`` splits this many floats of input rows into phases at a time (they stay in L1)
+DIRECT_ROWS_FLOATS = 1024
 
 
 @remembered
@@ -89,13 +93,16 @@ def conv2d(x, weight, bias=None, *, strides: Sequence[int] = (1, 1), dilations: 
     if out.size == 0:
         return out
     channels_out, cin_g, kh, kw = weight.shape
+    if _direct(weight.shape, strides, dilations, group):
+        _phase_direct_3x3(x, weight, bias, out, pads[0], pads[1], act, lo, hi)
+        return out
     if group == x.shape[1] == channels_out > 1 and strides == (2, 2) and dilations == (1, 1):
         _depthwise_stride2(x, weight.reshape(channels_out, kh, kw), out, pads[0], pads[1])
     elif group == x.shape[1] == channels_out > 1:
         _depthwise(x, weight.reshape(channels_out, kh, kw), out, *strides, *dilations, pads[0], pads[1])
     else:
         needed = 0 if kh == kw == 1 and strides == (1, 1) and not any(pads) else im2col_elements(
-            weight.shape, out.shape[2:], strides, dilations)
+            weight.shape, out.shape[2:], strides, dilations, group)
         if scratch is None or scratch.dtype != np.float32 or scratch.size < needed or not scratch.flags.c_contiguous:
             scratch = np.empty(needed, np.float32)
         _im2col_matmul(x, weight, out, strides, dilations, pads, group, scratch.reshape(-1))
@@ -104,10 +111,12 @@ def conv2d(x, weight, bias=None, *, strides: Sequence[int] = (1, 1), dilations: 
     return out
 
 
-def im2col_elements(weight_shape, out_hw, strides=(1, 1), dilations=(1, 1)) -> int:
+def im2col_elements(weight_shape, out_hw, strides=(1, 1), dilations=(1, 1), group=1) -> int:
     """Floats of scratch the dense path needs for a weight [Cout, Cin/g, kh, kw], output [H_out, W_out] and
-    these strides and dilations (at stride 2: the columns, one channel's phases and the product)."""
+    these strides, dilations and group (at stride 2: the columns, one channel's phases and the product)."""
     channels_out, depth = int(weight_shape[0]), int(np.prod(weight_shape[1:]))
+    if _direct(weight_shape, strides, dilations, group):
+        return 0
     if _by_phases(strides, dilations):
         kh, kw = int(weight_shape[2]), int(weight_shape[3])
         pitch = int(out_hw[1]) + (kw - 1) // 2
@@ -122,6 +131,10 @@ def _im2col_rows(depth: int, out_hw) -> int:
 
 def _by_phases(strides, dilations) -> bool:
     return tuple(strides) == (2, 2) and tuple(dilations) == (1, 1)
+
+
+def _direct(weight_shape, strides, dilations, group) -> bool:
+    return group == 1 and tuple(weight_shape[1:]) == (1, 3, 3) and _by_phases(strides, dilations)
 
 
 def _phase_plane(rows: int, kh: int, kw: int, pitch: int) -> int:
@@ -167,6 +180,32 @@ def _depthwise(x, weight, out, stride_h, stride_w, dilation_h, dilation_w, top, 
                             row[w] += tap * source[offset + w * stride_w]
 
 
+@njit(inline="always")
+def _fill_phases(plane, top, left, h0, rows, pitch, phases):
+    """Split input plane [H, W] into its four stride-2 phases, rows from phase row h0 on: phases[(pi, pj),
+    r * pitch + q] = plane[2 (h0 + r) + pi - top, 2q + pj - left] for r < rows, q < pitch, where that lies inside
+    the plane; every other entry is left as it is (the caller's zeros: the padding)."""
+    for phase in range(4):
+        _fill_phase(plane, top, left, h0, rows, pitch, phase // 2, phase % 2, 0, phases[phase])
+
+
+@njit(inline="always")
+def _fill_phase(plane, top, left, h0, rows, pitch, pi, pj, shift, target):
+    """One stride-2 phase, its columns starting at phase column ``shift``: target[r * pitch + q] =
+    plane[2 (h0 + r) + pi - top, 2 (q + shift) + pj - left] where that lies inside the plane."""
+    height, width = plane.shape
+    r0, r1 = max(0, (top - pi + 1) // 2 - h0), min(rows, (height - 1 + top - pi) // 2 + 1 - h0)
+    q0 = max(0, (left - pj + 1) // 2 - shift)
+    q1 = min(pitch, (width - 1 + left - pj) // 2 + 1 - shift)
+    for r in range(r0, r1):
+        # views from the first element read: indexed by loop variables alone, no negative-index select per
+        # element, so the stride-2 copy vectorises (2x faster)
+        inside = plane[2 * (h0 + r) + pi - top, 2 * (q0 + shift) + pj - left:]
+        row = target[r * pitch + q0:]
+        for q in range(q1 - q0):
+            row[q] = inside[2 * q]
+
+
 @njit(inline="always", fastmath={"contract"})
 def _add_taps(phases, taps, acc, pitch, out):
     """out [H_out, W_out] = every tap (i, j) of ``taps`` [kh, kw], in order, times its phase plane at its offset
@@ -199,26 +238,13 @@ def _depthwise_stride2(x, weight, out, top, left):
     bounds checks; here 1.07-1.11 ms (onnxruntime: 0.42 ms, about the time to read the input once); 250 x 20:
     0.57 -> 0.34 ms.  Taps added in the same order as ``_depthwise``: bit-identical results."""
     batch, channels, h_out, w_out = out.shape
-    height, width = x.shape[2], x.shape[3]
     kh, kw = weight.shape[1], weight.shape[2]
     rows, pitch = h_out + (kh - 1) // 2, w_out + (kw - 1) // 2
     phases = np.zeros((4, rows * pitch), np.float32)  # the padding's zeros stay: only the inside is rewritten
     acc = np.empty(h_out * pitch, np.float32)
     for b in range(batch):
         for c in range(channels):
-            for phase in range(4):
-                # phase (pi, pj) row r, column q: x[2r + pi - top, 2q + pj - left]; rows r0..r1, columns q0..q1
-                # lie inside x
-                pi, pj = phase // 2, phase % 2
-                r0, r1 = max(0, (top - pi + 1) // 2), min(rows, (height - 1 + top - pi) // 2 + 1)
-                q0, q1 = max(0, (left - pj + 1) // 2), min(pitch, (width - 1 + left - pj) // 2 + 1)
-                for r in range(r0, r1):
-                    # views from the first element read: indexed by loop variables alone, no negative-index
-                    # select per element, so the stride-2 copy vectorises (2x faster)
-                    inside = x[b, c, 2 * r + pi - top, 2 * q0 + pj - left:]
-                    target = phases[phase, r * pitch + q0:]
-                    for q in range(q1 - q0):
-                        target[q] = inside[2 * q]
+            _fill_phases(x[b, c], top, left, 0, rows, pitch, phases)
             _add_taps(phases, weight[c], acc, pitch, out[b, c])
 
 
@@ -264,28 +290,62 @@ def _phase_columns(x, b, c0, channels, kh, kw, top, left, h0, pitch, phases, col
     (i / 2) * pitch + j / 2 on: one contiguous copy of all the chunk's columns per tap, where the strided
     gather copied W_out values per output row (conformer_ctc_small's second conv, 88 channels, 500 x 40
     input: 4.5 ms of gathering for a 6.3 ms product)."""
-    height, width = x.shape[2], x.shape[3]
     span = columns.shape[1]
     rows = span // pitch + (kh - 1) // 2
     phases[:] = 0.0  # the padding's zeros: only the inside is rewritten per channel
     for c in range(channels):
-        for phase in range(4):
-            pi, pj = phase // 2, phase % 2
-            # phase row r, column q: x[2 (h0 + r) + pi - top, 2q + pj - left]; rows r0..r1, columns q0..q1 inside x
-            r0 = max(0, (top - pi + 1) // 2 - h0)
-            r1 = min(rows, (height - 1 + top - pi) // 2 + 1 - h0)
-            q0, q1 = max(0, (left - pj + 1) // 2), min(pitch, (width - 1 + left - pj) // 2 + 1)
-            for r in range(r0, r1):
-                inside = x[b, c0 + c, 2 * (h0 + r) + pi - top, 2 * q0 + pj - left:]
-                target = phases[phase, r * pitch + q0:]
-                for q in range(q1 - q0):
-                    target[q] = inside[2 * q]
+        _fill_phases(x[b, c0 + c], top, left, h0, rows, pitch, phases)
         for i in range(kh):
             for j in range(kw):
                 source = phases[(i % 2) * 2 + j % 2, (i // 2) * pitch + j // 2:]
                 dest = columns[(c * kh + i) * kw + j]
                 for p in range(span):
                     dest[p] = source[p]
+
+
+@njit(void(READ_4D, READ_4D, READ_1D, float32[:, :, :, ::1], int64, int64, int64, float32, float32), cache=True,
+      fastmath={"contract"})
+def _phase_direct_3x3(x, weight, bias, out, top, left, act, lo, hi):
+    """Dense 3 x 3 conv at stride 2, dilation 1, of a one-channel input (the striding subsampling's first conv),
+    bias and activation included.
+
+    A chunk of output rows at a time, the input's rows for them split into six planes of the output's own row
+    pitch (in L1): the four stride phases, and the two even-column phases again one column on, for the taps
+    j = 2 (``_fill_phase``).  Tap (i, j) then reads one of them from row offset i / 2 on, so each output channel
+    is one loop over the chunk's outputs, contiguous in ``out``: nine loads and nine multiply-adds per vector of
+    outputs and one store.  im2col + BLAS spent its time writing and re-reading the 9-row columns (a
+    [88, 9] x [9, 20000] product is store-bound), then took a separate epilogue pass: 2.2-2.4 ms against
+    onnxruntime's 0.76 ms (88 channels, 1000 x 80 input, Zen 3).  Passes over an accumulator, three taps each, lost
+    to im2col (2.5 ms: its loads and stores), and so did one pass per output row (1.8 ms: 40-output rows spend
+    their time setting up)."""
+    batch, channels_out, h_out, w_out = out.shape
+    rows = max(1, min(h_out, DIRECT_ROWS_FLOATS // w_out))
+    plane = (rows + 1) * w_out
+    planes = np.empty((6, plane), np.float32)
+    has_bias = bias.shape[0] > 0
+    for b in range(batch):
+        for h0 in range(0, h_out, rows):
+            n = min(rows, h_out - h0)
+            planes[:] = 0.0  # the padding's zeros: only the inside is written
+            for k in range(6):  # (row phase, column phase, column shift) for k = 0..5
+                _fill_phase(x[b, 0], top, left, h0, n + 1, w_out, (k // 3) % 2, k % 3 % 2, k % 3 // 2, planes[k])
+            # tap (i, j) reads plane 3 (i % 2) + j from row offset i / 2
+            even, even_odd, even_next = planes[0], planes[1], planes[2]
+            odd, odd_odd, odd_next = planes[3], planes[4], planes[5]
+            below, below_odd, below_next = planes[0, w_out:], planes[1, w_out:], planes[2, w_out:]
+            span = n * w_out
+            for co in range(channels_out):
+                taps = weight[co, 0]
+                t00, t01, t02 = taps[0, 0], taps[0, 1], taps[0, 2]
+                t10, t11, t12 = taps[1, 0], taps[1, 1], taps[1, 2]
+                t20, t21, t22 = taps[2, 0], taps[2, 1], taps[2, 2]
+                bias_co = bias[co] if has_bias else np.float32(0.0)
+                target = out[b, co].reshape(-1)[h0 * w_out:h0 * w_out + span]
+                for p in range(span):
+                    target[p] = (bias_co + t00 * even[p] + t01 * even_odd[p] + t02 * even_next[p]
+                                 + t10 * odd[p] + t11 * odd_odd[p] + t12 * odd_next[p]
+                                 + t20 * below[p] + t21 * below_odd[p] + t22 * below_next[p])
+                finish_row(target, np.float32(0.0), False, target, act, lo, hi)
 
 
 def _im2col_matmul(x, weight, out, strides, dilations, pads, group, scratch):

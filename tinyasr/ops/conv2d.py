@@ -68,8 +68,8 @@ def conv2d_op(ctx, inputs, attrs):
     depthwise = group == x.shape[1] == weight.shape[0] > 1
     # the im2col columns come from the pool like an output: the same buffer every run, no page faults
     pointwise = kernel == (1, 1) and strides == (1, 1) and not any(pads)
-    scratch = None if depthwise or pointwise else ctx.output((im2col_elements(weight.shape, shape[2:], strides, dilations),),
-                                                                     np.float32)
+    scratch_size = 0 if depthwise or pointwise else im2col_elements(weight.shape, shape[2:], strides, dilations, group)
+    scratch = ctx.output((scratch_size,), np.float32) if scratch_size else None
     conv2d(x, weight, bias, strides=strides, dilations=dilations, pads=tuple(pads), group=group,
            activation=attrs.get("activation", ""), activation_params=attrs.get("activation_params", ()), out=out,
            scratch=scratch)
