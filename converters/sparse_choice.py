@@ -277,7 +277,7 @@ def time_major_weights(graph: Graph, tensors: Mapping[str, Any]) -> set:
     """Names of stored 2-D B operands of MatMul nodes whose A is computed (a linear layer on [..., T, C]
     activations): the weights kernels.sparse.matmul_time_major runs."""
     return {node.inputs[1] for node in graph.nodes
-            if node.op == "MatMul" and len(node.inputs) == 2 and node.inputs[0] not in tensors
+            if node.op == "MatMul" and len(node.inputs) in (2, 3) and node.inputs[0] not in tensors
             and getattr(tensors.get(node.inputs[1]), "ndim", 0) == 2}
 
 

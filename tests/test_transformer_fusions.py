@@ -1,5 +1,6 @@
 """Converter fusions for transformer / Conformer blocks (converters/passes.py): a Pad folded into the Conv that
-reads it, Sigmoid -> Mul(x, .) as one Swish node, a ReLU moved ahead of a 0 / 1 length mask into its Conv.  Each fused graph is compared with onnxruntime on the
+reads it, Sigmoid -> Mul(x, .) as one Swish node, a ReLU moved ahead of a 0 / 1 length mask into its Conv, a linear
+layer's bias Add and activation folded into its MatMul.  Each fused graph is compared with onnxruntime on the
 unfused ONNX model, and the patterns that must not fuse are shown to stay as they are."""
 
 from __future__ import annotations
@@ -139,6 +140,51 @@ def test_relu_moves_ahead_of_a_non_negative_mask_into_the_conv(tmp_path, mask_ki
     assert ("Relu" not in ops and convs[0].attrs.get("activation") == "Relu") == fused, ops
 
 
+def _linear(tmp_path, activation, bias_shape=(8,), product_read_twice=False):
+    """x [T, C] -> MatMul(W [C, 8]) -> Add(bias) -> activation ("Swish": Sigmoid and Mul, "Relu", "" none)."""
+    tensors = [numpy_helper.from_array(RNG.standard_normal((CHANNELS, 8)).astype(np.float32), "w"),
+               numpy_helper.from_array(RNG.standard_normal(bias_shape).astype(np.float32), "bias")]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["product"]),
+             helper.make_node("Add", ["product", "bias"], ["linear"])]
+    if activation == "Swish":
+        nodes += [helper.make_node("Sigmoid", ["linear"], ["gate"]), helper.make_node("Mul", ["linear", "gate"], ["out"])]
+    elif activation == "Relu":
+        nodes.append(helper.make_node("Relu", ["linear"], ["out"]))
+    else:
+        nodes.append(helper.make_node("Identity", ["linear"], ["out"]))
+    outputs = ["out"] + (["product"] if product_read_twice else [])
+    graph = helper.make_graph(nodes, "linear", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", CHANNELS])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs], tensors)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "linear.onnx"
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+@pytest.mark.parametrize("activation", ["Swish", "Relu", ""])
+@pytest.mark.parametrize("bias_shape", [(8,), (1, 8)], ids=str)
+def test_bias_and_activation_fold_into_the_matmul(tmp_path, activation, bias_shape):
+    path = _linear(tmp_path, activation, bias_shape)
+    model = load_model(convert(path, tmp_path / "m.tasr"))
+    x = RNG.standard_normal((FRAMES, CHANNELS)).astype(np.float32) * 3
+    expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(model.run({"x": x})["out"], expected, rtol=1e-5, atol=1e-6)
+    (node,) = model.graph.nodes
+    assert node.op == "MatMul" and len(node.inputs) == 3 and node.attrs.get("activation", "") == activation
+
+
+def test_a_product_read_elsewhere_keeps_its_add(tmp_path):
+    path = _linear(tmp_path, "Relu", product_read_twice=True)
+    model = load_model(convert(path, tmp_path / "m.tasr"))
+    x = RNG.standard_normal((FRAMES, CHANNELS)).astype(np.float32)
+    expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    got = model.run({"x": x})
+    np.testing.assert_allclose(got["out"], expected[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["product"], expected[1], rtol=1e-5, atol=1e-6)
+    assert [node.op for node in model.graph.nodes] == ["MatMul", "Add", "Relu"]
+
+
 @pytest.mark.skipif(not (SHARED_DIR / "models" / "nemo-random").exists(),
                     reason=f"shared NeMo models not available ({SHARED_DIR})")
 @pytest.mark.parametrize("name, layers", [("conformer_ctc_small", 16), ("fastconformer_ctc_small", 4)])
@@ -150,6 +196,12 @@ def test_nemo_conformer_exports_fuse_every_swish_and_pad(tmp_path, name, layers)
     folder = SHARED_DIR / "models" / "nemo-random" / name
     settings = manifest_from_nemo_config(load_config(folder / "model_config.yaml"))
     ops = [node.op for node in load_model(convert(folder / "model.onnx", tmp_path / "m.tasr", **settings)).graph.nodes]
-    assert ops.count("Swish") == 3 * layers and "Pad" not in ops
+    assert "Pad" not in ops
     assert "Relu" not in ops  # the masked subsampling's ReLUs moved ahead of their masks, into the convs
     assert ops.count("Sigmoid") == layers  # the GLU's gate multiplies the other half: not a Swish
+    nodes = load_model(tmp_path / "m.tasr").graph.nodes
+    # the feed-forward Swishes go into their MatMuls with the biases; the conv module's stays a Swish node
+    assert ops.count("Swish") == layers
+    assert sum(n.op == "MatMul" and n.attrs.get("activation") == "Swish" for n in nodes) == 2 * layers
+    # every linear layer's bias (q, k, v, out, two per feed-forward block) is its MatMul's third input
+    assert sum(n.op == "MatMul" and len(n.inputs) == 3 for n in nodes) >= 8 * layers

@@ -81,6 +81,9 @@ class _BufferPool:
         # steps they make unnecessary; None until that run is over
         self.signature_values: Optional[Dict[int, np.ndarray]] = None
         self.skipped_steps: frozenset = frozenset()
+        # the steps that run once signature values are kept, each with the buffers its ctx.output calls got, in
+        # order: recorded on the second run, replayed from the third on (see Model._replay)
+        self.tape: Optional[List[Tuple[int, Tuple[np.ndarray, ...], Tuple[int, ...]]]] = None
 
     def reset(self) -> None:
         """Start of a run: every buffer is free."""
@@ -112,21 +115,28 @@ class _BufferPool:
 class _RunContext(OpContext):
     """Hands ops pool buffers; tracks which buffers live values still reference."""
 
-    def __init__(self, pool: _BufferPool, slot_count: int):
+    def __init__(self, pool: _BufferPool, slot_count: int, record: bool = False):
         super().__init__()
         self.pool = pool
         self.references: Dict[int, int] = defaultdict(int)  # pool buffer id -> live values on it
         self.slot_owner: List[Optional[int]] = [None] * slot_count
         self.donatable: List[Optional[np.ndarray]] = []
+        self.recorded: Optional[List[np.ndarray]] = [] if record else None  # this step's buffers, when recording
 
     def output(self, shape, dtype=np.float32, donors=()) -> np.ndarray:
         shape, dtype = tuple(map(int, shape)), np.dtype(dtype)
+        buffer = None
         for i in donors:
             candidate = self.donatable[i] if i < len(self.donatable) else None
             if candidate is not None and candidate.shape == shape and candidate.dtype == dtype:
                 self.donatable = [None if d is candidate else d for d in self.donatable]
-                return candidate
-        return self.pool.take(shape, dtype)
+                buffer = candidate
+                break
+        if buffer is None:
+            buffer = self.pool.take(shape, dtype)
+        if self.recorded is not None:
+            self.recorded.append(buffer)
+        return buffer
 
     def prepare(self, step: _Step, args: List[Any]) -> None:
         """Mark as donatable the inputs that are whole pool buffers no other live value uses."""
@@ -156,6 +166,27 @@ class _RunContext(OpContext):
             self.references[owner] -= 1
             if self.references[owner] == 0:
                 self.pool.give_back(self.pool.owned[owner])
+
+
+class _ReplayContext(OpContext):
+    """Hands each step the buffers the recorded run gave it, in the same order (``Model._replay``); a request
+    that does not match the recording (another shape or dtype, or more of them) gets a fresh buffer."""
+
+    def __init__(self, pool: _BufferPool):
+        super().__init__()
+        self.pool = pool
+        self.buffers: Tuple[np.ndarray, ...] = ()
+        self.next = 0
+
+    def output(self, shape, dtype=np.float32, donors=()) -> np.ndarray:
+        shape, dtype = tuple(map(int, shape)), np.dtype(dtype)
+        if self.next < len(self.buffers):
+            buffer = self.buffers[self.next]
+            self.next += 1
+            if buffer.shape == shape and buffer.dtype == dtype:
+                return buffer
+        self.pool.allocations += 1
+        return aligned_empty(shape, dtype)
 
 
 class Model:
@@ -227,11 +258,14 @@ class Model:
         threads.ensure_configured()
         arrays = self._check_inputs(inputs)
         pool = self._pool_for(tuple((a.shape, a.dtype.str) for a in arrays))
+        if pool.tape is not None:
+            return self._outputs(self._replay(pool, arrays))
         pool.reset()
-        ctx = _RunContext(pool, self._slot_count)
+        kept, skipped = pool.signature_values, pool.skipped_steps
+        tape: Optional[List[Tuple[int, Tuple[np.ndarray, ...], Tuple[int, ...]]]] = None if kept is None else []
+        ctx = _RunContext(pool, self._slot_count, record=tape is not None)
         values: List[Any] = [None] * len(ctx.slot_owner)
         values[: len(arrays)] = arrays
-        kept, skipped = pool.signature_values, pool.skipped_steps
         if kept is None:
             kept, skipped, record = {}, frozenset(), self._signature_steps
         else:
@@ -248,6 +282,12 @@ class Model:
                     ctx.bind(slot, result)
                 if index in record:
                     _keep_signature_values(kept, step, results)
+                if tape is not None:
+                    tape.append((index, tuple(ctx.recorded), step.release))
+                    ctx.recorded.clear()
+            elif tape:  # a skipped step's dead values die with the step run before it
+                index_run, buffers, release = tape[-1]
+                tape[-1] = (index_run, buffers, release + step.release)
             for slot in step.release:
                 ctx.unbind(slot)
                 values[slot] = None
@@ -255,6 +295,36 @@ class Model:
             pool.signature_values = kept
             pool.skipped_steps = frozenset(i for i in self._signature_steps
                                            if all(slot in kept for slot in self._steps[i].outputs))
+        else:
+            pool.tape = tape
+        return self._outputs(values)
+
+    def _replay(self, pool: _BufferPool, arrays: List[np.ndarray]) -> List[Any]:
+        """A run of a signature seen twice already: every step gets the buffers it got on the recorded run.
+
+        With the same input shapes the steps ask for the same buffers in the same order, so the pool's
+        bookkeeping (which buffers live values use, which inputs an op may write over, what to give back when)
+        would reach the same answers again: a Conformer spent ~4 us per node on it.  Liveness is the recorded
+        run's: a buffer holds each value over the same steps, so no value is overwritten while still read; a
+        request the recording cannot serve gets a fresh buffer (counted in plan_stats' allocations)."""
+        ctx = _ReplayContext(pool)
+        values: List[Any] = [None] * self._slot_count
+        values[: len(arrays)] = arrays
+        for slot, value in pool.signature_values.items():
+            values[slot] = value
+        steps = self._steps
+        for index, buffers, release in pool.tape:
+            step = steps[index]
+            ctx.buffers, ctx.next, ctx.num_outputs = buffers, 0, len(step.outputs)
+            results = self._run_step(step, ctx, [values[s] if s >= 0 else c for s, c in zip(step.slots,
+                                                                                               step.constants)])
+            for slot, result in zip(step.outputs, results):
+                values[slot] = result
+            for slot in release:
+                values[slot] = None
+        return values
+
+    def _outputs(self, values: List[Any]) -> Dict[str, np.ndarray]:
         return {
             info.name: self._fresh_output(info, values[slot] if slot >= 0 else constant)
             for info, slot, constant in zip(self.graph.outputs, self._output_slots, self._output_constants)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
-from numba.types import float32, void
+from numba.types import float32, int64, void
 
-from tinyasr.kernels.epilogue import READ_1D, READ_2D
+from tinyasr.kernels.epilogue import READ_1D, READ_2D, relu_stored
 from tinyasr.kernels.vector_math import exp32, lane_max, lane_sum
 
 
@@ -99,3 +99,28 @@ def swish_in_place(y):
     for i in range(y.shape[0]):
         v = y[i]
         y[i] = v * (one / (one + exp32(-v)))
+
+
+# activations a MatMul's fused epilogue applies (converters/passes.fuse_matmul_epilogues: the attribute's names)
+MATMUL_ACTIVATIONS = {"": 0, "Relu": 1, "Swish": 2}
+
+
+@njit(void(float32[:, ::1], READ_1D, int64), cache=True, error_model="numpy")
+def bias_activation_rows(y, bias, act):
+    """y[r] = act(y[r] + bias) per row, in place (``act`` a MATMUL_ACTIVATIONS code; bias of size 0: none): a
+    transformer linear layer's bias and activation in the pass after its product, rounded as the unfused Add,
+    then Relu or Sigmoid and Mul."""
+    one = np.float32(1.0)
+    has_bias = bias.shape[0] > 0
+    for r in range(y.shape[0]):
+        row = y[r]
+        if has_bias:
+            for c in range(row.shape[0]):
+                row[c] = row[c] + bias[c]
+        if act == 1:
+            for c in range(row.shape[0]):
+                row[c] = relu_stored(row[c])
+        elif act == 2:
+            for c in range(row.shape[0]):
+                v = row[c]
+                row[c] = v * (one / (one + exp32(-v)))
