@@ -201,6 +201,43 @@ def test_second_run_allocates_nothing_and_dead_values_free_their_buffers(tmp_pat
     assert model.plan_stats()["plans"] == 2 and model.plan_stats()["allocations"] > after_first["allocations"]
 
 
+def test_replayed_runs_equal_the_first_and_allocate_nothing(tmp_path):
+    """From the third run of a signature the recorded buffers are replayed: same results, no allocation, and the
+    caller's inputs and earlier results untouched."""
+    weights = [f32(CHANNELS, CHANNELS, 3) * 0.3 for _ in range(5)]
+    model = load_model(conv_chain(tmp_path, len(weights), weights))
+    inputs = [f32(1, CHANNELS, 20) for _ in range(5)]
+    results = [model.run({"x": x})["c4"] for x in inputs]
+    assert model._local.plans[next(iter(model._local.plans))].tape is not None
+    after_recording = model.plan_stats()
+    for x, got in zip(inputs, results):
+        expected = x.astype(np.float64)
+        for w in weights:
+            expected = np.tanh(conv_numpy(expected, w, pad=1))
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(model.run({"x": inputs[0]})["c4"], results[0])
+    assert model.plan_stats() == after_recording
+
+
+def test_a_replayed_run_whose_value_dependent_shapes_change_gets_fresh_buffers(tmp_path):
+    """Range's length is the value of an input, not its shape: a replay where it differs from the recorded run
+    cannot use the recorded buffers for it, and must not write into buffers still read."""
+    nodes = [Node("range", "Range", ("zero", "n", "one"), ("r",)),
+             Node("cast", "Cast", ("r",), ("rf",), {"to": 1}),
+             Node("double", "Mul", ("rf", "two"), ("d",)),
+             Node("shifted", "Add", ("d", "x0"), ("y",)),
+             Node("scaled", "Mul", ("x", "two"), ("z",))]
+    path = save(tmp_path, nodes, [("x", "float32", ["N"]), ("n", "int64", []), ("x0", "float32", [])],
+                [("y", "float32", ["M"]), ("z", "float32", ["N"])],
+                {"zero": np.array(0, np.int64), "one": np.array(1, np.int64), "two": np.array(2.0, np.float32)})
+    model = load_model(path)
+    x = f32(7)
+    for n in (3, 3, 3, 5, 2, 3):
+        got = model.run({"x": x, "n": np.array(n, np.int64), "x0": np.array(0.5, np.float32)})
+        np.testing.assert_array_equal(got["y"], np.arange(n, dtype=np.float32) * 2 + 0.5)
+        np.testing.assert_array_equal(got["z"], x * 2)
+
+
 def test_outputs_are_fresh_arrays_the_caller_owns(tmp_path):
     weights = [f32(CHANNELS, CHANNELS, 3) for _ in range(2)]
     model = load_model(conv_chain(tmp_path, 2, weights))
