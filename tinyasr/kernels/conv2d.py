@@ -6,9 +6,12 @@
   order (numpy's per-tap passes over strided planes took 10x longer): at stride 2 a plane at a time over its
   four stride phases, else one output row at a time;
 * pointwise (1x1, stride 1, no padding: FastConformer's subsampling): BLAS ``matmul`` on the input as it is;
-* everything else (dense 3x3 stride 2, grouped): im2col (a Numba gather) then BLAS ``matmul`` straight into
-  the output, per batch item and group, in row chunks of at most IM2COL_MAX_ELEMENTS floats (a 60 s input
-  stays a few MB);
+* one input channel, 3x3, stride 2 (the striding subsampling's first conv): a direct Numba kernel over the
+  input's stride phases, the epilogue included;
+* everything else (dense 3x3 stride 2, grouped): im2col then BLAS ``matmul``, per batch item and group, in row
+  chunks of at most IM2COL_MAX_ELEMENTS floats (a 60 s input stays a few MB).  At stride 2 the columns are
+  copied from the input's four stride phases on a grid one column wider than the output (the product's
+  extra column is dropped as it is copied out), else gathered per output row;
 
 then the shared Numba epilogue (bias + activation).  Both kernels read the unpadded input (taps outside it
 count as zeros) and the im2col columns go to a caller's scratch buffer (the engine's pool): no array is
@@ -315,9 +318,9 @@ def _phase_direct_3x3(x, weight, bias, out, top, left, act, lo, hi):
     is one loop over the chunk's outputs, contiguous in ``out``: nine loads and nine multiply-adds per vector of
     outputs and one store.  im2col + BLAS spent its time writing and re-reading the 9-row columns (a
     [88, 9] x [9, 20000] product is store-bound), then took a separate epilogue pass: 2.2-2.4 ms against
-    onnxruntime's 0.76 ms (88 channels, 1000 x 80 input, Zen 3).  Passes over an accumulator, three taps each, lost
-    to im2col (2.5 ms: its loads and stores), and so did one pass per output row (1.8 ms: 40-output rows spend
-    their time setting up)."""
+    onnxruntime's 0.76 ms (88 channels, 1000 x 80 input, Zen 3); this kernel 0.64-0.72 ms.  Passes over an
+    accumulator, three taps each, lost to im2col (2.5 ms: its loads and stores), and so did one pass per output
+    row (1.8 ms: 40-output rows spend their time setting up)."""
     batch, channels_out, h_out, w_out = out.shape
     rows = max(1, min(h_out, DIRECT_ROWS_FLOATS // w_out))
     plane = (rows + 1) * w_out
