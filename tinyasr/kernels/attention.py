@@ -14,13 +14,14 @@ import numpy as np
 from numba import njit
 from numba.types import Array, boolean, float32, void
 
-from tinyasr.kernels.vector_math import exp32, lane_max, lane_sum
+from tinyasr.kernels.vector_math import CONTRACT, exp32, lane_max, lane_sum
 
 READ_4D = Array(float32, 4, "C", readonly=True)
 READ_MASK = Array(boolean, 4, "C", readonly=True)
 
 
-@njit(void(READ_4D, READ_4D, READ_MASK, float32, float32, float32[:, :, :, ::1]), cache=True, error_model="numpy")
+@njit(void(READ_4D, READ_4D, READ_MASK, float32, float32, float32[:, :, :, ::1]), cache=True, error_model="numpy",
+      fastmath=CONTRACT)
 def rel_position_softmax_rows(content, position, keep, scale, masked, out):
     """content [B, H, T, T], position [B or 1, H, T, 2T - 1], keep [B or 1, 1, T, T] (size 0: none) -> out.
     Each row in passes LLVM vectorises (``error_model="numpy"``: no ZeroDivisionError branch in the divide):

@@ -4,8 +4,9 @@ four to six passes over the whole tensor (each pass a temporary): Conformer atte
 
 Each takes C-contiguous float32 arrays viewed as rows [N, C] (the op reshapes); the ops keep their numpy code for
 every other case, which is also the reference these kernels are tested against (tests/test_kernels.py).
-No ``fastmath``: NaN / inf pass through as in numpy.  LayerNorm sums in float64.  exp is
-kernels/vector_math.exp32 (vectorised, within 1 ulp), not the C library's expf per element.
+No ``fastmath`` beyond contracting multiply-adds (``CONTRACT``: exp32's polynomial in FMAs, 1.6x faster): NaN /
+inf pass through as in numpy.  LayerNorm sums in float64.  exp is kernels/vector_math.exp32 (vectorised, within
+1 ulp), not the C library's expf per element.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from numba import njit
 from numba.types import float32, int64, void
 
 from tinyasr.kernels.epilogue import READ_1D, READ_2D, relu_stored
-from tinyasr.kernels.vector_math import exp32, lane_max, lane_sum
+from tinyasr.kernels.vector_math import CONTRACT, exp32, lane_max, lane_sum
 
 
-@njit(void(READ_2D, float32[:, ::1]), cache=True)
+@njit(void(READ_2D, float32[:, ::1]), cache=True, fastmath=CONTRACT)
 def softmax_rows(x, out):
     """out[r] = exp(x[r] - max x[r]) / sum: max, then exp, sum (eight lanes) and scale, each pass vectorised."""
     for r in range(x.shape[0]):
@@ -66,14 +67,15 @@ def layer_norm_rows(x, scale, bias, epsilon, out):
             y[c] = v + bias[c] if has_bias else v
 
 
-@njit(void(READ_1D, float32[::1]), cache=True, error_model="numpy")  # no ZeroDivisionError branch: vectorises
+# error_model numpy: no ZeroDivisionError branch, so the loop vectorises
+@njit(void(READ_1D, float32[::1]), cache=True, error_model="numpy", fastmath=CONTRACT)
 def sigmoid_flat(x, out):
     one = np.float32(1.0)
     for i in range(x.shape[0]):
         out[i] = one / (one + exp32(-x[i]))
 
 
-@njit(void(READ_1D, float32[::1]), cache=True, error_model="numpy")
+@njit(void(READ_1D, float32[::1]), cache=True, error_model="numpy", fastmath=CONTRACT)
 def swish_flat(x, out):
     """out = x * sigmoid(x) (Swish / SiLU), rounded as the unfused Sigmoid then Mul."""
     one = np.float32(1.0)
@@ -86,14 +88,14 @@ def swish_flat(x, out):
 # array, LLVM's run-time overlap check fails and it runs the scalar loop: 7x slower (Conformer FFN, 88k floats).
 
 
-@njit(void(float32[::1]), cache=True, error_model="numpy")
+@njit(void(float32[::1]), cache=True, error_model="numpy", fastmath=CONTRACT)
 def sigmoid_in_place(y):
     one = np.float32(1.0)
     for i in range(y.shape[0]):
         y[i] = one / (one + exp32(-y[i]))
 
 
-@njit(void(float32[::1]), cache=True, error_model="numpy")
+@njit(void(float32[::1]), cache=True, error_model="numpy", fastmath=CONTRACT)
 def swish_in_place(y):
     one = np.float32(1.0)
     for i in range(y.shape[0]):
@@ -105,7 +107,7 @@ def swish_in_place(y):
 MATMUL_ACTIVATIONS = {"": 0, "Relu": 1, "Swish": 2}
 
 
-@njit(void(float32[:, ::1], READ_1D, int64), cache=True, error_model="numpy")
+@njit(void(float32[:, ::1], READ_1D, int64), cache=True, error_model="numpy", fastmath=CONTRACT)
 def bias_activation_rows(y, bias, act):
     """y[r] = act(y[r] + bias) per row, in place (``act`` a MATMUL_ACTIVATIONS code; bias of size 0: none): a
     transformer linear layer's bias and activation in the pass after its product, rounded as the unfused Add,

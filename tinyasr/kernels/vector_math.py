@@ -19,6 +19,11 @@ import numpy as np
 from numba import njit, types
 from numba.extending import intrinsic
 
+# The fastmath flags of every kernel that calls exp32: multiply-adds contracted to FMAs (no other relaxation, so
+# NaN and inf behave as without it): exp32 0.79 -> 0.49 ns per element, still within 1 ulp (0.98 measured), and
+# Swish 0.94 -> 0.70 ns (AMD EPYC Zen 3, 2026-12-06).  Flags apply where the code is compiled: exp32 is inlined,
+# so the caller's decorator must carry them.
+CONTRACT = {"contract"}
 LOWEST = np.float32(-87.33654)  # ln(2**-126): smaller n would leave the normal exponent range
 HIGHEST = np.float32(88.37626)  # Cephes' MAXLOGF; above it n + 127 may reach 255 (the inf exponent)
 LOG2E = np.float32(1.44269504088896341)
