@@ -14,7 +14,7 @@ import numpy as np
 from tinyasr_convert import compaction
 from tinyasr_convert.control_flow import specialise
 from tinyasr_convert.onnx_import import TARGET_OPSET, Imported, import_onnx, load_onnx
-from tinyasr_convert.passes import fuse_matmul_epilogues, optimize
+from tinyasr_convert.passes import fuse_after_compaction, optimize
 from tinyasr_convert.sparse_choice import encode_weights
 from tinyasr_convert.transducer import encode_prediction_weights
 
@@ -131,7 +131,7 @@ def _converted(model, name, sha256, out, source_name, labels, blank, decoder, fr
     if compact:
         graph, compacted, removed = compaction.compact(converted.graph, converted.tensors)
         converted = Imported(graph, compacted, converted.shapes, converted.dtypes, converted.metadata)
-    converted = fuse_matmul_epilogues(converted)  # after compaction: it reads the unfused feed-forward blocks
+    converted = fuse_after_compaction(converted)
     meta = converted.metadata
     labels = list(labels) if labels is not None else _meta_json(meta, "labels", list)
     blank = blank if blank is not None else _meta_json(meta, "blank", int)

@@ -493,7 +493,8 @@ def convert_nemo(src, out, *, float16: bool = False, compact: bool = True, spars
     modules; docs/pruned-conformers.md); the manifest's ``structure`` says what each layer kept.
     """
     from tinyasr_convert.nemo_blocks import build_graph
-    from tinyasr_convert.onnx_import import TARGET_OPSET
+    from tinyasr_convert.onnx_import import TARGET_OPSET, Imported
+    from tinyasr_convert.passes import fuse_after_compaction
     from tinyasr_convert.transducer import encode_prediction_weights
 
     import tinyasr
@@ -517,6 +518,8 @@ def convert_nemo(src, out, *, float16: bool = False, compact: bool = True, spars
                                   f"{len(decoder['vocabulary'])} tokens (plus the blank)")
     except ConversionError as exc:
         raise ConversionError(f"{name}: {exc}") from None
+    fused = fuse_after_compaction(Imported(graph, dict(tensors)))  # the blocks are built compacted already
+    graph, tensors = fused.graph, fused.tensors
     if float16:
         for node in graph.nodes:  # stored weights only: a Conformer's attention MatMuls multiply two activations
             weight = tensors.get(node.inputs[1]) if node.op in ("Conv", "Gemm", "MatMul") else None

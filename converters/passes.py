@@ -382,6 +382,29 @@ def _rel_position_match(softmax: Node, producers, consumers, tensors):
     return None
 
 
+def absorb_position_product(model: Imported) -> Imported:
+    """RelPositionSoftmax(content, MatMul(q + v, p^T), keep), the MatMul read by it alone, becomes
+    RelPositionSoftmax(content, q + v, p^T, keep) with ``position_product`` = 1: the op computes only the T of
+    each row's 2T - 1 position scores that the rel-shift keeps, and no [B, H, T, 2T - 1] array is written.  Runs
+    after structured compaction (like the MatMul epilogues), on both the ONNX and the .nemo graphs."""
+    consumers = _consumer_counts(model)
+    producers = {o: n for n in model.graph.nodes for o in n.outputs}
+    absorbed, removed = {}, set()
+    for node in model.graph.nodes:
+        if node.op != "RelPositionSoftmax" or node.attrs.get("position_product") or len(node.inputs) < 2:
+            continue
+        product = producers.get(node.inputs[1])
+        if (product is None or product.op != "MatMul" or len(product.inputs) != 2 or product.attrs
+                or consumers[node.inputs[1]] != 1 or any(x in model.tensors for x in product.inputs)):
+            continue
+        inputs = (node.inputs[0],) + tuple(product.inputs) + tuple(node.inputs[2:])
+        absorbed[node.name] = replace(node, inputs=inputs, attrs=dict(node.attrs, position_product=1))
+        removed.add(product.name)
+    if not absorbed:
+        return model
+    return _with_nodes(model, [absorbed.get(n.name, n) for n in model.graph.nodes if n.name not in removed])
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # BatchNorm
 
@@ -534,7 +557,14 @@ def fuse_swish(model: Imported) -> Imported:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# MatMul epilogue fusion (run after structured compaction, which reads the unfused feed-forward pattern)
+# after structured compaction (which reads the unfused feed-forward blocks and attention products): MatMul
+# epilogues and the attention's position product
+
+
+def fuse_after_compaction(model: Imported) -> Imported:
+    """The fusions that run once compaction is done, on graphs from ONNX and from .nemo archives alike."""
+    return absorb_position_product(fuse_matmul_epilogues(model))
+
 
 
 MATMUL_EPILOGUE_ACTIVATIONS = ("Relu", "Swish")
@@ -549,9 +579,9 @@ def fuse_matmul_epilogues(model: Imported) -> Imported:
     conformer_ctc_small's 128 bias Adds and 32 Swishes cost 4.2 ms of 80 as nodes of their own."""
     consumers = _consumer_counts(model)
     producers = {o: n for n in model.graph.nodes for o in n.outputs}
-    tensors = model.tensors
+    tensors = dict(model.tensors)
     fused: Dict[str, Node] = {}  # name of the pattern's last node -> the fused MatMul
-    removed = set()
+    removed, replaced = set(), set()  # nodes; stored biases now reshaped under another name
     for node in model.graph.nodes:
         if node.op != "Add" or len(node.inputs) != 2:
             continue
@@ -571,6 +601,8 @@ def fuse_matmul_epilogues(model: Imported) -> Imported:
                     and len(readers[0].inputs) == 1):
                 last, activation = readers[0], readers[0].op
             if values.ndim != 1:  # a bias of shape [1, .., N] is stored as [N]
+                if consumers[bias] == 1:
+                    replaced.add(bias)
                 bias = f"{matmul.name}::bias"
                 tensors[bias] = values.reshape(-1)
             attrs = dict(matmul.attrs, activation=activation) if activation else dict(matmul.attrs)
@@ -581,7 +613,8 @@ def fuse_matmul_epilogues(model: Imported) -> Imported:
     if not fused:
         return model
     nodes = [fused.get(n.name, n) for n in model.graph.nodes if n.name not in removed or n.name in fused]
-    return remove_dead(_with_nodes(model, nodes))
+    tensors = {name: value for name, value in tensors.items() if name not in replaced}
+    return _with_nodes(Imported(model.graph, tensors, model.shapes, model.dtypes, model.metadata), nodes)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

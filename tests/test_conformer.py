@@ -269,11 +269,15 @@ def test_a_2d_convolution_refuses_to_stream_saying_why():
 
 @pytest.mark.parametrize("name", CTC)
 def test_exported_attention_is_fused_into_one_op_per_layer(name, from_onnx, from_nemo):
-    """Both paths run NeMo's rel-shift / mask / softmax chain as RelPositionSoftmax (parity: tests above)."""
+    """Both paths run NeMo's rel-shift / mask / softmax chain as RelPositionSoftmax, the (q + v) p^T product
+    absorbed into it (parity: tests above)."""
     layers = load_config(NEMO / name / "model_config.yaml")["encoder"]["n_layers"]
     for path in (from_onnx(name), from_nemo(name)):
-        ops = [node.op for node in load_model(path).graph.nodes]
+        nodes = load_model(path).graph.nodes
+        ops = [node.op for node in nodes]
         assert ops.count("RelPositionSoftmax") == layers and "Softmax" not in ops
+        assert all(n.attrs.get("position_product") == 1 and len(n.inputs) == 4 for n in nodes
+                   if n.op == "RelPositionSoftmax")
 
 
 def test_nemo_archive_with_float16_weights(tmp_path):

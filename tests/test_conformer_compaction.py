@@ -143,8 +143,9 @@ def test_kept_heads_units_and_channels_are_what_the_pruning_left(pruned):
 def test_smaller_matrices_are_stored(pruned):
     compact, full = ({layer["name"]: layer["parameters"] for layer in summarize(path)["layers"]}
                      for path in pruned[:2])
-    assert compact["encoder.layers.0.self_attn.linear_q/MatMul"] == D * 2 * D_K
-    assert compact["encoder.layers.1.feed_forward1.linear1/MatMul"] == D * (UNITS - 100)
+    # a linear layer's MatMul carries its bias (converters/passes.fuse_matmul_epilogues)
+    assert compact["encoder.layers.0.self_attn.linear_q/MatMul"] == D * 2 * D_K + 2 * D_K
+    assert compact["encoder.layers.1.feed_forward1.linear1/MatMul"] == (D + 1) * (UNITS - 100)
     assert compact["encoder.layers.2.conv.depthwise_conv/Conv"] == (D - 30) * 31 + (D - 30)
     assert full["encoder.layers.2.conv.depthwise_conv/Conv"] == D * 31 + D
     assert "encoder.layers.3.feed_forward1.linear1/MatMul" not in compact

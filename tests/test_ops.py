@@ -581,6 +581,35 @@ def test_swish(x):
     np.testing.assert_allclose(ours, exact.astype(x.dtype), rtol=3e-7, atol=1e-35)  # exp32 is inf past 88.37
 
 
+@pytest.mark.parametrize("in_kernel", [True, False], ids=["kernel", "blas"])
+@pytest.mark.parametrize("batch, heads, frames, depth, query_batch, keys_batch, lengths", [
+    (1, 4, 7, 22, 1, 1, None), (2, 3, 9, 5, 2, 1, (9, 4)), (2, 2, 5, 8, 1, 2, (1, 5)), (1, 1, 1, 3, 1, 1, (1,)),
+    (1, 2, 37, 6, 1, 1, None)])
+def test_rel_position_softmax_from_the_position_product(monkeypatch, in_kernel, batch, heads, frames, depth,
+                                                        query_batch, keys_batch, lengths):
+    """With position_product the op takes (q + v) and p^T and computes only the rel-shifted scores (or BLAS's whole
+    product, where that measured faster): equal to the MatMul onnxruntime runs followed by NeMo's exported subgraph
+    (query and keys given as non-contiguous views, as the graph's Transposes hand them over)."""
+    import tinyasr.ops.attention
+
+    monkeypatch.setattr(tinyasr.ops.attention, "product_in_kernel", lambda frames: in_kernel)
+    content = f32(batch, heads, frames, frames)
+    query = f32(query_batch, frames, heads, depth).transpose(0, 2, 1, 3)
+    keys = f32(keys_batch, 2 * frames - 1, heads, depth).transpose(0, 2, 3, 1)
+    valid = np.arange(frames)[None, :] < np.array(lengths or (frames,) * batch)[:, None]
+    keep = (valid[:, None, :] & valid[:, :, None])[:, None]
+    attrs = {"scale": 4.690416, "masked_value": -10000.0}
+    ours = run_op("RelPositionSoftmax", [content, query, keys] + ([keep] if lengths else []),
+                  {**attrs, "position_product": 1})[0]
+    nodes = [helper.make_node("MatMul", ["in1", "in3"], ["position"])]  # in1 (q + v), in3 p^T
+    for node in _rel_shift_softmax_nodes(batch, heads, frames, attrs["scale"], attrs["masked_value"]):
+        node.input[:] = ["position" if name == "in1" else name for name in node.input]
+        nodes.append(node)
+    full_query = np.ascontiguousarray(np.broadcast_to(query, (batch,) + query.shape[1:]))
+    ref = ort_outputs(nodes, [content, full_query, keep, np.ascontiguousarray(keys)], [np.dtype(np.float32)], 17)[0]
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)
+
+
 def test_rel_position_softmax_names_bad_shapes():
     with pytest.raises(GraphError, match=r"position must be \[1 or 1, 2, 3, 5\]"):
         run_op("RelPositionSoftmax", [f32(1, 2, 3, 3), f32(1, 2, 3, 4)], {"scale": 1.0})
@@ -588,6 +617,12 @@ def test_rel_position_softmax_names_bad_shapes():
         run_op("RelPositionSoftmax", [f32(1, 2, 3, 3), f32(1, 2, 3, 5), f32(1, 1, 3, 3)], {"scale": 1.0})
     with pytest.raises(GraphError, match="scale must be > 0"):
         run_op("RelPositionSoftmax", [f32(1, 2, 3, 3), f32(1, 2, 3, 5)], {"scale": 0.0})
+    with pytest.raises(GraphError, match=r"keys must be \[1 or 1, 2, 4, 5\]"):
+        run_op("RelPositionSoftmax", [f32(1, 2, 3, 3), f32(1, 2, 3, 4), f32(1, 2, 4, 4)],
+               {"scale": 1.0, "position_product": 1})
+    with pytest.raises(GraphError, match="query must be"):
+        run_op("RelPositionSoftmax", [f32(1, 2, 3, 3), f32(1, 3, 3, 4), f32(1, 2, 4, 5)],
+               {"scale": 1.0, "position_product": 1})
 
 
 # ----------------------------------------------------------------------------- shape and data movement
