@@ -75,7 +75,7 @@ ORT_CASES = {
     "LSTM": ("test_lstm", "test_lstm_with_peepholes"),
     "GRU": ("test_gru",),
     # tinyasr's fused Conformer attention weights: compared with NeMo's exported subgraph, which ends in Softmax.
-    "RelPositionSoftmax": ("test_rel_position_softmax",),
+    "RelPositionSoftmax": ("test_rel_position_softmax", "test_rel_position_softmax_from_the_position_product"),
     # tinyasr's Swish: compared with the Sigmoid -> Mul pair it replaces.
     "Swish": ("test_swish",),
 }

@@ -585,22 +585,26 @@ def test_swish(x):
 @pytest.mark.parametrize("batch, heads, frames, depth, query_batch, keys_batch, lengths", [
     (1, 4, 7, 22, 1, 1, None), (2, 3, 9, 5, 2, 1, (9, 4)), (2, 2, 5, 8, 1, 2, (1, 5)), (1, 1, 1, 3, 1, 1, (1,)),
     (1, 2, 37, 6, 1, 1, None)])
-def test_rel_position_softmax_from_the_position_product(monkeypatch, in_kernel, batch, heads, frames, depth,
-                                                        query_batch, keys_batch, lengths):
+def test_rel_position_softmax_from_the_position_product(in_kernel, batch, heads, frames, depth, query_batch,
+                                                        keys_batch, lengths):
     """With position_product the op takes (q + v) and p^T and computes only the rel-shifted scores (or BLAS's whole
     product, where that measured faster): equal to the MatMul onnxruntime runs followed by NeMo's exported subgraph
     (query and keys given as non-contiguous views, as the graph's Transposes hand them over)."""
-    import tinyasr.ops.attention
+    import tinyasr.ops.attention as op_module
 
-    monkeypatch.setattr(tinyasr.ops.attention, "product_in_kernel", lambda frames: in_kernel)
     content = f32(batch, heads, frames, frames)
     query = f32(query_batch, frames, heads, depth).transpose(0, 2, 1, 3)
     keys = f32(keys_batch, 2 * frames - 1, heads, depth).transpose(0, 2, 3, 1)
     valid = np.arange(frames)[None, :] < np.array(lengths or (frames,) * batch)[:, None]
     keep = (valid[:, None, :] & valid[:, :, None])[:, None]
     attrs = {"scale": 4.690416, "masked_value": -10000.0}
-    ours = run_op("RelPositionSoftmax", [content, query, keys] + ([keep] if lengths else []),
-                  {**attrs, "position_product": 1})[0]
+    chosen = op_module.product_in_kernel  # the CPU's choice, set aside (not a fixture: test_op_coverage calls this)
+    op_module.product_in_kernel = lambda frames: in_kernel
+    try:
+        ours = run_op("RelPositionSoftmax", [content, query, keys] + ([keep] if lengths else []),
+                      {**attrs, "position_product": 1})[0]
+    finally:
+        op_module.product_in_kernel = chosen
     nodes = [helper.make_node("MatMul", ["in1", "in3"], ["position"])]  # in1 (q + v), in3 p^T
     for node in _rel_shift_softmax_nodes(batch, heads, frames, attrs["scale"], attrs["masked_value"]):
         node.input[:] = ["position" if name == "in1" else name for name in node.input]
