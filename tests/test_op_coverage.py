@@ -76,11 +76,12 @@ ORT_CASES = {
     "GRU": ("test_gru",),
     # tinyasr's fused Conformer attention weights: compared with NeMo's exported subgraph, which ends in Softmax.
     "RelPositionSoftmax": ("test_rel_position_softmax", "test_rel_position_softmax_from_the_position_product"),
-    # tinyasr's Swish: compared with the Sigmoid -> Mul pair it replaces.
+    # tinyasr's Swish: compared with the Sigmoid -> Mul pair it replaces; Glu with Split -> Sigmoid -> Mul.
     "Swish": ("test_swish",),
+    "Glu": ("test_glu",),
 }
 # tinyasr ops with no ONNX op of their name -> the ONNX op their unfused reference subgraph runs
-UNFUSED_REFERENCE = {"RelPositionSoftmax": "Softmax", "Swish": "Sigmoid"}
+UNFUSED_REFERENCE = {"RelPositionSoftmax": "Softmax", "Swish": "Sigmoid", "Glu": "Split"}
 
 
 def _calls(test):

@@ -614,6 +614,23 @@ def test_rel_position_softmax_from_the_position_product(in_kernel, batch, heads,
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("shape, axis", [((2, 12, 7), 1), ((1, 4, 176), 1), ((3, 10), -1), ((2, 6, 5), 0)], ids=str)
+def test_glu(shape, axis):
+    """tinyasr's Glu (converters/passes.fuse_glu) against the Split -> Sigmoid -> Mul subgraph it replaces."""
+    x = f32(*shape, low=-12, high=12)
+    ours = run_op("Glu", [x], {"axis": axis})[0]
+    nodes = [helper.make_node("Split", ["in0"], ["value", "gate"], axis=axis, num_outputs=2),
+             helper.make_node("Sigmoid", ["gate"], ["sigmoid"]), helper.make_node("Mul", ["value", "sigmoid"], ["out0"])]
+    ref = ort_outputs(nodes, [x], [np.dtype(np.float32)], 18)[0]
+    assert ours.shape == ref.shape
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_glu_names_an_odd_axis():
+    with pytest.raises(GraphError, match="even length along axis 1"):
+        run_op("Glu", [f32(1, 5, 3)], {"axis": 1})
+
+
 def test_rel_position_softmax_names_bad_shapes():
     with pytest.raises(GraphError, match=r"position must be \[1 or 1, 2, 3, 5\]"):
         run_op("RelPositionSoftmax", [f32(1, 2, 3, 3), f32(1, 2, 3, 4)], {"scale": 1.0})

@@ -1,6 +1,6 @@
 """Converter fusions for transformer / Conformer blocks (converters/passes.py): a Pad folded into the Conv that
 reads it, Sigmoid -> Mul(x, .) as one Swish node, a ReLU moved ahead of a 0 / 1 length mask into its Conv, a linear
-layer's bias Add and activation folded into its MatMul.  Each fused graph is compared with onnxruntime on the
+layer's bias Add and activation folded into its MatMul, Split -> Sigmoid -> Mul as one Glu.  Each fused graph is compared with onnxruntime on the
 unfused ONNX model, and the patterns that must not fuse are shown to stay as they are."""
 
 from __future__ import annotations
@@ -185,6 +185,42 @@ def test_a_product_read_elsewhere_keeps_its_add(tmp_path):
     assert [node.op for node in model.graph.nodes] == ["MatMul", "Add", "Relu"]
 
 
+def _gated(tmp_path, sizes=None, gate_read_twice=False, gate_first=False):
+    """x [1, 2C, T] -> Split on channels -> Sigmoid(second half) -> Mul(first half, .): a conv module's GLU
+    (``gate_first``: the sigmoid of the first half times the second, which is not a GLU)."""
+    inputs = ["x"] + (["sizes"] if sizes is not None else [])
+    tensors = [numpy_helper.from_array(np.array(sizes, np.int64), "sizes")] if sizes is not None else []
+    halves = ["gate", "value"] if gate_first else ["value", "gate"]
+    nodes = [helper.make_node("Split", inputs, halves, axis=1),
+             helper.make_node("Sigmoid", ["gate"], ["sigmoid"]), helper.make_node("Mul", ["value", "sigmoid"], ["out"])]
+    outputs = ["out"] + (["sigmoid"] if gate_read_twice else [])
+    graph = helper.make_graph(nodes, "glu", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                           [1, 2 * CHANNELS, "T"])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs], tensors)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "glu.onnx"
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+@pytest.mark.parametrize("sizes, gate_read_twice, gate_first, fused", [
+    (None, False, False, True), ([CHANNELS, CHANNELS], False, False, True), (None, True, False, False),
+    (None, False, True, False)], ids=str)
+def test_split_sigmoid_mul_becomes_one_glu(tmp_path, sizes, gate_read_twice, gate_first, fused):
+    """Halves whose gate (the second) only the Mul reads fuse; a sigmoid read elsewhere or the first half as the
+    gate do not.  Outputs equal onnxruntime's either way."""
+    path = _gated(tmp_path, sizes, gate_read_twice, gate_first)
+    model = load_model(convert(path, tmp_path / "m.tasr"))
+    x = RNG.standard_normal((1, 2 * CHANNELS, FRAMES)).astype(np.float32) * 3
+    expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    got = model.run({"x": x})
+    for name, value in zip(["out", "sigmoid"], expected):
+        np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=1e-6)
+    ops = [node.op for node in model.graph.nodes]
+    assert (ops == ["Glu"]) == fused, ops
+
+
 @pytest.mark.skipif(not (SHARED_DIR / "models" / "nemo-random").exists(),
                     reason=f"shared NeMo models not available ({SHARED_DIR})")
 @pytest.mark.parametrize("name, layers", [("conformer_ctc_small", 16), ("fastconformer_ctc_small", 4)])
@@ -198,7 +234,7 @@ def test_nemo_conformer_exports_fuse_every_swish_and_pad(tmp_path, name, layers)
     ops = [node.op for node in load_model(convert(folder / "model.onnx", tmp_path / "m.tasr", **settings)).graph.nodes]
     assert "Pad" not in ops
     assert "Relu" not in ops  # the masked subsampling's ReLUs moved ahead of their masks, into the convs
-    assert ops.count("Sigmoid") == layers  # the GLU's gate multiplies the other half: not a Swish
+    assert ops.count("Glu") == layers and "Sigmoid" not in ops and "Split" not in ops  # the conv module's gate
     nodes = load_model(tmp_path / "m.tasr").graph.nodes
     # the feed-forward Swishes go into their MatMuls with the biases; the conv module's stays a Swish node
     assert ops.count("Swish") == layers

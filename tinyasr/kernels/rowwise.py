@@ -15,7 +15,7 @@ import numpy as np
 from numba import njit
 from numba.types import float32, int64, void
 
-from tinyasr.kernels.epilogue import READ_1D, READ_2D, relu_stored
+from tinyasr.kernels.epilogue import READ_1D, READ_2D, READ_3D, relu_stored
 from tinyasr.kernels.vector_math import CONTRACT, exp32, lane_max, lane_sum
 
 
@@ -126,3 +126,14 @@ def bias_activation_rows(y, bias, act):
             for c in range(row.shape[0]):
                 v = row[c]
                 row[c] = v * (one / (one + exp32(-v)))
+
+
+@njit(void(READ_3D, float32[:, ::1]), cache=True, error_model="numpy", fastmath=CONTRACT)
+def glu_rows(x, out):
+    """out[r] = x[r, 0] * sigmoid(x[r, 1]) for x [R, 2, N] (a GLU's value and gate halves), one pass, the gate's
+    sigmoid rounded as the Sigmoid op's."""
+    one = np.float32(1.0)
+    for r in range(x.shape[0]):
+        value, gate, y = x[r, 0], x[r, 1], out[r]
+        for j in range(y.shape[0]):
+            y[j] = value[j] * (one / (one + exp32(-gate[j])))

@@ -14,7 +14,13 @@ from __future__ import annotations
 import numpy as np
 
 from tinyasr.errors import GraphError
-from tinyasr.kernels.rowwise import MATMUL_ACTIVATIONS, bias_activation_rows, layer_norm_rows, softmax_rows
+from tinyasr.kernels.rowwise import (
+    MATMUL_ACTIVATIONS,
+    bias_activation_rows,
+    glu_rows,
+    layer_norm_rows,
+    softmax_rows,
+)
 from tinyasr.kernels.sparse import kernel_matrix, linear, matmul_time_major, time_major_matrix
 from tinyasr.ops.attributes import number
 from tinyasr.ops.common import check_inputs, dense, normalize_axis
@@ -55,6 +61,23 @@ def softmax(ctx, inputs, attrs):
 def log_softmax(ctx, inputs, attrs):
     out, axis = _minus_max(ctx, "LogSoftmax", inputs, attrs)
     np.subtract(out, np.log(np.exp(out).sum(axis=axis, keepdims=True)), out=out)
+    return [out]
+
+
+@register("Glu", streaming=AxisOp(1))
+def glu(ctx, inputs, attrs):
+    """tinyasr's GLU: the first half of ``axis`` times the sigmoid of the second, what converters/passes.fuse_glu
+    makes of Split -> Sigmoid(second) -> Mul(first, .) (a Conformer conv module's gate): one pass, no views."""
+    check_inputs("Glu", inputs, 1)
+    x = inputs[0]
+    axis = normalize_axis(attrs.get("axis", 1), x.ndim, "Glu")
+    if x.dtype != np.float32 or x.shape[axis] % 2:
+        raise GraphError(f"Glu: needs float32 with an even length along axis {axis}, got {x.dtype} {x.shape}")
+    shape = x.shape[:axis] + (x.shape[axis] // 2,) + x.shape[axis + 1:]
+    out = ctx.output(shape, np.float32)
+    if out.size:
+        outer = int(np.prod(x.shape[:axis], dtype=np.int64))
+        glu_rows(np.ascontiguousarray(x).reshape(outer, 2, -1), out.reshape(outer, -1))
     return [out]
 
 

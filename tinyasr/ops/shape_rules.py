@@ -10,7 +10,7 @@ from typing import Optional
 SHAPES_FROM_SHAPES = frozenset({
     "Abs", "Add", "And", "ArgMax", "ArgMin", "BatchNormalization", "Cast", "Ceil", "Clip", "Concat", "Conv", "Cos",
     "CumSum", "Div", "Dropout", "Equal", "Erf", "Exp", "Flatten", "Floor", "GRU", "Gather", "Gemm",
-    "GlobalAveragePool", "GlobalMaxPool", "Greater", "GreaterOrEqual", "Identity", "InstanceNormalization",
+    "GlobalAveragePool", "GlobalMaxPool", "Glu", "Greater", "GreaterOrEqual", "Identity", "InstanceNormalization",
     "IsNaN", "LSTM", "LayerNormalization", "LeakyRelu", "Less", "LessOrEqual", "Log", "LogSoftmax", "MatMul", "Max",
     "Min", "Mod", "Mul", "Neg", "Not", "Or", "Pow", "Reciprocal", "RelPositionSoftmax", "Relu", "Round",
     "ScatterND", "Shape", "Sigmoid", "Sin", "Size", "Softmax", "Softplus", "Sqrt", "Sub", "Swish", "Tanh",
