@@ -136,7 +136,7 @@ def test_kept_heads_units_and_channels_are_what_the_pruning_left(pruned):
     assert all(kept == of for layer in summarize(full)["structure"]["layers"] for kept, of in layer.values())
     ops = [node.op for node in load_model(compact).graph.nodes]
     assert ops.count("RelPositionSoftmax") == LAYERS - 2  # layers 4 and 8 lost their attention
-    assert ops.count("Split") == LAYERS - 1  # one GLU per conv module, layer 5's is gone
+    assert ops.count("Glu") == LAYERS - 1  # one GLU per conv module, layer 5's is gone
     assert ops.count("MatMul") < [node.op for node in load_model(full).graph.nodes].count("MatMul")
 
 
