@@ -308,11 +308,11 @@ def test_axis_ops_stream_off_the_time_axis_and_refuse_on_it():
     from tinyasr.ops.streaming_rules import AxisOp
 
     axis_ops = [op for op in SUPPORTED_OPS if isinstance(stream_rule(op), AxisOp)]
-    assert sorted(axis_ops) == ["Concat", "LogSoftmax", "Softmax", "Split"]
+    assert sorted(axis_ops) == ["Concat", "Glu", "LogSoftmax", "Softmax", "Split"]
     x = np.random.default_rng(3).standard_normal((1, 4, 30)).astype(np.float32)
     for op in axis_ops:
         inputs, outputs = (("x", "x"), ("y",)) if op == "Concat" else (("x",), ("y", "z") if op == "Split" else ("y",))
-        channels = 8 if op == "Concat" else 2 if op == "Split" else 4
+        channels = 8 if op == "Concat" else 2 if op in ("Split", "Glu") else 4
         for axis, streams in ((1, True), (2, False), (-1, False)):
             graph = Graph([ValueInfo("x", "float32", (1, 4, "T"))], [ValueInfo("y", "float32", (1, channels, "T"))],
                           [Node("n", op, inputs, outputs, {"axis": axis})])
