@@ -39,7 +39,7 @@ NAME = "conformer_ctc_small"
 SOURCE = SHARED_DIR / "models" / "nemo-random" / NAME / "model.nemo"
 RESULTS = ROOT / "benchmarks" / "results" / "pruned_conformer.md"
 SKIPPED = ("layers.5.feed_forward2", "layers.10.conv")
-MATRIX_OPS = ("MatMul", "Conv", "Gemm")
+MATRIX_OPS = ("MatMul", "Linear", "Conv", "Gemm")
 
 
 def convert(folder: Path, skipped) -> tuple:
@@ -56,9 +56,9 @@ def convert(folder: Path, skipped) -> tuple:
 
 
 def _macs(node, args, results) -> int:
-    """Multiply-adds of one MatMul / Conv / Gemm from its input and output shapes."""
+    """Multiply-adds of one MatMul / Linear / Conv / Gemm from its input and output shapes."""
     out = int(np.prod(results[0].shape))
-    if node.op == "MatMul":
+    if node.op in ("MatMul", "Linear"):
         return out * int(args[0].shape[-1])
     if node.op == "Conv":
         return out * int(np.prod(args[1].shape[1:]))

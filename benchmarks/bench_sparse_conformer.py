@@ -60,8 +60,9 @@ def prepare(folder: Path, sparsity: float):
 
 
 def step_label(step) -> str:
-    """The op type; MatMul by what its B is (a stored sparse or dense weight, or a computed activation)."""
-    if step.node.op != "MatMul":
+    """The op type; MatMul and Linear (MatMul with its bias and activation) by what B is (a stored sparse or dense
+    weight, or a computed activation)."""
+    if step.node.op not in ("MatMul", "Linear"):
         return step.node.op
     weight = step.constants[1] if len(step.constants) > 1 else None
     if weight is None:
@@ -73,9 +74,9 @@ def step_macs(step, args, results) -> int:
     """Multiply-adds of a MatMul / Conv / Gemm step from its shapes; a sparse weight's stored non-zeros only."""
     op, out = step.node.op, int(np.prod(results[0].shape))
     weight = args[1] if len(args) > 1 else None
-    if op == "MatMul" and weight is not None and not isinstance(weight, np.ndarray):
+    if op in ("MatMul", "Linear") and weight is not None and not isinstance(weight, np.ndarray):
         return out // int(weight.shape[1]) * int(np.count_nonzero(weight.values))  # rows x non-zeros
-    if op in ("MatMul", "Gemm"):
+    if op in ("MatMul", "Linear", "Gemm"):
         return out * int(args[0].shape[-1])
     if op == "Conv":
         return out * int(np.prod(np.shape(weight)[1:]))

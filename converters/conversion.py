@@ -340,7 +340,7 @@ def _weight_names(graph: Graph, tensors) -> List[str]:
     the inputs where the runtime accepts an encoded tensor."""
     names = []
     for node in graph.nodes:
-        if node.op not in ("Conv", "MatMul", "Gemm"):  # an LSTM / GRU R stays float32, as its W does
+        if node.op not in ("Conv", "MatMul", "Linear", "Gemm"):  # an LSTM / GRU R stays float32, as its W does
             continue
         for i in ENCODED_WEIGHT_INPUTS.get(node.op, ()):
             name = node.inputs[i] if len(node.inputs) > i else ""

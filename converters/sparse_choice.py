@@ -251,9 +251,9 @@ def sparse_candidates(graph: Graph, tensors: Mapping[str, Any]) -> Dict[str, np.
                  and not any(node.attrs.get("pads", [0, 0])))
                 or (node.op == "Gemm" and weight.ndim == 2 and node.attrs.get("transB", 0) == 1
                     and not node.attrs.get("transA", 0))
-                or (node.op == "MatMul" and name in time_major))
+                or (node.op in ("MatMul", "Linear") and name in time_major))
             if runnable:
-                candidates[name] = weight.T if node.op == "MatMul" else weight.reshape(weight.shape[0], -1)
+                candidates[name] = weight.T if node.op in ("MatMul", "Linear") else weight.reshape(weight.shape[0], -1)
             elif name in tensors:
                 others.add(name)
     return {name: m for name, m in candidates.items() if name not in others}
@@ -277,7 +277,7 @@ def time_major_weights(graph: Graph, tensors: Mapping[str, Any]) -> set:
     """Names of stored 2-D B operands of MatMul nodes whose A is computed (a linear layer on [..., T, C]
     activations): the weights kernels.sparse.matmul_time_major runs."""
     return {node.inputs[1] for node in graph.nodes
-            if node.op == "MatMul" and len(node.inputs) in (2, 3) and node.inputs[0] not in tensors
+            if node.op in ("MatMul", "Linear") and node.inputs[0] not in tensors
             and getattr(tensors.get(node.inputs[1]), "ndim", 0) == 2}
 
 

@@ -76,12 +76,14 @@ ORT_CASES = {
     "GRU": ("test_gru",),
     # tinyasr's fused Conformer attention weights: compared with NeMo's exported subgraph, which ends in Softmax.
     "RelPositionSoftmax": ("test_rel_position_softmax", "test_rel_position_softmax_from_the_position_product"),
-    # tinyasr's Swish: compared with the Sigmoid -> Mul pair it replaces; Glu with Split -> Sigmoid -> Mul.
+    # tinyasr's Swish: compared with the Sigmoid -> Mul pair it replaces; Glu with Split -> Sigmoid -> Mul; Linear
+    # with MatMul -> Add -> activation.
     "Swish": ("test_swish",),
     "Glu": ("test_glu",),
+    "Linear": ("test_linear",),
 }
 # tinyasr ops with no ONNX op of their name -> the ONNX op their unfused reference subgraph runs
-UNFUSED_REFERENCE = {"RelPositionSoftmax": "Softmax", "Swish": "Sigmoid", "Glu": "Split"}
+UNFUSED_REFERENCE = {"RelPositionSoftmax": "Softmax", "Swish": "Sigmoid", "Glu": "Split", "Linear": "MatMul"}
 
 
 def _calls(test):

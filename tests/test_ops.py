@@ -626,6 +626,30 @@ def test_glu(shape, axis):
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("activation", ["", "Relu", "Swish"])
+@pytest.mark.parametrize("a_shape", [(7, 5), (2, 9, 5), (5,)], ids=str)
+def test_linear(a_shape, activation):
+    """tinyasr's Linear (converters/passes.fuse_matmul_epilogues) against MatMul -> Add -> activation."""
+    a, w, c = f32(*a_shape, low=-3, high=3), f32(5, 6), f32(6)
+    ours = run_op("Linear", [a, w, c], {"activation": activation} if activation else {})[0]
+    nodes = [helper.make_node("MatMul", ["in0", "in1"], ["product"]),
+             helper.make_node("Add", ["product", "in2"], ["linear" if activation else "out0"])]
+    if activation == "Relu":
+        nodes.append(helper.make_node("Relu", ["linear"], ["out0"]))
+    elif activation == "Swish":
+        nodes += [helper.make_node("Sigmoid", ["linear"], ["gate"]), helper.make_node("Mul", ["linear", "gate"],
+                                                                                         ["out0"])]
+    ref = ort_outputs(nodes, [a, w, c], [np.dtype(np.float32)], 17)[0]
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_linear_names_a_bad_bias_and_activation():
+    with pytest.raises(GraphError, match="bias C must be float32 with 6 values"):
+        run_op("Linear", [f32(3, 5), f32(5, 6), f32(5)], {})
+    with pytest.raises(GraphError, match="unknown activation 'Tanh'"):
+        run_op("Linear", [f32(3, 5), f32(5, 6), f32(6)], {"activation": "Tanh"})
+
+
 def test_glu_names_an_odd_axis():
     with pytest.raises(GraphError, match="even length along axis 1"):
         run_op("Glu", [f32(1, 5, 3)], {"axis": 1})

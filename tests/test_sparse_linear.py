@@ -205,7 +205,7 @@ def test_pruned_conformer_runs_sparse_and_matches_onnxruntime(pruned_conformer):
     model = load_model(conversion.path)
     # compaction may have dropped an FFN unit that pruning zeroed whole, renaming its weights: go by node
     linears = [n.inputs[1] for n in model.graph.nodes
-               if n.op == "MatMul" and any(fnmatch.fnmatchcase(n.name, p) for p in NEMO_CONFORMER_LINEARS)]
+               if n.op in ("MatMul", "Linear") and any(fnmatch.fnmatchcase(n.name, p) for p in NEMO_CONFORMER_LINEARS)]
     assert len(linears) == len(weights)
     assert {w: conversion.encodings.get(w) for w in linears} == dict.fromkeys(linears, "csr")
     assert all(time_major_matrix(model.tensors[w]) is not None for w in linears)

@@ -1,6 +1,6 @@
 """Converter fusions for transformer / Conformer blocks (converters/passes.py): a Pad folded into the Conv that
 reads it, Sigmoid -> Mul(x, .) as one Swish node, a ReLU moved ahead of a 0 / 1 length mask into its Conv, a linear
-layer's bias Add and activation folded into its MatMul, Split -> Sigmoid -> Mul as one Glu.  Each fused graph is compared with onnxruntime on the
+layer's MatMul, bias Add and activation as one Linear, Split -> Sigmoid -> Mul as one Glu.  Each fused graph is compared with onnxruntime on the
 unfused ONNX model, and the patterns that must not fuse are shown to stay as they are."""
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ def test_bias_and_activation_fold_into_the_matmul(tmp_path, activation, bias_sha
     expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_allclose(model.run({"x": x})["out"], expected, rtol=1e-5, atol=1e-6)
     (node,) = model.graph.nodes
-    assert node.op == "MatMul" and len(node.inputs) == 3 and node.attrs.get("activation", "") == activation
+    assert node.op == "Linear" and len(node.inputs) == 3 and node.attrs.get("activation", "") == activation
 
 
 def test_a_product_read_elsewhere_keeps_its_add(tmp_path):
@@ -238,6 +238,6 @@ def test_nemo_conformer_exports_fuse_every_swish_and_pad(tmp_path, name, layers)
     nodes = load_model(tmp_path / "m.tasr").graph.nodes
     # the feed-forward Swishes go into their MatMuls with the biases; the conv module's stays a Swish node
     assert ops.count("Swish") == layers
-    assert sum(n.op == "MatMul" and n.attrs.get("activation") == "Swish" for n in nodes) == 2 * layers
-    # every linear layer's bias (q, k, v, out, two per feed-forward block) is its MatMul's third input
-    assert sum(n.op == "MatMul" and len(n.inputs) == 3 for n in nodes) >= 8 * layers
+    assert sum(n.op == "Linear" and n.attrs.get("activation") == "Swish" for n in nodes) == 2 * layers
+    # every linear layer with a bias (q, k, v, out, two per feed-forward block) is one Linear node
+    assert ops.count("Linear") >= 8 * layers

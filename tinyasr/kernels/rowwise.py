@@ -103,7 +103,7 @@ def swish_in_place(y):
         y[i] = v * (one / (one + exp32(-v)))
 
 
-# activations a MatMul's fused epilogue applies (converters/passes.fuse_matmul_epilogues: the attribute's names)
+# activations the Linear op applies (converters/passes.fuse_matmul_epilogues: the attribute's names)
 MATMUL_ACTIVATIONS = {"": 0, "Relu": 1, "Swish": 2}
 
 

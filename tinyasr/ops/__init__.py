@@ -22,8 +22,8 @@ __all__ = ["ENCODED_WEIGHT_INPUTS", "SUPPORTED_OPS", "OpContext", "OpFunction", 
 # Where an op accepts a stored tensor in an encoding other than dense (CSR, BSR, int8, ternary):
 # op -> input positions.  The runtime refuses an encoded tensor anywhere else at load, so no other op
 # ever receives an object that is not an array.
-ENCODED_WEIGHT_INPUTS: Dict[str, Sequence[int]] = {"Conv": (1,), "MatMul": (0, 1), "Gemm": (0, 1), "LSTM": (2,),
-                                                   "GRU": (2,)}
+ENCODED_WEIGHT_INPUTS: Dict[str, Sequence[int]] = {"Conv": (1,), "MatMul": (0, 1), "Linear": (1,), "Gemm": (0, 1),
+                                                   "LSTM": (2,), "GRU": (2,)}
 
 # Importing the op modules fills the registry.
 from tinyasr.ops import attention, conv, elementwise, indexing, nn, recurrent, reduce, shape  # noqa: E402,F401

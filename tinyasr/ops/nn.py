@@ -119,39 +119,39 @@ def _matmul_time_axis(node, constants, stream: Stream):
 
 @register("MatMul", streaming=TimeLocal(layout=_matmul_time_axis))
 def matmul(ctx, inputs, attrs):
-    """ONNX MatMul, extended with an optional bias input C and an ``activation`` attribute ("", "Relu", "Swish"):
-    act(A @ B + C) with C over the last axis, what converters/passes.fuse_matmul_epilogues makes of MatMul ->
-    Add(bias) -> activation (a transformer's linear layers)."""
     check_inputs("MatMul", inputs, 2)
-    a = inputs[0]
-    if isinstance(a, np.ndarray) and a.ndim >= 1 and time_major_matrix(inputs[1]) is not None:
-        if a.dtype != np.float32:
-            raise GraphError(f"MatMul: operands must have one element type, got {a.dtype} and float32")
-        out = ctx.output(a.shape[:-1] + (inputs[1].shape[1],), np.float32)
-        out = matmul_time_major(a, inputs[1], out=out)
-    else:
-        out = _matmul_into(ctx, dense(inputs[0], "MatMul", "A"), dense(inputs[1], "MatMul", "B"))
-    bias = inputs[2] if len(inputs) > 2 else None
-    activation = attrs.get("activation", "")
-    if bias is not None or activation:
-        _matmul_epilogue(out, bias, activation)
-    return [out]
+    return [_product(ctx, "MatMul", inputs[0], inputs[1])]
 
 
-def _matmul_epilogue(out, bias, activation: str) -> None:
-    """out = act(out + bias) in place, bias [N] along the last axis."""
+@register("Linear", streaming=TimeLocal(layout=_matmul_time_axis))
+def linear_layer(ctx, inputs, attrs):
+    """tinyasr's Linear: act(A @ W + C) with C [N] along the last axis and ``activation`` "", "Relu" or "Swish",
+    what converters/passes.fuse_matmul_epilogues makes of MatMul -> Add(bias) -> activation (a transformer's
+    linear layers): the bias and activation in one pass over the product while it is in cache.  An op of its own,
+    not a MatMul with a third input, so that a reader without it refuses the file instead of dropping the bias."""
+    check_inputs("Linear", inputs, 3)
+    out, bias, activation = _product(ctx, "Linear", inputs[0], inputs[1]), inputs[2], attrs.get("activation", "")
     if activation not in MATMUL_ACTIVATIONS:
-        raise GraphError(f"MatMul: unknown activation {activation!r}; supported: {sorted(MATMUL_ACTIVATIONS)}")
-    if bias is None:
-        bias = np.zeros(0, np.float32)
-    elif not (isinstance(bias, np.ndarray) and bias.dtype == np.float32 and bias.size == out.shape[-1]):
-        raise GraphError(f"MatMul: bias C must be float32 with {out.shape[-1]} values (the last axis of A @ B), got "
+        raise GraphError(f"Linear: unknown activation {activation!r}; supported: {sorted(MATMUL_ACTIVATIONS)}")
+    if not (isinstance(bias, np.ndarray) and bias.dtype == np.float32 and bias.size == out.shape[-1]):
+        raise GraphError(f"Linear: bias C must be float32 with {out.shape[-1]} values (the last axis of A @ W), got "
                          f"{getattr(bias, 'dtype', type(bias).__name__)} of shape {getattr(bias, 'shape', None)}")
     if out.dtype != np.float32 or not out.flags.c_contiguous or out.ndim < 1:
-        raise GraphError(f"MatMul: a fused bias / activation needs a float32 product, got {out.dtype}")
+        raise GraphError(f"Linear: needs a float32 product, got {out.dtype}")
     if out.size:
         bias_activation_rows(out.reshape(-1, out.shape[-1]), np.ascontiguousarray(bias).reshape(-1),
                              MATMUL_ACTIVATIONS[activation])
+    return [out]
+
+
+def _product(ctx, op: str, a, b) -> np.ndarray:
+    """a @ b: the time-major sparse kernel for an encoded 2-D b, else BLAS (encoded operands decoded once)."""
+    if isinstance(a, np.ndarray) and a.ndim >= 1 and time_major_matrix(b) is not None:
+        if a.dtype != np.float32:
+            raise GraphError(f"{op}: operands must have one element type, got {a.dtype} and float32")
+        out = ctx.output(a.shape[:-1] + (b.shape[1],), np.float32)
+        return matmul_time_major(a, b, out=out)
+    return _matmul_into(ctx, dense(a, op, "A"), dense(b, op, "B"))
 
 
 @register("Gemm", streaming=Refuses("no streaming rule for Gemm yet (MatMul streams)"))
