@@ -387,8 +387,7 @@ def absorb_position_product(model: Imported) -> Imported:
     RelPositionSoftmax(content, q + v, p^T, keep) with ``position_product`` = 1: the op computes only the T of
     each row's 2T - 1 position scores that the rel-shift keeps, and no [B, H, T, 2T - 1] array is written.  Runs
     after structured compaction (like the MatMul epilogues), on both the ONNX and the .nemo graphs."""
-    consumers = _consumer_counts(model)
-    producers = {o: n for n in model.graph.nodes for o in n.outputs}
+    consumers, producers = _readers_and_producers(model)
     absorbed, removed = {}, set()
     for node in model.graph.nodes:
         if node.op != "RelPositionSoftmax" or node.attrs.get("position_product") or len(node.inputs) < 2:
@@ -571,8 +570,7 @@ def fuse_glu(model: Imported) -> Imported:
     """Split(x) into two equal halves -> Sigmoid(second) -> Mul(first, sigmoid), each read once, becomes one Glu node
     (tinyasr/ops/nn.py) at the Mul's place: a Conformer conv module's gate.  Split's views, the Sigmoid of a
     strided half (numpy's path, not the row kernel) and the Mul were 1.3 ms of conformer_ctc_small's 10 s."""
-    consumers = _consumer_counts(model)
-    producers = {o: n for n in model.graph.nodes for o in n.outputs}
+    consumers, producers = _readers_and_producers(model)
     fused: Dict[str, Node] = {}
     removed, unread = set(), set()  # nodes; the split sizes no other node reads
     for node in model.graph.nodes:
@@ -613,8 +611,7 @@ def fuse_matmul_epilogues(model: Imported) -> Imported:
 
     A Conformer layer has eight such linear layers (q, k, v, out and two per feed-forward block); at 10 s
     conformer_ctc_small's 128 bias Adds and 32 Swishes cost 4.2 ms of 80 as nodes of their own."""
-    consumers = _consumer_counts(model)
-    producers = {o: n for n in model.graph.nodes for o in n.outputs}
+    consumers, producers = _readers_and_producers(model)
     tensors = dict(model.tensors)
     fused: Dict[str, Node] = {}  # name of the pattern's last node -> the fused MatMul
     removed, replaced = set(), set()  # nodes; stored biases now reshaped under another name
@@ -669,8 +666,7 @@ def move_relu_before_masks(model: Imported) -> Imported:
     the ReLU; the mask is a cast of a comparison (0 or 1), and relu(a * m) == relu(a) * m for every m >= 0.  The
     Relu goes right after the Conv, and Shape nodes that read the Conv's output read the Relu's (same shape).
     conformer_ctc_small, 10 s: a separate ReLU over the first conv's 88 x 500 x 40 output took 0.85 ms."""
-    consumers = _consumer_counts(model)
-    producers = {o: n for n in model.graph.nodes for o in n.outputs}
+    consumers, producers = _readers_and_producers(model)
     shape_readers: Dict[str, List[str]] = {}
     for node in model.graph.nodes:
         if node.op == "Shape":
@@ -838,6 +834,11 @@ def check_supported(model: Imported) -> None:
                 f"node {node.name!r}: op {node.op!r} could not be folded away and is not supported at run time; "
                 f"runtime ops: {', '.join(SUPPORTED_OPS)}"
             )
+
+
+def _readers_and_producers(model: Imported):
+    """(how many inputs read each value, the node producing each value)."""
+    return _consumer_counts(model), {o: n for n in model.graph.nodes for o in n.outputs}
 
 
 def _consumer_counts(model: Imported, nodes=None) -> Counter:

@@ -31,14 +31,19 @@ def _conv_module(tmp_path, pads, pad_value=0.0, sigmoid_also_read=False):
     outputs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)]
     if sigmoid_also_read:
         outputs.append(helper.make_tensor_value_info("gate", TensorProto.FLOAT, None))
-    graph = helper.make_graph(
-        nodes, "conv_module", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, CHANNELS, "T"])], outputs,
-        [numpy_helper.from_array(np.array(pads, np.int64), "pads"),
-         numpy_helper.from_array(np.float32(pad_value), "value"),
-         numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return _saved(tmp_path, "conv_module", nodes,
+                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, CHANNELS, "T"])], outputs,
+                  [numpy_helper.from_array(np.array(pads, np.int64), "pads"),
+                   numpy_helper.from_array(np.float32(pad_value), "value"),
+                   numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
+
+
+def _saved(tmp_path, name, nodes, inputs, outputs, tensors):
+    """An opset-17 ONNX model of these nodes written to tmp_path / name.onnx; its path."""
+    model = helper.make_model(helper.make_graph(nodes, name, inputs, outputs, tensors),
+                              opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    path = tmp_path / "conv_module.onnx"
+    path = tmp_path / f"{name}.onnx"
     path.write_bytes(model.SerializeToString())
     return path
 
@@ -110,14 +115,9 @@ def _masked_conv(tmp_path, mask_kind):
         mask = RNG.uniform(0.0, 1.0, (1, 1, FRAMES)).astype(np.float32)
         mask[0, 0, 3] = -0.5 if mask_kind == "signed" else 0.0
         tensors.append(numpy_helper.from_array(mask, "mask"))
-    graph = helper.make_graph(nodes, "masked_conv", inputs,
-                              [helper.make_tensor_value_info(n, TensorProto.FLOAT if n == "out" else TensorProto.INT64,
-                                                             None) for n in ("out", "y_shape")], tensors)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    path = tmp_path / f"masked_{mask_kind}.onnx"
-    path.write_bytes(model.SerializeToString())
-    return path
+    return _saved(tmp_path, f"masked_{mask_kind}", nodes, inputs,
+                  [helper.make_tensor_value_info(n, TensorProto.FLOAT if n == "out" else TensorProto.INT64, None)
+                   for n in ("out", "y_shape")], tensors)
 
 
 @pytest.mark.parametrize("mask_kind, fused", [("bool", True), ("stored", True), ("signed", False), ("input", False)])
@@ -153,13 +153,8 @@ def _linear(tmp_path, activation, bias_shape=(8,), product_read_twice=False):
     else:
         nodes.append(helper.make_node("Identity", ["linear"], ["out"]))
     outputs = ["out"] + (["product"] if product_read_twice else [])
-    graph = helper.make_graph(nodes, "linear", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", CHANNELS])],
-                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs], tensors)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    path = tmp_path / "linear.onnx"
-    path.write_bytes(model.SerializeToString())
-    return path
+    return _saved(tmp_path, "linear", nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", CHANNELS])],
+                  [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs], tensors)
 
 
 @pytest.mark.parametrize("activation", ["Swish", "Relu", ""])
@@ -194,14 +189,8 @@ def _gated(tmp_path, sizes=None, gate_read_twice=False, gate_first=False):
     nodes = [helper.make_node("Split", inputs, halves, axis=1),
              helper.make_node("Sigmoid", ["gate"], ["sigmoid"]), helper.make_node("Mul", ["value", "sigmoid"], ["out"])]
     outputs = ["out"] + (["sigmoid"] if gate_read_twice else [])
-    graph = helper.make_graph(nodes, "glu", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                                           [1, 2 * CHANNELS, "T"])],
-                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs], tensors)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    path = tmp_path / "glu.onnx"
-    path.write_bytes(model.SerializeToString())
-    return path
+    return _saved(tmp_path, "glu", nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2 * CHANNELS, "T"])],
+                  [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs], tensors)
 
 
 @pytest.mark.parametrize("sizes, gate_read_twice, gate_first, fused", [
