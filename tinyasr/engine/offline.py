@@ -179,14 +179,13 @@ class _ReplayContext(OpContext):
         self.next = 0
 
     def output(self, shape, dtype=np.float32, donors=()) -> np.ndarray:
-        shape, dtype = tuple(map(int, shape)), np.dtype(dtype)
         if self.next < len(self.buffers):
             buffer = self.buffers[self.next]
             self.next += 1
-            if buffer.shape == shape and buffer.dtype == dtype:
+            if buffer.shape == tuple(shape) and buffer.dtype == dtype:  # ints and dtypes compare as they are
                 return buffer
         self.pool.allocations += 1
-        return aligned_empty(shape, dtype)
+        return aligned_empty(tuple(map(int, shape)), np.dtype(dtype))
 
 
 class Model:

@@ -43,9 +43,23 @@ def axes_from(inputs, index: int, attrs: dict) -> Optional[List[int]]:
 
 
 def check_inputs(op: str, inputs, required: int) -> None:
-    """GraphError if fewer than ``required`` non-omitted inputs lead the list."""
-    if len(inputs) < required or any(x is None for x in inputs[:required]):
+    """GraphError if fewer than ``required`` non-omitted inputs lead the list.  (A plain loop: every node calls
+    this, and a generator fed to any() cost 2 us a call.)"""
+    if len(inputs) < required:
         raise GraphError(f"{op} needs at least {required} inputs, got {len(inputs)}")
+    for i in range(required):
+        if inputs[i] is None:
+            raise GraphError(f"{op} needs at least {required} inputs, got {len(inputs)}")
+
+
+def broadcast_shape(a, b):
+    """np.broadcast_shapes, without its cost (~5 us, a tenth of a Conformer's bias Add) in the common cases:
+    equal shapes, or one shape the other's trailing dims (a bias row)."""
+    if a == b or (len(a) <= len(b) and b[len(b) - len(a):] == a):
+        return b
+    if len(b) < len(a) and a[len(a) - len(b):] == b:
+        return a
+    return np.broadcast_shapes(a, b)
 
 
 def dense(weight, op: str, what: str = "weight") -> np.ndarray:

@@ -23,7 +23,7 @@ from tinyasr.kernels.rowwise import (
 )
 from tinyasr.kernels.sparse import kernel_matrix, linear, matmul_time_major, time_major_matrix
 from tinyasr.ops.attributes import number
-from tinyasr.ops.common import check_inputs, dense, normalize_axis
+from tinyasr.ops.common import broadcast_shape, check_inputs, dense, normalize_axis
 from tinyasr.ops.registry import register
 from tinyasr.ops.streaming_rules import AxisOp, Refuses, Stream, TimeLocal
 
@@ -104,7 +104,7 @@ def _matmul_into(ctx, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.asarray(np.matmul(a, b))
     if a.shape[-1] != b.shape[-2]:
         raise GraphError(f"MatMul: inner dimensions differ, shapes {a.shape} and {b.shape}")
-    batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    batch = broadcast_shape(a.shape[:-2], b.shape[:-2])
     out = ctx.output(batch + (a.shape[-2], b.shape[-1]), a.dtype)
     return np.matmul(a, b, out=out)
 
