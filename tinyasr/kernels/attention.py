@@ -23,8 +23,9 @@ READ_4D = Array(float32, 4, "C", readonly=True)
 READ_MASK = Array(boolean, 4, "C", readonly=True)
 PRODUCT_ROWS = 16  # query rows whose position scores are computed together (16 x T floats: L1 at T = 250)
 # The product kernel or BLAS's full [T, 2T - 1] product and the row kernel is chosen per CPU by timing both on
-# these shapes (heads, d_k, T), the short one for inputs below SHORT_FRAMES encoder frames.
-CALIBRATION_SHAPES = ((4, 24, 256), (4, 24, 1024))
+# these shapes (heads, d_k, T), the short one for inputs below SHORT_FRAMES encoder frames: once per CPU, cached
+# (tuning.py); the long one takes ~0.6 s on the first input that needs it (AMD EPYC Zen 3).
+CALIBRATION_SHAPES = ((4, 24, 256), (4, 24, 768))
 SHORT_FRAMES = 512
 
 
