@@ -620,7 +620,8 @@ def test_glu(shape, axis):
     x = f32(*shape, low=-12, high=12)
     ours = run_op("Glu", [x], {"axis": axis})[0]
     nodes = [helper.make_node("Split", ["in0"], ["value", "gate"], axis=axis, num_outputs=2),
-             helper.make_node("Sigmoid", ["gate"], ["sigmoid"]), helper.make_node("Mul", ["value", "sigmoid"], ["out0"])]
+             helper.make_node("Sigmoid", ["gate"], ["sigmoid"]),
+             helper.make_node("Mul", ["value", "sigmoid"], ["out0"])]
     ref = ort_outputs(nodes, [x], [np.dtype(np.float32)], 18)[0]
     assert ours.shape == ref.shape
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)

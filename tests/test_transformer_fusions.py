@@ -1,7 +1,8 @@
 """Converter fusions for transformer / Conformer blocks (converters/passes.py): a Pad folded into the Conv that
 reads it, Sigmoid -> Mul(x, .) as one Swish node, a ReLU moved ahead of a 0 / 1 length mask into its Conv, a linear
-layer's MatMul, bias Add and activation as one Linear, Split -> Sigmoid -> Mul as one Glu.  Each fused graph is compared with onnxruntime on the
-unfused ONNX model, and the patterns that must not fuse are shown to stay as they are."""
+layer's MatMul, bias Add and activation as one Linear, Split -> Sigmoid -> Mul as one Glu.  Each fused graph is
+compared with onnxruntime on the unfused ONNX model, and the patterns that must not fuse are shown to stay as they
+are."""
 
 from __future__ import annotations
 
@@ -147,7 +148,8 @@ def _linear(tmp_path, activation, bias_shape=(8,), product_read_twice=False):
     nodes = [helper.make_node("MatMul", ["x", "w"], ["product"]),
              helper.make_node("Add", ["product", "bias"], ["linear"])]
     if activation == "Swish":
-        nodes += [helper.make_node("Sigmoid", ["linear"], ["gate"]), helper.make_node("Mul", ["linear", "gate"], ["out"])]
+        nodes += [helper.make_node("Sigmoid", ["linear"], ["gate"]),
+                  helper.make_node("Mul", ["linear", "gate"], ["out"])]
     elif activation == "Relu":
         nodes.append(helper.make_node("Relu", ["linear"], ["out"]))
     else:
@@ -189,7 +191,8 @@ def _gated(tmp_path, sizes=None, gate_read_twice=False, gate_first=False):
     nodes = [helper.make_node("Split", inputs, halves, axis=1),
              helper.make_node("Sigmoid", ["gate"], ["sigmoid"]), helper.make_node("Mul", ["value", "sigmoid"], ["out"])]
     outputs = ["out"] + (["sigmoid"] if gate_read_twice else [])
-    return _saved(tmp_path, "glu", nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2 * CHANNELS, "T"])],
+    return _saved(tmp_path, "glu", nodes,
+                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2 * CHANNELS, "T"])],
                   [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs], tensors)
 
 

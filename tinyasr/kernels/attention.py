@@ -94,7 +94,8 @@ def rel_position_product_softmax_rows(content, query, keys, keep, scale, masked,
                         y, q, offset = out[b, h, i0 + r], query[qb, h, i0 + r], frames - 1 - i0 - r
                         p0, q0 = keys[pb, h, k, offset:], q[k]
                         if step == 4:
-                            p1, p2, p3 = keys[pb, h, k + 1, offset:], keys[pb, h, k + 2, offset:], keys[pb, h, k + 3, offset:]
+                            p1, p2 = keys[pb, h, k + 1, offset:], keys[pb, h, k + 2, offset:]
+                            p3 = keys[pb, h, k + 3, offset:]
                             q1, q2, q3 = q[k + 1], q[k + 2], q[k + 3]
                             for j in range(frames):
                                 y[j] = (((y[j] + q0 * p0[j]) + q1 * p1[j]) + q2 * p2[j]) + q3 * p3[j]  # 4 FMAs

@@ -4,8 +4,9 @@ Inputs: content [B, H, T, T] (the (q + u) k^T scores), position [B or 1, H, T, 2
 over positions T - 1 .. -(T - 1)), keep [B or 1, 1, T, T] bool (optional: False where a query or key frame is
 padding).  With the attribute ``position_product`` = 1 the position scores' operands come instead of them:
 content, query [B or 1, H, T, d] (q + v), keys [B or 1, H, d, 2T - 1] (p^T), keep; the kernel then computes only
-the scores the rel-shift keeps (converters/passes.absorb_position_product), or, where BLAS's whole product measured
-faster on this CPU (kernels/attention.product_in_kernel), the product first as before.  Attrs: ``scale`` (the divisor, sqrt(d_k)), ``masked_value`` (default -10000, NeMo's).  Output:
+the scores the rel-shift keeps (converters/passes.absorb_position_product), or, where BLAS's whole product
+measured faster on this CPU (kernels/attention.product_in_kernel), the product first as before.  Attrs:
+``scale`` (the divisor, sqrt(d_k)), ``masked_value`` (default -10000, NeMo's).  Output:
 Where(keep, Softmax(Where(keep, (content + rel_shift(position)) / scale, masked_value)), 0), which is what NeMo's
 export computes with Pad / Reshape / Slice / Add / Div / Where / Softmax / Where (tinyasr/kernels/attention.py).
 """
