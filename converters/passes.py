@@ -18,6 +18,7 @@ from tinyasr_convert.ternary import rewrite_ternary
 
 from tinyasr.errors import ConversionError, GraphError
 from tinyasr.format.graph import Node
+from tinyasr.kernels.rowwise import LINEAR_ACTIVATIONS
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # stands for +-inf in Clip bounds (JSON has no infinity)
 
@@ -536,14 +537,11 @@ def _spatial_zero_pads(pad: Node, tensors) -> Optional[List[int]]:
 def fuse_swish(model: Imported) -> Imported:
     """Mul(x, Sigmoid(x)), the Sigmoid read by that Mul alone, becomes one Swish node (tinyasr/ops/elementwise.py):
     one pass instead of two and no intermediate buffer, at the Mul's place in the order."""
-    consumers = _consumer_counts(model)
-    producers = {o: n for n in model.graph.nodes for o in n.outputs}
+    consumers, producers = _readers_and_producers(model)
     fused: Dict[str, Node] = {}  # Mul name -> Swish node
     removed = set()
-    for node in model.graph.nodes:
-        if node.op != "Mul" or len(node.inputs) != 2:
-            continue
-        for x, gate in (node.inputs, node.inputs[::-1]):
+    for node, orders in _two_input_nodes(model, "Mul"):
+        for x, gate in orders:
             sigmoid = producers.get(gate)
             if sigmoid is not None and sigmoid.op == "Sigmoid" and sigmoid.inputs[0] == x and consumers[gate] == 1:
                 fused[node.name] = Node(f"{node.name}::swish", "Swish", (x,), tuple(node.outputs))
@@ -573,10 +571,8 @@ def fuse_glu(model: Imported) -> Imported:
     consumers, producers = _readers_and_producers(model)
     fused: Dict[str, Node] = {}
     removed, unread = set(), set()  # nodes; the split sizes no other node reads
-    for node in model.graph.nodes:
-        if node.op != "Mul" or len(node.inputs) != 2:
-            continue
-        for value, gate in (node.inputs, node.inputs[::-1]):
+    for node, orders in _two_input_nodes(model, "Mul"):
+        for value, gate in orders:
             sigmoid = producers.get(gate)
             split = producers.get(value)
             if (sigmoid is None or sigmoid.op != "Sigmoid" or split is None or split.op != "Split"
@@ -600,10 +596,6 @@ def fuse_glu(model: Imported) -> Imported:
                        [fused.get(n.name, n) for n in model.graph.nodes if n.name not in removed])
 
 
-
-MATMUL_EPILOGUE_ACTIVATIONS = ("Relu", "Swish")
-
-
 def fuse_matmul_epilogues(model: Imported) -> Imported:
     """MatMul(A, stored W [K, N]) -> Add(stored bias of N values over the last axis) -> [Relu | Swish] becomes one
     Linear node (tinyasr/ops/nn.py) with the bias as its third input and an ``activation`` attribute: the bias and
@@ -613,12 +605,14 @@ def fuse_matmul_epilogues(model: Imported) -> Imported:
     conformer_ctc_small's 128 bias Adds and 32 Swishes cost 4.2 ms of 80 as nodes of their own."""
     consumers, producers = _readers_and_producers(model)
     tensors = dict(model.tensors)
-    fused: Dict[str, Node] = {}  # name of the pattern's last node -> the fused MatMul
+    fused: Dict[str, Node] = {}  # name of the pattern's last node -> the Linear node
     removed, replaced = set(), set()  # nodes; stored biases now reshaped under another name
+    reader: Dict[str, Node] = {}  # value -> a node reading it (the only one where consumers says 1)
     for node in model.graph.nodes:
-        if node.op != "Add" or len(node.inputs) != 2:
-            continue
-        for product, bias in (node.inputs, node.inputs[::-1]):
+        for name in node.inputs:
+            reader.setdefault(name, node)
+    for node, orders in _two_input_nodes(model, "Add"):
+        for product, bias in orders:
             matmul = producers.get(product)
             if (matmul is None or matmul.op != "MatMul" or len(matmul.inputs) != 2 or consumers[product] != 1
                     or matmul.inputs[0] in tensors or getattr(tensors.get(matmul.inputs[1]), "ndim", 0) != 2):
@@ -629,10 +623,10 @@ def fuse_matmul_epilogues(model: Imported) -> Imported:
                     or any(d != 1 for d in values.shape[:-1])):
                 continue
             last, activation = node, ""
-            readers = [n for n in model.graph.nodes if node.outputs[0] in n.inputs]
-            if (len(readers) == 1 and consumers[node.outputs[0]] == 1 and readers[0].op in MATMUL_EPILOGUE_ACTIVATIONS
-                    and len(readers[0].inputs) == 1):
-                last, activation = readers[0], readers[0].op
+            after = reader.get(node.outputs[0])
+            if (consumers[node.outputs[0]] == 1 and after is not None and after.op in LINEAR_ACTIVATIONS
+                    and len(after.inputs) == 1):
+                last, activation = after, after.op
             if values.ndim != 1:  # a bias of shape [1, .., N] is stored as [N]
                 if consumers[bias] == 1:
                     replaced.add(bias)
@@ -671,6 +665,7 @@ def move_relu_before_masks(model: Imported) -> Imported:
     for node in model.graph.nodes:
         if node.op == "Shape":
             shape_readers.setdefault(node.inputs[0], []).append(node.name)
+    shapes = dict(model.shapes)
     after_conv: Dict[str, Node] = {}  # Conv name -> its new Relu
     rewritten: Dict[str, Node] = {}  # node name -> replacement (the Mul, the Shape readers); None: removed
     for node in model.graph.nodes:
@@ -686,7 +681,7 @@ def move_relu_before_masks(model: Imported) -> Imported:
                     and not conv.attrs.get("activation") and _never_negative(mask, producers, model)):
                 rectified = f"{node.name}::before_mask"
                 if value in model.shapes:
-                    model.shapes[rectified] = model.shapes[value]
+                    shapes[rectified] = model.shapes[value]
                 after_conv[conv.name] = Node(node.name, "Relu", (value,), (rectified,))
                 rewritten[mul.name] = Node(mul.name, "Mul", (rectified, mask), tuple(node.outputs))
                 rewritten[node.name] = None
@@ -708,7 +703,7 @@ def move_relu_before_masks(model: Imported) -> Imported:
         nodes.append(node)
         if node.name in after_conv:
             nodes.append(after_conv[node.name])
-    return _with_nodes(model, nodes)
+    return _with_nodes(Imported(model.graph, model.tensors, shapes, model.dtypes, model.metadata), nodes)
 
 
 def _never_negative(name: str, producers, model: Imported) -> bool:
@@ -834,6 +829,14 @@ def check_supported(model: Imported) -> None:
                 f"node {node.name!r}: op {node.op!r} could not be folded away and is not supported at run time; "
                 f"runtime ops: {', '.join(SUPPORTED_OPS)}"
             )
+
+
+def _two_input_nodes(model: Imported, op: str):
+    """(node, its two inputs in both orders) for every two-input ``op`` node: the pattern a fusion looks for may
+    sit on either side."""
+    for node in model.graph.nodes:
+        if node.op == op and len(node.inputs) == 2:
+            yield node, (node.inputs, node.inputs[::-1])
 
 
 def _readers_and_producers(model: Imported):
