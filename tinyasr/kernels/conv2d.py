@@ -99,7 +99,7 @@ def conv2d(x, weight, bias=None, *, strides: Sequence[int] = (1, 1), dilations: 
     if _direct(weight.shape, strides, dilations, group):
         _phase_direct_3x3(x, weight, bias, out, pads[0], pads[1], act, lo, hi)
         return out
-    if group == x.shape[1] == channels_out > 1 and strides == (2, 2) and dilations == (1, 1):
+    if group == x.shape[1] == channels_out > 1 and _by_phases(strides, dilations):
         _depthwise_stride2(x, weight.reshape(channels_out, kh, kw), out, pads[0], pads[1])
     elif group == x.shape[1] == channels_out > 1:
         _depthwise(x, weight.reshape(channels_out, kh, kw), out, *strides, *dilations, pads[0], pads[1])
@@ -292,7 +292,7 @@ def _phase_columns(x, b, c0, channels, kh, kw, top, left, h0, pitch, phases, col
     columns, as in ``_depthwise_stride2``); tap (i, j) is then phase (i % 2, j % 2) from offset
     (i / 2) * pitch + j / 2 on: one contiguous copy of all the chunk's columns per tap, where the strided
     gather copied W_out values per output row (conformer_ctc_small's second conv, 88 channels, 500 x 40
-    input: 4.5 ms of gathering for a 6.3 ms product)."""
+    input: 4.5 -> 1.2 ms beside an 8.3 ms product)."""
     span = columns.shape[1]
     rows = span // pitch + (kh - 1) // 2
     phases[:] = 0.0  # the padding's zeros: only the inside is rewritten per channel

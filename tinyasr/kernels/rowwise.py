@@ -104,21 +104,18 @@ def swish_in_place(y):
 
 
 # activations the Linear op applies (converters/passes.fuse_matmul_epilogues: the attribute's names)
-MATMUL_ACTIVATIONS = {"": 0, "Relu": 1, "Swish": 2}
+LINEAR_ACTIVATIONS = {"": 0, "Relu": 1, "Swish": 2}
 
 
 @njit(void(float32[:, ::1], READ_1D, int64), cache=True, error_model="numpy", fastmath=CONTRACT)
 def bias_activation_rows(y, bias, act):
-    """y[r] = act(y[r] + bias) per row, in place (``act`` a MATMUL_ACTIVATIONS code; bias of size 0: none): a
-    transformer linear layer's bias and activation in the pass after its product, rounded as the unfused Add,
-    then Relu or Sigmoid and Mul."""
+    """y[r] = act(y[r] + bias) per row, in place (``act`` a LINEAR_ACTIVATIONS code): a transformer linear layer's
+    bias and activation in the pass after its product, rounded as the unfused Add, then Relu or Sigmoid and Mul."""
     one = np.float32(1.0)
-    has_bias = bias.shape[0] > 0
     for r in range(y.shape[0]):
         row = y[r]
-        if has_bias:
-            for c in range(row.shape[0]):
-                row[c] = row[c] + bias[c]
+        for c in range(row.shape[0]):
+            row[c] = row[c] + bias[c]
         if act == 1:
             for c in range(row.shape[0]):
                 row[c] = relu_stored(row[c])

@@ -15,7 +15,7 @@ import numpy as np
 
 from tinyasr.errors import GraphError
 from tinyasr.kernels.rowwise import (
-    MATMUL_ACTIVATIONS,
+    LINEAR_ACTIVATIONS,
     bias_activation_rows,
     glu_rows,
     layer_norm_rows,
@@ -131,8 +131,8 @@ def linear_layer(ctx, inputs, attrs):
     not a MatMul with a third input, so that a reader without it refuses the file instead of dropping the bias."""
     check_inputs("Linear", inputs, 3)
     out, bias, activation = _product(ctx, "Linear", inputs[0], inputs[1]), inputs[2], attrs.get("activation", "")
-    if activation not in MATMUL_ACTIVATIONS:
-        raise GraphError(f"Linear: unknown activation {activation!r}; supported: {sorted(MATMUL_ACTIVATIONS)}")
+    if activation not in LINEAR_ACTIVATIONS:
+        raise GraphError(f"Linear: unknown activation {activation!r}; supported: {sorted(LINEAR_ACTIVATIONS)}")
     if not (isinstance(bias, np.ndarray) and bias.dtype == np.float32 and bias.size == out.shape[-1]):
         raise GraphError(f"Linear: bias C must be float32 with {out.shape[-1]} values (the last axis of A @ W), got "
                          f"{getattr(bias, 'dtype', type(bias).__name__)} of shape {getattr(bias, 'shape', None)}")
@@ -140,7 +140,7 @@ def linear_layer(ctx, inputs, attrs):
         raise GraphError(f"Linear: needs a float32 product, got {out.dtype}")
     if out.size:
         bias_activation_rows(out.reshape(-1, out.shape[-1]), np.ascontiguousarray(bias).reshape(-1),
-                             MATMUL_ACTIVATIONS[activation])
+                             LINEAR_ACTIVATIONS[activation])
     return [out]
 
 
