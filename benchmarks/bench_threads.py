@@ -1,11 +1,13 @@
 """Two threads against one on the 10 s QuartzNet-like encoder, dense and 90 % sparse, as ratios in one process.
 
-Each run is a fresh process with ``OMP_WAIT_POLICY=PASSIVE`` (as the ``tinyasr`` command sets it): the model is
+Each run is a fresh process with the ``tinyasr`` command's ``GOMP_SPINCOUNT`` (threads.py): the model is
 timed at 1 and 2 Numba threads in turn, ``--rounds`` rounds, the best of ``--runs`` calls each (wall time: at 2
 threads the helper's time counts).  Printed with the CPU model and the load average, since on a shared machine
 a second thread competes with other jobs for the second core and the figure says more about them than about
 the kernels.  How the work splits: the pointwise and sparse kernels' work items are (batch, time tile, row
 strip), tile-major, so Numba's static schedule gives each thread half of the time tiles; depthwise splits rows.
+At 1 thread a dense pointwise conv runs numpy's BLAS where it measured faster than the tile kernel on this CPU
+(pointwise.prefer_blas), at 2 the tiles: a third line times the tiles at 1 thread too, the kernels' own scaling.
 
 Run: ``python3 -m benchmarks.bench_threads [--rounds 5] [--runs 5]`` from the repository root.
 """
@@ -28,6 +30,9 @@ from tinyasr_convert.sparsity import prune
 from tinyasr.engine import threads
 from tinyasr.engine.offline import load_model
 from torch_models import QuartzNetLike, build
+if {tiles_only}:  # the dense tile kernel at 1 thread too, where BLAS measured faster on this CPU
+    import tinyasr.kernels.conv1d
+    tinyasr.kernels.conv1d.prefer_blas = lambda frames: False
 
 torch.manual_seed(0)
 model = build(QuartzNetLike, channels=256, blocks=5, repeat=5)
@@ -60,12 +65,16 @@ def main() -> int:
     from benchmarks.machine import cpu_model
 
     print(f"{cpu_model()}, {os.cpu_count()} cores; load average before: {os.getloadavg()[0]:.1f}")
-    environment = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
-    for sparsity in (0.0, 0.9):
-        code = CHILD.format(root=ROOT, sparsity=sparsity, rounds=args.rounds, runs=args.runs)
+    from tinyasr.engine.threads import WORKER_SPIN_COUNT
+
+    environment = {name: value for name, value in os.environ.items() if name != "OMP_WAIT_POLICY"}
+    environment["GOMP_SPINCOUNT"] = str(WORKER_SPIN_COUNT)
+    for sparsity, tiles_only in ((0.0, False), (0.0, True), (0.9, False)):
+        code = CHILD.format(root=ROOT, sparsity=sparsity, tiles_only=tiles_only, rounds=args.rounds, runs=args.runs)
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment, check=True)
         *ratios, one, two = done.stdout.split()
-        print(f"{sparsity:.0%} pruned: 1-thread / 2-thread time per round {' '.join(ratios)} "
+        label = " (dense tile kernel at 1 thread too)" if tiles_only else ""
+        print(f"{sparsity:.0%} pruned{label}: 1-thread / 2-thread time per round {' '.join(ratios)} "
               f"(best 1 thread {float(one):.1f} ms, 2 threads {float(two):.1f} ms)")
     print(f"load average after: {os.getloadavg()[0]:.1f}")
     return 0

@@ -245,25 +245,32 @@ print(json.dumps([before, imported, state()]))
 def test_import_sets_no_environment_variable_and_no_thread_pool():
     """Importing tinyasr leaves the environment and numpy's BLAS alone; the first model run sets BLAS to 1."""
     env = {k: v for k, v in os.environ.items()
-           if k not in ("OPENBLAS_CORETYPE", "OMP_WAIT_POLICY", "TINYASR_NUM_THREADS")}
+           if k not in ("OPENBLAS_CORETYPE", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "TINYASR_NUM_THREADS")}
     done = subprocess.run([sys.executable, "-c", NO_SIDE_EFFECTS], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     before, imported, ran = json.loads(done.stdout.strip().splitlines()[-1])
     assert before["blas"] == [3]
-    assert imported == before  # no variable (OPENBLAS_CORETYPE, OMP_WAIT_POLICY ...), no pool started or set
+    assert imported == before  # no variable (OPENBLAS_CORETYPE, GOMP_SPINCOUNT ...), no pool started or set
     assert ran["blas"] == [1] and ran["env"] == before["env"]  # the run applies the policy, still no variable
 
 
-def test_only_the_command_asks_openmp_workers_to_sleep(monkeypatch, capsys):
-    """The tinyasr command owns its process: it sets OMP_WAIT_POLICY=PASSIVE unless the user chose a value."""
+def test_only_the_command_bounds_how_long_openmp_workers_spin(monkeypatch, capsys):
+    """The tinyasr command owns its process: it sets GOMP_SPINCOUNT unless the user chose a wait policy or a count."""
     from tinyasr.cli.main import main
+    from tinyasr.engine.threads import WORKER_SPIN_COUNT
 
-    monkeypatch.setenv("OMP_WAIT_POLICY", "")  # restored after the test, whatever main() sets
-    monkeypatch.delenv("OMP_WAIT_POLICY")
+    for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        monkeypatch.setenv(name, "")  # restored after the test, whatever main() sets
+        monkeypatch.delenv(name)
     monkeypatch.delenv("OPENBLAS_CORETYPE", raising=False)
     assert main(["--version"]) == 0
-    assert os.environ.get("OMP_WAIT_POLICY") == "PASSIVE" and "OPENBLAS_CORETYPE" not in os.environ
-    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert os.environ.get("GOMP_SPINCOUNT") == str(WORKER_SPIN_COUNT) and "OPENBLAS_CORETYPE" not in os.environ
+    assert "OMP_WAIT_POLICY" not in os.environ
+    monkeypatch.setenv("GOMP_SPINCOUNT", "5")
     assert main(["--version"]) == 0
-    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert os.environ["GOMP_SPINCOUNT"] == "5"
+    monkeypatch.delenv("GOMP_SPINCOUNT")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    assert main(["--version"]) == 0
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE" and "GOMP_SPINCOUNT" not in os.environ

@@ -20,6 +20,7 @@ from tinyasr.cli import batch as batch_cli
 from tinyasr.cli import lm as lm_cli
 from tinyasr.cli import stream as stream_cli
 from tinyasr.cli import transcribe as transcribe_cli
+from tinyasr.engine import threads
 from tinyasr.errors import TinyASRError
 from tinyasr.serve import cli as serve_cli
 
@@ -234,9 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the command line; returns the exit code (see EPILOG)."""
-    # This process is tinyasr's own: idle Numba OpenMP workers sleep instead of spinning (at 2 threads 1.5-5x
-    # faster, benchmarks/results/threads.md).  Read when Numba starts its pool, later; the user's value wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # This process is tinyasr's own: idle Numba OpenMP workers spin ~0.1-0.3 ms, then sleep (threads.py).
+    # Read when Numba starts its pool, later; a wait policy or spin count the user chose wins.
+    if "OMP_WAIT_POLICY" not in os.environ:
+        os.environ.setdefault("GOMP_SPINCOUNT", str(threads.WORKER_SPIN_COUNT))
     parser = build_parser()
     try:
         args, rest = parser.parse_known_args(argv)

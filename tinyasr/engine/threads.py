@@ -7,8 +7,9 @@ Importing tinyasr changes nothing in the process: the policy is applied once, at
 * Numba: n threads, default 1 (serial builds only: no pool started, deterministic, thread-safe); opt in with
   ``TINYASR_NUM_THREADS=n`` on a dedicated multi-core board.  Results are bit-identical at any n >= 2, and at
   n = 1 as well except on CPUs where numpy's BLAS measured faster than the dense pointwise tile kernel
-  (kernels/pointwise.prefer_blas): a serial run then uses BLAS for those convs, a parallel one the tiles (BLAS
-  runs at one thread), and the two differ by float32 rounding (~1e-6 relative).
+  (kernels/pointwise.prefer_blas): a run at 1 thread then uses BLAS for those convs, one at more threads the
+  tiles where the conv is big enough to be split (BLAS runs at one thread), and the two differ by float32
+  rounding (~1e-6 relative).
 * BLAS: numpy's BLAS is set to one thread from the first run on, for the whole process, because a Numba kernel
   that follows a multi-threaded OpenBLAS call runs several times slower while OpenBLAS's idle workers spin.
   Not scoped to each run: that would not stop the slowdown (an app's own multi-threaded call still leaves
@@ -16,8 +17,15 @@ Importing tinyasr changes nothing in the process: the policy is applied once, at
   chunk.  An app may raise it again afterwards; tinyasr does not reset it.  BLAS libraries are found with
   threadpoolctl, else by ctypes (the OpenBLAS mapped into the process); where numpy bundles its own BLAS
   only that one is set, not scipy's or torch's.
-* OpenMP: idle Numba workers spin unless ``OMP_WAIT_POLICY=PASSIVE`` is set before Numba starts its pool.
-  The ``tinyasr`` command sets it; a library must not (an app running n > 1 threads should).
+* OpenMP (Numba's ``omp`` layer, libgomp): between parallel regions the workers spin, then sleep.  libgomp's
+  default spins up to 300 000 rounds (milliseconds), stealing a core from other jobs on a busy machine;
+  ``OMP_WAIT_POLICY=PASSIVE`` sleeps at once, but waking a sleeping worker costs 15-35 us per region, against
+  ~3 us when it still spins, and a 10 s QuartzNet-like run has ~75 regions with 10-300 us between them.  So the
+  ``tinyasr`` command sets ``GOMP_SPINCOUNT=WORKER_SPIN_COUNT`` (~0.1-0.3 ms of spinning on Zen 3) unless the
+  user chose a wait policy or spin count: 2 threads ran that encoder 1.54-1.68x (dense) and 1.58-1.77x (90 %
+  sparse) faster than 1 thread on an idle machine, against 1.19-1.58x and 1.49-1.65x with PASSIVE.  On a
+  machine busy with other jobs a second thread loses under either (0.3-0.9x), which is why 1 is the default.
+  A library must not set it; an app running n > 1 threads should, before Numba starts its pool.
 
 Numbers, and the CPU they were measured on: benchmarks/results/threads.md.
 
@@ -43,16 +51,18 @@ from tinyasr.errors import TinyASRError
 ENV_VAR = "TINYASR_NUM_THREADS"
 DEFAULT_THREADS = 1
 BLAS_THREADS = 1  # at every setting: see the module docstring
-# Below this much work (multiply-adds) a kernel runs serially.  A parallel launch costs 5-20 us,
-# the time the serial depthwise kernel takes for ~2^19 multiply-adds (C256 K33 T=64: 60 us).
-# An estimate: on the shared 2-core machine the parallel build never won reliably at any size.
-PARALLEL_MIN_WORK = 1 << 19
-# The register-tiled kernels do many more multiply-adds per microsecond than that depthwise loop, so they
-# count theirs in units of this many: measured on 2 threads (256-512 channels), the dense pointwise kernel
-# first gained from the parallel build at 8-17 M multiply-adds, the sparse ones at 3-13 M non-zeros x frames
-# (below, the second thread cost up to 2.4x the serial time).
-POINTWISE_MACS_PER_WORK = 24
-SPARSE_MACS_PER_WORK = 12
+WORKER_SPIN_COUNT = 10_000  # GOMP_SPINCOUNT the tinyasr command sets (the module docstring)
+# Below this much work a kernel runs serially.  Work is counted in depthwise multiply-adds, the slowest per
+# multiply-add of the kernels (60-130 ps each on Zen 3, 1 thread); the others scale theirs by how many of their
+# own take as long: the dense register tiles ~3 (21-25 ps), the sparse kernels ~1 (60-90 ps per non-zero x frame).
+# Measured on an idle 2-core AMD EPYC (Zen 3) with the workers spinning between regions (the tinyasr command's
+# setting, below): a 2-thread launch costs ~3 us, yet a kernel alone on 2 threads only gained from 100-150 us of
+# serial work (T = 256 at 256 channels), since the second core must first fetch the inputs from the first
+# core's cache; inside a model, where consecutive layers split time alike, from less.  2^20 units is ~70-130 us.
+# (benchmarks/results/threads.md).
+PARALLEL_MIN_WORK = 1 << 20
+POINTWISE_MACS_PER_WORK = 3
+SPARSE_MACS_PER_WORK = 1
 
 # ---------------------------------------------------------------------------------------------
 # BLAS: threadpoolctl's controllers, else OpenBLAS by ctypes

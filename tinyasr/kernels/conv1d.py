@@ -347,15 +347,21 @@ def _checked_geometry(x_shape, weight_shape, stride, dilation, pad_left, pad_rig
     return output_length(x_shape[2], taps, stride, dilation, pad_left, pad_right)
 
 
-def _pointwise_kernel(shape):
+def _pointwise_work(shape, channels_in: int) -> int:
+    """threads.py's work units of a pointwise conv with output [B, Cout, T_out] and ``channels_in`` inputs."""
+    return shape[0] * shape[1] * shape[2] * channels_in // threads.POINTWISE_MACS_PER_WORK
+
+
+def _pointwise_kernel(shape, channels_in: int):
     """The Numba pointwise kernel that beats BLAS matmul for an output [B, Cout, T_out], or None (measured in
     benchmarks/bench_kernels.py): pointwise_narrow up to 12 frames, pointwise_tiles from 24 frames (a 64-frame
     tile costs as much as 24 frames of BLAS) if Cout % 4 == 0, else BLAS.  Both Numba kernels only where they
-    measured faster than BLAS on this CPU; at more than one thread the tiles always (BLAS runs at one)."""
+    measured faster than BLAS on this CPU; the tiles always where they will run on more than one thread (BLAS
+    runs at one), not where the work is too small for threads.py to grant that."""
     if shape[2] in NARROW_FRAMES:
         return pointwise_narrow(shape[2])  # None where BLAS measured faster on this CPU
     if (shape[1] % ROWS == 0 and shape[2] >= POINTWISE_MIN_FRAMES
-            and (threads.get_num_threads() > 1 or not prefer_blas(shape[2]))):
+            and (not threads.serial_only(_pointwise_work(shape, channels_in)) or not prefer_blas(shape[2]))):
         return pointwise_tiles(shape[2])
     return None
 
@@ -364,7 +370,7 @@ def _pointwise(kernel, x_used, weight_2d, bias, residual, out, act, lo, hi):
     """out = act(weight_2d @ x_used + bias + residual) with a pointwise.py kernel (Relu / Clip fused, others after)."""
     fused = act in (0, RELU, CLIP)
     packed = frames_first(x_used) if kernel in NARROW_KERNELS.values() else tiles_of(x_used, kernel.width)
-    work = out.size * x_used.shape[1] // threads.POINTWISE_MACS_PER_WORK
+    work = _pointwise_work(out.shape, x_used.shape[1])
     kernel(work, packed, weight_2d, bias, residual, out, act if fused else 0, lo, hi)
     if not fused:
         epilogue_rows(out.size, out, NO_BIAS, NO_RESIDUAL, act, lo, hi)
@@ -402,7 +408,8 @@ def conv1d(x, weight, bias=None, residual=None, *, stride=1, dilation=1, pad_lef
     elif group == channels_in > 1:
         depthwise_rows(out.size * taps, x, weight.reshape(shape[1], taps), bias, residual, out,
                        stride, dilation, pad_left, act, lo, hi)
-    elif taps == group == 1 and not (pad_left or pad_right) and (kernel := _pointwise_kernel(shape)) is not None:
+    elif (taps == group == 1 and not (pad_left or pad_right)
+          and (kernel := _pointwise_kernel(shape, channels_in)) is not None):
         _pointwise(kernel, x[:, :, : stride * (t_out - 1) + 1 : stride], weight.reshape(shape[1], channels_in), bias,
                    residual, out, act, lo, hi)
     else:
@@ -450,7 +457,7 @@ class PreparedConv1d:
             out = np.empty(shape, np.float32)
             depthwise_short_rows(frames)(out.size * self.weight_2d.shape[1], x, self.weight_2d, self.bias, z, out,
                                  self.dilation, self.act, self.lo, self.hi)
-        elif self.pointwise and (kernel := _pointwise_kernel(shape)) is not None:
+        elif self.pointwise and (kernel := _pointwise_kernel(shape, self.channels_in)) is not None:
             out = np.empty(shape, np.float32)
             _pointwise(kernel, x[:, :, :needed:self.stride], self.weight_2d, self.bias, z, out, self.act,
                        self.lo, self.hi)
