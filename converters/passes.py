@@ -561,7 +561,8 @@ def fuse_swish(model: Imported) -> Imported:
 def fuse_after_compaction(model: Imported) -> Imported:
     """The fusions that run once compaction is done, on graphs from ONNX and from .nemo archives alike (the
     .nemo builder writes Swish as Sigmoid and Mul: fused here first, so the MatMul epilogues take it)."""
-    return absorb_position_product(fuse_matmul_epilogues(fuse_glu(fuse_swish(model))))
+    linear = fuse_linear_residuals(fold_linear_scales(fuse_matmul_epilogues(fuse_glu(fuse_swish(model)))))
+    return absorb_position_product(linear)
 
 
 def fuse_glu(model: Imported) -> Imported:
@@ -641,6 +642,64 @@ def fuse_matmul_epilogues(model: Imported) -> Imported:
     nodes = [fused.get(n.name, n) for n in model.graph.nodes if n.name not in removed or n.name in fused]
     tensors = {name: value for name, value in tensors.items() if name not in replaced}
     return _with_nodes(Imported(model.graph, tensors, model.shapes, model.dtypes, model.metadata), nodes)
+
+
+def fold_linear_scales(model: Imported) -> Imported:
+    """Linear(A, W, C) without activation -> Mul(a stored power-of-two scalar s) becomes Linear(A, s W, s C), where
+    W and C are stored float32 and read by that Linear only: a Conformer's half-step feed-forward blocks (NeMo's
+    ``fc_factor`` 0.5), 32 Mul nodes at conformer_ctc_small's size.  Scaling by a power of two is exact, so the
+    output is bit-identical (short of overflow or results below float32's normal range)."""
+    consumers, producers = _readers_and_producers(model)
+    tensors = dict(model.tensors)
+    renamed: Dict[str, str] = {}  # a Linear's output -> the Mul's output it now writes
+    removed = set()
+    for node, orders in _two_input_nodes(model, "Mul"):
+        for product, factor in orders:
+            linear = producers.get(product)
+            scale = tensors.get(factor)
+            if (linear is None or linear.op != "Linear" or len(linear.inputs) != 3 or linear.attrs.get("activation")
+                    or consumers[product] != 1 or not isinstance(scale, np.ndarray) or scale.size != 1
+                    or scale.dtype != np.float32 or not _power_of_two(float(scale.reshape(-1)[0]))):
+                continue
+            weight, bias = (tensors.get(name) for name in linear.inputs[1:])
+            if not all(isinstance(t, np.ndarray) and t.dtype == np.float32 and consumers[name] == 1
+                       for t, name in zip((weight, bias), linear.inputs[1:])):
+                continue
+            tensors[linear.inputs[1]], tensors[linear.inputs[2]] = weight * scale.reshape(()), bias * scale.reshape(())
+            renamed[product] = node.outputs[0]
+            removed.add(node.name)
+            break
+    if not removed:
+        return model
+    nodes = [_renamed(n, renamed) for n in model.graph.nodes if n.name not in removed]
+    return _with_nodes(Imported(model.graph, tensors, model.shapes, model.dtypes, model.metadata), nodes)
+
+
+def _power_of_two(value: float) -> bool:
+    mantissa, _ = np.frexp(value)
+    return np.isfinite(value) and mantissa == 0.5
+
+
+def fuse_linear_residuals(model: Imported) -> Imported:
+    """Add(Linear(A, W, C) read only there, a computed value Z) becomes Linear(A, W, C, Z) at the Add's place (Z
+    exists there, A before): a transformer block's residual connections after its attention output and its
+    feed-forward blocks, added while the product is in cache (tinyasr/ops/nn.py; broadcasting as the Add did)."""
+    consumers, producers = _readers_and_producers(model)
+    fused: Dict[str, Node] = {}  # the Add's name -> the Linear with its residual
+    removed = set()
+    for node, orders in _two_input_nodes(model, "Add"):
+        for product, residual in orders:
+            linear = producers.get(product)
+            if (linear is None or linear.op != "Linear" or len(linear.inputs) != 3 or consumers[product] != 1
+                    or linear.name in removed or residual in model.tensors or residual == product):
+                continue
+            fused[node.name] = replace(linear, inputs=tuple(linear.inputs) + (residual,), outputs=tuple(node.outputs))
+            removed.add(linear.name)
+            break
+    if not fused:
+        return model
+    nodes = [fused.get(n.name, n) for n in model.graph.nodes if n.name not in removed]
+    return _with_nodes(model, nodes)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -644,11 +644,33 @@ def test_linear(a_shape, activation):
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("activation", ["", "Swish"])
+@pytest.mark.parametrize("z_shape", [(2, 9, 6), (9, 6), (6,), (3, 2, 9, 6)], ids=str)
+def test_linear_with_a_residual(z_shape, activation):
+    """Linear's optional Z (converters/passes.fuse_linear_residuals) against MatMul -> Add -> activation -> Add(Z):
+    of the product's shape (the fused pass), broadcast up to it, and broadcasting the product up."""
+    a, w, c, z = f32(2, 9, 5, low=-3, high=3), f32(5, 6), f32(6), f32(*z_shape)
+    ours = run_op("Linear", [a, w, c, z], {"activation": activation} if activation else {})[0]
+    nodes = [helper.make_node("MatMul", ["in0", "in1"], ["product"]),
+             helper.make_node("Add", ["product", "in2"], ["linear"])]
+    if activation == "Swish":
+        nodes += [helper.make_node("Sigmoid", ["linear"], ["gate"]), helper.make_node("Mul", ["linear", "gate"],
+                                                                                         ["activated"])]
+    nodes.append(helper.make_node("Add", ["activated" if activation else "linear", "in3"], ["out0"]))
+    ref = ort_outputs(nodes, [a, w, c, z], [np.dtype(np.float32)], 17)[0]
+    assert ours.shape == ref.shape
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)
+
+
 def test_linear_names_a_bad_bias_and_activation():
     with pytest.raises(GraphError, match="bias C must be float32 with 6 values"):
         run_op("Linear", [f32(3, 5), f32(5, 6), f32(5)], {})
     with pytest.raises(GraphError, match="unknown activation 'Tanh'"):
         run_op("Linear", [f32(3, 5), f32(5, 6), f32(6)], {"activation": "Tanh"})
+    with pytest.raises(GraphError, match="does not broadcast"):
+        run_op("Linear", [f32(3, 5), f32(5, 6), f32(6), f32(4, 6)], {})
+    with pytest.raises(GraphError, match="residual Z must be float32"):
+        run_op("Linear", [f32(3, 5), f32(5, 6), f32(6), np.zeros((3, 6), np.int64)], {})
 
 
 def test_glu_names_an_odd_axis():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
+import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from _paths import SHARED_DIR
@@ -182,6 +183,43 @@ def test_a_product_read_elsewhere_keeps_its_add(tmp_path):
     assert [node.op for node in model.graph.nodes] == ["MatMul", "Add", "Relu"]
 
 
+def _half_step_block(tmp_path, scale, product_read_twice=False):
+    """x [T, C] -> MatMul(W [C, C]) -> Add(bias) -> Mul(scale) -> Add(x): a Conformer's half-step feed-forward
+    residual (NeMo's fc_factor 0.5)."""
+    tensors = [numpy_helper.from_array(RNG.standard_normal((CHANNELS, CHANNELS)).astype(np.float32), "w"),
+               numpy_helper.from_array(RNG.standard_normal(CHANNELS).astype(np.float32), "bias"),
+               numpy_helper.from_array(np.float32(scale), "scale")]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["product"]),
+             helper.make_node("Add", ["product", "bias"], ["linear"]),
+             helper.make_node("Mul", ["linear", "scale"], ["scaled"]),
+             helper.make_node("Add", ["x", "scaled"], ["out"])]
+    outputs = ["out"] + (["linear"] if product_read_twice else [])
+    return _saved(tmp_path, "half_step", nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                               ["T", CHANNELS])],
+                  [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs], tensors)
+
+
+@pytest.mark.parametrize("scale, product_read_twice, ops", [
+    (0.5, False, ["Linear"]), (0.25, False, ["Linear"]), (0.3, False, ["Linear", "Mul", "Add"]),
+    (0.5, True, ["Linear", "Mul", "Add"])], ids=str)
+def test_a_power_of_two_scale_and_the_residual_fold_into_the_linear(tmp_path, scale, product_read_twice, ops):
+    """A power-of-two scale folds into the stored weight and bias exactly (bit-identical to the unfused nodes),
+    then the residual Add becomes the Linear's Z; another scale, or a product read elsewhere, stays."""
+    path = _half_step_block(tmp_path, scale, product_read_twice)
+    model = load_model(convert(path, tmp_path / "m.tasr"))
+    x = RNG.standard_normal((FRAMES, CHANNELS)).astype(np.float32) * 3
+    expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    got = model.run({"x": x})
+    np.testing.assert_allclose(got["out"], expected[0], rtol=1e-5, atol=1e-5)
+    assert [node.op for node in model.graph.nodes] == ops
+    if ops == ["Linear"]:
+        assert len(model.graph.nodes[0].inputs) == 4
+        w, bias = (numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer[:2])
+        unfused = ((x @ w + bias) * np.float32(scale) + x).astype(np.float32)  # numpy's BLAS for both products
+        np.testing.assert_array_equal(got["out"], (x @ (w * np.float32(scale)) + bias * np.float32(scale) + x))
+        np.testing.assert_allclose(got["out"], unfused, rtol=1e-6, atol=1e-6)
+
+
 def _gated(tmp_path, sizes=None, gate_read_twice=False, gate_first=False):
     """x [1, 2C, T] -> Split on channels -> Sigmoid(second half) -> Mul(first half, .): a conv module's GLU
     (``gate_first``: the sigmoid of the first half times the second, which is not a GLU)."""
@@ -231,5 +269,8 @@ def test_nemo_conformer_exports_fuse_every_swish_and_pad(tmp_path, name, layers)
     # the feed-forward Swishes go into their MatMuls with the biases; the conv module's stays a Swish node
     assert ops.count("Swish") == layers
     assert sum(n.op == "Linear" and n.attrs.get("activation") == "Swish" for n in nodes) == 2 * layers
-    # every linear layer with a bias (q, k, v, out, two per feed-forward block) is one Linear node
+    # every linear layer with a bias (q, k, v, out, two per feed-forward block) is one Linear node, the half-step
+    # scales folded into the feed-forward blocks' second weights, the residual Adds after them and after the
+    # attention's output projection into those Linears
     assert ops.count("Linear") >= 8 * layers
+    assert sum(n.op == "Linear" and len(n.inputs) == 4 for n in nodes) == 3 * layers

@@ -107,11 +107,13 @@ def swish_in_place(y):
 LINEAR_ACTIVATIONS = {"": 0, "Relu": 1, "Swish": 2}
 
 
-@njit(void(float32[:, ::1], READ_1D, int64), cache=True, error_model="numpy", fastmath=CONTRACT)
-def bias_activation_rows(y, bias, act):
-    """y[r] = act(y[r] + bias) per row, in place (``act`` a LINEAR_ACTIVATIONS code): a transformer linear layer's
-    bias and activation in the pass after its product, rounded as the unfused Add, then Relu or Sigmoid and Mul."""
+@njit(void(float32[:, ::1], READ_1D, int64, READ_2D), cache=True, error_model="numpy", fastmath=CONTRACT)
+def bias_activation_rows(y, bias, act, residual):
+    """y[r] = act(y[r] + bias) + residual[r] per row, in place (``act`` a LINEAR_ACTIVATIONS code; ``residual`` of
+    y's shape, or 0 x 0 for none): a transformer linear layer's bias, activation and residual connection in the
+    pass after its product, rounded as the unfused Add, Relu or Sigmoid and Mul, and Add."""
     one = np.float32(1.0)
+    add_residual = residual.size > 0
     for r in range(y.shape[0]):
         row = y[r]
         for c in range(row.shape[0]):
@@ -123,6 +125,10 @@ def bias_activation_rows(y, bias, act):
             for c in range(row.shape[0]):
                 v = row[c]
                 row[c] = v * (one / (one + exp32(-v)))
+        if add_residual:
+            z = residual[r]
+            for c in range(row.shape[0]):
+                row[c] = row[c] + z[c]
 
 
 @njit(void(READ_3D, float32[:, ::1]), cache=True, error_model="numpy", fastmath=CONTRACT)

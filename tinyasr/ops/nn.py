@@ -123,11 +123,15 @@ def matmul(ctx, inputs, attrs):
     return [_product(ctx, "MatMul", inputs[0], inputs[1])]
 
 
-@register("Linear", streaming=TimeLocal(layout=_matmul_time_axis))
+NO_RESIDUAL_ROWS = np.zeros((0, 0), np.float32)
+
+
+@register("Linear", streaming=TimeLocal(layout=_matmul_time_axis, aligned_inputs=(3,)))
 def linear_layer(ctx, inputs, attrs):
-    """tinyasr's Linear: act(A @ W + C) with C [N] along the last axis and ``activation`` "", "Relu" or "Swish",
-    what converters/passes.fuse_matmul_epilogues makes of MatMul -> Add(bias) -> activation (a transformer's
-    linear layers): the bias and activation in one pass over the product while it is in cache.  An op of its own,
+    """tinyasr's Linear: act(A @ W + C) + Z with C [N] along the last axis, ``activation`` "", "Relu" or "Swish",
+    and the optional Z (a residual connection) broadcast as ONNX's Add: what converters/passes.fuse_matmul_epilogues
+    and fuse_linear_residuals make of MatMul -> Add(bias) -> activation -> Add(residual) (a transformer's linear
+    layers): bias, activation and residual in one pass over the product while it is in cache.  An op of its own,
     not a MatMul with a third input, so that a reader without it refuses the file instead of dropping the bias."""
     check_inputs("Linear", inputs, 3)
     out, bias, activation = _product(ctx, "Linear", inputs[0], inputs[1]), inputs[2], attrs.get("activation", "")
@@ -138,10 +142,24 @@ def linear_layer(ctx, inputs, attrs):
                          f"{getattr(bias, 'dtype', type(bias).__name__)} of shape {getattr(bias, 'shape', None)}")
     if out.dtype != np.float32 or not out.flags.c_contiguous or out.ndim < 1:
         raise GraphError(f"Linear: needs a float32 product, got {out.dtype}")
+    residual = inputs[3] if len(inputs) > 3 else None
+    if residual is not None and getattr(residual, "dtype", None) != np.float32:
+        raise GraphError(f"Linear: residual Z must be float32, got {getattr(residual, 'dtype', type(residual).__name__)}")
+    fused = residual is not None and residual.shape == out.shape
     if out.size:
-        bias_activation_rows(out.reshape(-1, out.shape[-1]), np.ascontiguousarray(bias).reshape(-1),
-                             LINEAR_ACTIVATIONS[activation])
-    return [out]
+        rows = out.reshape(-1, out.shape[-1])
+        bias_activation_rows(rows, np.ascontiguousarray(bias).reshape(-1), LINEAR_ACTIVATIONS[activation],
+                             np.ascontiguousarray(residual).reshape(rows.shape) if fused else NO_RESIDUAL_ROWS)
+    if residual is None or fused:
+        return [out]
+    try:
+        shape = broadcast_shape(out.shape, residual.shape)
+    except ValueError:
+        raise GraphError(f"Linear: residual Z of shape {residual.shape} does not broadcast with the product's "
+                         f"{out.shape}") from None
+    if shape == out.shape:
+        return [np.add(out, residual, out=out)]
+    return [np.add(out, residual)]
 
 
 def _product(ctx, op: str, a, b) -> np.ndarray:

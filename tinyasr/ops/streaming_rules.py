@@ -115,22 +115,27 @@ class TimeLocal(StreamRule):
     Without ``layout``: an elementwise op, broadcasting as numpy does; every
     streamed input has its time axis in the same place and no stored input spans
     that axis.  With ``layout``: an op that may move or renumber the time axis,
-    with only its input 0 streamed; ``layout`` says where the axis goes.
+    with its input 0 streamed; ``layout`` says where the axis goes.  The inputs at
+    ``aligned_inputs`` (a residual added to the output) may follow the stream too,
+    with the output's time axis.
     """
 
-    def __init__(self, layout: Optional[Layout] = None):
-        self.layout = layout
+    def __init__(self, layout: Optional[Layout] = None, aligned_inputs: Tuple[int, ...] = ()):
+        self.layout, self.aligned_inputs = layout, aligned_inputs
 
     def plan(self, node, run, constants, streamed):
         field = common_field(streamed)
         if self.layout is None:
             rank, axis = _broadcast_time_axis(constants, streamed)
         else:
-            if sum(s is not None for s in streamed) > 1:
-                raise GraphError("more than one streamed input")
             if streamed[0] is None:
                 raise GraphError("only its input 0 may follow the stream")
+            if any(s is not None for i, s in enumerate(streamed) if i and i not in self.aligned_inputs):
+                raise GraphError("more than one streamed input")
             rank, axis = self.layout(node, constants, streamed[0])
+            if any(streamed[i] is not None and (streamed[i].rank, streamed[i].axis) != (rank, axis)
+                   for i in self.aligned_inputs if i < len(streamed)):
+                raise GraphError("a streamed residual's time axis differs from the output's")
         return NodeStream((Stream(rank, axis, field),) * len(node.outputs), AlignedStep(node, run, constants, streamed))
 
 
