@@ -19,6 +19,7 @@ from tinyasr.kernels.rowwise import (
     bias_activation_rows,
     glu_rows,
     layer_norm_rows,
+    layer_norm_rows_in_place,
     softmax_rows,
 )
 from tinyasr.kernels.sparse import kernel_matrix, linear, matmul_time_major, time_major_matrix
@@ -211,8 +212,11 @@ def layer_normalization(ctx, inputs, attrs):
     if (ctx.num_outputs <= 1 and _last_axis_rows(x, attrs) and _row_vector(scale, width)
             and (bias is None or _row_vector(bias, width))):  # transformer blocks: one pass per row
         out = ctx.output(x.shape, x.dtype, donors=(0,))
-        layer_norm_rows(x.reshape(-1, width), scale, np.zeros(0, np.float32) if bias is None else bias,
-                        np.float32(attrs.get("epsilon", 1e-5)), out.reshape(-1, width))
+        bias, epsilon = np.zeros(0, np.float32) if bias is None else bias, np.float32(attrs.get("epsilon", 1e-5))
+        if out is x:
+            layer_norm_rows_in_place(out.reshape(-1, width), scale, bias, epsilon)
+        else:
+            layer_norm_rows(x.reshape(-1, width), scale, bias, epsilon, out.reshape(-1, width))
         return [out]
     axis = normalize_axis(attrs.get("axis", -1), x.ndim, "LayerNormalization")
     axes = tuple(range(axis, x.ndim))
