@@ -11,6 +11,8 @@ time-major activations) through the time-major one; other cases decode it once t
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from tinyasr.errors import GraphError
@@ -77,7 +79,7 @@ def glu(ctx, inputs, attrs):
     shape = x.shape[:axis] + (x.shape[axis] // 2,) + x.shape[axis + 1:]
     out = ctx.output(shape, np.float32)
     if out.size:
-        outer = int(np.prod(x.shape[:axis], dtype=np.int64))
+        outer = math.prod(x.shape[:axis])  # np.prod of a tuple: 4 us
         glu_rows(np.ascontiguousarray(x).reshape(outer, 2, -1), out.reshape(outer, -1))
     return [out]
 

@@ -7,6 +7,8 @@ where numpy gives them for free.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from tinyasr.errors import GraphError
@@ -80,7 +82,7 @@ def flatten(ctx, inputs, attrs):
     x = inputs[0]
     axis = attrs.get("axis", 1)
     axis = x.ndim if axis == x.ndim else normalize_axis(axis, x.ndim, "Flatten")
-    return [x.reshape(int(np.prod(x.shape[:axis])), int(np.prod(x.shape[axis:])))]
+    return [x.reshape(math.prod(x.shape[:axis]), math.prod(x.shape[axis:]))]
 
 
 def _transpose_time_axis(node, constants, stream: Stream):
