@@ -352,8 +352,13 @@ CONV_CASES = [
     ((1, 4, 9, 8), (6, 2, 3, 3), {"group": 2, "strides": [2, 2], "pads": [1, 1, 1, 1]}),
     ((1, 8, 4000, 40), (2, 8, 3, 3), {"strides": [2, 2], "pads": [1, 1, 1, 1]}),
     ((2, 4, 9, 10), (4, 1, 3, 3), {"group": 4, "strides": [2, 2], "pads": [1, 1, 1, 1]}),
-    # depthwise at stride 2 (a plane at a time over its stride phases): even and uneven kernels and pads, none,
-    # and pads wider than a tap reaches
+    # depthwise (eight channels at a time, channels-last, a partial last block scalar): even and uneven kernels
+    # and pads, none, pads wider than a tap reaches; whole blocks of 8 with and without a partial one, widths
+    # that are and are not multiples of 8, strides 1, 2 and mixed, dilation
+    ((1, 8, 20, 16), (8, 1, 3, 3), {"group": 8, "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    ((2, 19, 13, 21), (19, 1, 3, 3), {"group": 19, "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    ((1, 16, 11, 19), (16, 1, 3, 5), {"group": 16, "strides": [1, 2], "dilations": [2, 1], "pads": [2, 2, 1, 3]}),
+    ((1, 24, 9, 10), (24, 1, 3, 3), {"group": 24, "pads": [1, 1, 1, 1]}),
     ((1, 3, 11, 12), (3, 1, 4, 4), {"group": 3, "strides": [2, 2], "pads": [1, 2, 2, 1]}),
     ((2, 5, 17, 9), (5, 1, 5, 3), {"group": 5, "strides": [2, 2], "pads": [2, 1, 2, 1]}),
     ((1, 2, 7, 6), (2, 1, 3, 3), {"group": 2, "strides": [2, 2]}),

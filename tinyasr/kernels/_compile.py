@@ -128,6 +128,32 @@ def vector_fma(typingctx, accumulator, scale, source, width):
     return types.void(accumulator, types.float32, source, width), codegen
 
 
+@intrinsic
+def lanes_fma(typingctx, accumulator, factors, source, width):
+    """``accumulator[0:width] = fma(factors[0:width], source[0:width], accumulator[0:width])`` as one
+    ``<width x float>`` fused multiply-add, lane by lane: for kernels whose vector runs across channels (a
+    block of 8 channels of a channels-last buffer), where both operands vary by lane.  All three float32
+    pointers (``stack_buffer``, ``element_pointer``); ``width`` a literal.  The same loop written over the lanes
+    stayed scalar (vfmadd231ss, read with inspect_asm)."""
+    if not isinstance(width, types.IntegerLiteral):
+        return None
+    if not all(isinstance(a, types.CPointer) and a.dtype == types.float32 for a in (accumulator, factors, source)):
+        return None
+    count = width.literal_value
+
+    def codegen(context, builder, signature, args):
+        vector = llvm_ir.VectorType(llvm_ir.FloatType(), count)
+        target = builder.bitcast(args[0], vector.as_pointer())
+        factors = builder.load(builder.bitcast(args[1], vector.as_pointer()), align=4)
+        values = builder.load(builder.bitcast(args[2], vector.as_pointer()), align=4)
+        fma = cgutils.get_or_insert_function(builder.module, llvm_ir.FunctionType(vector, [vector] * 3),
+                                             f"llvm.fma.v{count}f32")
+        builder.store(builder.call(fma, [factors, values, builder.load(target, align=4)]), target, align=4)
+        return context.get_dummy_value()
+
+    return types.void(accumulator, factors, source, width), codegen
+
+
 class SerialAndParallel:
     """A kernel with a serial and a parallel build, each compiled (or loaded from the cache) on first use.
 
