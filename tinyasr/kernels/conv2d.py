@@ -2,8 +2,8 @@
 
 ``conv2d`` computes ``y = act(conv(x) + bias)`` for x [B, Cin, H, W] (NeMo: H = time, W = mel bins):
 
-* depthwise (``group == Cin == Cout``, FastConformer's ``dw_striding``): a Numba kernel with every tap added in
-  order, eight channels at a time in vector registers from a channels-last copy of their planes;
+* depthwise (``group == Cin == Cout``, FastConformer's ``dw_striding``): depthwise.py's kernel, eight channels
+  at a time in vector registers from a channels-last copy of their planes;
 * pointwise (1x1, stride 1, no padding: FastConformer's subsampling): BLAS ``matmul`` on the input as it is;
 * one input channel, 3x3, stride 2 (the striding subsampling's first conv): a direct Numba kernel over the
   input's stride phases, the epilogue included;
@@ -24,12 +24,12 @@ from __future__ import annotations
 from typing import Sequence, Tuple
 
 import numpy as np
-from numba import carray, njit
+from numba import njit
 from numba.types import Array, UniTuple, float32, int64, void
 
 from tinyasr.errors import GraphError
-from tinyasr.kernels._compile import element_pointer, lanes_fma, stack_buffer, transpose_8x8
 from tinyasr.kernels.conv1d import IM2COL_MAX_ELEMENTS, output_length
+from tinyasr.kernels.depthwise import depthwise_blocks
 from tinyasr.kernels.epilogue import (
     NO_RESIDUAL,
     READ_1D,
@@ -100,7 +100,8 @@ def conv2d(x, weight, bias=None, *, strides: Sequence[int] = (1, 1), dilations: 
         _phase_direct_3x3(x, weight, bias, out, pads[0], pads[1], act, lo, hi)
         return out
     if group == x.shape[1] == channels_out > 1:
-        _depthwise(x, weight.reshape(channels_out, kh, kw), out, *strides, *dilations, pads[0], pads[1])
+        depthwise_blocks(out.size * kh * kw, x, weight.reshape(channels_out, kh, kw), out, *strides, *dilations,
+                         pads[0], pads[1])
     else:
         needed = 0 if kh == kw == 1 and strides == (1, 1) and not any(pads) else im2col_elements(
             weight.shape, out.shape[2:], strides, dilations, group)
@@ -152,94 +153,6 @@ def _column_ranges(width, w_out, kw, stride_w, dilation_w, left):
         first[j] = min(w_out, max(0, (-offset + stride_w - 1) // stride_w))
         last[j] = max(first[j], min(w_out, (width - 1 - offset) // stride_w + 1) if width - 1 - offset >= 0 else 0)
     return first, last
-
-
-LANES = 8  # channels per vector of the depthwise kernel (one AVX2 register, two NEON ones)
-RUN = 4  # output positions computed together, each in its own vector (independent multiply-add chains)
-RUN_FLOATS = 32  # RUN * LANES, a literal for stack_buffer
-
-
-@njit(inline="always", fastmath={"contract"})
-def _depthwise_taps(xt, wt, acc, base, kh, kw, dilation_h, dilation_w, pitch, stride_w, count):
-    """acc[k] (LANES channels) = sum over taps (i, j) in order of wt[tap] * xt[base + k * stride_w + tap offset],
-    for the ``count`` (RUN or 1: a constant, so the loops unroll) output positions k of one output row."""
-    for k in range(count * LANES):
-        acc[k] = 0.0
-    for i in range(kh):
-        for j in range(kw):
-            tap = (i * kw + j) * LANES
-            position = base + i * dilation_h * pitch + j * dilation_w
-            for k in range(count):
-                lanes_fma(element_pointer(acc, k * LANES), element_pointer(wt, tap),
-                          element_pointer(xt, (position + k * stride_w) * LANES), LANES)
-
-
-@njit(void(READ_4D, READ_3D, float32[:, :, :, ::1], int64, int64, int64, int64, int64, int64), cache=True,
-      fastmath={"contract"})
-def _depthwise(x, weight, out, stride_h, stride_w, dilation_h, dilation_w, top, left):
-    """out[b, c, h, w] = sum over taps (i, j) in order of weight[c, i, j] * x[b, c, h*sh + i*dh - top,
-    w*sw + j*dw - left], taps outside x counting as zero (FastConformer's dw_striding and any other depthwise 2-D
-    conv), LANES channels at a time in vector registers.
-
-    Each block of LANES channels is transposed into a zero-bordered channels-last buffer (8 x 8 register
-    transposes, _compile.transpose_8x8), so that every tap of every output position is one vector multiply-add
-    whatever the strides; the outputs come back to planes the same way.  64 channels, 500 x 40 input, stride 2
-    (AMD EPYC Zen 3): 0.43 ms, against 1.06-1.26 ms for a plane at a time over the four stride phases (the
-    previous kernel, its taps contiguous passes through L2) and 3.1 ms for strided reads per tap; onnxruntime's
-    NCHWc kernel 0.19 ms on input already in its blocked layout.  Taps are added in the same order as before:
-    bit-identical results."""
-    batch, channels, height, width = x.shape
-    h_out, w_out = out.shape[2], out.shape[3]
-    kh, kw = weight.shape[1], weight.shape[2]
-    rows = (h_out - 1) * stride_h + (kh - 1) * dilation_h + 1
-    pitch = (w_out - 1) * stride_w + (kw - 1) * dilation_w + 1
-    xt = np.zeros((rows * pitch, LANES), np.float32)  # the padding's zeros stay: only the inside is rewritten
-    flat = xt.reshape(-1)
-    yt = np.empty((h_out * w_out, LANES), np.float32)
-    wt = np.zeros(kh * kw * LANES, np.float32)
-    acc = carray(stack_buffer(RUN_FLOATS), (RUN_FLOATS,))
-    r0, r1 = max(0, -top), min(height, rows - top)  # the input rows and columns some tap reads
-    c0, c1 = max(0, -left), min(width, pitch - left)
-    planes = h_out * w_out
-    for b in range(batch):
-        for g in range(0, channels, LANES):
-            lanes = min(LANES, channels - g)
-            for t in range(kh * kw):
-                for lane in range(lanes):
-                    wt[t * LANES + lane] = weight[g + lane, t // kw, t % kw]
-            source = x[b, g:g + lanes].reshape(lanes, height * width)
-            for r in range(r0, r1):
-                first, target = r * width, (r + top) * pitch + left
-                c = c0
-                while lanes == LANES and c + 8 <= c1:
-                    transpose_8x8(source, 0, first + c, xt, target + c, 0)
-                    c += 8
-                for cc in range(c, c1):
-                    for lane in range(lanes):
-                        xt[target + cc, lane] = source[lane, first + cc]
-            for h in range(h_out):
-                base = h * stride_h * pitch
-                w = 0
-                while w + RUN <= w_out:
-                    _depthwise_taps(flat, wt, acc, base + w * stride_w, kh, kw, dilation_h, dilation_w, pitch,
-                                    stride_w, RUN)
-                    stored = carray(element_pointer(yt, (h * w_out + w) * LANES), (RUN_FLOATS,))
-                    for k in range(RUN_FLOATS):
-                        stored[k] = acc[k]
-                    w += RUN
-                for ww in range(w, w_out):
-                    _depthwise_taps(flat, wt, acc, base + ww * stride_w, kh, kw, dilation_h, dilation_w, pitch,
-                                    stride_w, 1)
-                    for k in range(LANES):
-                        yt[h * w_out + ww, k] = acc[k]
-            target_planes = out[b, g:g + lanes].reshape(lanes, planes)
-            p = 0
-            while lanes == LANES and p + 8 <= planes:
-                transpose_8x8(yt, p, 0, target_planes, 0, p)
-                p += 8
-            for q in range(p, planes):
-                for lane in range(lanes):
-                    target_planes[lane, q] = yt[q, lane]
 
 
 @njit(inline="always")
