@@ -3,11 +3,12 @@
 ``conv1d`` computes ``y = act(conv(x) + bias + residual)`` and picks the fastest path for the
 shape (measured in benchmarks/bench_kernels.py):
 
-* depthwise (``group == Cin > 1``, ``Cout`` a multiple of ``Cin``): a Numba kernel, one output
-  row at a time, taps in the outer loop and time in the inner loop (contiguous; a strided input
-  row is first split into its stride phases), epilogue applied while the row is in L1;
-  up to SHORT_FRAMES output frames at stride 1 (streaming chunks), ``depthwise_short_rows``: four
-  rows' outputs in registers, every tap added to all of them;
+* depthwise (``group == Cin > 1``, ``Cout`` a multiple of ``Cin``): with Cout = Cin, more than SHORT_FRAMES
+  outputs and most taps non-zero, depthwise.py's kernel (vectors across 8 channels, channels-last in
+  registers); else a Numba kernel one output row at a time, its non-zero taps in time tiles in registers or
+  (few taps) in the outer loop over the row (contiguous; a strided input row is first split into its stride
+  phases), epilogue applied while the row is in L1; up to SHORT_FRAMES output frames at stride 1 (streaming
+  chunks), ``depthwise_short_rows``: four rows' outputs in registers, every tap added to all of them;
 * pointwise (K = 1, group 1, no padding; a stride subsamples first): the Numba kernels of
   pointwise.py where they beat BLAS: ``pointwise_tiles()`` (the tile shape measured fastest on this
   CPU) from POINTWISE_MIN_FRAMES frames (Cout % 4 == 0), ``pointwise_narrow(T)`` up to 12 frames (where it
@@ -17,9 +18,9 @@ shape (measured in benchmarks/bench_kernels.py):
   pointwise conv im2col is a no-copy view; for a strided K=1 conv it is the subsampling.
 
 Numerics: the depthwise kernels use ``fastmath={"contract"}`` only: fused multiply-add, but no
-reassociation, so each output is summed in tap order k = 0..K-1 (both kernels alike: streamed and
-offline outputs are equal), and one thread computes a whole row: results are bit-identical at any
-thread count.  (Allowing reassociation would not speed up this loop: it vectorises over time, not
+reassociation, so each output is summed in tap order k = 0..K-1 (all kernels alike: streamed and
+offline outputs are equal), and one thread computes a whole row (or block of 8 rows): results are
+bit-identical at any thread count.  (Allowing reassociation would not speed up this loop: it vectorises over time, not
 over the sum.)
 """
 
