@@ -547,10 +547,7 @@ def fuse_swish(model: Imported) -> Imported:
                 fused[node.name] = Node(f"{node.name}::swish", "Swish", (x,), tuple(node.outputs))
                 removed.add(sigmoid.name)
                 break
-    if not fused:
-        return model
-    nodes = [fused.get(n.name, n) for n in model.graph.nodes if n.name not in removed]
-    return _with_nodes(model, nodes)
+    return _with_fused(model, fused, removed)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -590,11 +587,8 @@ def fuse_glu(model: Imported) -> Imported:
             if len(split.inputs) > 1 and split.inputs[1] in model.tensors and consumers[split.inputs[1]] == 1:
                 unread.add(split.inputs[1])
             break
-    if not fused:
-        return model
     tensors = {name: value for name, value in model.tensors.items() if name not in unread}
-    return _with_nodes(Imported(model.graph, tensors, model.shapes, model.dtypes, model.metadata),
-                       [fused.get(n.name, n) for n in model.graph.nodes if n.name not in removed])
+    return _with_fused(Imported(model.graph, tensors, model.shapes, model.dtypes, model.metadata), fused, removed)
 
 
 def fuse_matmul_epilogues(model: Imported) -> Imported:
@@ -696,10 +690,7 @@ def fuse_linear_residuals(model: Imported) -> Imported:
             fused[node.name] = replace(linear, inputs=tuple(linear.inputs) + (residual,), outputs=tuple(node.outputs))
             removed.add(linear.name)
             break
-    if not fused:
-        return model
-    nodes = [fused.get(n.name, n) for n in model.graph.nodes if n.name not in removed]
-    return _with_nodes(model, nodes)
+    return _with_fused(model, fused, removed)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -917,6 +908,14 @@ def _renamed(node: Node, rename: Dict[str, str], outputs: bool = True) -> Node:
     inputs = tuple(rename.get(x, x) for x in node.inputs)
     outs = tuple(rename.get(x, x) for x in node.outputs) if outputs else node.outputs
     return replace(node, inputs=inputs, outputs=outs)
+
+
+def _with_fused(model: Imported, fused: Dict[str, Node], removed) -> Imported:
+    """``model`` with each node named in ``fused`` replaced by its fused node and the ``removed`` nodes dropped;
+    ``model`` unchanged when nothing fused."""
+    if not fused:
+        return model
+    return _with_nodes(model, [fused.get(n.name, n) for n in model.graph.nodes if n.name not in removed])
 
 
 def _with_nodes(model: Imported, nodes: List[Node]) -> Imported:

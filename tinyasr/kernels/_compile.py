@@ -115,17 +115,22 @@ def vector_fma(typingctx, accumulator, scale, source, width):
 
     def codegen(context, builder, signature, args):
         vector = llvm_ir.VectorType(llvm_ir.FloatType(), count)
-        target = builder.bitcast(args[0], vector.as_pointer())
-        values = builder.load(builder.bitcast(args[2], vector.as_pointer()), align=4)
         lane0 = builder.insert_element(llvm_ir.Constant(vector, None), args[1], llvm_ir.IntType(32)(0))
         scales = builder.shuffle_vector(lane0, llvm_ir.Constant(vector, None),  # the scale in every lane
                                         llvm_ir.Constant(llvm_ir.VectorType(llvm_ir.IntType(32), count), [0] * count))
-        fma = cgutils.get_or_insert_function(builder.module, llvm_ir.FunctionType(vector, [vector] * 3),
-                                             f"llvm.fma.v{count}f32")
-        builder.store(builder.call(fma, [scales, values, builder.load(target, align=4)]), target, align=4)
+        _accumulate_fma(builder, args[0], scales, args[2], vector)
         return context.get_dummy_value()
 
     return types.void(accumulator, types.float32, source, width), codegen
+
+
+def _accumulate_fma(builder, accumulator, factors, source, vector) -> None:
+    """*accumulator = llvm.fma(factors, *source, *accumulator) on ``vector`` values (float pointers, align 4)."""
+    target = builder.bitcast(accumulator, vector.as_pointer())
+    values = builder.load(builder.bitcast(source, vector.as_pointer()), align=4)
+    fma = cgutils.get_or_insert_function(builder.module, llvm_ir.FunctionType(vector, [vector] * 3),
+                                         f"llvm.fma.v{vector.count}f32")
+    builder.store(builder.call(fma, [factors, values, builder.load(target, align=4)]), target, align=4)
 
 
 @intrinsic
@@ -143,12 +148,8 @@ def lanes_fma(typingctx, accumulator, factors, source, width):
 
     def codegen(context, builder, signature, args):
         vector = llvm_ir.VectorType(llvm_ir.FloatType(), count)
-        target = builder.bitcast(args[0], vector.as_pointer())
         factors = builder.load(builder.bitcast(args[1], vector.as_pointer()), align=4)
-        values = builder.load(builder.bitcast(args[2], vector.as_pointer()), align=4)
-        fma = cgutils.get_or_insert_function(builder.module, llvm_ir.FunctionType(vector, [vector] * 3),
-                                             f"llvm.fma.v{count}f32")
-        builder.store(builder.call(fma, [factors, values, builder.load(target, align=4)]), target, align=4)
+        _accumulate_fma(builder, args[0], factors, args[2], vector)
         return context.get_dummy_value()
 
     return types.void(accumulator, factors, source, width), codegen
