@@ -420,7 +420,7 @@ def conv1d(x, weight, bias=None, residual=None, *, stride=1, dilation=1, pad_lef
     elif group == channels_in == shape[1] > 1 and _mostly_nonzero(weight):
         depthwise_blocks(out.size * taps, x.reshape(x.shape[0], channels_in, 1, x.shape[2]),
                          weight.reshape(channels_in, 1, taps), out.reshape(shape[0], shape[1], 1, t_out), 1, stride,
-                         1, dilation, 0, pad_left)
+                         1, dilation, 0, pad_left, threads.get_num_threads())
         if bias.size or residual.size or act:
             epilogue_rows(out.size, out, bias, residual, act, lo, hi)
     elif group == channels_in > 1:

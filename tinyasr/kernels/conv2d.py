@@ -27,6 +27,7 @@ import numpy as np
 from numba import njit
 from numba.types import Array, UniTuple, float32, int64, void
 
+from tinyasr.engine import threads
 from tinyasr.errors import GraphError
 from tinyasr.kernels.conv1d import IM2COL_MAX_ELEMENTS, output_length
 from tinyasr.kernels.depthwise import depthwise_blocks
@@ -101,7 +102,7 @@ def conv2d(x, weight, bias=None, *, strides: Sequence[int] = (1, 1), dilations: 
         return out
     if group == x.shape[1] == channels_out > 1:
         depthwise_blocks(out.size * kh * kw, x, weight.reshape(channels_out, kh, kw), out, *strides, *dilations,
-                         pads[0], pads[1])
+                         pads[0], pads[1], threads.get_num_threads())
     else:
         needed = 0 if kh == kw == 1 and strides == (1, 1) and not any(pads) else im2col_elements(
             weight.shape, out.shape[2:], strides, dilations, group)
