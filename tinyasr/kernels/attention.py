@@ -18,7 +18,7 @@ from numba.types import Array, boolean, float32, void
 
 from tinyasr.kernels import tuning
 from tinyasr.kernels._compile import element_pointer, stack_buffer, vector_fma
-from tinyasr.kernels.vector_math import CONTRACT, exp32, lane_max, lane_sum
+from tinyasr.kernels.vector_math import CONTRACT, exp32, lane_max
 
 READ_4D = Array(float32, 4, "C", readonly=True)
 READ_MASK = Array(boolean, 4, "C", readonly=True)

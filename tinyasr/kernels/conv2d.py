@@ -34,7 +34,6 @@ from tinyasr.kernels.depthwise import depthwise_blocks
 from tinyasr.kernels.epilogue import (
     NO_RESIDUAL,
     READ_1D,
-    READ_3D,
     activate_reference,
     activation_code,
     as_float32,

@@ -38,8 +38,6 @@ HALF_RUN = 4  # a second, shorter run for what is left of a row (FastConformer's
 READ_4D = Array(float32, 4, "C", readonly=True)
 
 
-
-
 @njit(inline="always", fastmath={"contract"})
 def _run_taps(xt, wt, acc, base, kh, kw, dilation_h, dilation_w, pitch, stride_w, count):
     """acc[k] (LANES channels) = sum over the taps (i, j), in order, of wt[tap] * xt[base + k * stride_w + the tap's
