@@ -184,6 +184,33 @@ def test_depthwise_weights_stored_sparse_stream_as_offline():
     np.testing.assert_allclose(stream_frames(model, x, [7, 30, 31, 64]), expected, rtol=0, atol=1e-5)  # as above
 
 
+def _linear_with_residual(residual: str, channels: int = 6) -> Model:
+    """x [1, C, T] -> Transpose -> Linear(W, b, Z = ``residual``, Relu): a transformer block's residual connection
+    as converters/passes.fuse_linear_residuals writes it."""
+    rng = np.random.default_rng(3)
+    tensors = {"w": rng.standard_normal((channels, channels)).astype(np.float32),
+               "b": rng.standard_normal(channels).astype(np.float32)}
+    nodes = [Node("time_major", "Transpose", ("x",), ("xt",), {"perm": [0, 2, 1]}),
+             Node("linear", "Linear", ("xt", "w", "b", residual), ("logprobs",), {"activation": "Relu"})]
+    graph = Graph([ValueInfo("x", "float32", (1, channels, "T"))],
+                  [ValueInfo("logprobs", "float32", (1, "T", channels))], nodes)
+    return Model(graph, tensors)
+
+
+def test_a_linear_with_a_streamed_residual_streams_as_offline():
+    """Linear's residual input follows the stream beside its input when its time axis is the output's; one whose
+    time axis lies elsewhere is refused by name."""
+    model = _linear_with_residual("xt")
+    x = np.random.default_rng(4).standard_normal((1, 6, 50)).astype(np.float32)
+    expected = model.run({"x": x})["logprobs"]
+    xt = x.transpose(0, 2, 1)
+    np.testing.assert_allclose(expected, np.maximum(xt @ model.tensors["w"] + model.tensors["b"], 0) + xt,
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(stream_frames(model, x, [1, 7, 30]), expected, rtol=0, atol=1e-6)
+    with pytest.raises(GraphError, match="residual's time axis differs"):
+        StreamPlan.from_model(_linear_with_residual("x"))
+
+
 @pytest.mark.parametrize("causal", [True, False])
 def test_receptive_field_matches_perturbation_of_the_offline_run(causal):
     """Independent check of the graph walk: change one input frame, see which offline outputs move."""

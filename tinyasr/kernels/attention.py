@@ -61,8 +61,8 @@ def _softmax_row(y, valid):
         e = exp32(y[j] - top)
         y[j] = e
         tail += e
-    inverse = np.float32(1.0) / (((sums[0] + sums[1]) + (sums[2] + sums[3])) + ((sums[4] + sums[5]) + (sums[6] + sums[7]))
-                                 + tail)
+    total = ((sums[0] + sums[1]) + (sums[2] + sums[3])) + ((sums[4] + sums[5]) + (sums[6] + sums[7])) + tail
+    inverse = np.float32(1.0) / total
     for j in range(frames):
         y[j] = y[j] * inverse if valid[j] else np.float32(0.0)
 

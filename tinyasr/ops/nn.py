@@ -147,7 +147,8 @@ def linear_layer(ctx, inputs, attrs):
         raise GraphError(f"Linear: needs a float32 product, got {out.dtype}")
     residual = inputs[3] if len(inputs) > 3 else None
     if residual is not None and getattr(residual, "dtype", None) != np.float32:
-        raise GraphError(f"Linear: residual Z must be float32, got {getattr(residual, 'dtype', type(residual).__name__)}")
+        kind = getattr(residual, "dtype", type(residual).__name__)
+        raise GraphError(f"Linear: residual Z must be float32, got {kind}")
     fused = residual is not None and residual.shape == out.shape
     if out.size:
         rows = out.reshape(-1, out.shape[-1])
