@@ -20,8 +20,8 @@ shape (measured in benchmarks/bench_kernels.py):
 Numerics: the depthwise kernels use ``fastmath={"contract"}`` only: fused multiply-add, but no
 reassociation, so each output is summed in tap order k = 0..K-1 (all kernels alike: streamed and
 offline outputs are equal), and one thread computes a whole row (or block of 8 rows): results are
-bit-identical at any thread count.  (Allowing reassociation would not speed up this loop: it vectorises over time, not
-over the sum.)
+bit-identical at any thread count.  (Allowing reassociation would not speed up these loops: they vectorise
+over time, or over channels, not over the sum.)
 """
 
 from __future__ import annotations
