@@ -400,9 +400,7 @@ def absorb_position_product(model: Imported) -> Imported:
         inputs = (node.inputs[0],) + tuple(product.inputs) + tuple(node.inputs[2:])
         absorbed[node.name] = replace(node, inputs=inputs, attrs=dict(node.attrs, position_product=1))
         removed.add(product.name)
-    if not absorbed:
-        return model
-    return _with_nodes(model, [absorbed.get(n.name, n) for n in model.graph.nodes if n.name not in removed])
+    return _with_fused(model, absorbed, removed)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -629,13 +627,12 @@ def fuse_matmul_epilogues(model: Imported) -> Imported:
                 tensors[bias] = values.reshape(-1)
             fused[last.name] = Node(matmul.name, "Linear", (matmul.inputs[0], matmul.inputs[1], bias),
                                     tuple(last.outputs), {"activation": activation} if activation else {})
-            removed.update({matmul.name, node.name})
+            removed.update({matmul.name, node.name} - {last.name})
             break
     if not fused:
         return model
-    nodes = [fused.get(n.name, n) for n in model.graph.nodes if n.name not in removed or n.name in fused]
     tensors = {name: value for name, value in tensors.items() if name not in replaced}
-    return _with_nodes(Imported(model.graph, tensors, model.shapes, model.dtypes, model.metadata), nodes)
+    return _with_fused(Imported(model.graph, tensors, model.shapes, model.dtypes, model.metadata), fused, removed)
 
 
 def fold_linear_scales(model: Imported) -> Imported:
