@@ -23,7 +23,7 @@ from tinyasr.audio.resample import MAX_SAMPLE_RATE
 from tinyasr.decoding.specs import DECODER_SPECS, CTCSpec, DecoderSpec, decoder_spec, vocabulary_type_of
 from tinyasr.errors import ConversionError, GraphError, ModelFileError, TinyASRError
 from tinyasr.format.graph import Graph, Node, ValueInfo
-from tinyasr.ops import ENCODED_WEIGHT_INPUTS
+from tinyasr.ops import ENCODED_WEIGHT_INPUTS, MATRIX_WEIGHT_OPS
 
 DECODER_TYPES = tuple(DECODER_SPECS)
 _PASS_THROUGH = {"Split", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Slice", "Cast"}
@@ -336,11 +336,11 @@ def _logits_kind(graph: Graph, name: str) -> str:
 
 
 def _weight_names(graph: Graph, tensors) -> List[str]:
-    """Stored float32 tensors that are the weight operand of Conv / MatMul / Gemm (what float16 storage halves):
+    """Stored float32 tensors that are the weight operand of a MATRIX_WEIGHT_OPS node (what float16 storage halves):
     the inputs where the runtime accepts an encoded tensor."""
     names = []
     for node in graph.nodes:
-        if node.op not in ("Conv", "MatMul", "Linear", "Gemm"):  # an LSTM / GRU R stays float32, as its W does
+        if node.op not in MATRIX_WEIGHT_OPS:
             continue
         for i in ENCODED_WEIGHT_INPUTS.get(node.op, ()):
             name = node.inputs[i] if len(node.inputs) > i else ""

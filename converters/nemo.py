@@ -498,6 +498,7 @@ def convert_nemo(src, out, *, float16: bool = False, compact: bool = True, spars
     from tinyasr_convert.transducer import encode_prediction_weights
 
     import tinyasr
+    from tinyasr.ops import MATRIX_WEIGHT_OPS
     from tinyasr.format.container import to_float16, write_model
 
     archive = read_nemo(src)
@@ -522,7 +523,7 @@ def convert_nemo(src, out, *, float16: bool = False, compact: bool = True, spars
     graph, tensors = fused.graph, fused.tensors
     if float16:
         for node in graph.nodes:  # stored weights only: a Conformer's attention MatMuls multiply two activations
-            weight = tensors.get(node.inputs[1]) if node.op in ("Conv", "Gemm", "MatMul", "Linear") else None
+            weight = tensors.get(node.inputs[1]) if node.op in MATRIX_WEIGHT_OPS else None
             if weight is not None and weight.dtype == np.float32 and weight.ndim >= 2:
                 tensors[node.inputs[1]] = to_float16(weight, node.inputs[1])
     manifest.update(opset=TARGET_OPSET, graph=graph.to_dict(), provenance={
