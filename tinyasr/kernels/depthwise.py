@@ -54,16 +54,15 @@ def _run_taps(xt, wt, acc, base, kh, kw, dilation_h, dilation_w, pitch, stride_w
 
 
 @njit(inline="always")
-def _zero_border(padded, inside_rows, inside_columns):
-    """Zero the rows and columns of a padded channels-last block outside [lo, hi) of each: the padding."""
-    rows = padded.shape[0] // inside_columns[2]
-    pitch = inside_columns[2]
-    for r in range(rows):
-        if r < inside_rows[0] or r >= inside_rows[1]:
+def _zero_border(padded, pitch, row_lo, row_hi, column_lo, column_hi):
+    """Zero a padded channels-last block [rows * pitch, LANES] outside rows [row_lo, row_hi) and columns
+    [column_lo, column_hi): the padding."""
+    for r in range(padded.shape[0] // pitch):
+        if r < row_lo or r >= row_hi:
             padded[r * pitch:(r + 1) * pitch, :] = 0.0
         else:
-            padded[r * pitch:r * pitch + inside_columns[0], :] = 0.0
-            padded[r * pitch + inside_columns[1]:(r + 1) * pitch, :] = 0.0
+            padded[r * pitch:r * pitch + column_lo, :] = 0.0
+            padded[r * pitch + column_hi:(r + 1) * pitch, :] = 0.0
 
 
 @njit(inline="always")
@@ -115,7 +114,7 @@ def _window(x, weight, out, b, g, h0, h1, w0, w1, stride_h, stride_w, dilation_h
             wt[t * LANES + lane] = weight[g + lane, t // kw, t % kw]
     source = x[b, g:g + lanes].reshape(lanes, height * width)
     padded = xt.reshape(rows * pitch, LANES)
-    _zero_border(padded, (r0 - row0, r1 - row0), (c0 - col0, c1 - col0, pitch))
+    _zero_border(padded, pitch, r0 - row0, r1 - row0, c0 - col0, c1 - col0)
     for r in range(r0, r1):
         first, target = r * width, (r - row0) * pitch - col0
         c = c0
