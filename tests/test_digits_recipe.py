@@ -347,3 +347,65 @@ def test_the_bundled_model_has_the_recipe_front_end_with_its_padding():
 
     frontend = Recognizer().frontend
     assert frontend == data.FRONTEND and frontend.pad_seconds == 0.1
+
+
+# --- the bundled file: averaged weights, padding and the out-of-vocabulary threshold ---
+
+
+class _Batches:
+    """The two calls WeightAverage.apply makes of DigitStrings: fixed batches, no augmentation."""
+
+    def __init__(self, batches):
+        self.batches = list(batches)
+
+    def next_batch(self):
+        batch = self.batches.pop(0)
+        return batch, torch.full((batch.shape[0],), batch.shape[2]), None, None
+
+    def augment(self, batch, lengths):
+        return batch
+
+
+def test_weight_average_is_the_mean_of_the_kept_steps_with_batch_norm_statistics_of_the_average():
+    from recipes.digits.train import WeightAverage
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv1d(3, 4, 1), torch.nn.BatchNorm1d(4))
+    average = WeightAverage(model, start=2, every=2)
+    kept = []
+    for step in range(1, 7):  # steps 2, 4, 6 are kept
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(float(step))
+        average.add(step)
+        if step % 2 == 0:
+            kept.append([p.detach().clone() for p in model.parameters()])
+    batches = [torch.randn(5, 3, 7) for _ in range(3)]
+    average.apply(_Batches(batches), batches=3)
+    assert average.count == 3
+    for got, *steps in zip(model.parameters(), *kept):
+        torch.testing.assert_close(got.detach(), sum(steps) / 3)
+    # the statistics: the mean over the three batches of each batch's mean / unbiased variance of the conv output
+    with torch.no_grad():
+        outputs = [model[0](b).transpose(1, 2).reshape(-1, 4) for b in batches]
+    bn = model[1]
+    torch.testing.assert_close(bn.running_mean, torch.stack([o.mean(0) for o in outputs]).mean(0))
+    torch.testing.assert_close(bn.running_var, torch.stack([o.var(0) for o in outputs]).mean(0))
+    assert bn.momentum == 0.1
+
+
+def test_set_pad_writes_the_padding_and_the_out_of_vocabulary_threshold(tmp_path):
+    from recipes.digits.set_pad import with_pad_seconds
+    from tinyasr.errors import ModelFileError
+    from tinyasr.format.container import read_model
+
+    bundled = str(REPO / "tinyasr" / "models" / "digits.tasr")
+    out = str(tmp_path / "digits.tasr")
+    with_pad_seconds(bundled, out, 0.25, oov_threshold=0.55)
+    with read_model(bundled) as before, read_model(out) as after:
+        assert after.manifest["frontend"]["pad_seconds"] == 0.25
+        assert after.manifest["decoder"] == {**before.manifest["decoder"], "oov_threshold": 0.55}
+        for name in before.tensor_names():
+            np.testing.assert_array_equal(before.tensor(name), after.tensor(name))
+    with pytest.raises(ModelFileError, match="'oov_threshold' must be"):
+        with_pad_seconds(bundled, str(tmp_path / "bad.tasr"), 0.1, oov_threshold=1.5)

