@@ -31,6 +31,7 @@ import os
 import sys
 
 import numpy as np
+from numba import njit
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -39,18 +40,36 @@ from benchmarks.machine import cpu_model  # noqa: E402
 from tinyasr.engine import threads  # noqa: E402
 from tinyasr.format.encodings.sparse import csr_arrays  # noqa: E402
 from tinyasr.kernels.recurrent import BLOCK, EMPTY_CSR, EMPTY_DENSE, column_blocks, lstm_direction  # noqa: E402
+from tinyasr.kernels.transducer import _predict, pack_layers  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "recurrent.md")
 PREDICTION_RESULTS = os.path.join(os.path.dirname(RESULTS), "prediction_network.md")
 NEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "models",
                     "nemo-random")
 SEQUENCE_FRAMES = 16  # frames a call in the sequence measurement (a longer call is preempted on a busy machine)
+# (label, frames a call, called from compiled code) of each measurement of the step
+CALLS = (("from Python, 1 frame", 1, False), ("from compiled code, 1 frame", 1, True),
+         (f"one call, {SEQUENCE_FRAMES} frames", SEQUENCE_FRAMES, False))
 TRANSDUCERS = ("conformer_transducer_small", "fastconformer_tdt_small", "fastconformer_hybrid_small")
 
 
-def measure(hidden, sparsity, min_seconds, frames=1):
+@njit
+def _frame_calls(calls, pre, dense_t, values, indices, indptr, h, c, one, y):
+    """``calls`` one-frame calls of the LSTM step from compiled code: how greedy search's loop steps the
+    prediction network (tinyasr/kernels/transducer.py), with no Python dispatch around each call."""
+    no_peephole, no_projection = np.zeros(0, np.float32), np.zeros((0, 0), np.float32)
+    for _ in range(calls):
+        lstm_direction(pre, dense_t, values, indices, indptr, no_peephole, no_projection, h, c, one, False,
+                       np.float32(0.0), y)
+
+
+COMPILED_CALLS = 200  # one-frame calls a timing of _frame_calls makes
+
+
+def measure(hidden, sparsity, min_seconds, frames=1, compiled=False):
     """Microseconds per frame of each variant, ``frames`` frames per call (1: a call per frame, the prediction
-    network's way; more: the LSTM op's way over an encoder's sequence, the call's cost spread over them)."""
+    network's way; more: the LSTM op's way over an encoder's sequence, the call's cost spread over them);
+    ``compiled``: one-frame calls made from compiled code (_frame_calls) instead of from Python."""
     rng = np.random.default_rng(hidden)
     r = (rng.standard_normal((4 * hidden, hidden)) / np.sqrt(hidden)).astype(np.float32)
     blocked = r * np.repeat(rng.random((4 * hidden // BLOCK, hidden)) >= sparsity, BLOCK, axis=0)
@@ -61,14 +80,14 @@ def measure(hidden, sparsity, min_seconds, frames=1):
     one, no_peephole, zero = np.full(1, frames, np.int64), np.zeros(0, np.float32), np.float32(0)
     dense_t, csr, blocks = np.ascontiguousarray(r.T), csr_arrays(r), column_blocks(blocked)
     no_r = column_blocks(np.zeros_like(r))  # the step without its product: the call and the gates
-    us = best_us({
-        "dense": lambda: lstm_direction(pre, dense_t, *EMPTY_CSR, no_peephole, EMPTY_DENSE, h, c, one, False, zero,
-                                        y),
-        "csr": lambda: lstm_direction(pre, EMPTY_DENSE, *csr, no_peephole, EMPTY_DENSE, h, c, one, False, zero, y),
-        "blocks": lambda: lstm_direction(pre, EMPTY_DENSE, *blocks, no_peephole, EMPTY_DENSE, h, c, one, False, zero,
-                                         y),
-        "no R": lambda: lstm_direction(pre, EMPTY_DENSE, *no_r, no_peephole, EMPTY_DENSE, h, c, one, False, zero, y),
-    }, min_seconds)
+    operands = {"dense": (dense_t,) + EMPTY_CSR, "csr": (EMPTY_DENSE,) + csr, "blocks": (EMPTY_DENSE,) + blocks,
+                "no R": (EMPTY_DENSE,) + no_r}
+    if compiled:
+        us = best_us({name: (lambda r=r: _frame_calls(COMPILED_CALLS, pre, *r, h, c, one, y))
+                      for name, r in operands.items()}, min_seconds)
+        return {name: value / COMPILED_CALLS for name, value in us.items()}
+    us = best_us({name: (lambda r=r: lstm_direction(pre, *r, no_peephole, EMPTY_DENSE, h, c, one, False, zero, y))
+                  for name, r in operands.items()}, min_seconds)
     return {name: value / frames for name, value in us.items()}
 
 
@@ -132,20 +151,22 @@ def measure_decoding(min_seconds):
 
 
 def _pruned_networks(embedding, layers):
-    """{dense, csr, bsr: PredictionNetwork}: the layers' W and R pruned 90 % (unstructured for csr, 8 x 1 blocks
-    for bsr), given as the file decodes them."""
+    """{dense, csr, bsr, empty: PredictionNetwork}: the layers' W and R pruned 90 % (unstructured for csr, 8 x 1
+    blocks for bsr), given as the file decodes them; ``empty``: W and R with no block at all (the step without
+    its products: the gates, a projection, the copies; dense / empty bounds what any sparse W and R can give)."""
     from tinyasr.decoding.transducer import LSTMLayer, PredictionNetwork
     from tinyasr.format.encodings.sparse import BSRMatrix, CSRMatrix, bsr_arrays
     from tinyasr_convert.sparsity import prune_recurrent
 
     def stored(matrix, kind):
-        pruned = prune_recurrent(matrix, 0.9, 1 if kind == "csr" else BLOCK)
+        pruned = np.zeros_like(matrix) if kind == "empty" else prune_recurrent(matrix, 0.9,
+                                                                                1 if kind == "csr" else BLOCK)
         if kind == "csr":
             return CSRMatrix(*csr_arrays(pruned), pruned.shape)
         return BSRMatrix(*bsr_arrays(pruned, (BLOCK, 1)), pruned.shape, (BLOCK, 1))
 
     networks = {"dense": PredictionNetwork(embedding, layers)}
-    for kind in ("csr", "bsr"):
+    for kind in ("csr", "bsr", "empty"):
         networks[kind] = PredictionNetwork(embedding, [LSTMLayer(stored(layer.w, kind), stored(layer.r, kind),
                                                                  layer.bias, layer.projection) for layer in layers])
     return networks
@@ -191,8 +212,31 @@ def _emitting_search(network):
     return lambda: GreedySearch(model, SEARCH_SYMBOLS).advance(frames)
 
 
+@njit
+def _predict_calls(calls, token, embedding, table, floats, indices, pointers, h, c, pre, one, buffers, pred_w,
+                   pred_b, projected):
+    """``calls`` prediction-network steps of ``token`` in compiled code, as greedy search's loop makes them
+    (its ``_predict``: every layer, then the joint's prediction projection) without the joint and the argmax."""
+    for _ in range(calls):
+        _predict(token, embedding, table, floats, indices, pointers, h, c, pre, one, buffers, pred_w, pred_b,
+                 projected)
+
+
+def _compiled_steps(network):
+    """A function making COMPILED_CALLS steps of ``network`` through _predict_calls (a joint of 4 units)."""
+    layers = network.layers
+    widest = max([network.embedding.shape[1]] + [max(layer.width, layer.hidden) for layer in layers])
+    h = np.zeros(sum(layer.width for layer in layers), np.float32)
+    c = np.zeros(sum(layer.hidden for layer in layers), np.float32)
+    scratch = (np.empty(4 * widest, np.float32), np.ones(1, np.int64), np.empty((2, widest), np.float32),
+               np.zeros((network.width, 4), np.float32), np.zeros(4, np.float32), np.empty(4, np.float32))
+    packed = pack_layers(layers)
+    return lambda: _predict_calls(COMPILED_CALLS, 7, network.embedding, *packed, h, c, *scratch)
+
+
 def measure_prediction(min_seconds):
-    """[(name, hidden, layers, {dense, csr, bsr: us per step}, {the same: us per token in the greedy search})]."""
+    """[(name, hidden, layers, {dense, csr, bsr: us per step from Python}, {the same: us per step in compiled
+    code}, {the same: us per token in the greedy search})]."""
     rows = []
     for name, embedding, layers in prediction_cases():
         networks = _pruned_networks(embedding, layers)
@@ -204,10 +248,14 @@ def measure_prediction(min_seconds):
         searches = {kind: _emitting_search(network) for kind, network in networks.items()}
         assert all(len(search().tokens) == SEARCH_FRAMES * SEARCH_SYMBOLS for search in searches.values())
         in_search = {kind: v / (SEARCH_FRAMES * SEARCH_SYMBOLS) for kind, v in best_us(searches, min_seconds).items()}
-        rows.append((name, layers[0].hidden, len(layers), us, in_search))
-        print(f"{name}: " + ", ".join(f"{k} {v:.1f} us" for k, v in us.items())
-              + f"; dense/csr {us['dense'] / us['csr']:.2f}x, dense/bsr {us['dense'] / us['bsr']:.2f}x; in the search "
-              + ", ".join(f"{k} {v:.1f} us" for k, v in in_search.items()), flush=True)
+        compiled = {kind: v / COMPILED_CALLS for kind, v in
+                    best_us({kind: _compiled_steps(network) for kind, network in networks.items()},
+                            min_seconds).items()}
+        rows.append((name, layers[0].hidden, len(layers), us, compiled, in_search))
+        print(f"{name}: " + "; ".join(
+            f"{label} " + ", ".join(f"{k} {v:.2f} us" for k, v in figures.items())
+            + f", dense/csr {figures['dense'] / figures['csr']:.2f}x, dense/bsr {figures['dense'] / figures['bsr']:.2f}x"
+            for label, figures in (("step", us), ("compiled", compiled), ("in the search", in_search))), flush=True)
     return rows
 
 
@@ -216,19 +264,24 @@ def write_prediction(seconds):
     lines = ["# Transducer prediction network, one step (B = 1), LSTM W and R 90 % pruned vs dense", "",
              f"{datetime.date.today()}, {cpu_model()}, 1 thread, best of repeats (machine shared: noisy).",
              "Produced by `python3 benchmarks/bench_recurrent.py --prediction`.  csr: unstructured pruning; "
-             "bsr: 8 x 1 blocks, run as column blocks.  \"step\": `PredictionNetwork.step` from Python (what beam "
-             "search calls); \"in search\": per emitted token inside greedy search's compiled loop, where the step "
-             "has no Python around it.", "",
-             "| network | hidden | layers | step dense us | csr us | dense / csr | bsr us | dense / bsr | "
-             "in search dense us | csr us | bsr us | dense / csr | dense / bsr |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, hidden, count, us, tok in rows:
-        lines.append(f"| {name} | {hidden} | {count} | {us['dense']:.1f} | {us['csr']:.1f} | "
-                     f"{us['dense'] / us['csr']:.2f}x | {us['bsr']:.1f} | {us['dense'] / us['bsr']:.2f}x | "
-                     f"{tok['dense']:.2f} | {tok['csr']:.2f} | {tok['bsr']:.2f} | {tok['dense'] / tok['csr']:.2f}x | "
-                     f"{tok['dense'] / tok['bsr']:.2f}x |")
+             "bsr: 8 x 1 blocks, run as column blocks.  Microseconds per step.  \"from Python\": "
+             "`PredictionNetwork.step` (what beam search calls: per layer a call of each kernel, ~2 us of Numba "
+             "dispatch each); \"compiled\": the step as greedy search's compiled loop runs it (every layer and the "
+             "joint's prediction projection, no Python); \"in search\": per emitted token of greedy search, the "
+             "joint, its argmax and the token's confidence included.  \"W, R empty\": the network with no weight "
+             "in W and R (what no sparsity removes: the gates, lstm_transducer_small's dense 128 -> 64 projection, "
+             "the copies); \"bound\": dense / empty, the most any sparse W and R could give.", ""]
+    for label, column in (("from Python", 3), ("compiled", 4), ("in search", 5)):
+        lines += [f"{label}:", "", "| network | hidden | layers | dense us | csr us | dense / csr | bsr us | "
+                  "dense / bsr | W, R empty us | bound |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for row in rows:
+            name, hidden, count, us = row[0], row[1], row[2], row[column]
+            lines.append(f"| {name} | {hidden} | {count} | {us['dense']:.2f} | {us['csr']:.2f} | "
+                         f"{us['dense'] / us['csr']:.2f}x | {us['bsr']:.2f} | {us['dense'] / us['bsr']:.2f}x | "
+                         f"{us['empty']:.2f} | {us['dense'] / us['empty']:.2f}x |")
+        lines.append("")
     with open(PREDICTION_RESULTS, "w") as f:
-        f.write("\n".join(lines) + "\n")
+        f.write("\n".join(lines).rstrip() + "\n")
     print(f"wrote {PREDICTION_RESULTS}")
 
 
@@ -245,24 +298,26 @@ def main():
         return
     rows = []
     for hidden in (256, 512, 1024):
-        for frames in (1, SEQUENCE_FRAMES):
-            us = measure(hidden, 0.9, seconds, frames)
-            rows.append((hidden, frames, us))
-            print(f"H={hidden}, {frames} frame(s) a call: " + ", ".join(f"{k} {v:.1f} us" for k, v in us.items())
+        for call, frames, compiled in CALLS:
+            us = measure(hidden, 0.9, seconds, frames, compiled)
+            rows.append((hidden, call, us))
+            print(f"H={hidden}, {call}: " + ", ".join(f"{k} {v:.1f} us" for k, v in us.items())
                   + f"; dense/csr {us['dense'] / us['csr']:.2f}x, dense/blocks {us['dense'] / us['blocks']:.2f}x",
                   flush=True)
     lines = ["# LSTM recurrent step, one frame, batch 1, R 90 % sparse (CSR; 8-row column blocks) vs dense",
              "", f"{datetime.date.today()}, {cpu_model()}, 1 thread, best of repeats (machine shared: noisy).",
              "Produced by `python3 benchmarks/bench_recurrent.py`.", "",
-             "Microseconds per frame.  `frames a call` 1: one kernel call per frame (a prediction network's step, "
-             f"the call's ~2-3 us dispatch in every frame); {SEQUENCE_FRAMES}: the LSTM op over an encoder's "
-             "sequence, one call for all frames.  `no R`: the same step with an all-zero R (the call and the gates, "
-             "what no sparsity removes); `bound`: dense / no R, the most any sparse R could give.", "",
-             "| hidden | frames a call | dense us | CSR us | dense / CSR | column blocks us | dense / blocks | no R us "
+             "Microseconds per frame.  Calls: one frame a call from Python (beam search's batched step; Numba's "
+             "dispatch of the kernel's 13 arguments, ~2 us, in every frame); one frame a call from compiled code "
+             "(greedy search's loop, tinyasr/kernels/transducer.py); "
+             f"{SEQUENCE_FRAMES} frames a call (the LSTM op over an encoder's sequence).  `no R`: the same step "
+             "with an all-zero R (the call and the gates, what no sparsity removes); `bound`: dense / no R, the "
+             "most any sparse R could give.", "",
+             "| hidden | call | dense us | CSR us | dense / CSR | column blocks us | dense / blocks | no R us "
              "| bound |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for hidden, frames, us in rows:
-        lines.append(f"| {hidden} | {frames} | {us['dense']:.1f} | {us['csr']:.1f} | {us['dense'] / us['csr']:.2f}x "
+    for hidden, call, us in rows:
+        lines.append(f"| {hidden} | {call} | {us['dense']:.1f} | {us['csr']:.1f} | {us['dense'] / us['csr']:.2f}x "
                      f"| {us['blocks']:.1f} | {us['dense'] / us['blocks']:.2f}x | {us['no R']:.1f} "
                      f"| {us['dense'] / us['no R']:.1f}x |")
     if os.path.isdir(NEMO):
