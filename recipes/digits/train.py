@@ -212,9 +212,10 @@ def fit(model: torch.nn.Module, strings: DigitStrings, lengths_out: Callable[[to
         extra_loss: Callable[[int], torch.Tensor] | None = None,
         after_step: Callable[[int], dict] | None = None) -> float:
     """Train ``model`` ([B, 64, T] features -> [B, T', classes] log-probabilities) with the CTC loss: AdamW, a
-    one-cycle learning rate peaking at ``--lr``, gradient clipping 5; ``lengths_out`` maps valid feature frames
+    one-cycle learning rate peaking at ``--lr`` (or ``--lr`` throughout), gradient clipping 5; ``lengths_out`` maps valid feature frames
     to valid output frames.  ``extra_loss(step)`` is added to the CTC loss (a pruning penalty, distillation);
     ``after_step(step)`` runs after each optimizer step (masks, schedules) and returns figures for the log.
+    With ``--average-from`` the model ends with the average of the kept steps' weights (WeightAverage).
     Logs JSON lines to ``--out``/train.log and stdout every 100 steps; returns the training seconds."""
     args = strings.args
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-3)
@@ -288,19 +289,22 @@ class WeightAverage:
     def apply(self, strings: "DigitStrings", batches: int = 60) -> None:
         """Load the average into the model, then run ``batches`` augmented training batches through it in train
         mode with cumulative BatchNorm statistics."""
+        if not self.count:
+            raise ValueError(f"--average-from {self.start}: no step from there on was kept (past --steps?)")
         with torch.no_grad():
             for name, p in self.model.named_parameters():
                 p.copy_(self.sums[name] / self.count)
             norms = [m for m in self.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+            momenta = [m.momentum for m in norms]
             for m in norms:
                 m.reset_running_stats()
-                m.momentum = None
+                m.momentum = None  # a cumulative average over the batches
             self.model.train()
             for _ in range(batches):
                 batch, lengths, _, _ = strings.next_batch()
                 self.model(strings.augment(batch, lengths))
-            for m in norms:
-                m.momentum = 0.1
+            for m, momentum in zip(norms, momenta):
+                m.momentum = momentum
 
 
 def main(argv=None) -> None:
