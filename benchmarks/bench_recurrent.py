@@ -254,7 +254,8 @@ def measure_prediction(min_seconds):
         rows.append((name, layers[0].hidden, len(layers), us, compiled, in_search))
         print(f"{name}: " + "; ".join(
             f"{label} " + ", ".join(f"{k} {v:.2f} us" for k, v in figures.items())
-            + f", dense/csr {figures['dense'] / figures['csr']:.2f}x, dense/bsr {figures['dense'] / figures['bsr']:.2f}x"
+            + f", dense/csr {figures['dense'] / figures['csr']:.2f}x"
+            + f", dense/bsr {figures['dense'] / figures['bsr']:.2f}x"
             for label, figures in (("step", us), ("compiled", compiled), ("in the search", in_search))), flush=True)
     return rows
 
