@@ -88,21 +88,22 @@ def test_sequence_lengths_match_torch_packed_sequences(op):
         np.testing.assert_allclose(mine, theirs.numpy(), rtol=1e-5, atol=2e-6)
 
 
+@pytest.mark.parametrize("hidden,proj", [(16, 5), (48, 40)])  # 40: one 32-unit register block and 8 after it
 @pytest.mark.parametrize("bidirectional,batch_first", [(False, False), (True, True), (True, False)])
-def test_lstm_projection_input_matches_torch_proj_size(bidirectional, batch_first):
+def test_lstm_projection_input_matches_torch_proj_size(bidirectional, batch_first, hidden, proj):
     """tinyasr's ninth LSTM input (torch proj_size, NeMo's RNNEncoder), with initial states, both layouts."""
     torch.manual_seed(7)
-    module = torch.nn.LSTM(12, 16, bidirectional=bidirectional, batch_first=batch_first, proj_size=5)
+    module = torch.nn.LSTM(12, hidden, bidirectional=bidirectional, batch_first=batch_first, proj_size=proj)
     nd, steps, batch = (2 if bidirectional else 1), 9, 3
     x = torch.randn(batch, steps, 12) if batch_first else torch.randn(steps, batch, 12)
-    h0, c0 = torch.randn(nd, batch, 5), torch.randn(nd, batch, 16)
+    h0, c0 = torch.randn(nd, batch, proj), torch.randn(nd, batch, hidden)
     with torch.no_grad():
         y, (h, c) = module(x, (h0, c0))
     directions = ("", "_reverse") if bidirectional else ("",)
     projection = np.stack([getattr(module, f"weight_hr_l0{d}").detach().numpy() for d in directions])
     layout = int(batch_first)
     states = [s.numpy().transpose(1, 0, 2) if layout else s.numpy() for s in (h0, c0)]
-    attrs = {"hidden_size": 16, "direction": "bidirectional" if bidirectional else "forward", "layout": layout}
+    attrs = {"hidden_size": hidden, "direction": "bidirectional" if bidirectional else "forward", "layout": layout}
     ours = run_op("LSTM", [x.numpy(), *_onnx_weights(module, "LSTM"), None, *states, None, projection], attrs,
                   num_outputs=3)
     y_ours = ours[0] if layout else ours[0].transpose(0, 2, 1, 3)

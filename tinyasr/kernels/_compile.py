@@ -155,6 +155,16 @@ def lanes_fma(typingctx, accumulator, factors, source, width):
     return types.void(accumulator, factors, source, width), codegen
 
 
+@njit(inline="always")
+def copy_elements(dst, src):
+    """dst[i] = src[i] for every i of the 1-D ``dst`` (``src`` at least as long): for the short per-frame copies of
+    the recurrent and transducer kernels.  Numba's slice assignment ``dst[:] = src`` first checks the two for
+    overlap (and would copy through a temporary): 183 ns for 512 floats against 31 ns for this loop (AMD EPYC,
+    Zen 3), a fifth of an LSTM step at H = 128 with R empty."""
+    for i in range(dst.shape[0]):
+        dst[i] = src[i]
+
+
 class SerialAndParallel:
     """A kernel with a serial and a parallel build, each compiled (or loaded from the cache) on first use.
 

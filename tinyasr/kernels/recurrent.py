@@ -38,12 +38,13 @@ from typing import Tuple
 
 import llvmlite.ir as llvm_ir
 import numpy as np
-from numba import njit, types
+from numba import carray, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 from numba.types import Array, boolean, float32, int32, int64, uint16, void
 
 from tinyasr.format.encodings.sparse import BSRMatrix, CSRMatrix, as_dense, bsr_arrays
+from tinyasr.kernels._compile import copy_elements, element_pointer, stack_buffer, vector_fma
 from tinyasr.kernels.vector_math import exp32
 
 READ_1D = Array(float32, 1, "C", readonly=True)
@@ -222,6 +223,34 @@ def _frames(length, reverse):
     return 0, 1
 
 
+PROJECTION_BLOCK = 32  # projected units summed in registers at once: 4 AVX2 / 8 NEON vectors
+
+
+@njit(inline="always", fastmath={"contract"})
+def _project(out, v, weight_t):
+    """out = weight_t^T @ v for weight_t [len(v), len(out)] (an LSTM's W_hr^T): blocks of PROJECTION_BLOCK outputs
+    summed over all of v in a stack buffer, which LLVM keeps in vector registers (summed in ``out`` itself, every
+    multiply-add was a load and a store of out: store-bound), then the remainder that way.  The same order of
+    fused multiply-adds either way, so the results are bit-identical."""
+    width = out.shape[0]
+    full = width - width % PROJECTION_BLOCK
+    for j0 in range(0, full, PROJECTION_BLOCK):
+        acc = carray(stack_buffer(PROJECTION_BLOCK), (PROJECTION_BLOCK,))
+        for j in range(PROJECTION_BLOCK):
+            acc[j] = 0.0
+        for k in range(v.shape[0]):
+            vector_fma(element_pointer(acc, 0), v[k], element_pointer(weight_t[k], j0), PROJECTION_BLOCK)
+        for j in range(PROJECTION_BLOCK):
+            out[j0 + j] = acc[j]
+    for j in range(full, width):
+        out[j] = 0.0
+    for k in range(v.shape[0]):
+        m = v[k]
+        row = weight_t[k]
+        for j in range(full, width):
+            out[j] += row[j] * m
+
+
 @njit(void(READ_3D, READ_2D, READ_1D, READ_INDEX, READ_PTR, READ_1D, READ_2D, float32[:, ::1], float32[:, ::1],
            READ_LENGTHS, boolean, float32, Array(float32, 3, "A")), cache=True, fastmath={"contract"},
       error_model="numpy")  # no ZeroDivisionError branch in the gates' divides: their loops vectorise
@@ -239,7 +268,7 @@ def lstm_direction(pre, dense_t, values, indices, indptr, peephole, projection_t
         t, step = _frames(length, reverse)
         hb, cb = h[b], c[b]
         for _ in range(length):
-            acc[:] = pre[t, b]
+            copy_elements(acc, pre[t, b])
             _add_recurrent(acc, hb, dense_t, values, indices, indptr)
             # the gates in branch-free loops over k, which LLVM vectorises (exp32): a quarter of the dense step
             # at H = 256 went to scalar expf / tanhf before
@@ -257,15 +286,10 @@ def lstm_direction(pre, dense_t, values, indices, indptr, peephole, projection_t
             for k in range(hidden):  # the new h, kept in acc until all of hb is read
                 acc[k] = _sigmoid(_clipped(acc[hidden + k], clip)) * _tanh(cb[k])
             if projected:
-                hb[:] = 0.0
-                for k in range(hidden):
-                    m = acc[k]
-                    row = projection_t[k]
-                    for j in range(hb.shape[0]):
-                        hb[j] += row[j] * m
+                _project(hb, acc[:hidden], projection_t)
             else:
-                hb[:] = acc[:hidden]
-            y[t, b] = hb
+                copy_elements(hb, acc)
+            copy_elements(y[t, b], hb)
             t += step
         for t in range(length, pre.shape[0]):
             y[t, b, :] = 0.0
@@ -307,8 +331,8 @@ def gru_direction(pre, dense_t, values, indices, indptr, rbias_h, h, lengths, re
         t, step = _frames(length, reverse)
         hb = h[b]
         for _ in range(length):
-            acc[:2 * hidden] = pre[t, b, :2 * hidden]
-            acc[2 * hidden:] = rbias_h
+            copy_elements(acc[:2 * hidden], pre[t, b])
+            copy_elements(acc[2 * hidden:], rbias_h)
             if linear_before_reset:
                 _add_recurrent(acc, hb, dense_t, values, indices, indptr)
             else:

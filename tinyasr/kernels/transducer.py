@@ -23,6 +23,7 @@ import numpy as np
 from numba import njit
 from numba.types import Array, UniTuple, float32, int64
 
+from tinyasr.kernels._compile import copy_elements
 from tinyasr.kernels.recurrent import (
     EMPTY_CSR,
     READ_1D,
@@ -88,7 +89,7 @@ def _layer_step(layer, x, table, floats, indices, pointers, h, c, pre, one, outp
     row = table[layer]
     hidden, width = row[_HIDDEN], row[_WIDTH]
     gates = 4 * hidden
-    pre[:gates] = floats[row[_BIAS]:row[_BIAS] + gates]
+    copy_elements(pre[:gates], floats[row[_BIAS]:])
     add_product(pre[:gates], x,
                 floats[row[_W_DENSE]:row[_W_DENSE] + row[_W_DENSE_ROWS] * gates].reshape(row[_W_DENSE_ROWS], gates),
                 floats[row[_W_VALUES]:row[_W_VALUES] + row[_W_NNZ]],
@@ -114,7 +115,7 @@ def _predict(token, embedding, table, floats, indices, pointers, h, c, pre, one,
     """Feed ``token`` through every layer (states h / c: all layers' slices, in order) and project the last
     layer's output through the joint's prediction half into ``projected``."""
     width = embedding.shape[1]
-    buffers[1, :width] = embedding[token]  # layer l reads buffers[(l + 1) % 2], writes buffers[l % 2]
+    copy_elements(buffers[1, :width], embedding[token])  # layer l reads buffers[(l + 1) % 2], writes buffers[l % 2]
     h_start = c_start = 0
     for layer in range(table.shape[0]):
         hidden = table[layer, _HIDDEN]
@@ -125,7 +126,7 @@ def _predict(token, embedding, table, floats, indices, pointers, h, c, pre, one,
         h_start += width
         c_start += hidden
     x = buffers[(table.shape[0] - 1) % 2, :width]
-    projected[:] = pred_b
+    copy_elements(projected, pred_b)
     for p in range(width):
         value = x[p]
         row = pred_w[p]
@@ -145,7 +146,7 @@ def _joint(frame, projected, out_w, out_b, activation, hidden, logits):
         else:
             value = np.float32(1.0) / (np.float32(1.0) + np.exp(-value))
         hidden[j] = value
-    logits[:] = out_b
+    copy_elements(logits, out_b)
     for j in range(hidden.shape[0]):
         value = hidden[j]
         row = out_w[j]
