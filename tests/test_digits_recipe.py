@@ -409,3 +409,21 @@ def test_set_pad_writes_the_padding_and_the_out_of_vocabulary_threshold(tmp_path
             np.testing.assert_array_equal(before.tensor(name), after.tensor(name))
     with pytest.raises(ModelFileError, match="'oov_threshold' must be"):
         with_pad_seconds(bundled, str(tmp_path / "bad.tasr"), 0.1, oov_threshold=1.5)
+
+
+def test_out_of_box_measures_the_rule_the_model_states_or_the_runtime_default(tmp_path):
+    """The report's threshold is the decoder entry's (coverage under 0.7 -> over 0.3 uncovered); a model fresh
+    from evaluate --convert states none and gets the runtime's default (before: a TypeError)."""
+    from recipes.digits.out_of_box import rule_threshold
+    from tinyasr import Recognizer
+    from tinyasr.decoding.confidence import OOV_THRESHOLD
+    from tinyasr.format.container import read_model, write_model
+
+    bundled = REPO / "tinyasr" / "models" / "digits.tasr"
+    assert rule_threshold(Recognizer(str(bundled))) == pytest.approx(0.3)
+    with read_model(str(bundled)) as model_file:
+        manifest = {k: v for k, v in model_file.manifest.items() if k not in ("format", "version", "tensors")}
+        tensors = {name: np.array(model_file.tensor(name)) for name in model_file.tensor_names()}
+    manifest["decoder"] = {k: v for k, v in manifest["decoder"].items() if not k.startswith("oov_")}
+    write_model(str(tmp_path / "plain.tasr"), manifest, tensors)
+    assert rule_threshold(Recognizer(str(tmp_path / "plain.tasr"))) == pytest.approx(1 - OOV_THRESHOLD)

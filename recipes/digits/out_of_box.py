@@ -43,6 +43,7 @@ from recipes.digits import data
 from recipes.digits.evaluate import eval_sets, greedy_ctc, score, tinyasr_transcriber
 from recipes.digits.model import STRIDE
 from tinyasr.audio.io import as_float32_mono, load_audio
+from tinyasr.decoding.confidence import OOV_THRESHOLD
 from tinyasr.features.frontend import compute_features
 from tinyasr.pipeline.recognizer import Recognizer
 from tinyasr.pipeline.vad import EnergyVAD
@@ -72,12 +73,13 @@ RULE_SCORE = "uncovered"
 
 
 def rule_threshold(recognizer: Recognizer) -> float:
-    """The ``uncovered`` threshold equal to the model's coverage rule (ValueError for another score)."""
+    """The ``uncovered`` threshold equal to the model's coverage rule, the runtime's default where the decoder
+    entry states none (a model fresh from ``evaluate --convert``); ValueError for another score."""
     decoder = recognizer.decoder
     if decoder.oov_score not in (None, "coverage"):
         raise ValueError(f"{recognizer.path}: this report measures the coverage rule, the model states "
                          f"{decoder.oov_score!r}")
-    return 1.0 - decoder.oov_threshold
+    return 1.0 - (OOV_THRESHOLD if decoder.oov_threshold is None else decoder.oov_threshold)
 
 
 def non_speech(kind: str, seconds: int) -> np.ndarray:
