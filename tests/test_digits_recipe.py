@@ -371,7 +371,7 @@ def test_weight_average_is_the_mean_of_the_kept_steps_with_batch_norm_statistics
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv1d(3, 4, 1), torch.nn.BatchNorm1d(4))
-    average = WeightAverage(model, start=2, every=2)
+    average = WeightAverage(model, start=2, every=2, last_step=6)
     kept = []
     for step in range(1, 7):  # steps 2, 4, 6 are kept
         with torch.no_grad():
@@ -392,6 +392,9 @@ def test_weight_average_is_the_mean_of_the_kept_steps_with_batch_norm_statistics
     torch.testing.assert_close(bn.running_mean, torch.stack([o.mean(0) for o in outputs]).mean(0))
     torch.testing.assert_close(bn.running_var, torch.stack([o.var(0) for o in outputs]).mean(0))
     assert bn.momentum == 0.1
+    for start, every in ((7, 2), (2, 0)):  # past --steps, or no interval: refused before any training
+        with pytest.raises(ValueError, match="--average-from"):
+            WeightAverage(model, start=start, every=every, last_step=6)
 
 
 def test_set_pad_writes_the_padding_and_the_out_of_vocabulary_threshold(tmp_path):

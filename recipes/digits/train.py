@@ -213,8 +213,8 @@ def fit(model: torch.nn.Module, strings: DigitStrings, lengths_out: Callable[[to
         after_step: Callable[[int], dict] | None = None) -> float:
     """Train ``model`` ([B, 64, T] features -> [B, T', classes] log-probabilities) with the CTC loss: AdamW, a
     one-cycle learning rate peaking at ``--lr`` (or ``--lr`` throughout), gradient clipping 5; ``lengths_out``
-    maps valid feature frames to valid output frames.  ``extra_loss(step)`` is added to the CTC loss (a pruning penalty, distillation);
-    ``after_step(step)`` runs after each optimizer step (masks, schedules) and returns figures for the log.
+    maps valid feature frames to valid output frames.  ``extra_loss(step)`` is added to the CTC loss (a pruning
+    penalty, distillation); ``after_step(step)`` runs after each optimizer step (masks, schedules) and returns figures for the log.
     With ``--average-from`` the model ends with the average of the kept steps' weights (WeightAverage).
     Logs JSON lines to ``--out``/train.log and stdout every 100 steps; returns the training seconds."""
     args = strings.args
@@ -224,11 +224,18 @@ def fit(model: torch.nn.Module, strings: DigitStrings, lengths_out: Callable[[to
     else:
         schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=args.steps,
                                                        pct_start=0.1)
-    average = WeightAverage(model, args.average_from, args.average_every) if args.average_from else None
+    average = (WeightAverage(model, args.average_from, args.average_every, args.steps) if args.average_from
+               else None)
     ctc = torch.nn.CTCLoss(blank=data.BLANK, zero_infinity=True)
     start = time.perf_counter()
     running, extra = 0.0, {}
     with open(os.path.join(args.out, "train.log"), "w") as log:
+
+        def record(entry: dict) -> None:
+            log.write(json.dumps(entry) + "\n")
+            log.flush()
+            print(json.dumps(entry), flush=True)
+
         for step in range(1, args.steps + 1):
             batch, lengths, targets, target_lengths = strings.next_batch()
             logprobs = model(strings.augment(batch, lengths))
@@ -255,15 +262,11 @@ def fit(model: torch.nn.Module, strings: DigitStrings, lengths_out: Callable[[to
                     **extra,
                 }
                 running = 0.0
-                log.write(json.dumps(entry) + "\n")
-                log.flush()
-                print(json.dumps(entry), flush=True)
+                record(entry)
         if average is not None:
             average.apply(strings)
-            entry = {"averaged_checkpoints": average.count,
-                     "validation_wer_seen": round(validate(model, lengths_out, *strings.validation), 4)}
-            log.write(json.dumps(entry) + "\n")
-            print(json.dumps(entry), flush=True)
+            record({"averaged_checkpoints": average.count,
+                    "validation_wer_seen": round(validate(model, lengths_out, *strings.validation), 4)})
     model.eval()
     return time.perf_counter() - start
 
@@ -274,7 +277,10 @@ class WeightAverage:
     single digits move by about the distance to their targets, and an average of nearby weights sits in a flatter
     part of the loss than any one of them.  BatchNorm statistics are recomputed for the averaged weights."""
 
-    def __init__(self, model: torch.nn.Module, start: int, every: int):
+    def __init__(self, model: torch.nn.Module, start: int, every: int, last_step: int):
+        if not 1 <= start <= last_step or every < 1:
+            raise ValueError(f"--average-from {start} --average-every {every}: the average needs a first step in "
+                             f"1..--steps ({last_step}) and a positive interval")
         self.model, self.start, self.every = model, start, every
         self.sums = {name: torch.zeros_like(p) for name, p in model.named_parameters()}
         self.count = 0
@@ -289,8 +295,6 @@ class WeightAverage:
     def apply(self, strings: "DigitStrings", batches: int = 60) -> None:
         """Load the average into the model, then run ``batches`` augmented training batches through it in train
         mode with cumulative BatchNorm statistics."""
-        if not self.count:
-            raise ValueError(f"--average-from {self.start}: no step from there on was kept (past --steps?)")
         with torch.no_grad():
             for name, p in self.model.named_parameters():
                 p.copy_(self.sums[name] / self.count)
