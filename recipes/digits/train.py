@@ -214,8 +214,9 @@ def fit(model: torch.nn.Module, strings: DigitStrings, lengths_out: Callable[[to
     """Train ``model`` ([B, 64, T] features -> [B, T', classes] log-probabilities) with the CTC loss: AdamW, a
     one-cycle learning rate peaking at ``--lr`` (or ``--lr`` throughout), gradient clipping 5; ``lengths_out``
     maps valid feature frames to valid output frames.  ``extra_loss(step)`` is added to the CTC loss (a pruning
-    penalty, distillation); ``after_step(step)`` runs after each optimizer step (masks, schedules) and returns figures for the log.
-    With ``--average-from`` the model ends with the average of the kept steps' weights (WeightAverage).
+    penalty, distillation); ``after_step(step)`` runs after each optimizer step (masks, schedules) and returns
+    figures for the log.  With ``--average-from`` the model ends with the average of the kept steps' weights
+    (WeightAverage).
     Logs JSON lines to ``--out``/train.log and stdout every 100 steps; returns the training seconds."""
     args = strings.args
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-3)
