@@ -40,7 +40,7 @@ from benchmarks.machine import cpu_model  # noqa: E402
 from tinyasr.engine import threads  # noqa: E402
 from tinyasr.format.encodings.sparse import csr_arrays  # noqa: E402
 from tinyasr.kernels.recurrent import BLOCK, EMPTY_CSR, EMPTY_DENSE, column_blocks, lstm_direction  # noqa: E402
-from tinyasr.kernels.transducer import _predict, pack_layers  # noqa: E402
+from tinyasr.kernels.transducer import _predict, _prediction_scratch, pack_layers  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "recurrent.md")
 PREDICTION_RESULTS = os.path.join(os.path.dirname(RESULTS), "prediction_network.md")
@@ -213,10 +213,10 @@ def _emitting_search(network):
 
 
 @njit
-def _predict_calls(calls, token, embedding, table, floats, indices, pointers, h, c, pre, one, buffers, pred_w,
-                   pred_b, projected):
+def _predict_calls(calls, token, embedding, table, floats, indices, pointers, h, c, pred_w, pred_b, projected):
     """``calls`` prediction-network steps of ``token`` in compiled code, as greedy search's loop makes them
     (its ``_predict``: every layer, then the joint's prediction projection) without the joint and the argmax."""
+    pre, buffers, one = _prediction_scratch(embedding, table)
     for _ in range(calls):
         _predict(token, embedding, table, floats, indices, pointers, h, c, pre, one, buffers, pred_w, pred_b,
                  projected)
@@ -225,13 +225,11 @@ def _predict_calls(calls, token, embedding, table, floats, indices, pointers, h,
 def _compiled_steps(network):
     """A function making COMPILED_CALLS steps of ``network`` through _predict_calls (a joint of 4 units)."""
     layers = network.layers
-    widest = max([network.embedding.shape[1]] + [max(layer.width, layer.hidden) for layer in layers])
     h = np.zeros(sum(layer.width for layer in layers), np.float32)
     c = np.zeros(sum(layer.hidden for layer in layers), np.float32)
-    scratch = (np.empty(4 * widest, np.float32), np.ones(1, np.int64), np.empty((2, widest), np.float32),
-               np.zeros((network.width, 4), np.float32), np.zeros(4, np.float32), np.empty(4, np.float32))
+    joint = np.zeros((network.width, 4), np.float32), np.zeros(4, np.float32), np.empty(4, np.float32)
     packed = pack_layers(layers)
-    return lambda: _predict_calls(COMPILED_CALLS, 7, network.embedding, *packed, h, c, *scratch)
+    return lambda: _predict_calls(COMPILED_CALLS, 7, network.embedding, *packed, h, c, *joint)
 
 
 def measure_prediction(min_seconds):

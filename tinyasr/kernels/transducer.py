@@ -109,6 +109,15 @@ def _layer_step(layer, x, table, floats, indices, pointers, h, c, pre, one, outp
                    output[:width].reshape(1, 1, width))
 
 
+@njit(inline="always")
+def _prediction_scratch(embedding, table):
+    """(pre, buffers, one): the scratch :func:`_predict` takes for an embedding and these packed layers."""
+    widest = embedding.shape[1]
+    for layer in range(table.shape[0]):
+        widest = max(widest, table[layer, _WIDTH], table[layer, _HIDDEN])
+    return np.empty(4 * widest, np.float32), np.empty((2, widest), np.float32), np.ones(1, np.int64)
+
+
 @njit(inline="always", fastmath={"contract"})
 def _predict(token, embedding, table, floats, indices, pointers, h, c, pre, one, buffers, pred_w, pred_b,
              projected):
@@ -191,12 +200,7 @@ def greedy_frames(frames, frame, max_symbols, blank, durations, embedding, table
     classes = out_b.shape[0] - durations.shape[0]  # token classes: the outputs before the durations'
     joint_hidden = np.empty(frames.shape[1], np.float32)
     logits = np.empty(out_b.shape[0], np.float32)
-    widest = embedding.shape[1]
-    for layer in range(table.shape[0]):
-        widest = max(widest, table[layer, _WIDTH], table[layer, _HIDDEN])
-    pre = np.empty(4 * widest, np.float32)
-    buffers = np.empty((2, widest), np.float32)
-    one = np.ones(1, np.int64)
+    pre, buffers, one = _prediction_scratch(embedding, table)
     count = 0
     while frame < frames.shape[0]:
         current = frames[frame]
