@@ -531,7 +531,7 @@ def test_every_tile_shape_matches_numpy(name, cin, cout, frames):
 
 def test_tile_choice_is_measured_once_and_cached(tmp_path, monkeypatch):
     """tuning.fastest times the candidates once, keeps the fastest in its file, and reads it back (a damaged file
-    is measured again) -- a second process on the same CPU does not measure."""
+    is measured again, as is a changed kernel source) -- a second process on the same CPU does not measure."""
     from tinyasr.kernels import tuning
 
     calls = {"slow": 0, "fast": 0}
@@ -553,6 +553,9 @@ def test_tile_choice_is_measured_once_and_cached(tmp_path, monkeypatch):
     (tmp_path / tuning.CACHE_FILE).write_text("{not json")
     monkeypatch.setattr(tuning, "_chosen", {})
     assert tuning.fastest("family", candidates, tmp_path) == "fast" and calls["slow"] == 2 * (tuning.ROUNDS * tuning.CALLS + 1)
+    monkeypatch.setattr(tuning, "_chosen", {})  # the kernels' source changed: measured again
+    assert tuning.fastest("family", candidates, tmp_path, "edited") == "fast"
+    assert calls["slow"] == 3 * (tuning.ROUNDS * tuning.CALLS + 1)
     assert tuning.fastest("family", candidates, None) == "fast"  # no folder: remembered in the process
 
 

@@ -172,7 +172,7 @@ def _product_in_kernel(shape) -> bool:
 
     family = f"rel_position_product heads={heads} d={depth} T={frames}"
     return tuning.fastest(family, {"blas": blas, "kernel": kernel},
-                          tuning.cache_folder(rel_position_product_softmax_rows)) == "kernel"
+                          *tuning.cache_of(rel_position_product_softmax_rows)) == "kernel"
 
 
 def rel_position_softmax_reference(content, position, keep, scale, masked) -> np.ndarray:

@@ -193,7 +193,7 @@ def _fastest_tiles(frames: int):
         return lambda: kernel.serial(tiles_of(x, kernel.width), w, NO_BIAS, NO_RESIDUAL, y, 0, 0.0, 0.0)
 
     name = tuning.fastest(f"pointwise_tiles T={frames}", {name: run(kernel) for name, kernel in TILE_KERNELS.items()},
-                          tuning.cache_folder(next(iter(TILE_KERNELS.values())).serial))
+                          *tuning.cache_of(next(iter(TILE_KERNELS.values())).serial))
     return TILE_KERNELS[name]
 
 
@@ -211,7 +211,7 @@ def _blas_beats_tiles(frames: int) -> bool:
         epilogue_rows.serial(y, bias, NO_RESIDUAL, RELU, 0.0, 0.0)
 
     family = f"pointwise_tiles or blas T={frames}"
-    return tuning.fastest(family, {"tiles": tiles, "blas": blas}, tuning.cache_folder(kernel.serial)) == "blas"
+    return tuning.fastest(family, {"tiles": tiles, "blas": blas}, *tuning.cache_of(kernel.serial)) == "blas"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,5 +368,5 @@ def _fastest_narrow(frames: int):
     candidates = {name: run(kernel) for name, kernel in NARROW_KERNELS.items()}
     candidates["blas"] = blas
     name = tuning.fastest(f"pointwise_narrow T={frames}", candidates,
-                          tuning.cache_folder(NARROW_KERNELS["4rows"].serial))
+                          *tuning.cache_of(NARROW_KERNELS["4rows"].serial))
     return NARROW_KERNELS.get(name)

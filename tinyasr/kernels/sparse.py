@@ -12,8 +12,14 @@ op's semantics (see conv1d.py).  What makes sparsity pay (notes: ../shared/resea
   time loop unrolls into registers; the last, shorter tile takes the same code with a runtime width;
 * BSR blocks of 4k x 1 (4 output rows share a column): 4 rows are accumulated at once,
   one x load serves 4 multiply-adds, one index load 4 weights;
-* work items are (batch, tile, row or 4-row strip), tile-major: the x tile (width frames x Cin) stays in L2
-  while all rows use it, and the epilogue runs on each row tile while it is in L1.
+* CSR work items are (batch, tile, part of the rows), tile-major: the item copies its tile's frames of x into a
+  contiguous [Cin, width] scratch first, which stays in L2 while all its rows gather from it.  Read in place,
+  each gathered segment of x lies on its own page (rows are T frames apart): 512 pages per tile at Cin = 512,
+  past the first-level TLB, and the gathers ran 1.1-1.7x slower (benchmarks/results/sparse_packing.md).
+  What is left is the gather's traffic from L2: 52 non-zeros per row, 64 frames, Zen 3: 6.4 cycles per
+  non-zero with the tile in L1 (Cin 64), 8.8 at Cin 256, 10.7 at Cin 512, against 4 for its 8 FMAs;
+* BSR work items are (batch, tile, 4-row strip), reading x in place (see _bsr_kernel); both kernels apply
+  the epilogue to each row tile while it is in L1.
 
 Transformer blocks keep activations time-major, x [frames, K] (a row per frame), and multiply by a stored
 W [K, N] (MatMul, then a bias Add).  ``matmul_time_major`` runs a CSR / BSR W there with the same row tile:
@@ -35,6 +41,7 @@ from __future__ import annotations
 
 import functools
 
+import numba
 import numpy as np
 from numba import carray, njit, types
 
@@ -76,25 +83,25 @@ def _signature():
 
 
 @njit(inline="always", fastmath={"contract"})
-def _csr_row_tile(acc, x, values, indices, indptr, row, t0, n, pairs):
-    """acc[:n] = sum over the non-zeros j of ``row`` of values[j, 0, 0] * x[indices[j], t0:t0+n], four per pass.
+def _csr_row_tile(acc, x, values, indices, indptr, row, n, pairs):
+    """acc[:n] = sum over the non-zeros j of ``row`` of values[j, 0, 0] * x[indices[j], :n], four per pass.
 
     ``pairs`` (a compile-time constant) sums each four as (v0 x0 + v1 x1) + (v2 x2 + v3 x3): 6 vector ops, two
     chains, for wide registers where a tile is too few vectors to hide the FMA latency; else one chain of 4
     fused multiply-adds per vector (Zen 3, AVX2, 64 frames = 8 chains: 1.1-1.25x faster).  Values, indices and
     x rows are read through pointers (element_pointer), not slices, whose index wrap-around and clamping
     doubled the instructions per pass (benchmarks/results/sparse_gathers.md)."""
-    frames = x.shape[1]
+    stride = x.shape[1]  # x is a [Cin, >= n] tile
     j, end = np.int64(indptr[row]), np.int64(indptr[row + 1])
     for t in range(n):
         acc[t] = 0.0
     while j + 4 <= end:
         v = carray(element_pointer(values, j), (4,))
         c = carray(element_pointer(indices, j), (4,))
-        x0 = carray(element_pointer(x, np.int64(c[0]) * frames + t0), (n,))
-        x1 = carray(element_pointer(x, np.int64(c[1]) * frames + t0), (n,))
-        x2 = carray(element_pointer(x, np.int64(c[2]) * frames + t0), (n,))
-        x3 = carray(element_pointer(x, np.int64(c[3]) * frames + t0), (n,))
+        x0 = carray(element_pointer(x, np.int64(c[0]) * stride), (n,))
+        x1 = carray(element_pointer(x, np.int64(c[1]) * stride), (n,))
+        x2 = carray(element_pointer(x, np.int64(c[2]) * stride), (n,))
+        x3 = carray(element_pointer(x, np.int64(c[3]) * stride), (n,))
         v0, v1, v2, v3 = v[0], v[1], v[2], v[3]
         if pairs:
             for t in range(n):
@@ -108,7 +115,7 @@ def _csr_row_tile(acc, x, values, indices, indptr, row, t0, n, pairs):
         j += 4
     while j < end:
         v0 = carray(element_pointer(values, j), (1,))[0]
-        x0 = carray(element_pointer(x, np.int64(carray(element_pointer(indices, j), (1,))[0]) * frames + t0), (n,))
+        x0 = carray(element_pointer(x, np.int64(carray(element_pointer(indices, j), (1,))[0]) * stride), (n,))
         for t in range(n):
             acc[t] += v0 * x0[t]
         j += 1
@@ -133,16 +140,76 @@ def _bsr_strip_tile(acc, x, values, indices, indptr, strip, t0, n):
         j += 1
 
 
-def _rows_kernel(rows_per_group: int, width: int, pairs: bool = False):
-    """The kernel factory for CSR (``rows_per_group`` 1) and BSR (4: a strip of 4 rows of a br x 1 block row),
-    on tiles of ``width`` frames (for CSR, ``pairs`` as in _csr_row_tile).
+@njit(inline="always")
+def _pack_tile(x, t0, n, x_tile):
+    """x_tile[c, :n] = x[c, t0:t0+n] for every input channel c: the tile's frames made contiguous."""
+    frames, width = x.shape[1], x_tile.shape[1]
+    for c in range(x.shape[0]):
+        source = carray(element_pointer(x, c * frames + t0), (n,))
+        target = carray(element_pointer(x_tile, c * width), (n,))
+        for t in range(n):
+            target[t] = source[t]
 
-    ``rows_per_group`` is a closure constant, so each kernel is compiled with only its own path (one kernel
-    branching on the encoding at run time ran CSR 1.3x slower) and the two stay apart in Numba's cache.
-    Work items are (batch, tile, row group), tile-major.  The epilogue y = act((acc + bias) + residual) is
-    applied while copying out of the accumulator, written out here: moving it into a helper or calling the
-    epilogue's finish_row (any call, even one never taken, e.g. a libm exp) made the kernel 1.2-2x slower.
-    So only "" / Relu / Clip are applied here; spmm applies Sigmoid / Tanh in a second pass.
+
+def _csr_kernel(width: int, pairs: bool = False):
+    """The CSR kernel factory on tiles of ``width`` frames (``pairs`` as in _csr_row_tile).
+
+    Work items are (batch, tile, part of the rows), tile-major; an item first copies its tile's frames of x
+    into a contiguous [Cin, width] scratch (_pack_tile) unless x has one tile only.  The rows of x are T
+    frames apart, so the gathered segments of one tile are each on their own page: at Cin = 512 a tile's
+    non-zeros touch 512 pages, past the first-level TLB; the packed tile is 32 pages (width 64).  The copy is
+    Cin x width floats per tile against nnz x width multiply-adds (benchmarks/results/sparse_packing.md).
+    The epilogue y = act((acc + bias) + residual) is applied while copying out of the accumulator (store_tile,
+    inlined: calling the epilogue's finish_row, even a branch of it never taken, made the kernel 1.2-2x
+    slower), so only "" / Relu / Clip are applied here; spmm applies Sigmoid / Tanh in a second pass.
+    """
+
+    def make(loop):
+        parallel = loop is not range
+
+        def kernel(x, values, indices, indptr, bias, residual, y, act, lo, hi):
+            batch, inputs, frames = x.shape
+            rows = y.shape[1]
+            tiles = (frames + width - 1) // width
+            # Rows split in parts when there are too few tiles for two work items per thread.
+            parts = min(max(rows, 1), -(-2 * numba.get_num_threads() // (batch * tiles))) if parallel else 1
+            rows_per_part = -(-rows // parts)
+            has_bias, add_residual = bias.shape[0] > 0, residual.size > 0
+            for item in loop(batch * tiles * parts):
+                part = item % parts
+                b = item // (parts * tiles)
+                t0 = (item // parts - b * tiles) * width
+                n = min(width, frames - t0)
+                # One gather path for both sources: with the gathers inlined twice (from x and from the tile)
+                # LLVM no longer kept the accumulators in registers.
+                if tiles == 1:  # x's rows are the tile's rows already
+                    source = carray(element_pointer(x, b * inputs * frames), (inputs, frames))
+                else:
+                    source = np.empty((inputs, width), np.float32)
+                    if n == width:
+                        _pack_tile(x[b], t0, width, source)
+                    else:
+                        _pack_tile(x[b], t0, n, source)
+                acc = carray(stack_buffer(width), (width,))
+                for row in range(part * rows_per_part, min(rows, (part + 1) * rows_per_part)):
+                    if n == width:  # constant width: the tile lives in registers
+                        _csr_row_tile(acc, source, values, indices, indptr, row, width, pairs)
+                    else:
+                        _csr_row_tile(acc, source, values, indices, indptr, row, n, pairs)
+                    store_tile(y, acc, n, b, row, 1, t0, n, bias, has_bias, residual, add_residual, act, lo, hi)
+
+        return kernel
+
+    make.__name__ = make.__qualname__ = "csr_rows"
+    return serial_and_parallel(_signature(), fastmath={"contract"})(make)
+
+
+def _bsr_kernel(width: int):
+    """The BSR kernel factory (blocks of br x 1, br = 4k) on tiles of ``width`` frames: strips of 4 rows.
+
+    Work items are (batch, tile, strip), tile-major, and x is read in place: reading a packed tile as
+    _csr_kernel does, LLVM no longer kept the strip's accumulators in registers (it stored all of them on
+    every block, Zen 3: 1.2-1.6x slower).  The epilogue as in _csr_kernel.
     """
 
     strip_size = 4 * width  # stack_buffer needs a compile-time constant
@@ -150,30 +217,24 @@ def _rows_kernel(rows_per_group: int, width: int, pairs: bool = False):
     def make(loop):
         def kernel(x, values, indices, indptr, bias, residual, y, act, lo, hi):
             batch, frames = x.shape[0], x.shape[2]
-            groups = y.shape[1] // rows_per_group
+            strips = y.shape[1] // 4
             tiles = (frames + width - 1) // width
             has_bias, add_residual = bias.shape[0] > 0, residual.size > 0
-            for item in loop(batch * tiles * groups):
+            for item in loop(batch * tiles * strips):
                 acc = carray(stack_buffer(strip_size), (strip_size,))
-                group = item % groups
-                b = item // (groups * tiles)
-                t0 = (item // groups - b * tiles) * width
+                strip = item % strips
+                b = item // (strips * tiles)
+                t0 = (item // strips - b * tiles) * width
                 n = min(width, frames - t0)
-                if rows_per_group == 1:
-                    if n == width:  # constant width: the tile lives in registers
-                        _csr_row_tile(acc, x[b], values, indices, indptr, group, t0, width, pairs)
-                    else:
-                        _csr_row_tile(acc, x[b], values, indices, indptr, group, t0, n, pairs)
-                elif n == width:
-                    _bsr_strip_tile(acc, x[b], values, indices, indptr, group, t0, width)
+                if n == width:  # constant width: the tile lives in registers
+                    _bsr_strip_tile(acc, x[b], values, indices, indptr, strip, t0, width)
                 else:
-                    _bsr_strip_tile(acc, x[b], values, indices, indptr, group, t0, n)
-                store_tile(y, acc, n, b, group * rows_per_group, rows_per_group, t0, n, bias, has_bias, residual,
-                           add_residual, act, lo, hi)
+                    _bsr_strip_tile(acc, x[b], values, indices, indptr, strip, t0, n)
+                store_tile(y, acc, n, b, 4 * strip, 4, t0, n, bias, has_bias, residual, add_residual, act, lo, hi)
 
         return kernel
 
-    make.__name__ = make.__qualname__ = "csr_rows" if rows_per_group == 1 else "bsr_rows"
+    make.__name__ = make.__qualname__ = "bsr_rows"
     return serial_and_parallel(_signature(), fastmath={"contract"})(make)
 
 
@@ -182,10 +243,10 @@ def _rows_kernel(rows_per_group: int, width: int, pairs: bool = False):
 # values [nnz, 1, 1] (a free reshape of the CSR values); indptr and indices were validated at load.
 # BSR: the same for blocks of br x 1, br a multiple of 4: values [nblocks, br, 1], indptr [rows/br + 1]; a strip
 # of 4 rows x width frames must fit the registers: 4x64 is 16 AVX-512 registers but 32 AVX2 ones (spills).
-# Measured on Zen 3 (AVX2), 512x512 at 90 %, T = 1000, speed-up over the dense kernel: CSR pairs64 2.9, chain64
-# 3.6, chain128 3.0; BSR 4x1 width 32 4.2, width 64 3.8.
-CSR_KERNELS = {"pairs64": _rows_kernel(1, 64, True), "chain64": _rows_kernel(1, 64), "chain128": _rows_kernel(1, 128)}
-BSR_KERNELS = {"4x32": _rows_kernel(4, 32), "4x64": _rows_kernel(4, 64)}
+# Measured on Zen 3 (AVX2), 512x512 at 90 %, T = 1000, speed-up over numpy's BLAS: CSR chain64 3.8-3.9 (2.9-3.6
+# before the tile was packed), BSR 4x1 width 32 4.2, width 64 3.8.
+CSR_KERNELS = {"pairs64": _csr_kernel(64, True), "chain64": _csr_kernel(64), "chain128": _csr_kernel(128)}
+BSR_KERNELS = {"4x32": _bsr_kernel(32), "4x64": _bsr_kernel(64)}
 CALIBRATION = (256, 256, 384, 0.9)  # rows, columns, T (whole tiles for every width), sparsity of the timing problem
 
 
@@ -209,7 +270,7 @@ def fastest_kernel(kind: str):
         return lambda: kernel.serial(x, values, indices, indptr, NO_BIAS, NO_RESIDUAL, y, 0, 0.0, 0.0)
 
     name = tuning.fastest(f"spmm {kind}", {name: run(kernel) for name, kernel in kernels.items()},
-                          tuning.cache_folder(next(iter(kernels.values())).serial))
+                          *tuning.cache_of(next(iter(kernels.values())).serial))
     return kernels[name]
 
 
@@ -279,9 +340,9 @@ def _time_major_kernel(width: int, pairs: bool = False):
                     for q in range(columns):
                         acc_q = acc[q]
                         if n == width:  # constant width: the tile lives in registers
-                            _csr_row_tile(acc_q, x_tile, values, indices, indptr, c0 + q, 0, width, pairs)
+                            _csr_row_tile(acc_q, x_tile, values, indices, indptr, c0 + q, width, pairs)
                         else:
-                            _csr_row_tile(acc_q, x_tile, values, indices, indptr, c0 + q, 0, n, pairs)
+                            _csr_row_tile(acc_q, x_tile, values, indices, indptr, c0 + q, n, pairs)
                         if has_bias:
                             bias_q = bias[c0 + q]
                             for t in range(n):
@@ -315,7 +376,7 @@ def fastest_time_major_kernel():
 
     kernels = TIME_MAJOR_KERNELS
     name = tuning.fastest("spmm time-major csr", {name: run(kernel) for name, kernel in kernels.items()},
-                          tuning.cache_folder(next(iter(kernels.values())).serial))
+                          *tuning.cache_of(next(iter(kernels.values())).serial))
     return kernels[name]
 
 

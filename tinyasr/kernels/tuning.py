@@ -4,7 +4,8 @@ LLVM picks the vector width, but how many accumulators fit in registers is the C
 dense tile is 16 AVX-512 registers and ran at 1.0x onnxruntime on Zen 5, yet needs 32 AVX2 registers, spills
 on every step and ran at 0.36x on Zen 3.  So each tiled kernel family has a few compiled candidates; the
 first call in a process times them on one small problem (a few ms once their builds are cached) and
-remembers the fastest per host CPU in ``tinyasr-tuning.json`` in the family's Numba cache folder.  The dense
+remembers the fastest per host CPU and per version of the kernels' source file in ``tinyasr-tuning.json`` in
+the family's Numba cache folder (a changed kernel is measured again, as Numba recompiles it).  The dense
 tile shapes sum in the same order, so that choice changes speed only; the CSR variants (and the few-frame
 kernel against BLAS) differ by float32 rounding.  Each variant gives the same result at any thread count.
 On a busy machine a choice can be wrong by the noise (the variants measured here were within 10-20 % of
@@ -13,12 +14,13 @@ each other where that happened): delete the file to measure again.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import time
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 CACHE_FILE = "tinyasr-tuning.json"
 ROUNDS = 7  # candidates are timed in turn, this many rounds of CALLS calls, each keeping its best (a busy machine)
@@ -39,10 +41,19 @@ def choices() -> Dict[str, str]:
     return dict(_chosen)
 
 
-def cache_folder(dispatcher) -> Optional[Path]:
-    """The folder where Numba caches ``dispatcher``'s builds (beside the module, or Numba's fallback), or None."""
+def cache_of(dispatcher) -> Tuple[Optional[Path], str]:
+    """(the folder where Numba caches ``dispatcher``'s builds (beside the module, or Numba's fallback) or None,
+    a digest of the source file it was compiled from): the last two arguments of ``fastest``."""
     folder = getattr(getattr(dispatcher, "_cache", None), "_cache_path", None)
-    return None if folder is None else Path(folder)
+    return None if folder is None else Path(folder), _file_digest(dispatcher.py_func.__code__.co_filename)
+
+
+@functools.cache
+def _file_digest(path: str) -> str:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+    except OSError:
+        return ""
 
 
 def _read(path: Path) -> dict:
@@ -78,16 +89,17 @@ def best_seconds(functions: Dict[str, Callable[[], None]], rounds: int, calls: i
     return best
 
 
-def fastest(family: str, candidates: Dict[str, Callable[[], None]], cache_dir: Optional[Path]) -> str:
+def fastest(family: str, candidates: Dict[str, Callable[[], None]], cache_dir: Optional[Path], source: str = "") -> str:
     """The name of the fastest of ``candidates`` (name -> a call that runs it once) for ``family`` on this CPU.
 
-    Measured once per CPU (thread CPU time, the best of ROUNDS x CALLS calls each, rounds interleaved), then read from
-    cache_dir / CACHE_FILE, or from memory for the rest of the process.
+    Measured once per CPU and ``source`` (the kernels' version: cache_of), thread CPU time, the best of ROUNDS x
+    CALLS calls each, rounds interleaved; then read from cache_dir / CACHE_FILE, or from memory for the rest of
+    the process.
     """
     if family in _chosen:
         return _chosen[family]
     path = cache_dir / CACHE_FILE if cache_dir is not None else None
-    key = f"{family} {sorted(candidates)} {host_key()}"
+    key = f"{family} {sorted(candidates)} {host_key()} {source}".rstrip()
     entries = _read(path) if path is not None else {}
     choice = entries.get(key)
     if choice not in candidates:
