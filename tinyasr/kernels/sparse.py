@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import functools
 
-import numba
 import numpy as np
 from numba import carray, njit, types
 
@@ -67,14 +66,15 @@ from tinyasr.kernels.pointwise import strip_update
 RELU, CLIP = ACTIVATIONS["Relu"], ACTIVATIONS["Clip"]  # applied in the kernels; others after them
 
 
-def _signature():
-    """(x, values, indices, indptr, bias, residual, y, act, lo, hi).  Inputs are typed read-only (weights are
+def _signature(*extra):
+    """(x, values, indices, indptr, bias, residual, y, act, lo, hi, *extra).  Inputs are typed read-only (weights are
     views of the read-only memory map; writable arrays are accepted too).  uint16 column indices only, so the
     kernel compiles once per build (matrices over 65535 columns store int32 indices and run dense)."""
     readonly = [types.Array(dtype, ndim, "C", readonly=True) for dtype, ndim in (
         (types.float32, 3), (types.float32, 3), (types.uint16, 1), (types.int32, 1), (types.float32, 1),
         (types.float32, 3))]
-    return types.void(*readonly, types.Array(types.float32, 3, "C"), types.int64, types.float32, types.float32)
+    return types.void(*readonly, types.Array(types.float32, 3, "C"), types.int64, types.float32, types.float32,
+                      *extra)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,8 +154,9 @@ def _pack_tile(x, t0, n, x_tile):
 def _csr_kernel(width: int, pairs: bool = False):
     """The CSR kernel factory on tiles of ``width`` frames (``pairs`` as in _csr_row_tile).
 
-    Work items are (batch, tile, part of the rows), tile-major; an item first copies its tile's frames of x
-    into a contiguous [Cin, width] scratch (_pack_tile) unless x has one tile only.  The rows of x are T
+    Work items are (batch, tile, part of the rows), tile-major, the rows split in ``parts`` (the last argument,
+    row_parts: more than 1 only where there are too few tiles for every thread); an item first copies its tile's
+    frames of x into a contiguous [Cin, width] scratch (_pack_tile) unless x has one tile only.  The rows of x are T
     frames apart, so the gathered segments of one tile are each on their own page: at Cin = 512 a tile's
     non-zeros touch 512 pages, past the first-level TLB; the packed tile is 32 pages (width 64).  The copy is
     Cin x width floats per tile against nnz x width multiply-adds (benchmarks/results/sparse_packing.md).
@@ -165,15 +166,11 @@ def _csr_kernel(width: int, pairs: bool = False):
     """
 
     def make(loop):
-        parallel = loop is not range
-
-        def kernel(x, values, indices, indptr, bias, residual, y, act, lo, hi):
+        def kernel(x, values, indices, indptr, bias, residual, y, act, lo, hi, parts):
             batch, inputs, frames = x.shape
             rows = y.shape[1]
             tiles = (frames + width - 1) // width
-            # Rows split in parts when there are too few tiles for two work items per thread.
-            parts = min(max(rows, 1), -(-2 * numba.get_num_threads() // (batch * tiles))) if parallel else 1
-            rows_per_part = -(-rows // parts)
+            rows_per_part = -(-rows // max(parts, 1))
             has_bias, add_residual = bias.shape[0] > 0, residual.size > 0
             for item in loop(batch * tiles * parts):
                 part = item % parts
@@ -201,7 +198,9 @@ def _csr_kernel(width: int, pairs: bool = False):
         return kernel
 
     make.__name__ = make.__qualname__ = "csr_rows"
-    return serial_and_parallel(_signature(), fastmath={"contract"})(make)
+    kernel = serial_and_parallel(_signature(types.int64), fastmath={"contract"})(make)
+    kernel.width = width
+    return kernel
 
 
 def _bsr_kernel(width: int):
@@ -250,6 +249,12 @@ BSR_KERNELS = {"4x32": _bsr_kernel(32), "4x64": _bsr_kernel(64)}
 CALIBRATION = (256, 256, 384, 0.9)  # rows, columns, T (whole tiles for every width), sparsity of the timing problem
 
 
+def row_parts(batch: int, frames: int, rows: int, width: int, workers: int) -> int:
+    """The CSR kernels' ``parts``: rows split so that there are two work items per worker, 1 if the tiles suffice."""
+    tiles = max(1, batch * -(-frames // width))
+    return max(1, min(rows, -(-2 * workers // tiles))) if workers > 1 else 1
+
+
 @functools.cache
 def fastest_kernel(kind: str):
     """The CSR ("csr") or BSR ("bsr", 4x1 blocks) kernel measured fastest on this CPU (tuning.fastest)."""
@@ -267,7 +272,8 @@ def fastest_kernel(kind: str):
     y = np.empty((1, rows, frames), np.float32)
 
     def run(kernel):
-        return lambda: kernel.serial(x, values, indices, indptr, NO_BIAS, NO_RESIDUAL, y, 0, 0.0, 0.0)
+        extra = (1,) if kind == "csr" else ()  # one part: the serial build
+        return lambda: kernel.serial(x, values, indices, indptr, NO_BIAS, NO_RESIDUAL, y, 0, 0.0, 0.0, *extra)
 
     name = tuning.fastest(f"spmm {kind}", {name: run(kernel) for name, kernel in kernels.items()},
                           *tuning.cache_of(next(iter(kernels.values())).serial))
@@ -428,9 +434,11 @@ def spmm(weight, x, bias=None, residual=None, activation="", activation_params=(
     fused = act in (0, RELU, CLIP)
     if isinstance(weight, CSRMatrix):
         kernel, values = fastest_kernel("csr"), weight.values.reshape(-1, 1, 1)
+        workers = 1 if threads.serial_only(work) else threads.get_num_threads()
+        extra = (row_parts(shape[0], shape[2], rows, kernel.width, workers),)
     else:
-        kernel, values = fastest_kernel("bsr"), weight.values
-    kernel(work, x, values, weight.indices, weight.indptr, bias, residual, out, act if fused else 0, lo, hi)
+        kernel, values, extra = fastest_kernel("bsr"), weight.values, ()
+    kernel(work, x, values, weight.indices, weight.indptr, bias, residual, out, act if fused else 0, lo, hi, *extra)
     if not fused:
         bias_act(out, activation=activation, params=activation_params)
     return out
