@@ -13,7 +13,7 @@ from tinyasr.engine import threads
 from tinyasr.errors import GraphError
 from tinyasr.kernels.conv1d import conv1d_reference
 from tinyasr.kernels.epilogue import activate_reference
-from tinyasr.kernels.sparse import (BSR_KERNELS, CSR_KERNELS, conv1d_any, kernel_matrix, linear, spmm,
+from tinyasr.kernels.sparse import (BSR_KERNELS, CSR_KERNELS, conv1d_any, kernel_matrix, linear, row_parts, spmm,
                                    spmm_reference)
 from tinyasr.format.encodings.sparse import BSRMatrix, CSRMatrix, Int8Matrix, bsr_arrays, csr_arrays, int8_arrays
 
@@ -129,6 +129,15 @@ def test_every_kernel_variant_matches_dense(name, rows, columns, frames, density
         build(x, values, matrix.indices, matrix.indptr, bias, residual, y, 1, np.float32(0), np.float32(0), *extra)
     np.testing.assert_array_equal(ys[0], ys[1])
     assert_close(ys[0], weight, x, dense_reference(weight, x, bias, residual, "Relu"), bias, residual)
+
+
+def test_row_parts_give_every_worker_two_items():
+    """The CSR kernels split the rows only where the tiles are fewer than two per worker."""
+    assert row_parts(1, 1000, 256, 64, 1) == 1  # one worker: never split
+    assert row_parts(1, 1000, 256, 64, 2) == 1  # 16 tiles for 2 workers
+    assert row_parts(1, 64, 256, 64, 2) == 4  # one tile: 4 parts of 64 rows
+    assert row_parts(2, 100, 256, 64, 4) == 2  # 4 tiles, 8 items wanted
+    assert row_parts(1, 8, 3, 64, 8) == 3  # never more parts than rows
 
 
 def test_reference_and_out_buffer():

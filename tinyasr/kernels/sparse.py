@@ -15,7 +15,7 @@ op's semantics (see conv1d.py).  What makes sparsity pay (notes: ../shared/resea
 * CSR work items are (batch, tile, part of the rows), tile-major: the item copies its tile's frames of x into a
   contiguous [Cin, width] scratch first, which stays in L2 while all its rows gather from it.  Read in place,
   each gathered segment of x lies on its own page (rows are T frames apart): 512 pages per tile at Cin = 512,
-  past the first-level TLB, and the gathers ran 1.1-1.7x slower (benchmarks/results/sparse_packing.md).
+  past the first-level TLB, and the gathers ran 1.1-1.6x slower at T = 1000 (benchmarks/results/sparse_packing.md).
   What is left is the gather's traffic from L2: 52 non-zeros per row, 64 frames, Zen 3: 6.4 cycles per
   non-zero with the tile in L1 (Cin 64), 8.8 at Cin 256, 10.7 at Cin 512, against 4 for its 8 FMAs;
 * BSR work items are (batch, tile, 4-row strip), reading x in place (see _bsr_kernel); both kernels apply
@@ -170,7 +170,8 @@ def _csr_kernel(width: int, pairs: bool = False):
             batch, inputs, frames = x.shape
             rows = y.shape[1]
             tiles = (frames + width - 1) // width
-            rows_per_part = -(-rows // max(parts, 1))
+            parts = max(parts, 1)
+            rows_per_part = -(-rows // parts)
             has_bias, add_residual = bias.shape[0] > 0, residual.size > 0
             for item in loop(batch * tiles * parts):
                 part = item % parts
@@ -206,9 +207,10 @@ def _csr_kernel(width: int, pairs: bool = False):
 def _bsr_kernel(width: int):
     """The BSR kernel factory (blocks of br x 1, br = 4k) on tiles of ``width`` frames: strips of 4 rows.
 
-    Work items are (batch, tile, strip), tile-major, and x is read in place: reading a packed tile as
-    _csr_kernel does, LLVM no longer kept the strip's accumulators in registers (it stored all of them on
-    every block, Zen 3: 1.2-1.6x slower).  The epilogue as in _csr_kernel.
+    Work items are (batch, tile, strip), tile-major, and x is read in place: reading a tile packed in the work
+    item as _csr_kernel does, LLVM no longer kept the strip's accumulators in registers (it stored all of them
+    on every block, Zen 3: 2.2-2.7x slower); with the packed tile passed in as an argument they stayed, and it
+    ran no faster (0.9-1.1x).  The epilogue as in _csr_kernel.
     """
 
     strip_size = 4 * width  # stack_buffer needs a compile-time constant
@@ -242,8 +244,9 @@ def _bsr_kernel(width: int):
 # values [nnz, 1, 1] (a free reshape of the CSR values); indptr and indices were validated at load.
 # BSR: the same for blocks of br x 1, br a multiple of 4: values [nblocks, br, 1], indptr [rows/br + 1]; a strip
 # of 4 rows x width frames must fit the registers: 4x64 is 16 AVX-512 registers but 32 AVX2 ones (spills).
-# Measured on Zen 3 (AVX2), 512x512 at 90 %, T = 1000, speed-up over numpy's BLAS: CSR chain64 3.8-3.9 (2.9-3.6
-# before the tile was packed), BSR 4x1 width 32 4.2, width 64 3.8.
+# Measured on Zen 3 (AVX2), 512x512 at 90 %, T = 1000: CSR chain64 3.6-3.9x numpy's BLAS (what conv1d runs there on
+# this CPU) with the packed tile; before it, over the dense tile kernel, CSR pairs64 2.9, chain64 3.6, chain128 3.0,
+# BSR 4x1 width 32 4.2, width 64 3.8 (2026-12-05).
 CSR_KERNELS = {"pairs64": _csr_kernel(64, True), "chain64": _csr_kernel(64), "chain128": _csr_kernel(128)}
 BSR_KERNELS = {"4x32": _bsr_kernel(32), "4x64": _bsr_kernel(64)}
 CALIBRATION = (256, 256, 384, 0.9)  # rows, columns, T (whole tiles for every width), sparsity of the timing problem
