@@ -809,3 +809,108 @@ def test_stream_command_takes_the_decoding_options(capsys):
         assert _stream_command(["--input", sample, *options]) == 0
         texts.append(capsys.readouterr().out.split("]", 1)[1].split())
     assert texts[0] == texts[1] and texts[2].count("four") > texts[1].count("four")
+
+
+# ---------------------------------------------------------------- runs of convs as one compiled program
+
+
+def separable_chain(channels: int, kernel: int, stride: int, dilation: int, causal: bool, batch: int = 1,
+                    seed: int = 0) -> Model:
+    """Depthwise + pointwise convs only (what ops/conv_program.py compiles): a strided, dilated depthwise conv, a
+    pointwise conv adding a strided 1x1 residual branch, a causal depthwise conv, a pointwise conv to 7 classes,
+    with each activation the program applies."""
+    rng = np.random.default_rng(seed)
+    wide = channels + 3
+    tensors = {
+        "dw1": rng.standard_normal((channels, 1, kernel)).astype(np.float32),
+        "dw1.b": rng.standard_normal(channels).astype(np.float32),
+        "res": (rng.standard_normal((wide, channels, 1)) / np.sqrt(channels)).astype(np.float32),
+        "pw1": (rng.standard_normal((wide, channels, 1)) / np.sqrt(channels)).astype(np.float32),
+        "pw1.b": rng.standard_normal(wide).astype(np.float32),
+        "dw2": rng.standard_normal((wide, 1, 3)).astype(np.float32),
+        "pw2": (rng.standard_normal((7, wide, 1)) / np.sqrt(wide)).astype(np.float32),
+    }
+    span = dilation * (kernel - 1)
+    pads = [span, 0] if causal else [span // 2, span - span // 2]
+    nodes = [
+        Node("dw1", "Conv", ("x", "dw1", "dw1.b"), ("a",), {"group": channels, "strides": [stride],
+                                                             "dilations": [dilation], "pads": pads,
+                                                             "activation": "Relu"}),
+        Node("res", "Conv", ("x", "res"), ("r",), {"strides": [stride]}),
+        Node("pw1", "Conv", ("a", "pw1", "pw1.b", "r"), ("b",), {"activation": "Clip", "activation_params": [-1, 1]}),
+        Node("dw2", "Conv", ("b", "dw2"), ("c",), {"group": wide, "dilations": [2], "pads": [4, 0],
+                                                   "activation": "Tanh"}),
+        Node("pw2", "Conv", ("c", "pw2"), ("y",), {"activation": "Sigmoid"}),
+    ]
+    graph = Graph([ValueInfo("x", "float32", (batch, channels, "T"))], [ValueInfo("y", "float32", (batch, 7, "T2"))],
+                  nodes)
+    return Model(graph, tensors)
+
+
+def _stream(plan: StreamPlan, x: np.ndarray, cuts) -> np.ndarray:
+    stream = GraphStream(plan)
+    outputs = [stream.accept(piece) for piece in _split(x, cuts)] + [stream.finish()]
+    return np.concatenate([o["y"] for o in outputs if "y" in o], axis=2)
+
+
+@settings(max_examples=30, deadline=None)
+@given(channels=st.sampled_from([5, 16, 20, 37]), kernel=st.sampled_from([1, 2, 5, 9]), stride=st.integers(1, 3),
+       dilation=st.integers(1, 2), causal=st.booleans(), batch=st.integers(1, 2), frames=st.integers(1, 70),
+       cuts=st.lists(st.integers(0, 10**6), max_size=20))
+def test_a_run_of_convs_streams_as_one_program_equal_to_node_by_node_and_offline(channels, kernel, stride, dilation,
+                                                                                 causal, batch, frames, cuts):
+    """Channel counts around the program's 16-lane vectors, a stride longer than the kernel (frames no output
+    reads), a residual that arrives before the main path's first frame, every activation, batch items."""
+    model = separable_chain(channels, kernel, stride, dilation, causal, batch)
+    x = np.random.default_rng(frames).standard_normal((batch, channels, frames)).astype(np.float32)
+    plan = StreamPlan.from_model(model)
+    assert [type(s.step).__name__ for s in plan.steps] == ["ConvProgram"]
+    assert plan.steps[0].step.members == model.graph.nodes
+    reference = StreamPlan.from_model(model, fuse=False)
+    assert len(reference.steps) == 5
+    try:
+        expected = model.run({"x": x})["y"]
+    except GraphError:  # the input is shorter than a kernel: both streams must say so, naming the conv
+        for each in (plan, reference):
+            with pytest.raises(GraphError, match=r"node 'dw1' \(Conv\): the input is too short for kernel span"):
+                _stream(each, x, cuts)
+        return
+    got = _stream(plan, x, cuts)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=0, atol=2e-6)
+    np.testing.assert_allclose(got, _stream(reference, x, cuts), rtol=0, atol=2e-6)
+
+
+def test_a_conv_program_names_the_conv_that_gets_no_frames_or_the_wrong_shape():
+    plan = StreamPlan.from_model(separable_chain(16, 5, 1, 1, causal=True))
+    with pytest.raises(GraphError, match=r"node 'dw1' \(Conv\): received no frames"):
+        GraphStream(plan).finish()
+    stream = GraphStream(plan)
+    with pytest.raises(TinyASRError, match=r"node 'dw1' \(Conv\): input 'x': frames of shape \(1, 15, 4\), "
+                                           r"expected \[batch, 16, time\]"):
+        stream.accept(np.zeros((1, 15, 4), np.float32))
+    stream.accept(np.zeros((1, 16, 4), np.float32))
+    with pytest.raises(TinyASRError, match=r"node 'dw1' \(Conv\): .*after frames of batch 1"):
+        stream.accept(np.zeros((2, 16, 4), np.float32))
+
+
+def test_quartznet_streams_as_one_program(quartznet_like):
+    """The NeMo QuartzNet-like model: every conv in one program, its log-probabilities those of the node-by-node
+    stream and of the offline run."""
+    model = quartznet_like.model
+    plan, reference = StreamPlan.from_model(model), StreamPlan.from_model(model, fuse=False)
+    programs = [s.step for s in plan.steps if type(s.step).__name__ == "ConvProgram"]
+    convs = [n for n in model.graph.nodes if n.op == "Conv"]
+    assert len(programs) == 1 and programs[0].members == convs
+    name = plan.input.name
+    x = np.random.default_rng(3).standard_normal((1, int(plan.input.shape[1]), 157)).astype(np.float32)
+    output = plan.output_slots[0][0]
+    axis = dict(plan.outputs)[output].axis
+    results = []
+    for each in (plan, reference):
+        stream = GraphStream(each)
+        pieces = [stream.accept(p) for p in np.array_split(x, [8, 16, 40, 41, 100], axis=2)] + [stream.finish()]
+        results.append(np.concatenate([p[output] for p in pieces if output in p], axis=axis))
+    expected = model.run({name: x})[output]
+    np.testing.assert_allclose(results[0], expected, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(results[0], results[1], rtol=0, atol=1e-4)

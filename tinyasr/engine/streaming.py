@@ -50,7 +50,7 @@ class StreamPlan:
     one input is streamed along its last axis.
     """
 
-    def __init__(self, graph: Graph, tensors: Dict[str, Any], label: str = "model"):
+    def __init__(self, graph: Graph, tensors: Dict[str, Any], label: str = "model", fuse: bool = True):
         self.label = label
         if len(graph.inputs) != 1:
             raise GraphError(f"{label}: streaming needs a graph with one input (the signal); this one has "
@@ -82,6 +82,8 @@ class StreamPlan:
         fields = {s.field for _, s in self.outputs}
         self.receptive_field = ReceptiveField(max(f.left for f in fields), max(f.right for f in fields),
                                               max(f.stride for f in fields))
+        if fuse:
+            planned = _fused(planned, {v.name for v in graph.outputs})
         slots = SlotPlan([info.name], [node for node, _ in planned], constants)
         self.value_count = slots.count
         self.steps = [_Scheduled(node, step, tuple(s for s in slots.input_slots(node) if s >= 0),
@@ -89,9 +91,28 @@ class StreamPlan:
         self.output_slots = [(name, slots.slot_of[name]) for name, _ in self.outputs]
 
     @staticmethod
-    def from_model(model) -> "StreamPlan":
+    def from_model(model, fuse: bool = True) -> "StreamPlan":
         """The plan of a loaded runtime Model (its graph and stored tensors)."""
-        return StreamPlan(model.graph, dict(model.tensors), label=model.label)
+        return StreamPlan(model.graph, dict(model.tensors), label=model.label, fuse=fuse)
+
+
+def _fused(planned: List[Tuple[Node, StreamStep]], graph_outputs) -> List[Tuple[Node, StreamStep]]:
+    """The schedule with each run of consecutive steps that share a ``fuse`` replaced by the one step it returns
+    (a chain of convs becomes one compiled call per chunk: ops/conv_program.py)."""
+    result = []
+    start = 0
+    while start < len(planned):
+        fuse = planned[start][1].fuse
+        end = start + 1
+        while fuse is not None and end < len(planned) and planned[end][1].fuse is fuse:
+            end += 1
+        if fuse is None:
+            result.append(planned[start])
+        else:
+            read_after = {name for node, _ in planned[end:] for name in node.inputs}
+            result.append(fuse(planned[start:end], read_after | graph_outputs))
+        start = end
+    return result
 
 
 class GraphStream:
@@ -142,6 +163,6 @@ class GraphStream:
                     for j, slot in enumerate(scheduled.outputs):
                         values[slot] = results[j]
         except (GraphError, InputError) as exc:
-            node = scheduled.node
+            node = getattr(exc, "node", scheduled.node)  # a fused step names the member that failed
             raise type(exc)(f"{self.plan.label}: node {node.name!r} ({node.op}): {exc}") from None
         return {name: values[slot] for name, slot in self.plan.output_slots if values[slot] is not None}

@@ -19,6 +19,7 @@ from tinyasr.errors import GraphError, InputError
 from tinyasr.format.encodings.sparse import SPARSE_TYPES, as_dense
 from tinyasr.kernels.conv1d import SHORT_FRAMES, PreparedConv1d
 from tinyasr.ops.context import OpContext
+from tinyasr.ops.conv_program import conv_form, fuse
 from tinyasr.ops.streaming_rules import LeftContext, NodeStream, ReceptiveField, Stream, StreamStep, append_frames
 
 
@@ -139,6 +140,10 @@ class ConvStep(StreamStep):
         # a 1x1 conv at stride 1 without residual keeps nothing: each chunk's frames go straight to the kernel
         self.direct = (geometry.kernel_span == geometry.pad_left == geometry.pad_right == 0
                        and geometry.stride == 1 and not residual)
+        # what the compiled program (ops/conv_program.py) needs to run this conv with its neighbours, if it can
+        self.form = conv_form(self.prepared, geometry, residual)
+        if self.form is not None:
+            self.fuse = fuse
 
     def new_state(self) -> ConvState:
         return ConvState()

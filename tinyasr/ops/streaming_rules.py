@@ -57,7 +57,14 @@ class Stream:
 
 class StreamStep:
     """One node's work per chunk.  Built once per plan and shared by every stream of the model, so all that changes
-    between chunks lives in the state ``new_state`` returns (kept frames, a recurrent state ...)."""
+    between chunks lives in the state ``new_state`` returns (kept frames, a recurrent state ...).
+
+    ``fuse``: None, or a function that runs a run of consecutive steps with the same ``fuse`` as one:
+    ``fuse([(node, step), ...], keep)`` -> (a node standing for the run: its inputs the values entering it, its
+    outputs those in ``keep`` (read after it) that it makes; the run's step).  Errors it raises about one member
+    carry that member's node as ``exc.node``."""
+
+    fuse = None
 
     def new_state(self) -> Any:
         return None

@@ -1,0 +1,307 @@
+"""A chain of streamed 1-D convolutions run as one compiled call per chunk.
+
+At an 80 ms chunk a QuartzNet layer sees 4 frames.  Run node by node, each conv costs a Python step (keeping its
+window, choosing a kernel) and a Numba dispatch (unboxing ~10 arguments) of 15-25 us on Zen 3, against 1-20 us of
+arithmetic: per chunk the causal QuartzNet 5x5 stream cost 8x its offline compute and the digits model 9.6x
+(benchmarks/results/streaming_program.md).  Here the plan is a table, one row per conv (``STEP_COLUMNS``), and
+:func:`run_round` walks it inside one compiled function: it appends each conv's new input frames to the conv's
+window, computes the outputs whose kernel span (and residual frame) has arrived, and drops the frames no later
+output reads, as tinyasr/ops/conv_stream.py's ConvStep does for one node.
+
+Every buffer is time-major, [frames, channels]: a chunk's frames append as contiguous rows, and both kernels
+vectorise across channels, which at a few frames are the long axis:
+
+* depthwise: LANES channels x 4 frames of partial sums in registers, the taps added in order k = 0..K-1 with
+  fused multiply-adds (the offline depthwise kernels' order), the weight stored [K, C];
+* pointwise: pointwise.py's narrow kernel turned time-major: one weight row [Cin] streamed once per 4 frames,
+  LANES partial sums per frame, added up at the end (so results match BLAS to float32 rounding, not bitwise).
+
+Buffers live in one typed list (``buffers``) and grow inside the call when a chunk brings more frames than they
+hold; weights and biases (as [1, C] rows) in another, so the call unboxes two lists and two small arrays.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import carray, njit, types
+from numba.types import float32
+
+from tinyasr.kernels._compile import stack_buffer
+from tinyasr.kernels.epilogue import ACTIVATIONS, READ_2D
+
+DEPTHWISE, POINTWISE = 0, 1
+# The step table's columns: what the conv is, where it reads and writes (indices into ``buffers``, -1: none),
+# its weight and bias (indices into ``weights``, -1: none).  ``direct``: a pointwise conv at stride 1 with no
+# padding or residual reads its input buffer in place, keeping no window.
+STEP_COLUMNS = ("kind", "input", "residual", "output", "window", "pending", "weight", "bias", "channels_in",
+                "channels_out", "span", "stride", "dilation", "pad_left", "pad_right", "act", "direct")
+(KIND, INPUT, RESIDUAL, OUTPUT, WINDOW, PENDING, WEIGHT, BIAS, CHANNELS_IN, CHANNELS_OUT, SPAN, STRIDE, DILATION,
+ PAD_LEFT, PAD_RIGHT, ACT, DIRECT) = range(len(STEP_COLUMNS))
+# Each conv's state between chunks (one row per conv): its window's first kept row, kept rows, the padded frame
+# index of the first kept row, input frames no output reads still to come, outputs emitted, the pending
+# residual's first row and count, and whether any frame has arrived.
+STATE_COLUMNS = ("origin", "filled", "start", "skip", "emitted", "pending_origin", "pending_count", "started")
+ORIGIN, FILLED, START, SKIP, EMITTED, PENDING_ORIGIN, PENDING_COUNT, STARTED = range(len(STATE_COLUMNS))
+# run_round's answer: OK, or the failing step's index * 2 + one of these
+NO_FRAMES, TOO_SHORT = 0, 1
+OK = -1
+
+LANES = 16  # channels per vector step: two AVX2 / one AVX-512 / four NEON registers
+FRAMES = 4  # frames per pass over a weight row
+ACC = FRAMES * LANES  # partial sums, kept in registers
+_RELU, _SIGMOID, _TANH, _CLIP = (ACTIVATIONS[name] for name in ("Relu", "Sigmoid", "Tanh", "Clip"))
+
+BUFFER = types.Array(float32, 2, "C")
+BUFFERS = types.ListType(BUFFER)
+WEIGHTS = types.ListType(READ_2D)
+
+
+@njit(cache=True, inline="always")
+def _finish(value, bias, residual, act, lo, hi):
+    """act((value + bias) + residual), conv1d's epilogue order."""
+    value = (value + bias) + residual
+    if act == _RELU:
+        return max(value, np.float32(0.0))
+    if act == _SIGMOID:
+        return np.float32(1.0) / (np.float32(1.0) + np.exp(-value))
+    if act == _TANH:
+        return np.tanh(value)
+    if act == _CLIP:
+        return min(max(value, lo), hi)
+    return value
+
+
+@njit(cache=True, inline="always")
+def _store(acc, count, y, t0, c0, bias, has_bias, residual, residual_first, add_residual, act, lo, hi):
+    """Frames t0 .. t0 + count - 1, channels c0 .. c0 + LANES - 1 of y from the partial sums ``acc``, with the
+    epilogue; each branch outside its loop over the lanes, so each loop is a few vector instructions."""
+    for f in range(count):
+        y_row = y[t0 + f, c0:c0 + LANES]
+        for lane in range(LANES):
+            y_row[lane] = acc[f * LANES + lane]
+        if has_bias:
+            bias_row = bias[0, c0:c0 + LANES]
+            for lane in range(LANES):
+                y_row[lane] += bias_row[lane]
+        if add_residual:
+            residual_row = residual[residual_first + t0 + f, c0:c0 + LANES]
+            for lane in range(LANES):
+                y_row[lane] += residual_row[lane]
+        if act == _RELU:
+            for lane in range(LANES):
+                y_row[lane] = max(y_row[lane], np.float32(0.0))
+        elif act != 0:
+            for lane in range(LANES):
+                y_row[lane] = _finish(y_row[lane], np.float32(0.0), np.float32(0.0), act, lo, hi)
+
+
+@njit(cache=True, fastmath={"contract"})
+def depthwise_frames(x, first, stride, dilation, frames, w_t, bias, has_bias, residual, residual_first,
+                     add_residual, y, act, lo, hi):
+    """y[t, c] = act(sum_k w_t[k, c] * x[first + t * stride + k * dilation, c] + bias + residual) for t < frames.
+
+    x [rows, C] time-major, w_t [K, C]; y [>= frames, C]; residual rows from ``residual_first``."""
+    taps, channels = w_t.shape
+    vector_end = channels - channels % LANES
+    for t0 in range(0, frames, FRAMES):
+        # frames past the last repeat it (computed, not stored), so every read stays inside x's kept rows
+        b0 = first + t0 * stride
+        b1 = first + min(t0 + 1, frames - 1) * stride
+        b2 = first + min(t0 + 2, frames - 1) * stride
+        b3 = first + min(t0 + 3, frames - 1) * stride
+        count = min(FRAMES, frames - t0)
+        for c0 in range(0, vector_end, LANES):
+            acc = carray(stack_buffer(ACC), (ACC,))
+            for i in range(ACC):
+                acc[i] = 0.0
+            for k in range(taps):
+                u = w_t[k, c0:]
+                shift = k * dilation
+                p0, p1, p2, p3 = x[b0 + shift, c0:], x[b1 + shift, c0:], x[b2 + shift, c0:], x[b3 + shift, c0:]
+                for lane in range(LANES):  # acc[frame * LANES + lane]
+                    acc[lane] += u[lane] * p0[lane]
+                    acc[LANES + lane] += u[lane] * p1[lane]
+                    acc[2 * LANES + lane] += u[lane] * p2[lane]
+                    acc[3 * LANES + lane] += u[lane] * p3[lane]
+            _store(acc, count, y, t0, c0, bias, has_bias, residual, residual_first, add_residual, act, lo, hi)
+        for c in range(vector_end, channels):
+            for f in range(count):
+                base = (b0, b1, b2, b3)[f]
+                total = np.float32(0.0)
+                for k in range(taps):
+                    total += w_t[k, c] * x[base + k * dilation, c]
+                y[t0 + f, c] = _finish(total, bias[0, c] if has_bias else np.float32(0.0),
+                                       residual[residual_first + t0 + f, c] if add_residual else np.float32(0.0),
+                                       act, lo, hi)
+
+
+def pack_pointwise(weight: np.ndarray) -> np.ndarray:
+    """weight [Cout, Cin] as pointwise_frames reads it: [blocks * Cin, LANES], row ``block * Cin + c`` holding
+    w[block * LANES + lane, c] (Cout padded with zero rows to whole blocks), so each block of output channels
+    streams its weights from one contiguous strip (read as columns of [Cin, Cout], the strip's 64-byte pieces
+    lay 2 KB apart at Cout 512 and a 512 x 512 conv ran at 20 GB/s from L3)."""
+    channels_out, channels_in = weight.shape
+    blocks = -(-channels_out // LANES)
+    padded = np.zeros((blocks * LANES, channels_in), np.float32)
+    padded[:channels_out] = weight
+    return np.ascontiguousarray(padded.reshape(blocks, LANES, channels_in).transpose(0, 2, 1)).reshape(-1, LANES)
+
+
+@njit(cache=True, fastmath={"contract"})
+def pointwise_frames(x, first, stride, frames, w_packed, channels_out, bias, has_bias, residual, residual_first,
+                     add_residual, y, act, lo, hi):
+    """y[t, r] = act(sum_c w[r, c] * x[first + t * stride, c] + bias + residual) for t < frames, r < channels_out;
+    x [rows, Cin] time-major, w from pack_pointwise.  LANES output channels x 4 frames of partial sums: per input
+    channel one vector of weights, its 4 frames' values broadcast; the weights are read once per 4 frames."""
+    channels_in = x.shape[1]
+    blocks = w_packed.shape[0] // channels_in
+    whole = channels_out // LANES  # blocks stored with a vector store; the last partial one lane by lane
+    for t0 in range(0, frames, FRAMES):
+        x0 = x[first + t0 * stride]
+        x1 = x[first + min(t0 + 1, frames - 1) * stride]
+        x2 = x[first + min(t0 + 2, frames - 1) * stride]
+        x3 = x[first + min(t0 + 3, frames - 1) * stride]
+        count = min(FRAMES, frames - t0)
+        for block in range(blocks):
+            acc = carray(stack_buffer(ACC), (ACC,))
+            for i in range(ACC):
+                acc[i] = 0.0
+            strip = block * channels_in
+            for c in range(channels_in):
+                u = w_packed[strip + c]
+                a0, a1, a2, a3 = x0[c], x1[c], x2[c], x3[c]
+                for lane in range(LANES):  # acc[frame * LANES + lane]
+                    acc[lane] += a0 * u[lane]
+                    acc[LANES + lane] += a1 * u[lane]
+                    acc[2 * LANES + lane] += a2 * u[lane]
+                    acc[3 * LANES + lane] += a3 * u[lane]
+            r0 = block * LANES
+            if block < whole:
+                _store(acc, count, y, t0, r0, bias, has_bias, residual, residual_first, add_residual, act, lo, hi)
+            else:
+                for f in range(count):
+                    for r in range(r0, channels_out):
+                        y[t0 + f, r] = _finish(acc[f * LANES + r - r0], bias[0, r] if has_bias else np.float32(0.0),
+                                               residual[residual_first + t0 + f, r] if add_residual
+                                               else np.float32(0.0), act, lo, hi)
+
+
+@njit(cache=True)
+def _make_room(buffers, index, origin, filled, count):
+    """Room for ``count`` rows after the ``filled`` rows from ``origin`` of buffers[index]; returns the new origin.
+    The kept rows move to the front, or to a buffer twice the size when they would fill more than half of it."""
+    rows = buffers[index]
+    if origin + filled + count <= rows.shape[0]:
+        return origin
+    if 2 * (filled + count) > rows.shape[0]:
+        bigger = np.zeros((2 * (filled + count), rows.shape[1]), np.float32)
+        bigger[:filled] = rows[origin:origin + filled]
+        buffers[index] = bigger
+    else:
+        for i in range(filled):  # to lower rows, in order: never overwrites a row still to copy
+            rows[i] = rows[origin + i]
+    return 0
+
+
+@njit(cache=True)
+def _append(buffers, index, origin, filled, source, first, count):
+    """Append rows ``first .. first + count`` of buffers[source] (source -1: ``count`` zero rows); returns the new
+    origin."""
+    origin = _make_room(buffers, index, origin, filled, count)
+    rows = buffers[index]
+    end = origin + filled
+    if source < 0:
+        rows[end:end + count] = 0.0
+    else:
+        rows[end:end + count] = buffers[source][first:first + count]
+    return origin
+
+
+@njit(cache=True)
+def _output_rows(buffers, index, frames):
+    """buffers[index] with at least ``frames`` rows (its contents are this round's outputs only)."""
+    if buffers[index].shape[0] < frames:
+        buffers[index] = np.zeros((2 * frames, buffers[index].shape[1]), np.float32)
+    return buffers[index]
+
+
+@njit(cache=True)
+def run_round(steps, limits, weights, buffers, counts, state, final):
+    """One chunk through every step in order; counts[b] holds the new rows of buffer b (the inputs' set by the
+    caller, the outputs' set here).  Returns OK, or step * 2 + NO_FRAMES / TOO_SHORT for the first step that
+    cannot produce its output at the end of the input."""
+    for i in range(steps.shape[0]):
+        step, st = steps[i], state[i]
+        counts[step[OUTPUT]] = 0
+        if step[RESIDUAL] >= 0:  # residual frames may come before the first input frame
+            arriving = counts[step[RESIDUAL]]
+            if arriving > 0:
+                st[PENDING_ORIGIN] = _append(buffers, step[PENDING], st[PENDING_ORIGIN], st[PENDING_COUNT],
+                                             step[RESIDUAL], 0, arriving)
+                st[PENDING_COUNT] += arriving
+        new = counts[step[INPUT]]
+        if new > 0:
+            st[STARTED] = 1
+        elif st[STARTED] == 0:
+            if final:
+                return 2 * i + NO_FRAMES
+            continue
+        weight = weights[step[WEIGHT]]
+        bias = weights[step[BIAS]] if step[BIAS] >= 0 else weight
+        has_bias = step[BIAS] >= 0
+        act, lo, hi = step[ACT], limits[i, 0], limits[i, 1]
+        if step[DIRECT]:
+            if new == 0:
+                continue
+            y = _output_rows(buffers, step[OUTPUT], new)
+            pointwise_frames(buffers[step[INPUT]], 0, 1, new, weight, step[CHANNELS_OUT], bias, has_bias, y, 0, False,
+                             y, act, lo, hi)
+            st[EMITTED] += new
+            counts[step[OUTPUT]] = new
+            continue
+        # keep the new frames past those no output reads, then at the end the right padding
+        dropped = min(st[SKIP], new)
+        st[SKIP] -= dropped
+        if new > dropped:
+            st[ORIGIN] = _append(buffers, step[WINDOW], st[ORIGIN], st[FILLED], step[INPUT], dropped, new - dropped)
+            st[FILLED] += new - dropped
+        if final and step[PAD_RIGHT] > 0:
+            dropped = min(st[SKIP], step[PAD_RIGHT])
+            st[SKIP] -= dropped
+            st[ORIGIN] = _append(buffers, step[WINDOW], st[ORIGIN], st[FILLED], -1, 0, step[PAD_RIGHT] - dropped)
+            st[FILLED] += step[PAD_RIGHT] - dropped
+        span, stride = step[SPAN], step[STRIDE]
+        available = st[START] + st[FILLED]
+        ready = (available - span - 1) // stride + 1 if available > span else 0
+        n = ready - st[EMITTED]
+        if step[RESIDUAL] >= 0:
+            n = min(n, st[PENDING_COUNT])
+        if n <= 0:
+            if final and st[EMITTED] == 0:
+                return 2 * i + TOO_SHORT
+            continue
+        y = _output_rows(buffers, step[OUTPUT], n)
+        window = buffers[step[WINDOW]]
+        add_residual = step[RESIDUAL] >= 0
+        pending = buffers[step[PENDING]] if add_residual else y
+        if step[KIND] == DEPTHWISE:
+            depthwise_frames(window, st[ORIGIN], stride, step[DILATION], n, weight, bias, has_bias, pending,
+                             st[PENDING_ORIGIN], add_residual, y, act, lo, hi)
+        else:
+            pointwise_frames(window, st[ORIGIN], stride, n, weight, step[CHANNELS_OUT], bias, has_bias, pending,
+                             st[PENDING_ORIGIN], add_residual, y, act, lo, hi)
+        counts[step[OUTPUT]] = n
+        if add_residual:
+            st[PENDING_ORIGIN] += n
+            st[PENDING_COUNT] -= n
+        st[EMITTED] += n
+        # forget the frames before the next output's first
+        drop = st[EMITTED] * stride - st[START]
+        if drop >= st[FILLED]:
+            st[SKIP] += drop - st[FILLED]
+            st[ORIGIN], st[FILLED] = 0, 0
+        else:
+            st[ORIGIN] += drop
+            st[FILLED] -= drop
+        st[START] += drop
+    return OK

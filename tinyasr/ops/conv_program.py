@@ -1,0 +1,218 @@
+"""Consecutive streamed Conv nodes run as one step: one compiled call per chunk (tinyasr/kernels/conv_program.py).
+
+A ConvStep whose conv the program runs (float weights, depthwise with one output channel per input channel or
+pointwise) carries a :class:`ConvForm`.  The streaming schedule hands every run of such steps to :func:`fuse`,
+which returns one StreamStep reading the values that enter the run and producing the values read after it.  The
+node-by-node steps stay the reference: tests/test_streaming.py checks the program against them and the offline
+run.  Batch items run one after another, each with its own state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from numba import typed
+
+from tinyasr.errors import GraphError, InputError
+from tinyasr.format.graph import Node
+from tinyasr.kernels import conv_program as program
+from tinyasr.ops.streaming_rules import StreamStep
+
+
+@dataclass(frozen=True)
+class ConvForm:
+    """What the program needs of one conv: its weight as the kernel reads it ([K, C] depthwise, pack_pointwise's
+    blocks pointwise), bias [1, Cout] or None, geometry and activation, and whether a residual (input 3) is added."""
+
+    kind: int
+    weight: np.ndarray
+    bias: Optional[np.ndarray]
+    channels_in: int
+    channels_out: int
+    span: int
+    stride: int
+    dilation: int
+    pad_left: int
+    pad_right: int
+    act: int
+    lo: float
+    hi: float
+    residual: bool
+
+    @property
+    def direct(self) -> bool:
+        return (self.kind == program.POINTWISE and self.stride == 1 and not (self.pad_left or self.pad_right)
+                and not self.residual)
+
+
+def conv_form(prepared, geometry, residual: bool) -> Optional[ConvForm]:
+    """The program's form of a conv with PreparedConv1d ``prepared`` and ConvGeometry ``geometry``, or None when the
+    program has no kernel for it (a dense conv over several taps, a grouped one, a depthwise multiplier)."""
+    if prepared is None:
+        return None
+    weight = prepared.weight
+    if prepared.depthwise and weight.shape[0] == prepared.channels_in:
+        kind, kernel_weight = program.DEPTHWISE, np.ascontiguousarray(weight[:, 0, :].T)
+    elif prepared.pointwise:
+        kind, kernel_weight = program.POINTWISE, program.pack_pointwise(prepared.weight_2d)
+    else:
+        return None
+    bias = prepared.bias.reshape(1, -1) if prepared.bias.size else None
+    return ConvForm(kind, _read_only(kernel_weight), None if bias is None else _read_only(bias),
+                    prepared.channels_in, prepared.channels_out, geometry.kernel_span, geometry.stride,
+                    prepared.dilation, geometry.pad_left, geometry.pad_right, prepared.act, prepared.lo, prepared.hi,
+                    residual)
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    view = np.ascontiguousarray(array, dtype=np.float32).view()
+    view.flags.writeable = False
+    return view
+
+
+# Rows each buffer starts with (they double when a chunk brings more): a 160 ms chunk at a 10 ms hop fits
+START_ROWS = 16
+
+
+class ConvProgram(StreamStep):
+    """The convs ``members`` (node, ConvStep with a form), in schedule order, as one step.  Its inputs are the values
+    the members read that none of them makes, its outputs those in ``keep`` (read after the run, or graph outputs)
+    that a member makes; ``node`` stands for the run in the schedule."""
+
+    def __init__(self, members: Sequence[Tuple[Node, StreamStep]], keep):
+        self.members = [node for node, _ in members]
+        forms = [step.form for _, step in members]
+        made = {name for node, _ in members for name in node.outputs}
+        self.inputs: List[str] = []  # entering values, in order of first use
+        self.input_channels: List[int] = []
+        self.input_readers: List[Node] = []  # the first member reading each
+        buffer_of: Dict[str, int] = {}  # a value's buffer: its new frames of the round
+        channels: List[int] = []  # per buffer
+
+        def buffer(name: Optional[str], width: int) -> int:
+            """The buffer of value ``name`` (None: a new one of the step's own, a window or pending residual)."""
+            if name in buffer_of:
+                return buffer_of[name]
+            if name is not None:
+                buffer_of[name] = len(channels)
+            channels.append(width)
+            return len(channels) - 1
+
+        for (node, _), form in zip(members, forms):
+            for name, width in ((node.inputs[0], form.channels_in),
+                                (node.inputs[3] if form.residual else None, form.channels_out)):
+                if name is not None and name not in made and name not in buffer_of:
+                    self.inputs.append(name)
+                    self.input_channels.append(width)
+                    self.input_readers.append(node)
+                    buffer(name, width)
+        self.outputs = [name for (node, _) in members for name in node.outputs if name in keep]
+        table = np.full((len(forms), len(program.STEP_COLUMNS)), -1, np.int64)
+        self.weights = typed.List.empty_list(program.WEIGHTS.item_type)
+        for i, ((node, _), form) in enumerate(zip(members, forms)):
+            row = table[i]
+            row[program.KIND] = form.kind
+            row[program.INPUT] = buffer(node.inputs[0], form.channels_in)
+            row[program.OUTPUT] = buffer(node.outputs[0], form.channels_out)
+            if form.residual:
+                row[program.RESIDUAL] = buffer(node.inputs[3], form.channels_out)
+                row[program.PENDING] = buffer(None, form.channels_out)
+            if not form.direct:
+                row[program.WINDOW] = buffer(None, form.channels_in)
+            row[program.WEIGHT] = len(self.weights)
+            self.weights.append(form.weight)
+            if form.bias is not None:
+                row[program.BIAS] = len(self.weights)
+                self.weights.append(form.bias)
+            for column, value in ((program.CHANNELS_IN, form.channels_in), (program.CHANNELS_OUT, form.channels_out),
+                                  (program.SPAN, form.span), (program.STRIDE, form.stride),
+                                  (program.DILATION, form.dilation), (program.PAD_LEFT, form.pad_left),
+                                  (program.PAD_RIGHT, form.pad_right), (program.ACT, form.act),
+                                  (program.DIRECT, int(form.direct))):
+                row[column] = value
+        self.table = table
+        self.limits = np.array([[form.lo, form.hi] for form in forms], np.float32).reshape(-1, 2)
+        self.channels = channels
+        self.input_buffers = [buffer_of[name] for name in self.inputs]
+        self.output_buffers = [buffer_of[name] for name in self.outputs]
+        self.node = Node(f"{self.members[0].name} .. {self.members[-1].name}", "Conv", tuple(self.inputs),
+                         tuple(self.outputs))
+
+    def new_state(self) -> list:
+        return []  # one _ItemState per batch item, made when the first frames show the batch size
+
+    def _item_state(self):
+        buffers = typed.List.empty_list(program.BUFFER)
+        for width in self.channels:
+            buffers.append(np.zeros((START_ROWS, width), np.float32))
+        state = np.zeros((len(self.table), len(program.STATE_COLUMNS)), np.int64)
+        state[:, program.FILLED] = self.table[:, program.PAD_LEFT]  # the left zero padding is kept from the start
+        for i, row in enumerate(self.table):
+            if row[program.WINDOW] >= 0 and row[program.PAD_LEFT] > START_ROWS // 2:
+                buffers[row[program.WINDOW]] = np.zeros((2 * row[program.PAD_LEFT], self.channels[row[program.WINDOW]]),
+                                                        np.float32)
+        return buffers, np.zeros(len(self.channels), np.int64), state
+
+    def advance(self, state, frames, final):
+        batch = self._check(state, frames)
+        if not state:
+            if all(x is None for x in frames) and not final:
+                return None  # the batch size is not known yet
+            state.extend(self._item_state() for _ in range(batch))
+        outputs: List[List[np.ndarray]] = [[] for _ in self.outputs]
+        for item, (buffers, counts, steps_state) in enumerate(state):
+            for buffer, x in zip(self.input_buffers, frames):
+                count = 0 if x is None else x.shape[2]
+                counts[buffer] = count
+                if count:
+                    rows = buffers[buffer]
+                    if rows.shape[0] < count:
+                        rows = np.zeros((2 * count, rows.shape[1]), np.float32)
+                        buffers[buffer] = rows
+                    rows[:count] = x[item].T
+            code = program.run_round(self.table, self.limits, self.weights, buffers, counts, steps_state, final)
+            if code != program.OK:
+                self._fail(code)
+            for out, buffer in zip(outputs, self.output_buffers):
+                if counts[buffer]:
+                    out.append(buffers[buffer][:counts[buffer]].T)
+        if not any(outputs):
+            return None
+        return [np.stack(out) if out else None for out in outputs]
+
+    def _check(self, state, frames) -> int:
+        """The batch size (1 before any frames), after checking each entering value's shape against what its
+        convs read."""
+        batch = len(state) or 1
+        for name, width, node, x in zip(self.inputs, self.input_channels, self.input_readers, frames):
+            if x is None:
+                continue
+            problem = None
+            if x.ndim != 3 or x.shape[1] != width:
+                problem = f"input {name!r}: frames of shape {x.shape}, expected [batch, {width}, time]"
+            elif state and x.shape[0] != len(state):
+                problem = f"input {name!r}: frames of shape {x.shape} after frames of batch {len(state)}"
+            if problem:
+                error = InputError(problem)
+                error.node = node
+                raise error
+            batch = x.shape[0]
+        return batch
+
+    def _fail(self, code: int):
+        node = self.members[code // 2]
+        if code % 2 == program.NO_FRAMES:
+            error = GraphError("received no frames")
+        else:
+            form_span = self.table[code // 2, program.SPAN]
+            error = GraphError(f"the input is too short for kernel span {form_span + 1}")
+        error.node = node
+        raise error
+
+
+def fuse(members: Sequence[Tuple[Node, StreamStep]], keep) -> Tuple[Node, StreamStep]:
+    """The schedule's entry for a run of steps with a ConvForm: (the node standing for it, its step)."""
+    step = ConvProgram(members, keep)
+    return step.node, step
