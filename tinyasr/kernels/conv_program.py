@@ -13,11 +13,12 @@ vectorise across channels, which at a few frames are the long axis:
 
 * depthwise: LANES channels x 4 frames of partial sums in registers, the taps added in order k = 0..K-1 with
   fused multiply-adds (the offline depthwise kernels' order), the weight stored [K, C];
-* pointwise: pointwise.py's narrow kernel turned time-major: one weight row [Cin] streamed once per 4 frames,
-  LANES partial sums per frame, added up at the end (so results match BLAS to float32 rounding, not bitwise).
+* pointwise: LANES output channels x 4 frames of partial sums, per input channel one vector of weights (from
+  strips packed by :func:`pack_pointwise`) and its 4 frames' values broadcast; summed in channel order, so results
+  match BLAS to float32 rounding, not bitwise.
 
 Buffers live in one typed list (``buffers``) and grow inside the call when a chunk brings more frames than they
-hold; weights and biases (as [1, C] rows) in another, so the call unboxes two lists and two small arrays.
+hold; weights and biases (as [1, C] rows) in another, so the call unboxes two typed lists and four small arrays.
 """
 
 from __future__ import annotations
@@ -27,16 +28,16 @@ from numba import carray, njit, types
 from numba.types import float32
 
 from tinyasr.kernels._compile import element_pointer, stack_buffer
-from tinyasr.kernels.epilogue import ACTIVATIONS, READ_2D
+from tinyasr.kernels.epilogue import ACTIVATIONS, READ_2D, relu_stored
 
 DEPTHWISE, POINTWISE = 0, 1
 # The step table's columns: what the conv is, where it reads and writes (indices into ``buffers``, -1: none),
 # its weight and bias (indices into ``weights``, -1: none).  ``direct``: a pointwise conv at stride 1 with no
 # padding or residual reads its input buffer in place, keeping no window.
-STEP_COLUMNS = ("kind", "input", "residual", "output", "window", "pending", "weight", "bias", "channels_in",
-                "channels_out", "span", "stride", "dilation", "pad_left", "pad_right", "act", "direct")
-(KIND, INPUT, RESIDUAL, OUTPUT, WINDOW, PENDING, WEIGHT, BIAS, CHANNELS_IN, CHANNELS_OUT, SPAN, STRIDE, DILATION,
- PAD_LEFT, PAD_RIGHT, ACT, DIRECT) = range(len(STEP_COLUMNS))
+STEP_COLUMNS = ("kind", "input", "residual", "output", "window", "pending", "weight", "bias", "channels_out", "span",
+                "stride", "dilation", "pad_left", "pad_right", "act", "direct")
+(KIND, INPUT, RESIDUAL, OUTPUT, WINDOW, PENDING, WEIGHT, BIAS, CHANNELS_OUT, SPAN, STRIDE, DILATION, PAD_LEFT,
+ PAD_RIGHT, ACT, DIRECT) = range(len(STEP_COLUMNS))
 # Each conv's state between chunks (one row per conv): its window's first kept row, kept rows, the padded frame
 # index of the first kept row, input frames no output reads still to come, outputs emitted, the pending
 # residual's first row and count, and whether any frame has arrived.
@@ -51,9 +52,8 @@ FRAMES = 4  # frames per pass over a weight row
 ACC = FRAMES * LANES  # partial sums, kept in registers
 _RELU, _SIGMOID, _TANH, _CLIP = (ACTIVATIONS[name] for name in ("Relu", "Sigmoid", "Tanh", "Clip"))
 
-BUFFER = types.Array(float32, 2, "C")
-BUFFERS = types.ListType(BUFFER)
-WEIGHTS = types.ListType(READ_2D)
+BUFFER_TYPE = types.Array(float32, 2, "C")  # the item types of the typed lists ``buffers`` and ``weights``
+WEIGHT_TYPE = READ_2D
 
 
 @njit(cache=True, inline="always")
@@ -69,6 +69,13 @@ def _finish(value, bias, residual, act, lo, hi):
     if act == _CLIP:
         return min(max(value, lo), hi)
     return value
+
+
+@njit(cache=True, inline="always")
+def _store_one(value, y, t, c, bias, has_bias, residual, residual_first, add_residual, act, lo, hi):
+    """y[t, c] from the sum ``value``, with the epilogue: the channels past the last whole vector of LANES."""
+    y[t, c] = _finish(value, bias[0, c] if has_bias else np.float32(0.0),
+                      residual[residual_first + t, c] if add_residual else np.float32(0.0), act, lo, hi)
 
 
 @njit(cache=True, inline="always")
@@ -89,7 +96,7 @@ def _store(acc, count, y, t0, c0, bias, has_bias, residual, residual_first, add_
                 y_row[lane] += residual_row[lane]
         if act == _RELU:
             for lane in range(LANES):
-                y_row[lane] = max(y_row[lane], np.float32(0.0))
+                y_row[lane] = relu_stored(y_row[lane])
         elif act != 0:
             for lane in range(LANES):
                 y_row[lane] = _finish(y_row[lane], np.float32(0.0), np.float32(0.0), act, lo, hi)
@@ -136,9 +143,7 @@ def depthwise_frames(x, first, stride, dilation, frames, w_t, bias, has_bias, re
                 total = np.float32(0.0)
                 for k in range(taps):
                     total += w_t[k, c] * x[base + k * dilation, c]
-                y[t0 + f, c] = _finish(total, bias[0, c] if has_bias else np.float32(0.0),
-                                       residual[residual_first + t0 + f, c] if add_residual else np.float32(0.0),
-                                       act, lo, hi)
+                _store_one(total, y, t0 + f, c, bias, has_bias, residual, residual_first, add_residual, act, lo, hi)
 
 
 def pack_pointwise(weight: np.ndarray) -> np.ndarray:
@@ -187,9 +192,8 @@ def pointwise_frames(x, first, stride, frames, w_packed, channels_out, bias, has
             else:
                 for f in range(count):
                     for r in range(r0, channels_out):
-                        y[t0 + f, r] = _finish(acc[f * LANES + r - r0], bias[0, r] if has_bias else np.float32(0.0),
-                                               residual[residual_first + t0 + f, r] if add_residual
-                                               else np.float32(0.0), act, lo, hi)
+                        _store_one(acc[f * LANES + r - r0], y, t0 + f, r, bias, has_bias, residual, residual_first,
+                                   add_residual, act, lo, hi)
 
 
 @njit(cache=True)
@@ -221,6 +225,17 @@ def _append(buffers, index, origin, filled, source, first, count):
     else:
         rows[end:end + count] = buffers[source][first:first + count]
     return origin
+
+
+@njit(cache=True)
+def _keep(buffers, step, st, source, count):
+    """A conv's window keeps ``count`` new frames (rows of buffers[source], or zero padding with source -1), less
+    those at their front that no output reads (``skip``), as ConvState.append does."""
+    dropped = min(st[SKIP], count)
+    st[SKIP] -= dropped
+    if count > dropped:
+        st[ORIGIN] = _append(buffers, step[WINDOW], st[ORIGIN], st[FILLED], source, dropped, count - dropped)
+        st[FILLED] += count - dropped
 
 
 @njit(cache=True)
@@ -265,17 +280,9 @@ def run_round(steps, limits, weights, buffers, counts, state, final):
             st[EMITTED] += new
             counts[step[OUTPUT]] = new
             continue
-        # keep the new frames past those no output reads, then at the end the right padding
-        dropped = min(st[SKIP], new)
-        st[SKIP] -= dropped
-        if new > dropped:
-            st[ORIGIN] = _append(buffers, step[WINDOW], st[ORIGIN], st[FILLED], step[INPUT], dropped, new - dropped)
-            st[FILLED] += new - dropped
-        if final and step[PAD_RIGHT] > 0:
-            dropped = min(st[SKIP], step[PAD_RIGHT])
-            st[SKIP] -= dropped
-            st[ORIGIN] = _append(buffers, step[WINDOW], st[ORIGIN], st[FILLED], -1, 0, step[PAD_RIGHT] - dropped)
-            st[FILLED] += step[PAD_RIGHT] - dropped
+        _keep(buffers, step, st, step[INPUT], new)
+        if final:
+            _keep(buffers, step, st, -1, step[PAD_RIGHT])  # the right zero padding
         span, stride = step[SPAN], step[STRIDE]
         available = st[START] + st[FILLED]
         ready = (available - span - 1) // stride + 1 if available > span else 0

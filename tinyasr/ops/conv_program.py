@@ -23,8 +23,9 @@ from tinyasr.ops.streaming_rules import StreamStep
 
 @dataclass(frozen=True)
 class ConvForm:
-    """What the program needs of one conv: its weight as the kernel reads it ([K, C] depthwise, pack_pointwise's
-    blocks pointwise), bias [1, Cout] or None, geometry and activation, and whether a residual (input 3) is added."""
+    """What the program needs of one conv: its weight [Cout, Cin / group * K] as stored (the layout the kernel
+    reads is made only when a plan fuses the conv: :meth:`kernel_weight`), bias [1, Cout] or None, geometry and
+    activation, whether a residual (input 3) is added, and whether it reads its input in place (``direct``)."""
 
     kind: int
     weight: np.ndarray
@@ -40,30 +41,31 @@ class ConvForm:
     lo: float
     hi: float
     residual: bool
+    direct: bool
 
-    @property
-    def direct(self) -> bool:
-        return (self.kind == program.POINTWISE and self.stride == 1 and not (self.pad_left or self.pad_right)
-                and not self.residual)
+    def kernel_weight(self) -> np.ndarray:
+        """The weight as the program's kernel reads it, read-only: [K, C] depthwise, pack_pointwise's strips."""
+        if self.kind == program.DEPTHWISE:
+            return _read_only(self.weight.T)
+        return _read_only(program.pack_pointwise(self.weight))
 
 
-def conv_form(prepared, geometry, residual: bool) -> Optional[ConvForm]:
-    """The program's form of a conv with PreparedConv1d ``prepared`` and ConvGeometry ``geometry``, or None when the
-    program has no kernel for it (a dense conv over several taps, a grouped one, a depthwise multiplier)."""
+def conv_form(prepared, geometry, residual: bool, direct: bool) -> Optional[ConvForm]:
+    """The program's form of a conv with PreparedConv1d ``prepared`` and ConvGeometry ``geometry`` (``direct``:
+    ConvStep's: it keeps no window), or None when the program has no kernel for it (a dense conv over several
+    taps, a grouped one, a depthwise multiplier)."""
     if prepared is None:
         return None
-    weight = prepared.weight
-    if prepared.depthwise and weight.shape[0] == prepared.channels_in:
-        kind, kernel_weight = program.DEPTHWISE, np.ascontiguousarray(weight[:, 0, :].T)
+    if prepared.depthwise and prepared.channels_out == prepared.channels_in:
+        kind = program.DEPTHWISE
     elif prepared.pointwise:
-        kind, kernel_weight = program.POINTWISE, program.pack_pointwise(prepared.weight_2d)
+        kind = program.POINTWISE
     else:
         return None
-    bias = prepared.bias.reshape(1, -1) if prepared.bias.size else None
-    return ConvForm(kind, _read_only(kernel_weight), None if bias is None else _read_only(bias),
-                    prepared.channels_in, prepared.channels_out, geometry.kernel_span, geometry.stride,
-                    prepared.dilation, geometry.pad_left, geometry.pad_right, prepared.act, prepared.lo, prepared.hi,
-                    residual)
+    bias = _read_only(prepared.bias.reshape(1, -1)) if prepared.bias.size else None
+    return ConvForm(kind, prepared.weight_2d, bias, prepared.channels_in, prepared.channels_out, geometry.kernel_span,
+                    geometry.stride, prepared.dilation, geometry.pad_left, geometry.pad_right, prepared.act,
+                    prepared.lo, prepared.hi, residual, direct and kind == program.POINTWISE)
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:
@@ -110,7 +112,7 @@ class ConvProgram(StreamStep):
                     buffer(name, width)
         self.outputs = [name for (node, _) in members for name in node.outputs if name in keep]
         table = np.full((len(forms), len(program.STEP_COLUMNS)), -1, np.int64)
-        self.weights = typed.List.empty_list(program.WEIGHTS.item_type)
+        self.weights = typed.List.empty_list(program.WEIGHT_TYPE)
         for i, ((node, _), form) in enumerate(zip(members, forms)):
             row = table[i]
             row[program.KIND] = form.kind
@@ -122,11 +124,11 @@ class ConvProgram(StreamStep):
             if not form.direct:
                 row[program.WINDOW] = buffer(None, form.channels_in)
             row[program.WEIGHT] = len(self.weights)
-            self.weights.append(form.weight)
+            self.weights.append(form.kernel_weight())
             if form.bias is not None:
                 row[program.BIAS] = len(self.weights)
                 self.weights.append(form.bias)
-            for column, value in ((program.CHANNELS_IN, form.channels_in), (program.CHANNELS_OUT, form.channels_out),
+            for column, value in ((program.CHANNELS_OUT, form.channels_out),
                                   (program.SPAN, form.span), (program.STRIDE, form.stride),
                                   (program.DILATION, form.dilation), (program.PAD_LEFT, form.pad_left),
                                   (program.PAD_RIGHT, form.pad_right), (program.ACT, form.act),
@@ -135,24 +137,25 @@ class ConvProgram(StreamStep):
         self.table = table
         self.limits = np.array([[form.lo, form.hi] for form in forms], np.float32).reshape(-1, 2)
         self.channels = channels
+        # rows each buffer starts with: a window holds its left zero padding from the start
+        self.start_rows = [START_ROWS] * len(channels)
+        for form, window in zip(forms, table[:, program.WINDOW]):
+            if window >= 0:
+                self.start_rows[window] = max(START_ROWS, 2 * form.pad_left)
         self.input_buffers = [buffer_of[name] for name in self.inputs]
         self.output_buffers = [buffer_of[name] for name in self.outputs]
         self.node = Node(f"{self.members[0].name} .. {self.members[-1].name}", "Conv", tuple(self.inputs),
                          tuple(self.outputs))
 
     def new_state(self) -> list:
-        return []  # one _ItemState per batch item, made when the first frames show the batch size
+        return []  # (buffers, counts, state) per batch item, made when the first frames show the batch size
 
     def _item_state(self):
-        buffers = typed.List.empty_list(program.BUFFER)
-        for width in self.channels:
-            buffers.append(np.zeros((START_ROWS, width), np.float32))
+        buffers = typed.List.empty_list(program.BUFFER_TYPE)
+        for rows, width in zip(self.start_rows, self.channels):
+            buffers.append(np.zeros((rows, width), np.float32))
         state = np.zeros((len(self.table), len(program.STATE_COLUMNS)), np.int64)
         state[:, program.FILLED] = self.table[:, program.PAD_LEFT]  # the left zero padding is kept from the start
-        for i, row in enumerate(self.table):
-            if row[program.WINDOW] >= 0 and row[program.PAD_LEFT] > START_ROWS // 2:
-                buffers[row[program.WINDOW]] = np.zeros((2 * row[program.PAD_LEFT], self.channels[row[program.WINDOW]]),
-                                                        np.float32)
         return buffers, np.zeros(len(self.channels), np.int64), state
 
     def advance(self, state, frames, final):

@@ -141,7 +141,7 @@ class ConvStep(StreamStep):
         self.direct = (geometry.kernel_span == geometry.pad_left == geometry.pad_right == 0
                        and geometry.stride == 1 and not residual)
         # what the compiled program (ops/conv_program.py) needs to run this conv with its neighbours, if it can
-        self.form = conv_form(self.prepared, geometry, residual)
+        self.form = conv_form(self.prepared, geometry, residual, self.direct)
         if self.form is not None:
             self.fuse = fuse
 
