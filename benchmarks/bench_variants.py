@@ -81,12 +81,11 @@ def sparse_rows(rng, rounds, calls):
         functions = {"dense": lambda: dense.serial(packed, w, NO_BIAS, NO_RESIDUAL, y, 0, 0.0, 0.0)}
         for family, kernels, (values, indices, indptr) in (("csr", CSR_KERNELS, csr), ("bsr", BSR_KERNELS, bsr)):
             values = values.reshape(-1, 1, 1) if family == "csr" else values
-            for name, kernel in kernels.items():
-                extra = (1,) if family == "csr" else ()  # the CSR kernels' row parts: one, serial
-                functions[f"{family} {name}"] = (lambda kernel=kernel, v=values, i=indices, p=indptr, e=extra:
-                                                 kernel.serial(x, v, i, p, NO_BIAS, NO_RESIDUAL, y, 0, 0.0, 0.0, *e))
+            for name, kernel in kernels.items():  # one part: serial
+                functions[f"{family} {name}"] = (lambda kernel=kernel, v=values, i=indices, p=indptr:
+                                                 kernel.serial(x, v, i, p, NO_BIAS, NO_RESIDUAL, y, 0, 0.0, 0.0, 1))
         best = tuning.best_seconds(functions, rounds, calls)
-        chosen = {fastest_kernel("csr"), fastest_kernel("bsr")}
+        chosen = {fastest_kernel("csr", channels), fastest_kernel("bsr", channels)}
         cells = []
         for family, kernels in (("csr", CSR_KERNELS), ("bsr", BSR_KERNELS)):
             for name, kernel in kernels.items():

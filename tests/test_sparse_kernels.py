@@ -124,9 +124,8 @@ def test_every_kernel_variant_matches_dense(name, rows, columns, frames, density
     bias = rng.standard_normal(rows).astype(np.float32)
     residual = rng.standard_normal((2, rows, frames)).astype(np.float32)
     ys = [np.full((2, rows, frames), np.nan, np.float32) for _ in range(2)]
-    for build, y, parts in zip((kernel.serial, kernel.parallel), ys, (1, 3)):  # CSR rows split in parts or not
-        extra = (parts,) if block_rows == 1 else ()
-        build(x, values, matrix.indices, matrix.indptr, bias, residual, y, 1, np.float32(0), np.float32(0), *extra)
+    for build, y, parts in zip((kernel.serial, kernel.parallel), ys, (1, 3)):  # strips split in parts or not
+        build(x, values, matrix.indices, matrix.indptr, bias, residual, y, 1, np.float32(0), np.float32(0), parts)
     np.testing.assert_array_equal(ys[0], ys[1])
     assert_close(ys[0], weight, x, dense_reference(weight, x, bias, residual, "Relu"), bias, residual)
 

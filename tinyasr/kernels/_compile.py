@@ -155,6 +155,92 @@ def lanes_fma(typingctx, accumulator, factors, source, width):
     return types.void(accumulator, factors, source, width), codegen
 
 
+@intrinsic
+def gather_fma(typingctx, out, x, x_stride, values, value_stride, indices, start, end, rows, width, ways):
+    """out[k*width : (k+1)*width] = sum over j in [start, end) of values[j*value_stride + k] * the ``width`` floats
+    at x + indices[j]*x_stride, for the ``rows`` rows k: the inner loop of the sparse kernels (sparse.py), written
+    as LLVM IR so that its sums live in registers whatever the code around it.
+
+    ``out``, ``x`` and ``values`` are float32 pointers, ``indices`` a uint16 pointer (element_pointer,
+    stack_buffer); ``rows``, ``width`` and ``ways`` (a power of two) literals.  Each sum is a ``<width x float>`` SSA value
+    carried round the loop (LLVM splits it into the host's registers: 8 floats a register on AVX2, 16 on
+    AVX-512, 4 on NEON), so no store can make LLVM keep it in memory: written as Numba loops over a stack
+    buffer, the same loop kept its sums in registers or not depending on the code around it (the BSR strip
+    loaded and stored all 16 sums for every block, Zen 3: 2-3x slower; benchmarks/results/sparse_gather.md).
+    ``ways`` > 1 interleaves the non-zeros into that many partial sums (more independent multiply-add chains
+    when rows x width is too few registers to hide the latency), added pairwise before the last
+    ``(end - start) % ways`` non-zeros; results then differ from ways = 1 by float32 rounding, and are the
+    same on every call.  Multiply-adds are fused (llvm.fma).  The caller keeps every address in bounds."""
+    if not all(isinstance(a, types.IntegerLiteral) for a in (rows, width, ways)):
+        return None
+    if ways.literal_value & (ways.literal_value - 1):  # the partial sums are added pairwise
+        return None
+    floats = (out, x, values)
+    if not all(isinstance(a, types.CPointer) and a.dtype == types.float32 for a in floats):
+        return None
+    if not (isinstance(indices, types.CPointer) and indices.dtype == types.uint16):
+        return None
+    count, row_count, way_count = width.literal_value, rows.literal_value, ways.literal_value
+
+    def codegen(context, builder, signature, args):
+        out_p, x_p, x_step, values_p, value_step, indices_p, first, last = args[:8]
+        i64 = llvm_ir.IntType(64)
+        vector = llvm_ir.VectorType(llvm_ir.FloatType(), count)
+        zero = llvm_ir.Constant(vector, None)
+        splat_mask = llvm_ir.Constant(llvm_ir.VectorType(llvm_ir.IntType(32), count), [0] * count)
+        fma = cgutils.get_or_insert_function(builder.module, llvm_ir.FunctionType(vector, [vector] * 3),
+                                             f"llvm.fma.v{count}f32")
+
+        def add_non_zero(j, sums):
+            column = builder.zext(builder.load(builder.gep(indices_p, [j])), i64)
+            row = builder.bitcast(builder.gep(x_p, [builder.mul(column, x_step)]), vector.as_pointer())
+            x_row, base = builder.load(row, align=4), builder.mul(j, value_step)
+            scaled = []
+            for k, total in enumerate(sums):
+                value = builder.load(builder.gep(values_p, [builder.add(base, i64(k))]))
+                scale = builder.shuffle_vector(builder.insert_element(zero, value, llvm_ir.IntType(32)(0)), zero,
+                                               splat_mask)
+                scaled.append(builder.call(fma, [scale, x_row, total]))
+            return scaled
+
+        def loop(name, j_start, sums_start, step):
+            """while j + step <= end: each of ``step`` non-zeros into its own group of ``rows`` sums."""
+            entry = builder.block
+            head, body, done = (builder.append_basic_block(f"{name}.{part}") for part in ("head", "body", "done"))
+            builder.branch(head)
+            builder.position_at_end(head)
+            j = builder.phi(i64)
+            j.add_incoming(j_start, entry)
+            sums = []
+            for total in sums_start:
+                sums.append(builder.phi(vector))
+                sums[-1].add_incoming(total, entry)
+            builder.cbranch(builder.icmp_signed("<=", builder.add(j, i64(step)), last), body, done)
+            builder.position_at_end(body)
+            updated = []
+            for u in range(step):
+                updated += add_non_zero(builder.add(j, i64(u)), sums[u * row_count : (u + 1) * row_count])
+            j.add_incoming(builder.add(j, i64(step)), builder.block)
+            for total, new in zip(sums, updated):
+                total.add_incoming(new, builder.block)
+            builder.branch(head)
+            builder.position_at_end(done)
+            return j, sums
+
+        j, sums = loop("gather", first, [zero] * (row_count * way_count), way_count)
+        while len(sums) > row_count:  # the interleaved partial sums, pairwise
+            half = len(sums) // 2
+            sums = [builder.fadd(a, b) for a, b in zip(sums[:half], sums[half:])]
+        if way_count > 1:
+            j, sums = loop("gather_tail", j, sums, 1)
+        for k, total in enumerate(sums):
+            builder.store(total, builder.bitcast(builder.gep(out_p, [i64(k * count)]), vector.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return types.void(out, x, types.int64, values, types.int64, indices, types.int64, types.int64, rows, width,
+                      ways), codegen
+
+
 @njit(inline="always")
 def copy_elements(dst, src):
     """dst[i] = src[i] for every i of the 1-D ``dst`` (``src`` at least as long): for the short per-frame copies of

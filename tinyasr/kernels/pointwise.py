@@ -83,8 +83,8 @@ def tiles_of(x, width=TILE) -> np.ndarray:
 def strip_update(a0, a1, a2, a3, v0, v1, v2, v3, x_row, n):
     """a_k[:n] += v_k * x_row[:n] for the 4 rows k of a strip: one load of x serves 4 fused multiply-adds.
 
-    The step of the dense tile below and of the sparse BSR strips (kernels/sparse.py); pass n = TILE where
-    the width is constant, so the loop unrolls into registers."""
+    The step of the dense tile below; pass n = TILE where the width is constant, so the loop unrolls into
+    registers."""
     for t in range(n):
         p = x_row[t]
         a0[t] += v0 * p

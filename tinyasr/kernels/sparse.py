@@ -4,27 +4,27 @@
 op's semantics (see conv1d.py).  What makes sparsity pay (notes: ../shared/research/kernels.md):
 
 * time is the inner, contiguous, vectorised loop: each non-zero (column c, value v) of an output row
-  adds ``v * x[b, c, t0:t0+width]`` to the row's tile of ``width`` frames (32 to 128: a few variants,
-  the fastest on this CPU chosen by measurement at first use, tuning.py);
-* the tile is accumulated in a stack buffer (``stack_buffer``): LLVM knows a stack slot aliases no
-  argument, so it keeps the tile in vector registers across the non-zeros instead of loading and storing
-  y for each one (Numba cannot mark array arguments noalias).  Full tiles have a constant width so the
-  time loop unrolls into registers; the last, shorter tile takes the same code with a runtime width;
-* BSR blocks of 4k x 1 (4 output rows share a column): 4 rows are accumulated at once,
-  one x load serves 4 multiply-adds, one index load 4 weights;
-* CSR work items are (batch, tile, part of the rows), tile-major: the item copies its tile's frames of x into a
-  contiguous [Cin, width] scratch first, which stays in L2 while all its rows gather from it.  Read in place,
-  each gathered segment of x lies on its own page (rows are T frames apart): 512 pages per tile at Cin = 512,
-  past the first-level TLB, and the gathers ran 1.1-1.6x slower at T = 1000 (benchmarks/results/sparse_packing.md).
-  What is left is the gather's traffic from L2: 52 non-zeros per row, 64 frames, Zen 3: 6.4 cycles per
-  non-zero with the tile in L1 (Cin 64), 8.8 at Cin 256, 10.7 at Cin 512, against 4 for its 8 FMAs;
-* BSR work items are (batch, tile, 4-row strip), reading x in place (see _bsr_kernel); both kernels apply
-  the epilogue to each row tile while it is in L1.
+  adds ``v * x[b, c, t0:t0+width]`` to the row's sums over a tile of ``width`` frames (16 to 64: a few
+  variants, the fastest on this CPU chosen by measurement at first use, tuning.py);
+* that loop is LLVM IR written here (_compile.gather_fma): the sums are SSA vector values, so they stay in
+  registers.  Written as Numba loops over a stack buffer, whether LLVM kept them there depended on the code
+  around the loop: the BSR strip with its tile packed in the work item loaded and stored all 16 sums for
+  every block (Zen 3: 2-3x slower), and narrow tiles were out of reach;
+* BSR blocks of 4k x 1 (4 output rows share a column): a strip of 4 rows is summed at once, one x load
+  serves 4 multiply-adds, one index load 4 weights;
+* work items are (batch, tile, part of the rows), tile-major: the item copies its tile's frames of x into a
+  contiguous [Cin, width] scratch first, which stays in L1 / L2 while all its rows gather from it.  Read in
+  place, each gathered segment of x lies on its own page (rows are T frames apart): 512 pages per tile at
+  Cin = 512, past the first-level TLB, and the gathers ran 1.1-1.6x slower at T = 1000
+  (benchmarks/results/sparse_packing.md).  What is left is the gather's traffic from the cache, one vector
+  load per multiply-add for CSR, and each row's fixed cost (the copy out through the epilogue): figures in
+  benchmarks/results/sparse_gather.md;
+* the epilogue is applied to each row tile while it is in L1.
 
 Transformer blocks keep activations time-major, x [frames, K] (a row per frame), and multiply by a stored
 W [K, N] (MatMul, then a bias Add).  ``matmul_time_major`` runs a CSR / BSR W there with the same row tile:
-W is read by output column (``CSRMatrix.transposed``, built once), and each tile of 64 frames of x is first
-transposed into a [K, 64] scratch tile, so the inner loop is again a contiguous vector over frames; 8 output
+W is read by output column (``CSRMatrix.transposed``, built once), and each tile of frames of x is first
+transposed into a [K, width] scratch tile, so the inner loop is again a contiguous vector over frames; 8 output
 columns' sums are then transposed back into y's rows (both transposes in 8 x 8 register blocks,
 _compile.transpose_8x8).  Measured on Zen 3 (AVX2), 90 % sparse 88x352 / 352x88 / 88x88 at T = 64-1500,
 speed-up over numpy's BLAS matmul: this kernel 2.0-3.2x (1.3-2.0x with transposes one value at a time, which
@@ -48,7 +48,7 @@ from tinyasr.engine import threads
 from tinyasr.errors import GraphError
 from tinyasr.format.encodings.sparse import BSRMatrix, CSRMatrix, as_dense, bsr_arrays, csr_arrays
 from tinyasr.kernels import tuning
-from tinyasr.kernels._compile import element_pointer, serial_and_parallel, stack_buffer, transpose_8x8
+from tinyasr.kernels._compile import element_pointer, gather_fma, serial_and_parallel, stack_buffer, transpose_8x8
 from tinyasr.kernels.conv1d import conv1d
 from tinyasr.kernels.epilogue import (
     ACTIVATIONS,
@@ -61,20 +61,19 @@ from tinyasr.kernels.epilogue import (
     check_bias_residual,
     store_tile,
 )
-from tinyasr.kernels.pointwise import strip_update
 
 RELU, CLIP = ACTIVATIONS["Relu"], ACTIVATIONS["Clip"]  # applied in the kernels; others after them
 
 
-def _signature(*extra):
-    """(x, values, indices, indptr, bias, residual, y, act, lo, hi, *extra).  Inputs are typed read-only (weights are
+def _signature():
+    """(x, values, indices, indptr, bias, residual, y, act, lo, hi, parts).  Inputs are typed read-only (weights are
     views of the read-only memory map; writable arrays are accepted too).  uint16 column indices only, so the
     kernel compiles once per build (matrices over 65535 columns store int32 indices and run dense)."""
     readonly = [types.Array(dtype, ndim, "C", readonly=True) for dtype, ndim in (
         (types.float32, 3), (types.float32, 3), (types.uint16, 1), (types.int32, 1), (types.float32, 1),
         (types.float32, 3))]
     return types.void(*readonly, types.Array(types.float32, 3, "C"), types.int64, types.float32, types.float32,
-                      *extra)
+                      types.int64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,203 +81,129 @@ def _signature(*extra):
 # ---------------------------------------------------------------------------------------------
 
 
-@njit(inline="always", fastmath={"contract"})
-def _csr_row_tile(acc, x, values, indices, indptr, row, n, pairs):
-    """acc[:n] = sum over the non-zeros j of ``row`` of values[j, 0, 0] * x[indices[j], :n], four per pass.
-
-    ``pairs`` (a compile-time constant) sums each four as (v0 x0 + v1 x1) + (v2 x2 + v3 x3): 6 vector ops, two
-    chains, for wide registers where a tile is too few vectors to hide the FMA latency; else one chain of 4
-    fused multiply-adds per vector (Zen 3, AVX2, 64 frames = 8 chains: 1.1-1.25x faster).  Values, indices and
-    x rows are read through pointers (element_pointer), not slices, whose index wrap-around and clamping
-    doubled the instructions per pass (benchmarks/results/sparse_gathers.md)."""
-    stride = x.shape[1]  # x is a [Cin, >= n] tile
-    j, end = np.int64(indptr[row]), np.int64(indptr[row + 1])
-    for t in range(n):
-        acc[t] = 0.0
-    while j + 4 <= end:
-        v = carray(element_pointer(values, j), (4,))
-        c = carray(element_pointer(indices, j), (4,))
-        x0 = carray(element_pointer(x, np.int64(c[0]) * stride), (n,))
-        x1 = carray(element_pointer(x, np.int64(c[1]) * stride), (n,))
-        x2 = carray(element_pointer(x, np.int64(c[2]) * stride), (n,))
-        x3 = carray(element_pointer(x, np.int64(c[3]) * stride), (n,))
-        v0, v1, v2, v3 = v[0], v[1], v[2], v[3]
-        if pairs:
-            for t in range(n):
-                acc[t] += (v0 * x0[t] + v1 * x1[t]) + (v2 * x2[t] + v3 * x3[t])
-        else:
-            for t in range(n):
-                acc[t] = acc[t] + v0 * x0[t]
-                acc[t] = acc[t] + v1 * x1[t]
-                acc[t] = acc[t] + v2 * x2[t]
-                acc[t] = acc[t] + v3 * x3[t]
-        j += 4
-    while j < end:
-        v0 = carray(element_pointer(values, j), (1,))[0]
-        x0 = carray(element_pointer(x, np.int64(carray(element_pointer(indices, j), (1,))[0]) * stride), (n,))
-        for t in range(n):
-            acc[t] += v0 * x0[t]
-        j += 1
-
-
-@njit(inline="always", fastmath={"contract"})
-def _bsr_strip_tile(acc, x, values, indices, indptr, strip, t0, n):
-    """acc[k*n:(k+1)*n] = sum over the blocks j of the strip's block row of values[j, i+k, 0] * x[indices[j], t0:t0+n]
-    for the strip's 4 rows k (i: the strip's first row inside its block of br = values.shape[1] rows); read
-    through pointers as in _csr_row_tile."""
-    frames, block_rows = x.shape[1], values.shape[1]
-    strips_per_block = block_rows // 4
-    block_row, i = strip // strips_per_block, (strip % strips_per_block) * 4
-    j, end = np.int64(indptr[block_row]), np.int64(indptr[block_row + 1])
-    for t in range(4 * n):
-        acc[t] = 0.0
-    a0, a1, a2, a3 = acc[0:n], acc[n:2 * n], acc[2 * n:3 * n], acc[3 * n:4 * n]
-    while j < end:
-        v = carray(element_pointer(values, j * block_rows + i), (4,))
-        xj = carray(element_pointer(x, np.int64(carray(element_pointer(indices, j), (1,))[0]) * frames + t0), (n,))
-        strip_update(a0, a1, a2, a3, v[0], v[1], v[2], v[3], xj, n)
-        j += 1
-
-
 @njit(inline="always")
 def _pack_tile(x, t0, n, x_tile):
-    """x_tile[c, :n] = x[c, t0:t0+n] for every input channel c: the tile's frames made contiguous."""
+    """x_tile[c, :n] = x[c, t0:t0+n] for every input channel c, zeros after n: the tile's frames made contiguous
+    (a short last tile then runs the same full-width code; its extra sums are not stored)."""
     frames, width = x.shape[1], x_tile.shape[1]
     for c in range(x.shape[0]):
         source = carray(element_pointer(x, c * frames + t0), (n,))
-        target = carray(element_pointer(x_tile, c * width), (n,))
+        target = carray(element_pointer(x_tile, c * width), (width,))
         for t in range(n):
             target[t] = source[t]
+        for t in range(n, width):
+            target[t] = 0.0
 
 
-def _csr_kernel(width: int, pairs: bool = False):
-    """The CSR kernel factory on tiles of ``width`` frames (``pairs`` as in _csr_row_tile).
+@njit(inline="always")
+def _strip_sums(acc, x_tile, values, indices, indptr, strip, strip_rows, width, ways):
+    """acc[k*width:(k+1)*width] = the sums of the ``strip_rows`` rows k of ``strip`` over the tile's frames: its
+    block row's non-zeros gathered from x_tile (gather_fma).  CSR: values [nnz, 1, 1], one row a strip; BSR:
+    values [nblocks, br, 1], strips of 4 rows inside blocks of br rows sharing each column index."""
+    block_rows = values.shape[1]
+    strips_per_block = block_rows // strip_rows
+    block_row, first_row = strip // strips_per_block, (strip % strips_per_block) * strip_rows
+    gather_fma(element_pointer(acc, 0), element_pointer(x_tile, 0), np.int64(width),
+               element_pointer(values, first_row), np.int64(block_rows), element_pointer(indices, 0),
+               np.int64(indptr[block_row]), np.int64(indptr[block_row + 1]), strip_rows, width, ways)
 
-    Work items are (batch, tile, part of the rows), tile-major, the rows split in ``parts`` (the last argument,
-    row_parts: more than 1 only where there are too few tiles for every thread); an item first copies its tile's
-    frames of x into a contiguous [Cin, width] scratch (_pack_tile) unless x has one tile only.  The rows of x are T
-    frames apart, so the gathered segments of one tile are each on their own page: at Cin = 512 a tile's
-    non-zeros touch 512 pages, past the first-level TLB; the packed tile is 32 pages (width 64).  The copy is
-    Cin x width floats per tile against nnz x width multiply-adds (benchmarks/results/sparse_packing.md).
-    The epilogue y = act((acc + bias) + residual) is applied while copying out of the accumulator (store_tile,
-    inlined: calling the epilogue's finish_row, even a branch of it never taken, made the kernel 1.2-2x
-    slower), so only "" / Relu / Clip are applied here; spmm applies Sigmoid / Tanh in a second pass.
+
+def _sparse_kernel(strip_rows: int, width: int, ways: int = 1):
+    """The CSR (strip_rows 1) or BSR (strip_rows 4, blocks of br x 1, br = 4k) kernel factory on tiles of
+    ``width`` frames, each row's non-zeros interleaved ``ways`` ways (gather_fma).
+
+    Work items are (batch, tile, part of the strips), tile-major, the strips split in ``parts`` (the last
+    argument, row_parts: more than 1 only where there are too few tiles for every thread).  An item first copies
+    its tile's frames of x into a contiguous [Cin, width] scratch (_pack_tile), which stays in L1 / L2 while all
+    its strips gather from it.  Read in place, the gathered rows of x are T frames apart, each on its own page
+    (512 pages a tile at Cin 512, past the first-level TLB: the gathers ran 1.1-1.6x slower at T = 1000,
+    benchmarks/results/sparse_packing.md), and a row of x at a frame that is not a multiple of 16 straddles
+    cache lines.  The copy is Cin x width floats per tile against nnz x width multiply-adds.  The epilogue
+    y = act((acc + bias) + residual) is applied while copying out of the sums (store_tile, inlined: calling the
+    epilogue's finish_row, even a branch of it never taken, made the kernel 1.2-2x slower), so only "" / Relu /
+    Clip are applied here; spmm applies Sigmoid / Tanh in a second pass.
     """
+    sums_size = strip_rows * width  # stack_buffer needs a compile-time constant
 
     def make(loop):
         def kernel(x, values, indices, indptr, bias, residual, y, act, lo, hi, parts):
             batch, inputs, frames = x.shape
-            rows = y.shape[1]
+            strips = y.shape[1] // strip_rows
             tiles = (frames + width - 1) // width
             parts = max(parts, 1)
-            rows_per_part = -(-rows // parts)
+            strips_per_part = -(-strips // parts)
             has_bias, add_residual = bias.shape[0] > 0, residual.size > 0
             for item in loop(batch * tiles * parts):
                 part = item % parts
                 b = item // (parts * tiles)
                 t0 = (item // parts - b * tiles) * width
                 n = min(width, frames - t0)
-                # One gather path for both sources: with the gathers inlined twice (from x and from the tile)
-                # LLVM no longer kept the accumulators in registers.
-                if tiles == 1:  # x's rows are the tile's rows already
-                    source = carray(element_pointer(x, b * inputs * frames), (inputs, frames))
-                else:
-                    source = np.empty((inputs, width), np.float32)
-                    if n == width:
-                        _pack_tile(x[b], t0, width, source)
-                    else:
-                        _pack_tile(x[b], t0, n, source)
-                acc = carray(stack_buffer(width), (width,))
-                for row in range(part * rows_per_part, min(rows, (part + 1) * rows_per_part)):
-                    if n == width:  # constant width: the tile lives in registers
-                        _csr_row_tile(acc, source, values, indices, indptr, row, width, pairs)
-                    else:
-                        _csr_row_tile(acc, source, values, indices, indptr, row, n, pairs)
-                    store_tile(y, acc, n, b, row, 1, t0, n, bias, has_bias, residual, add_residual, act, lo, hi)
+                x_tile = np.empty((inputs, width), np.float32)
+                _pack_tile(x[b], t0, n, x_tile)
+                acc = carray(stack_buffer(sums_size), (sums_size,))
+                first, last = part * strips_per_part, min(strips, (part + 1) * strips_per_part)
+                for strip in range(first, last):
+                    _strip_sums(acc, x_tile, values, indices, indptr, strip, strip_rows, width, ways)
+                    store_tile(y, acc, width, b, strip * strip_rows, strip_rows, t0, n, bias, has_bias, residual,
+                               add_residual, act, lo, hi)
 
         return kernel
 
-    make.__name__ = make.__qualname__ = "csr_rows"
-    kernel = serial_and_parallel(_signature(types.int64), fastmath={"contract"})(make)
+    make.__name__ = make.__qualname__ = "csr_rows" if strip_rows == 1 else "bsr_strips"
+    kernel = serial_and_parallel(_signature(), fastmath={"contract"})(make)
     kernel.width = width
     return kernel
-
-
-def _bsr_kernel(width: int):
-    """The BSR kernel factory (blocks of br x 1, br = 4k) on tiles of ``width`` frames: strips of 4 rows.
-
-    Work items are (batch, tile, strip), tile-major, and x is read in place: reading a tile packed in the work
-    item as _csr_kernel does, LLVM no longer kept the strip's accumulators in registers (it stored all of them
-    on every block, Zen 3: 2.2-2.7x slower); with the packed tile passed in as an argument they stayed, and it
-    ran no faster (0.9-1.1x).  The epilogue as in _csr_kernel.
-    """
-
-    strip_size = 4 * width  # stack_buffer needs a compile-time constant
-
-    def make(loop):
-        def kernel(x, values, indices, indptr, bias, residual, y, act, lo, hi):
-            batch, frames = x.shape[0], x.shape[2]
-            strips = y.shape[1] // 4
-            tiles = (frames + width - 1) // width
-            has_bias, add_residual = bias.shape[0] > 0, residual.size > 0
-            for item in loop(batch * tiles * strips):
-                acc = carray(stack_buffer(strip_size), (strip_size,))
-                strip = item % strips
-                b = item // (strips * tiles)
-                t0 = (item // strips - b * tiles) * width
-                n = min(width, frames - t0)
-                if n == width:  # constant width: the tile lives in registers
-                    _bsr_strip_tile(acc, x[b], values, indices, indptr, strip, t0, width)
-                else:
-                    _bsr_strip_tile(acc, x[b], values, indices, indptr, strip, t0, n)
-                store_tile(y, acc, n, b, 4 * strip, 4, t0, n, bias, has_bias, residual, add_residual, act, lo, hi)
-
-        return kernel
-
-    make.__name__ = make.__qualname__ = "bsr_rows"
-    return serial_and_parallel(_signature(), fastmath={"contract"})(make)
 
 
 # The variants, one chosen per CPU (tuning.py; all are exact to float32 rounding, each the same at any thread count).
 # CSR: y[b, r] = act(sum_j values[j] * x[b, indices[j]] + bias[r] + residual[b, r]) over the non-zeros j of row r;
 # values [nnz, 1, 1] (a free reshape of the CSR values); indptr and indices were validated at load.
-# BSR: the same for blocks of br x 1, br a multiple of 4: values [nblocks, br, 1], indptr [rows/br + 1]; a strip
-# of 4 rows x width frames must fit the registers: 4x64 is 16 AVX-512 registers but 32 AVX2 ones (spills).
-# Measured on Zen 3 (AVX2), 512x512 at 90 %, T = 1000: CSR chain64 3.6-3.9x numpy's BLAS (what conv1d runs there on
-# this CPU) with the packed tile; before it, over the dense tile kernel, CSR pairs64 2.9, chain64 3.6, chain128 3.0,
-# BSR 4x1 width 32 4.2, width 64 3.8 (2026-12-05).
-CSR_KERNELS = {"pairs64": _csr_kernel(64, True), "chain64": _csr_kernel(64), "chain128": _csr_kernel(128)}
-BSR_KERNELS = {"4x32": _bsr_kernel(32), "4x64": _bsr_kernel(64)}
-CALIBRATION = (256, 256, 384, 0.9)  # rows, columns, T (whole tiles for every width), sparsity of the timing problem
+# BSR: the same for blocks of br x 1, br a multiple of 4: values [nblocks, br, 1], indptr [rows/br + 1].
+# Named rows x frames of a strip's sums, and the ways its non-zeros are interleaved: the sums and the values' broadcasts
+# must fit the registers (16 AVX2, 32 AVX-512 / NEON), and rows x vectors x ways chains must hide the multiply-add's
+# latency.  Measured: benchmarks/results/sparse_gather.md.
+CSR_KERNELS = {"1x16 4-way": _sparse_kernel(1, 16, 4), "1x32": _sparse_kernel(1, 32), "1x32 2-way": _sparse_kernel(1, 32, 2),
+               "1x64": _sparse_kernel(1, 64), "1x64 2-way": _sparse_kernel(1, 64, 2)}
+BSR_KERNELS = {"4x16": _sparse_kernel(4, 16), "4x32": _sparse_kernel(4, 32), "4x64": _sparse_kernel(4, 64)}
+# The timing problems: square weights of these sizes (input channels decide the packed tile's place in the cache: a
+# 1x64 tile of 512 inputs is 128 KB, past a 32 KB L1, and the variant that wins at 256 inputs lost at 512 on Zen 3),
+# T (whole tiles for every width) and sparsity.  A weight takes the choice made on the nearest size.
+CALIBRATION_SIZES = (256, 512)
+CALIBRATION = (384, 0.9)
 
 
-def row_parts(batch: int, frames: int, rows: int, width: int, workers: int) -> int:
-    """The CSR kernels' ``parts``: rows split so that there are two work items per worker, 1 if the tiles suffice."""
+def row_parts(batch: int, frames: int, strips: int, width: int, workers: int) -> int:
+    """The kernels' ``parts``: the strips (CSR rows, BSR 4-row strips) split so that there are two work items per
+    worker, 1 if the tiles suffice."""
     tiles = max(1, batch * -(-frames // width))
-    return max(1, min(rows, -(-2 * workers // tiles))) if workers > 1 else 1
+    return max(1, min(strips, -(-2 * workers // tiles))) if workers > 1 else 1
+
+
+def fastest_kernel(kind: str, inputs: int = CALIBRATION_SIZES[0]):
+    """The CSR ("csr") or BSR ("bsr", 4x1 blocks) kernel measured fastest on this CPU (tuning.fastest) for a
+    weight of ``inputs`` columns: the choice made on the nearest of CALIBRATION_SIZES."""
+    return _fastest_kernel(kind, min(CALIBRATION_SIZES, key=lambda size: abs(size - inputs)))
 
 
 @functools.cache
-def fastest_kernel(kind: str):
-    """The CSR ("csr") or BSR ("bsr", 4x1 blocks) kernel measured fastest on this CPU (tuning.fastest)."""
-    rows, columns, frames, sparsity = CALIBRATION
+def _fastest_kernel(kind: str, size: int):
+    frames, sparsity = CALIBRATION
     rng = np.random.default_rng(0)
-    weight = rng.standard_normal((rows, columns), dtype=np.float32)
+    weight = rng.standard_normal((size, size), dtype=np.float32)
     if kind == "csr":
         weight[rng.random(weight.shape) < sparsity] = 0.0
         values, indices, indptr = csr_arrays(weight)
         values, kernels = values.reshape(-1, 1, 1), CSR_KERNELS
     else:
-        weight[np.repeat(rng.random((rows // 4, columns)) < sparsity, 4, axis=0)] = 0.0
+        weight[np.repeat(rng.random((size // 4, size)) < sparsity, 4, axis=0)] = 0.0
         (values, indices, indptr), kernels = bsr_arrays(weight, (4, 1)), BSR_KERNELS
-    x = rng.standard_normal((1, columns, frames), dtype=np.float32)
-    y = np.empty((1, rows, frames), np.float32)
+    x = rng.standard_normal((1, size, frames), dtype=np.float32)
+    y = np.empty((1, size, frames), np.float32)
 
-    def run(kernel):
-        extra = (1,) if kind == "csr" else ()  # one part: the serial build
-        return lambda: kernel.serial(x, values, indices, indptr, NO_BIAS, NO_RESIDUAL, y, 0, 0.0, 0.0, *extra)
+    def run(kernel):  # one part: the serial build
+        return lambda: kernel.serial(x, values, indices, indptr, NO_BIAS, NO_RESIDUAL, y, 0, 0.0, 0.0, 1)
 
-    name = tuning.fastest(f"spmm {kind}", {name: run(kernel) for name, kernel in kernels.items()},
+    name = tuning.fastest(f"spmm {kind} {size} inputs", {name: run(kernel) for name, kernel in kernels.items()},
                           *tuning.cache_of(next(iter(kernels.values())).serial))
     return kernels[name]
 
@@ -293,8 +218,8 @@ def _time_major_signature():
 
 @njit(inline="always")
 def _frames_to_tile(x, t0, n, x_tile):
-    """x_tile[c, t] = x[t0 + t, c] for t < n and every input c: 8 x 8 blocks transposed in registers, the
-    edges (frames past a multiple of 8, inputs past a multiple of 8) one value at a time."""
+    """x_tile[c, t] = x[t0 + t, c] for t < n and every input c, zeros after n: 8 x 8 blocks transposed in
+    registers, the edges (frames past a multiple of 8, inputs past a multiple of 8) one value at a time."""
     inputs = x.shape[1]
     block_frames, block_inputs = n - n % 8, inputs - inputs % 8
     for t in range(0, block_frames, 8):
@@ -306,6 +231,9 @@ def _frames_to_tile(x, t0, n, x_tile):
     for k in range(block_frames, n):
         for c in range(inputs):
             x_tile[c, k] = x[t0 + k, c]
+    for c in range(inputs):  # a short last tile runs the full-width gathers too; its extra sums are not stored
+        for k in range(n, x_tile.shape[1]):
+            x_tile[c, k] = 0.0
 
 
 @njit(inline="always")
@@ -321,15 +249,15 @@ def _columns_to_frames(acc, columns, y, t0, n, c0):
             y_row[c0 + q] = acc[q, t]
 
 
-def _time_major_kernel(width: int, pairs: bool = False):
-    """The time-major CSR kernel factory on tiles of ``width`` frames (``pairs`` as in _csr_row_tile).
+def _time_major_kernel(width: int, ways: int = 1):
+    """The time-major CSR kernel factory on tiles of ``width`` frames, non-zeros interleaved ``ways`` ways.
 
     Work items are tiles of frames.  One item transposes its frames of x into a [K, width] scratch tile, then
-    runs _csr_row_tile on it for each output column, 8 columns at a time into an [8, width] stack buffer, and
-    writes those 8 columns' sums (plus bias) into y by 8 x 8 register transposes.  Measured on Zen 3 (AVX2), 90 %
-    sparse, 256 frames, multiply-adds alone -> whole kernel: 88x352 36 -> 62 us, 352x88 35 -> 57, 512x512 358 ->
-    409, 88x88 7 -> 18 (BLAS: 179, 177, 1460, 46); with transposes one value at a time the kernel took 75, 118,
-    731, 27.  Frames are independent, so any batch dims are folded into them.
+    gathers each output column's sums from it (gather_fma), 8 columns at a time into an [8, width] stack buffer,
+    and writes those 8 columns' sums (plus bias) into y by 8 x 8 register transposes.  Measured on Zen 3 (AVX2),
+    90 % sparse, 256 frames, multiply-adds alone -> whole kernel: 88x352 36 -> 62 us, 352x88 35 -> 57, 512x512
+    358 -> 409, 88x88 7 -> 18 (BLAS: 179, 177, 1460, 46); with transposes one value at a time the kernel took
+    75, 118, 731, 27.  Frames are independent, so any batch dims are folded into them.
     """
     block_size = 8 * width  # stack_buffer needs a compile-time constant
 
@@ -348,10 +276,9 @@ def _time_major_kernel(width: int, pairs: bool = False):
                     columns = min(8, outputs - c0)
                     for q in range(columns):
                         acc_q = acc[q]
-                        if n == width:  # constant width: the tile lives in registers
-                            _csr_row_tile(acc_q, x_tile, values, indices, indptr, c0 + q, width, pairs)
-                        else:
-                            _csr_row_tile(acc_q, x_tile, values, indices, indptr, c0 + q, n, pairs)
+                        gather_fma(element_pointer(acc_q, 0), element_pointer(x_tile, 0), np.int64(width),
+                                   element_pointer(values, 0), np.int64(1), element_pointer(indices, 0),
+                                   np.int64(indptr[c0 + q]), np.int64(indptr[c0 + q + 1]), 1, width, ways)
                         if has_bias:
                             bias_q = bias[c0 + q]
                             for t in range(n):
@@ -364,14 +291,16 @@ def _time_major_kernel(width: int, pairs: bool = False):
     return serial_and_parallel(_time_major_signature(), fastmath={"contract"})(make)
 
 
-# One chosen per CPU, as for the channel-major CSR kernels (they differ where those do: FMA chains per register).
-TIME_MAJOR_KERNELS = {"pairs64": _time_major_kernel(64, True), "chain64": _time_major_kernel(64)}
+# One chosen per CPU, as for the channel-major CSR kernels (widths of 8k frames: the transposes are 8 x 8 blocks).
+TIME_MAJOR_KERNELS = {"1x32": _time_major_kernel(32), "1x64": _time_major_kernel(64),
+                      "1x64 2-way": _time_major_kernel(64, 2)}
 
 
 @functools.cache
 def fastest_time_major_kernel():
-    """The time-major CSR kernel measured fastest on this CPU (tuning.fastest), on the CALIBRATION problem."""
-    rows, columns, frames, sparsity = CALIBRATION
+    """The time-major CSR kernel measured fastest on this CPU (tuning.fastest), on the smaller CALIBRATION problem."""
+    rows = columns = CALIBRATION_SIZES[0]
+    frames, sparsity = CALIBRATION
     rng = np.random.default_rng(0)
     weight = rng.standard_normal((rows, columns), dtype=np.float32)
     weight[rng.random(weight.shape) < sparsity] = 0.0
@@ -436,12 +365,13 @@ def spmm(weight, x, bias=None, residual=None, activation="", activation_params=(
     work = weight.values.size * shape[0] * shape[2] // threads.SPARSE_MACS_PER_WORK  # threads.py: parallel or not
     fused = act in (0, RELU, CLIP)
     if isinstance(weight, CSRMatrix):
-        kernel, values = fastest_kernel("csr"), weight.values.reshape(-1, 1, 1)
-        workers = 1 if threads.serial_only(work) else threads.get_num_threads()
-        extra = (row_parts(shape[0], shape[2], rows, kernel.width, workers),)
+        kernel, values = fastest_kernel("csr", columns), weight.values.reshape(-1, 1, 1)
     else:
-        kernel, values, extra = fastest_kernel("bsr"), weight.values, ()
-    kernel(work, x, values, weight.indices, weight.indptr, bias, residual, out, act if fused else 0, lo, hi, *extra)
+        kernel, values = fastest_kernel("bsr", columns), weight.values
+    workers = 1 if threads.serial_only(work) else threads.get_num_threads()
+    strips = rows if isinstance(weight, CSRMatrix) else rows // 4
+    parts = row_parts(shape[0], shape[2], strips, kernel.width, workers)
+    kernel(work, x, values, weight.indices, weight.indptr, bias, residual, out, act if fused else 0, lo, hi, parts)
     if not fused:
         bias_act(out, activation=activation, params=activation_params)
     return out
