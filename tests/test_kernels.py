@@ -22,6 +22,7 @@ from tinyasr.errors import GraphError, TinyASRError
 from tinyasr.kernels import ACTIVATIONS, bias_act, bias_act_reference, conv1d, conv1d_reference, output_length
 from tinyasr.kernels._compile import TILE
 from tinyasr.kernels.conv1d import (
+    BLOCKED_MIN_DENSITY,
     DEPTHWISE_SHORT,
     SHORT_FRAMES,
     deinterleave,
@@ -629,14 +630,15 @@ def test_exp32_is_within_an_ulp_and_keeps_the_limits():
 
 @pytest.mark.parametrize("taps,dilation,frames", [(25, 1, 1), (33, 1, 95), (33, 2, 97), (75, 1, 500), (33, 1, 2000)])
 def test_tiled_depthwise_matches_torch_and_the_short_kernel(taps, dilation, frames):
-    """Rows with >= TILED_MIN_TAPS non-zero taps run in register tiles (others, here a pruned row, per tap): both
-    against torch, and bit for bit against depthwise_short_rows (streaming), which sums in the same tap order."""
-    from tinyasr.kernels.conv1d import TILED_MIN_TAPS
-
+    """Stride-1 rows of a pruned depthwise conv (under BLOCKED_MIN_DENSITY) run in register tiles over their
+    non-zero taps, an all-zero row and a one-tap row included: against torch, and bit for bit against
+    depthwise_short_rows (streaming), which sums in the same tap order."""
     rng = np.random.default_rng(taps + frames)
     x = rng.standard_normal((2, 8, frames), dtype=np.float32)
     w = (rng.standard_normal((8, 1, taps)) / np.sqrt(taps)).astype(np.float32)
-    w[3, 0, TILED_MIN_TAPS // 2 :] = 0.0  # a pruned row: the per-tap pass
+    w[rng.random(w.shape) < 0.6] = 0.0
+    w[3], w[5, 0, 1:] = 0.0, 0.0
+    assert np.count_nonzero(w) < BLOCKED_MIN_DENSITY * w.size  # conv1d takes depthwise_rows
     bias = rng.standard_normal(8, dtype=np.float32)
     pad = dilation * (taps - 1) // 2
     got = conv1d(x, w, bias, group=8, dilation=dilation, pad_left=pad, pad_right=pad, activation="Relu")

@@ -35,7 +35,8 @@ from numpy.lib.stride_tricks import as_strided
 
 from tinyasr.engine import threads
 from tinyasr.errors import GraphError
-from tinyasr.kernels._compile import element_pointer, serial_and_parallel, stack_buffer, vector_fma
+from tinyasr.kernels._compile import (copy_elements, element_pointer, gather_fma, serial_and_parallel, stack_buffer,
+                                      vector_fma)
 from tinyasr.kernels.depthwise import depthwise_blocks
 from tinyasr.kernels.epilogue import (
     ACTIVATIONS,  # noqa: F401  (re-exported: the Conv op's activation names)
@@ -73,11 +74,12 @@ POINTWISE_MIN_FRAMES = 24
 # Up to this many output frames a stride-1 depthwise conv takes depthwise_short_rows (a literal: a stack buffer).
 SHORT_FRAMES = 16
 SHORT_QUAD = 4 * SHORT_FRAMES  # four rows' accumulators
-# Stride-1 depthwise rows with at least TILED_MIN_TAPS non-zero taps are computed DEPTHWISE_TILE frames at a time
-# in registers (12 AVX2 / 6 AVX-512 registers).  Measured on Zen 3 (AVX2), C256 T500, against the per-tap pass:
-# K33 / K57 / K87 all taps 1.19 / 1.38 / 1.56x faster, K33 with 16 taps left 1.0x, 10 taps 0.82x, 3 taps 0.96x.
-DEPTHWISE_TILE = 96
-TILED_MIN_TAPS = 24
+# Stride-1 depthwise rows are computed DEPTHWISE_TILE frames at a time in registers (8 AVX2 / 4 AVX-512 registers),
+# DEPTHWISE_ROWS rows per work item (which allocates the scratch once).  Measured on Zen 3 (AVX2), C256 T500, K 33 /
+# 57 / 87, against the per-tap pass, random taps kept: 10 % 0.071 / 0.107 / 0.159 -> 0.077 / 0.092 / 0.119 ms, 25 %
+# 0.123 / 0.210 / 0.307 -> 0.098 / 0.132 / 0.185 (benchmarks/results/sparse_gather.md).
+DEPTHWISE_TILE = 64
+DEPTHWISE_ROWS = 16
 # A depthwise conv with at least this share of non-zero taps (Cout = Cin, more than SHORT_FRAMES outputs) runs
 # depthwise.py's kernel, vectors across 8 channels, every tap: 1.6-1.75x the row kernels per tap on Zen 3 (C256
 # T500, K 33-87: 152-331 against 273-546 us), so it wins while more than about 0.6 of the taps are non-zero.
@@ -112,21 +114,28 @@ def deinterleave(x_row, stride):
 
 
 @njit(inline="always", fastmath={"contract"})
-def _depthwise_tiles(x_row, w_c, y_row, dilation, pad_left, tiles):
+def _depthwise_tiles(x_row, w_c, y_row, dilation, pad_left, tiles, padded, offsets, values):
     """y_row = the stride-1 depthwise conv of x_row, DEPTHWISE_TILE output frames at a time in registers.
 
-    Each tile adds every non-zero tap into its accumulators (one x load and one fused multiply-add per
-    vector, no store), where the per-tap pass over the row loads, adds and stores y per tap (store-bound);
-    see TILED_MIN_TAPS.  x_row is first copied between zeros (the padding), so every tile reads in range.
-    Same sum, in tap order, as the per-tap pass: identical results."""
+    Each tile sums its non-zero taps with gather_fma, the sparse kernels' loop (a tap is a "non-zero" whose
+    column is its offset in the row): one x load and one fused multiply-add per vector, no store, where the
+    per-tap pass over the row loads, adds and stores y per tap (store-bound).  x_row is first copied between
+    zeros (the padding; ``padded``: scratch of tiles * DEPTHWISE_TILE + (taps - 1) * dilation floats), so every
+    tile reads in range.  ``offsets`` (uint16) and ``values``: scratch of ``taps`` each.  Same sum, in tap order,
+    as the per-tap pass: identical results."""
     taps = w_c.shape[0]
-    span = (taps - 1) * dilation
-    padded = np.zeros(tiles * DEPTHWISE_TILE + span, np.float32)
     copied = min(x_row.shape[0], padded.shape[0] - pad_left)
-    padded[pad_left : pad_left + copied] = x_row[:copied]
-    # The non-zero taps, in order, listed once: no branch per tile and tap (a random half of zero taps
-    # mispredicted enough to make tiles slower than the per-tap pass).
-    offsets, values, nonzero = np.empty(taps, np.int64), np.empty(taps, np.float32), 0
+    # Through pointers, indices from 0: a slice assignment is checked for overlap first, and ``padded[pad_left +
+    # t]`` carries Numba's negative-index code, which kept the copy scalar (either cost as much as the taps).
+    for t in range(pad_left):
+        padded[t] = 0.0
+    copy_elements(carray(element_pointer(padded, pad_left), (copied,)), x_row)
+    tail = padded.shape[0] - pad_left - copied
+    after = carray(element_pointer(padded, pad_left + copied), (tail,))
+    for t in range(tail):
+        after[t] = 0.0
+    # The non-zero taps, in order, listed once (offsets fit uint16: see depthwise_rows).
+    nonzero = 0
     for k in range(taps):
         if w_c[k] != 0.0:
             offsets[nonzero], values[nonzero] = k * dilation, w_c[k]
@@ -135,14 +144,15 @@ def _depthwise_tiles(x_row, w_c, y_row, dilation, pad_left, tiles):
     frames = y_row.shape[0]
     for tile in range(tiles):
         t0 = tile * DEPTHWISE_TILE
-        for t in range(DEPTHWISE_TILE):
-            acc[t] = 0.0
-        for j in range(nonzero):
-            w_k, source = values[j], padded[t0 + offsets[j] :]
-            for t in range(DEPTHWISE_TILE):
-                acc[t] += w_k * source[t]
-        for t in range(min(DEPTHWISE_TILE, frames - t0)):
-            y_row[t0 + t] = acc[t]
+        n = min(DEPTHWISE_TILE, frames - t0)
+        # A whole tile's sums go from registers straight into y; the last, shorter one through acc (copying
+        # every tile out of acc was a memcpy call per tile, as long as the taps at 10 % density).
+        sums = element_pointer(y_row, t0) if n == DEPTHWISE_TILE else element_pointer(acc, 0)
+        gather_fma(sums, element_pointer(padded, t0), np.int64(1), element_pointer(values, 0), np.int64(1),
+                   element_pointer(offsets, 0), np.int64(0), np.int64(nonzero), 1, DEPTHWISE_TILE, 1)
+        if n < DEPTHWISE_TILE:
+            for t in range(n):
+                y_row[t0 + t] = acc[t]
 
 
 @serial_and_parallel(
@@ -153,8 +163,8 @@ def depthwise_rows(loop):
     """y[b, c] = act(sum_k w[c, k] * x[b, c // m, t*stride + k*dilation - pad_left] + bias + residual).
 
     x [B, Cin, T], w [Cout, K] with Cout = m * Cin, y [B, Cout, T_out]; out-of-range taps are zero padding.
-    A stride-1 row with TILED_MIN_TAPS non-zero taps or more: time tiles in registers (_depthwise_tiles).
-    Else taps in the outer loop, time in the inner loop, always contiguous (strided input is deinterleaved).
+    A stride-1 row: time tiles in registers (_depthwise_tiles).  Else taps in the outer loop, time in the inner
+    loop, always contiguous (strided input is deinterleaved).
     Zero taps are skipped: a pruned depthwise conv (tinyasr_convert.sparsity, ``depthwise=True``) costs its
     non-zeros only, without a sparse encoding.
     """
@@ -179,31 +189,34 @@ def depthwise_rows(loop):
             tap_lo[k], tap_hi[k] = max(0, -shift), min(t_out, phase_len - shift)
             tap_src[k] = phase * short + min(phase, long_phases) + tap_lo[k] + shift
         tiles = (t_out + DEPTHWISE_TILE - 1) // DEPTHWISE_TILE
-        for r in loop(batch * channels_out):
-            b = r // channels_out
-            c = r - b * channels_out
-            x_row = x[b, c // multiplier]
-            y_row = y[b, c]
-            w_c = w[c]
-            nonzero = 0
-            for k in range(taps):
-                nonzero += w_c[k] != 0.0
-            if stride == 1 and nonzero >= TILED_MIN_TAPS:
-                _depthwise_tiles(x_row, w_c, y_row, dilation, pad_left, tiles)
-            else:
-                phases = x_row if stride == 1 else deinterleave(x_row, stride)
-                y_row[:] = 0.0
-                for k in range(taps):
-                    if tap_hi[k] <= tap_lo[k] or w_c[k] == 0.0:
-                        continue  # the tap falls entirely in the padding, or was pruned
-                    # Slices read from index 0: provably >= 0, so no wraparound check blocks vectorising.
-                    y_part = y_row[tap_lo[k] : tap_hi[k]]
-                    x_part = phases[tap_src[k] :]
-                    w_k = w_c[k]
-                    for i in range(y_part.shape[0]):
-                        y_part[i] += w_k * x_part[i]
-            bias_c = bias[c] if has_bias else np.float32(0.0)
-            finish_row(y_row, bias_c, add_residual, residual[b, c] if add_residual else y_row, act, lo, hi)
+        span = (taps - 1) * dilation
+        tiled = stride == 1 and span <= 65535  # tap offsets as uint16 (gather_fma's column indices)
+        rows = batch * channels_out
+        for item in loop((rows + DEPTHWISE_ROWS - 1) // DEPTHWISE_ROWS):
+            padded = np.empty(tiles * DEPTHWISE_TILE + span if tiled else 0, np.float32)
+            offsets, values = np.empty(taps, np.uint16), np.empty(taps, np.float32)
+            for r in range(item * DEPTHWISE_ROWS, min(rows, (item + 1) * DEPTHWISE_ROWS)):
+                b = r // channels_out
+                c = r - b * channels_out
+                x_row = x[b, c // multiplier]
+                y_row = y[b, c]
+                w_c = w[c]
+                if tiled:
+                    _depthwise_tiles(x_row, w_c, y_row, dilation, pad_left, tiles, padded, offsets, values)
+                else:
+                    phases = x_row if stride == 1 else deinterleave(x_row, stride)
+                    y_row[:] = 0.0
+                    for k in range(taps):
+                        if tap_hi[k] <= tap_lo[k] or w_c[k] == 0.0:
+                            continue  # the tap falls entirely in the padding, or was pruned
+                        # Slices read from index 0: provably >= 0, so no wraparound check blocks vectorising.
+                        y_part = y_row[tap_lo[k] : tap_hi[k]]
+                        x_part = phases[tap_src[k] :]
+                        w_k = w_c[k]
+                        for i in range(y_part.shape[0]):
+                            y_part[i] += w_k * x_part[i]
+                bias_c = bias[c] if has_bias else np.float32(0.0)
+                finish_row(y_row, bias_c, add_residual, residual[b, c] if add_residual else y_row, act, lo, hi)
 
     return kernel
 
