@@ -125,27 +125,37 @@ def _sparse_kernel(strip_rows: int, width: int, ways: int = 1):
     """
     sums_size = strip_rows * width  # stack_buffer needs a compile-time constant
 
+    def tile(x, values, indices, indptr, bias, residual, y, act, lo, hi, b, t0, first, last):
+        """One work item: frames t0 .. t0+width-1 (fewer at the end) of batch b, strips first .. last-1."""
+        inputs, frames = x.shape[1], x.shape[2]
+        n = min(width, frames - t0)
+        has_bias, add_residual = bias.shape[0] > 0, residual.size > 0
+        x_tile = np.empty((inputs, width), np.float32)
+        _pack_tile(x[b], t0, n, x_tile)
+        acc = carray(stack_buffer(sums_size), (sums_size,))
+        for strip in range(first, last):
+            _strip_sums(acc, x_tile, values, indices, indptr, strip, strip_rows, width, ways)
+            store_tile(y, acc, width, b, strip * strip_rows, strip_rows, t0, n, bias, has_bias, residual,
+                       add_residual, act, lo, hi)
+
+    # A function of its own, called by both builds: inlined into the parallel loop, the item ran 1.16x slower on
+    # one thread than the serial build's (Numba's parallel lowering around it), so two threads gained 1.6x.
+    tile.__name__ = tile.__qualname__ = ("csr_rows" if strip_rows == 1 else "bsr_strips") + "_tile"
+    tile = njit(fastmath={"contract"}, cache=True)(tile)  # compiled with the kernel that calls it
+
     def make(loop):
         def kernel(x, values, indices, indptr, bias, residual, y, act, lo, hi, parts):
-            batch, inputs, frames = x.shape
+            batch, frames = x.shape[0], x.shape[2]
             strips = y.shape[1] // strip_rows
             tiles = (frames + width - 1) // width
             parts = max(parts, 1)
             strips_per_part = -(-strips // parts)
-            has_bias, add_residual = bias.shape[0] > 0, residual.size > 0
             for item in loop(batch * tiles * parts):
                 part = item % parts
                 b = item // (parts * tiles)
                 t0 = (item // parts - b * tiles) * width
-                n = min(width, frames - t0)
-                x_tile = np.empty((inputs, width), np.float32)
-                _pack_tile(x[b], t0, n, x_tile)
-                acc = carray(stack_buffer(sums_size), (sums_size,))
-                first, last = part * strips_per_part, min(strips, (part + 1) * strips_per_part)
-                for strip in range(first, last):
-                    _strip_sums(acc, x_tile, values, indices, indptr, strip, strip_rows, width, ways)
-                    store_tile(y, acc, width, b, strip * strip_rows, strip_rows, t0, n, bias, has_bias, residual,
-                               add_residual, act, lo, hi)
+                tile(x, values, indices, indptr, bias, residual, y, act, lo, hi, b, t0, part * strips_per_part,
+                     min(strips, (part + 1) * strips_per_part))
 
         return kernel
 
