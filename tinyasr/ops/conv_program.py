@@ -68,8 +68,8 @@ def conv_form(prepared, geometry, residual: bool, direct: bool) -> Optional[Conv
                     prepared.lo, prepared.hi, residual, direct and kind == program.POINTWISE)
 
 
-def _read_only(array: np.ndarray) -> np.ndarray:
-    view = np.ascontiguousarray(array, dtype=np.float32).view()
+def _read_only(array: np.ndarray, dtype=np.float32) -> np.ndarray:
+    view = np.ascontiguousarray(array, dtype=dtype).view()
     view.flags.writeable = False
     return view
 
@@ -113,6 +113,7 @@ class ConvProgram(StreamStep):
         self.outputs = [name for (node, _) in members for name in node.outputs if name in keep]
         table = np.full((len(forms), len(program.STEP_COLUMNS)), -1, np.int64)
         self.weights = typed.List.empty_list(program.WEIGHT_TYPE)
+        self.halves = typed.List.empty_list(program.HALF_TYPE)
         for i, ((node, _), form) in enumerate(zip(members, forms)):
             row = table[i]
             row[program.KIND] = form.kind
@@ -123,8 +124,15 @@ class ConvProgram(StreamStep):
                 row[program.PENDING] = buffer(None, form.channels_out)
             if not form.direct:
                 row[program.WINDOW] = buffer(None, form.channels_in)
-            row[program.WEIGHT] = len(self.weights)
-            self.weights.append(form.kernel_weight())
+            weight = form.kernel_weight()
+            halves = program.half_strips(weight) if form.kind == program.POINTWISE else None
+            row[program.HALF] = int(halves is not None)
+            if halves is None:
+                row[program.WEIGHT] = len(self.weights)
+                self.weights.append(weight)
+            else:  # every value a float16 (a model converted with --float16): half the bytes a chunk reads
+                row[program.WEIGHT] = len(self.halves)
+                self.halves.append(_read_only(halves, np.uint16))
             if form.bias is not None:
                 row[program.BIAS] = len(self.weights)
                 self.weights.append(form.bias)
@@ -175,7 +183,8 @@ class ConvProgram(StreamStep):
                         rows = np.zeros((2 * count, rows.shape[1]), np.float32)
                         buffers[buffer] = rows
                     rows[:count] = x[item].T
-            code = program.run_round(self.table, self.limits, self.weights, buffers, counts, steps_state, final)
+            code = program.run_round(self.table, self.limits, self.weights, self.halves, buffers, counts,
+                                     steps_state, final)
             if code != program.OK:
                 self._fail(code)
             for out, buffer in zip(outputs, self.output_buffers):
