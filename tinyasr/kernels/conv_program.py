@@ -29,6 +29,9 @@ call unboxes three typed lists and four small arrays.
 
 from __future__ import annotations
 
+import functools
+import platform
+
 import numpy as np
 from numba import carray, njit, types
 from numba.extending import overload
@@ -167,9 +170,22 @@ def pack_pointwise(weight: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(blocks, LANES, channels_in).transpose(0, 2, 1)).reshape(-1, LANES)
 
 
+@functools.cache
+def widens_half_natively() -> bool:
+    """Whether this CPU converts float16 to float32 in one instruction (ARMv8; x86 with F16C, every x86-64 CPU
+    since 2012): elsewhere LLVM would call a conversion routine per value, which the JIT may not link."""
+    import llvmlite.binding as llvm
+
+    return platform.machine().lower() in ("aarch64", "arm64") or "+f16c" in llvm.get_host_cpu_features().flatten()
+
+
 def half_strips(packed: np.ndarray):
-    """pack_pointwise's strips as float16 bits (uint16) if every weight is a float16 value, else None."""
-    halves = packed.astype(np.float16)
+    """pack_pointwise's strips as float16 bits (uint16) if every weight is a finite float16 value and this CPU
+    widens float16 natively, else None (the program keeps them as float32)."""
+    if not widens_half_natively() or not np.isfinite(packed).all():
+        return None
+    with np.errstate(over="ignore"):  # a value past float16's range is simply not one
+        halves = packed.astype(np.float16)
     return halves.view(np.uint16) if np.array_equal(halves.astype(np.float32), packed) else None
 
 
