@@ -162,8 +162,8 @@ def gather_fma(typingctx, out, x, x_stride, values, value_stride, indices, start
     as LLVM IR so that its sums live in registers whatever the code around it.
 
     ``out``, ``x`` and ``values`` are float32 pointers, ``indices`` a uint16 pointer (element_pointer,
-    stack_buffer); ``rows``, ``width`` and ``ways`` (a power of two) literals.  Each sum is a ``<width x float>`` SSA value
-    carried round the loop (LLVM splits it into the host's registers: 8 floats a register on AVX2, 16 on
+    stack_buffer); ``rows``, ``width`` and ``ways`` (a power of two) literals.  Each sum is a ``<width x float>``
+    SSA value carried round the loop (LLVM splits it into the host's registers: 8 floats a register on AVX2, 16 on
     AVX-512, 4 on NEON), so no store can make LLVM keep it in memory: written as Numba loops over a stack
     buffer, the same loop kept its sums in registers or not depending on the code around it (the BSR strip
     loaded and stored all 16 sums for every block, Zen 3: 2-3x slower; benchmarks/results/sparse_gather.md).

@@ -172,8 +172,9 @@ def _sparse_kernel(strip_rows: int, width: int, ways: int = 1):
 # Named rows x frames of a strip's sums, and the ways its non-zeros are interleaved: the sums and the values' broadcasts
 # must fit the registers (16 AVX2, 32 AVX-512 / NEON), and rows x vectors x ways chains must hide the multiply-add's
 # latency.  Measured: benchmarks/results/sparse_gather.md.
-CSR_KERNELS = {"1x16 4-way": _sparse_kernel(1, 16, 4), "1x32": _sparse_kernel(1, 32), "1x32 2-way": _sparse_kernel(1, 32, 2),
-               "1x64": _sparse_kernel(1, 64), "1x64 2-way": _sparse_kernel(1, 64, 2)}
+CSR_KERNELS = {"1x16 4-way": _sparse_kernel(1, 16, 4), "1x32": _sparse_kernel(1, 32),
+               "1x32 2-way": _sparse_kernel(1, 32, 2), "1x64": _sparse_kernel(1, 64),
+               "1x64 2-way": _sparse_kernel(1, 64, 2)}
 BSR_KERNELS = {"4x16": _sparse_kernel(4, 16), "4x32": _sparse_kernel(4, 32), "4x64": _sparse_kernel(4, 64)}
 # The timing problems: square weights of these sizes (input channels decide the packed tile's place in the cache: a
 # 1x64 tile of 512 inputs is 128 KB, past a 32 KB L1, and the variant that wins at 256 inputs lost at 512 on Zen 3),
