@@ -96,7 +96,7 @@ def fastest(family: str, candidates: Dict[str, Callable[[], None]], cache_dir: O
     CALLS calls each, rounds interleaved; then read from cache_dir / CACHE_FILE, or from memory for the rest of
     the process.
     """
-    if family in _chosen:
+    if _chosen.get(family) in candidates:
         return _chosen[family]
     path = cache_dir / CACHE_FILE if cache_dir is not None else None
     key = f"{family} {sorted(candidates)} {host_key()} {source}".rstrip()
