@@ -227,3 +227,37 @@ def test_gemm_op_with_a_sparse_weight_matches_onnxruntime(alpha, beta):
     for matrix in (encoded(weight, 1), encoded(weight, 4)):
         (got,) = run_op("Gemm", [a, matrix, c], {"transB": 1, "alpha": alpha, "beta": beta})
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+_CACHE_PROBE = """
+import numpy as np
+from tinyasr.engine import threads
+from tinyasr.format.encodings.sparse import BSRMatrix, CSRMatrix, bsr_arrays, csr_arrays
+from tinyasr.kernels.sparse import spmm
+rng = np.random.default_rng(0)
+w = rng.standard_normal((64, 64)).astype(np.float32)
+w[np.repeat(rng.random((16, 64)) < 0.9, 4, axis=0)] = 0.0
+x = rng.standard_normal((1, 64, 300)).astype(np.float32)
+for n in (1, 2):
+    threads.set_num_threads(n)
+    for matrix in (CSRMatrix(*csr_arrays(w), (64, 64, 1)), BSRMatrix(*bsr_arrays(w, (4, 1)), (64, 64, 1), (4, 1))):
+        assert np.abs(spmm(matrix, x)[0] - w @ x[0]).max() < 1e-4
+"""
+
+
+def test_a_second_process_loads_the_sparse_kernels_from_numbas_cache(tmp_path):
+    """Serial and parallel builds of every variant are cached under a key that is the same in the next process
+    (a dispatcher in a kernel's closure made the key differ per process: each process compiled them again and
+    the cache index grew by one entry per run)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), "NUMBA_DEBUG_CACHE": "1"}
+    runs = [subprocess.run([sys.executable, "-c", _CACHE_PROBE], env=env, capture_output=True, text=True, timeout=600)
+            for _ in range(2)]
+    for run in runs:
+        assert run.returncode == 0, run.stderr[-2000:]
+    assert "data saved" in runs[0].stdout
+    saved = [line for line in runs[1].stdout.splitlines() if "data saved" in line]
+    assert not saved, saved

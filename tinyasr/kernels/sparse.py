@@ -42,7 +42,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from numba import carray, njit, types
+from numba import carray, literally, njit, types
 
 from tinyasr.engine import threads
 from tinyasr.errors import GraphError
@@ -108,6 +108,33 @@ def _strip_sums(acc, x_tile, values, indices, indptr, strip, strip_rows, width, 
                np.int64(indptr[block_row]), np.int64(indptr[block_row + 1]), strip_rows, width, ways)
 
 
+MAX_SUMS = 256  # floats of a strip's sums in the widest variant (4 rows x 64 frames): one stack buffer size for all
+
+
+@njit(fastmath={"contract"}, cache=True)
+def _sparse_tile(x, values, indices, indptr, bias, residual, y, act, lo, hi, b, t0, first, last, strip_rows, width,
+                 ways):
+    """One work item of _sparse_kernel: frames t0 .. t0+width-1 (fewer at the end) of batch b, strips first ..
+    last-1.  A function of its own, called by both builds: inlined into Numba's parallel loop, the item ran 1.16x
+    slower on one thread than in the serial build, so two threads gained 1.6x (now 1.9x).  Module-level, its
+    variant's shape passed as literals: as a closure of the factory it was part of the kernels' closure, whose
+    pickled form (a dispatcher's, with a per-process id) is in Numba's cache key, and every process compiled the
+    kernels again."""
+    literally(strip_rows)
+    literally(width)
+    literally(ways)
+    inputs, frames = x.shape[1], x.shape[2]
+    n = min(width, frames - t0)
+    has_bias, add_residual = bias.shape[0] > 0, residual.size > 0
+    x_tile = np.empty((inputs, width), np.float32)
+    _pack_tile(x[b], t0, n, x_tile)
+    acc = carray(stack_buffer(MAX_SUMS), (MAX_SUMS,))
+    for strip in range(first, last):
+        _strip_sums(acc, x_tile, values, indices, indptr, strip, strip_rows, width, ways)
+        store_tile(y, acc, width, b, strip * strip_rows, strip_rows, t0, n, bias, has_bias, residual, add_residual,
+                   act, lo, hi)
+
+
 def _sparse_kernel(strip_rows: int, width: int, ways: int = 1):
     """The CSR (strip_rows 1) or BSR (strip_rows 4, blocks of br x 1, br = 4k) kernel factory on tiles of
     ``width`` frames, each row's non-zeros interleaved ``ways`` ways (gather_fma).
@@ -123,25 +150,8 @@ def _sparse_kernel(strip_rows: int, width: int, ways: int = 1):
     epilogue's finish_row, even a branch of it never taken, made the kernel 1.2-2x slower), so only "" / Relu /
     Clip are applied here; spmm applies Sigmoid / Tanh in a second pass.
     """
-    sums_size = strip_rows * width  # stack_buffer needs a compile-time constant
-
-    def tile(x, values, indices, indptr, bias, residual, y, act, lo, hi, b, t0, first, last):
-        """One work item: frames t0 .. t0+width-1 (fewer at the end) of batch b, strips first .. last-1."""
-        inputs, frames = x.shape[1], x.shape[2]
-        n = min(width, frames - t0)
-        has_bias, add_residual = bias.shape[0] > 0, residual.size > 0
-        x_tile = np.empty((inputs, width), np.float32)
-        _pack_tile(x[b], t0, n, x_tile)
-        acc = carray(stack_buffer(sums_size), (sums_size,))
-        for strip in range(first, last):
-            _strip_sums(acc, x_tile, values, indices, indptr, strip, strip_rows, width, ways)
-            store_tile(y, acc, width, b, strip * strip_rows, strip_rows, t0, n, bias, has_bias, residual,
-                       add_residual, act, lo, hi)
-
-    # A function of its own, called by both builds: inlined into the parallel loop, the item ran 1.16x slower on
-    # one thread than the serial build's (Numba's parallel lowering around it), so two threads gained 1.6x.
-    tile.__name__ = tile.__qualname__ = ("csr_rows" if strip_rows == 1 else "bsr_strips") + "_tile"
-    tile = njit(fastmath={"contract"}, cache=True)(tile)  # compiled with the kernel that calls it
+    if strip_rows * width > MAX_SUMS:
+        raise ValueError(f"a {strip_rows}x{width} strip needs more than MAX_SUMS = {MAX_SUMS} sums")
 
     def make(loop):
         def kernel(x, values, indices, indptr, bias, residual, y, act, lo, hi, parts):
@@ -154,8 +164,8 @@ def _sparse_kernel(strip_rows: int, width: int, ways: int = 1):
                 part = item % parts
                 b = item // (parts * tiles)
                 t0 = (item // parts - b * tiles) * width
-                tile(x, values, indices, indptr, bias, residual, y, act, lo, hi, b, t0, part * strips_per_part,
-                     min(strips, (part + 1) * strips_per_part))
+                _sparse_tile(x, values, indices, indptr, bias, residual, y, act, lo, hi, b, t0, part * strips_per_part,
+                             min(strips, (part + 1) * strips_per_part), strip_rows, width, ways)
 
         return kernel
 
