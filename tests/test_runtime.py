@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import threading
 
+import numba
 import numpy as np
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
 from tinyasr.errors import GraphError, InputError
-from tinyasr.format.container import to_float16, write_model
+from tinyasr.engine import threads
+from tinyasr.format.container import EncodedTensor, to_float16, write_model
+from tinyasr.format.encodings.sparse import csr_arrays
 from tinyasr.format.graph import Graph, Node, ValueInfo
 from tinyasr.engine.offline import Model, aligned_empty, load_model
 
@@ -217,6 +220,45 @@ def test_replayed_runs_equal_the_first_and_allocate_nothing(tmp_path):
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(model.run({"x": inputs[0]})["c4"], results[0])
     assert model.plan_stats() == after_recording
+
+
+def _sparse_pointwise(weight):
+    values, indices, indptr = csr_arrays(weight.reshape(weight.shape[0], -1))
+    return EncodedTensor("csr", "float32", weight.shape, {"values": values, "indices": indices, "indptr": indptr})
+
+
+def test_replayed_convs_repeat_the_recorded_kernel_calls_for_new_input_values(tmp_path):
+    """From the third run each Conv replays the call it bound on the recorded run (its checks and kernel choice
+    made once): every kernel path (depthwise over many frames and the short-input one, sparse pointwise with a
+    residual and a stride, dense pointwise) on new input values, against numpy; a new thread count records again."""
+    channels = 32
+    sparse = [f32(channels, channels, 1) * (RNG.random((channels, channels, 1)) < 0.2) for _ in range(2)]
+    dw, pw, bias = f32(channels, 1, 5), f32(channels, channels, 1), f32(channels)
+    nodes = [Node("dw", "Conv", ("x", "dw"), ("a",), {"group": channels, "pads": [2, 2]}),
+             Node("sparse", "Conv", ("a", "s0", "b", "x"), ("r",), {"activation": "Relu"}),
+             Node("strided", "Conv", ("r", "s1"), ("h",), {"strides": [2]}),
+             Node("pw", "Conv", ("h", "pw"), ("y",), {"activation": "Tanh"})]
+    path = save(tmp_path, nodes, [("x", "float32", [1, channels, "T"])], [("y", "float32", [1, channels, "U"])],
+                {"dw": dw, "pw": pw, "b": bias, "s0": _sparse_pointwise(sparse[0]),
+                 "s1": _sparse_pointwise(sparse[1])})
+    model = load_model(path)
+
+    def expected(x):
+        r = np.maximum(conv_numpy(conv_numpy(x, dw, pad=2, group=channels), sparse[0], bias) + x, 0.0)
+        return np.tanh(conv_numpy(conv_numpy(r, sparse[1])[:, :, ::2], pw))
+
+    before = threads.get_num_threads()
+    try:
+        for frames, thread_count in ((70, 1), (12, 1), (70, 2)):  # 12: the short-input depthwise kernel
+            threads.set_num_threads(thread_count)
+            for _ in range(4):
+                x = f32(1, channels, frames)
+                np.testing.assert_allclose(model.run({"x": x})["y"], expected(x), rtol=1e-4, atol=1e-4)
+    finally:
+        threads.set_num_threads(before)
+    tapes = [pool.tape for pool in model._local.plans.values()]
+    assert len(tapes) == 2 + (numba.config.NUMBA_NUM_THREADS > 1)  # 2 threads: a plan of its own
+    assert all(replay is not None for tape in tapes for _, _, _, replay in tape)
 
 
 def test_a_replayed_run_whose_value_dependent_shapes_change_gets_fresh_buffers(tmp_path):

@@ -52,6 +52,8 @@ class _Step:
     dying: Tuple[int, ...] = ()  # input positions whose slot is in ``release``: the only possible donors
 
 
+_Recorded = Tuple[int, Tuple[np.ndarray, ...], Tuple[int, ...], Optional[OpFunction]]
+
 ALIGNMENT = 64  # bytes: a cache line, one AVX-512 register
 
 
@@ -83,8 +85,9 @@ class _BufferPool:
         self.signature_values: Optional[Dict[int, np.ndarray]] = None
         self.skipped_steps: frozenset = frozenset()
         # the steps that run once signature values are kept, each with the buffers its ctx.output calls got, in
-        # order: recorded on the second run, replayed from the third on (see Model._replay)
-        self.tape: Optional[List[Tuple[int, Tuple[np.ndarray, ...], Tuple[int, ...]]]] = None
+        # order, the slots dead after it and what its op offered to replay it with (ctx.replay_with) or None:
+        # recorded on the second run, replayed from the third on (see Model._replay)
+        self.tape: Optional[List[_Recorded]] = None
 
     def reset(self) -> None:
         """Start of a run: every buffer is free."""
@@ -123,6 +126,7 @@ class _RunContext(OpContext):
         self.slot_owner: List[Optional[int]] = [None] * slot_count
         self.donatable: List[Optional[np.ndarray]] = []
         self.recorded: Optional[List[np.ndarray]] = [] if record else None  # this step's buffers, when recording
+        self.replay: Optional[OpFunction] = None  # what this step offered to be replayed with, when recording
 
     def output(self, shape, dtype=np.float32, donors=()) -> np.ndarray:
         shape, dtype = tuple(map(int, shape)), np.dtype(dtype)
@@ -138,6 +142,10 @@ class _RunContext(OpContext):
         if self.recorded is not None:
             self.recorded.append(buffer)
         return buffer
+
+    def replay_with(self, replay: OpFunction) -> None:
+        if self.recorded is not None:
+            self.replay = replay
 
     def prepare(self, step: _Step, args: List[Any]) -> None:
         """Mark as donatable the inputs that are whole pool buffers no other live value uses."""
@@ -257,12 +265,14 @@ class Model:
         """Run the graph; returns {output name: fresh array in the declared dtype}."""
         threads.ensure_configured()
         arrays = self._check_inputs(inputs)
-        pool = self._pool_for(tuple((a.shape, a.dtype.str) for a in arrays))
+        # The thread count is part of the signature: kernels and work splits are chosen for it (a replayed step
+        # repeats those choices).
+        pool = self._pool_for((threads.get_num_threads(),) + tuple((a.shape, a.dtype.str) for a in arrays))
         if pool.tape is not None:
             return self._outputs(self._replay(pool, arrays))
         pool.reset()
         kept, skipped = pool.signature_values, pool.skipped_steps
-        tape: Optional[List[Tuple[int, Tuple[np.ndarray, ...], Tuple[int, ...]]]] = None if kept is None else []
+        tape: Optional[List[_Recorded]] = None if kept is None else []
         ctx = _RunContext(pool, self._slot_count, record=tape is not None)
         values: List[Any] = [None] * len(ctx.slot_owner)
         values[: len(arrays)] = arrays
@@ -283,11 +293,12 @@ class Model:
                 if index in record:
                     _keep_signature_values(kept, step, results)
                 if tape is not None:
-                    tape.append((index, tuple(ctx.recorded), step.release))
+                    tape.append((index, tuple(ctx.recorded), step.release, ctx.replay))
                     ctx.recorded.clear()
+                    ctx.replay = None
             elif tape:  # a skipped step's dead values die with the step run before it
-                index_run, buffers, release = tape[-1]
-                tape[-1] = (index_run, buffers, release + step.release)
+                index_run, buffers, release, replay = tape[-1]
+                tape[-1] = (index_run, buffers, release + step.release, replay)
             for slot in step.release:
                 ctx.unbind(slot)
                 values[slot] = None
@@ -306,18 +317,21 @@ class Model:
         bookkeeping (which buffers live values use, which inputs an op may write over, what to give back when)
         would reach the same answers again: a Conformer spent ~4 us per node on it.  Liveness is the recorded
         run's: a buffer holds each value over the same steps, so no value is overwritten while still read; a
-        request the recording cannot serve gets a fresh buffer (counted in plan_stats' allocations)."""
+        request the recording cannot serve gets a fresh buffer (counted in plan_stats' allocations).  A step whose
+        op offered a replay (ctx.replay_with: the op's checks and kernel choices made on the recorded run) runs
+        that instead: Conv's cost ~10 us a node (a 90 %-sparse encoder's 61 nodes ~6 % of its 10 s run)."""
         ctx = _ReplayContext(pool)
         values: List[Any] = [None] * self._slot_count
         values[: len(arrays)] = arrays
         for slot, value in pool.signature_values.items():
             values[slot] = value
         steps = self._steps
-        for index, buffers, release in pool.tape:
+        for index, buffers, release, replay in pool.tape:
             step = steps[index]
             ctx.buffers, ctx.next, ctx.num_outputs = buffers, 0, len(step.outputs)
             results = self._run_step(step, ctx, [values[s] if s >= 0 else c for s, c in zip(step.slots,
-                                                                                               step.constants)])
+                                                                                               step.constants)],
+                                     replay)
             for slot, result in zip(step.outputs, results):
                 values[slot] = result
             for slot in release:
@@ -339,10 +353,11 @@ class Model:
             )
         return np.array(value, dtype=info.dtype, order="C", copy=True)
 
-    def _run_step(self, step: _Step, ctx: _RunContext, args: List[Any]) -> List[np.ndarray]:
+    def _run_step(self, step: _Step, ctx: OpContext, args: List[Any],
+                  replay: Optional[OpFunction] = None) -> List[np.ndarray]:
         node = step.node
         try:
-            results = step.run(ctx, args, node.attrs)
+            results = (replay or step.run)(ctx, args, node.attrs)
         except (GraphError, InputError) as exc:
             raise type(exc)(f"{self.label}: node {node.name!r} ({node.op}): {exc}") from None
         except TinyASRError:

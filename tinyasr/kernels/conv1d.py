@@ -53,6 +53,7 @@ from tinyasr.kernels.epilogue import (
     epilogue_rows,
     finish_row,
     remembered,
+    residual_argument,
 )
 from tinyasr.kernels.pointwise import (
     CLIP,
@@ -409,6 +410,25 @@ def conv1d(x, weight, bias=None, residual=None, *, stride=1, dilation=1, pad_lef
     any float dtype, converted once to C-contiguous float32.  Returns float32 [B, Cout, T_out], written into
     ``out`` when given (float32, C-contiguous, that shape).  Raises GraphError on inconsistent shapes / attributes.
     """
+    out, run = bound_conv1d(x, weight, bias, residual, stride=stride, dilation=dilation, pad_left=pad_left,
+                            pad_right=pad_right, group=group, activation=activation,
+                            activation_params=activation_params, out=out)
+    run(x, residual)
+    return out
+
+
+def run_nothing(x, residual) -> None:
+    """The run of a call with an empty output."""
+
+
+def bound_conv1d(x, weight, bias=None, residual=None, *, stride=1, dilation=1, pad_left=0, pad_right=0, group=1,
+                 activation="", activation_params=(), out=None):
+    """conv1d's checks and choice of kernel made once: ``(out, run)``, where ``run(x, residual)`` computes conv1d
+    into ``out`` for an x and residual of the shapes and dtypes given here, without checking them again.
+
+    A model run again on input of the same shapes calls each node with the same shapes (engine/offline.py replays
+    the bound calls): there the checks and choices cost ~10 us a node, as much as a sparse kernel on a 4-frame
+    chunk and ~6 % of a 90 %-sparse encoder on 10 s."""
     x, weight = as_float32(x, "input X"), as_float32(weight, "weight W")
     t_out = _check_geometry(x, weight, stride, dilation, pad_left, pad_right, group)
     shape = (x.shape[0], weight.shape[0], t_out)
@@ -422,35 +442,50 @@ def conv1d(x, weight, bias=None, residual=None, *, stride=1, dilation=1, pad_lef
     elif np.may_share_memory(out, x) or np.may_share_memory(out, residual):
         raise GraphError("conv1d: out must not overlap input X or the residual (both are read after out is written)")
     if out.size == 0:
-        return out
+        return out, run_nothing
     channels_in, taps = x.shape[1], weight.shape[2]
+    finish = bool(bias.size or residual.size or act)  # an epilogue after kernels that have none
     if group == channels_in > 1 and stride == 1 and t_out <= SHORT_FRAMES:
-        # Zero padding, and zeros after the input so every row holds SHORT_FRAMES outputs' worth of frames.
-        padded = np.zeros(x.shape[:2] + ((taps - 1) * dilation + SHORT_FRAMES,), np.float32)
-        padded[:, :, pad_left : pad_left + x.shape[2]] = x[:, :, : padded.shape[2] - pad_left]
-        depthwise_short_rows(t_out)(out.size * taps, padded, weight.reshape(shape[1], taps), bias, residual, out,
-                             dilation, act, lo, hi)
+        kernel, weight_2d = depthwise_short_rows(t_out), weight.reshape(shape[1], taps)
+        frames = (taps - 1) * dilation + SHORT_FRAMES
+
+        def run(x, residual):
+            # Zero padding, and zeros after the input so every row holds SHORT_FRAMES outputs' worth of frames.
+            x = as_float32(x, "input X")
+            padded = np.zeros(x.shape[:2] + (frames,), np.float32)
+            padded[:, :, pad_left : pad_left + x.shape[2]] = x[:, :, : frames - pad_left]
+            kernel(out.size * taps, padded, weight_2d, bias, residual_argument(residual), out, dilation, act, lo, hi)
     elif group == channels_in == shape[1] > 1 and _mostly_nonzero(weight):
         # Threads split the blocks of channels, not time: two threads writing halves of every row share the cache
         # line at each row's split (a 256 x 500 conv on 2 threads: 1.07-1.38x with time halves, 1.89-1.94x by
         # channels; in the 90 % encoder its depthwise convs 4.8-5.7 -> 4.0-4.1 ms, Zen 3).
-        depthwise_blocks(out.size * taps, x.reshape(x.shape[0], channels_in, 1, x.shape[2]),
-                         weight.reshape(channels_in, 1, taps), out.reshape(shape[0], shape[1], 1, t_out), 1, stride,
-                         1, dilation, 0, pad_left, 1)
-        if bias.size or residual.size or act:
-            epilogue_rows(out.size, out, bias, residual, act, lo, hi)
+        weight_3d, planes = weight.reshape(channels_in, 1, taps), out.reshape(shape[0], shape[1], 1, t_out)
+
+        def run(x, residual):
+            x = as_float32(x, "input X")
+            depthwise_blocks(out.size * taps, x.reshape(x.shape[0], channels_in, 1, x.shape[2]), weight_3d, planes,
+                             1, stride, 1, dilation, 0, pad_left, 1)
+            if finish:
+                epilogue_rows(out.size, out, bias, residual_argument(residual), act, lo, hi)
     elif group == channels_in > 1:
-        depthwise_rows(out.size * taps, x, weight.reshape(shape[1], taps), bias, residual, out,
-                       stride, dilation, pad_left, act, lo, hi)
+        weight_2d = weight.reshape(shape[1], taps)
+
+        def run(x, residual):
+            depthwise_rows(out.size * taps, as_float32(x, "input X"), weight_2d, bias, residual_argument(residual),
+                           out, stride, dilation, pad_left, act, lo, hi)
     elif (taps == group == 1 and not (pad_left or pad_right)
           and (kernel := _pointwise_kernel(shape, channels_in)) is not None):
-        _pointwise(kernel, x[:, :, : stride * (t_out - 1) + 1 : stride], weight.reshape(shape[1], channels_in), bias,
-                   residual, out, act, lo, hi)
+        weight_2d, used = weight.reshape(shape[1], channels_in), stride * (t_out - 1) + 1
+
+        def run(x, residual):
+            _pointwise(kernel, as_float32(x, "input X")[:, :, :used:stride], weight_2d, bias,
+                       residual_argument(residual), out, act, lo, hi)
     else:
-        _conv_matmul(x, weight, out, stride, dilation, pad_left, pad_right, group)
-        if bias.size or residual.size or act:
-            epilogue_rows(out.size, out, bias, residual, act, lo, hi)
-    return out
+        def run(x, residual):
+            _conv_matmul(as_float32(x, "input X"), weight, out, stride, dilation, pad_left, pad_right, group)
+            if finish:
+                epilogue_rows(out.size, out, bias, residual_argument(residual), act, lo, hi)
+    return out, run
 
 
 class PreparedConv1d:

@@ -183,6 +183,14 @@ def check_bias_residual(bias, residual, shape, where="conv1d"):
     return bias, residual
 
 
+def residual_argument(residual):
+    """A residual as the kernels take it, for a call whose arguments were checked before (a bound call's run):
+    NO_RESIDUAL for None or an empty one, else C-contiguous float32."""
+    if residual is None or residual.size == 0:
+        return NO_RESIDUAL
+    return as_float32(residual, "residual")
+
+
 def bias_act(y, bias=None, residual=None, activation="", params=()):
     """In place: y = act((y + bias) + residual).  y: float32 C-contiguous [B, C, T] or [C, T];
     bias [C] or None; residual of y's shape or None.  Returns y."""

@@ -49,7 +49,7 @@ from tinyasr.errors import GraphError
 from tinyasr.format.encodings.sparse import BSRMatrix, CSRMatrix, as_dense, bsr_arrays, csr_arrays
 from tinyasr.kernels import tuning
 from tinyasr.kernels._compile import element_pointer, gather_fma, serial_and_parallel, stack_buffer, transpose_8x8
-from tinyasr.kernels.conv1d import conv1d
+from tinyasr.kernels.conv1d import run_nothing, bound_conv1d
 from tinyasr.kernels.epilogue import (
     ACTIVATIONS,
     NO_BIAS,
@@ -59,6 +59,7 @@ from tinyasr.kernels.epilogue import (
     bias_act,
     bias_act_reference,
     check_bias_residual,
+    residual_argument,
     store_tile,
 )
 
@@ -369,6 +370,14 @@ def spmm(weight, x, bias=None, residual=None, activation="", activation_params=(
     bias [Cout] or None, residual [B, Cout, T] or None.  Returns float32 [B, Cout, T] (into ``out`` when
     given).  GraphError on bad shapes or a weight the kernels cannot run (see kernel_matrix).
     """
+    out, run = bound_spmm(weight, x, bias, residual, activation, activation_params, out)
+    run(x, residual)
+    return out
+
+
+def bound_spmm(weight, x, bias=None, residual=None, activation="", activation_params=(), out=None):
+    """spmm's checks and choice of kernel made once: ``(out, run)``, where ``run(x, residual)`` computes spmm into
+    ``out`` for an x and residual of the shapes and dtypes given here (conv1d.bound_conv1d says why)."""
     weight = kernel_matrix(weight)
     if weight is None:
         raise GraphError("spmm: weight must be a CSRMatrix or BSRMatrix with at most 65535 columns")
@@ -382,7 +391,7 @@ def spmm(weight, x, bias=None, residual=None, activation="", activation_params=(
     bias, residual = check_bias_residual(bias, residual, shape, "spmm")
     out = _output(out, shape, "spmm")
     if out.size == 0:
-        return out
+        return out, run_nothing
     work = weight.values.size * shape[0] * shape[2] // threads.SPARSE_MACS_PER_WORK  # threads.py: parallel or not
     fused = act in (0, RELU, CLIP)
     if isinstance(weight, CSRMatrix):
@@ -392,10 +401,14 @@ def spmm(weight, x, bias=None, residual=None, activation="", activation_params=(
     workers = 1 if threads.serial_only(work) else threads.get_num_threads()
     strips = rows if isinstance(weight, CSRMatrix) else rows // 4
     parts = row_parts(shape[0], shape[2], strips, kernel.width, workers)
-    kernel(work, x, values, weight.indices, weight.indptr, bias, residual, out, act if fused else 0, lo, hi, parts)
-    if not fused:
-        bias_act(out, activation=activation, params=activation_params)
-    return out
+
+    def run(x, residual):
+        kernel(work, as_float32(x, "input X", "spmm"), values, weight.indices, weight.indptr, bias,
+               residual_argument(residual), out, act if fused else 0, lo, hi, parts)
+        if not fused:
+            bias_act(out, activation=activation, params=activation_params)
+
+    return out, run
 
 
 def spmm_reference(weight, x, bias=None, residual=None, activation="", activation_params=()) -> np.ndarray:
@@ -414,14 +427,26 @@ def conv1d_any(x, weight, bias=None, residual=None, *, stride=1, dilation=1, pad
                activation="", activation_params=(), out=None) -> np.ndarray:
     """conv1d (same signature) for a weight in any encoding: the sparse kernels for a pointwise conv with a
     CSR / BSR weight (a stride subsamples x first), else conv1d on the dense weight (decoded once)."""
+    out, run = bound_conv1d_any(x, weight, bias, residual, stride=stride, dilation=dilation, pad_left=pad_left,
+                                pad_right=pad_right, group=group, activation=activation,
+                                activation_params=activation_params, out=out)
+    run(x, residual)
+    return out
+
+
+def bound_conv1d_any(x, weight, bias=None, residual=None, *, stride=1, dilation=1, pad_left=0, pad_right=0, group=1,
+                     activation="", activation_params=(), out=None):
+    """conv1d_any's checks and choice of kernel made once: ``(out, run)`` as conv1d.bound_conv1d returns them."""
     if kernel_matrix(weight) is not None and is_pointwise(weight.shape, pad_left=pad_left, pad_right=pad_right,
                                                           group=group):
         x = np.asarray(x)
         if x.ndim == 3 and stride > 1:
-            x = x[:, :, ::stride]
-        return spmm(weight, x, bias, residual, activation, activation_params, out)
-    return conv1d(x, as_dense(weight), bias, residual, stride=stride, dilation=dilation, pad_left=pad_left,
-                  pad_right=pad_right, group=group, activation=activation, activation_params=activation_params, out=out)
+            out, run = bound_spmm(weight, x[:, :, ::stride], bias, residual, activation, activation_params, out)
+            return out, lambda x, residual: run(np.asarray(x)[:, :, ::stride], residual)
+        return bound_spmm(weight, x, bias, residual, activation, activation_params, out)
+    return bound_conv1d(x, as_dense(weight), bias, residual, stride=stride, dilation=dilation, pad_left=pad_left,
+                        pad_right=pad_right, group=group, activation=activation,
+                        activation_params=activation_params, out=out)
 
 
 def time_major_matrix(weight):

@@ -23,3 +23,8 @@ class OpContext:
         such an input's buffer when it is dead after this node.
         """
         return np.empty(shape, dtype)
+
+    def replay_with(self, replay: OpFunction) -> None:
+        """Offer ``replay``, an op function that repeats this call for inputs of the same shapes and dtypes into
+        the same output buffers, with the checks and choices already made (an op with many per-call checks: Conv).
+        The engine's replayed runs call it instead of the op (engine/offline.py); other contexts ignore it."""
