@@ -255,7 +255,7 @@ def test_one_and_two_threads_give_identical_results(restore_threads, monkeypatch
         build(y, bias, residual, ACTIVATIONS["Sigmoid"], np.float32(0), np.float32(0))
     np.testing.assert_array_equal(ys[0], ys[1])
     # the depthwise blocks kernel, its work split into 1 to 5 chunks of time, 2-D at stride 2 and 1-D (one row)
-    from tinyasr.kernels.depthwise import depthwise_blocks
+    from tinyasr.kernels.depthwise import blocked_weight, depthwise_blocks
 
     for shape, taps, strides, pads in (((2, 19, 23, 17), (3, 3), (2, 2), (1, 1)), ((1, 24, 1, 301), (1, 33), (1, 1),
                                                                                        (0, 16))):
@@ -266,7 +266,7 @@ def test_one_and_two_threads_give_identical_results(restore_threads, monkeypatch
         for parts in (1, 2, 5):
             for build in (depthwise_blocks.serial, depthwise_blocks.parallel):
                 y4 = np.empty(out_shape, np.float32)
-                build(x4, w3, y4, *strides, 1, 1, *pads, parts)
+                build(x4, blocked_weight(w3), y4, *strides, 1, 1, *pads, parts)
                 results.append(y4)
         for y4 in results[1:]:
             np.testing.assert_array_equal(results[0], y4)
