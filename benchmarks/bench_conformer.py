@@ -95,9 +95,9 @@ def profile(name: str, tasr: Path, seconds: int, runs: int) -> list:
     least, totals = {}, []
     run_step = Model._run_step
 
-    def timed(self, step, ctx, args):
+    def timed(self, step, ctx, args, replay=None):
         start = time.thread_time()
-        results = run_step(self, step, ctx, args)
+        results = run_step(self, step, ctx, args, replay)
         spent = time.thread_time() - start
         least[step.node.name] = min(least.get(step.node.name, spent), spent)
         return results

@@ -81,9 +81,9 @@ def _timed_run(model, feeds) -> dict:
     per_op = defaultdict(lambda: [0.0, 0, 0])
     run_step = model._run_step
 
-    def timed(step, ctx, args):
+    def timed(step, ctx, args, replay=None):
         start = time.perf_counter()
-        results = run_step(step, ctx, args)
+        results = run_step(step, ctx, args, replay)
         entry = per_op[step.node.op]
         entry[0] += time.perf_counter() - start
         entry[1] += _macs(step.node, args, results) if step.node.op in MATRIX_OPS else 0

@@ -91,9 +91,9 @@ def profile(model, feeds, runs: int = 5):
         spent = {}
         run_step = model._run_step
 
-        def timed(step, ctx, args):
+        def timed(step, ctx, args, replay=None):
             start = time.perf_counter()
-            results = run_step(step, ctx, args)
+            results = run_step(step, ctx, args, replay)
             spent[id(step)] = time.perf_counter() - start  # node names need not be unique
             labels[id(step)] = step_label(step)
             macs[id(step)] = step_macs(step, args, results)

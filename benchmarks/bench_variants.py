@@ -32,7 +32,7 @@ from benchmarks.machine import cpu_model  # noqa: E402
 from tinyasr.format.encodings.sparse import bsr_arrays, csr_arrays  # noqa: E402
 from tinyasr.kernels import tuning  # noqa: E402
 from tinyasr.kernels.epilogue import NO_BIAS, NO_RESIDUAL  # noqa: E402
-from tinyasr.kernels.pointwise import TILE_KERNELS, pointwise_tiles, prefer_blas, tiles_of  # noqa: E402
+from tinyasr.kernels.pointwise import TILE_KERNELS, pointwise_tiles, prefer_blas  # noqa: E402
 from tinyasr.kernels.sparse import BSR_KERNELS, CSR_KERNELS, fastest_kernel  # noqa: E402
 
 DENSE_SHAPES = [(256, 256, 64), (256, 256, 1000), (512, 512, 1000), (256, 1024, 1000)]  # Cin, Cout, T
@@ -49,9 +49,7 @@ def dense_rows(rng, rounds, calls):
         session = ort_session(one_conv_onnx(w), 1)
         functions = {"ort": lambda: session.run(None, {"x": x})}
         for name, kernel in TILE_KERNELS.items():
-            packed = tiles_of(x, kernel.width)
-            functions[name] = lambda kernel=kernel, packed=packed: kernel.serial(packed, w, NO_BIAS, NO_RESIDUAL, y,
-                                                                                 0, 0.0, 0.0)
+            functions[name] = lambda kernel=kernel: kernel.serial(x, w, NO_BIAS, NO_RESIDUAL, y, 0, 0.0, 0.0, 1)
         functions["blas"] = lambda: np.matmul(w, x[0], out=y[0])
         best = tuning.best_seconds(functions, rounds, calls)
         chosen = "blas" if prefer_blas(frames) else next(n for n, k in TILE_KERNELS.items()
@@ -77,8 +75,7 @@ def sparse_rows(rng, rounds, calls):
         blocked = w * np.repeat(block_norm >= np.quantile(block_norm, SPARSITY), 4, axis=0)
         csr, bsr = csr_arrays(unstructured), bsr_arrays(blocked, (4, 1))
         dense = pointwise_tiles(frames)
-        packed = tiles_of(x, dense.width)
-        functions = {"dense": lambda: dense.serial(packed, w, NO_BIAS, NO_RESIDUAL, y, 0, 0.0, 0.0)}
+        functions = {"dense": lambda: dense.serial(x, w, NO_BIAS, NO_RESIDUAL, y, 0, 0.0, 0.0, 1)}
         for family, kernels, (values, indices, indptr) in (("csr", CSR_KERNELS, csr), ("bsr", BSR_KERNELS, bsr)):
             values = values.reshape(-1, 1, 1) if family == "csr" else values
             for name, kernel in kernels.items():  # one part: serial

@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from tinyasr.engine import threads
 from tinyasr.errors import GraphError, TinyASRError
 from tinyasr.kernels import ACTIVATIONS, bias_act, bias_act_reference, conv1d, conv1d_reference, output_length
-from tinyasr.kernels._compile import TILE
 from tinyasr.kernels.conv1d import (
     BLOCKED_MIN_DENSITY,
     DEPTHWISE_SHORT,
@@ -30,7 +29,7 @@ from tinyasr.kernels.conv1d import (
     depthwise_short_rows,
 )
 from tinyasr.kernels.epilogue import NO_RESIDUAL, epilogue_rows
-from tinyasr.kernels.pointwise import NARROW_KERNELS, TILE_KERNELS, frames_first, tiles_of
+from tinyasr.kernels.pointwise import NARROW_KERNELS, TILE_KERNELS, frames_first
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 CLIP = (-0.5, 0.75)  # the Clip activation_params used throughout
@@ -477,16 +476,13 @@ def test_new_kernels_read_only_weights_and_identical_builds():
     np.testing.assert_allclose(got, _torch_conv1d(short.copy(), depthwise_w.copy(), bias.copy(), group=16,
                                                   pad_left=4, pad_right=4, activation="Relu"), **TOL)
 
-    tiles = tiles_of(x)
-    assert tiles.shape == (2 * 2, 16, TILE)
-    np.testing.assert_array_equal(tiles[1, :, : 100 - TILE], x[0, :, TILE:])  # padded with zeros
-    assert not tiles[1, :, 100 - TILE :].any()
-    ys = []  # every tile shape (each CPU picks one), serial and parallel: the same sums in the same order
+    ys = []  # every tile shape (each CPU picks one), serial and parallel, strips in 1-5 parts: the same sums
     for kernel in TILE_KERNELS.values():
         for build in (kernel.serial, kernel.parallel):
-            ys.append(np.empty((2, 12, 100), np.float32))
-            build(tiles_of(x, kernel.width), pointwise_w[:, :, 0], bias[:12], np.ascontiguousarray(x[:, :12]), ys[-1],
-                  ACTIVATIONS["Relu"], np.float32(0), np.float32(0))
+            for parts in (1, 2, 5):
+                ys.append(np.empty((2, 12, 100), np.float32))
+                build(x, pointwise_w[:, :, 0], bias[:12], np.ascontiguousarray(x[:, :12]), ys[-1],
+                      ACTIVATIONS["Relu"], np.float32(0), np.float32(0), parts)
     for y in ys[1:]:
         np.testing.assert_array_equal(ys[0], y)
     x_t = frames_first(x[:, :, :6])
@@ -523,11 +519,13 @@ def test_every_tile_shape_matches_numpy(name, cin, cout, frames):
     x = rng.standard_normal((2, cin, frames), dtype=np.float32)
     bias = rng.standard_normal(cout, dtype=np.float32)
     residual = rng.standard_normal((2, cout, frames), dtype=np.float32)
+    longer = np.concatenate([x, np.full((2, cin, 3), np.nan, np.float32)], axis=2)  # frames past T are not read
     for w in (rng.standard_normal((cout, cin), dtype=np.float32), np.zeros((cout, cin), np.float32)):
-        y = np.full((2, cout, frames), np.nan, np.float32)
-        kernel.serial(tiles_of(x, kernel.width), w, bias, residual, y, ACTIVATIONS["Relu"], np.float32(0), np.float32(0))
         want = np.maximum(np.matmul(w.astype(np.float64), x.astype(np.float64)) + bias[:, None] + residual, 0)
-        np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-4 * np.sqrt(cin))
+        for source in (x, longer):
+            y = np.full((2, cout, frames), np.nan, np.float32)
+            kernel.serial(source, w, bias, residual, y, ACTIVATIONS["Relu"], np.float32(0), np.float32(0), 1)
+            np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-4 * np.sqrt(cin))
 
 
 def test_tile_choice_is_measured_once_and_cached(tmp_path, monkeypatch):

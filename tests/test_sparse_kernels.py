@@ -13,7 +13,8 @@ from tinyasr.engine import threads
 from tinyasr.errors import GraphError
 from tinyasr.kernels.conv1d import conv1d_reference
 from tinyasr.kernels.epilogue import activate_reference
-from tinyasr.kernels.sparse import (BSR_KERNELS, CSR_KERNELS, conv1d_any, kernel_matrix, linear, row_parts, spmm,
+from tinyasr.kernels.pointwise import row_parts
+from tinyasr.kernels.sparse import (BSR_KERNELS, CSR_KERNELS, conv1d_any, kernel_matrix, linear, spmm,
                                    spmm_reference)
 from tinyasr.format.encodings.sparse import BSRMatrix, CSRMatrix, Int8Matrix, bsr_arrays, csr_arrays, int8_arrays
 

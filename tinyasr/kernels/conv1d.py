@@ -65,7 +65,7 @@ from tinyasr.kernels.pointwise import (
     pointwise_narrow,
     pointwise_tiles,
     prefer_blas,
-    tiles_of,
+    row_parts,
 )
 
 # im2col copies at most this many floats at a time (4 MB); longer inputs are done in time chunks.
@@ -386,12 +386,19 @@ def _pointwise_kernel(shape, channels_in: int):
     return None
 
 
-def _pointwise(kernel, x_used, weight_2d, bias, residual, out, act, lo, hi):
-    """out = act(weight_2d @ x_used + bias + residual) with a pointwise.py kernel (Relu / Clip fused, others after)."""
+def _pointwise(kernel, x, stride, weight_2d, bias, residual, out, act, lo, hi):
+    """out = act(weight_2d @ x[:, :, ::stride] + bias + residual) with a pointwise.py kernel (Relu / Clip fused,
+    others after); x C-contiguous float32, holding at least the frames the output reads."""
     fused = act in (0, RELU, CLIP)
-    packed = frames_first(x_used) if kernel in NARROW_KERNELS.values() else tiles_of(x_used, kernel.width)
-    work = _pointwise_work(out.shape, x_used.shape[1])
-    kernel(work, packed, weight_2d, bias, residual, out, act if fused else 0, lo, hi)
+    work = _pointwise_work(out.shape, x.shape[1])
+    if kernel in NARROW_KERNELS.values():
+        kernel(work, frames_first(x[:, :, : stride * (out.shape[2] - 1) + 1 : stride]), weight_2d, bias, residual,
+               out, act if fused else 0, lo, hi)
+    else:  # the tile kernel reads the first T_out frames of each row of x
+        workers = 1 if threads.serial_only(work) else threads.get_num_threads()
+        parts = row_parts(out.shape[0], out.shape[2], out.shape[1] // kernel.rows, kernel.width, workers)
+        kernel(work, x if stride == 1 else np.ascontiguousarray(x[:, :, ::stride]), weight_2d, bias, residual, out,
+               act if fused else 0, lo, hi, parts)
     if not fused:
         epilogue_rows(out.size, out, NO_BIAS, NO_RESIDUAL, act, lo, hi)
 
@@ -476,11 +483,11 @@ def bound_conv1d(x, weight, bias=None, residual=None, *, stride=1, dilation=1, p
                            out, stride, dilation, pad_left, act, lo, hi)
     elif (taps == group == 1 and not (pad_left or pad_right)
           and (kernel := _pointwise_kernel(shape, channels_in)) is not None):
-        weight_2d, used = weight.reshape(shape[1], channels_in), stride * (t_out - 1) + 1
+        weight_2d = weight.reshape(shape[1], channels_in)
 
         def run(x, residual):
-            _pointwise(kernel, as_float32(x, "input X")[:, :, :used:stride], weight_2d, bias,
-                       residual_argument(residual), out, act, lo, hi)
+            _pointwise(kernel, as_float32(x, "input X"), stride, weight_2d, bias, residual_argument(residual), out,
+                       act, lo, hi)
     else:
         def run(x, residual):
             _conv_matmul(as_float32(x, "input X"), weight, out, stride, dilation, pad_left, pad_right, group)
@@ -529,8 +536,7 @@ class PreparedConv1d:
                                  self.dilation, self.act, self.lo, self.hi)
         elif self.pointwise and (kernel := _pointwise_kernel(shape, self.channels_in)) is not None:
             out = np.empty(shape, np.float32)
-            _pointwise(kernel, x[:, :, :needed:self.stride], self.weight_2d, self.bias, z, out, self.act,
-                       self.lo, self.hi)
+            _pointwise(kernel, x, self.stride, self.weight_2d, self.bias, z, out, self.act, self.lo, self.hi)
         elif self.depthwise:  # conv1d's kernel on the frames it reads, without conv1d's per-call checks
             out = np.empty(shape, np.float32)
             depthwise_rows(out.size * self.weight_2d.shape[1], np.ascontiguousarray(x[:, :, :needed]),

@@ -4,16 +4,19 @@ The bulk of a QuartzNet's arithmetic.  numpy's matmul speed depends on which BLA
 which CPU kernels it picked (OpenBLAS runs its AVX2 kernels on AMD Zen 4 / 5 at half speed); this
 kernel is a register-tiled loop that LLVM vectorises for the host CPU, as the sparse kernels are:
 
-* x is first copied into tiles of ``width`` frames, ``[B * tiles, Cin, width]`` (the last tile zero-padded):
-  reading a tile's frames from each of Cin long rows (stride T) ran at half speed (cache-set and prefetch
-  trouble), a contiguous tile at full speed, and the copy costs ~5 % of the product;
+* each work item first copies its tile of ``width`` frames of x into a contiguous [Cin, width] scratch
+  (pack_tile, the last tile zero-padded): reading a tile's frames from each of Cin long rows (stride T) ran at
+  half speed (cache-set and prefetch trouble), a contiguous tile at full speed.  Copied by the item, not by
+  numpy beforehand (2026-12-06): a thread packs its own tiles, and numpy's transposing copy ran at 16 GB/s
+  against the item's 40 (a 256 x 500 layer 616 -> 602 us on one thread, 346 -> 309 on two, Zen 4);
 * a strip of ``rows`` output rows x ``width`` frames is accumulated in a stack buffer (``stack_buffer``) that
   LLVM keeps in vector registers over all Cin input channels: per channel one x row of the tile is loaded
   once, the rows' weights are broadcast, rows x width / lanes fused multiply-adds.  How big a strip fits
   the register file is the CPU's, so there are a few tile shapes (TILE_SHAPES) and the first call measures
   which is fastest here (tuning.py);
-* work items are (batch, tile, strip), tile-major: the x tile stays in L1 / L2 while every strip uses it;
-  the epilogue (bias, residual, Relu / Clip) is applied while copying the strip out.
+* work items are (batch, tile, part of the strips), tile-major, the strips split in ``parts`` only where
+  there are too few tiles for the threads (row_parts): the x tile stays in L1 / L2 while every strip of the
+  item uses it; the epilogue (bias, residual, Relu / Clip) is applied while copying each strip out.
 
 Cout must be a multiple of 4 (QuartzNet / Citrinet / MatchboxNet layers are; a vocabulary-sized
 output conv is not and stays on BLAS).  A 64-frame tile costs as much as 24 frames of BLAS, so for
@@ -37,7 +40,7 @@ from numba import carray, njit
 from numba.types import float32, int64, void
 
 from tinyasr.kernels import tuning
-from tinyasr.kernels._compile import TILE, serial_and_parallel, stack_buffer
+from tinyasr.kernels._compile import element_pointer, serial_and_parallel, stack_buffer
 from tinyasr.kernels.epilogue import (
     ACTIVATIONS,
     NO_BIAS,
@@ -65,25 +68,11 @@ CALIBRATION_FRAMES = (64, 384)
 SHORT_INPUT = 96
 
 
-def tiles_of(x, width=TILE) -> np.ndarray:
-    """x [B, C, T] (any strides) as float32 tiles [B * ceil(T/width), C, width]: tile j holds frames
-    width*j .. width*j + width-1, the last one zero-padded."""
-    batch, channels, frames = x.shape
-    tiles, full = -(-frames // width), frames // width
-    packed = np.empty((batch, tiles, channels, width), np.float32)
-    if full:
-        packed[:, :full] = x[:, :, : full * width].reshape(batch, channels, full, width).transpose(0, 2, 1, 3)
-    if frames % width:
-        packed[:, full, :, : frames % width] = x[:, :, full * width :]
-        packed[:, full, :, frames % width :] = 0.0
-    return packed.reshape(batch * tiles, channels, width)
-
-
 @njit(inline="always", fastmath={"contract"})
 def strip_update(a0, a1, a2, a3, v0, v1, v2, v3, x_row, n):
     """a_k[:n] += v_k * x_row[:n] for the 4 rows k of a strip: one load of x serves 4 fused multiply-adds.
 
-    The step of the dense tile below; pass n = TILE where the width is constant, so the loop unrolls into
+    The step of the dense tile below; pass n = the tile's width, a constant, so the loop unrolls into
     registers."""
     for t in range(n):
         p = x_row[t]
@@ -91,6 +80,27 @@ def strip_update(a0, a1, a2, a3, v0, v1, v2, v3, x_row, n):
         a1[t] += v1 * p
         a2[t] += v2 * p
         a3[t] += v3 * p
+
+
+def row_parts(batch: int, frames: int, strips: int, width: int, workers: int) -> int:
+    """The tile kernels' ``parts`` (here and sparse.py): the strips (output rows, or strips of them) split so that
+    there are two work items per worker, 1 if the tiles suffice."""
+    tiles = max(1, batch * -(-frames // width))
+    return max(1, min(strips, -(-2 * workers // tiles))) if workers > 1 else 1
+
+
+@njit(inline="always")
+def pack_tile(x, t0, n, x_tile):
+    """x_tile[c, :n] = x[c, t0:t0+n] for every input channel c, zeros after n: the tile's frames made contiguous
+    (a short last tile then runs the same full-width code; its extra sums are not stored)."""
+    frames, width = x.shape[1], x_tile.shape[1]
+    for c in range(x.shape[0]):
+        source = carray(element_pointer(x, c * frames + t0), (n,))
+        target = carray(element_pointer(x_tile, c * width), (width,))
+        for t in range(n):
+            target[t] = source[t]
+        for t in range(n, width):
+            target[t] = 0.0
 
 
 @njit(inline="always", fastmath={"contract"})
@@ -124,29 +134,35 @@ def _tiles_kernel(rows: int, width: int):
     strip_size = rows * width  # stack_buffer needs a compile-time constant
 
     @serial_and_parallel(
-        void(READ_3D, READ_2D, READ_1D, READ_3D, float32[:, :, ::1], int64, float32, float32), fastmath={"contract"}
+        void(READ_3D, READ_2D, READ_1D, READ_3D, float32[:, :, ::1], int64, float32, float32, int64),
+        fastmath={"contract"},
     )
     def pointwise_tiles(loop):
         """y[b, r, t] = act((sum_c w[r, c] * x[b, c, t] + bias[r]) + residual[b, r, t]) for act "" / Relu / Clip.
 
-        x_tiles [B * tiles, Cin, width] from tiles_of, w [Cout, Cin] with Cout % rows == 0, y [B, Cout, T].
+        x [B, Cin, T'] with T' >= T (frames past T are not read), w [Cout, Cin] with Cout % rows == 0,
+        y [B, Cout, T]; ``parts``: row_parts.
         """
 
-        def kernel(x_tiles, w, bias, residual, y, act, lo, hi):
+        def kernel(x, w, bias, residual, y, act, lo, hi, parts):
             batch, channels_out, frames = y.shape
-            tiles = x_tiles.shape[0] // batch
+            tiles = (frames + width - 1) // width
             strips = channels_out // rows
+            parts = max(parts, 1)
+            strips_per_part = -(-strips // parts)
             has_bias, add_residual = bias.shape[0] > 0, residual.size > 0
-            for item in loop(batch * tiles * strips):
-                acc = carray(stack_buffer(strip_size), (strip_size,))
-                strip = item % strips
-                tile = item // strips
-                b = tile // tiles
-                t0 = (tile - b * tiles) * width
+            for item in loop(batch * tiles * parts):
+                part = item % parts
+                b = item // (parts * tiles)
+                t0 = (item // parts - b * tiles) * width
                 n = min(width, frames - t0)
-                _strip_tile(acc, x_tiles[tile], w, strip * rows, rows, width)
-                store_tile(y, acc, width, b, strip * rows, rows, t0, n, bias, has_bias, residual, add_residual, act,
-                           lo, hi)
+                x_tile = np.empty((x.shape[1], width), np.float32)
+                pack_tile(x[b], t0, n, x_tile)
+                acc = carray(stack_buffer(strip_size), (strip_size,))
+                for strip in range(part * strips_per_part, min(strips, (part + 1) * strips_per_part)):
+                    _strip_tile(acc, x_tile, w, strip * rows, rows, width)
+                    store_tile(y, acc, width, b, strip * rows, rows, t0, n, bias, has_bias, residual, add_residual,
+                               act, lo, hi)
 
         return kernel
 
@@ -158,8 +174,7 @@ TILE_KERNELS = {name: _tiles_kernel(rows, width) for name, (rows, width) in TILE
 
 
 def pointwise_tiles(frames: int):
-    """The tile kernel measured fastest on this CPU for ``frames`` output frames (its inputs come from
-    tiles_of(x, .width)): measured once at T = 64 for short inputs, where a wide tile computes mostly padding,
+    """The tile kernel measured fastest on this CPU for ``frames`` output frames: measured once at T = 64 for short inputs, where a wide tile computes mostly padding,
     and once at T = 384 for the rest (tuning.fastest)."""
     return _fastest_tiles(_calibration_frames(frames))
 
@@ -190,7 +205,7 @@ def _fastest_tiles(frames: int):
     x, w, y = _calibration_problem(frames)
 
     def run(kernel):
-        return lambda: kernel.serial(tiles_of(x, kernel.width), w, NO_BIAS, NO_RESIDUAL, y, 0, 0.0, 0.0)
+        return lambda: kernel.serial(x, w, NO_BIAS, NO_RESIDUAL, y, 0, 0.0, 0.0, 1)
 
     name = tuning.fastest(f"pointwise_tiles T={frames}", {name: run(kernel) for name, kernel in TILE_KERNELS.items()},
                           *tuning.cache_of(next(iter(TILE_KERNELS.values())).serial))
@@ -204,7 +219,7 @@ def _blas_beats_tiles(frames: int) -> bool:
     bias = np.random.default_rng(1).standard_normal(w.shape[0], dtype=np.float32)
 
     def tiles():
-        kernel.serial(tiles_of(x, kernel.width), w, bias, NO_RESIDUAL, y, RELU, 0.0, 0.0)
+        kernel.serial(x, w, bias, NO_RESIDUAL, y, RELU, 0.0, 0.0, 1)
 
     def blas():
         np.matmul(w, x[0], out=y[0])

@@ -49,7 +49,7 @@ from tinyasr.errors import GraphError
 from tinyasr.format.encodings.sparse import BSRMatrix, CSRMatrix, as_dense, bsr_arrays, csr_arrays
 from tinyasr.kernels import tuning
 from tinyasr.kernels._compile import element_pointer, gather_fma, serial_and_parallel, stack_buffer, transpose_8x8
-from tinyasr.kernels.conv1d import run_nothing, bound_conv1d
+from tinyasr.kernels.conv1d import bound_conv1d, run_nothing
 from tinyasr.kernels.epilogue import (
     ACTIVATIONS,
     NO_BIAS,
@@ -62,6 +62,7 @@ from tinyasr.kernels.epilogue import (
     residual_argument,
     store_tile,
 )
+from tinyasr.kernels.pointwise import pack_tile, row_parts
 
 RELU, CLIP = ACTIVATIONS["Relu"], ACTIVATIONS["Clip"]  # applied in the kernels; others after them
 
@@ -80,20 +81,6 @@ def _signature():
 # ---------------------------------------------------------------------------------------------
 # Kernels
 # ---------------------------------------------------------------------------------------------
-
-
-@njit(inline="always")
-def _pack_tile(x, t0, n, x_tile):
-    """x_tile[c, :n] = x[c, t0:t0+n] for every input channel c, zeros after n: the tile's frames made contiguous
-    (a short last tile then runs the same full-width code; its extra sums are not stored)."""
-    frames, width = x.shape[1], x_tile.shape[1]
-    for c in range(x.shape[0]):
-        source = carray(element_pointer(x, c * frames + t0), (n,))
-        target = carray(element_pointer(x_tile, c * width), (width,))
-        for t in range(n):
-            target[t] = source[t]
-        for t in range(n, width):
-            target[t] = 0.0
 
 
 @njit(inline="always")
@@ -128,7 +115,7 @@ def _sparse_tile(x, values, indices, indptr, bias, residual, y, act, lo, hi, b, 
     n = min(width, frames - t0)
     has_bias, add_residual = bias.shape[0] > 0, residual.size > 0
     x_tile = np.empty((inputs, width), np.float32)
-    _pack_tile(x[b], t0, n, x_tile)
+    pack_tile(x[b], t0, n, x_tile)
     acc = carray(stack_buffer(MAX_SUMS), (MAX_SUMS,))
     for strip in range(first, last):
         _strip_sums(acc, x_tile, values, indices, indptr, strip, strip_rows, width, ways)
@@ -141,9 +128,9 @@ def _sparse_kernel(strip_rows: int, width: int, ways: int = 1):
     ``width`` frames, each row's non-zeros interleaved ``ways`` ways (gather_fma).
 
     Work items are (batch, tile, part of the strips), tile-major, the strips split in ``parts`` (the last
-    argument, row_parts: more than 1 only where there are too few tiles for every thread).  An item first copies
-    its tile's frames of x into a contiguous [Cin, width] scratch (_pack_tile), which stays in L1 / L2 while all
-    its strips gather from it.  Read in place, the gathered rows of x are T frames apart, each on its own page
+    argument, pointwise.row_parts: more than 1 only where there are too few tiles for every thread).  An item first
+    copies its tile's frames of x into a contiguous [Cin, width] scratch (pointwise.pack_tile), which stays in L1 / L2
+    while all its strips gather from it.  Read in place, the gathered rows of x are T frames apart, each on its own page
     (512 pages a tile at Cin 512, past the first-level TLB: the gathers ran 1.1-1.6x slower at T = 1000,
     benchmarks/results/sparse_packing.md), and a row of x at a frame that is not a multiple of 16 straddles
     cache lines.  The copy is Cin x width floats per tile against nnz x width multiply-adds.  The epilogue
@@ -192,13 +179,6 @@ BSR_KERNELS = {"4x16": _sparse_kernel(4, 16), "4x32": _sparse_kernel(4, 32), "4x
 # T (whole tiles for every width) and sparsity.  A weight takes the choice made on the nearest size.
 CALIBRATION_SIZES = (256, 512)
 CALIBRATION = (384, 0.9)
-
-
-def row_parts(batch: int, frames: int, strips: int, width: int, workers: int) -> int:
-    """The kernels' ``parts``: the strips (CSR rows, BSR 4-row strips) split so that there are two work items per
-    worker, 1 if the tiles suffice."""
-    tiles = max(1, batch * -(-frames // width))
-    return max(1, min(strips, -(-2 * workers // tiles))) if workers > 1 else 1
 
 
 def fastest_kernel(kind: str, inputs: int = CALIBRATION_SIZES[0]):
