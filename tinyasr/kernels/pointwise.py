@@ -36,7 +36,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from numba import carray, njit
+from numba import carray, literally, njit
 from numba.types import float32, int64, void
 
 from tinyasr.kernels import tuning
@@ -129,9 +129,32 @@ def _strip_tile(acc, x_tile, w, r0, rows, width):
             _pair_update(a0, a1, w0[c], w1[c], x_tile[c], width)
 
 
+MAX_STRIP = 256  # floats of the largest tile shape's strip (4 x 64): one stack buffer size for all
+
+
+@njit(fastmath={"contract"}, cache=True)
+def _tiles_item(x, w, bias, residual, y, act, lo, hi, b, t0, first, last, rows, width):
+    """One work item of pointwise_tiles: frames t0 .. t0+width-1 (fewer at the end) of batch b, strips first ..
+    last-1.  A function of its own, the tile shape passed as literals, as sparse.py's items are: written inline in
+    the kernel's loop, the 2x48 tile ran 2.6x slower in some processes and not in others (Zen 4; the cause, spilled
+    sums or the scratch tile's place in memory, not pinned down), the other shapes unchanged."""
+    literally(rows)
+    literally(width)
+    frames = y.shape[2]
+    n = min(width, frames - t0)
+    has_bias, add_residual = bias.shape[0] > 0, residual.size > 0
+    x_tile = np.empty((x.shape[1], width), np.float32)
+    pack_tile(x[b], t0, n, x_tile)
+    acc = carray(stack_buffer(MAX_STRIP), (MAX_STRIP,))
+    for strip in range(first, last):
+        _strip_tile(acc, x_tile, w, strip * rows, rows, width)
+        store_tile(y, acc, width, b, strip * rows, rows, t0, n, bias, has_bias, residual, add_residual, act, lo, hi)
+
+
 def _tiles_kernel(rows: int, width: int):
     """pointwise_tiles for a register tile of ``rows`` x ``width`` frames (closure constants: one build each)."""
-    strip_size = rows * width  # stack_buffer needs a compile-time constant
+    if rows * width > MAX_STRIP:
+        raise ValueError(f"a {rows}x{width} strip needs more than MAX_STRIP = {MAX_STRIP} sums")
 
     @serial_and_parallel(
         void(READ_3D, READ_2D, READ_1D, READ_3D, float32[:, :, ::1], int64, float32, float32, int64),
@@ -150,19 +173,12 @@ def _tiles_kernel(rows: int, width: int):
             strips = channels_out // rows
             parts = max(parts, 1)
             strips_per_part = -(-strips // parts)
-            has_bias, add_residual = bias.shape[0] > 0, residual.size > 0
             for item in loop(batch * tiles * parts):
                 part = item % parts
                 b = item // (parts * tiles)
                 t0 = (item // parts - b * tiles) * width
-                n = min(width, frames - t0)
-                x_tile = np.empty((x.shape[1], width), np.float32)
-                pack_tile(x[b], t0, n, x_tile)
-                acc = carray(stack_buffer(strip_size), (strip_size,))
-                for strip in range(part * strips_per_part, min(strips, (part + 1) * strips_per_part)):
-                    _strip_tile(acc, x_tile, w, strip * rows, rows, width)
-                    store_tile(y, acc, width, b, strip * rows, rows, t0, n, bias, has_bias, residual, add_residual,
-                               act, lo, hi)
+                _tiles_item(x, w, bias, residual, y, act, lo, hi, b, t0, part * strips_per_part,
+                            min(strips, (part + 1) * strips_per_part), rows, width)
 
         return kernel
 
