@@ -87,6 +87,25 @@ def test_depthwise_matches_torch(taps, dilation, stride, pads, batch, t_in):
     _check(*_case(rng, batch, 16, 16, taps, t_in, 16, stride, dilation, pads))
 
 
+def test_blocked_depthwise_weight_is_kept_only_while_it_cannot_change():
+    """The blocked form of a read-only weight (a model's) is made once; a writable one is blocked on every call, so
+    a weight changed between calls is never run stale."""
+    from tinyasr.kernels.depthwise import LANES, blocked_weight
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 20, 40), dtype=np.float32)
+    weight = rng.standard_normal((20, 1, 9), dtype=np.float32)
+    blocked = blocked_weight(weight)
+    assert blocked.shape == (3, 1, 9, LANES) and not blocked[2, :, :, 20 - 2 * LANES:].any()  # 20 channels, 3 blocks
+    np.testing.assert_array_equal(blocked[1, 0, :, 3], weight[LANES + 3, 0])
+    first = conv1d(x, weight, group=20, pad_left=4, pad_right=4)
+    weight *= 2
+    np.testing.assert_allclose(conv1d(x, weight, group=20, pad_left=4, pad_right=4), 2 * first, rtol=1e-6)
+    weight.flags.writeable = False
+    assert blocked_weight(weight) is blocked_weight(weight)
+    np.testing.assert_allclose(conv1d(x, weight, group=20, pad_left=4, pad_right=4), 2 * first, rtol=1e-6)
+
+
 @pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
 @pytest.mark.parametrize("path", ["depthwise", "pointwise", "grouped"])
 def test_fused_bias_residual_activation(path, activation):

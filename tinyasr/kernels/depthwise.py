@@ -27,6 +27,9 @@ zeros (conv1d.py chooses).
 
 from __future__ import annotations
 
+import weakref
+from typing import Dict, Tuple
+
 import numpy as np
 from numba import carray, njit
 from numba.types import Array, float32, int64, void
@@ -102,11 +105,31 @@ def _row_runs(xt, wt, acc, yt, h, base, across, kh, kw, dilation_h, dilation_w, 
         _store_run(acc, yt, h * across + ww, 1)
 
 
+_BLOCKED: Dict[int, Tuple[weakref.ref, np.ndarray]] = {}  # id(weight) -> (a reference to it, its blocked form)
+
+
 def blocked_weight(weight: np.ndarray) -> np.ndarray:
     """A depthwise weight [C, kh, kw] as the kernel reads it: [C / LANES blocks, kh, kw, LANES], a block's taps
-    one vector each, the last block's missing channels zero.  Made once per conv by the caller (conv1d's bound
-    call keeps it): gathered per work item, taps times LANES scalar reads with a division each, it cost a 1-D
-    256-channel conv 20-40 us of its 130-340 (K 33-87, T 500, Zen 4)."""
+    one vector each, the last block's missing channels zero.  Made once per read-only weight array (a model's
+    stored weights: read-only views of its file, the same arrays on every call) and kept while the array lives;
+    a writable one could change between calls and is blocked again each time.  Gathered per work item, taps
+    times LANES scalar reads with a division each, it cost a 1-D 256-channel conv 10-25 us of its 110-270 (K
+    33-87, T 500, Zen 4); made with numpy per call, 7-16 us."""
+    if weight.flags.writeable:
+        return _blocked(weight)
+    key = id(weight)
+    cached = _BLOCKED.get(key)
+    if cached is not None and cached[0]() is weight:
+        return cached[1]
+    blocked = _blocked(weight)
+    try:
+        _BLOCKED[key] = (weakref.ref(weight, lambda _, key=key: _BLOCKED.pop(key, None)), blocked)
+    except TypeError:  # an array type without weak references: not kept
+        pass
+    return blocked
+
+
+def _blocked(weight: np.ndarray) -> np.ndarray:
     channels, kh, kw = weight.shape
     blocks = -(-channels // LANES)
     padded = np.zeros((blocks * LANES, kh, kw), np.float32)
