@@ -90,6 +90,16 @@ def row_parts(batch: int, frames: int, strips: int, width: int, workers: int) ->
 
 
 @njit(inline="always")
+def tile_item(item, parts, tiles, width, strips):
+    """Work item ``item`` of a tile kernel (here and sparse.py; items are (batch, tile, part of the strips),
+    tile-major, ``parts`` >= 1): (batch, first frame, first strip, end of its strips)."""
+    per_part = -(-strips // parts)
+    part = item % parts
+    b = item // (parts * tiles)
+    return b, (item // parts - b * tiles) * width, part * per_part, min(strips, (part + 1) * per_part)
+
+
+@njit(inline="always")
 def pack_tile(x, t0, n, x_tile):
     """x_tile[c, :n] = x[c, t0:t0+n] for every input channel c, zeros after n: the tile's frames made contiguous
     (a short last tile then runs the same full-width code; its extra sums are not stored)."""
@@ -172,13 +182,9 @@ def _tiles_kernel(rows: int, width: int):
             tiles = (frames + width - 1) // width
             strips = channels_out // rows
             parts = max(parts, 1)
-            strips_per_part = -(-strips // parts)
             for item in loop(batch * tiles * parts):
-                part = item % parts
-                b = item // (parts * tiles)
-                t0 = (item // parts - b * tiles) * width
-                _tiles_item(x, w, bias, residual, y, act, lo, hi, b, t0, part * strips_per_part,
-                            min(strips, (part + 1) * strips_per_part), rows, width)
+                b, t0, first, last = tile_item(item, parts, tiles, width, strips)
+                _tiles_item(x, w, bias, residual, y, act, lo, hi, b, t0, first, last, rows, width)
 
         return kernel
 

@@ -62,7 +62,7 @@ from tinyasr.kernels.epilogue import (
     residual_argument,
     store_tile,
 )
-from tinyasr.kernels.pointwise import pack_tile, row_parts
+from tinyasr.kernels.pointwise import pack_tile, row_parts, tile_item
 
 RELU, CLIP = ACTIVATIONS["Relu"], ACTIVATIONS["Clip"]  # applied in the kernels; others after them
 
@@ -147,13 +147,10 @@ def _sparse_kernel(strip_rows: int, width: int, ways: int = 1):
             strips = y.shape[1] // strip_rows
             tiles = (frames + width - 1) // width
             parts = max(parts, 1)
-            strips_per_part = -(-strips // parts)
             for item in loop(batch * tiles * parts):
-                part = item % parts
-                b = item // (parts * tiles)
-                t0 = (item // parts - b * tiles) * width
-                _sparse_tile(x, values, indices, indptr, bias, residual, y, act, lo, hi, b, t0, part * strips_per_part,
-                             min(strips, (part + 1) * strips_per_part), strip_rows, width, ways)
+                b, t0, first, last = tile_item(item, parts, tiles, width, strips)
+                _sparse_tile(x, values, indices, indptr, bias, residual, y, act, lo, hi, b, t0, first, last,
+                             strip_rows, width, ways)
 
         return kernel
 
