@@ -261,6 +261,22 @@ def test_replayed_convs_repeat_the_recorded_kernel_calls_for_new_input_values(tm
     assert all(replay is not None for tape in tapes for _, _, _, replay in tape)
 
 
+def test_a_replayed_conv_whose_input_length_depends_on_a_value_runs_in_full(tmp_path):
+    """The Conv's input is cut to a length given by an input's value: a replayed run with another value must not
+    use the call bound for the recorded length (its buffer and kernel arguments are for that length)."""
+    w = f32(CHANNELS, CHANNELS, 3)
+    nodes = [Node("cut", "Slice", ("x", "zero", "n", "two"), ("xs",)),
+             Node("conv", "Conv", ("xs", "w"), ("y",), {"pads": [1, 1]})]
+    path = save(tmp_path, nodes, [("x", "float32", [1, CHANNELS, "T"]), ("n", "int64", [1])],
+                [("y", "float32", [1, CHANNELS, "M"])],
+                {"w": w, "zero": np.array([0], np.int64), "two": np.array([2], np.int64)})
+    model = load_model(path)
+    x = f32(1, CHANNELS, 30)
+    for n in (20, 20, 20, 9, 20, 27):
+        got = model.run({"x": x, "n": np.array([n], np.int64)})["y"]
+        np.testing.assert_allclose(got, conv_numpy(x[:, :, :n], w, pad=1), rtol=1e-4, atol=1e-5)
+
+
 def test_a_replayed_run_whose_value_dependent_shapes_change_gets_fresh_buffers(tmp_path):
     """Range's length is the value of an input, not its shape: a replay where it differs from the recorded run
     cannot use the recorded buffers for it, and must not write into buffers still read."""
