@@ -417,6 +417,8 @@ def conv1d(x, weight, bias=None, residual=None, *, stride=1, dilation=1, pad_lef
     any float dtype, converted once to C-contiguous float32.  Returns float32 [B, Cout, T_out], written into
     ``out`` when given (float32, C-contiguous, that shape).  Raises GraphError on inconsistent shapes / attributes.
     """
+    x = as_float32(x, "input X")
+    residual = None if residual is None else as_float32(residual, "residual")
     out, run = bound_conv1d(x, weight, bias, residual, stride=stride, dilation=dilation, pad_left=pad_left,
                             pad_right=pad_right, group=group, activation=activation,
                             activation_params=activation_params, out=out)

@@ -347,6 +347,8 @@ def spmm(weight, x, bias=None, residual=None, activation="", activation_params=(
     bias [Cout] or None, residual [B, Cout, T] or None.  Returns float32 [B, Cout, T] (into ``out`` when
     given).  GraphError on bad shapes or a weight the kernels cannot run (see kernel_matrix).
     """
+    x = as_float32(x, "input X", "spmm")
+    residual = None if residual is None else as_float32(residual, "residual", "spmm")
     out, run = bound_spmm(weight, x, bias, residual, activation, activation_params, out)
     run(x, residual)
     return out
