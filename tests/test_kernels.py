@@ -90,6 +90,9 @@ def test_depthwise_matches_torch(taps, dilation, stride, pads, batch, t_in):
 def test_blocked_depthwise_weight_is_kept_only_while_it_cannot_change():
     """The blocked form of a read-only weight (a model's) is made once; a writable one is blocked on every call, so
     a weight changed between calls is never run stale."""
+    import gc
+    import weakref
+
     from tinyasr.kernels.depthwise import LANES, blocked_weight
 
     rng = np.random.default_rng(3)
@@ -104,6 +107,10 @@ def test_blocked_depthwise_weight_is_kept_only_while_it_cannot_change():
     weight.flags.writeable = False
     assert blocked_weight(weight) is blocked_weight(weight)
     np.testing.assert_allclose(conv1d(x, weight, group=20, pad_left=4, pad_right=4), 2 * first, rtol=1e-6)
+    kept = weakref.ref(blocked_weight(weight))
+    del weight
+    gc.collect()
+    assert kept() is None  # dropped with its weight
 
 
 @pytest.mark.parametrize("activation", sorted(ACTIVATIONS))

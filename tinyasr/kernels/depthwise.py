@@ -28,15 +28,12 @@ zeros (conv1d.py chooses).
 
 from __future__ import annotations
 
-import weakref
-from typing import Dict, Tuple
-
 import numpy as np
 from numba import carray, njit
 from numba.types import Array, float32, int64, void
 
 from tinyasr.kernels._compile import element_pointer, lanes_fma, serial_and_parallel, stack_buffer, transpose_8x8
-from tinyasr.kernels.epilogue import READ_3D
+from tinyasr.kernels.epilogue import READ_3D, kept_per_array
 
 LANES = 8  # channels per vector (one AVX2 register, two NEON ones)
 RUN = 8  # output positions summed together, each in its own register
@@ -111,31 +108,12 @@ def _row_runs(xt, wt, acc, yt, planes, offset, direct, h, base, across, kh, kw, 
         _store_run(acc, yt, h * across + ww, 1)
 
 
-_BLOCKED: Dict[int, Tuple[weakref.ref, np.ndarray]] = {}  # id(weight) -> (a reference to it, its blocked form)
-
-
+@kept_per_array
 def blocked_weight(weight: np.ndarray) -> np.ndarray:
     """A depthwise weight [C, kh, kw] as the kernel reads it: [C / LANES blocks, kh, kw, LANES], a block's taps
-    one vector each, the last block's missing channels zero.  Made once per read-only weight array (a model's
-    stored weights: read-only views of its file, the same arrays on every call) and kept while the array lives;
-    a writable one could change between calls and is blocked again each time.  Gathered per work item, taps
-    times LANES scalar reads with a division each, it cost a 1-D 256-channel conv 10-25 us of its 110-270 (K
-    33-87, T 500, Zen 4); made with numpy per call, 7-16 us."""
-    if weight.flags.writeable:
-        return _blocked(weight)
-    key = id(weight)
-    cached = _BLOCKED.get(key)
-    if cached is not None and cached[0]() is weight:
-        return cached[1]
-    blocked = _blocked(weight)
-    try:
-        _BLOCKED[key] = (weakref.ref(weight, lambda _, key=key: _BLOCKED.pop(key, None)), blocked)
-    except TypeError:  # an array type without weak references: not kept
-        pass
-    return blocked
-
-
-def _blocked(weight: np.ndarray) -> np.ndarray:
+    one vector each, the last block's missing channels zero.  Made once per read-only weight (kept_per_array):
+    gathered per work item, taps times LANES scalar reads with a division each, it cost a 1-D 256-channel conv
+    10-25 us of its 110-270 (K 33-87, T 500, Zen 4); made with numpy per call, 7-16 us."""
     channels, kh, kw = weight.shape
     blocks = -(-channels // LANES)
     padded = np.zeros((blocks * LANES, kh, kw), np.float32)

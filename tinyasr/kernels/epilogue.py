@@ -12,6 +12,8 @@ bound, and NaN / inf must pass through as in the reference.
 from __future__ import annotations
 
 import functools
+import weakref
+from typing import Any, Dict, Tuple
 
 import numpy as np
 from numba import njit
@@ -132,6 +134,28 @@ def remembered(check):
             return check(*args)
 
     return run
+
+
+def kept_per_array(derive):
+    """Cache ``derive(array)`` per read-only array while the array lives.  A model's stored weights are read-only
+    views of its file, the same arrays on every call, so what a kernel derives from one (a blocked layout, its
+    density) is made once, also on runs that are not replayed (a new input length); a writable array could change
+    between calls and is derived again every time."""
+    cache: Dict[int, Tuple[weakref.ref, Any]] = {}
+
+    @functools.wraps(derive)
+    def kept(array):
+        if not isinstance(array, np.ndarray) or array.flags.writeable:
+            return derive(array)
+        key = id(array)
+        entry = cache.get(key)
+        if entry is not None and entry[0]() is array:
+            return entry[1]
+        value = derive(array)
+        cache[key] = (weakref.ref(array, lambda _, key=key: cache.pop(key, None)), value)
+        return value
+
+    return kept
 
 
 def activation_code(activation, params, where="conv1d"):
