@@ -284,14 +284,15 @@ def test_one_and_two_threads_give_identical_results(restore_threads, monkeypatch
 
     for shape, taps, strides, pads in (((2, 19, 23, 17), (3, 3), (2, 2), (1, 1)), ((1, 24, 1, 301), (1, 33), (1, 1),
                                                                                        (0, 16))):
-        x4, w3 = rng.standard_normal(shape, dtype=np.float32), rng.standard_normal((shape[1], *taps), dtype=np.float32)
+        x4 = rng.standard_normal(shape, dtype=np.float32)
+        w4 = rng.standard_normal((shape[1], 1, *taps), dtype=np.float32)  # as a model stores it
         out_shape = (shape[0], shape[1], (shape[2] + 2 * pads[0] - taps[0]) // strides[0] + 1,
                      (shape[3] + 2 * pads[1] - taps[1]) // strides[1] + 1)
         results = []
         for parts in (1, 2, 5):
             for build in (depthwise_blocks.serial, depthwise_blocks.parallel):
                 y4 = np.empty(out_shape, np.float32)
-                build(x4, blocked_weight(w3), y4, *strides, 1, 1, *pads, parts)
+                build(x4, blocked_weight(w4), y4, *strides, 1, 1, *pads, parts)
                 results.append(y4)
         for y4 in results[1:]:
             np.testing.assert_array_equal(results[0], y4)

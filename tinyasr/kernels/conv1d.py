@@ -470,7 +470,7 @@ def bound_conv1d(x, weight, bias=None, residual=None, *, stride=1, dilation=1, p
         # Threads split the blocks of channels, not time: two threads writing halves of every row share the cache
         # line at each row's split (a 256 x 500 conv on 2 threads: 1.07-1.38x with time halves, 1.89-1.94x by
         # channels; in the 90 % encoder its depthwise convs 4.8-5.7 -> 4.0-4.1 ms, Zen 3).
-        blocked = blocked_weight(weight)  # [C, 1, K]: kept per weight array, so the model's own weight hits
+        blocked = blocked_weight(weight)  # made once per model weight
         planes = out.reshape(shape[0], shape[1], 1, t_out)
 
         def run(x, residual):

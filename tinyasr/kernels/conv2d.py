@@ -100,8 +100,8 @@ def conv2d(x, weight, bias=None, *, strides: Sequence[int] = (1, 1), dilations: 
         _phase_direct_3x3(x, weight, bias, out, pads[0], pads[1], act, lo, hi)
         return out
     if group == x.shape[1] == channels_out > 1:
-        depthwise_blocks(out.size * kh * kw, x, blocked_weight(weight.reshape(channels_out, kh, kw)), out, *strides,
-                         *dilations, pads[0], pads[1], threads.get_num_threads())
+        depthwise_blocks(out.size * kh * kw, x, blocked_weight(weight), out, *strides, *dilations, pads[0], pads[1],
+                         threads.get_num_threads())
     else:
         needed = 0 if kh == kw == 1 and strides == (1, 1) and not any(pads) else im2col_elements(
             weight.shape, out.shape[2:], strides, dilations, group)

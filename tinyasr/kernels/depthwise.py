@@ -110,14 +110,16 @@ def _row_runs(xt, wt, acc, yt, planes, offset, direct, h, base, across, kh, kw, 
 
 @kept_per_array
 def blocked_weight(weight: np.ndarray) -> np.ndarray:
-    """A depthwise weight [C, kh, kw] as the kernel reads it: [C / LANES blocks, kh, kw, LANES], a block's taps
-    one vector each, the last block's missing channels zero.  Made once per read-only weight (kept_per_array):
-    gathered per work item, taps times LANES scalar reads with a division each, it cost a 1-D 256-channel conv
-    10-25 us of its 110-270 (K 33-87, T 500, Zen 4); made with numpy per call, 7-16 us."""
-    channels, kh, kw = weight.shape
+    """A depthwise weight as a model stores it, [C, 1, K] (1-D) or [C, 1, kh, kw] (2-D), as the kernel reads it:
+    [C / LANES blocks, kh, kw, LANES] (kh = 1, kw = K for 1-D), a block's taps one vector each, the last block's
+    missing channels zero.  Taken in the stored layout, not a reshaped view of it, so that it is made once per
+    read-only weight (kept_per_array): gathered per work item, taps times LANES scalar reads with a division each,
+    it cost a 1-D 256-channel conv 10-25 us of its 110-270 (K 33-87, T 500, Zen 4); made with numpy per call,
+    7-16 us."""
+    channels, (kh, kw) = weight.shape[0], (weight.shape[2:] if weight.ndim == 4 else (1, weight.shape[2]))
     blocks = -(-channels // LANES)
     padded = np.zeros((blocks * LANES, kh, kw), np.float32)
-    padded[:channels] = weight
+    padded[:channels] = weight.reshape(channels, kh, kw)
     return np.ascontiguousarray(padded.reshape(blocks, LANES, kh, kw).transpose(0, 2, 3, 1))
 
 

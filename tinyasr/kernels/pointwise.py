@@ -139,7 +139,7 @@ def _strip_tile(acc, x_tile, w, r0, rows, width):
             _pair_update(a0, a1, w0[c], w1[c], x_tile[c], width)
 
 
-MAX_STRIP = 256  # floats of the largest tile shape's strip (4 x 64): one stack buffer size for all
+MAX_STRIP = 256  # floats of the largest strip's sums (4 rows x 64 frames), here and in sparse.py: one stack buffer size
 
 
 @njit(fastmath={"contract"}, cache=True)
@@ -196,8 +196,8 @@ TILE_KERNELS = {name: _tiles_kernel(rows, width) for name, (rows, width) in TILE
 
 
 def pointwise_tiles(frames: int):
-    """The tile kernel measured fastest on this CPU for ``frames`` output frames: measured once at T = 64 for short inputs, where a wide tile computes mostly padding,
-    and once at T = 384 for the rest (tuning.fastest)."""
+    """The tile kernel measured fastest on this CPU for ``frames`` output frames: measured once at T = 64 for short
+    inputs, where a wide tile computes mostly padding, and once at T = 384 for the rest (tuning.fastest)."""
     return _fastest_tiles(_calibration_frames(frames))
 
 

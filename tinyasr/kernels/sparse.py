@@ -62,7 +62,7 @@ from tinyasr.kernels.epilogue import (
     residual_argument,
     store_tile,
 )
-from tinyasr.kernels.pointwise import pack_tile, row_parts, tile_item
+from tinyasr.kernels.pointwise import MAX_STRIP, pack_tile, row_parts, tile_item
 
 RELU, CLIP = ACTIVATIONS["Relu"], ACTIVATIONS["Clip"]  # applied in the kernels; others after them
 
@@ -96,9 +96,6 @@ def _strip_sums(acc, x_tile, values, indices, indptr, strip, strip_rows, width, 
                np.int64(indptr[block_row]), np.int64(indptr[block_row + 1]), strip_rows, width, ways)
 
 
-MAX_SUMS = 256  # floats of a strip's sums in the widest variant (4 rows x 64 frames): one stack buffer size for all
-
-
 @njit(fastmath={"contract"}, cache=True)
 def _sparse_tile(x, values, indices, indptr, bias, residual, y, act, lo, hi, b, t0, first, last, strip_rows, width,
                  ways):
@@ -116,7 +113,7 @@ def _sparse_tile(x, values, indices, indptr, bias, residual, y, act, lo, hi, b, 
     has_bias, add_residual = bias.shape[0] > 0, residual.size > 0
     x_tile = np.empty((inputs, width), np.float32)
     pack_tile(x[b], t0, n, x_tile)
-    acc = carray(stack_buffer(MAX_SUMS), (MAX_SUMS,))
+    acc = carray(stack_buffer(MAX_STRIP), (MAX_STRIP,))
     for strip in range(first, last):
         _strip_sums(acc, x_tile, values, indices, indptr, strip, strip_rows, width, ways)
         store_tile(y, acc, width, b, strip * strip_rows, strip_rows, t0, n, bias, has_bias, residual, add_residual,
@@ -138,8 +135,8 @@ def _sparse_kernel(strip_rows: int, width: int, ways: int = 1):
     epilogue's finish_row, even a branch of it never taken, made the kernel 1.2-2x slower), so only "" / Relu /
     Clip are applied here; spmm applies Sigmoid / Tanh in a second pass.
     """
-    if strip_rows * width > MAX_SUMS:
-        raise ValueError(f"a {strip_rows}x{width} strip needs more than MAX_SUMS = {MAX_SUMS} sums")
+    if strip_rows * width > MAX_STRIP:
+        raise ValueError(f"a {strip_rows}x{width} strip needs more than MAX_STRIP = {MAX_STRIP} sums")
 
     def make(loop):
         def kernel(x, values, indices, indptr, bias, residual, y, act, lo, hi, parts):
