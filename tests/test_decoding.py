@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tinyasr.decoding.classification import classify_clip, classify_frames
-from tinyasr.decoding.ctc import ctc_greedy, tokens_to_words
+from tinyasr.decoding.ctc import GrowingWords, ctc_greedy, tokens_to_words
+from tinyasr.decoding.results import Token
 from tinyasr.decoding.scores import output_frame_seconds
 from tinyasr.decoding.specs import ClassificationSpec, CTCSpec, FrameClassificationSpec
 from tinyasr.errors import InputError, TinyASRError
@@ -224,6 +225,58 @@ def test_bad_output_shape_names_the_output():
 
 def test_tokens_to_words_of_nothing():
     assert tokens_to_words([], "chars") == ()
+
+
+# token texts per vocabulary type: word boundaries (a space, "▁", a piece without "##", every word) and pieces
+# that are only a boundary
+GROUPING_TEXTS = {"chars": [" ", "a", "b", "\u4e2d"], "subword": ["\u2581", "\u2581a", "b", "c"],
+                  "wordpiece": ["a", "##b", "##c", "d"], "words": ["yes", "no"]}
+
+
+def _words_by_strings(tokens, vocabulary_type):
+    """Words written another way: each token's text marked with where a word starts, then split on the marks;
+    a word's times and confidence from the tokens whose text it holds."""
+    words, current = [], []
+    for token in tokens:
+        text = token.text
+        if vocabulary_type == "chars":
+            starts, text = not text.strip(), text.strip()
+        elif vocabulary_type == "wordpiece":
+            starts, text = not text.startswith("##"), text.removeprefix("##")
+        elif vocabulary_type == "words":
+            starts = True
+        else:
+            starts, text = text.startswith("\u2581"), text.replace("\u2581", "")
+        if starts and current:
+            words.append(current)
+            current = []
+        if text:
+            current.append((text, token))
+    words += [current] if current else []
+    return [("".join(t for t, _ in w), w[0][1].start, w[-1][1].end, min(token.confidence for _, token in w))
+            for w in words]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(sorted(GROUPING_TEXTS)), st.lists(st.tuples(st.integers(0, 3), st.floats(0.01, 1.0)),
+                                                        max_size=40), st.lists(st.integers(0, 40), max_size=5))
+def test_words_grouped_token_by_token_equal_words_grouped_from_strings(kind, drawn, cuts):
+    """tokens_to_words, and GrowingWords fed the same tokens in pieces (a stream's chunks) with any tail,
+    against the words written from the token texts' marks (_words_by_strings)."""
+    texts = GROUPING_TEXTS[kind]
+    tokens = [Token(texts[i % len(texts)], i, 0.1 * n, 0.1 * n + 0.05, p) for n, (i, p) in enumerate(drawn)]
+    vocabulary_type = "subword" if kind == "wordpiece" else kind
+    expected = _words_by_strings(tokens, kind)
+    as_tuples = lambda words: [(w.text, w.start, w.end, w.confidence) for w in words]  # noqa: E731
+    assert as_tuples(tokens_to_words(tokens, vocabulary_type, kind == "wordpiece")) == expected
+    growing = GrowingWords(vocabulary_type, kind == "wordpiece")
+    fed = 0
+    for cut in sorted(min(c, len(tokens)) for c in cuts) + [len(tokens)]:
+        assert as_tuples(growing.with_tail(tokens[fed:])) == expected
+        growing.extend(tokens[fed:cut])
+        fed = cut
+    assert as_tuples(growing.with_tail([])) == expected and as_tuples(growing.words) == expected[:len(growing.words)]
+    assert len(growing.words) >= len(expected) - 1
 
 
 # ---------------------------------------------------------------------------

@@ -43,6 +43,7 @@ VOCABULARIES = {
     "sentencepiece": (["▁a", "b", "▁", "c", "▁dd"], "subword"),
     "wordpiece": (["a", "##b", "c", "##dd", "e"], "subword"),
     "words": (["one", "two", "three", "four"], "words"),
+    "unbroken": (["\u4e2d", "\u6587", "\u5b57"], "chars"),  # no boundary: the utterance is one growing word
 }
 
 
@@ -80,7 +81,7 @@ def test_partials_equal_a_decode_from_scratch_after_every_chunk(vocabulary, lead
         assert got == expected, f"chunk {chunk}"
         checked += 1
         words = max(words, len(got.words))
-    assert checked > 50 and words > 10  # the partials grew: tokens kept, words made, segments closed
+    assert checked > 50 and words > (0 if vocabulary == "unbroken" else 10)  # tokens kept, words made
 
 
 def test_partials_of_the_bundled_model_on_real_speech_equal_a_decode_from_scratch():

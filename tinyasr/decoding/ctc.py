@@ -6,7 +6,7 @@ utterance, far below the cost of the network, so Numba would buy nothing here.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -69,41 +69,54 @@ def tokens_to_words(tokens: Sequence[Token], vocabulary_type: str, wordpiece: bo
     ``wordpiece``, every piece not starting with "##" does); words: each token
     is a word.
     """
-    return tuple(_word(group) for group in _word_groups(tokens, vocabulary_type, wordpiece))
+    return tuple(GrowingWords(vocabulary_type, wordpiece).with_tail(tokens))
 
 
-def words_and_open_start(tokens: Sequence[Token], vocabulary_type: str, wordpiece: bool = False):
-    """tokens_to_words, and the index of the first token of the last word (``len(tokens)`` when there is none):
-    a token added later may still extend that word, never an earlier one, and grouping tokens from that index on
-    gives the same last words (tinyasr.decoding.ctc_partial extends a stream's words so)."""
-    groups = _word_groups(tokens, vocabulary_type, wordpiece)
-    return tuple(map(_word, groups)), (groups[-1][0][0] if groups else len(tokens))
+class GrowingWords:
+    """tokens_to_words of a token sequence that only grows, kept in time linear in its length.
 
+    A stream's partial result groups its tokens into words after every chunk; grouping them all again each time
+    is quadratic in the utterance, and a vocabulary without word boundaries (Chinese characters, or a model that
+    emits no spaces) makes the whole utterance one word that grows.  ``words`` holds the words no later token can
+    extend; the last word so far is kept as a Word and extended token by token.
+    """
 
-def _word_groups(tokens, vocabulary_type: str, wordpiece: bool):
-    """The words' tokens: lists of (index in ``tokens``, token, its text in the word)."""
-    if vocabulary_type not in VOCABULARY_TYPES:
-        raise InputError(f"vocabulary_type {vocabulary_type!r}; expected one of {', '.join(VOCABULARY_TYPES)}")
-    groups = []
-    current = []
-    for index, token in enumerate(tokens):
-        if vocabulary_type == "chars":
+    def __init__(self, vocabulary_type: str, wordpiece: bool = False):
+        if vocabulary_type not in VOCABULARY_TYPES:
+            raise InputError(f"vocabulary_type {vocabulary_type!r}; expected one of {', '.join(VOCABULARY_TYPES)}")
+        self.vocabulary_type, self.wordpiece = vocabulary_type, wordpiece
+        self.words: List[Word] = []  # closed
+        self._last: Optional[Word] = None  # the word a later token may still extend
+
+    def extend(self, tokens: Sequence[Token]) -> None:
+        """Append tokens for good."""
+        for token in tokens:
+            self._last = self._add(self._last, token, self.words)
+
+    def with_tail(self, tokens: Sequence[Token]) -> List[Word]:
+        """The words of the tokens so far followed by ``tokens`` (which are not kept)."""
+        closed: List[Word] = []
+        last = self._last
+        for token in tokens:
+            last = self._add(last, token, closed)
+        return self.words + closed + ([] if last is None else [last])
+
+    def _add(self, last: Optional[Word], token: Token, closed: List[Word]) -> Optional[Word]:
+        """The last word after ``token``; a word it ends goes to ``closed``."""
+        if self.vocabulary_type == "chars":
             boundary, text = not token.text.strip(), token.text
         else:
-            boundary, text = _starts_word(token.text, vocabulary_type, wordpiece), _word_text(token.text, wordpiece)
-        if boundary and current:
-            groups.append(current)
-            current = []
-        if text.strip():
-            current.append((index, token, text))
-    if current:
-        groups.append(current)
-    return groups
-
-
-def _word(group) -> Word:
-    return Word(text="".join(text for _, _, text in group), start=group[0][1].start, end=group[-1][1].end,
-                confidence=min(token.confidence for _, token, _ in group))
+            boundary = _starts_word(token.text, self.vocabulary_type, self.wordpiece)
+            text = _word_text(token.text, self.wordpiece)
+        if boundary and last is not None:
+            closed.append(last)
+            last = None
+        if not text.strip():
+            return last
+        if last is None:
+            return Word(text=text, start=token.start, end=token.end, confidence=token.confidence)
+        return Word(text=last.text + text, start=last.start, end=token.end,
+                    confidence=min(last.confidence, token.confidence))
 
 
 def ctc_frames(scores: np.ndarray, spec: CTCSpec, frame_seconds: float, valid_frames: Optional[int],

@@ -9,7 +9,8 @@ no longer change and redoes only the rest:
 * whether a token lies in the speech the gate heard, once it ends (with its reach) before the first time a
   segment can still start (SpeechGate.undecided_from): closed segments never change; or once it meets the open
   segment before its last speech so far (SpeechGate.held_through): the segment will end after that;
-* the words of those tokens but the last (a later token may extend it; tinyasr.decoding.ctc.words_and_open_start);
+* the words of those tokens but the last (a later token may extend it), and the last one as far as it goes
+  (tinyasr.decoding.ctc.GrowingWords);
 * the coverage score: a speech frame covered by a token frame stays covered, and one further than
   ``cover_seconds`` from every frame still to come stays uncovered.
 
@@ -25,7 +26,7 @@ from typing import List, Optional
 import numpy as np
 
 from tinyasr.decoding.confidence import COVER_SECONDS, Speech, in_speech, is_out_of_vocabulary, speech_confidence
-from tinyasr.decoding.ctc import id_to_text, is_wordpiece, tokens_to_words, words_and_open_start
+from tinyasr.decoding.ctc import GrowingWords, id_to_text, is_wordpiece
 from tinyasr.decoding.results import Result, Token, Word, shifted_item
 from tinyasr.decoding.scores import frame_span, to_log_probs
 from tinyasr.decoding.specs import CTCSpec
@@ -75,11 +76,10 @@ class GreedyPartial:
         self._stable: List[Token] = []  # tokens of the first runs, final (ended, not clipped by the duration)
         self._decided = 0  # tokens whose place in or out of speech is final
         self._kept: List[Token] = []  # those of them in speech
-        self._words: List[Word] = []  # the words of _kept before its last word
-        self._texts_of_words: List[str] = []  # their texts
-        self._open = 0  # index in _kept of the last word's first token
+        self._words: Optional[GrowingWords] = None  # the words of _kept (made once the vocabulary is known)
+        self._texts_of_words: List[str] = []  # the texts of its closed words
         self._placed_tokens: List[Token] = []  # _kept shifted by -lead, while nothing clips them
-        self._placed_words: List[Word] = []  # _words likewise
+        self._placed_words: List[Word] = []  # the closed words likewise
         # coverage score: token frame centres; speech frame centres not settled; settled covered / all speech
         self._token_centres = _Growing(np.float64)
         self._pending = np.zeros(0)
@@ -97,6 +97,7 @@ class GreedyPartial:
         if self._texts is None:
             self._texts = id_to_text(self.spec.vocabulary, self.spec.blank, log_probs.shape[1], self.spec.output)
             self._wordpiece = is_wordpiece(self._texts)
+            self._words = GrowingWords(self.spec.vocabulary_type, self._wordpiece)
             if self.spec.oov_score == "certainty":
                 self._log_probs = _Growing(np.float64, log_probs.shape[1])
         if not len(log_probs):
@@ -147,30 +148,27 @@ class GreedyPartial:
             if token.end + reach < limit:
                 self._kept += in_speech((token,), speech, reach)
             elif held_through is not None and token.start - reach <= held_through - SETTLE_MARGIN:
-                self._kept.append(token)  # it meets the open segment (from undecided_from) before its end
+                # the open segment's start is final and its end lies past held_through: the token meets it, or
+                # ends (with its reach) within SETTLE_MARGIN before it and is judged by the final segments
+                self._kept += in_speech((token,), speech, reach)
             else:
                 break
             self._decided += 1
         undecided = self._stable[self._decided:] + tail
         kept_tail = in_speech(undecided, speech, reach)
-        # words: those before the last final token's word are final
-        vocabulary_type = self.spec.vocabulary_type
-        if len(self._kept) > kept_before:
-            words, start = words_and_open_start(self._kept[self._open:], vocabulary_type, self._wordpiece)
-            if start < len(self._kept) - self._open:
-                words = words[:-1]
-            self._words.extend(words)
-            self._texts_of_words.extend(w.text for w in words)
-            self._open += start
-        words = self._words + list(tokens_to_words(self._kept[self._open:] + kept_tail, vocabulary_type,
-                                                   self._wordpiece))
+        # words: those of the final tokens but the last are final
+        grouped = self._words if self._words is not None else GrowingWords(self.spec.vocabulary_type)  # no frames yet
+        grouped.extend(self._kept[kept_before:])
+        closed = grouped.words
+        self._texts_of_words.extend(w.text for w in closed[len(self._texts_of_words):])
+        words = grouped.with_tail(kept_tail)
         tokens = self._kept + kept_tail
         score = self._score(speech)
         oov = is_out_of_vocabulary(score, speech, self.spec.oov_threshold, self.spec.oov_min_speech)
-        text = " ".join(self._texts_of_words + [w.text for w in words[len(self._words):]])
+        text = " ".join(self._texts_of_words + [w.text for w in words[len(closed):]])
         if lead:
             tokens = self._placed(self._placed_tokens, tokens, len(self._kept), seconds)
-            words = self._placed(self._placed_words, words, len(self._words), seconds)
+            words = self._placed(self._placed_words, words, len(closed), seconds)
         return Result(text=text, tokens=tuple(tokens), words=tuple(words),
                       duration=float(seconds if lead else duration), confidence=score, out_of_vocabulary=oov)
 
