@@ -11,7 +11,8 @@ import scipy.signal
 import soundfile
 
 from tinyasr.errors import AudioError, TinyASRError
-from tinyasr.features.frontend import (FrontendConfig, compute_features, dct_matrix, mel_filterbank, valid_frame_count, window_function)
+from tinyasr.features.frontend import (FeatureCore, FrontendConfig, compute_features, dct_matrix, mel_filterbank,
+                                       padded_window, valid_frame_count, window_function)
 from _paths import SHARED_DIR  # noqa: E402
 
 SHARED = str(SHARED_DIR)
@@ -152,6 +153,32 @@ def test_clamp_guard_and_pad_value():
     assert valid == 20 and features.shape == (64, 24)
     np.testing.assert_allclose(features[:, :valid], np.log(1e-5), rtol=1e-6)
     assert np.all(features[:, valid:] == -3.0)
+
+
+@pytest.mark.parametrize("settings", [{}, {"mag_power": 1.0}, {"log_zero_guard_type": "clamp"}, {"log": False},
+                                      {"kind": "mfcc", "n_mfcc": 13, "window_periodic": True, "pad_to": 0}, {"n_fft": 400}])
+@pytest.mark.parametrize("samples, count", [(4000, None), (4000, 7), (4000, 0), (4000, 1000), (300, None),
+                                            (200_000, None)])
+def test_feature_core_matches_numpy_chain(settings, samples, count):
+    """FeatureCore's compiled framing and mel bands (tinyasr.kernels.spectrum) against numpy's chain over the same
+    frames: frames gathered by index, windowed, |rfft|^mag_power, the dense filterbank product, log, DCT.  A stream
+    asks for a few frames (7), none, more than there are, or a signal shorter than one frame; 200,000 samples
+    span several blocks."""
+    config = FrontendConfig(normalize=None, **settings)
+    signal = np.random.default_rng(samples).normal(0, 0.1, samples)
+    got = FeatureCore(config)(signal, count)
+    complete = max(0, (samples - config.n_fft) // config.hop_length + 1)
+    frames = min(complete, complete if count is None else count)
+    rows = np.arange(frames)[:, None] * config.hop_length + np.arange(config.n_fft)
+    power = np.abs(np.fft.rfft(signal[rows] * padded_window(config), axis=1)) ** config.mag_power
+    mel = mel_filterbank(config.sample_rate, config.n_fft, config.n_mels, config.lowfreq, config.highfreq,
+                         config.mel_scale, config.mel_norm) @ power.T
+    if config.log:
+        guard = config.log_zero_guard_value
+        mel = np.log(mel + guard) if config.log_zero_guard_type == "add" else np.log(np.maximum(mel, guard))
+    expected = dct_matrix(config.n_mfcc, config.n_mels) @ mel if config.kind == "mfcc" else mel
+    assert got.shape == (config.num_features, frames)
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
 
 
 def test_exact_pad_frame_count():

@@ -23,6 +23,7 @@ from tinyasr.audio.io import MIN_AUDIO_RATE
 from tinyasr.audio.resample import MAX_SAMPLE_RATE
 from tinyasr.errors import AudioError, TinyASRError
 from tinyasr.format.values import is_real
+from tinyasr.kernels.spectrum import band_spans, mel_bands, windowed_frames
 
 WINDOWS = ("hann", "hamming", "blackman", "bartlett", "none")
 NORMALIZE = ("per_feature", "all_features", None)
@@ -394,28 +395,24 @@ class FeatureCore:
         self.window = padded_window(config)
         self.filterbank = mel_filterbank(config.sample_rate, config.n_fft, config.n_mels, config.lowfreq,
                                          config.highfreq, config.mel_scale, config.mel_norm)
+        self.band_spans = band_spans(self.filterbank)
         self.dct = dct_matrix(config.n_mfcc, config.n_mels) if config.kind == "mfcc" else None
 
     def __call__(self, signal: np.ndarray, count: Optional[int] = None) -> np.ndarray:
         """Features float64 [num_features, n] of the first ``count`` frames of ``signal`` (default: all complete
         ones), a pre-emphasised, padded float64 signal whose frame i starts at sample i * hop_length."""
         cfg = self.config
-        if signal.size < cfg.n_fft or count == 0:
-            return np.zeros((cfg.num_features, 0))
-        frames = np.lib.stride_tricks.sliding_window_view(signal, cfg.n_fft)[::cfg.hop_length][:count]
-        out = np.empty((cfg.num_features, frames.shape[0]))
+        complete = (signal.size - cfg.n_fft) // cfg.hop_length + 1 if signal.size >= cfg.n_fft else 0
+        count = complete if count is None else min(count, complete)
+        mel = np.empty((cfg.n_mels, count))
         block = max(1, BLOCK_BYTES // (8 * cfg.n_fft))
-        for start in range(0, frames.shape[0], block):
-            spectrum = np.fft.rfft(frames[start:start + block] * self.window, axis=1)
-            power = spectrum.real**2 + spectrum.imag**2
-            if cfg.mag_power != 2.0:
-                power = power ** (cfg.mag_power / 2)
-            mel = self.filterbank @ power.T
-            if cfg.log:
-                guard = cfg.log_zero_guard_value
-                mel = np.log(mel + guard) if cfg.log_zero_guard_type == "add" else np.log(np.maximum(mel, guard))
-            out[:, start:start + block] = mel if self.dct is None else self.dct @ mel
-        return out
+        add_guard = cfg.log_zero_guard_type == "add"
+        for start in range(0, count, block):
+            frames = windowed_frames(signal, start * cfg.hop_length, min(block, count - start), cfg.hop_length,
+                                     self.window)
+            mel_bands(np.fft.rfft(frames, axis=1).view(np.float64), self.filterbank, self.band_spans, cfg.mag_power / 2, cfg.log,
+                      cfg.log_zero_guard_value, add_guard, mel, start)
+        return mel if self.dct is None else self.dct @ mel
 
 
 def padded_frame_count(frames: int, config: FrontendConfig) -> int:

@@ -29,7 +29,7 @@ from tinyasr.decoding.results import Result
 from tinyasr.decoding.specs import decoder_spec
 from tinyasr.engine.offline import Model, load_model
 from tinyasr.errors import InputError
-from tinyasr.kernels.energy import speech_probabilities, tonal_spans, windowed_spans
+from tinyasr.kernels.energy import frame_levels, speech_probabilities, tonal_spans, windowed_spans
 from tinyasr.pipeline.model_input import audio_tensor, sample_rate_of
 
 FRAME_SECONDS = 0.02  # both detectors decide per 20 ms
@@ -104,7 +104,11 @@ class EnergyVAD:
 
     def reset(self) -> None:
         self._rest = np.zeros(0, np.float32)
-        self._history = np.zeros(0)  # levels of the last floor_frames - 1 frames
+        # levels of the last floor_frames - 1 frames: before the stream has filled them, empty slots (NaN), then
+        # the prior's (the latest prior_frames of them); and those levels sorted, NaNs left out
+        prior = min(self.prior_frames, self.floor_frames - 1)
+        self._history = np.concatenate([np.full(self.floor_frames - 1 - prior, np.nan), np.full(prior, self.prior_db)])
+        self._sorted, self._sorted_count = np.full(self.floor_frames, self.prior_db), prior
         self._tail = np.zeros((self.TONE_FRAMES - 1) * self.frame)  # the samples before the next frame
         self._held = np.zeros(0)  # probabilities of the last TONE_FRAMES - 1 frames, not yet judged for tone
         self._held_tonal = np.zeros(0, bool)  # whether the spans ending at those frames are tonal
@@ -117,17 +121,12 @@ class EnergyVAD:
         if count == 0:
             return np.zeros(0)
         audio = x[:count * self.frame].astype(np.float64)
-        frames = audio.reshape(count, self.frame)
-        level = 10.0 * np.log10((frames**2).mean(axis=1) + 1e-10)
-        history = np.concatenate([self._history, level])
-        # floor of frame i: over the window of levels ending at it; slots before the stream's start are the
-        # prior's (the latest prior_frames of them) or empty (NaN)
-        missing = max(0, self.floor_frames - 1 - self._history.size)
-        prior = min(self.prior_frames, missing)
-        padded = np.concatenate([np.full(missing - prior, np.nan), np.full(prior, self.prior_db), history])
-        self._history = history[-(self.floor_frames - 1):] if self.floor_frames > 1 else np.zeros(0)
-        probs = np.concatenate([self._held, speech_probabilities(padded, self.floor_frames, self.percentile,
-                                                                 self.snr_db, self.min_db)])
+        level = frame_levels(audio, self.frame)
+        padded = np.concatenate([self._history, level])  # frame i's floor: over the window of levels ending at it
+        self._history = padded[-(self.floor_frames - 1):] if self.floor_frames > 1 else np.zeros(0)
+        new, self._sorted_count = speech_probabilities(padded, self.floor_frames, self.percentile, self.snr_db,
+                                                       self.min_db, self._sorted, self._sorted_count)
+        probs = np.concatenate([self._held, new])
         tonal = np.concatenate([self._held_tonal, self._tonal(audio, level >= self.min_db)])
         ready = max(0, probs.size - (self.TONE_FRAMES - 1))
         self._held, self._held_tonal = probs[ready:], tonal[ready:]
@@ -155,7 +154,7 @@ class EnergyVAD:
             batch = rows[first:first + self.TONE_BATCH]
             # span i: the TONE_FRAMES frames ending with new frame i, less its mean (a DC offset is no tone)
             spans = windowed_spans(joined, batch, self.frame, self._window)
-            tonal[batch] = tonal_spans(np.fft.rfft(spans, axis=1), self.TONE_BINS, self.tone_share)
+            tonal[batch] = tonal_spans(np.fft.rfft(spans, axis=1).view(np.float64), self.TONE_BINS, self.tone_share)
         return tonal
 
     def finish(self) -> np.ndarray:

@@ -1,0 +1,63 @@
+"""The front end's arithmetic around its FFT (tinyasr.features.frontend.FeatureCore): windowed frames cut from
+the padded signal, and each spectrum's power summed into mel bands and logged.
+
+A stream computes 8 frames per 80 ms chunk.  Done with numpy (a sliding window view, the window's product, the
+power, a filterbank matmul, the log), a chunk's front end cost ~35 us of calls around an FFT of ~12 us on
+Zen 4; one loop per call here.  The filterbank is read over each band's nonzero bins only (a mel filter is a
+triangle: 64 bands over 257 bins hold ~500 nonzero weights).  Tested against numpy's chain over the same frames
+(tests/test_frontend.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True)
+def windowed_frames(signal, first, count, hop, window):
+    """[count, window.size] float64: row i holds signal[first + i * hop:][:window.size] * window."""
+    size = window.shape[0]
+    frames = np.empty((count, size))
+    for i in range(count):
+        row, piece = frames[i], signal[first + i * hop:first + i * hop + size]  # rows, not [i, k]: it vectorises
+        for k in range(size):
+            row[k] = piece[k] * window[k]
+    return frames
+
+
+def band_spans(filterbank: np.ndarray) -> np.ndarray:
+    """[bands, 2] int64: each band's first and past-the-last nonzero bin (0, 0 for a band without any)."""
+    spans = np.zeros((filterbank.shape[0], 2), np.int64)
+    for band, row in enumerate(filterbank):
+        nonzero = np.flatnonzero(row)
+        if nonzero.size:
+            spans[band] = nonzero[0], nonzero[-1] + 1
+    return spans
+
+
+@njit(cache=True)
+def mel_bands(spectra, filterbank, spans, exponent, log, guard, add_guard, out, column):
+    """out[b, column + i] for each spectrum i and band b: the band's weighted sum of the bins' power |X|^2 (raised
+    to ``exponent`` unless it is 1), then with ``log`` its natural log of (sum + guard) when ``add_guard``, else
+    of max(sum, guard).  ``spectra`` [count, 2 * bins]: complex spectra as pairs of floats (``.view(np.float64)``
+    of numpy's rfft), read by rows so that the power loop vectorises."""
+    count, bins = spectra.shape[0], spectra.shape[1] // 2
+    power = np.empty(bins)
+    for i in range(count):
+        row = spectra[i]
+        for k in range(bins):
+            power[k] = row[2 * k] * row[2 * k] + row[2 * k + 1] * row[2 * k + 1]
+        if exponent != 1.0:
+            for k in range(bins):
+                power[k] = power[k] ** exponent
+        for band in range(filterbank.shape[0]):
+            weights = filterbank[band]
+            total = 0.0
+            for k in range(spans[band, 0], spans[band, 1]):
+                total += weights[k] * power[k]
+            if log:
+                total = math.log(total + guard) if add_guard else math.log(max(total, guard))
+            out[band, column + i] = total
