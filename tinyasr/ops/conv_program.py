@@ -44,9 +44,9 @@ class ConvForm:
     direct: bool
 
     def kernel_weight(self) -> np.ndarray:
-        """The weight as the program's kernel reads it, read-only: [K, C] depthwise, pack_pointwise's strips."""
+        """The weight as the program's kernel reads it, read-only: pack_depthwise's or pack_pointwise's strips."""
         if self.kind == program.DEPTHWISE:
-            return _read_only(self.weight.T)
+            return _read_only(program.pack_depthwise(self.weight))
         return _read_only(program.pack_pointwise(self.weight))
 
 
