@@ -81,7 +81,7 @@ def windowed_spans(audio, ends, frame, window):
     """Row i: the ``window.size`` samples of ``audio`` ending with frame ``ends[i]`` (frames of ``frame`` samples;
     ``audio`` starts ``window.size - frame`` samples before frame 0), less their mean, times ``window``: the
     tone check's FFT input in one pass instead of numpy's gather, mean, subtraction and product.  Each span is
-    read as a slice (indexing ``spans[i, k]`` and ``audio[start + k]`` kept LLVM from vectorising: 3x slower)."""
+    read as a slice (indexing ``spans[i, k]`` and ``audio[start + k]`` kept LLVM from vectorising: 2-3x slower)."""
     size = window.shape[0]
     spans = np.empty((ends.shape[0], size))
     for i in range(ends.shape[0]):
