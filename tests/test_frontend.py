@@ -156,7 +156,8 @@ def test_clamp_guard_and_pad_value():
 
 
 @pytest.mark.parametrize("settings", [{}, {"mag_power": 1.0}, {"log_zero_guard_type": "clamp"}, {"log": False},
-                                      {"kind": "mfcc", "n_mfcc": 13, "window_periodic": True, "pad_to": 0}, {"n_fft": 400}])
+                                      {"kind": "mfcc", "n_mfcc": 13, "window_periodic": True, "pad_to": 0},
+                                      {"n_fft": 400}])
 @pytest.mark.parametrize("samples, count", [(4000, None), (4000, 7), (4000, 0), (4000, 1000), (300, None),
                                             (200_000, None)])
 def test_feature_core_matches_numpy_chain(settings, samples, count):

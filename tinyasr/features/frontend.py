@@ -403,15 +403,16 @@ class FeatureCore:
         ones), a pre-emphasised, padded float64 signal whose frame i starts at sample i * hop_length."""
         cfg = self.config
         complete = (signal.size - cfg.n_fft) // cfg.hop_length + 1 if signal.size >= cfg.n_fft else 0
-        count = complete if count is None else min(count, complete)
+        count = complete if count is None else max(0, min(count, complete))
         mel = np.empty((cfg.n_mels, count))
         block = max(1, BLOCK_BYTES // (8 * cfg.n_fft))
         add_guard = cfg.log_zero_guard_type == "add"
         for start in range(0, count, block):
             frames = windowed_frames(signal, start * cfg.hop_length, min(block, count - start), cfg.hop_length,
                                      self.window)
-            mel_bands(np.fft.rfft(frames, axis=1).view(np.float64), self.filterbank, self.band_spans, cfg.mag_power / 2, cfg.log,
-                      cfg.log_zero_guard_value, add_guard, mel, start)
+            spectra = np.fft.rfft(frames, axis=1).view(np.float64)  # complex as float pairs: mel_bands vectorises
+            mel_bands(spectra, self.filterbank, self.band_spans, cfg.mag_power / 2, cfg.log, cfg.log_zero_guard_value,
+                      add_guard, mel, start)
         return mel if self.dct is None else self.dct @ mel
 
 

@@ -166,8 +166,8 @@ def depthwise_frames(x, first, stride, dilation, frames, w_packed, bias, has_bia
 def pack_depthwise(weight: np.ndarray) -> np.ndarray:
     """weight [C, K] as depthwise_frames reads it: [blocks * K, LANES], row ``block * K + k`` holding
     w[block * LANES + lane, k] (C padded with zero rows to whole blocks), so each block of channels reads its taps
-    from one contiguous strip.  Read as rows of [K, C], a block's taps lay C * 4 bytes apart and the causal
-    QuartzNet 5x5's depthwise convs ran at 7 GMAC/s at 4 frames, 12.5 from strips (Zen 4)."""
+    from one contiguous strip: read as rows of [K, C], a block's taps lay C * 4 bytes apart, and QuartzNet-sized
+    depthwise convs at 4 frames ran at about half the rate (benchmarks/results/streaming_program.md)."""
     channels, taps = weight.shape
     blocks = -(-channels // LANES)
     padded = np.zeros((blocks * LANES, taps), np.float32)
