@@ -406,13 +406,17 @@ class FeatureCore:
         count = complete if count is None else max(0, min(count, complete))
         mel = np.empty((cfg.n_mels, count))
         block = max(1, BLOCK_BYTES // (8 * cfg.n_fft))
-        add_guard = cfg.log_zero_guard_type == "add"
         for start in range(0, count, block):
             frames = windowed_frames(signal, start * cfg.hop_length, min(block, count - start), cfg.hop_length,
                                      self.window)
             spectra = np.fft.rfft(frames, axis=1).view(np.float64)  # complex as float pairs: mel_bands vectorises
-            mel_bands(spectra, self.filterbank, self.band_spans, cfg.mag_power / 2, cfg.log, cfg.log_zero_guard_value,
-                      add_guard, mel, start)
+            mel_bands(spectra, self.filterbank, self.band_spans, cfg.mag_power / 2, mel, start)
+        if cfg.log:
+            guard = cfg.log_zero_guard_value
+            if cfg.log_zero_guard_type == "add":
+                np.log(np.add(mel, guard, out=mel), out=mel)
+            else:
+                np.log(np.maximum(mel, guard, out=mel), out=mel)
         return mel if self.dct is None else self.dct @ mel
 
 

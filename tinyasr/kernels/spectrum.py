@@ -1,5 +1,5 @@
 """The front end's arithmetic around its FFT (tinyasr.features.frontend.FeatureCore): windowed frames cut from
-the padded signal, and each spectrum's power summed into mel bands and logged.
+the padded signal, and each spectrum's power summed into mel bands.
 
 A stream computes 8 frames per 80 ms chunk.  Done with numpy (a sliding window view, the window's product, the
 power, a filterbank matmul, the log), a chunk's front end cost ~35 us of calls around an FFT of ~12 us on
@@ -9,8 +9,6 @@ triangle: 64 bands over 257 bins hold ~500 nonzero weights).  Tested against num
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 from numba import njit
@@ -39,11 +37,11 @@ def band_spans(filterbank: np.ndarray) -> np.ndarray:
 
 
 @njit(cache=True)
-def mel_bands(spectra, filterbank, spans, exponent, log, guard, add_guard, out, column):
+def mel_bands(spectra, filterbank, spans, exponent, out, column):
     """out[b, column + i] for each spectrum i and band b: the band's weighted sum of the bins' power |X|^2 (raised
-    to ``exponent`` unless it is 1), then with ``log`` its natural log of (sum + guard) when ``add_guard``, else
-    of max(sum, guard).  ``spectra`` [count, 2 * bins]: complex spectra as pairs of floats (``.view(np.float64)``
-    of numpy's rfft), read by rows so that the power loop vectorises."""
+    to ``exponent`` unless it is 1).  ``spectra`` [count, 2 * bins]: complex spectra as pairs of floats
+    (``.view(np.float64)`` of numpy's rfft), read by rows so that the power loop vectorises.  The log is left to
+    numpy, whose log runs vectorised: one scalar log per band and frame cost as much as the sums."""
     count, bins = spectra.shape[0], spectra.shape[1] // 2
     power = np.empty(bins)
     for i in range(count):
@@ -58,6 +56,4 @@ def mel_bands(spectra, filterbank, spans, exponent, log, guard, add_guard, out, 
             total = 0.0
             for k in range(spans[band, 0], spans[band, 1]):
                 total += weights[k] * power[k]
-            if log:
-                total = math.log(total + guard) if add_guard else math.log(max(total, guard))
             out[band, column + i] = total
