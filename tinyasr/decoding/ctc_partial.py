@@ -76,7 +76,7 @@ class GreedyPartial:
         self._stable: List[Token] = []  # tokens of the first runs, final (ended, not clipped by the duration)
         self._decided = 0  # tokens whose place in or out of speech is final
         self._kept: List[Token] = []  # those of them in speech
-        self._words: Optional[GrowingWords] = None  # the words of _kept (made once the vocabulary is known)
+        self._words = GrowingWords(spec.vocabulary_type)  # the words of _kept (made anew once WordPiece is known)
         self._texts_of_words: List[str] = []  # the texts of its closed words
         self._placed_tokens: List[Token] = []  # _kept shifted by -lead, while nothing clips them
         self._placed_words: List[Word] = []  # the closed words likewise
@@ -157,11 +157,10 @@ class GreedyPartial:
         undecided = self._stable[self._decided:] + tail
         kept_tail = in_speech(undecided, speech, reach)
         # words: those of the final tokens but the last are final
-        grouped = self._words if self._words is not None else GrowingWords(self.spec.vocabulary_type)  # no frames yet
-        grouped.extend(self._kept[kept_before:])
-        closed = grouped.words
+        self._words.extend(self._kept[kept_before:])
+        closed = self._words.words
         self._texts_of_words.extend(w.text for w in closed[len(self._texts_of_words):])
-        words = grouped.with_tail(kept_tail)
+        words = self._words.with_tail(kept_tail)
         tokens = self._kept + kept_tail
         score = self._score(speech)
         oov = is_out_of_vocabulary(score, speech, self.spec.oov_threshold, self.spec.oov_min_speech)

@@ -398,11 +398,15 @@ class FeatureCore:
         self.band_spans = band_spans(self.filterbank)
         self.dct = dct_matrix(config.n_mfcc, config.n_mels) if config.kind == "mfcc" else None
 
+    def frames_in(self, samples: int) -> int:
+        """How many whole STFT frames a padded signal of ``samples`` samples holds."""
+        return max(0, (samples - self.config.n_fft) // self.config.hop_length + 1)
+
     def __call__(self, signal: np.ndarray, count: Optional[int] = None) -> np.ndarray:
         """Features float64 [num_features, n] of the first ``count`` frames of ``signal`` (default: all complete
         ones), a pre-emphasised, padded float64 signal whose frame i starts at sample i * hop_length."""
         cfg = self.config
-        complete = (signal.size - cfg.n_fft) // cfg.hop_length + 1 if signal.size >= cfg.n_fft else 0
+        complete = self.frames_in(signal.size)
         count = complete if count is None else max(0, min(count, complete))
         mel = np.empty((cfg.n_mels, count))
         block = max(1, BLOCK_BYTES // (8 * cfg.n_fft))

@@ -206,7 +206,7 @@ class StreamingFeatures:
         return features
 
     def _ready(self) -> int:
-        return max(0, (self._padded.size - self.config.n_fft) // self.config.hop_length + 1) if self._started else 0
+        return self._core.frames_in(self._padded.size) if self._started else 0
 
     def _output(self, features: np.ndarray, final: bool = False) -> np.ndarray:
         if self.normalizer is not None:

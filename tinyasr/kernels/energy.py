@@ -16,6 +16,8 @@ import math
 import numpy as np
 from numba import njit
 
+from tinyasr.kernels.spectrum import pair_power
+
 
 @njit(cache=True, fastmath={"reassoc"})
 def frame_levels(audio, frame):
@@ -105,9 +107,7 @@ def tonal_spans(spectra, bins, share):
     tonal = np.zeros(spans, np.bool_)
     power = np.empty(width)
     for s in range(spans):
-        row = spectra[s]  # a row, not [s, k]: its loop vectorises
-        for k in range(width):
-            power[k] = row[2 * k] * row[2 * k] + row[2 * k + 1] * row[2 * k + 1]
+        pair_power(spectra[s], power)
         total = 0.0
         for k in range(width):
             total += power[k]

@@ -36,18 +36,24 @@ def band_spans(filterbank: np.ndarray) -> np.ndarray:
     return spans
 
 
+@njit(inline="always")
+def pair_power(spectrum, power):
+    """power[k] = |X_k|^2 for a complex spectrum given as pairs of floats (a row of an rfft's ``.view(np.float64)``),
+    read as a row so that the loop vectorises."""
+    for k in range(power.shape[0]):
+        power[k] = spectrum[2 * k] * spectrum[2 * k] + spectrum[2 * k + 1] * spectrum[2 * k + 1]
+
+
 @njit(cache=True)
 def mel_bands(spectra, filterbank, spans, exponent, out, column):
     """out[b, column + i] for each spectrum i and band b: the band's weighted sum of the bins' power |X|^2 (raised
     to ``exponent`` unless it is 1).  ``spectra`` [count, 2 * bins]: complex spectra as pairs of floats
-    (``.view(np.float64)`` of numpy's rfft), read by rows so that the power loop vectorises.  The log is left to
+    (``.view(np.float64)`` of numpy's rfft, pair_power).  The log is left to
     numpy, whose log runs vectorised: one scalar log per band and frame cost as much as the sums."""
     count, bins = spectra.shape[0], spectra.shape[1] // 2
     power = np.empty(bins)
     for i in range(count):
-        row = spectra[i]
-        for k in range(bins):
-            power[k] = row[2 * k] * row[2 * k] + row[2 * k + 1] * row[2 * k + 1]
+        pair_power(spectra[i], power)
         if exponent != 1.0:
             for k in range(bins):
                 power[k] = power[k] ** exponent
