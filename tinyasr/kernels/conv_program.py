@@ -13,9 +13,9 @@ vectorise across channels, which at a few frames are the long axis:
 
 * depthwise: LANES channels x 4 frames of partial sums in registers, the taps added in order k = 0..K-1 with
   fused multiply-adds (the offline depthwise kernels' order), each block of channels reading its taps from one
-  strip (:func:`pack_depthwise`);
+  strip (:func:`pack_strips`);
 * pointwise: LANES output channels x 4 frames of partial sums, per input channel one vector of weights (from
-  strips packed by :func:`pack_pointwise`) and its 4 frames' values broadcast; summed in channel order, so results
+  strips packed by :func:`pack_strips`) and its 4 frames' values broadcast; summed in channel order, so results
   match BLAS to float32 rounding, not bitwise.  A weight whose every value is a float16 (a model converted with
   ``--float16``) is kept as float16 (:func:`half_strips`) and widened in registers: the same values, half the
   bytes.  At 4 frames a chunk these convs read each weight once per 4 multiply-adds, so weights that do not fit
@@ -120,7 +120,7 @@ def depthwise_frames(x, first, stride, dilation, frames, w_packed, bias, has_bia
                      add_residual, y, act, lo, hi):
     """y[t, c] = act(sum_k w[c, k] * x[first + t * stride + k * dilation, c] + bias + residual) for t < frames.
 
-    x [rows, C] time-major, w from pack_depthwise; y [>= frames, C]; residual rows from ``residual_first``."""
+    x [rows, C] time-major, w from pack_strips; y [>= frames, C]; residual rows from ``residual_first``."""
     channels = x.shape[1]
     blocks = -(-channels // LANES)
     taps = w_packed.shape[0] // blocks
@@ -163,28 +163,18 @@ def depthwise_frames(x, first, stride, dilation, frames, w_packed, bias, has_bia
                 _store_one(total, y, t0 + f, c, bias, has_bias, residual, residual_first, add_residual, act, lo, hi)
 
 
-def pack_depthwise(weight: np.ndarray) -> np.ndarray:
-    """weight [C, K] as depthwise_frames reads it: [blocks * K, LANES], row ``block * K + k`` holding
-    w[block * LANES + lane, k] (C padded with zero rows to whole blocks), so each block of channels reads its taps
-    from one contiguous strip: read as rows of [K, C], a block's taps lay C * 4 bytes apart, and QuartzNet-sized
-    depthwise convs at 4 frames ran at about half the rate (benchmarks/results/streaming_program.md)."""
-    channels, taps = weight.shape
-    blocks = -(-channels // LANES)
-    padded = np.zeros((blocks * LANES, taps), np.float32)
-    padded[:channels] = weight
-    return np.ascontiguousarray(padded.reshape(blocks, LANES, taps).transpose(0, 2, 1)).reshape(-1, LANES)
-
-
-def pack_pointwise(weight: np.ndarray) -> np.ndarray:
-    """weight [Cout, Cin] as pointwise_frames reads it: [blocks * Cin, LANES], row ``block * Cin + c`` holding
-    w[block * LANES + lane, c] (Cout padded with zero rows to whole blocks), so each block of output channels
-    streams its weights from one contiguous strip (read as columns of [Cin, Cout], the strip's 64-byte pieces
-    lay 2 KB apart at Cout 512 and a 512 x 512 conv ran at 20 GB/s from L3)."""
-    channels_out, channels_in = weight.shape
-    blocks = -(-channels_out // LANES)
-    padded = np.zeros((blocks * LANES, channels_in), np.float32)
-    padded[:channels_out] = weight
-    return np.ascontiguousarray(padded.reshape(blocks, LANES, channels_in).transpose(0, 2, 1)).reshape(-1, LANES)
+def pack_strips(weight: np.ndarray) -> np.ndarray:
+    """weight [rows, columns] (a pointwise conv's [Cout, Cin], a depthwise conv's [C, K]) as the program's kernels
+    read it: [blocks * columns, LANES], row ``block * columns + j`` holding w[block * LANES + lane, j] (rows padded
+    with zeros to whole blocks of LANES), so each block of output channels reads its weights from one contiguous
+    strip.  Read in the model's layout, a block's values lay 1-2 KB apart: a 512 x 512 pointwise conv streamed
+    from L3 at 20 GB/s, QuartzNet-sized depthwise convs at 4 frames ran at about half the rate
+    (benchmarks/results/streaming_program.md)."""
+    rows, columns = weight.shape
+    blocks = -(-rows // LANES)
+    padded = np.zeros((blocks * LANES, columns), np.float32)
+    padded[:rows] = weight
+    return np.ascontiguousarray(padded.reshape(blocks, LANES, columns).transpose(0, 2, 1)).reshape(-1, LANES)
 
 
 @functools.cache
@@ -197,7 +187,7 @@ def widens_half_natively() -> bool:
 
 
 def half_strips(packed: np.ndarray):
-    """pack_pointwise's strips as float16 bits (uint16) if every weight is a finite float16 value and this CPU
+    """pack_strips's strips as float16 bits (uint16) if every weight is a finite float16 value and this CPU
     widens float16 natively, else None (the program keeps them as float32)."""
     if not widens_half_natively() or not np.isfinite(packed).all():
         return None
@@ -227,7 +217,7 @@ def _weight_row_overload(w_packed, row, scratch):
 def pointwise_frames(x, first, stride, frames, w_packed, channels_out, bias, has_bias, residual, residual_first,
                      add_residual, y, act, lo, hi):
     """y[t, r] = act(sum_c w[r, c] * x[first + t * stride, c] + bias + residual) for t < frames, r < channels_out;
-    x [rows, Cin] time-major, w from pack_pointwise (float32) or half_strips (uint16).  LANES output channels x 4
+    x [rows, Cin] time-major, w from pack_strips (float32) or half_strips (uint16).  LANES output channels x 4
     frames of partial sums: per input channel one vector of weights, its 4 frames' values broadcast; the weights
     are read once per 4 frames."""
     channels_in = x.shape[1]

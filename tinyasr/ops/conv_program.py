@@ -44,10 +44,8 @@ class ConvForm:
     direct: bool
 
     def kernel_weight(self) -> np.ndarray:
-        """The weight as the program's kernel reads it, read-only: pack_depthwise's or pack_pointwise's strips."""
-        if self.kind == program.DEPTHWISE:
-            return _read_only(program.pack_depthwise(self.weight))
-        return _read_only(program.pack_pointwise(self.weight))
+        """The weight as the program's kernels read it, read-only: pack_strips's strips."""
+        return _read_only(program.pack_strips(self.weight))
 
 
 def conv_form(prepared, geometry, residual: bool, direct: bool) -> Optional[ConvForm]:
