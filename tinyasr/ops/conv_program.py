@@ -159,7 +159,7 @@ class ConvProgram(StreamStep):
     def _item_state(self):
         buffers = typed.List.empty_list(program.BUFFER_TYPE)
         for rows, width in zip(self.start_rows, self.channels):
-            buffers.append(np.zeros((rows, width), np.float32))
+            buffers.append(program.aligned_zeros(rows, width))
         state = np.zeros((len(self.table), len(program.STATE_COLUMNS)), np.int64)
         state[:, program.FILLED] = self.table[:, program.PAD_LEFT]  # the left zero padding is kept from the start
         return buffers, np.zeros(len(self.channels), np.int64), state
@@ -178,7 +178,7 @@ class ConvProgram(StreamStep):
                 if count:
                     rows = buffers[buffer]
                     if rows.shape[0] < count:
-                        rows = np.zeros((2 * count, rows.shape[1]), np.float32)
+                        rows = program.aligned_zeros(2 * count, rows.shape[1])
                         buffers[buffer] = rows
                     rows[:count] = x[item].T
             code = program.run_round(self.table, self.limits, self.weights, self.halves, buffers, counts,
