@@ -588,16 +588,18 @@ def test_tile_choice_is_measured_once_and_cached(tmp_path, monkeypatch):
 @pytest.mark.parametrize("rows, width", [(1, 1), (7, 29), (64, 500)])
 @pytest.mark.parametrize("in_place", [False, True])
 def test_rowwise_kernels_match_torch(rows, width, in_place):
-    """softmax / layer norm / sigmoid rows (the ops' float32 fast paths) against torch, also writing over x (the
-    layer norm then through its in-place kernel, as the op runs it on a donated buffer)."""
-    from tinyasr.kernels.rowwise import layer_norm_rows, layer_norm_rows_in_place, sigmoid_flat, softmax_rows
+    """softmax / log-softmax / layer norm / sigmoid rows (the ops' float32 fast paths) against torch, also writing
+    over x (the layer norm then through its in-place kernel, as the op runs it on a donated buffer)."""
+    from tinyasr.kernels.rowwise import (layer_norm_rows, layer_norm_rows_in_place, log_softmax_rows, sigmoid_flat,
+                                         softmax_rows)
 
     rng = np.random.default_rng(rows + width)
     x = (rng.standard_normal((rows, width)) * 4).astype(np.float32)
     scale, bias = rng.standard_normal(width).astype(np.float32), rng.standard_normal(width).astype(np.float32)
     t = torch.from_numpy(x)
     expected = [torch.softmax(t, -1), F.layer_norm(t, (width,), torch.from_numpy(scale), torch.from_numpy(bias), 1e-5),
-                F.layer_norm(t, (width,), torch.from_numpy(scale), None, 1e-3), torch.sigmoid(t)]
+                F.layer_norm(t, (width,), torch.from_numpy(scale), None, 1e-3), torch.sigmoid(t),
+                torch.log_softmax(t, -1)]
     def layer_norm(a, o, b, epsilon):
         if o is a:
             layer_norm_rows_in_place(a, scale, b, np.float32(epsilon))
@@ -607,7 +609,8 @@ def test_rowwise_kernels_match_torch(rows, width, in_place):
     runs = [lambda a, o: softmax_rows(a, o),
             lambda a, o: layer_norm(a, o, bias, 1e-5),
             lambda a, o: layer_norm(a, o, np.zeros(0, np.float32), 1e-3),
-            lambda a, o: sigmoid_flat(a.reshape(-1), o.reshape(-1))]
+            lambda a, o: sigmoid_flat(a.reshape(-1), o.reshape(-1)),
+            lambda a, o: log_softmax_rows(a, o)]
     for run, ref in zip(runs, expected):
         a = x.copy()
         out = a if in_place else np.empty_like(a)

@@ -22,6 +22,7 @@ from tinyasr.kernels.rowwise import (
     glu_rows,
     layer_norm_rows,
     layer_norm_rows_in_place,
+    log_softmax_rows,
     softmax_rows,
 )
 from tinyasr.kernels.sparse import kernel_matrix, linear, matmul_time_major, time_major_matrix
@@ -62,6 +63,11 @@ def softmax(ctx, inputs, attrs):
 
 @register("LogSoftmax", streaming=AxisOp(-1))
 def log_softmax(ctx, inputs, attrs):
+    x = inputs[0] if inputs else None
+    if _last_axis_rows(x, attrs):  # CTC log-probs: one pass per frame
+        out = ctx.output(x.shape, x.dtype, donors=(0,))
+        log_softmax_rows(x.reshape(-1, x.shape[-1]), out.reshape(-1, x.shape[-1]))
+        return [out]
     out, axis = _minus_max(ctx, "LogSoftmax", inputs, attrs)
     np.subtract(out, np.log(np.exp(out).sum(axis=axis, keepdims=True)), out=out)
     return [out]
