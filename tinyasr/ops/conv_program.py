@@ -176,21 +176,17 @@ class ConvProgram(StreamStep):
                 count = 0 if x is None else x.shape[2]
                 counts[buffer] = count
                 if count:
-                    rows = buffers[buffer]
-                    if rows.shape[0] < count:
-                        rows = program.aligned_zeros(2 * count, rows.shape[1])
-                        buffers[buffer] = rows
-                    rows[:count] = x[item].T
+                    program.enter_frames(buffers, buffer, x[item])
             code = program.run_round(self.table, self.limits, self.weights, self.halves, buffers, counts,
                                      steps_state, final)
             if code != program.OK:
                 self._fail(code)
             for out, buffer in zip(outputs, self.output_buffers):
                 if counts[buffer]:
-                    out.append(buffers[buffer][:counts[buffer]].T)
+                    out.append(program.leaving_frames(buffers, buffer, counts[buffer]).T)
         if not any(outputs):
             return None
-        return [np.stack(out) if out else None for out in outputs]
+        return [(out[0][None] if len(out) == 1 else np.stack(out)) if out else None for out in outputs]
 
     def _check(self, state, frames) -> int:
         """The batch size (1 before any frames), after checking each entering value's shape against what its
