@@ -53,6 +53,7 @@ class FixedNormalizer:
         if self.mean.shape != self.std.shape or not np.all(np.isfinite(self.mean)) or np.any(self.std < 0):
             raise TinyASRError(f"feature statistics: mean {self.mean.shape[0]} and std {self.std.shape[0]} values "
                                "must be finite, of equal length, std >= 0")
+        self._divisor = self.std + STD_GUARD  # once, not per streamed chunk
 
     def reset(self) -> None:
         pass
@@ -61,7 +62,7 @@ class FixedNormalizer:
         if frames.shape[0] != self.mean.shape[0]:
             raise TinyASRError(f"feature statistics have {self.mean.shape[0]} features, the front end "
                                f"produces {frames.shape[0]}")
-        return (frames - self.mean) / (self.std + STD_GUARD)
+        return (frames - self.mean) / self._divisor
 
 
 class RunningNormalizer:
