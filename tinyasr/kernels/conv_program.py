@@ -70,11 +70,14 @@ _NO_BIAS = np.zeros((1, 0), np.float32)  # stands for a step's bias when it has 
 
 
 @njit(cache=True)
-def aligned_zeros(rows, width):
-    """np.zeros((rows, width), float32) starting on a 64-byte boundary (Numba's arrays start on 32, numpy's on 16):
+def aligned_rows(rows, width):
+    """np.empty((rows, width), float32) starting on a 64-byte boundary (Numba's arrays start on 32, numpy's on 16):
     for the program's windows and packed weights, so that with rows of a multiple of 16 floats no vector load
-    straddles two cache lines (the causal QuartzNet's program 1-5 % faster a chunk, Zen 4)."""
-    raw = np.zeros(rows * width + 16, np.float32)
+    straddles two cache lines (the causal QuartzNet's program 1-5 % faster a chunk, Zen 4).  Not zeroed: every
+    buffer that grows is written before it is read, and the end of a non-causal model's stream, which grows its
+    buffers to hundreds of frames, spent 26 of its 34 ms of bookkeeping zeroing fresh pages (QuartzNet 5x5, 16 s,
+    Zen 4)."""
+    raw = np.empty(rows * width + 16, np.float32)
     skip = (-raw.ctypes.data % 64) // 4
     return raw[skip:skip + rows * width].reshape((rows, width))
 
@@ -224,7 +227,7 @@ def pack_strips(weight: np.ndarray) -> np.ndarray:
     blocks = -(-rows // LANES)
     padded = np.zeros((blocks * LANES, columns), np.float32)
     padded[:rows] = weight
-    strips = aligned_zeros(blocks * columns, LANES)
+    strips = aligned_rows(blocks * columns, LANES)
     strips[...] = padded.reshape(blocks, LANES, columns).transpose(0, 2, 1).reshape(-1, LANES)
     return strips
 
@@ -247,7 +250,7 @@ def half_strips(packed: np.ndarray):
         halves = packed.astype(np.float16)
     if not np.array_equal(halves.astype(np.float32), packed):
         return None
-    bits = aligned_zeros(packed.shape[0], LANES // 2).view(np.uint16)
+    bits = aligned_rows(packed.shape[0], LANES // 2).view(np.uint16)
     bits[...] = halves.view(np.uint16)
     return bits
 
@@ -311,7 +314,7 @@ def enter_frames(buffers, index, frames):
     its round (these two and np.stack) ~28 us a chunk against ~18 now (Zen 4)."""
     count = frames.shape[1]
     if buffers[index].shape[0] < count:
-        buffers[index] = aligned_zeros(2 * count, buffers[index].shape[1])
+        buffers[index] = aligned_rows(2 * count, buffers[index].shape[1])
     buffers[index][:count] = frames.T
 
 
@@ -329,7 +332,7 @@ def _make_room(buffers, index, origin, filled, count):
     if origin + filled + count <= rows.shape[0]:
         return origin
     if 2 * (filled + count) > rows.shape[0]:
-        bigger = aligned_zeros(2 * (filled + count), rows.shape[1])
+        bigger = aligned_rows(2 * (filled + count), rows.shape[1])
         bigger[:filled] = rows[origin:origin + filled]
         buffers[index] = bigger
     else:
@@ -367,7 +370,7 @@ def _keep(buffers, step, st, source, count):
 def _output_rows(buffers, index, frames):
     """buffers[index] with at least ``frames`` rows (its contents are this round's outputs only)."""
     if buffers[index].shape[0] < frames:
-        buffers[index] = aligned_zeros(2 * frames, buffers[index].shape[1])
+        buffers[index] = aligned_rows(2 * frames, buffers[index].shape[1])
     return buffers[index]
 
 

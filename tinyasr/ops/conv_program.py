@@ -159,7 +159,9 @@ class ConvProgram(StreamStep):
     def _item_state(self):
         buffers = typed.List.empty_list(program.BUFFER_TYPE)
         for rows, width in zip(self.start_rows, self.channels):
-            buffers.append(program.aligned_zeros(rows, width))
+            buffer = program.aligned_rows(rows, width)
+            buffer[:] = 0.0  # a window holds its left zero padding from the start
+            buffers.append(buffer)
         state = np.zeros((len(self.table), len(program.STATE_COLUMNS)), np.int64)
         state[:, program.FILLED] = self.table[:, program.PAD_LEFT]  # the left zero padding is kept from the start
         return buffers, np.zeros(len(self.channels), np.int64), state
