@@ -219,6 +219,14 @@ def test_softmax(op, axis):
     check_against_ort(op, [f32(2, 3, 5, low=-30, high=30)], {"axis": axis})
 
 
+def test_log_softmax_of_classes_laid_out_frame_by_frame():
+    """A streamed conv program hands LogSoftmax [B, classes, T] as a transposed view of its time-major rows: the
+    compiled row kernel runs on the view's memory, and the result keeps the view's shape (also 4-D, the axis
+    contiguous once swapped with the last)."""
+    check_against_ort("LogSoftmax", [f32(1, 6, 11, low=-30, high=30).transpose(0, 2, 1)], {"axis": 1})
+    check_against_ort("LogSoftmax", [f32(2, 3, 4, 5, low=-30, high=30).swapaxes(1, 3)], {"axis": 1})
+
+
 def test_softmax_default_axis():
     check_against_ort("Softmax", [f32(2, 7)])
     check_against_ort("LogSoftmax", [f32(2, 7)])
