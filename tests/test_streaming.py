@@ -861,17 +861,19 @@ def _stream(plan: StreamPlan, x: np.ndarray, cuts) -> np.ndarray:
 @settings(max_examples=30, deadline=None)
 @given(channels=st.sampled_from([5, 16, 20, 37]), kernel=st.sampled_from([1, 2, 5, 9]), stride=st.integers(1, 3),
        dilation=st.integers(1, 2), causal=st.booleans(), batch=st.integers(1, 2), frames=st.integers(1, 70),
-       cuts=st.lists(st.integers(0, 10**6), max_size=20), half=st.booleans())
+       cuts=st.lists(st.integers(0, 10**6), max_size=20), half=st.booleans(), flush=st.sampled_from([1, 3, 64]))
 def test_a_run_of_convs_streams_as_one_program_equal_to_node_by_node_and_offline(channels, kernel, stride, dilation,
-                                                                                 causal, batch, frames, cuts, half):
+                                                                                 causal, batch, frames, cuts, half,
+                                                                                 flush):
     """Channel counts around the program's 16-lane vectors, a stride longer than the kernel (frames no output
     reads), a residual that arrives before the main path's first frame, every activation, batch items, pointwise
-    weights kept as float16 or not."""
+    weights kept as float16 or not, the end of the input flushed in rounds of 1, 3 or 64 outputs per conv."""
     model = separable_chain(channels, kernel, stride, dilation, causal, batch, half=half)
     x = np.random.default_rng(frames).standard_normal((batch, channels, frames)).astype(np.float32)
     plan = StreamPlan.from_model(model)
     assert [type(s.step).__name__ for s in plan.steps] == ["ConvProgram"]
     program = plan.steps[0].step
+    program.flush_frames = flush
     assert program.members == model.graph.nodes
     pointwise = program.table[:, conv_program.KIND] == conv_program.POINTWISE
     assert list(program.table[pointwise, conv_program.HALF]) == [int(half and conv_program.widens_half_natively())] * 3

@@ -51,12 +51,18 @@ STEP_COLUMNS = ("kind", "input", "residual", "output", "window", "pending", "wei
  PAD_RIGHT, ACT, DIRECT, HALF) = range(len(STEP_COLUMNS))
 # Each conv's state between chunks (one row per conv): its window's first kept row, kept rows, the padded frame
 # index of the first kept row, input frames no output reads still to come, outputs emitted, the pending
-# residual's first row and count, and whether any frame has arrived.
-STATE_COLUMNS = ("origin", "filled", "start", "skip", "emitted", "pending_origin", "pending_count", "started")
-ORIGIN, FILLED, START, SKIP, EMITTED, PENDING_ORIGIN, PENDING_COUNT, STARTED = range(len(STATE_COLUMNS))
-# run_round's answer: OK, or the failing step's index * 2 + one of these
+# residual's first row and count, whether any frame has arrived and whether its right padding has.
+STATE_COLUMNS = ("origin", "filled", "start", "skip", "emitted", "pending_origin", "pending_count", "started",
+                 "padded")
+ORIGIN, FILLED, START, SKIP, EMITTED, PENDING_ORIGIN, PENDING_COUNT, STARTED, PADDED = range(len(STATE_COLUMNS))
+# run_round's answer: OK, FLUSHING (the end of the input: call again, with no new frames, for the rest), or the
+# failing step's index * 2 + one of these
 NO_FRAMES, TOO_SHORT = 0, 1
-OK = -1
+OK, FLUSHING = -1, -2
+# At the end of the input each conv computes at most this many outputs a round (run_round), so that a model with
+# a long look-ahead does not flush it through every layer at once: QuartzNet 5x5's ~740 frames of look-ahead grew
+# every buffer to twice that, and the fresh pages cost 12 of the 31 ms its end of stream took (16 s, Zen 4).
+FLUSH_FRAMES = 64
 
 LANES = 16  # channels per vector step: two AVX2 / one AVX-512 / four NEON registers
 FRAMES = 4  # frames per pass over a weight row
@@ -387,11 +393,20 @@ def _pointwise(step, weights, halves, x, first, stride, frames, bias, has_bias, 
 
 
 @njit(cache=True)
-def run_round(steps, limits, weights, halves, buffers, counts, state, final):
+def run_round(steps, limits, weights, halves, buffers, counts, state, final, flush_frames):
     """One chunk through every step in order (weights and biases in ``weights``, float16 pointwise weights as their
     bits in ``halves``); counts[b] holds the new rows of buffer b (the inputs' set by the
     caller, the outputs' set here).  Returns OK, or step * 2 + NO_FRAMES / TOO_SHORT for the first step that
-    cannot produce its output at the end of the input."""
+    cannot produce its output at the end of the input.
+
+    ``final``: the input has ended.  A conv whose input is complete (every frame of it emitted upstream, or the
+    program's own input) appends its right padding; each conv then emits at most ``flush_frames`` outputs
+    (FLUSH_FRAMES), and the call returns FLUSHING until every conv's output is complete: the caller calls again
+    with no new input."""
+    complete = np.ones(len(buffers), np.bool_)  # whether every frame of a buffer has been emitted (final only)
+    for i in range(steps.shape[0]):
+        complete[steps[i, OUTPUT]] = False
+    flushing = False
     for i in range(steps.shape[0]):
         step, st = steps[i], state[i]
         counts[step[OUTPUT]] = 0
@@ -401,17 +416,21 @@ def run_round(steps, limits, weights, halves, buffers, counts, state, final):
                 st[PENDING_ORIGIN] = _append(buffers, step[PENDING], st[PENDING_ORIGIN], st[PENDING_COUNT],
                                              step[RESIDUAL], 0, arriving)
                 st[PENDING_COUNT] += arriving
+        input_complete = final and complete[step[INPUT]] and (step[RESIDUAL] < 0 or complete[step[RESIDUAL]])
         new = counts[step[INPUT]]
         if new > 0:
             st[STARTED] = 1
         elif st[STARTED] == 0:
-            if final:
+            if input_complete:
                 return 2 * i + NO_FRAMES
+            flushing |= final
             continue
         bias = weights[step[BIAS]] if step[BIAS] >= 0 else _NO_BIAS
         has_bias = step[BIAS] >= 0
         act, lo, hi = step[ACT], limits[i, 0], limits[i, 1]
         if step[DIRECT]:
+            complete[step[OUTPUT]] = input_complete
+            flushing |= final and not input_complete
             if new == 0:
                 continue
             y = _output_rows(buffers, step[OUTPUT], new)
@@ -421,16 +440,22 @@ def run_round(steps, limits, weights, halves, buffers, counts, state, final):
             counts[step[OUTPUT]] = new
             continue
         _keep(buffers, step, st, step[INPUT], new)
-        if final:
+        if input_complete and st[PADDED] == 0:
             _keep(buffers, step, st, -1, step[PAD_RIGHT])  # the right zero padding
+            st[PADDED] = 1
         span, stride = step[SPAN], step[STRIDE]
         available = st[START] + st[FILLED]
         ready = (available - span - 1) // stride + 1 if available > span else 0
         n = ready - st[EMITTED]
         if step[RESIDUAL] >= 0:
             n = min(n, st[PENDING_COUNT])
+        if final:
+            n = min(n, flush_frames)
+            done = st[PADDED] == 1 and n == ready - st[EMITTED]  # nothing left after this round's outputs
+            complete[step[OUTPUT]] = done
+            flushing |= not done
         if n <= 0:
-            if final and st[EMITTED] == 0:
+            if input_complete and st[PADDED] == 1 and st[EMITTED] == 0:
                 return 2 * i + TOO_SHORT
             continue
         y = _output_rows(buffers, step[OUTPUT], n)
@@ -457,4 +482,4 @@ def run_round(steps, limits, weights, halves, buffers, counts, state, final):
             st[ORIGIN] += drop
             st[FILLED] -= drop
         st[START] += drop
-    return OK
+    return FLUSHING if flushing else OK

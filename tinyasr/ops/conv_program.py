@@ -141,6 +141,7 @@ class ConvProgram(StreamStep):
                                   (program.DIRECT, int(form.direct))):
                 row[column] = value
         self.table = table
+        self.flush_frames = program.FLUSH_FRAMES  # outputs per conv per round at the end of the input
         self.limits = np.array([[form.lo, form.hi] for form in forms], np.float32).reshape(-1, 2)
         self.channels = channels
         # rows each buffer starts with: a window holds its left zero padding from the start
@@ -179,13 +180,26 @@ class ConvProgram(StreamStep):
                 counts[buffer] = count
                 if count:
                     program.enter_frames(buffers, buffer, x[item])
-            code = program.run_round(self.table, self.limits, self.weights, self.halves, buffers, counts,
-                                     steps_state, final)
-            if code != program.OK:
-                self._fail(code)
-            for out, buffer in zip(outputs, self.output_buffers):
-                if counts[buffer]:
-                    out.append(program.leaving_frames(buffers, buffer, counts[buffer]).T)
+            pieces: List[List[np.ndarray]] = [[] for _ in self.outputs]  # [frames, C] each, in time order
+            progress = -1
+            while True:
+                code = program.run_round(self.table, self.limits, self.weights, self.halves, buffers, counts,
+                                         steps_state, final, self.flush_frames)
+                if code not in (program.OK, program.FLUSHING):
+                    self._fail(code)
+                for piece, buffer in zip(pieces, self.output_buffers):
+                    if counts[buffer]:
+                        piece.append(program.leaving_frames(buffers, buffer, counts[buffer]))
+                # the end of the input is flushed a few rounds at a time (program.FLUSH_FRAMES); a round that
+                # moves nothing ends it (a residual branch shorter than its main path leaves frames unmatched)
+                moved = int(steps_state[:, program.EMITTED].sum() + steps_state[:, program.PADDED].sum())
+                if code == program.OK or moved == progress:
+                    break
+                progress = moved
+                counts[self.input_buffers] = 0
+            for out, piece in zip(outputs, pieces):
+                if piece:
+                    out.append((piece[0] if len(piece) == 1 else np.concatenate(piece)).T)
         if not any(outputs):
             return None
         return [(out[0][None] if len(out) == 1 else np.stack(out)) if out else None for out in outputs]
