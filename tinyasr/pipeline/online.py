@@ -24,7 +24,7 @@ import math
 import os
 import threading
 import weakref
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -35,7 +35,7 @@ from tinyasr.decoding.beam import BeamDecoder, token_piece
 from tinyasr.decoding.ctc import ctc_frames, ctc_greedy
 from tinyasr.decoding.ctc_partial import GreedyPartial
 from tinyasr.decoding.results import Result
-from tinyasr.decoding.scores import check_scores, to_log_probs
+from tinyasr.decoding.scores import check_scores
 from tinyasr.decoding.specs import BeamSearch, CTCSpec, DecoderSpec, Greedy, TransducerSpec, decoder_spec
 from tinyasr.decoding.transducer import GreedySearch
 from tinyasr.decoding.transducer_decoder import search_result, transducer_of
@@ -197,7 +197,6 @@ class OnlineStream:
             raise InputError(f"{label}: streaming recognition needs a CTC or transducer model; this model's decoder "
                              f"is {kind!r}")
         self.decoder.output_of(self.model.outputs, label)
-        self._decoder_on_log_probs = replace(self.decoder, logits="log_probs")  # _collect converts each chunk
         self._beam = None if self._transducer else _beam_decoder(recognizer_or_model, decoding, self.decoder)
         if hotwords:
             if self._beam is None:
@@ -282,11 +281,13 @@ class OnlineStream:
             return
         check_scores(scores, self.decoder.logits, self._label, self.decoder.output)
         scores = np.moveaxis(scores, self._output_axis, -2)
-        log_probs = to_log_probs(scores.reshape(-1, scores.shape[-1]), self.decoder.logits)
-        self._log_probs.append(log_probs)
+        # kept as the model gave them (in float64, as a decoder reads them), normalised once where decoded, as
+        # offline: converted here too, the partial result normalised every chunk twice (~9 us each, 4 frames)
+        scores = np.array(scores.reshape(-1, scores.shape[-1]), np.float64)
+        self._scores.append(scores)
         if self._greedy_partial is not None:
-            self._greedy_partial.extend(log_probs)
-        best = log_probs.argmax(axis=1)
+            self._greedy_partial.extend(scores)
+        best = scores.argmax(axis=1)  # log-softmax and log keep each frame's best class
         speech = np.flatnonzero(best != self.decoder.blank)
         if speech.size:
             self._has_speech = True
@@ -324,7 +325,7 @@ class OnlineStream:
 
     def _decode(self, valid_frames: Optional[int] = None, final: bool = False) -> Result:
         seconds = self._utterance_samples / self.sample_rate
-        if not self._log_probs and not self._encoder_frames:
+        if not self._scores and not self._encoder_frames:
             return Result("", (), (), seconds)
         lead = self._lead  # as Recognizer.transcribe: decoded with the front end's silence, reported without it
         times = dict(frame_seconds=self.frame_seconds, valid_frames=valid_frames, duration=seconds + 2 * lead,
@@ -332,7 +333,7 @@ class OnlineStream:
         if self._transducer is not None:
             result = self._transducer_decode(**times)
         elif self._beam is None:
-            result = ctc_greedy(np.concatenate(self._log_probs), self._decoder_on_log_probs, **times)
+            result = ctc_greedy(np.concatenate(self._scores), self.decoder, **times)
         else:
             result = self._beam_decode(final, **times)
         return result.shifted(-lead, seconds) if lead else result
@@ -341,7 +342,7 @@ class OnlineStream:
                      speech) -> Result:
         """The search carried on over the frames that arrived since the last call: its best prefix, or with
         ``final`` its best final hypothesis (BeamDecoder.decode's result on the same frames)."""
-        log_probs, texts, wordpiece, duration = ctc_frames(np.concatenate(self._log_probs), self._decoder_on_log_probs,
+        log_probs, texts, wordpiece, duration = ctc_frames(np.concatenate(self._scores), self.decoder,
                                                            frame_seconds, valid_frames, duration)
         if self._pieces is None:
             self._pieces = [token_piece(t, self.decoder.vocabulary_type, wordpiece) for t in texts]
@@ -360,7 +361,7 @@ class OnlineStream:
         """The current utterance decoded so far (times from the utterance start).  Greedy decoding carries on
         from the last partial (GreedyPartial: time linear in the audio); it equals ``_decode()``."""
         if self._partial is None:
-            if self._greedy_partial is not None and self._log_probs:
+            if self._greedy_partial is not None and self._scores:
                 since, lead = self.utterance_start, self._lead
                 held = self._gate.held_through(since)
                 self._partial = self._greedy_partial.result(
@@ -411,11 +412,11 @@ class OnlineStream:
         self._waiting, self._waiting_inputs = [], 0  # input frames the graph has not been given yet
         if self._features is not None:
             self._features.reset()
-        self._log_probs = []
+        self._scores = []  # this utterance's output frames as the model gave them, float64
         self._encoder_frames = []  # a transducer's, this utterance's
         self._greedy = GreedySearch(self._transducer, self.decoder.max_symbols) if self._transducer else None
         self._search = None  # the beam search over this utterance's frames (beam decoding only)
-        self._greedy_partial = (GreedyPartial(self._decoder_on_log_probs, self.frame_seconds, self._lead)
+        self._greedy_partial = (GreedyPartial(self.decoder, self.frame_seconds, self._lead)
                                 if self._beam is None and self._transducer is None else None)
         self._frames = 0
         self._last_speech_frame = -1
