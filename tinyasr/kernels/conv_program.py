@@ -80,9 +80,8 @@ def aligned_rows(rows, width):
     """np.empty((rows, width), float32) starting on a 64-byte boundary (Numba's arrays start on 32, numpy's on 16):
     for the program's windows and packed weights, so that with rows of a multiple of 16 floats no vector load
     straddles two cache lines (the causal QuartzNet's program 1-5 % faster a chunk, Zen 4).  Not zeroed: every
-    buffer that grows is written before it is read, and the end of a non-causal model's stream, which grows its
-    buffers to hundreds of frames, spent 26 of its 34 ms of bookkeeping zeroing fresh pages (QuartzNet 5x5, 16 s,
-    Zen 4)."""
+    buffer that grows is written before it is read, and zeroing is a pass over fresh pages (when QuartzNet 5x5's
+    end of stream still grew its buffers to ~1500 frames, 26 of its 34 ms of bookkeeping, Zen 4)."""
     raw = np.empty(rows * width + 16, np.float32)
     skip = (-raw.ctypes.data % 64) // 4
     return raw[skip:skip + rows * width].reshape((rows, width))
