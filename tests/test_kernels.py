@@ -585,6 +585,20 @@ def test_tile_choice_is_measured_once_and_cached(tmp_path, monkeypatch):
     assert tuning.fastest("family", candidates, None) == "fast"  # no folder: remembered in the process
 
 
+def test_candidates_are_timed_with_blas_at_the_thread_count_tinyasr_runs_it(tmp_path, monkeypatch, restore_threads):
+    """A choice made before the first run, while numpy's BLAS still has its own thread count, times BLAS as conv1d
+    will run it (with 2 threads and this thread's CPU time, a matmul looked 1.8x faster than at one), and leaves
+    BLAS as it found it."""
+    from tinyasr.kernels import tuning
+
+    seen = []
+    threads._set_blas_threads(2)
+    monkeypatch.setattr(tuning, "_chosen", {})
+    assert tuning.fastest("family", {"only": lambda: seen.append(threads.blas_num_threads())}, tmp_path) == "only"
+    assert seen and set(seen) == {threads.BLAS_THREADS}
+    assert threads.blas_num_threads() == 2
+
+
 @pytest.mark.parametrize("rows, width", [(1, 1), (7, 29), (64, 500)])
 @pytest.mark.parametrize("in_place", [False, True])
 def test_rowwise_kernels_match_torch(rows, width, in_place):

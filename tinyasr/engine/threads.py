@@ -183,6 +183,23 @@ def _set_blas_threads(n: int) -> None:
         lib.set_num_threads(n)
 
 
+@contextmanager
+def blas_as_run():
+    """BLAS at BLAS_THREADS inside the block, as tinyasr runs it, and back to what it was after: for a measurement
+    that times numpy's matmul against a kernel before the first run applied the policy (kernels/tuning.py).
+    Timed with OpenBLAS's 2 threads (and the calling thread's CPU time), a 256 x 256 matmul at T = 64 measured
+    83 GMAC/s against the tile kernel's 54, and the choice was kept for the CPU, while at one thread it runs at
+    45 (Zen 4)."""
+    libraries = _blas_libraries()
+    before = [lib.num_threads for lib in libraries]
+    _set_blas_threads(BLAS_THREADS)
+    try:
+        yield
+    finally:
+        for lib, n in zip(libraries, before):
+            lib.set_num_threads(n)
+
+
 # ---------------------------------------------------------------------------------------------
 # Numba and the public setting
 # ---------------------------------------------------------------------------------------------

@@ -22,7 +22,12 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
 
+from tinyasr.engine import threads
+
 CACHE_FILE = "tinyasr-tuning.json"
+# Part of every cached choice's key: raised when the way candidates are timed changes, so that choices made the
+# old way are measured again (2: BLAS at the thread count tinyasr runs it with, threads.blas_as_run).
+METHOD = 2
 ROUNDS = 7  # candidates are timed in turn, this many rounds of CALLS calls, each keeping its best (a busy machine)
 CALLS = 5
 _chosen: Dict[str, str] = {}
@@ -76,16 +81,19 @@ def _write(path: Path, entries: dict) -> None:
 
 def best_seconds(functions: Dict[str, Callable[[], None]], rounds: int, calls: int) -> Dict[str, float]:
     """{name: best thread CPU time of one call}: each function called once to compile and warm, then all in turn,
-    ``rounds`` times ``calls`` calls each, so a busy spell hurts every candidate alike."""
-    for function in functions.values():
-        function()
-    best = dict.fromkeys(functions, float("inf"))
-    for _ in range(rounds):
-        for name, function in functions.items():
-            for _ in range(calls):
-                start = time.thread_time()
-                function()
-                best[name] = min(best[name], time.thread_time() - start)
+    ``rounds`` times ``calls`` calls each, so a busy spell hurts every candidate alike.  numpy's BLAS runs at the
+    thread count tinyasr gives it (threads.blas_as_run): at more, its share of the work on other threads would not
+    even show in this thread's CPU time."""
+    with threads.blas_as_run():
+        for function in functions.values():
+            function()
+        best = dict.fromkeys(functions, float("inf"))
+        for _ in range(rounds):
+            for name, function in functions.items():
+                for _ in range(calls):
+                    start = time.thread_time()
+                    function()
+                    best[name] = min(best[name], time.thread_time() - start)
     return best
 
 
@@ -99,7 +107,7 @@ def fastest(family: str, candidates: Dict[str, Callable[[], None]], cache_dir: O
     if _chosen.get(family) in candidates:
         return _chosen[family]
     path = cache_dir / CACHE_FILE if cache_dir is not None else None
-    key = f"{family} {sorted(candidates)} {host_key()} {source}".rstrip()
+    key = f"{family} {sorted(candidates)} {host_key()} {source} method {METHOD}"
     entries = _read(path) if path is not None else {}
     choice = entries.get(key)
     if choice not in candidates:
