@@ -17,7 +17,7 @@ import numpy as np
 from numba import njit
 
 from tinyasr.kernels.spectrum import pair_power
-from tinyasr.kernels.vector_math import lane_max
+from tinyasr.kernels.vector_math import lane_max, lane_sum
 
 
 @njit(cache=True, fastmath={"reassoc"})
@@ -102,10 +102,10 @@ def windowed_spans(audio, ends, frame, window):
 def tonal_spans(spectra, bins, share):
     """Per row of ``spectra`` [spans, 2 * frequencies], complex spectra as pairs of floats (a complex array's
     ``.view(np.float64)``): whether some ``bins`` adjacent bins hold at least ``share`` of the row's power.  Each
-    band's sum taken whole, one pass over the row per bin of the band, and the total in four interleaved sums, so
-    every loop vectorises: a running band sum (one add after another, each waiting for the last) took ~1.5 us a
-    801-bin row against ~0.4 (Zen 4); numpy's cumulative sums, band differences and maxima over a [32, 801] batch
-    cost 2/3 of its FFT."""
+    band's sum is taken whole, one pass over the row per bin of the band, and the total in interleaved sums
+    (lane_sum), so every loop vectorises: a running band sum, each add waiting for the last, made the kernel
+    1.5-2x slower (801-bin rows, Zen 4); numpy's cumulative sums, band differences and maxima over a [32, 801]
+    batch cost 2/3 of its FFT."""
     spans, width = spectra.shape[0], spectra.shape[1] // 2
     tonal = np.zeros(spans, np.bool_)
     power = np.empty(width)
@@ -113,16 +113,7 @@ def tonal_spans(spectra, bins, share):
     band = np.empty(bands)
     for s in range(spans):
         pair_power(spectra[s], power)
-        t0 = t1 = t2 = t3 = 0.0
-        body = width - width % 4
-        for k in range(0, body, 4):
-            t0 += power[k]
-            t1 += power[k + 1]
-            t2 += power[k + 2]
-            t3 += power[k + 3]
-        for k in range(body, width):
-            t0 += power[k]
-        total = (t0 + t1) + (t2 + t3)
+        total = lane_sum(power)
         for k in range(bands):
             band[k] = power[k]
         for j in range(1, min(bins, width)):
