@@ -64,19 +64,16 @@ def softmax(ctx, inputs, attrs):
 @register("LogSoftmax", streaming=AxisOp(-1))
 def log_softmax(ctx, inputs, attrs):
     x = inputs[0] if inputs else None
-    if _last_axis_rows(x, attrs):  # CTC log-probs: one pass per frame
-        out = ctx.output(x.shape, x.dtype, donors=(0,))
-        log_softmax_rows(x.reshape(-1, x.shape[-1]), out.reshape(-1, x.shape[-1]))
-        return [out]
-    if isinstance(x, np.ndarray) and x.ndim >= 2:
-        # classes on another axis of memory laid out frame by frame: a streamed conv program's [B, classes, T]
-        # (a transposed view of its time-major rows), where numpy's five passes took ~10 us on 4 frames
+    if isinstance(x, np.ndarray) and x.ndim >= 1:
+        # the row kernel where the classes lie along memory: CTC log-probs [B, T, classes], or a streamed conv
+        # program's [B, classes, T] (a transposed view of its time-major rows), where numpy's five passes took
+        # ~10 us on 4 frames; the axis swapped last (not np.moveaxis: 2-3 us a call), and back
         axis = normalize_axis(attrs.get("axis", -1), x.ndim, "LogSoftmax")
-        rows = x.swapaxes(axis, -1)  # not np.moveaxis: 2-3 us a call
+        rows = x if axis == x.ndim - 1 else x.swapaxes(axis, -1)
         if _last_axis_rows(rows, {}):
-            out = ctx.output(rows.shape, x.dtype)
+            out = ctx.output(rows.shape, x.dtype, donors=(0,) if rows is x else ())
             log_softmax_rows(rows.reshape(-1, rows.shape[-1]), out.reshape(-1, rows.shape[-1]))
-            return [out.swapaxes(axis, -1)]
+            return [out if rows is x else out.swapaxes(axis, -1)]
     out, axis = _minus_max(ctx, "LogSoftmax", inputs, attrs)
     np.subtract(out, np.log(np.exp(out).sum(axis=axis, keepdims=True)), out=out)
     return [out]
