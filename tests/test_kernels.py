@@ -585,6 +585,24 @@ def test_tile_choice_is_measured_once_and_cached(tmp_path, monkeypatch):
     assert tuning.fastest("family", candidates, None) == "fast"  # no folder: remembered in the process
 
 
+def test_timing_problems_hand_out_weights_read_from_beyond_the_caches():
+    """A Rotation hands out its copies in turn, each with the original's values and dtypes and in memory of its own,
+    ROTATION_BYTES of them, so a call's weights were last read that many bytes of weights ago."""
+    from tinyasr.kernels import tuning
+
+    weight, indices = np.arange(256 * 64, dtype=np.float32).reshape(256, 64), np.arange(5, dtype=np.uint16)
+    rotation = tuning.Rotation(weight, indices)
+    count = -(-tuning.ROTATION_BYTES // (weight.nbytes + indices.nbytes))
+    handed = [rotation() for _ in range(count + 1)]
+    for w, i in handed:
+        np.testing.assert_array_equal(w, weight)
+        np.testing.assert_array_equal(i, indices)
+        assert w.dtype == weight.dtype and i.dtype == indices.dtype
+    firsts = {w.ctypes.data for w, _ in handed[:count]}
+    assert len(firsts) == count and weight.ctypes.data not in firsts
+    assert handed[count][0] is handed[0][0]  # round again
+
+
 def test_candidates_are_timed_with_blas_at_the_thread_count_tinyasr_runs_it(tmp_path, monkeypatch, restore_threads):
     """A choice made before the first run, while numpy's BLAS still has its own thread count, times BLAS as conv1d
     will run it (with 2 threads and this thread's CPU time, a matmul looked 1.8x faster than at one), and leaves

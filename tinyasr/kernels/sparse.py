@@ -195,9 +195,10 @@ def _fastest_kernel(kind: str, size: int):
         (values, indices, indptr), kernels = bsr_arrays(weight, (4, 1)), BSR_KERNELS
     x = rng.standard_normal((1, size, frames), dtype=np.float32)
     y = np.empty((1, size, frames), np.float32)
+    weights = tuning.Rotation(values, indices, indptr)
 
     def run(kernel):  # one part: the serial build
-        return lambda: kernel.serial(x, values, indices, indptr, NO_BIAS, NO_RESIDUAL, y, 0, 0.0, 0.0, 1)
+        return lambda: kernel.serial(x, *weights(), NO_BIAS, NO_RESIDUAL, y, 0, 0.0, 0.0, 1)
 
     name = tuning.fastest(f"spmm {kind} {size} inputs", {name: run(kernel) for name, kernel in kernels.items()},
                           *tuning.cache_of(next(iter(kernels.values())).serial))
@@ -304,9 +305,10 @@ def fastest_time_major_kernel():
     values = values.reshape(-1, 1, 1)
     x = rng.standard_normal((frames, columns), dtype=np.float32)
     y = np.empty((frames, rows), np.float32)
+    weights = tuning.Rotation(values, indices, indptr)
 
     def run(kernel):
-        return lambda: kernel.serial(x, values, indices, indptr, NO_BIAS, y)
+        return lambda: kernel.serial(x, *weights(), NO_BIAS, y)
 
     kernels = TIME_MAJOR_KERNELS
     name = tuning.fastest("spmm time-major csr", {name: run(kernel) for name, kernel in kernels.items()},

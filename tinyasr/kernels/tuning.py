@@ -10,6 +10,10 @@ tile shapes sum in the same order, so that choice changes speed only; the CSR va
 kernel against BLAS) differ by float32 rounding.  Each variant gives the same result at any thread count.
 On a busy machine a choice can be wrong by the noise (the variants measured here were within 10-20 % of
 each other where that happened): delete the file to measure again.
+
+A model run reads each layer's weights once, from beyond the core's caches, so a timing problem hands its kernels
+a new copy of its weights each call (``Rotation``): on Zen 4, a 256 x 256 weight kept in L2 timed the 4x64 and 4x16
+dense tiles alike at T = 64 (76 / 75 us) and BLAS at 86; read from L3, 84-92 / 88-101 and 103-115 us.
 """
 
 from __future__ import annotations
@@ -26,8 +30,11 @@ from tinyasr.engine import threads
 
 CACHE_FILE = "tinyasr-tuning.json"
 # Part of every cached choice's key: raised when the way candidates are timed changes, so that choices made the
-# old way are measured again (2: BLAS at the thread count tinyasr runs it with, threads.blas_as_run).
-METHOD = 2
+# old way are measured again (2: BLAS at the thread count tinyasr runs it with, threads.blas_as_run; 3: weights
+# read from beyond the caches, Rotation).
+METHOD = 3
+# The weights a Rotation cycles through: past every core's L2 and a Raspberry Pi 5's shared L3 (2 MB)
+ROTATION_BYTES = 8 << 20
 ROUNDS = 7  # candidates are timed in turn, this many rounds of CALLS calls, each keeping its best (a busy machine)
 CALLS = 5
 _chosen: Dict[str, str] = {}
@@ -77,6 +84,21 @@ def _write(path: Path, entries: dict) -> None:
         os.replace(temporary, path)
     except OSError:
         pass
+
+
+class Rotation:
+    """Copies of a timing problem's weight arrays, ROTATION_BYTES in all, handed out in turn by each call: every
+    candidate of a family shares one, so each call's weights were last read ROTATION_BYTES of weights ago."""
+
+    def __init__(self, *arrays):
+        count = max(2, -(-ROTATION_BYTES // max(1, sum(array.nbytes for array in arrays))))
+        self._copies = [tuple(array.copy() for array in arrays) for _ in range(count)]
+        self._next = 0
+
+    def __call__(self) -> tuple:
+        copy = self._copies[self._next]
+        self._next = (self._next + 1) % len(self._copies)
+        return copy
 
 
 def best_seconds(functions: Dict[str, Callable[[], None]], rounds: int, calls: int) -> Dict[str, float]:
