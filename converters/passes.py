@@ -557,7 +557,7 @@ def fuse_after_compaction(model: Imported) -> Imported:
     """The fusions that run once compaction is done, on graphs from ONNX and from .nemo archives alike (the
     .nemo builder writes Swish as Sigmoid and Mul: fused here first, so the MatMul epilogues take it)."""
     linear = fuse_linear_residuals(fold_linear_scales(fuse_matmul_epilogues(fuse_glu(fuse_swish(model)))))
-    return absorb_position_product(linear)
+    return fuse_squeeze_excite(absorb_position_product(linear))
 
 
 def fuse_glu(model: Imported) -> Imported:
@@ -587,6 +587,158 @@ def fuse_glu(model: Imported) -> Imported:
             break
     tensors = {name: value for name, value in model.tensors.items() if name not in unread}
     return _with_fused(Imported(model.graph, tensors, model.shapes, model.dtypes, model.metadata), fused, removed)
+
+
+def fuse_squeeze_excite(model: Imported) -> Imported:
+    """A Citrinet block's squeeze-excite (NeMo's SqueezeExcite, global context) becomes one SqueezeExcite node
+    (tinyasr/ops/nn.py) at the place of its last node: the masked rows, their mean over the valid frames, the two
+    small products with the hidden activation, the Sigmoid, the scale and a Relu that follows.  Two forms:
+
+    * NeMo's ONNX export: Where(padded, 0, X) -> ReduceSum over time / Cast(ReduceSum(Cast(Not(padded)))) ->
+      Transpose -> MatMul(W1) -> Relu -> MatMul(W2) -> Transpose -> Sigmoid -> Mul(masked, .);
+    * tinyasr's .nemo builder (converters/nemo_blocks.py): Mul(X, mask) -> ReduceSum / ReduceSum(mask) ->
+      Conv(W1, act) -> Conv(W2, Sigmoid) -> Mul(masked, .).
+
+    Citrinet-256 at 10 s ran ~15 nodes a block, 23 blocks, ~3.5 ms of its 72 as nodes of their own (Zen 4).  The
+    mask and count nodes other blocks share stay; what only the pattern read is dropped (remove_dead)."""
+    consumers, producers = _readers_and_producers(model)
+    tensors = dict(model.tensors)
+    reader: Dict[str, Node] = {}
+    for node in model.graph.nodes:
+        for name in node.inputs:
+            reader.setdefault(name, node)
+    fused: Dict[str, Node] = {}
+    for node, orders in _two_input_nodes(model, "Mul"):
+        for masked, gate in orders:
+            match = _squeeze_excite_match(masked, gate, producers, consumers, tensors, model)
+            if match is None:
+                continue
+            inputs, attrs, new_tensors = match
+            last = node
+            after = reader.get(node.outputs[0])
+            if (consumers[node.outputs[0]] == 1 and after is not None and after.op == "Relu"
+                    and len(after.inputs) == 1):
+                last, attrs = after, dict(attrs, activation="Relu")
+            tensors.update(new_tensors)
+            fused[last.name] = Node(f"{node.name}::squeeze_excite", "SqueezeExcite", inputs, tuple(last.outputs),
+                                    attrs)
+            break
+    if not fused:
+        return model
+    # the pattern's other nodes are read by nothing now
+    return remove_dead(_with_fused(Imported(model.graph, tensors, model.shapes, model.dtypes, model.metadata), fused,
+                                   set()))
+
+
+def _squeeze_excite_match(masked: str, gate: str, producers, consumers, tensors, model: Imported):
+    """((X, mask, W1, W2), attrs, new tensors) when Mul(masked, gate) ends one of fuse_squeeze_excite's forms."""
+
+    def made_by(name, op, readers=1):
+        node = producers.get(name)
+        return node if node is not None and node.op == op and consumers[name] == readers else None
+
+    def stored(name, ndim):
+        value = tensors.get(name)
+        return value if isinstance(value, np.ndarray) and value.dtype == np.float32 and value.ndim == ndim else None
+
+    def over_time(node):  # ReduceSum over the last of 3 axes, keeping it
+        axes = node.attrs.get("axes")
+        if axes is None and len(node.inputs) > 1:
+            axes = tensors.get(node.inputs[1])
+        axes = [] if axes is None else [int(a) for a in np.asarray(axes).reshape(-1)]
+        return node.attrs.get("keepdims", 1) == 1 and axes in ([2], [-1])
+
+    def plain_conv(node, activation):  # a 1x1 Conv without bias on a stored weight
+        if node is None or len(node.inputs) > 3 or (len(node.inputs) == 3 and node.inputs[2]):
+            return None
+        weight = stored(node.inputs[1], 3)
+        attrs = node.attrs
+        if (weight is None or weight.shape[2] != 1 or attrs.get("group", 1) != 1 or attrs.get("activation", "") != activation
+                or any(v != 1 for v in list(attrs.get("strides", [1])) + list(attrs.get("dilations", [1])))
+                or any(attrs.get("pads", [0, 0]))):
+            return None
+        return weight[:, :, 0]
+
+    sigmoid = producers.get(gate)
+    if sigmoid is None or consumers[gate] != 1:
+        return None
+    masker = producers.get(masked)
+    if masker is None or consumers[masked] != 2 or masker.op not in ("Where", "Mul"):
+        return None
+    total = None
+    for candidate in (n for n in model.graph.nodes if n.op == "ReduceSum" and n.inputs[:1] == (masked,)):
+        total = candidate
+    if total is None or not over_time(total):
+        return None
+    mean_div = next((n for n in model.graph.nodes if n.op == "Div" and n.inputs[:1] == (total.outputs[0],)), None)
+    if mean_div is None or consumers[total.outputs[0]] != 1 or len(mean_div.inputs) != 2:
+        return None
+    mean, count = mean_div.outputs[0], mean_div.inputs[1]
+    if sigmoid.op == "Sigmoid":  # the ONNX export
+        back = made_by(sigmoid.inputs[0], "Transpose")
+        second = back and made_by(back.inputs[0], "MatMul")
+        act = second and producers.get(second.inputs[0])
+        if act is None or act.op not in ("Relu", "Swish") or consumers[act.outputs[0]] != 1:
+            return None
+        first = made_by(act.inputs[0], "MatMul")
+        forth = first and made_by(first.inputs[0], "Transpose")
+        if (forth is None or forth.inputs[0] != mean or consumers[mean] != 1
+                or any(list(t.attrs.get("perm", [])) != [0, 2, 1] for t in (back, forth))):
+            return None
+        squeeze, excite, hidden = stored(first.inputs[1], 2), stored(second.inputs[1], 2), act.op
+        new = {}
+    elif sigmoid.op == "Conv":  # tinyasr's .nemo builder
+        excite_t = plain_conv(sigmoid, "Sigmoid")
+        hidden_conv = producers.get(sigmoid.inputs[0])
+        if excite_t is None or hidden_conv is None or consumers[sigmoid.inputs[0]] != 1 or hidden_conv.op != "Conv":
+            return None
+        hidden = hidden_conv.attrs.get("activation", "")
+        squeeze_t = plain_conv(hidden_conv, hidden)
+        if squeeze_t is None or hidden_conv.inputs[0] != mean or consumers[mean] != 1:
+            return None
+        squeeze, excite = np.ascontiguousarray(squeeze_t.T), np.ascontiguousarray(excite_t.T)
+        new = {f"{sigmoid.name}::squeeze": squeeze, f"{sigmoid.name}::excite": excite}
+    else:
+        return None
+    if (squeeze is None or excite is None or squeeze.shape[::-1] != excite.shape
+            or hidden not in ("", "Relu", "Swish")):
+        return None
+    if masker.op == "Where":  # Where(padded, 0, X), count = Cast(ReduceSum(Cast(Not(padded))))
+        padded, zero, x = masker.inputs
+        value = tensors.get(zero)
+        as_float = made_by(count, "Cast")
+        frames = as_float and made_by(as_float.inputs[0], "ReduceSum")
+        to_int = frames and made_by(frames.inputs[0], "Cast")
+        valid = to_int and made_by(to_int.inputs[0], "Not")
+        if (not isinstance(value, np.ndarray) or value.size != 1 or float(value.reshape(-1)[0]) != 0.0
+                or valid is None or valid.inputs[0] != padded or not over_time(frames)):
+            return None
+        kind = "padded"
+    else:  # Mul(X, mask) with mask a cast of a boolean, count = ReduceSum(mask)
+        x, mask = masker.inputs
+        if not _zero_one(mask, producers, model):
+            x, mask = mask, x
+        frames = producers.get(count)
+        if (not _zero_one(mask, producers, model) or frames is None or frames.op != "ReduceSum"
+                or frames.inputs[0] != mask or not over_time(frames)):
+            return None
+        padded, kind = mask, "valid"
+    names = (f"{sigmoid.name}::squeeze", f"{sigmoid.name}::excite")
+    w1, w2 = (names[0], names[1]) if new else (first.inputs[1], second.inputs[1])
+    return (x, padded, w1, w2), {"mask": kind, "hidden_activation": hidden}, new
+
+
+def _zero_one(name: str, producers, model: Imported) -> bool:
+    """True when ``name`` is a float cast of a boolean (through ops that only reshape it): 1 or 0 everywhere."""
+    node = producers.get(name)
+    while node is not None and node.op in _VALUE_PRESERVING:
+        node = producers.get(node.inputs[0])
+    if node is None or node.op != "Cast" or node.attrs.get("to") != 1:
+        return False
+    source = producers.get(node.inputs[0])
+    while source is not None and source.op in _VALUE_PRESERVING:
+        source = producers.get(source.inputs[0])
+    return model.dtypes.get(node.inputs[0]) == "bool" or (source is not None and source.op in _BOOLEAN_OPS)
 
 
 def fuse_matmul_epilogues(model: Imported) -> Imported:

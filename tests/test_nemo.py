@@ -9,6 +9,7 @@ Bad archives are built in tmp_path from the real ones.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import io
 import itertools
@@ -245,6 +246,24 @@ def test_archive_and_onnx_export_give_the_same_model(name, tmp_path):
     inputs, _ = _test_cases(folder)[1]
     a, o = from_archive.run(inputs)["logprobs"], from_onnx.run(inputs)["logprobs"]
     np.testing.assert_allclose(a, o, rtol=0, atol=TOLERANCE)
+
+
+def test_citrinet_squeeze_excite_blocks_run_as_one_node_each(tmp_path):
+    """converters/passes.fuse_squeeze_excite takes both forms of Citrinet's squeeze-excite (NeMo's ONNX export and
+    tinyasr's .nemo builder): one SqueezeExcite per block, no MatMul, Sigmoid or ReduceSum left.  Their outputs
+    are checked against NeMo's test vectors (tests/test_shared_models.py) and against each other (above)."""
+    from tinyasr_convert import convert
+
+    folder = NEMO / "citrinet_256"
+    extras = manifest_from_nemo_config(load_config(folder / "model_config.yaml"))
+    for model in (load_model(convert_nemo(folder / "model.nemo", tmp_path / "a.tasr")),
+                  load_model(convert(folder / "model.onnx", tmp_path / "o.tasr", **extras))):
+        ops = collections.Counter(node.op for node in model.graph.nodes)
+        assert ops["SqueezeExcite"] == 23 and not ops.keys() & {"MatMul", "Sigmoid", "ReduceSum"}, ops
+        # the two blocks without a residual end in their own Relu, fused; the others' goes with the residual's Conv
+        activations = collections.Counter(n.attrs.get("activation", "") for n in model.graph.nodes
+                                          if n.op == "SqueezeExcite")
+        assert activations == {"": 21, "Relu": 2}
 
 
 @pytest.mark.parametrize("name", ["quartznet_5x5", "citrinet_256", "matchboxnet_3x1x64_v1"])

@@ -77,13 +77,15 @@ ORT_CASES = {
     # tinyasr's fused Conformer attention weights: compared with NeMo's exported subgraph, which ends in Softmax.
     "RelPositionSoftmax": ("test_rel_position_softmax", "test_rel_position_softmax_from_the_position_product"),
     # tinyasr's Swish: compared with the Sigmoid -> Mul pair it replaces; Glu with Split -> Sigmoid -> Mul; Linear
-    # with MatMul -> Add -> activation.
+    # with MatMul -> Add -> activation; SqueezeExcite with the masked mean, MatMuls, Sigmoid and Mul.
     "Swish": ("test_swish",),
     "Glu": ("test_glu",),
     "Linear": ("test_linear",),
+    "SqueezeExcite": ("test_squeeze_excite",),
 }
 # tinyasr ops with no ONNX op of their name -> the ONNX op their unfused reference subgraph runs
-UNFUSED_REFERENCE = {"RelPositionSoftmax": "Softmax", "Swish": "Sigmoid", "Glu": "Split", "Linear": "MatMul"}
+UNFUSED_REFERENCE = {"RelPositionSoftmax": "Softmax", "Swish": "Sigmoid", "Glu": "Split", "Linear": "MatMul",
+                     "SqueezeExcite": "ReduceSum"}
 
 
 def _calls(test):

@@ -640,6 +640,64 @@ def test_glu(shape, axis):
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("activation", ["", "Relu"])
+@pytest.mark.parametrize("hidden", ["Relu", "Swish", ""])
+@pytest.mark.parametrize("kind, mask_batch", [("padded", 2), ("padded", 1), ("valid", 2), ("valid", 1)])
+def test_squeeze_excite(kind, mask_batch, hidden, activation):
+    """tinyasr's SqueezeExcite (converters/passes.fuse_squeeze_excite) against the subgraph NeMo's ONNX export
+    writes (Where on the padding, the count through Not and Casts) or tinyasr's .nemo builder (Mul by a 0 / 1
+    mask), on two utterances, the second padded, with the mask per utterance or one for both."""
+    batch, channels, frames, squeezed = 2, 20, 37, 5
+    x, w1, w2 = f32(batch, channels, frames), f32(channels, squeezed), f32(squeezed, channels)
+    valid = np.ones((mask_batch, 1, frames), bool)
+    valid[-1, :, 29:] = False
+    mask = ~valid if kind == "padded" else valid.astype(np.float32)
+    attrs = {"mask": kind, "hidden_activation": hidden, "activation": activation}
+    ours = run_op("SqueezeExcite", [x, mask, w1, w2], attrs)[0]
+
+    def const(name, value):
+        return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.asarray(value)))
+
+    nodes = [const("axes", np.array([2], np.int64))]
+    if kind == "padded":
+        nodes += [const("zero", np.float32(0)), helper.make_node("Where", ["in1", "zero", "in0"], ["masked"]),
+                  helper.make_node("Not", ["in1"], ["kept"]), helper.make_node("Cast", ["kept"], ["ones"], to=7),
+                  helper.make_node("ReduceSum", ["ones", "axes"], ["frames"], keepdims=1),
+                  helper.make_node("Cast", ["frames"], ["count"], to=1)]
+    else:
+        nodes += [helper.make_node("Mul", ["in0", "in1"], ["masked"]),
+                  helper.make_node("ReduceSum", ["in1", "axes"], ["count"], keepdims=1)]
+    nodes += [helper.make_node("ReduceSum", ["masked", "axes"], ["total"], keepdims=1),
+              helper.make_node("Div", ["total", "count"], ["mean"]),
+              helper.make_node("Transpose", ["mean"], ["across"], perm=[0, 2, 1]),
+              helper.make_node("MatMul", ["across", "in2"], ["product" if hidden else "hidden"])]
+    if hidden == "Relu":
+        nodes.append(helper.make_node("Relu", ["product"], ["hidden"]))
+    elif hidden == "Swish":
+        nodes += [helper.make_node("Sigmoid", ["product"], ["half"]),
+                  helper.make_node("Mul", ["product", "half"], ["hidden"])]
+    nodes += [helper.make_node("MatMul", ["hidden", "in3"], ["excited"]),
+              helper.make_node("Transpose", ["excited"], ["back"], perm=[0, 2, 1]),
+              helper.make_node("Sigmoid", ["back"], ["gate"]),
+              helper.make_node("Mul", ["masked", "gate"], ["scaled" if activation else "out0"])]
+    if activation:
+        nodes.append(helper.make_node("Relu", ["scaled"], ["out0"]))
+    ref = ort_outputs(nodes, [x, mask, w1, w2], [np.dtype(np.float32)], 17)[0]
+    assert ours.shape == ref.shape
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_squeeze_excite_names_what_does_not_fit():
+    x, w1, w2 = f32(1, 6, 9), f32(6, 2), f32(2, 6)
+    padded = np.zeros((1, 1, 9), bool)
+    with pytest.raises(GraphError, match=r"mask M must be bool \[1 or 1, 1, 9\].*float32 \(1, 1, 9\)"):
+        run_op("SqueezeExcite", [x, padded.astype(np.float32), w1, w2], {"mask": "padded"})
+    with pytest.raises(GraphError, match=r"W1 \[C, H\] and W2 \[H, C\] float32 with C = 6"):
+        run_op("SqueezeExcite", [x, padded, w2, w1], {"mask": "padded"})
+    with pytest.raises(GraphError, match="unknown mask 'both'"):
+        run_op("SqueezeExcite", [x, padded, w1, w2], {"mask": "both"})
+
+
 @pytest.mark.parametrize("activation", ["", "Relu", "Swish"])
 @pytest.mark.parametrize("a_shape", [(7, 5), (2, 9, 5), (5,)], ids=str)
 def test_linear(a_shape, activation):

@@ -24,6 +24,7 @@ from tinyasr.kernels.rowwise import (
     layer_norm_rows_in_place,
     log_softmax_rows,
     softmax_rows,
+    squeeze_excite,
 )
 from tinyasr.kernels.sparse import kernel_matrix, linear, matmul_time_major, time_major_matrix
 from tinyasr.ops.attributes import number
@@ -93,6 +94,45 @@ def glu(ctx, inputs, attrs):
     if out.size:
         outer = math.prod(x.shape[:axis])  # np.prod of a tuple: 4 us
         glu_rows(np.ascontiguousarray(x).reshape(outer, 2, -1), out.reshape(outer, -1))
+    return [out]
+
+
+SQUEEZE_EXCITE_MASKS = ("valid", "padded")  # float 1 on valid frames (x * mask), or bool True on padding (Where)
+
+
+@register("SqueezeExcite", streaming=Refuses("it scales every frame by a mean over the whole utterance"))
+def squeeze_excite_op(ctx, inputs, attrs):
+    """tinyasr's SqueezeExcite (NeMo's, global context), what converters/passes.fuse_squeeze_excite makes of the
+    masked mean -> MatMul -> activation -> MatMul -> Sigmoid -> Mul -> [Relu] of a Citrinet block: inputs X
+    [B, C, T] float32, M the frame mask [B or 1, 1, T] (``mask`` "valid": float 1 / 0 multiplied in; "padded": bool
+    True on the padding, where X is taken as 0), W1 [C, H] and W2 [H, C]; ``hidden_activation`` "", "Relu" or
+    "Swish", ``activation`` "" or "Relu" after the scale.  Citrinet-256 at 10 s: 23 blocks of ~15 nodes."""
+    check_inputs("SqueezeExcite", inputs, 4)
+    x, mask, squeeze, excite = inputs[0], inputs[1], dense(inputs[2], "SqueezeExcite", "W1"), \
+        dense(inputs[3], "SqueezeExcite", "W2")
+    kind, hidden, act = attrs.get("mask", "valid"), attrs.get("hidden_activation", "Relu"), attrs.get("activation", "")
+    if kind not in SQUEEZE_EXCITE_MASKS or hidden not in LINEAR_ACTIVATIONS or act not in ("", "Relu"):
+        raise GraphError(f"SqueezeExcite: unknown mask {kind!r}, hidden_activation {hidden!r} or activation {act!r}; "
+                         f"supported: {SQUEEZE_EXCITE_MASKS}, {sorted(LINEAR_ACTIVATIONS)}, ['', 'Relu']")
+    if not (isinstance(x, np.ndarray) and x.dtype == np.float32 and x.ndim == 3):
+        raise GraphError(f"SqueezeExcite: X must be float32 [B, C, T], got {getattr(x, 'dtype', type(x).__name__)} "
+                         f"of shape {getattr(x, 'shape', None)}")
+    batch, channels, frames = x.shape
+    if (squeeze.dtype != np.float32 or excite.dtype != np.float32 or squeeze.ndim != 2 or squeeze.shape[0] != channels
+            or excite.shape != squeeze.shape[::-1]):
+        raise GraphError(f"SqueezeExcite: W1 [C, H] and W2 [H, C] float32 with C = {channels}, got {squeeze.dtype} "
+                         f"{squeeze.shape} and {excite.dtype} {excite.shape}")
+    wanted = np.bool_ if kind == "padded" else np.float32
+    if (not isinstance(mask, np.ndarray) or mask.dtype != wanted or mask.ndim != 3 or mask.shape[1] != 1
+            or mask.shape[2] != frames or mask.shape[0] not in (1, batch)):
+        raise GraphError(f"SqueezeExcite: mask M must be {np.dtype(wanted)} [{batch} or 1, 1, {frames}] for X of shape "
+                         f"{x.shape}, got {getattr(mask, 'dtype', type(mask).__name__)} {getattr(mask, 'shape', None)}")
+    rows = np.broadcast_to(mask[:, 0], (batch, frames))
+    rows = np.ascontiguousarray(~rows if kind == "padded" else rows, np.float32)
+    out = ctx.output(x.shape, np.float32)
+    if out.size:
+        squeeze_excite(np.ascontiguousarray(x), rows, kind == "padded", np.ascontiguousarray(squeeze),
+                       np.ascontiguousarray(excite), LINEAR_ACTIVATIONS[hidden], LINEAR_ACTIVATIONS[act], out)
     return [out]
 
 

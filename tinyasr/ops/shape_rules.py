@@ -14,7 +14,8 @@ SHAPES_FROM_SHAPES = frozenset({
     "IsNaN", "LSTM", "LayerNormalization", "LeakyRelu", "Less", "LessOrEqual", "Linear", "Log", "LogSoftmax", "MatMul",
     "Max",
     "Min", "Mod", "Mul", "Neg", "Not", "Or", "Pow", "Reciprocal", "RelPositionSoftmax", "Relu", "Round",
-    "ScatterND", "Shape", "Sigmoid", "Sin", "Size", "Softmax", "Softplus", "Sqrt", "Sub", "Swish", "Tanh",
+    "ScatterND", "Shape", "Sigmoid", "Sin", "Size", "Softmax", "Softplus", "Sqrt", "SqueezeExcite", "Sub", "Swish",
+    "Tanh",
     "Transpose", "Where", "Xor",
 })
 # op -> the first input whose value (not only its shape) gives the output shape (0: every input)
