@@ -182,6 +182,27 @@ def test_feature_core_matches_numpy_chain(settings, samples, count):
     np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("size", [16, 48, 80, 240, 400, 512, 1600, 2048, 30, 56, 514])
+def test_power_spectra_match_numpy(size):
+    """kernels/fft.py's power spectra against numpy's |rfft|^2: rows a vector of lanes at a time (the last group
+    short), for every radix (4, 2, 3, 5), noise, a tone, an impulse, zeros; sizes without a plan (30, 56, 514)
+    and fewer rows than a vector go through numpy's rfft, and give the same."""
+    from tinyasr.kernels.fft import LANES, plan, power_rows, power_spectra
+
+    rng = np.random.default_rng(size)
+    special = [np.sin(2 * np.pi * 3 * np.arange(size) / size), np.eye(1, size, 1)[0], np.zeros(size)]
+    assert (plan(size) is None) == (size in (30, 56, 514))
+    for count in (0, 1, LANES - 1, LANES, LANES + 1, 2 * LANES + 3, 64):
+        rows = rng.standard_normal((count, size))
+        first = min(count, 3)
+        rows[:first] = np.reshape(special[:first], (first, size))
+        want = np.abs(np.fft.rfft(rows, axis=1)) ** 2
+        scale = max(1.0, float(np.abs(want).max(initial=0.0)))
+        for got in [power_spectra(rows)] + ([power_rows(rows, plan(size))] if plan(size) else []):
+            assert got.shape == want.shape
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-13 * scale)
+
+
 def test_exact_pad_frame_count():
     config = FrontendConfig(center=False, exact_pad=True, normalize=None, pad_to=0)
     features, valid = compute_features(np.ones(16000, dtype=np.float32), config)

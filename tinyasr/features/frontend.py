@@ -23,6 +23,7 @@ from tinyasr.audio.io import MIN_AUDIO_RATE
 from tinyasr.audio.resample import MAX_SAMPLE_RATE
 from tinyasr.errors import AudioError, TinyASRError
 from tinyasr.format.values import is_real
+from tinyasr.kernels.fft import power_spectra
 from tinyasr.kernels.spectrum import band_spans, mel_bands, windowed_frames
 
 WINDOWS = ("hann", "hamming", "blackman", "bartlett", "none")
@@ -413,8 +414,7 @@ class FeatureCore:
         for start in range(0, count, block):
             frames = windowed_frames(signal, start * cfg.hop_length, min(block, count - start), cfg.hop_length,
                                      self.window)
-            spectra = np.fft.rfft(frames, axis=1).view(np.float64)  # complex as float pairs: mel_bands vectorises
-            mel_bands(spectra, self.filterbank, self.band_spans, cfg.mag_power / 2, mel, start)
+            mel_bands(power_spectra(frames), self.filterbank, self.band_spans, cfg.mag_power / 2, mel, start)
         if cfg.log:
             guard = cfg.log_zero_guard_value
             if cfg.log_zero_guard_type == "add":

@@ -16,7 +16,6 @@ import math
 import numpy as np
 from numba import njit
 
-from tinyasr.kernels.spectrum import pair_power
 from tinyasr.kernels.vector_math import lane_max, lane_sum
 
 
@@ -100,25 +99,23 @@ def windowed_spans(audio, ends, frame, window):
 
 
 @njit(cache=True)
-def tonal_spans(spectra, bins, share):
-    """Per row of ``spectra`` [spans, 2 * frequencies], complex spectra as pairs of floats (a complex array's
-    ``.view(np.float64)``): whether some ``bins`` adjacent bins hold at least ``share`` of the row's power.  Each
-    band's sum is taken whole, one pass over the row per bin of the band, and the total in interleaved sums
-    (lane_sum), so every loop vectorises: a running band sum, each add waiting for the last, made the kernel
-    1.5-2x slower (801-bin rows, Zen 4); numpy's cumulative sums, band differences and maxima over a [32, 801]
-    batch cost 2/3 of its FFT."""
-    spans, width = spectra.shape[0], spectra.shape[1] // 2
+def tonal_spans(power, bins, share):
+    """Per row of ``power`` [spans, frequencies] (|X|^2: fft.power_spectra): whether some ``bins`` adjacent bins
+    hold at least ``share`` of the row's power.  Each band's sum is taken whole, one pass over the row per bin of
+    the band, and the total in interleaved sums (lane_sum), so every loop vectorises: a running band sum, each add
+    waiting for the last, made the kernel 1.5-2x slower (801-bin rows, Zen 4); numpy's cumulative sums, band
+    differences and maxima over a [32, 801] batch cost 2/3 of its FFT."""
+    spans, width = power.shape
     tonal = np.zeros(spans, np.bool_)
-    power = np.empty(width)
     bands = max(1, width - bins + 1)  # a row narrower than the band is one band of all its bins
     band = np.empty(bands)
     for s in range(spans):
-        pair_power(spectra[s], power)
-        total = lane_sum(power)
+        row = power[s]
+        total = lane_sum(row)
         for k in range(bands):
-            band[k] = power[k]
+            band[k] = row[k]
         for j in range(1, min(bins, width)):
             for k in range(bands):
-                band[k] += power[k + j]
+                band[k] += row[k + j]
         tonal[s] = lane_max(band) >= share * total + 1e-20
     return tonal

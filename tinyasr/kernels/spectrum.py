@@ -1,5 +1,5 @@
-"""The front end's arithmetic around its FFT (tinyasr.features.frontend.FeatureCore): windowed frames cut from
-the padded signal, and each spectrum's power summed into mel bands.
+"""The front end's arithmetic around its FFT (tinyasr.features.frontend.FeatureCore; the FFT: kernels/fft.py):
+windowed frames cut from the padded signal, and each power spectrum summed into mel bands.
 
 A stream computes 8 frames per 80 ms chunk.  Done with numpy (a sliding window view, the window's product, the
 power, a filterbank matmul, the log), a chunk's front end cost ~35 us of calls around an FFT of ~12 us on
@@ -36,30 +36,22 @@ def band_spans(filterbank: np.ndarray) -> np.ndarray:
     return spans
 
 
-@njit(inline="always")
-def pair_power(spectrum, power):
-    """power[k] = |X_k|^2 for a complex spectrum given as pairs of floats (a row of an rfft's ``.view(np.float64)``),
-    read as a row so that the loop vectorises."""
-    for k in range(power.shape[0]):
-        power[k] = spectrum[2 * k] * spectrum[2 * k] + spectrum[2 * k + 1] * spectrum[2 * k + 1]
-
-
 @njit(cache=True)
-def mel_bands(spectra, filterbank, spans, exponent, out, column):
-    """out[b, column + i] for each spectrum i and band b: the band's weighted sum of the bins' power |X|^2 (raised
-    to ``exponent`` unless it is 1).  ``spectra`` [count, 2 * bins]: complex spectra as pairs of floats
-    (``.view(np.float64)`` of numpy's rfft, pair_power).  The log is left to
-    numpy, whose log runs vectorised: one scalar log per band and frame cost as much as the sums."""
-    count, bins = spectra.shape[0], spectra.shape[1] // 2
-    power = np.empty(bins)
+def mel_bands(power, filterbank, spans, exponent, out, column):
+    """out[b, column + i] for each power spectrum i ([count, bins], |X|^2: fft.power_spectra) and band b: the band's
+    weighted sum of the bins' power (raised to ``exponent`` unless it is 1).  The log is left to numpy, whose log
+    runs vectorised: one scalar log per band and frame cost as much as the sums."""
+    count, bins = power.shape
+    raised = np.empty(bins)
     for i in range(count):
-        pair_power(spectra[i], power)
+        row = power[i]
         if exponent != 1.0:
             for k in range(bins):
-                power[k] = power[k] ** exponent
+                raised[k] = row[k] ** exponent
+            row = raised
         for band in range(filterbank.shape[0]):
             weights = filterbank[band]
             total = 0.0
             for k in range(spans[band, 0], spans[band, 1]):
-                total += weights[k] * power[k]
+                total += weights[k] * row[k]
             out[band, column + i] = total

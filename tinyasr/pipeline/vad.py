@@ -30,6 +30,7 @@ from tinyasr.decoding.specs import decoder_spec
 from tinyasr.engine.offline import Model, load_model
 from tinyasr.errors import InputError
 from tinyasr.kernels.energy import frame_levels, speech_probabilities, tonal_spans, windowed_spans
+from tinyasr.kernels.fft import power_spectra
 from tinyasr.pipeline.model_input import audio_tensor, sample_rate_of
 
 FRAME_SECONDS = 0.02  # both detectors decide per 20 ms
@@ -154,7 +155,7 @@ class EnergyVAD:
             batch = rows[first:first + self.TONE_BATCH]
             # span i: the TONE_FRAMES frames ending with new frame i, less its mean (a DC offset is no tone)
             spans = windowed_spans(joined, batch, self.frame, self._window)
-            tonal[batch] = tonal_spans(np.fft.rfft(spans, axis=1).view(np.float64), self.TONE_BINS, self.tone_share)
+            tonal[batch] = tonal_spans(power_spectra(spans), self.TONE_BINS, self.tone_share)
         return tonal
 
     def finish(self) -> np.ndarray:

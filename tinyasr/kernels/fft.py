@@ -1,0 +1,289 @@
+"""Power spectra of many real rows at once, the rows side by side in vector lanes: the front end's STFT frames and
+the speech gate's 100 ms spans.
+
+numpy's rfft costs ~6 us a call before any arithmetic and ~1 us a 512-point row after (numpy 2.4, Zen 4): a
+streamed 80 ms chunk's 8 frames took ~11-17 us with their power, a 10 s file's 1000 frames ~0.9 ms.  Here LANES rows are transformed together, each complex
+value a vector of LANES float64 lanes, so that every butterfly is a few vector operations for LANES rows: the
+rows are transposed into a [samples, LANES] buffer in 8 x 8 blocks (sample 2k the real part of z_k, 2k + 1 its
+imaginary part), a self-sorting (Stockham) mixed-radix FFT of length N / 2 runs on z, and the split that gives the
+real rows' N / 2 + 1 bins writes their power, transposed back the same way.  Radices 4, 2, 3 and 5 (512 =
+4^4 x 2, 1600 = 4^3 x 5^2, 400 = 4^2 x 5^2 ...); a length with another prime factor, or one that is not a
+multiple of 16, has no plan and the caller keeps numpy's.  Sums in float64: the two agree to ~1e-15 of a row's
+largest power (tests/test_frontend.py).  Measured: benchmarks/results/history_znver4.md (session 16).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple, Optional
+
+import llvmlite.ir as llvm_ir
+import numpy as np
+from numba import njit, types
+from numba.extending import intrinsic
+
+from tinyasr.kernels._compile import element_pointer, transpose_8x8
+
+LANES = 8  # rows per vector: one AVX-512 register of float64, two AVX2 ones, four NEON ones
+RADICES = (4, 2, 3, 5)  # tried in this order
+
+
+class Plan(NamedTuple):
+    """What the kernel needs for real rows of ``size`` samples: the radices of size / 2 in order, each stage's
+    twiddles w[p, j] = exp(-2 pi i p j / n) (n the stage's length, p < n / r, j < r) flat and their offsets, and
+    the split's exp(-2 pi i k / size), k <= size / 2."""
+
+    size: int
+    radices: np.ndarray
+    twiddle_re: np.ndarray
+    twiddle_im: np.ndarray
+    offsets: np.ndarray
+    split_re: np.ndarray
+    split_im: np.ndarray
+
+
+@functools.lru_cache(maxsize=16)
+def plan(size: int) -> Optional[Plan]:
+    """The plan for real rows of ``size`` samples, or None where there is none."""
+    if size < 16 or size % 16:
+        return None
+    n, radices = size // 2, []
+    for radix in RADICES:
+        while n % radix == 0 and n > 1:
+            radices.append(radix)
+            n //= radix
+    if n != 1:
+        return None
+    twiddles, offsets, length = [], [], size // 2
+    for radix in radices:
+        m = length // radix
+        offsets.append(sum(t.size for t in twiddles))
+        twiddles.append(np.exp(-2j * np.pi * np.outer(np.arange(m), np.arange(radix)) / length).reshape(-1))
+        length = m
+    flat = np.concatenate(twiddles)
+    split = np.exp(-2j * np.pi * np.arange(size // 2 + 1) / size)
+    return Plan(size, np.array(radices, np.int64), flat.real.copy(), flat.imag.copy(), np.array(offsets, np.int64),
+                split.real.copy(), split.imag.copy())
+
+
+def power_spectra(rows: np.ndarray) -> np.ndarray:
+    """|np.fft.rfft(rows, axis=1)|^2 for float64 rows [count, size]: [count, size / 2 + 1].  The lanes kernel where
+    the size has a plan and there is at least a whole vector of rows; numpy's rfft otherwise (for fewer rows
+    its empty lanes cost more than numpy's call: 4 spans of 1600 samples 29 us against 22, Zen 4)."""
+    fft_plan = plan(rows.shape[1]) if rows.shape[0] >= LANES else None
+    if fft_plan is not None:
+        return power_rows(rows, fft_plan)
+    spectra = np.fft.rfft(rows, axis=1).view(np.float64)  # complex as float pairs: pair_powers vectorises
+    return pair_powers(spectra, np.empty((rows.shape[0], spectra.shape[1] // 2)))
+
+
+@njit(cache=True)
+def pair_powers(spectra, out):
+    """out[i, k] = |X_k|^2 of complex spectra given as pairs of floats ([count, 2 * bins], an rfft's
+    ``.view(np.float64)``), each row read as a row so that the loop vectorises; returns out."""
+    for i in range(spectra.shape[0]):
+        spectrum, power = spectra[i], out[i]
+        for k in range(power.shape[0]):
+            power[k] = spectrum[2 * k] * spectrum[2 * k] + spectrum[2 * k + 1] * spectrum[2 * k + 1]
+    return out
+
+
+def power_rows(rows: np.ndarray, fft_plan: Plan) -> np.ndarray:
+    """|np.fft.rfft(rows, axis=1)|^2 for float64 rows [count, fft_plan.size]: [count, size / 2 + 1]."""
+    out = np.empty((rows.shape[0], fft_plan.size // 2 + 1))
+    _power_rows(np.ascontiguousarray(rows, np.float64), out, fft_plan.radices, fft_plan.twiddle_re,
+                fft_plan.twiddle_im, fft_plan.offsets, fft_plan.split_re, fft_plan.split_im)
+    return out
+
+
+@njit(cache=True)
+def _power_rows(rows, out, radices, twiddle_re, twiddle_im, offsets, split_re, split_im):
+    count, size = rows.shape
+    half, bins = size // 2, size // 2 + 1
+    a, b = np.empty((size, LANES)), np.empty((size, LANES))  # z_k at rows 2k (real) and 2k + 1 (imaginary)
+    power = np.empty((bins, LANES))
+    spectra = np.empty((LANES, bins))  # the power of a last group of fewer than LANES rows
+    whole = bins - bins % 8
+    for first in range(0, count, LANES):
+        lanes = min(LANES, count - first)
+        source, row0 = rows, first
+        if lanes < LANES:  # its rows, zeros for the missing ones
+            source, row0 = np.zeros((LANES, size)), 0
+            source[:lanes] = rows[first:]
+        for c in range(0, size, 8):
+            transpose_8x8(source, row0, c, a, c, 0)
+        z = b if _stockham(a, b, radices, twiddle_re, twiddle_im, offsets) else a
+        zp, target = element_pointer(z, 0), element_pointer(power, 0)
+        for k in range(bins):
+            split_power(zp, k % half, (half - k) % half, split_re[k], split_im[k], target, k)
+        target_rows, out0 = (out, first) if lanes == LANES else (spectra, 0)
+        for k in range(0, whole, 8):
+            transpose_8x8(power, k, 0, target_rows, out0, k)
+        for k in range(whole, bins):
+            for lane in range(LANES):
+                target_rows[out0 + lane, k] = power[k, lane]
+        if lanes < LANES:
+            out[first:] = spectra[:lanes]
+
+
+@njit(inline="always")
+def _stockham(x, y, radices, twiddle_re, twiddle_im, offsets):
+    """The complex FFT of each lane of x along n (x [2n, LANES], real and imaginary rows interleaved), x and y used
+    in turn; True when it ends in y.
+
+    Decimation in frequency, self-sorting: a stage of radix r on a length n with stride s reads x[q + s (p + k m)]
+    (m = n / r, k < r), writes the r-point DFT's outputs times w[p, j] to y[q + s (r p + j)], and leaves a
+    length m with stride s r."""
+    n, stride, in_y = x.shape[0] // 2, 1, False
+    xp, yp = element_pointer(x, 0), element_pointer(y, 0)
+    for stage in range(radices.shape[0]):
+        radix = radices[stage]
+        m = n // radix
+        source, target = (yp, xp) if in_y else (xp, yp)
+        if radix == 4:
+            _butterflies(source, target, m, stride, twiddle_re, twiddle_im, offsets[stage], 4)
+        elif radix == 2:
+            _butterflies(source, target, m, stride, twiddle_re, twiddle_im, offsets[stage], 2)
+        elif radix == 3:
+            _butterflies(source, target, m, stride, twiddle_re, twiddle_im, offsets[stage], 3)
+        else:
+            _butterflies(source, target, m, stride, twiddle_re, twiddle_im, offsets[stage], 5)
+        in_y = not in_y
+        n, stride = m, stride * radix
+    return in_y
+
+
+@njit(inline="always")
+def _butterflies(x, y, m, stride, twiddle_re, twiddle_im, offset, radix):
+    for p in range(m):
+        wr, wi = element_pointer(twiddle_re, offset + p * radix), element_pointer(twiddle_im, offset + p * radix)
+        for q in range(stride):
+            dft_butterfly(x, q + stride * p, stride * m, y, q + stride * radix * p, stride, wr, wi, radix)
+
+
+def _vector_type():
+    return llvm_ir.VectorType(llvm_ir.DoubleType(), LANES)
+
+
+def _complex_at(builder, pointer, row):
+    """(real, imaginary) vector pointers of complex row ``row`` of an interleaved [2n, LANES] buffer."""
+    vector = _vector_type()
+    base = builder.mul(row, llvm_ir.IntType(64)(2 * LANES))
+    return tuple(builder.bitcast(builder.gep(pointer, [builder.add(base, llvm_ir.IntType(64)(part * LANES))]),
+                                 vector.as_pointer()) for part in (0, 1))
+
+
+def _splat(builder, scalar):
+    vector = _vector_type()
+    first = builder.insert_element(llvm_ir.Constant(vector, None), scalar, llvm_ir.IntType(32)(0))
+    return builder.shuffle_vector(first, llvm_ir.Constant(vector, None),
+                                  llvm_ir.Constant(llvm_ir.VectorType(llvm_ir.IntType(32), LANES), [0] * LANES))
+
+
+def _constant(value: float):
+    return llvm_ir.Constant(_vector_type(), [llvm_ir.Constant(llvm_ir.DoubleType(), value)] * LANES)
+
+
+def _dft(builder, a):
+    """The DFT b_j = sum_k a_k exp(-2 pi i j k / r) of r = len(a) complex vectors, r in 2, 3, 4, 5: the sums and
+    differences of the symmetric pairs first, a real constant times each (radix 3 / 5), so a radix-5 butterfly
+    is 16 multiplies instead of the 64 of its plain sums."""
+    add, sub, mul = builder.fadd, builder.fsub, builder.fmul
+
+    def plus(u, v):
+        return add(u[0], v[0]), add(u[1], v[1])
+
+    def minus(u, v):
+        return sub(u[0], v[0]), sub(u[1], v[1])
+
+    def scaled(u, c):
+        return mul(u[0], _constant(c)), mul(u[1], _constant(c))
+
+    def turned(m, n):  # (m - i n, m + i n)
+        return (add(m[0], n[1]), sub(m[1], n[0])), (sub(m[0], n[1]), add(m[1], n[0]))
+
+    r = len(a)
+    if r == 2:
+        return [plus(a[0], a[1]), minus(a[0], a[1])]
+    if r == 4:
+        t0, t1, t2 = plus(a[0], a[2]), minus(a[0], a[2]), plus(a[1], a[3])
+        t3 = sub(a[1][1], a[3][1]), sub(a[3][0], a[1][0])  # (a1 - a3) (-i)
+        return [plus(t0, t2), plus(t1, t3), minus(t0, t2), minus(t1, t3)]
+    if r == 3:
+        t1, t2 = plus(a[1], a[2]), minus(a[1], a[2])
+        b1, b2 = turned(plus(a[0], scaled(t1, -0.5)), scaled(t2, np.sin(2 * np.pi / 3)))
+        return [plus(a[0], t1), b1, b2]
+    c1, c2, s1, s2 = np.cos(2 * np.pi / 5), np.cos(4 * np.pi / 5), np.sin(2 * np.pi / 5), np.sin(4 * np.pi / 5)
+    t1, t2, t3, t4 = plus(a[1], a[4]), plus(a[2], a[3]), minus(a[1], a[4]), minus(a[2], a[3])
+    m1 = plus(a[0], plus(scaled(t1, c1), scaled(t2, c2)))
+    m2 = plus(a[0], plus(scaled(t1, c2), scaled(t2, c1)))
+    n1 = plus(scaled(t3, s1), scaled(t4, s2))
+    n2 = minus(scaled(t3, s2), scaled(t4, s1))
+    (b1, b4), (b2, b3) = turned(m1, n1), turned(m2, n2)
+    return [plus(a[0], plus(t1, t2)), b1, b2, b3, b4]
+
+
+@intrinsic
+def dft_butterfly(typingctx, x, source, step, y, target, stride, w_re, w_im, radix):
+    """One r-point DFT on LANES rows at once: a_k = x[source + k step] (k < r; complex rows of an interleaved
+    [2n, LANES] buffer), y[target + j stride] = (sum_k a_k exp(-2 pi i j k / r)) w_j for j < r.  Float64
+    pointers (element_pointer; ``w`` this butterfly's twiddles); ``radix`` a literal.  LLVM IR on <LANES x double>
+    values: the same sums written as loops over the lanes stayed scalar (vmulsd, read with inspect_asm), LLVM
+    unrolling each 8-lane loop before its vectoriser saw it."""
+    if not isinstance(radix, types.IntegerLiteral) or radix.literal_value not in (2, 3, 4, 5):
+        return None
+    if not all(isinstance(a, types.CPointer) and a.dtype == types.float64 for a in (x, y, w_re, w_im)):
+        return None
+    r = radix.literal_value
+
+    def codegen(context, builder, signature, args):
+        xp, source, step, yp, target, stride, wr, wi, _ = args
+
+        def row(base, scale, k):
+            return builder.add(base, builder.mul(scale, llvm_ir.IntType(64)(k)))
+
+        a = []
+        for k in range(r):
+            re_pointer, im_pointer = _complex_at(builder, xp, row(source, step, k))
+            a.append((builder.load(re_pointer, align=8), builder.load(im_pointer, align=8)))
+        for j, (re, im) in enumerate(_dft(builder, a)):
+            if j:  # w_0 = exp(0) = 1
+                c = _splat(builder, builder.load(builder.gep(wr, [llvm_ir.IntType(64)(j)])))
+                s = _splat(builder, builder.load(builder.gep(wi, [llvm_ir.IntType(64)(j)])))
+                re, im = (builder.fsub(builder.fmul(re, c), builder.fmul(im, s)),
+                          builder.fadd(builder.fmul(re, s), builder.fmul(im, c)))
+            re_pointer, im_pointer = _complex_at(builder, yp, row(target, stride, j))
+            builder.store(re, re_pointer, align=8)
+            builder.store(im, im_pointer, align=8)
+        return context.get_dummy_value()
+
+    return types.void(x, types.int64, types.int64, y, types.int64, types.int64, w_re, w_im, radix), codegen
+
+
+@intrinsic
+def split_power(typingctx, z, j, r, c, s, power, k):
+    """power[k] = |X_k|^2 for LANES real rows at once, X_k = E + (c + i s) O with E = (Z_j + conj Z_r) / 2 and
+    O = -i (Z_j - conj Z_r) / 2 (j = k mod N/2, r = -k mod N/2, c + i s = exp(-2 pi i k / N)): the bins of the
+    real rows from the half-length transform Z of their even / odd samples.  Float64 pointers to z (interleaved
+    [N, LANES]) and power ([N/2 + 1, LANES])."""
+    if not all(isinstance(a, types.CPointer) and a.dtype == types.float64 for a in (z, power)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        zp, j, r, c, s, target, k = args
+        add, sub, mul = builder.fadd, builder.fsub, builder.fmul
+        half = _constant(0.5)
+        (a_re, a_im), (b_re, b_im) = ((builder.load(p, align=8) for p in _complex_at(builder, zp, index))
+                                      for index in (j, r))
+        b_im = builder.fneg(b_im)
+        e_re, e_im = mul(half, add(a_re, b_re)), mul(half, add(a_im, b_im))
+        o_re, o_im = mul(half, sub(a_im, b_im)), mul(half, sub(b_re, a_re))
+        cv, sv = _splat(builder, c), _splat(builder, s)
+        x_re = add(e_re, sub(mul(cv, o_re), mul(sv, o_im)))
+        x_im = add(e_im, add(mul(cv, o_im), mul(sv, o_re)))
+        vector = _vector_type()
+        pointer = builder.bitcast(builder.gep(target, [builder.mul(k, llvm_ir.IntType(64)(LANES))]), vector.as_pointer())
+        builder.store(add(mul(x_re, x_re), mul(x_im, x_im)), pointer, align=8)
+        return context.get_dummy_value()
+
+    return types.void(z, types.int64, types.int64, types.float64, types.float64, power, types.int64), codegen
