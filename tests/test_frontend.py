@@ -182,6 +182,21 @@ def test_feature_core_matches_numpy_chain(settings, samples, count):
     np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("coefficient, reflect", [(0.97, False), (0.97, True), (0.0, False), (0.0, True)])
+def test_one_pass_preemphasis_and_padding_match_numpy(coefficient, reflect, dtype):
+    """kernels/spectrum.emphasized_padded against the numpy steps it replaces: the float64 copy, pre-emphasis as
+    x - c * [0, x[:-1]] and np.pad's constant zeros or reflection, bit for bit."""
+    from tinyasr.kernels.spectrum import emphasized_padded
+
+    samples = np.random.default_rng(7).normal(0, 0.3, 3001).astype(dtype)
+    x = samples.astype(np.float64)
+    if coefficient:
+        x = x - coefficient * np.concatenate([[0.0], x[:-1]])
+    want = np.pad(x, 256, mode="reflect" if reflect else "constant")
+    np.testing.assert_array_equal(emphasized_padded(samples, coefficient, 256, reflect), want)
+
+
 @pytest.mark.parametrize("size", [16, 48, 80, 240, 400, 512, 1600, 2048, 30, 56, 514])
 def test_power_spectra_match_numpy(size):
     """kernels/fft.py's power spectra against numpy's |rfft|^2: rows a vector of lanes at a time (the last group

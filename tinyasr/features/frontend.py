@@ -24,7 +24,7 @@ from tinyasr.audio.resample import MAX_SAMPLE_RATE
 from tinyasr.errors import AudioError, TinyASRError
 from tinyasr.format.values import is_real
 from tinyasr.kernels.fft import power_spectra
-from tinyasr.kernels.spectrum import band_spans, mel_bands, windowed_frames
+from tinyasr.kernels.spectrum import band_spans, emphasized_padded, mel_bands, windowed_frames
 
 WINDOWS = ("hann", "hamming", "blackman", "bartlett", "none")
 NORMALIZE = ("per_feature", "all_features", None)
@@ -365,6 +365,12 @@ def preemphasize(x: np.ndarray, coefficient: float, previous: float = 0.0) -> np
 
 def _prepare_signal(samples: np.ndarray, config: FrontendConfig) -> np.ndarray:
     """Mean removal, pre-emphasis and STFT padding of the whole signal, in float64, in NeMo's order."""
+    half = config.n_fft // 2
+    if config.center and config.pad_mode == "reflect" and samples.size <= half:  # (exact_pad is not centred)
+        raise AudioError(f"audio of {samples.size} samples is too short for reflect padding of {half} samples "
+                         f"(n_fft={config.n_fft}); need at least {half + 1}")
+    if config.center and not (config.remove_mean or config.exact_pad):  # NeMo's mel front ends: one pass
+        return emphasized_padded(samples, config.preemph or 0.0, half, config.pad_mode == "reflect")
     x = samples.astype(np.float64)
     if config.remove_mean:
         x = x - x.mean()
@@ -374,13 +380,7 @@ def _prepare_signal(samples: np.ndarray, config: FrontendConfig) -> np.ndarray:
         x = preemphasize(x, config.preemph)
         if config.exact_pad:
             x[samples.size:] = 0.0
-    if config.center:
-        half = config.n_fft // 2
-        if config.pad_mode == "reflect" and x.size <= half:
-            raise AudioError(f"audio of {x.size} samples is too short for reflect padding of {half} samples "
-                             f"(n_fft={config.n_fft}); need at least {half + 1}")
-        return np.pad(x, half, mode=config.pad_mode)
-    return x
+    return np.pad(x, half, mode=config.pad_mode) if config.center else x
 
 
 class FeatureCore:

@@ -21,13 +21,15 @@ from tinyasr.kernels.vector_math import lane_max, lane_sum
 
 @njit(cache=True, fastmath={"reassoc"})
 def frame_levels(audio, frame):
-    """Each whole ``frame``-sample frame's level in dB: 10 log10(mean square + 1e-10)."""
+    """Each whole ``frame``-sample frame's level in dB: 10 log10(mean square + 1e-10), squares in float64 whatever
+    ``audio``'s float type."""
     levels = np.empty(audio.shape[0] // frame)
     for i in range(levels.shape[0]):
         total = 0.0
         piece = audio[i * frame:(i + 1) * frame]
         for k in range(frame):  # indexed, as in windowed_spans: iterating the slice's values is slower
-            total += piece[k] * piece[k]
+            value = np.float64(piece[k])
+            total += value * value
         levels[i] = 10.0 * math.log10(total / frame + 1e-10)
     return levels
 

@@ -110,18 +110,20 @@ class EnergyVAD:
         prior = min(self.prior_frames, self.floor_frames - 1)
         self._history = np.concatenate([np.full(self.floor_frames - 1 - prior, np.nan), np.full(prior, self.prior_db)])
         self._sorted, self._sorted_count = np.full(self.floor_frames, self.prior_db), prior
-        self._tail = np.zeros((self.TONE_FRAMES - 1) * self.frame)  # the samples before the next frame
+        self._tail = np.zeros((self.TONE_FRAMES - 1) * self.frame, np.float32)  # the samples before the next frame
         self._held = np.zeros(0)  # probabilities of the last TONE_FRAMES - 1 frames, not yet judged for tone
         self._held_tonal = np.zeros(0, bool)  # whether the spans ending at those frames are tonal
 
     def accept(self, samples: np.ndarray) -> np.ndarray:
         """Probabilities of the frames completed by ``samples`` (float at sample_rate)."""
-        x = np.concatenate([self._rest, np.asarray(samples, np.float32)])
+        x = np.asarray(samples, np.float32).reshape(-1)
+        if self._rest.size:
+            x = np.concatenate([self._rest, x])
         count = x.size // self.frame
-        self._rest = x[count * self.frame:]
+        self._rest = x[count * self.frame:].copy()  # not a view that keeps a long input alive
         if count == 0:
             return np.zeros(0)
-        audio = x[:count * self.frame].astype(np.float64)
+        audio = x[:count * self.frame]  # float32: the kernels read it in float64
         level = frame_levels(audio, self.frame)
         padded = np.concatenate([self._history, level])  # frame i's floor: over the window of levels ending at it
         self._history = padded[-(self.floor_frames - 1):] if self.floor_frames > 1 else np.zeros(0)
@@ -146,7 +148,7 @@ class EnergyVAD:
         spans ending in a ``loud`` frame (>= min_db) are looked at: the frames of any span that could matter
         are covered by one of those, and skipping the rest saves most of the cost on speech with pauses."""
         joined = np.concatenate([self._tail, audio])
-        self._tail = joined[audio.size:]
+        self._tail = joined[audio.size:].copy()
         rows = np.flatnonzero(loud)
         tonal = np.zeros(loud.size, bool)
         if rows.size == 0:
