@@ -713,7 +713,7 @@ def _squeeze_excite_match(masked: str, gate: str, producers, consumers, tensors,
         if (not isinstance(value, np.ndarray) or value.size != 1 or float(value.reshape(-1)[0]) != 0.0
                 or valid is None or valid.inputs[0] != padded or not over_time(frames)):
             return None
-        kind = "padded"
+        mask, kind = padded, "padded"
     else:  # Mul(X, mask) with mask a cast of a boolean, count = ReduceSum(mask)
         x, mask = masker.inputs
         if not _zero_one(mask, producers, model):
@@ -722,10 +722,29 @@ def _squeeze_excite_match(masked: str, gate: str, producers, consumers, tensors,
         if (not _zero_one(mask, producers, model) or frames is None or frames.op != "ReduceSum"
                 or frames.inputs[0] != mask or not over_time(frames)):
             return None
-        padded, kind = mask, "valid"
+        kind = "valid"
+    if not _one_row_per_utterance(mask, producers, model):
+        return None
     names = (f"{sigmoid.name}::squeeze", f"{sigmoid.name}::excite")
     w1, w2 = (names[0], names[1]) if new else (first.inputs[1], second.inputs[1])
-    return (x, padded, w1, w2), {"mask": kind, "hidden_activation": hidden}, new
+    return (x, mask, w1, w2), {"mask": kind, "hidden_activation": hidden}, new
+
+
+def _one_row_per_utterance(mask: str, producers, model: Imported) -> bool:
+    """True when a frame mask is [B, 1, T], the shape SqueezeExcite takes: so the inferred shape says, or (a
+    graph without inferred shapes, as the .nemo builder's) it is an Unsqueeze at axis 1, through Cast / Not."""
+    shape = model.shapes.get(mask)
+    if shape:
+        return len(shape) == 3 and shape[1] == 1
+    node = producers.get(mask)
+    while node is not None and node.op in ("Cast", "Not"):
+        node = producers.get(node.inputs[0])
+    if node is None or node.op != "Unsqueeze":
+        return False
+    axes = node.attrs.get("axes")
+    if axes is None and len(node.inputs) > 1:
+        axes = model.tensors.get(node.inputs[1])
+    return axes is not None and [int(a) for a in np.asarray(axes).reshape(-1)] == [1]
 
 
 def _zero_one(name: str, producers, model: Imported) -> bool:
