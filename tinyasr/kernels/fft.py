@@ -107,9 +107,11 @@ def _power_rows(rows, out, radices, twiddle_re, twiddle_im, offsets, split_re, s
     for first in range(0, count, LANES):
         lanes = min(LANES, count - first)
         source, row0 = rows, first
-        if lanes < LANES:  # its rows, zeros for the missing ones
+        if lanes < LANES:  # its rows, zeros for the missing ones (loops: Numba took 3 s to compile 2-D slice copies)
             source, row0 = np.zeros((LANES, size)), 0
-            source[:lanes] = rows[first:]
+            for lane in range(lanes):
+                for k in range(size):
+                    source[lane, k] = rows[first + lane, k]
         for c in range(0, size, 8):
             transpose_8x8(source, row0, c, a, c, 0)
         z = b if _stockham(a, b, radices, twiddle_re, twiddle_im, offsets) else a
@@ -123,7 +125,9 @@ def _power_rows(rows, out, radices, twiddle_re, twiddle_im, offsets, split_re, s
             for lane in range(LANES):
                 target_rows[out0 + lane, k] = power[k, lane]
         if lanes < LANES:
-            out[first:] = spectra[:lanes]
+            for lane in range(lanes):
+                for k in range(bins):
+                    out[first + lane, k] = spectra[lane, k]
 
 
 @njit(inline="always")
