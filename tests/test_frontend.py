@@ -199,10 +199,10 @@ def test_one_pass_preemphasis_and_padding_match_numpy(coefficient, reflect, dtyp
 
 @pytest.mark.parametrize("size", [16, 48, 80, 240, 400, 512, 1600, 2048, 30, 56, 514])
 def test_power_spectra_match_numpy(size):
-    """kernels/fft.py's power spectra against numpy's |rfft|^2: rows a vector of lanes at a time (the last group
-    short), for every radix (4, 2, 3, 5), noise, a tone, an impulse, zeros; sizes without a plan (30, 56, 514)
-    and fewer rows than a vector go through numpy's rfft, and give the same."""
-    from tinyasr.kernels.fft import LANES, plan, power_rows, power_spectra
+    """kernels/fft.py's power spectra, by row and bin-major, against numpy's |rfft|^2: rows a vector of lanes at a
+    time (the last group short), for every radix (4, 2, 3, 5), noise, a tone, an impulse, zeros; sizes without a
+    plan (30, 56, 514) and fewer rows than a vector go through numpy's rfft, and give the same."""
+    from tinyasr.kernels.fft import LANES, plan, power_lanes, power_spectra
 
     rng = np.random.default_rng(size)
     special = [np.sin(2 * np.pi * 3 * np.arange(size) / size), np.eye(1, size, 1)[0], np.zeros(size)]
@@ -213,9 +213,11 @@ def test_power_spectra_match_numpy(size):
         rows[:first] = np.reshape(special[:first], (first, size))
         want = np.abs(np.fft.rfft(rows, axis=1)) ** 2
         scale = max(1.0, float(np.abs(want).max(initial=0.0)))
-        for got in [power_spectra(rows)] + ([power_rows(rows, plan(size))] if plan(size) else []):
-            assert got.shape == want.shape
-            np.testing.assert_allclose(got, want, rtol=0, atol=1e-13 * scale)
+        for bin_major in (False, True):
+            got = [power_spectra(rows, bin_major)] + ([power_lanes(rows, plan(size), bin_major)] if plan(size) else [])
+            for power in got:
+                assert power.shape == (want.T if bin_major else want).shape
+                np.testing.assert_allclose(power, want.T if bin_major else want, rtol=0, atol=1e-13 * scale)
 
 
 def test_exact_pad_frame_count():

@@ -414,7 +414,8 @@ class FeatureCore:
         for start in range(0, count, block):
             frames = windowed_frames(signal, start * cfg.hop_length, min(block, count - start), cfg.hop_length,
                                      self.window)
-            mel_bands(power_spectra(frames), self.filterbank, self.band_spans, cfg.mag_power / 2, mel, start)
+            mel_bands(power_spectra(frames, bin_major=True), self.filterbank, self.band_spans, cfg.mag_power / 2, mel,
+                      start)
         if cfg.log:
             guard = cfg.log_zero_guard_value
             if cfg.log_zero_guard_type == "add":

@@ -6,7 +6,8 @@ numpy's rfft costs ~6 us a call before any arithmetic and ~1 us a 512-point row 
 transformed together, each complex value a vector of LANES float64 lanes, so that every butterfly is a few vector
 operations for LANES rows: the rows are transposed into a [samples, LANES] buffer in 8 x 8 blocks (sample 2k the
 real part of z_k, 2k + 1 its imaginary part), a self-sorting (Stockham) mixed-radix FFT of length N / 2 runs on z,
-and the split that gives the real rows' N / 2 + 1 bins writes their power, transposed back the same way. Radices 4,
+and the split that gives the real rows' N / 2 + 1 bins writes their power, bin-major as it is computed or
+transposed back to rows. Radices 4,
 2, 3 and 5 (512 = 4^4 x 2, 1600 = 4^3 x 5^2, 400 = 4^2 x 5^2 ...); a length with another prime factor, or one that
 is not a multiple of 16, has no plan and the caller keeps numpy's. Sums in float64: the two agree to ~1e-15 of a
 row's largest power (tests/test_frontend.py). Measured: benchmarks/results/history_znver4.md (session 16).
@@ -66,15 +67,18 @@ def plan(size: int) -> Optional[Plan]:
                 split.real.copy(), split.imag.copy())
 
 
-def power_spectra(rows: np.ndarray) -> np.ndarray:
-    """|np.fft.rfft(rows, axis=1)|^2 for float64 rows [count, size]: [count, size / 2 + 1].  The lanes kernel where
-    the size has a plan and there is at least a whole vector of rows; numpy's rfft otherwise (for fewer rows
-    its empty lanes cost more than numpy's call: 4 spans of 1600 samples 29 us against 22, Zen 4)."""
+def power_spectra(rows: np.ndarray, bin_major: bool = False) -> np.ndarray:
+    """|np.fft.rfft(rows, axis=1)|^2 for float64 rows [count, size]: [count, size / 2 + 1], or with ``bin_major``
+    [size / 2 + 1, count], a column per row (the mel filterbank sums over bins with the frames in vector lanes).
+    The lanes kernel where the size has a plan and there is at least a whole vector of rows; numpy's rfft
+    otherwise (for fewer rows its empty lanes cost more than numpy's call: 4 spans of 1600 samples 29 us against
+    22, Zen 4)."""
     fft_plan = plan(rows.shape[1]) if rows.shape[0] >= LANES else None
     if fft_plan is not None:
-        return power_rows(rows, fft_plan)
-    spectra = np.fft.rfft(rows, axis=1).view(np.float64)  # complex as float pairs: pair_powers vectorises
-    return pair_powers(spectra, np.empty((rows.shape[0], spectra.shape[1] // 2)))
+        return power_lanes(rows, fft_plan, bin_major)
+    spectra = np.fft.rfft(rows, axis=1).view(np.float64)  # complex as float pairs
+    power = pair_powers(spectra, np.empty((rows.shape[0], spectra.shape[1] // 2)))
+    return np.ascontiguousarray(power.T) if bin_major else power
 
 
 @njit(cache=True)
@@ -88,21 +92,21 @@ def pair_powers(spectra, out):
     return out
 
 
-def power_rows(rows: np.ndarray, fft_plan: Plan) -> np.ndarray:
-    """|np.fft.rfft(rows, axis=1)|^2 for float64 rows [count, fft_plan.size]: [count, size / 2 + 1]."""
-    out = np.empty((rows.shape[0], fft_plan.size // 2 + 1))
-    _power_rows(np.ascontiguousarray(rows, np.float64), out, fft_plan.radices, fft_plan.twiddle_re,
-                fft_plan.twiddle_im, fft_plan.offsets, fft_plan.split_re, fft_plan.split_im)
+def power_lanes(rows: np.ndarray, fft_plan: Plan, bin_major: bool = False) -> np.ndarray:
+    """power_spectra by the lanes kernel, for float64 rows [count, fft_plan.size]."""
+    bins = fft_plan.size // 2 + 1
+    out = np.empty((bins, rows.shape[0]) if bin_major else (rows.shape[0], bins))
+    _power_lanes(np.ascontiguousarray(rows, np.float64), out, bin_major, fft_plan.radices, fft_plan.twiddle_re,
+                 fft_plan.twiddle_im, fft_plan.offsets, fft_plan.split_re, fft_plan.split_im)
     return out
 
 
 @njit(cache=True)
-def _power_rows(rows, out, radices, twiddle_re, twiddle_im, offsets, split_re, split_im):
+def _power_lanes(rows, out, bin_major, radices, twiddle_re, twiddle_im, offsets, split_re, split_im):
     count, size = rows.shape
     half, bins = size // 2, size // 2 + 1
     a, b = np.empty((size, LANES)), np.empty((size, LANES))  # z_k at rows 2k (real) and 2k + 1 (imaginary)
     power = np.empty((bins, LANES))
-    spectra = np.empty((LANES, bins))  # the power of a last group of fewer than LANES rows
     whole = bins - bins % 8
     for first in range(0, count, LANES):
         lanes = min(LANES, count - first)
@@ -118,16 +122,20 @@ def _power_rows(rows, out, radices, twiddle_re, twiddle_im, offsets, split_re, s
         zp, target = element_pointer(z, 0), element_pointer(power, 0)
         for k in range(bins):
             split_power(zp, k % half, (half - k) % half, split_re[k], split_im[k], target, k)
-        target_rows, out0 = (out, first) if lanes == LANES else (spectra, 0)
-        for k in range(0, whole, 8):
-            transpose_8x8(power, k, 0, target_rows, out0, k)
-        for k in range(whole, bins):
-            for lane in range(LANES):
-                target_rows[out0 + lane, k] = power[k, lane]
-        if lanes < LANES:
+        if bin_major:
+            for k in range(bins):
+                for lane in range(lanes):
+                    out[k, first + lane] = power[k, lane]
+        elif lanes == LANES:  # back to rows in 8 x 8 blocks, the last bins one by one
+            for k in range(0, whole, 8):
+                transpose_8x8(power, k, 0, out, first, k)
+            for k in range(whole, bins):
+                for lane in range(LANES):
+                    out[first + lane, k] = power[k, lane]
+        else:
             for lane in range(lanes):
                 for k in range(bins):
-                    out[first + lane, k] = spectra[lane, k]
+                    out[first + lane, k] = power[k, lane]
 
 
 @njit(inline="always")
