@@ -653,7 +653,8 @@ def _squeeze_excite_match(masked: str, gate: str, producers, consumers, tensors,
             return None
         weight = stored(node.inputs[1], 3)
         attrs = node.attrs
-        if (weight is None or weight.shape[2] != 1 or attrs.get("group", 1) != 1 or attrs.get("activation", "") != activation
+        if (weight is None or weight.shape[2] != 1 or attrs.get("group", 1) != 1
+                or attrs.get("activation", "") != activation
                 or any(v != 1 for v in list(attrs.get("strides", [1])) + list(attrs.get("dilations", [1])))
                 or any(attrs.get("pads", [0, 0]))):
             return None

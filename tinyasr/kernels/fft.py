@@ -2,15 +2,15 @@
 the speech gate's 100 ms spans.
 
 numpy's rfft costs ~6 us a call before any arithmetic and ~1 us a 512-point row after (numpy 2.4, Zen 4): a streamed
-80 ms chunk's 8 frames took ~11-17 us with their power, a 10 s file's 1000 frames ~0.9 ms. Here LANES rows are
+80 ms chunk's 8 frames took ~11-17 us with their power, a 10 s file's 1000 frames ~0.9 ms.  Here LANES rows are
 transformed together, each complex value a vector of LANES float64 lanes, so that every butterfly is a few vector
 operations for LANES rows: the rows are transposed into a [samples, LANES] buffer in 8 x 8 blocks (sample 2k the
 real part of z_k, 2k + 1 its imaginary part), a self-sorting (Stockham) mixed-radix FFT of length N / 2 runs on z,
-and the split that gives the real rows' N / 2 + 1 bins writes their power, bin-major as it is computed or
-transposed back to rows. Radices 4,
-2, 3 and 5 (512 = 4^4 x 2, 1600 = 4^3 x 5^2, 400 = 4^2 x 5^2 ...); a length with another prime factor, or one that
-is not a multiple of 16, has no plan and the caller keeps numpy's. Sums in float64: the two agree to ~1e-15 of a
-row's largest power (tests/test_frontend.py). Measured: benchmarks/results/history_znver4.md (session 16).
+and the split that gives the real rows' N / 2 + 1 bins writes their power, bin-major as it is computed or transposed
+back to rows.  Radices 4, 2, 3 and 5 (512 = 4^4 x 2, 1600 = 4^3 x 5^2, 400 = 4^2 x 5^2 ...); a length with another
+prime factor, or one that is not a multiple of 16, has no plan and the caller keeps numpy's.  Sums in float64: the
+two agree to ~1e-15 of a row's largest power (tests/test_frontend.py).  Measured:
+benchmarks/results/history_znver4.md (session 16).
 """
 
 from __future__ import annotations
