@@ -8,6 +8,7 @@ the runtime executes, so a folded value is exactly what the runtime would comput
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Dict, List, Optional
@@ -27,6 +28,7 @@ def optimize(model: Imported) -> Imported:
     """All passes in order; the result contains only ops the runtime supports."""
     model = resolve_identities(model)
     model = fold_constants(model)
+    model = merge_duplicates(model)
     model = regenerate_position_tables(model)
     model = fuse_rel_position_attention(model)
     model = fold_batchnorm(model)
@@ -105,6 +107,39 @@ def fold_constants(model: Imported) -> Imported:
         kept.append(node)
     folded = Imported(model.graph, tensors, model.shapes, model.dtypes, model.metadata)
     return _with_nodes(folded, kept)
+
+
+SMALL_CONSTANT = 64  # elements: stored tensors up to this size with equal dtype, shape and values are one input
+
+
+def merge_duplicates(model: Imported) -> Imported:
+    """Nodes that run the same op with the same attributes on the same inputs are run once, their readers reading
+    the first one's outputs.  NeMo's Citrinet export rebuilds each block's frame mask from the lengths
+    (Unsqueeze, Cast, Less, Unsqueeze, Not): 23 copies of 4 distinct masks, ~1.1 ms of a 10 s run.  Small stored
+    tensors equal in dtype, shape and values count as one input (each block has its own Constant axes [1]); a
+    node that makes a graph output stays as it is."""
+    graph_outputs = {v.name for v in model.graph.outputs}
+    same_as: Dict[str, str] = {}  # a small stored tensor -> the first one with its values
+    first_of: Dict[tuple, str] = {}
+    for name, value in model.tensors.items():
+        if isinstance(value, np.ndarray) and value.dtype != object and value.size <= SMALL_CONSTANT:
+            same_as[name] = first_of.setdefault((value.dtype.str, value.shape, value.tobytes()), name)
+    computed: Dict[tuple, Node] = {}
+    rename: Dict[str, str] = {}
+    kept: List[Node] = []
+    for node in model.graph.nodes:
+        node = _renamed(node, rename, outputs=False)
+        key = (node.op, tuple(same_as.get(x, x) for x in node.inputs), len(node.outputs),
+               json.dumps(node.attrs, sort_keys=True, default=str))
+        first = computed.get(key)
+        if first is None or graph_outputs.intersection(node.outputs):
+            computed.setdefault(key, node)
+            kept.append(node)
+            continue
+        rename.update(zip(node.outputs, first.outputs))
+    if not rename:
+        return model
+    return remove_dead(_with_nodes(model, kept))
 
 
 def _is_noop_cast(node: Node, model: Imported) -> bool:
@@ -633,9 +668,9 @@ def fuse_squeeze_excite(model: Imported) -> Imported:
 def _squeeze_excite_match(masked: str, gate: str, producers, consumers, tensors, model: Imported):
     """((X, mask, W1, W2), attrs, new tensors) when Mul(masked, gate) ends one of fuse_squeeze_excite's forms."""
 
-    def made_by(name, op, readers=1):
+    def made_by(name, op, readers=1):  # readers None: any number
         node = producers.get(name)
-        return node if node is not None and node.op == op and consumers[name] == readers else None
+        return node if node is not None and node.op == op and readers in (None, consumers[name]) else None
 
     def stored(name, ndim):
         value = tensors.get(name)
@@ -707,10 +742,10 @@ def _squeeze_excite_match(masked: str, gate: str, producers, consumers, tensors,
     if masker.op == "Where":  # Where(padded, 0, X), count = Cast(ReduceSum(Cast(Not(padded))))
         padded, zero, x = masker.inputs
         value = tensors.get(zero)
-        as_float = made_by(count, "Cast")
-        frames = as_float and made_by(as_float.inputs[0], "ReduceSum")
-        to_int = frames and made_by(frames.inputs[0], "Cast")
-        valid = to_int and made_by(to_int.inputs[0], "Not")
+        as_float = made_by(count, "Cast", readers=None)  # the count, like the mask, may serve several blocks
+        frames = as_float and made_by(as_float.inputs[0], "ReduceSum", readers=None)
+        to_int = frames and made_by(frames.inputs[0], "Cast", readers=None)
+        valid = to_int and made_by(to_int.inputs[0], "Not", readers=None)
         if (not isinstance(value, np.ndarray) or value.size != 1 or float(value.reshape(-1)[0]) != 0.0
                 or valid is None or valid.inputs[0] != padded or not over_time(frames)):
             return None

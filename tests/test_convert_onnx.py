@@ -285,6 +285,26 @@ def test_length_mask_ops_run_at_run_time(tmp_path):
     assert {"Less", "Not", "Where", "ReduceSum", "Range"} <= set(ops)
 
 
+def test_repeated_computations_run_once(tmp_path):
+    """converters/passes.merge_duplicates: two blocks that each build the same frame mask from `length` (their own
+    constants of equal values) share one; a node making a graph output stays; the outputs still match onnxruntime."""
+    nodes, outputs = [], []
+    for block in (0, 1):
+        nodes += [helper.make_node("Unsqueeze", ["length", f"axis1_{block}"], [f"len2_{block}"]),
+                  helper.make_node("Cast", [f"len2_{block}"], [f"lenf_{block}"], to=F32),
+                  helper.make_node("Unsqueeze", [f"lenf_{block}", f"axis2_{block}"], [f"lenf3_{block}"]),
+                  helper.make_node("Sigmoid", ["x"], [f"gate_{block}"]),
+                  helper.make_node("Mul", [f"gate_{block}", f"lenf3_{block}"], [f"y{block}"])]
+        outputs.append(output(f"y{block}"))
+    nodes.append(helper.make_node("Sigmoid", ["x"], ["z"]))  # a graph output: stays, though block 0 has it
+    outputs.append(output("z"))
+    inits = [const(f"axis{a}_{block}", [a]) for block in (0, 1) for a in (1, 2)]
+    inputs = [features_input(), helper.make_tensor_value_info("length", TensorProto.INT64, ["B"])]
+    lengths = lambda b, t: {"length": np.arange(b, dtype=np.int64) + t}  # noqa: E731
+    ops, _ = check(model(nodes, inputs, outputs, inits), tmp_path, extra_feeds=lengths)
+    assert ops == {"Unsqueeze": 2, "Cast": 1, "Sigmoid": 2, "Mul": 2}, ops
+
+
 def test_many_ops_and_old_opset_match_onnxruntime(tmp_path):
     """Opset 11 (axes as attributes) is brought to 17; a mix of the supported elementwise/reduce/shape ops."""
     nodes = [
