@@ -637,22 +637,18 @@ def fuse_squeeze_excite(model: Imported) -> Imported:
     Citrinet-256 at 10 s ran ~15 nodes a block, 23 blocks, ~3.5 ms of its 72 as nodes of their own (Zen 4).  The
     mask and count nodes other blocks share stay; what only the pattern read is dropped (remove_dead)."""
     consumers, producers = _readers_and_producers(model)
+    readers = _readers_of(model)
     tensors = dict(model.tensors)
-    reader: Dict[str, Node] = {}
-    for node in model.graph.nodes:
-        for name in node.inputs:
-            reader.setdefault(name, node)
     fused: Dict[str, Node] = {}
     for node, orders in _two_input_nodes(model, "Mul"):
         for masked, gate in orders:
-            match = _squeeze_excite_match(masked, gate, producers, consumers, tensors, model)
+            match = _squeeze_excite_match(masked, gate, producers, consumers, readers, tensors, model)
             if match is None:
                 continue
             inputs, attrs, new_tensors = match
             last = node
-            after = reader.get(node.outputs[0])
-            if (consumers[node.outputs[0]] == 1 and after is not None and after.op == "Relu"
-                    and len(after.inputs) == 1):
+            after = _only_reader(node.outputs[0], ("Relu",), readers, consumers)
+            if after is not None:
                 last, attrs = after, dict(attrs, activation="Relu")
             tensors.update(new_tensors)
             fused[last.name] = Node(f"{node.name}::squeeze_excite", "SqueezeExcite", inputs, tuple(last.outputs),
@@ -665,7 +661,7 @@ def fuse_squeeze_excite(model: Imported) -> Imported:
                                    set()))
 
 
-def _squeeze_excite_match(masked: str, gate: str, producers, consumers, tensors, model: Imported):
+def _squeeze_excite_match(masked: str, gate: str, producers, consumers, readers, tensors, model: Imported):
     """((X, mask, W1, W2), attrs, new tensors) when Mul(masked, gate) ends one of fuse_squeeze_excite's forms."""
 
     def made_by(name, op, readers=1):  # readers None: any number
@@ -677,11 +673,7 @@ def _squeeze_excite_match(masked: str, gate: str, producers, consumers, tensors,
         return value if isinstance(value, np.ndarray) and value.dtype == np.float32 and value.ndim == ndim else None
 
     def over_time(node):  # ReduceSum over the last of 3 axes, keeping it
-        axes = node.attrs.get("axes")
-        if axes is None and len(node.inputs) > 1:
-            axes = tensors.get(node.inputs[1])
-        axes = [] if axes is None else [int(a) for a in np.asarray(axes).reshape(-1)]
-        return node.attrs.get("keepdims", 1) == 1 and axes in ([2], [-1])
+        return node.attrs.get("keepdims", 1) == 1 and _axes_of(node, tensors) in ([2], [-1])
 
     def plain_conv(node, activation):  # a 1x1 Conv without bias on a stored weight
         if node is None or len(node.inputs) > 3 or (len(node.inputs) == 3 and node.inputs[2]):
@@ -701,13 +693,11 @@ def _squeeze_excite_match(masked: str, gate: str, producers, consumers, tensors,
     masker = producers.get(masked)
     if masker is None or consumers[masked] != 2 or masker.op not in ("Where", "Mul"):
         return None
-    total = None
-    for candidate in (n for n in model.graph.nodes if n.op == "ReduceSum" and n.inputs[:1] == (masked,)):
-        total = candidate
+    total = next((n for n in readers.get(masked, ()) if n.op == "ReduceSum" and n.inputs[0] == masked), None)
     if total is None or not over_time(total):
         return None
-    mean_div = next((n for n in model.graph.nodes if n.op == "Div" and n.inputs[:1] == (total.outputs[0],)), None)
-    if mean_div is None or consumers[total.outputs[0]] != 1 or len(mean_div.inputs) != 2:
+    mean_div = _only_reader(total.outputs[0], ("Div",), readers, consumers, inputs=2)
+    if mean_div is None or mean_div.inputs[0] != total.outputs[0]:
         return None
     mean, count = mean_div.outputs[0], mean_div.inputs[1]
     if sigmoid.op == "Sigmoid":  # the ONNX export
@@ -777,23 +767,25 @@ def _one_row_per_utterance(mask: str, producers, model: Imported) -> bool:
         node = producers.get(node.inputs[0])
     if node is None or node.op != "Unsqueeze":
         return False
-    axes = node.attrs.get("axes")
-    if axes is None and len(node.inputs) > 1:
-        axes = model.tensors.get(node.inputs[1])
-    return axes is not None and [int(a) for a in np.asarray(axes).reshape(-1)] == [1]
+    return _axes_of(node, model.tensors) == [1]
 
 
 def _zero_one(name: str, producers, model: Imported) -> bool:
     """True when ``name`` is a float cast of a boolean (through ops that only reshape it): 1 or 0 everywhere."""
+    node = _through_copies(name, producers)
+    if node is None or node.op != "Cast" or node.attrs.get("to") != 1:
+        return False
+    source = _through_copies(node.inputs[0], producers)
+    return model.dtypes.get(node.inputs[0]) == "bool" or (source is not None and source.op in _BOOLEAN_OPS)
+
+
+def _through_copies(name: str, producers) -> Optional[Node]:
+    """The node that makes ``name``'s values, past ops that only reshape or copy them (None: a graph input or a
+    stored tensor)."""
     node = producers.get(name)
     while node is not None and node.op in _VALUE_PRESERVING:
         node = producers.get(node.inputs[0])
-    if node is None or node.op != "Cast" or node.attrs.get("to") != 1:
-        return False
-    source = producers.get(node.inputs[0])
-    while source is not None and source.op in _VALUE_PRESERVING:
-        source = producers.get(source.inputs[0])
-    return model.dtypes.get(node.inputs[0]) == "bool" or (source is not None and source.op in _BOOLEAN_OPS)
+    return node
 
 
 def fuse_matmul_epilogues(model: Imported) -> Imported:
@@ -807,10 +799,7 @@ def fuse_matmul_epilogues(model: Imported) -> Imported:
     tensors = dict(model.tensors)
     fused: Dict[str, Node] = {}  # name of the pattern's last node -> the Linear node
     removed, replaced = set(), set()  # nodes; stored biases now reshaped under another name
-    reader: Dict[str, Node] = {}  # value -> a node reading it (the only one where consumers says 1)
-    for node in model.graph.nodes:
-        for name in node.inputs:
-            reader.setdefault(name, node)
+    readers = _readers_of(model)
     for node, orders in _two_input_nodes(model, "Add"):
         for product, bias in orders:
             matmul = producers.get(product)
@@ -823,9 +812,8 @@ def fuse_matmul_epilogues(model: Imported) -> Imported:
                     or any(d != 1 for d in values.shape[:-1])):
                 continue
             last, activation = node, ""
-            after = reader.get(node.outputs[0])
-            if (consumers[node.outputs[0]] == 1 and after is not None and after.op in LINEAR_ACTIVATIONS
-                    and len(after.inputs) == 1):
+            after = _only_reader(node.outputs[0], LINEAR_ACTIVATIONS, readers, consumers)
+            if after is not None:
                 last, activation = after, after.op
             if values.ndim != 1:  # a bias of shape [1, .., N] is stored as [N]
                 if consumers[bias] == 1:
@@ -1091,6 +1079,33 @@ def _two_input_nodes(model: Imported, op: str):
     for node in model.graph.nodes:
         if node.op == op and len(node.inputs) == 2:
             yield node, (node.inputs, node.inputs[::-1])
+
+
+def _readers_of(model: Imported) -> Dict[str, List[Node]]:
+    """The nodes reading each value, in graph order."""
+    readers: Dict[str, List[Node]] = {}
+    for node in model.graph.nodes:
+        for name in node.inputs:
+            if name:
+                readers.setdefault(name, []).append(node)
+    return readers
+
+
+def _only_reader(name: str, ops, readers, consumers, inputs: int = 1) -> Optional[Node]:
+    """The node reading ``name`` when it alone reads it (no graph output either), its op one of ``ops`` and with
+    ``inputs`` inputs: the next step of a pattern a fusion may take in."""
+    node = readers.get(name, [None])[0]
+    if consumers[name] != 1 or node is None or node.op not in ops or len(node.inputs) != inputs:
+        return None
+    return node
+
+
+def _axes_of(node: Node, tensors) -> Optional[List[int]]:
+    """A reduction's or Unsqueeze's axes: its ``axes`` attribute (older opsets) or its stored second input."""
+    axes = node.attrs.get("axes")
+    if axes is None and len(node.inputs) > 1:
+        axes = tensors.get(node.inputs[1])
+    return None if axes is None else [int(a) for a in np.asarray(axes).reshape(-1)]
 
 
 def _readers_and_producers(model: Imported):
