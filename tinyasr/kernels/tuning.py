@@ -88,14 +88,18 @@ def _write(path: Path, entries: dict) -> None:
 
 class Rotation:
     """Copies of a timing problem's weight arrays, ROTATION_BYTES in all, handed out in turn by each call: every
-    candidate of a family shares one, so each call's weights were last read ROTATION_BYTES of weights ago."""
+    candidate of a family shares one, so each call's weights were last read ROTATION_BYTES of weights ago.  Made at
+    the first call: a process whose choice is read from the cache file never times, so never copies."""
 
     def __init__(self, *arrays):
-        count = max(2, -(-ROTATION_BYTES // max(1, sum(array.nbytes for array in arrays))))
-        self._copies = [tuple(array.copy() for array in arrays) for _ in range(count)]
+        self._arrays = arrays
+        self._copies: list = []
         self._next = 0
 
     def __call__(self) -> tuple:
+        if not self._copies:
+            count = max(2, -(-ROTATION_BYTES // max(1, sum(array.nbytes for array in self._arrays))))
+            self._copies = [tuple(array.copy() for array in self._arrays) for _ in range(count)]
         copy = self._copies[self._next]
         self._next = (self._next + 1) % len(self._copies)
         return copy
