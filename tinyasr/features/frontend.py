@@ -365,22 +365,22 @@ def preemphasize(x: np.ndarray, coefficient: float, previous: float = 0.0) -> np
 
 def _prepare_signal(samples: np.ndarray, config: FrontendConfig) -> np.ndarray:
     """Mean removal, pre-emphasis and STFT padding of the whole signal, in float64, in NeMo's order."""
-    half = config.n_fft // 2
-    if config.center and config.pad_mode == "reflect" and samples.size <= half:  # (exact_pad is not centred)
-        raise AudioError(f"audio of {samples.size} samples is too short for reflect padding of {half} samples "
-                         f"(n_fft={config.n_fft}); need at least {half + 1}")
-    if config.center and not (config.remove_mean or config.exact_pad):  # NeMo's mel front ends: one pass
-        return emphasized_padded(samples, config.preemph or 0.0, half, config.pad_mode == "reflect")
-    x = samples.astype(np.float64)
+    x = samples.astype(np.float64) if config.remove_mean or not config.center else samples
     if config.remove_mean:
         x = x - x.mean()
+    if config.center:  # pre-emphasis and padding in one pass (exact_pad is never centred)
+        half = config.n_fft // 2
+        if config.pad_mode == "reflect" and x.size <= half:
+            raise AudioError(f"audio of {x.size} samples is too short for reflect padding of {half} samples "
+                             f"(n_fft={config.n_fft}); need at least {half + 1}")
+        return emphasized_padded(x, config.preemph or 0.0, half, config.pad_mode == "reflect")
     if config.exact_pad:  # NeMo pads before pre-emphasis here, then zeroes padded positions >= N,
         x = np.pad(x, (config.n_fft - config.hop_length) // 2)  # which drops the last pad real samples
     if config.preemph is not None:
         x = preemphasize(x, config.preemph)
         if config.exact_pad:
             x[samples.size:] = 0.0
-    return np.pad(x, half, mode=config.pad_mode) if config.center else x
+    return x
 
 
 class FeatureCore:
