@@ -39,7 +39,7 @@ from numba.extending import overload
 from numba.types import float32
 
 from tinyasr.kernels._compile import element_pointer, halves_to_floats, stack_buffer
-from tinyasr.kernels.epilogue import ACTIVATIONS, READ_2D, relu_stored
+from tinyasr.kernels.epilogue import READ_2D, finish_row
 
 DEPTHWISE, POINTWISE = 0, 1
 # The step table's columns: what the conv is, where it reads and writes (indices into ``buffers``, -1: none),
@@ -67,12 +67,12 @@ FLUSH_FRAMES = 64
 LANES = 16  # channels per vector step: two AVX2 / one AVX-512 / four NEON registers
 FRAMES = 4  # frames per pass over a weight row
 ACC = FRAMES * LANES  # partial sums, kept in registers
-_RELU, _SIGMOID, _TANH, _CLIP = (ACTIVATIONS[name] for name in ("Relu", "Sigmoid", "Tanh", "Clip"))
 
 BUFFER_TYPE = types.Array(float32, 2, "C")  # the item types of the typed lists ``buffers``, ``weights``, ``halves``
 WEIGHT_TYPE = READ_2D
 HALF_TYPE = types.Array(types.uint16, 2, "C", readonly=True)
 _NO_BIAS = np.zeros((1, 0), np.float32)  # stands for a step's bias when it has none (never read)
+_NO_RESIDUAL_ROW = np.zeros(0, np.float32)  # finish_row's residual where it adds none
 
 
 @njit(cache=True)
@@ -85,18 +85,6 @@ def aligned_rows(rows, width):
     raw = np.empty(rows * width + 16, np.float32)
     skip = (-raw.ctypes.data % 64) // 4
     return raw[skip:skip + rows * width].reshape((rows, width))
-
-
-@njit(cache=True, inline="always")
-def _activation(value, act, lo, hi):
-    """Sigmoid, Tanh or Clip of one value (Relu is _finish_frames's own loop)."""
-    if act == _SIGMOID:
-        return np.float32(1.0) / (np.float32(1.0) + np.exp(-value))
-    if act == _TANH:
-        return np.tanh(value)
-    if act == _CLIP:
-        return min(max(value, lo), hi)
-    return value
 
 
 @njit(cache=True, inline="always")
@@ -131,12 +119,8 @@ def _finish_frames(y, t0, count, channels, bias, has_bias, residual, residual_fi
             residual_row = residual[residual_first + t0 + f]
             for c in range(channels):
                 y_row[c] += residual_row[c]
-        if act == _RELU:
-            for c in range(channels):
-                y_row[c] = relu_stored(y_row[c])
-        elif act != 0:
-            for c in range(channels):
-                y_row[c] = _activation(y_row[c], act, lo, hi)
+        if act != 0:
+            finish_row(y_row[:channels], np.float32(0.0), False, _NO_RESIDUAL_ROW, act, lo, hi)
 
 
 @njit(cache=True, inline="always", fastmath={"contract"})
