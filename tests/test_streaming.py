@@ -547,6 +547,35 @@ def test_streamed_transcript_equals_offline_transcript(quartznet_like, clip, rat
     _same_result(_transcribe_streaming(stream, samples, rate, cuts[::2]), expected)
 
 
+class _EagerStream(OnlineStream):
+    """The gate and the front end given every piece as it comes, not held until the graph can run."""
+
+    def _feed(self, samples):
+        super()._feed(samples)
+        self._flush()
+
+
+@needs_audio
+@pytest.mark.parametrize("step", [1280, 592, 4000])
+def test_holding_samples_for_the_graph_changes_no_partial_result(quartznet_like, step):
+    """OnlineStream runs the gate and the front end only when the graph may run (OnlineStream._feed); after every
+    piece its partial result, endpoint and trailing silence are those of a stream that runs them on every piece."""
+    samples, _ = load_audio(os.path.join(AUDIO, "pocketsphinx_goforward.wav"), 16000)
+    audio = np.concatenate([samples, np.zeros(16000, np.float32), samples[: len(samples) // 2]])
+    held, eager = OnlineStream(quartznet_like), _EagerStream(quartznet_like)
+    assert held._batch_inputs > 1  # the model looks ahead: its graph runs on batches
+    fresh = 0
+    for first in range(0, len(audio), step):
+        for stream in (held, eager):
+            stream.accept_waveform(audio[first:first + step], 16000)
+        assert (held._partial is None) == (eager._partial is None)  # the graph gave frames after the same pieces
+        fresh += held._partial is None
+        _same_result(held.partial_result, eager.partial_result)
+        assert (held.is_endpoint, held.trailing_silence) == (eager.is_endpoint, eager.trailing_silence)
+    assert fresh >= 4
+    _same_result(held.finalize(), eager.finalize())
+
+
 @needs_audio
 def test_streams_on_one_model_in_two_threads_are_independent(quartznet_like):
     clips = [load_audio(os.path.join(AUDIO, c), 16000)[0] for c in
