@@ -61,3 +61,46 @@ def test_every_registered_op_has_a_shape_rule():
     assert not SHAPES_FROM_SHAPES & set(SHAPES_FROM_VALUES)
     missing = sorted(set(SUPPORTED_OPS) - SHAPES_FROM_SHAPES - set(SHAPES_FROM_VALUES))
     assert not missing, f"ops without a shape rule in tinyasr/ops/shape_rules.py: {missing}"
+
+
+# A mask from the lengths between two steps on the signal, and a step on the lengths alone after both
+LIGHT_NODES = [
+    Node("relu", "Relu", ("x",), ("a",)),
+    Node("shape", "Shape", ("x",), ("s",)),
+    Node("t", "Gather", ("s", "two"), ("t_scalar",), {"axis": 0}),
+    Node("range", "Range", ("zero_scalar", "t_scalar", "one_scalar"), ("frames",)),
+    Node("row", "Unsqueeze", ("frames", "axes0"), ("frames_row",)),
+    Node("twice", "Add", ("lengths", "lengths"), ("twice_lengths",)),
+    Node("column", "Unsqueeze", ("twice_lengths", "axes1"), ("limits",)),
+    Node("less", "Less", ("frames_row", "limits"), ("mask",)),
+    Node("mask3", "Unsqueeze", ("mask", "axes1"), ("mask_bct",)),
+    Node("cast", "Cast", ("mask_bct",), ("mask_f",), {"to": 1}),
+    Node("masked", "Mul", ("a", "mask_f"), ("b",)),
+    Node("relu2", "Relu", ("b",), ("c",)),
+    Node("residual", "Add", ("c", "x"), ("y",)),
+    Node("thrice", "Mul", ("lengths", "three"), ("out_lengths",)),
+]
+LIGHT_CONSTANTS = {"two": np.array(2, np.int64), "zero_scalar": np.array(0, np.int64),
+                   "one_scalar": np.array(1, np.int64), "axes0": np.array([0], np.int64),
+                   "axes1": np.array([1], np.int64), "three": np.array(3, np.int64)}
+LIGHT_GRAPH = Graph([ValueInfo("x", "float32", ["B", "C", "T"]), ValueInfo("lengths", "int64", ["B"])],
+                    [ValueInfo("y", "float32", ["B", "C", "T"]), ValueInfo("out_lengths", "int64", ["B"])],
+                    LIGHT_NODES)
+
+
+def test_steps_on_the_lengths_alone_run_first_from_the_second_run_on():
+    """From a signature's second run on, the steps that read nothing of the signal (the lengths' arithmetic and
+    the mask, the frame range being kept) run before the others (planner.light_first); every run still gives the
+    numpy result, with the lengths read by the first and the last node of the graph's order."""
+    model = Model(LIGHT_GRAPH, LIGHT_CONSTANTS)
+    rng = np.random.default_rng(0)
+    for run, lengths in enumerate(([3, 1], [2, 4], [0, 5], [5, 2], [1, 1])):
+        x = rng.standard_normal((2, 3, 9)).astype(np.float32)
+        lengths = np.array(lengths, np.int64)
+        got = model.run({"x": x, "lengths": lengths})
+        mask = (np.arange(9)[None, :] < 2 * lengths[:, None]).astype(np.float32)[:, None, :]
+        np.testing.assert_array_equal(got["y"], np.maximum(np.maximum(x, 0) * mask, 0) + x)
+        np.testing.assert_array_equal(got["out_lengths"], 3 * lengths)
+    (pool,) = model._local.plans.values()
+    order = [model._steps[index].node.name for index, _, _ in pool.schedule]
+    assert order == ["twice", "column", "less", "mask3", "cast", "thrice", "relu", "masked", "relu2", "residual"]

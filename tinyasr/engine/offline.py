@@ -2,7 +2,9 @@
 
 Everything that does not depend on the input is settled at load: each node's op
 function, where each of its inputs comes from (a stored tensor or a value slot),
-and after which node each value is dead.  A run then walks a flat list of steps.
+and after which node each value is dead.  A run then walks a flat list of steps:
+the graph's order on the first run of an input-shape signature, then the steps
+that read nothing of the signal (lengths, masks) first (planner.light_first).
 
 Buffers: ops ask the run context for output buffers.  The context takes them
 from a pool kept per input-shape signature, so the second run with the same
@@ -25,7 +27,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import numpy as np
 
 from tinyasr.engine import threads
-from tinyasr.engine.planner import SlotPlan, signature_values
+from tinyasr.engine.planner import SlotPlan, light_first, release_points, signature_values
 from tinyasr.errors import GraphError, InputError, TinyASRError
 from tinyasr.format.container import read_model
 from tinyasr.format.graph import Graph, Node, ValueInfo
@@ -53,6 +55,8 @@ class _Step:
 
 
 _Recorded = Tuple[int, Tuple[np.ndarray, ...], Tuple[int, ...], Optional[OpFunction]]
+# A run's order of steps: (index into Model._steps, the slots dead after it, its input positions among them)
+_Schedule = List[Tuple[int, Tuple[int, ...], Tuple[int, ...]]]
 
 ALIGNMENT = 64  # bytes: a cache line, one AVX-512 register
 
@@ -80,13 +84,14 @@ class _BufferPool:
         self.owned: Dict[int, np.ndarray] = {}
         self.free: Dict[Tuple, List[np.ndarray]] = defaultdict(list)
         self.allocations = 0
-        # outputs of the signature-determined steps, kept from the first run (slot -> private copy), and the
-        # steps they make unnecessary; None until that run is over
+        # outputs of the signature-determined steps, kept from the first run (slot -> private copy); None until
+        # that run is over
         self.signature_values: Optional[Dict[int, np.ndarray]] = None
-        self.skipped_steps: frozenset = frozenset()
-        # the steps that run once signature values are kept, each with the buffers its ctx.output calls got, in
-        # order, the slots dead after it and what its op offered to replay it with (ctx.replay_with) or None:
-        # recorded on the second run, replayed from the third on (see Model._replay)
+        # the order of the steps that run once signature values are kept (Model._recording_schedule)
+        self.schedule: Optional[_Schedule] = None
+        # those steps, each with the buffers its ctx.output calls got, in order, the slots dead after it and what
+        # its op offered to replay it with (ctx.replay_with) or None: recorded on the second run, replayed from
+        # the third on (see Model._replay)
         self.tape: Optional[List[_Recorded]] = None
 
     def reset(self) -> None:
@@ -147,14 +152,15 @@ class _RunContext(OpContext):
         if self.recorded is not None:
             self.replay = replay
 
-    def prepare(self, step: _Step, args: List[Any]) -> None:
-        """Mark as donatable the inputs that are whole pool buffers no other live value uses."""
+    def prepare(self, step: _Step, args: List[Any], dying: Tuple[int, ...]) -> None:
+        """Mark as donatable the inputs that are whole pool buffers no other live value uses (of ``dying``: the
+        input positions whose slots are dead after the step in this run's order)."""
         self.num_outputs = len(step.outputs)
-        if not step.dying:  # most steps: every input lives on (planned once, see Model._plan_steps)
+        if not dying:  # most steps: every input lives on (planned once, see Model._plan_steps)
             self.donatable = []
             return
         donatable: List[Optional[np.ndarray]] = [None] * len(args)
-        for i in step.dying:
+        for i in dying:
             if self._sole_owner(step.slots[i], args[i]):
                 donatable[i] = args[i]
         self.donatable = donatable
@@ -210,6 +216,9 @@ class Model:
             slots = SlotPlan([v.name for v in graph.inputs], graph.nodes, tensors, [v.name for v in graph.outputs])
             self._steps = self._plan_steps(graph, tensors, slots)
             self._signature_steps = frozenset(signature_values([v.name for v in graph.inputs], graph.nodes, tensors))
+            self._first_schedule: _Schedule = [(i, step.release, step.dying) for i, step in enumerate(self._steps)]
+            # the signal's inputs (rank 2 and up; a lengths input is rank 1), after which light steps are not
+            self._heavy_inputs = frozenset(i for i, v in enumerate(graph.inputs) if len(v.shape) >= 2)
         except GraphError as exc:
             raise GraphError(f"{self.label}: {exc}") from None
         self.graph = graph
@@ -271,44 +280,51 @@ class Model:
         if pool.tape is not None:
             return self._outputs(self._replay(pool, arrays))
         pool.reset()
-        kept, skipped = pool.signature_values, pool.skipped_steps
+        kept = pool.signature_values
         tape: Optional[List[_Recorded]] = None if kept is None else []
         ctx = _RunContext(pool, self._slot_count, record=tape is not None)
         values: List[Any] = [None] * len(ctx.slot_owner)
         values[: len(arrays)] = arrays
         if kept is None:
-            kept, skipped, record = {}, frozenset(), self._signature_steps
+            kept, schedule, record = {}, self._first_schedule, self._signature_steps
         else:
-            record = frozenset()
+            schedule, record = pool.schedule, frozenset()
             for slot, value in kept.items():  # never pool buffers: no op writes into them, none donates them
                 values[slot] = value
-        for index, step in enumerate(self._steps):
-            if index not in skipped:
-                args = [values[s] if s >= 0 else c for s, c in zip(step.slots, step.constants)]
-                ctx.prepare(step, args)
-                results = self._run_step(step, ctx, args)
-                for slot, result in zip(step.outputs, results):
-                    values[slot] = result
-                    ctx.bind(slot, result)
-                if index in record:
-                    _keep_signature_values(kept, step, results)
-                if tape is not None:
-                    tape.append((index, tuple(ctx.recorded), step.release, ctx.replay))
-                    ctx.recorded.clear()
-                    ctx.replay = None
-            elif tape:  # a skipped step's dead values die with the step run before it
-                index_run, buffers, release, replay = tape[-1]
-                tape[-1] = (index_run, buffers, release + step.release, replay)
-            for slot in step.release:
+        for index, release, dying in schedule:
+            step = self._steps[index]
+            args = [values[s] if s >= 0 else c for s, c in zip(step.slots, step.constants)]
+            ctx.prepare(step, args, dying)
+            results = self._run_step(step, ctx, args)
+            for slot, result in zip(step.outputs, results):
+                values[slot] = result
+                ctx.bind(slot, result)
+            if index in record:
+                _keep_signature_values(kept, step, results)
+            if tape is not None:
+                tape.append((index, tuple(ctx.recorded), release, ctx.replay))
+                ctx.recorded.clear()
+                ctx.replay = None
+            for slot in release:
                 ctx.unbind(slot)
                 values[slot] = None
         if pool.signature_values is None:
             pool.signature_values = kept
-            pool.skipped_steps = frozenset(i for i in self._signature_steps
-                                           if all(slot in kept for slot in self._steps[i].outputs))
+            pool.schedule = self._recording_schedule(frozenset(
+                i for i in self._signature_steps if all(slot in kept for slot in self._steps[i].outputs)))
         else:
             pool.tape = tape
         return self._outputs(values)
+
+    def _recording_schedule(self, skipped: frozenset) -> _Schedule:
+        """The order of the steps from the second run of a signature on (its kept values in place of the
+        skipped steps): light steps first (planner.light_first), with the slots dead after each in that order."""
+        steps = self._steps
+        order = light_first([s.slots for s in steps], [s.outputs for s in steps], self._heavy_inputs, skipped)
+        keep = {slot for slot in self._output_slots if slot >= 0}
+        release = release_points([steps[i].slots for i in order], [steps[i].outputs for i in order], keep)
+        return [(i, dead, tuple(k for k, slot in enumerate(steps[i].slots) if slot >= 0 and slot in dead))
+                for i, dead in zip(order, release)]
 
     def _replay(self, pool: _BufferPool, arrays: List[np.ndarray]) -> List[Any]:
         """A run of a signature seen twice already: every step gets the buffers it got on the recorded run.

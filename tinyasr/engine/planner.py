@@ -25,19 +25,9 @@ class SlotPlan:
             list(inputs) + [o for node in nodes for o in node.outputs])}
         self.count = len(self.slot_of)
         self._constants = constants
-        last_use = {slot: -1 for slot in self.slot_of.values()}  # -1: never read; dies where it is made
-        for index, node in enumerate(nodes):
-            for name in node.inputs:
-                if name and name not in constants:
-                    last_use[self.slot_of[name]] = index
         kept = {self.slot_of[name] for name in keep if name in self.slot_of}
-        made_by = {self.slot_of[o]: i for i, node in enumerate(nodes) for o in node.outputs}
-        release_after: Dict[int, List[int]] = defaultdict(list)
-        for slot, index in last_use.items():
-            if slot in kept or (index < 0 and slot not in made_by):
-                continue  # graph outputs live to the end; unread graph inputs belong to the caller
-            release_after[max(index, made_by.get(slot, -1))].append(slot)
-        self.release: List[Tuple[int, ...]] = [tuple(release_after[i]) for i in range(len(nodes))]
+        self.release: List[Tuple[int, ...]] = release_points(
+            [self.input_slots(node) for node in nodes], [self.output_slots(node) for node in nodes], kept)
 
     def input_slots(self, node: Node) -> Tuple[int, ...]:
         """Per input of ``node``: its slot, or -1 for a constant or an omitted input."""
@@ -45,6 +35,49 @@ class SlotPlan:
 
     def output_slots(self, node: Node) -> Tuple[int, ...]:
         return tuple(self.slot_of[o] for o in node.outputs)
+
+
+def release_points(reads: Sequence[Sequence[int]], makes: Sequence[Sequence[int]],
+                   keep: Container[int] = ()) -> List[Tuple[int, ...]]:
+    """Per step of a schedule that reads the slots ``reads[i]`` (-1: a constant) and makes ``makes[i]``: the slots
+    dead once it has run, in slot order.  A slot dies after its last reader, or where it is made if nothing reads
+    it; slots in ``keep`` (the graph's outputs) never do, nor unread slots no step makes (the caller's inputs)."""
+    last: Dict[int, int] = {}
+    for index, (read, made) in enumerate(zip(reads, makes)):
+        for slot in made:
+            last[slot] = index
+        for slot in read:
+            if slot >= 0:
+                last[slot] = index
+    release_after: Dict[int, List[int]] = defaultdict(list)
+    for slot in sorted(last):
+        if slot not in keep:
+            release_after[last[slot]].append(slot)
+    return [tuple(release_after[i]) for i in range(len(reads))]
+
+
+def light_first(reads: Sequence[Sequence[int]], makes: Sequence[Sequence[int]], heavy: Iterable[int],
+                skip: Container[int] = ()) -> List[int]:
+    """The indices of a schedule's steps, ``skip`` left out, reordered so that the steps reading no ``heavy`` slot
+    (the signal's graph inputs), directly or through other steps, run first, each part in schedule order.
+
+    Those are the small arithmetic on lengths and the masks built from it (with the shapes' values kept by the
+    signature, skipped on later runs): Citrinet's 23 blocks each make their mask from the lengths in four numpy
+    steps between two convolutions, where numpy's code has left the caches: 25-39 us a step against 2-9 us run
+    again at once (Zen 4).  Run back to back at the start they stay in the second regime.  A valid order: a light
+    step reads only light slots, constants and inputs.
+    """
+    heavy = set(heavy)
+    light, rest = [], []
+    for index, (read, made) in enumerate(zip(reads, makes)):
+        if index in skip:
+            continue
+        if any(slot in heavy for slot in read):
+            rest.append(index)
+            heavy.update(made)
+        else:
+            light.append(index)
+    return light + rest
 
 
 def signature_values(inputs: Sequence[str], nodes: Sequence[Node], constants: Container[str]) -> List[int]:
