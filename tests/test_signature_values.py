@@ -91,7 +91,8 @@ LIGHT_GRAPH = Graph([ValueInfo("x", "float32", ["B", "C", "T"]), ValueInfo("leng
 def test_steps_on_the_lengths_alone_run_first_from_the_second_run_on():
     """From a signature's second run on, the steps that read nothing of the signal (the lengths' arithmetic and
     the mask, the frame range being kept) run before the others (planner.light_first); every run still gives the
-    numpy result, with the lengths read by the first and the last node of the graph's order."""
+    numpy result, with the lengths read by the first and the last node of the graph's order.  A light step whose
+    output is over LIGHT_STEP_MAX_BYTES stays in place (a Conformer's [T, T] masks held from the start cost memory)."""
     model = Model(LIGHT_GRAPH, LIGHT_CONSTANTS)
     rng = np.random.default_rng(0)
     for run, lengths in enumerate(([3, 1], [2, 4], [0, 5], [5, 2], [1, 1])):
@@ -104,3 +105,12 @@ def test_steps_on_the_lengths_alone_run_first_from_the_second_run_on():
     (pool,) = model._local.plans.values()
     order = [model._steps[index].node.name for index, _, _ in pool.schedule]
     assert order == ["twice", "column", "less", "mask3", "cast", "thrice", "relu", "masked", "relu2", "residual"]
+    # a light step whose output is large (the float mask of 2 x 20000 frames, 160 KB) stays in place
+    x = rng.standard_normal((2, 1, 20000)).astype(np.float32)
+    for _ in range(3):
+        got = model.run({"x": x, "lengths": np.array([7000, 30], np.int64)})
+    mask = (np.arange(20000)[None, :] < np.array([[14000], [60]])).astype(np.float32)[:, None, :]
+    np.testing.assert_array_equal(got["y"], np.maximum(np.maximum(x, 0) * mask, 0) + x)
+    pool = model._local.plans[next(reversed(model._local.plans))]
+    order = [model._steps[index].node.name for index, _, _ in pool.schedule]
+    assert order == ["twice", "column", "less", "mask3", "thrice", "relu", "cast", "masked", "relu2", "residual"]

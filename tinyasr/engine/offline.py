@@ -39,6 +39,9 @@ MAX_PLANS_PER_THREAD = 4
 # Largest output of a signature-determined node (planner.signature_values) kept between runs: the shape
 # arithmetic is a few int64s; a Conformer's position projection [2T - 1, d] is kept up to about 25 s of input.
 SIGNATURE_VALUE_MAX_BYTES = 1 << 20
+# Largest output of a step that reads nothing of the signal run first from a signature's second run on
+# (planner.light_first): Citrinet's masks are [1, 1, T] (4 KB at 10 s); a Conformer's [T, T] ones stay in place.
+LIGHT_STEP_MAX_BYTES = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -285,6 +288,7 @@ class Model:
         ctx = _RunContext(pool, self._slot_count, record=tape is not None)
         values: List[Any] = [None] * len(ctx.slot_owner)
         values[: len(arrays)] = arrays
+        large = set()  # the first run's steps with an output over LIGHT_STEP_MAX_BYTES
         if kept is None:
             kept, schedule, record = {}, self._first_schedule, self._signature_steps
         else:
@@ -301,6 +305,8 @@ class Model:
                 ctx.bind(slot, result)
             if index in record:
                 _keep_signature_values(kept, step, results)
+            if any(getattr(result, "nbytes", 0) > LIGHT_STEP_MAX_BYTES for result in results):
+                large.add(index)
             if tape is not None:
                 tape.append((index, tuple(ctx.recorded), release, ctx.replay))
                 ctx.recorded.clear()
@@ -311,16 +317,17 @@ class Model:
         if pool.signature_values is None:
             pool.signature_values = kept
             pool.schedule = self._recording_schedule(frozenset(
-                i for i in self._signature_steps if all(slot in kept for slot in self._steps[i].outputs)))
+                i for i in self._signature_steps if all(slot in kept for slot in self._steps[i].outputs)), large)
         else:
             pool.tape = tape
         return self._outputs(values)
 
-    def _recording_schedule(self, skipped: frozenset) -> _Schedule:
+    def _recording_schedule(self, skipped: frozenset, large: set) -> _Schedule:
         """The order of the steps from the second run of a signature on (its kept values in place of the
-        skipped steps): light steps first (planner.light_first), with the slots dead after each in that order."""
+        skipped steps): light steps first (planner.light_first; those in ``large`` excepted), with the slots dead
+        after each in that order."""
         steps = self._steps
-        order = light_first([s.slots for s in steps], [s.outputs for s in steps], self._heavy_inputs, skipped)
+        order = light_first([s.slots for s in steps], [s.outputs for s in steps], self._heavy_inputs, skipped, large)
         keep = {slot for slot in self._output_slots if slot >= 0}
         release = release_points([steps[i].slots for i in order], [steps[i].outputs for i in order], keep)
         return [(i, dead, tuple(k for k, slot in enumerate(steps[i].slots) if slot >= 0 and slot in dead))

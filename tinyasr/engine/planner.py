@@ -57,22 +57,24 @@ def release_points(reads: Sequence[Sequence[int]], makes: Sequence[Sequence[int]
 
 
 def light_first(reads: Sequence[Sequence[int]], makes: Sequence[Sequence[int]], heavy: Iterable[int],
-                skip: Container[int] = ()) -> List[int]:
+                skip: Container[int] = (), large: Container[int] = ()) -> List[int]:
     """The indices of a schedule's steps, ``skip`` left out, reordered so that the steps reading no ``heavy`` slot
-    (the signal's graph inputs), directly or through other steps, run first, each part in schedule order.
+    (the signal's graph inputs), directly or through other steps, run first, each part in schedule order; a step
+    in ``large`` (its outputs too big to hold from the start) stays in place, and so do the steps reading it.
 
     Those are the small arithmetic on lengths and the masks built from it (with the shapes' values kept by the
     signature, skipped on later runs): Citrinet's 23 blocks each make their mask from the lengths in four numpy
     steps between two convolutions, where numpy's code has left the caches: 25-39 us a step against 2-9 us run
-    again at once (Zen 4).  Run back to back at the start they stay in the second regime.  A valid order: a light
-    step reads only light slots, constants and inputs.
+    again at once (Zen 4).  Run back to back at the start they stay in the second regime.  Hoisted whatever their
+    size, a 30 s Conformer-CTC's attention masks ([T, T]) lived from the start: its buffers 59 -> 67 MB, no
+    faster.  A valid order: a light step reads only light slots, constants and inputs.
     """
     heavy = set(heavy)
     light, rest = [], []
     for index, (read, made) in enumerate(zip(reads, makes)):
         if index in skip:
             continue
-        if any(slot in heavy for slot in read):
+        if index in large or any(slot in heavy for slot in read):
             rest.append(index)
             heavy.update(made)
         else:
