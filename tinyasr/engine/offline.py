@@ -288,8 +288,9 @@ class Model:
         ctx = _RunContext(pool, self._slot_count, record=tape is not None)
         values: List[Any] = [None] * len(ctx.slot_owner)
         values[: len(arrays)] = arrays
+        first_run = kept is None
         large = set()  # the first run's steps with an output over LIGHT_STEP_MAX_BYTES
-        if kept is None:
+        if first_run:
             kept, schedule, record = {}, self._first_schedule, self._signature_steps
         else:
             schedule, record = pool.schedule, frozenset()
@@ -305,7 +306,7 @@ class Model:
                 ctx.bind(slot, result)
             if index in record:
                 _keep_signature_values(kept, step, results)
-            if any(getattr(result, "nbytes", 0) > LIGHT_STEP_MAX_BYTES for result in results):
+            if first_run and any(getattr(result, "nbytes", 0) > LIGHT_STEP_MAX_BYTES for result in results):
                 large.add(index)
             if tape is not None:
                 tape.append((index, tuple(ctx.recorded), release, ctx.replay))
@@ -314,7 +315,7 @@ class Model:
             for slot in release:
                 ctx.unbind(slot)
                 values[slot] = None
-        if pool.signature_values is None:
+        if first_run:
             pool.signature_values = kept
             pool.schedule = self._recording_schedule(frozenset(
                 i for i in self._signature_steps if all(slot in kept for slot in self._steps[i].outputs)), large)
