@@ -48,14 +48,24 @@ PATTERNS = [(0.0, 1), (0.5, 1), (0.7, 1), (0.8, 1), (0.9, 1), (0.95, 1), (0.5, 4
 def best_ms(fn, repeats=20, min_seconds=0.1, clock=time.perf_counter):
     """Best of ``repeats`` calls (at least min_seconds of calls in all), ms.  clock=time.thread_time at 1 thread:
     both engines then compute in the calling thread, and its CPU time ignores other jobs on a shared machine."""
-    fn()
-    best, spent, calls = float("inf"), 0.0, 0
-    while calls < repeats or spent < min_seconds:
-        start = clock()
+    return best_ms_alternating([fn], repeats, min_seconds, clock)[0]
+
+
+def best_ms_alternating(fns, repeats=20, min_seconds=0.1, clock=time.perf_counter):
+    """best_ms of each of ``fns``, called in turn, one call of each a round (at least min_seconds of calls each):
+    where the machine's speed drifts from minute to minute (a shared VM: the same encoder 11-15 ms minutes apart,
+    2026-12-07), all of them see the same phases, and their ratios hold where one after the other they did not."""
+    for fn in fns:
         fn()
-        elapsed = clock() - start
-        best, spent, calls = min(best, elapsed), spent + elapsed, calls + 1
-    return best * 1e3
+    best, spent, rounds = [float("inf")] * len(fns), 0.0, 0
+    while rounds < repeats or spent < min_seconds * len(fns):
+        for i, fn in enumerate(fns):
+            start = clock()
+            fn()
+            elapsed = clock() - start
+            best[i], spent = min(best[i], elapsed), spent + elapsed
+        rounds += 1
+    return [b * 1e3 for b in best]
 
 
 def ort_session(model_bytes, n_threads):
@@ -247,9 +257,9 @@ def encoder_table(channels, frames_list, thread_counts, repeats, patterns=ENCODE
                     threads.set_num_threads(n)
                     session = ort_session(onnx_bytes, n)
                     clock = time.thread_time if n == 1 else time.perf_counter
-                    t_ort = best_ms(lambda: session.run(None, {"x": x}), repeats, clock=clock)
-                    t_dense = best_ms(lambda: dense_model.run({"x": x}), repeats, clock=clock)
-                    t_sparse = best_ms(lambda: sparse_model.run({"x": x}), repeats, clock=clock)
+                    t_ort, t_dense, t_sparse = best_ms_alternating(
+                        [lambda: session.run(None, {"x": x}), lambda: dense_model.run({"x": x}),
+                         lambda: sparse_model.run({"x": x})], repeats, clock=clock)
                     if measured is not None:
                         measured.append((_pattern_label(sparsity, block, depthwise), frames, n, t_ort, t_dense,
                                          t_sparse))
@@ -280,8 +290,8 @@ def target_table(repeats, rounds=3) -> str:
     y = aligned_empty((1, 512, 1000), np.float32)
     layer, rows = [], {}
     for _ in range(rounds):
-        t_dense = best_ms(lambda: conv1d(x, weight[:, :, None], out=y), repeats, clock=time.thread_time)
-        t_sparse = best_ms(lambda: spmm(matrix, x, out=y), repeats, clock=time.thread_time)
+        t_dense, t_sparse = best_ms_alternating([lambda: conv1d(x, weight[:, :, None], out=y),
+                                                 lambda: spmm(matrix, x, out=y)], repeats, clock=time.thread_time)
         layer.append(t_dense / t_sparse)
         measured = []
         encoder_table(256, (1000,), (1,), max(3, repeats // 4), TARGET_PATTERNS, measured)
