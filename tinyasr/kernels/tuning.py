@@ -13,7 +13,9 @@ each other where that happened): delete the file to measure again.
 
 A model run reads each layer's weights once, from beyond the core's caches, so a timing problem hands its kernels
 a new copy of its weights each call (``Rotation``): on Zen 4, a 256 x 256 weight kept in L2 timed the 4x64 and 4x16
-dense tiles alike at T = 64 (76 / 75 us) and BLAS at 86; read from L3, 84-92 / 88-101 and 103-115 us.
+dense tiles alike at T = 64 (76 / 75 us) and BLAS at 86; read from L3, 84-92 / 88-101 and 103-115 us.  Sparse
+weights are a tenth of that and stay in the caches between a model's runs: their kernels are timed on a chain of
+layers instead (sparse._fastest_kernel).
 """
 
 from __future__ import annotations
