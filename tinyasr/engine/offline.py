@@ -22,7 +22,7 @@ import threading
 import types
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -53,12 +53,11 @@ class _Step:
     slots: Tuple[int, ...]
     constants: Tuple[Any, ...]
     outputs: Tuple[int, ...]
-    release: Tuple[int, ...]  # value slots dead once this step has run
-    dying: Tuple[int, ...] = ()  # input positions whose slot is in ``release``: the only possible donors
 
 
 _Recorded = Tuple[int, Tuple[np.ndarray, ...], Tuple[int, ...], Optional[OpFunction]]
-# A run's order of steps: (index into Model._steps, the slots dead after it, its input positions among them)
+# A run's order of steps (Model._schedule): (index into Model._steps, the value slots dead once it has run, and its
+# input positions whose slots are among them: the only possible donors)
 _Schedule = List[Tuple[int, Tuple[int, ...], Tuple[int, ...]]]
 
 ALIGNMENT = 64  # bytes: a cache line, one AVX-512 register
@@ -159,7 +158,7 @@ class _RunContext(OpContext):
         """Mark as donatable the inputs that are whole pool buffers no other live value uses (of ``dying``: the
         input positions whose slots are dead after the step in this run's order)."""
         self.num_outputs = len(step.outputs)
-        if not dying:  # most steps: every input lives on (planned once, see Model._plan_steps)
+        if not dying:  # most steps: every input lives on (planned once per order, see Model._schedule)
             self.donatable = []
             return
         donatable: List[Optional[np.ndarray]] = [None] * len(args)
@@ -219,7 +218,7 @@ class Model:
             slots = SlotPlan([v.name for v in graph.inputs], graph.nodes, tensors, [v.name for v in graph.outputs])
             self._steps = self._plan_steps(graph, tensors, slots)
             self._signature_steps = frozenset(signature_values([v.name for v in graph.inputs], graph.nodes, tensors))
-            self._first_schedule: _Schedule = [(i, step.release, step.dying) for i, step in enumerate(self._steps)]
+            self._first_schedule = self._schedule(range(len(self._steps)), slots.release)
             # the signal's inputs (rank 2 and up; a lengths input is rank 1), after which light steps are not
             self._heavy_inputs = frozenset(i for i, v in enumerate(graph.inputs) if len(v.shape) >= 2)
         except GraphError as exc:
@@ -258,18 +257,19 @@ class Model:
 
     @staticmethod
     def _plan_steps(graph: Graph, tensors: Mapping[str, Any], slots: SlotPlan) -> List[_Step]:
-        """Resolve ops, check their attributes and input sources; the slots say after which step each value is
-        dead."""
+        """Resolve ops, check their attributes and input sources."""
         functions = [lookup(node.op, node.name) for node in graph.nodes]
         for node in graph.nodes:
             check_node_attrs(node)
-        steps = []
-        for index, (node, run) in enumerate(zip(graph.nodes, functions)):
-            constants = tuple(tensors[n] if n in tensors else None for n in node.inputs)
-            inputs, release = slots.input_slots(node), slots.release[index]
-            dying = tuple(i for i, slot in enumerate(inputs) if slot >= 0 and slot in release)
-            steps.append(_Step(node, run, inputs, constants, slots.output_slots(node), release, dying))
-        return steps
+        return [_Step(node, run, slots.input_slots(node),
+                      tuple(tensors[n] if n in tensors else None for n in node.inputs), slots.output_slots(node))
+                for node, run in zip(graph.nodes, functions)]
+
+    def _schedule(self, order: Iterable[int], release: Sequence[Tuple[int, ...]]) -> _Schedule:
+        """The steps ``order`` names, with ``release[i]`` the slots dead after the i-th of them."""
+        steps = self._steps
+        return [(i, dead, tuple(k for k, slot in enumerate(steps[i].slots) if slot >= 0 and slot in dead))
+                for i, dead in zip(order, release)]
 
     # ------------------------------------------------------------------ running
 
@@ -330,9 +330,8 @@ class Model:
         steps = self._steps
         order = light_first([s.slots for s in steps], [s.outputs for s in steps], self._heavy_inputs, skipped, large)
         keep = {slot for slot in self._output_slots if slot >= 0}
-        release = release_points([steps[i].slots for i in order], [steps[i].outputs for i in order], keep)
-        return [(i, dead, tuple(k for k, slot in enumerate(steps[i].slots) if slot >= 0 and slot in dead))
-                for i, dead in zip(order, release)]
+        return self._schedule(order, release_points([steps[i].slots for i in order], [steps[i].outputs for i in order],
+                                                    keep))
 
     def _replay(self, pool: _BufferPool, arrays: List[np.ndarray]) -> List[Any]:
         """A run of a signature seen twice already: every step gets the buffers it got on the recorded run.
