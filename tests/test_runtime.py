@@ -542,3 +542,13 @@ def test_intermediate_values_of_a_run_are_aligned(encoder_path):
     model.run({"features": np.zeros((1, CHANNELS, 50), np.float32)})
     buffers = [b for pool in model._local.plans.values() for b in pool.owned.values()]
     assert buffers and all(b.ctypes.data % 64 == 0 for b in buffers)
+
+
+@pytest.mark.parametrize("rows, width", [(1, 16), (256, 64), (512, 64), (3, 5), (0, 16)])
+def test_kernel_scratch_starts_on_a_cache_line(rows, width):
+    from tinyasr.kernels._compile import aligned_rows
+
+    for _ in range(8):  # Numba's np.empty gives 32-byte alignment: half of these would miss 64
+        scratch = aligned_rows(rows, width)
+        assert scratch.ctypes.data % 64 == 0 and scratch.shape == (rows, width) and scratch.dtype == np.float32
+        assert scratch.flags.c_contiguous

@@ -10,12 +10,14 @@ function's bytecode plus its closure contents (same qualname otherwise).
 from __future__ import annotations
 
 import llvmlite.ir as llvm_ir
+import numpy as np
 from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 from tinyasr.engine import threads
 
+_RELU_CODE, _CLIP_CODE = 1, 4  # epilogue.ACTIVATIONS["Relu"], ["Clip"] (epilogue imports this module)
 TILE = 64  # frames per register tile: 4 AVX-512 (8 AVX2, 16 NEON) registers per output row
 
 
@@ -33,6 +35,22 @@ def stack_buffer(typingctx, size):
         return builder.bitcast(slot, llvm_ir.PointerType(llvm_ir.FloatType()))
 
     return types.CPointer(types.float32)(size), codegen
+
+
+@njit(cache=True)
+def aligned_rows(rows, width):
+    """np.empty((rows, width), float32) starting on a 64-byte boundary (Numba's arrays start on 32, numpy's on 16),
+    so that with rows of a multiple of 16 floats no AVX-512 load straddles two cache lines: the kernels' scratch
+    tiles, the streaming program's windows and packed weights.  A line-split 64-byte load costs the load ports
+    twice: the sparse kernels' x tile, which came at 32 bytes past a line in most processes, ran CSR 1x64 2-way at
+    512 x 512, T = 1000 in 1.46 ms instead of 1.10 (Zen 4; benchmarks/results/sparse_gather.md); the causal
+    QuartzNet's program ran 1-5 % faster a chunk.  Called, not inlined, so that the code around a kernel's loops
+    is the same as for np.empty.  Not zeroed: every buffer that grows is written before it is read, and zeroing is
+    a pass over fresh pages (when QuartzNet 5x5's end of stream still grew its buffers to ~1500 frames, 26 of its
+    34 ms of bookkeeping, Zen 4)."""
+    raw = np.empty(rows * width + 16, np.float32)
+    skip = (-raw.ctypes.data % 64) // 4
+    return raw[skip:skip + rows * width].reshape((rows, width))
 
 
 @intrinsic
@@ -156,6 +174,81 @@ def lanes_fma(typingctx, accumulator, factors, source, width):
     return types.void(accumulator, factors, source, width), codegen
 
 
+def _gathered_sums(builder, x_p, x_step, values_p, value_step, indices_p, first, last, count, row_count, way_count):
+    """The IR of gather_fma's loop: the ``row_count`` sums, ``<count x float>`` SSA values, of the non-zeros
+    first .. last-1 (``way_count`` ways interleaved, then added pairwise, then the tail)."""
+    i64 = llvm_ir.IntType(64)
+    vector = llvm_ir.VectorType(llvm_ir.FloatType(), count)
+    zero = llvm_ir.Constant(vector, None)
+    splat_mask = llvm_ir.Constant(llvm_ir.VectorType(llvm_ir.IntType(32), count), [0] * count)
+    fma = cgutils.get_or_insert_function(builder.module, llvm_ir.FunctionType(vector, [vector] * 3),
+                                         f"llvm.fma.v{count}f32")
+
+    def add_non_zero(j, sums):
+        column = builder.zext(builder.load(builder.gep(indices_p, [j])), i64)
+        row = builder.bitcast(builder.gep(x_p, [builder.mul(column, x_step)]), vector.as_pointer())
+        x_row, base = builder.load(row, align=4), builder.mul(j, value_step)
+        scaled = []
+        for k, total in enumerate(sums):
+            value = builder.load(builder.gep(values_p, [builder.add(base, i64(k))]))
+            scale = builder.shuffle_vector(builder.insert_element(zero, value, llvm_ir.IntType(32)(0)), zero,
+                                           splat_mask)
+            scaled.append(builder.call(fma, [scale, x_row, total]))
+        return scaled
+
+    def loop(name, j_start, sums_start, step):
+        """while j + step <= end: each of ``step`` non-zeros into its own group of ``rows`` sums."""
+        entry = builder.block
+        head, body, done = (builder.append_basic_block(f"{name}.{part}") for part in ("head", "body", "done"))
+        builder.branch(head)
+        builder.position_at_end(head)
+        j = builder.phi(i64)
+        j.add_incoming(j_start, entry)
+        sums = []
+        for total in sums_start:
+            sums.append(builder.phi(vector))
+            sums[-1].add_incoming(total, entry)
+        builder.cbranch(builder.icmp_signed("<=", builder.add(j, i64(step)), last), body, done)
+        builder.position_at_end(body)
+        updated = []
+        for u in range(step):
+            updated += add_non_zero(builder.add(j, i64(u)), sums[u * row_count : (u + 1) * row_count])
+        j.add_incoming(builder.add(j, i64(step)), builder.block)
+        for total, new in zip(sums, updated):
+            total.add_incoming(new, builder.block)
+        builder.branch(head)
+        builder.position_at_end(done)
+        return j, sums
+
+    j, sums = loop("gather", first, [zero] * (row_count * way_count), way_count)
+    while len(sums) > row_count:  # the interleaved partial sums, pairwise
+        half = len(sums) // 2
+        sums = [builder.fadd(a, b) for a, b in zip(sums[:half], sums[half:])]
+    if way_count > 1:
+        j, sums = loop("gather_tail", j, sums, 1)
+    return sums
+
+
+def _gather_types(out, x, values, indices, rows, width, ways):
+    """(count, rows, ways) of a gather_fma call whose arguments type, else None."""
+    if not all(isinstance(a, types.IntegerLiteral) for a in (rows, width, ways)):
+        return None
+    if ways.literal_value & (ways.literal_value - 1):  # the partial sums are added pairwise
+        return None
+    if not all(isinstance(a, types.CPointer) and a.dtype == types.float32 for a in (out, x, values)):
+        return None
+    if not (isinstance(indices, types.CPointer) and indices.dtype == types.uint16):
+        return None
+    return width.literal_value, rows.literal_value, ways.literal_value
+
+
+def _store_sums(builder, sums, pointer, step):
+    """sums[k] to pointer + k * step floats (unaligned vector stores)."""
+    for k, total in enumerate(sums):
+        target = builder.gep(pointer, [builder.mul(step, llvm_ir.IntType(64)(k))]) if k else pointer
+        builder.store(total, builder.bitcast(target, total.type.as_pointer()), align=4)
+
+
 @intrinsic
 def gather_fma(typingctx, out, x, x_stride, values, value_stride, indices, start, end, rows, width, ways):
     """out[k*width : (k+1)*width] = sum over j in [start, end) of values[j*value_stride + k] * the ``width`` floats
@@ -172,74 +265,97 @@ def gather_fma(typingctx, out, x, x_stride, values, value_stride, indices, start
     when rows x width is too few registers to hide the latency), added pairwise before the last
     ``(end - start) % ways`` non-zeros; results then differ from ways = 1 by float32 rounding, and are the
     same on every call.  Multiply-adds are fused (llvm.fma).  The caller keeps every address in bounds."""
-    if not all(isinstance(a, types.IntegerLiteral) for a in (rows, width, ways)):
+    shape = _gather_types(out, x, values, indices, rows, width, ways)
+    if shape is None:
         return None
-    if ways.literal_value & (ways.literal_value - 1):  # the partial sums are added pairwise
-        return None
-    floats = (out, x, values)
-    if not all(isinstance(a, types.CPointer) and a.dtype == types.float32 for a in floats):
-        return None
-    if not (isinstance(indices, types.CPointer) and indices.dtype == types.uint16):
-        return None
-    count, row_count, way_count = width.literal_value, rows.literal_value, ways.literal_value
 
     def codegen(context, builder, signature, args):
-        out_p, x_p, x_step, values_p, value_step, indices_p, first, last = args[:8]
-        i64 = llvm_ir.IntType(64)
-        vector = llvm_ir.VectorType(llvm_ir.FloatType(), count)
-        zero = llvm_ir.Constant(vector, None)
-        splat_mask = llvm_ir.Constant(llvm_ir.VectorType(llvm_ir.IntType(32), count), [0] * count)
-        fma = cgutils.get_or_insert_function(builder.module, llvm_ir.FunctionType(vector, [vector] * 3),
-                                             f"llvm.fma.v{count}f32")
-
-        def add_non_zero(j, sums):
-            column = builder.zext(builder.load(builder.gep(indices_p, [j])), i64)
-            row = builder.bitcast(builder.gep(x_p, [builder.mul(column, x_step)]), vector.as_pointer())
-            x_row, base = builder.load(row, align=4), builder.mul(j, value_step)
-            scaled = []
-            for k, total in enumerate(sums):
-                value = builder.load(builder.gep(values_p, [builder.add(base, i64(k))]))
-                scale = builder.shuffle_vector(builder.insert_element(zero, value, llvm_ir.IntType(32)(0)), zero,
-                                               splat_mask)
-                scaled.append(builder.call(fma, [scale, x_row, total]))
-            return scaled
-
-        def loop(name, j_start, sums_start, step):
-            """while j + step <= end: each of ``step`` non-zeros into its own group of ``rows`` sums."""
-            entry = builder.block
-            head, body, done = (builder.append_basic_block(f"{name}.{part}") for part in ("head", "body", "done"))
-            builder.branch(head)
-            builder.position_at_end(head)
-            j = builder.phi(i64)
-            j.add_incoming(j_start, entry)
-            sums = []
-            for total in sums_start:
-                sums.append(builder.phi(vector))
-                sums[-1].add_incoming(total, entry)
-            builder.cbranch(builder.icmp_signed("<=", builder.add(j, i64(step)), last), body, done)
-            builder.position_at_end(body)
-            updated = []
-            for u in range(step):
-                updated += add_non_zero(builder.add(j, i64(u)), sums[u * row_count : (u + 1) * row_count])
-            j.add_incoming(builder.add(j, i64(step)), builder.block)
-            for total, new in zip(sums, updated):
-                total.add_incoming(new, builder.block)
-            builder.branch(head)
-            builder.position_at_end(done)
-            return j, sums
-
-        j, sums = loop("gather", first, [zero] * (row_count * way_count), way_count)
-        while len(sums) > row_count:  # the interleaved partial sums, pairwise
-            half = len(sums) // 2
-            sums = [builder.fadd(a, b) for a, b in zip(sums[:half], sums[half:])]
-        if way_count > 1:
-            j, sums = loop("gather_tail", j, sums, 1)
-        for k, total in enumerate(sums):
-            builder.store(total, builder.bitcast(builder.gep(out_p, [i64(k * count)]), vector.as_pointer()), align=4)
+        sums = _gathered_sums(builder, *args[1:8], *shape)
+        _store_sums(builder, sums, args[0], llvm_ir.IntType(64)(shape[0]))
         return context.get_dummy_value()
 
     return types.void(out, x, types.int64, values, types.int64, indices, types.int64, types.int64, rows, width,
                       ways), codegen
+
+
+@intrinsic
+def gather_fma_finish(typingctx, out, x, x_stride, values, value_stride, indices, start, end, finish, y, y_stride,
+                      bias, has_bias, residual, add_residual, act, lo, hi, rows, width, ways):
+    """gather_fma, and where ``finish`` is true its sums finished and stored straight into the output instead of
+    ``out``: row k's ``width`` floats at y + k*y_stride = act((sum + bias[k]) + residual[k*y_stride ...]), the
+    epilogue.store_tile order and rounding, act Relu (max(v + 0, 0), relu_stored) or Clip (min(max(v, lo), hi), as
+    Numba's max / min select) applied, any other code none.  ``bias`` is read only where ``has_bias``, ``residual``
+    (rows at y_stride too) only where ``add_residual``.  For whole tiles: through the stack buffer, store_tile's
+    Numba loops (y sliced, trip counts known at run time, the activation a second pass over y re-reading its fresh
+    stores) cost ~23 ns a 64-frame row tile (an all-zero 256 x 256 matrix at T = 512 with bias and Relu: 64 us, 35
+    finished here; 90 % at T = 500 180 -> 119 us, Zen 4, with the aligned x tile; sparse_gather.md)."""
+    shape = _gather_types(out, x, values, indices, rows, width, ways)
+    if shape is None:
+        return None
+    if not all(isinstance(a, types.CPointer) and a.dtype == types.float32 for a in (y, bias, residual)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        (out_p, x_p, x_step, values_p, value_step, indices_p, first, last, finish_flag, y_p, y_step, bias_p,
+         bias_flag, residual_p, residual_flag, act_code, lo_value, hi_value) = args[:18]
+        i64, f32 = llvm_ir.IntType(64), llvm_ir.FloatType()
+        sums = _gathered_sums(builder, x_p, x_step, values_p, value_step, indices_p, first, last, *shape)
+        vector = sums[0].type
+        zero = llvm_ir.Constant(vector, None)
+
+        def splat(value):
+            lanes = llvm_ir.VectorType(llvm_ir.IntType(32), vector.count)
+            return builder.shuffle_vector(builder.insert_element(zero, value, llvm_ir.IntType(32)(0)), zero,
+                                          llvm_ir.Constant(lanes, [0] * vector.count))
+
+        def when(flag, name, make, values):
+            """make(values) where the int64 ``flag`` is non-zero, else ``values`` unchanged."""
+            entry = builder.block
+            then, merged = builder.append_basic_block(f"{name}.then"), builder.append_basic_block(f"{name}.done")
+            builder.cbranch(builder.icmp_unsigned("!=", flag, i64(0)), then, merged)
+            builder.position_at_end(then)
+            made = make(values)
+            made_in = builder.block
+            builder.branch(merged)
+            builder.position_at_end(merged)
+            joined = []
+            for old, new in zip(values, made):
+                phi = builder.phi(vector)
+                phi.add_incoming(old, entry)
+                phi.add_incoming(new, made_in)
+                joined.append(phi)
+            return joined
+
+        with builder.if_else(builder.icmp_unsigned("!=", finish_flag, i64(0))) as (direct, buffered):
+            with direct:
+                rows_at = [builder.mul(y_step, i64(k)) for k in range(len(sums))]
+                values = when(bias_flag, "bias", lambda v: [builder.fadd(total, splat(builder.load(
+                    builder.gep(bias_p, [i64(k)])))) for k, total in enumerate(v)], sums)
+                values = when(residual_flag, "residual", lambda v: [builder.fadd(total, builder.load(
+                    builder.bitcast(builder.gep(residual_p, [at]), vector.as_pointer()), align=4))
+                    for total, at in zip(v, rows_at)], values)
+
+                def relu(v):
+                    shifted = [builder.fadd(total, zero) for total in v]
+                    return [builder.select(builder.fcmp_ordered(">", zero, total), zero, total) for total in shifted]
+
+                def clip(v):
+                    low, high = splat(lo_value), splat(hi_value)
+                    raised = [builder.select(builder.fcmp_ordered(">", low, total), low, total) for total in v]
+                    return [builder.select(builder.fcmp_ordered("<", high, total), high, total) for total in raised]
+
+                values = when(builder.zext(builder.icmp_signed("==", act_code, i64(_RELU_CODE)), i64), "relu", relu,
+                              values)
+                values = when(builder.zext(builder.icmp_signed("==", act_code, i64(_CLIP_CODE)), i64), "clip", clip,
+                              values)
+                _store_sums(builder, values, y_p, y_step)
+            with buffered:
+                _store_sums(builder, sums, out_p, i64(shape[0]))
+        return context.get_dummy_value()
+
+    return types.void(out, x, types.int64, values, types.int64, indices, types.int64, types.int64, types.int64, y,
+                      types.int64, bias, types.int64, residual, types.int64, types.int64, types.float32,
+                      types.float32, rows, width, ways), codegen
 
 
 @intrinsic

@@ -38,7 +38,7 @@ from numba import carray, njit, types
 from numba.extending import overload
 from numba.types import float32
 
-from tinyasr.kernels._compile import element_pointer, halves_to_floats, stack_buffer
+from tinyasr.kernels._compile import aligned_rows, element_pointer, halves_to_floats, stack_buffer
 from tinyasr.kernels.epilogue import READ_2D, finish_row
 
 DEPTHWISE, POINTWISE = 0, 1
@@ -73,18 +73,6 @@ WEIGHT_TYPE = READ_2D
 HALF_TYPE = types.Array(types.uint16, 2, "C", readonly=True)
 _NO_BIAS = np.zeros((1, 0), np.float32)  # stands for a step's bias when it has none (never read)
 _NO_RESIDUAL_ROW = np.zeros(0, np.float32)  # finish_row's residual where it adds none
-
-
-@njit(cache=True)
-def aligned_rows(rows, width):
-    """np.empty((rows, width), float32) starting on a 64-byte boundary (Numba's arrays start on 32, numpy's on 16):
-    for the program's windows and packed weights, so that with rows of a multiple of 16 floats no vector load
-    straddles two cache lines (the causal QuartzNet's program 1-5 % faster a chunk, Zen 4).  Not zeroed: every
-    buffer that grows is written before it is read, and zeroing is a pass over fresh pages (when QuartzNet 5x5's
-    end of stream still grew its buffers to ~1500 frames, 26 of its 34 ms of bookkeeping, Zen 4)."""
-    raw = np.empty(rows * width + 16, np.float32)
-    skip = (-raw.ctypes.data % 64) // 4
-    return raw[skip:skip + rows * width].reshape((rows, width))
 
 
 @njit(cache=True, inline="always")

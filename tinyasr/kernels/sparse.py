@@ -16,10 +16,13 @@ op's semantics (see conv1d.py).  What makes sparsity pay (notes: ../shared/resea
   contiguous [Cin, width] scratch first, which stays in L1 / L2 while all its rows gather from it.  Read in
   place, each gathered segment of x lies on its own page (rows are T frames apart): 512 pages per tile at
   Cin = 512, past the first-level TLB, and the gathers ran 1.1-1.6x slower at T = 1000
-  (benchmarks/results/sparse_packing.md).  What is left is the gather's traffic from the cache, one vector
-  load per multiply-add for CSR, and each row's fixed cost (the copy out through the epilogue): figures in
+  (benchmarks/results/sparse_packing.md).  The scratch starts on a 64-byte boundary (_compile.aligned_rows):
+  Numba's np.empty gives 32, and a 1x64 tile of 512 inputs came 32 bytes past a line in every process, each
+  AVX-512 load of x split over two lines (512 x 512 at T = 1000: 1.46 -> 1.10 ms, Zen 4).  What is left is the
+  gather's traffic from the cache, one vector load per multiply-add for CSR: figures in
   benchmarks/results/sparse_gather.md;
-* the epilogue is applied to each row tile while it is in L1.
+* the epilogue (bias, residual, Relu / Clip) is applied to each whole row tile in registers as the gather ends
+  (_compile.gather_fma_finish), the short last tile's through a stack buffer (epilogue.store_tile).
 
 Transformer blocks keep activations time-major, x [frames, K] (a row per frame), and multiply by a stored
 W [K, N] (MatMul, then a bias Add).  ``matmul_time_major`` runs a CSR / BSR W there with the same row tile:
@@ -48,7 +51,8 @@ from tinyasr.engine import threads
 from tinyasr.errors import GraphError
 from tinyasr.format.encodings.sparse import BSRMatrix, CSRMatrix, as_dense, bsr_arrays, csr_arrays
 from tinyasr.kernels import tuning
-from tinyasr.kernels._compile import element_pointer, gather_fma, serial_and_parallel, stack_buffer, transpose_8x8
+from tinyasr.kernels._compile import (aligned_rows, element_pointer, gather_fma, gather_fma_finish, serial_and_parallel,
+                                     stack_buffer, transpose_8x8)
 from tinyasr.kernels.conv1d import bound_conv1d, run_nothing
 from tinyasr.kernels.epilogue import (
     ACTIVATIONS,
@@ -84,16 +88,23 @@ def _signature():
 
 
 @njit(inline="always")
-def _strip_sums(acc, x_tile, values, indices, indptr, strip, strip_rows, width, ways):
-    """acc[k*width:(k+1)*width] = the sums of the ``strip_rows`` rows k of ``strip`` over the tile's frames: its
-    block row's non-zeros gathered from x_tile (gather_fma).  CSR: values [nnz, 1, 1], one row a strip; BSR:
-    values [nblocks, br, 1], strips of 4 rows inside blocks of br rows sharing each column index."""
+def _strip_rows(acc, x_tile, values, indices, indptr, strip, strip_rows, width, ways, finish, y, y_row, frames, bias,
+                has_bias, residual, add_residual, act, lo, hi):
+    """The sums of the ``strip_rows`` rows of ``strip`` over the tile's frames: its block row's non-zeros gathered
+    from x_tile (gather_fma_finish).  Where ``finish`` (a whole tile), finished and stored straight into y from
+    element y_row on (rows ``frames`` apart); else into acc (acc[k*width:(k+1)*width], row k) for store_tile.
+    CSR: values [nnz, 1, 1], one row a strip; BSR: values [nblocks, br, 1], strips of 4 rows inside blocks of br
+    rows sharing each column index."""
     block_rows = values.shape[1]
     strips_per_block = block_rows // strip_rows
     block_row, first_row = strip // strips_per_block, (strip % strips_per_block) * strip_rows
-    gather_fma(element_pointer(acc, 0), element_pointer(x_tile, 0), np.int64(width),
-               element_pointer(values, first_row), np.int64(block_rows), element_pointer(indices, 0),
-               np.int64(indptr[block_row]), np.int64(indptr[block_row + 1]), strip_rows, width, ways)
+    r0 = strip * strip_rows
+    gather_fma_finish(element_pointer(acc, 0), element_pointer(x_tile, 0), np.int64(width),
+                      element_pointer(values, first_row), np.int64(block_rows), element_pointer(indices, 0),
+                      np.int64(indptr[block_row]), np.int64(indptr[block_row + 1]), np.int64(finish),
+                      element_pointer(y, y_row), np.int64(frames), element_pointer(bias, r0 if has_bias else 0),
+                      np.int64(has_bias), element_pointer(residual, y_row if add_residual else 0),
+                      np.int64(add_residual), act, lo, hi, strip_rows, width, ways)
 
 
 @njit(fastmath={"contract"}, cache=True)
@@ -104,20 +115,24 @@ def _sparse_tile(x, values, indices, indptr, bias, residual, y, act, lo, hi, b, 
     slower on one thread than in the serial build, so two threads gained 1.6x (now 1.9x).  Module-level, its
     variant's shape passed as literals: as a closure of the factory it was part of the kernels' closure, whose
     pickled form (a dispatcher's, with a per-process id) is in Numba's cache key, and every process compiled the
-    kernels again."""
+    kernels again.  A whole tile's rows are finished in the gather's IR; the last, short tile's go through acc and
+    store_tile."""
     literally(strip_rows)
     literally(width)
     literally(ways)
     inputs, frames = x.shape[1], x.shape[2]
     n = min(width, frames - t0)
+    finish = n == width
     has_bias, add_residual = bias.shape[0] > 0, residual.size > 0
-    x_tile = np.empty((inputs, width), np.float32)
+    x_tile = aligned_rows(inputs, width)
     pack_tile(x[b], t0, n, x_tile)
     acc = carray(stack_buffer(MAX_STRIP), (MAX_STRIP,))
     for strip in range(first, last):
-        _strip_sums(acc, x_tile, values, indices, indptr, strip, strip_rows, width, ways)
-        store_tile(y, acc, width, b, strip * strip_rows, strip_rows, t0, n, bias, has_bias, residual, add_residual,
-                   act, lo, hi)
+        r0 = strip * strip_rows
+        _strip_rows(acc, x_tile, values, indices, indptr, strip, strip_rows, width, ways, finish, y,
+                    (b * y.shape[1] + r0) * frames + t0, frames, bias, has_bias, residual, add_residual, act, lo, hi)
+        if not finish:
+            store_tile(y, acc, width, b, r0, strip_rows, t0, n, bias, has_bias, residual, add_residual, act, lo, hi)
 
 
 def _sparse_kernel(strip_rows: int, width: int, ways: int = 1):
@@ -131,9 +146,9 @@ def _sparse_kernel(strip_rows: int, width: int, ways: int = 1):
     (512 pages a tile at Cin 512, past the first-level TLB: the gathers ran 1.1-1.6x slower at T = 1000,
     benchmarks/results/sparse_packing.md), and a row of x at a frame that is not a multiple of 16 straddles
     cache lines.  The copy is Cin x width floats per tile against nnz x width multiply-adds.  The epilogue
-    y = act((acc + bias) + residual) is applied while copying out of the sums (store_tile, inlined: calling the
-    epilogue's finish_row, even a branch of it never taken, made the kernel 1.2-2x slower), so only "" / Relu /
-    Clip are applied here; spmm applies Sigmoid / Tanh in a second pass.
+    y = act((sums + bias) + residual) is applied to the sums in registers (gather_fma_finish; a short last tile's
+    through store_tile, inlined: calling the epilogue's finish_row, even a branch of it never taken, made the
+    kernel 1.2-2x slower), so only "" / Relu / Clip are applied here; spmm applies Sigmoid / Tanh in a second pass.
     """
     if strip_rows * width > MAX_STRIP:
         raise ValueError(f"a {strip_rows}x{width} strip needs more than MAX_STRIP = {MAX_STRIP} sums")
@@ -286,7 +301,7 @@ def _time_major_kernel(width: int, ways: int = 1):
             for tile in loop((frames + width - 1) // width):
                 t0 = tile * width
                 n = min(width, frames - t0)
-                x_tile = np.empty((inputs, width), np.float32)
+                x_tile = aligned_rows(inputs, width)
                 _frames_to_tile(x, t0, n, x_tile)
                 acc = carray(stack_buffer(block_size), (8, width))
                 for c0 in range(0, outputs, 8):
