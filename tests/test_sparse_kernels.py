@@ -57,8 +57,10 @@ def assert_close(y, weight, x, expected, bias=None, residual=None):
 
 @pytest.mark.parametrize("frames", [1, 7, 16, 64, 1000])
 @pytest.mark.parametrize("block_rows", [1, 4, 8])
-@pytest.mark.parametrize("activation", ["", "Relu"])
+@pytest.mark.parametrize("activation", ["", "Relu", "Clip"])
 def test_kernel_matches_dense_matmul(frames, block_rows, activation):
+    """Whole tiles (64, 1000 frames) are finished in the gather's IR, short ones through a buffer: both with a bias,
+    a residual and each activation the kernels apply themselves."""
     rng = np.random.default_rng(frames * 10 + block_rows)
     rows, columns = 48, 37
     weight = random_weight(rng, rows, columns, 0.3, block_rows)
@@ -66,8 +68,9 @@ def test_kernel_matches_dense_matmul(frames, block_rows, activation):
     bias = rng.standard_normal(rows).astype(np.float32)
     residual = rng.standard_normal((2, rows, frames)).astype(np.float32)
     matrix = encoded(weight, block_rows)
-    y = spmm(matrix, x, bias, residual, activation)
-    assert_close(y, weight, x, dense_reference(weight, x, bias, residual, activation), bias, residual)
+    params = (-0.5, 0.75) if activation == "Clip" else ()
+    y = spmm(matrix, x, bias, residual, activation, params)
+    assert_close(y, weight, x, dense_reference(weight, x, bias, residual, activation, params), bias, residual)
     y_plain = spmm(matrix, x)
     assert_close(y_plain, weight, x, dense_reference(weight, x))
 
