@@ -6,7 +6,7 @@ op's semantics (see conv1d.py).  What makes sparsity pay (notes: ../shared/resea
 * time is the inner, contiguous, vectorised loop: each non-zero (column c, value v) of an output row
   adds ``v * x[b, c, t0:t0+width]`` to the row's sums over a tile of ``width`` frames (16 to 64: a few
   variants, the fastest on this CPU chosen by measurement at first use, tuning.py);
-* that loop is LLVM IR written here (_compile.gather_fma): the sums are SSA vector values, so they stay in
+* that loop is LLVM IR written here (_compile.gather_fma_finish): the sums are SSA vector values, so they stay in
   registers.  Written as Numba loops over a stack buffer, whether LLVM kept them there depended on the code
   around the loop: the BSR strip with its tile packed in the work item loaded and stored all 16 sums for
   every block (Zen 3: 2-3x slower), and narrow tiles were out of reach;
@@ -51,7 +51,7 @@ from tinyasr.engine import threads
 from tinyasr.errors import GraphError
 from tinyasr.format.encodings.sparse import BSRMatrix, CSRMatrix, as_dense, bsr_arrays, csr_arrays
 from tinyasr.kernels import tuning
-from tinyasr.kernels._compile import (aligned_rows, element_pointer, gather_fma, gather_fma_finish, serial_and_parallel,
+from tinyasr.kernels._compile import (aligned_rows, element_pointer, gather_fma_finish, serial_and_parallel,
                                      stack_buffer, transpose_8x8)
 from tinyasr.kernels.conv1d import bound_conv1d, run_nothing
 from tinyasr.kernels.epilogue import (
@@ -285,8 +285,9 @@ def _time_major_kernel(width: int, ways: int = 1):
     """The time-major CSR kernel factory on tiles of ``width`` frames, non-zeros interleaved ``ways`` ways.
 
     Work items are tiles of frames.  One item transposes its frames of x into a [K, width] scratch tile, then
-    gathers each output column's sums from it (gather_fma), 8 columns at a time into an [8, width] stack buffer,
-    and writes those 8 columns' sums (plus bias) into y by 8 x 8 register transposes.  Measured on Zen 3 (AVX2),
+    gathers each output column's sums from it, 8 columns at a time into an [8, width] stack buffer, the bias added
+    in registers (gather_fma_finish; added by a loop over the buffer afterwards, 176 x 704 at T = 256 ran 146 ->
+    121-124 us, Zen 4), and writes those 8 columns into y by 8 x 8 register transposes.  Measured on Zen 3 (AVX2),
     90 % sparse, 256 frames, multiply-adds alone -> whole kernel: 88x352 36 -> 62 us, 352x88 35 -> 57, 512x512
     358 -> 409, 88x88 7 -> 18 (BLAS: 179, 177, 1460, 46); with transposes one value at a time the kernel took
     75, 118, 731, 27.  Frames are independent, so any batch dims are folded into them.
@@ -307,14 +308,13 @@ def _time_major_kernel(width: int, ways: int = 1):
                 for c0 in range(0, outputs, 8):
                     columns = min(8, outputs - c0)
                     for q in range(columns):
-                        acc_q = acc[q]
-                        gather_fma(element_pointer(acc_q, 0), element_pointer(x_tile, 0), np.int64(width),
-                                   element_pointer(values, 0), np.int64(1), element_pointer(indices, 0),
-                                   np.int64(indptr[c0 + q]), np.int64(indptr[c0 + q + 1]), 1, width, ways)
-                        if has_bias:
-                            bias_q = bias[c0 + q]
-                            for t in range(n):
-                                acc_q[t] = acc_q[t] + bias_q
+                        sums = element_pointer(acc, q * width)
+                        gather_fma_finish(sums, element_pointer(x_tile, 0), np.int64(width),
+                                          element_pointer(values, 0), np.int64(1), element_pointer(indices, 0),
+                                          np.int64(indptr[c0 + q]), np.int64(indptr[c0 + q + 1]), np.int64(1),
+                                          sums, np.int64(width), element_pointer(bias, c0 + q if has_bias else 0),
+                                          np.int64(has_bias), sums, np.int64(0), np.int64(0), np.float32(0.0),
+                                          np.float32(0.0), 1, width, ways)
                     _columns_to_frames(acc, columns, y, t0, n, c0)
 
         return kernel
