@@ -174,26 +174,38 @@ def lanes_fma(typingctx, accumulator, factors, source, width):
     return types.void(accumulator, factors, source, width), codegen
 
 
-def _gathered_sums(builder, x_p, x_step, values_p, value_step, indices_p, first, last, count, row_count, way_count):
-    """The IR of gather_fma's loop: the ``row_count`` sums, ``<count x float>`` SSA values, of the non-zeros
-    first .. last-1 (``way_count`` ways interleaved, then added pairwise, then the tail)."""
+def _chunk(count):
+    """Floats per vector for ``count`` floats of a row: all of them where a power of two (LLVM splits the vector
+    into the host's registers), else 16 (a 48-frame tile as three <16 x float>: as one <48 x float>, not a power of
+    two, LLVM's code for it ran 4.4x slower on Zen 4)."""
+    return count if count & (count - 1) == 0 else 16
+
+
+def _gathered_sums(builder, x_p, x_step, values_p, value_step, row_step, indices_p, first, last, count, row_count,
+                   way_count):
+    """The IR of gather_fma's loop: the sums of ``row_count`` rows of ``count`` floats, as SSA vectors (row k's
+    chunks at k*chunks .. (k+1)*chunks-1, _chunk), over j = first .. last-1 of values[j*value_step + k*row_step]
+    (row k) times the ``count`` floats at x + column*x_step, column = indices[j] (sparse), or j itself where
+    ``indices_p`` is None (a dense strip); ``way_count`` ways interleaved, then added pairwise, then the tail."""
     i64 = llvm_ir.IntType(64)
-    vector = llvm_ir.VectorType(llvm_ir.FloatType(), count)
+    chunk = _chunk(count)
+    chunks = count // chunk
+    vector = llvm_ir.VectorType(llvm_ir.FloatType(), chunk)
     zero = llvm_ir.Constant(vector, None)
-    splat_mask = llvm_ir.Constant(llvm_ir.VectorType(llvm_ir.IntType(32), count), [0] * count)
     fma = cgutils.get_or_insert_function(builder.module, llvm_ir.FunctionType(vector, [vector] * 3),
-                                         f"llvm.fma.v{count}f32")
+                                         f"llvm.fma.v{chunk}f32")
 
     def add_non_zero(j, sums):
-        column = builder.zext(builder.load(builder.gep(indices_p, [j])), i64)
-        row = builder.bitcast(builder.gep(x_p, [builder.mul(column, x_step)]), vector.as_pointer())
-        x_row, base = builder.load(row, align=4), builder.mul(j, value_step)
+        column = j if indices_p is None else builder.zext(builder.load(builder.gep(indices_p, [j])), i64)
+        row = builder.gep(x_p, [builder.mul(column, x_step)])
+        x_row = [builder.load(builder.bitcast(builder.gep(row, [i64(i * chunk)]) if i else row, vector.as_pointer()),
+                              align=4) for i in range(chunks)]
+        base = builder.mul(j, value_step)
         scaled = []
-        for k, total in enumerate(sums):
-            value = builder.load(builder.gep(values_p, [builder.add(base, i64(k))]))
-            scale = builder.shuffle_vector(builder.insert_element(zero, value, llvm_ir.IntType(32)(0)), zero,
-                                           splat_mask)
-            scaled.append(builder.call(fma, [scale, x_row, total]))
+        for k in range(len(sums) // chunks):
+            value = builder.load(builder.gep(values_p, [builder.add(base, builder.mul(row_step, i64(k)))]))
+            scale = _splat(builder, value, vector)
+            scaled += [builder.call(fma, [scale, x_row[i], sums[k * chunks + i]]) for i in range(chunks)]
         return scaled
 
     def loop(name, j_start, sums_start, step):
@@ -212,7 +224,7 @@ def _gathered_sums(builder, x_p, x_step, values_p, value_step, indices_p, first,
         builder.position_at_end(body)
         updated = []
         for u in range(step):
-            updated += add_non_zero(builder.add(j, i64(u)), sums[u * row_count : (u + 1) * row_count])
+            updated += add_non_zero(builder.add(j, i64(u)), sums[u * group : (u + 1) * group])
         j.add_incoming(builder.add(j, i64(step)), builder.block)
         for total, new in zip(sums, updated):
             total.add_incoming(new, builder.block)
@@ -220,8 +232,9 @@ def _gathered_sums(builder, x_p, x_step, values_p, value_step, indices_p, first,
         builder.position_at_end(done)
         return j, sums
 
-    j, sums = loop("gather", first, [zero] * (row_count * way_count), way_count)
-    while len(sums) > row_count:  # the interleaved partial sums, pairwise
+    group = row_count * chunks  # the vectors of one way's sums
+    j, sums = loop("gather", first, [zero] * (group * way_count), way_count)
+    while len(sums) > group:  # the interleaved partial sums, pairwise
         half = len(sums) // 2
         sums = [builder.fadd(a, b) for a, b in zip(sums[:half], sums[half:])]
     if way_count > 1:
@@ -229,24 +242,94 @@ def _gathered_sums(builder, x_p, x_step, values_p, value_step, indices_p, first,
     return sums
 
 
-def _gather_types(out, x, values, indices, rows, width, ways):
-    """(count, rows, ways) of a gather_fma call whose arguments type, else None."""
+def _splat(builder, value, vector):
+    """The float ``value`` in every lane of a ``vector`` (a broadcast)."""
+    zero = llvm_ir.Constant(vector, None)
+    lanes = llvm_ir.Constant(llvm_ir.VectorType(llvm_ir.IntType(32), vector.count), [0] * vector.count)
+    return builder.shuffle_vector(builder.insert_element(zero, value, llvm_ir.IntType(32)(0)), zero, lanes)
+
+
+def _literal_shape(rows, width, ways):
+    """(width, rows, ways) of literal arguments, ways a power of two (the partial sums are added pairwise), else
+    None."""
     if not all(isinstance(a, types.IntegerLiteral) for a in (rows, width, ways)):
         return None
-    if ways.literal_value & (ways.literal_value - 1):  # the partial sums are added pairwise
-        return None
-    if not all(isinstance(a, types.CPointer) and a.dtype == types.float32 for a in (out, x, values)):
-        return None
-    if not (isinstance(indices, types.CPointer) and indices.dtype == types.uint16):
+    if ways.literal_value & (ways.literal_value - 1):
         return None
     return width.literal_value, rows.literal_value, ways.literal_value
 
 
-def _store_sums(builder, sums, pointer, step):
-    """sums[k] to pointer + k * step floats (unaligned vector stores)."""
-    for k, total in enumerate(sums):
-        target = builder.gep(pointer, [builder.mul(step, llvm_ir.IntType(64)(k))]) if k else pointer
-        builder.store(total, builder.bitcast(target, total.type.as_pointer()), align=4)
+def _float_pointers(*arguments):
+    return all(isinstance(a, types.CPointer) and a.dtype == types.float32 for a in arguments)
+
+
+def _row_offsets(builder, sums, count, step):
+    """(row, the float offset of each of ``sums``' vectors: row k's chunk i at k*step + i*chunk) for _gathered_sums'
+    order."""
+    i64, chunk = llvm_ir.IntType(64), _chunk(count)
+    chunks = count // chunk
+    return [(s // chunks, builder.add(builder.mul(step, i64(s // chunks)), i64((s % chunks) * chunk)))
+            for s in range(len(sums))]
+
+
+def _store_sums(builder, sums, pointer, count, step):
+    """Each row k of ``count`` floats to pointer + k * step floats (unaligned vector stores)."""
+    for total, (_, at) in zip(sums, _row_offsets(builder, sums, count, step)):
+        builder.store(total, builder.bitcast(builder.gep(pointer, [at]), total.type.as_pointer()), align=4)
+
+
+def _finish_sums(builder, sums, out_p, count, finish_flag, y_p, y_step, bias_p, bias_flag, residual_p, residual_flag,
+                 act_code, lo_value, hi_value):
+    """Where ``finish_flag`` (int64) is non-zero, row k's sums (``count`` floats) finished and stored at y_p +
+    k*y_step: act((sum + bias[k]) + the residual's row at residual_p + k*y_step), each part only where its flag is
+    set; else the sums as they are at out_p + k*count (gather_fma_finish)."""
+    i64 = llvm_ir.IntType(64)
+    vector = sums[0].type
+    zero = llvm_ir.Constant(vector, None)
+
+    def when(flag, name, make, values):
+        """make(values) where the int64 ``flag`` is non-zero, else ``values`` unchanged."""
+        entry = builder.block
+        then, merged = builder.append_basic_block(f"{name}.then"), builder.append_basic_block(f"{name}.done")
+        builder.cbranch(builder.icmp_unsigned("!=", flag, i64(0)), then, merged)
+        builder.position_at_end(then)
+        made = make(values)
+        made_in = builder.block
+        builder.branch(merged)
+        builder.position_at_end(merged)
+        joined = []
+        for old, new in zip(values, made):
+            phi = builder.phi(vector)
+            phi.add_incoming(old, entry)
+            phi.add_incoming(new, made_in)
+            joined.append(phi)
+        return joined
+
+    def relu(values):
+        shifted = [builder.fadd(total, zero) for total in values]
+        return [builder.select(builder.fcmp_ordered(">", zero, total), zero, total) for total in shifted]
+
+    def clip(values):
+        low, high = _splat(builder, lo_value, vector), _splat(builder, hi_value, vector)
+        raised = [builder.select(builder.fcmp_ordered(">", low, total), low, total) for total in values]
+        return [builder.select(builder.fcmp_ordered("<", high, total), high, total) for total in raised]
+
+    def is_code(code):
+        return builder.zext(builder.icmp_signed("==", act_code, i64(code)), i64)
+
+    with builder.if_else(builder.icmp_unsigned("!=", finish_flag, i64(0))) as (direct, buffered):
+        with direct:
+            places = _row_offsets(builder, sums, count, y_step)
+            values = when(bias_flag, "bias", lambda v: [builder.fadd(total, _splat(builder, builder.load(
+                builder.gep(bias_p, [i64(k)])), vector)) for total, (k, _) in zip(v, places)], sums)
+            values = when(residual_flag, "residual", lambda v: [builder.fadd(total, builder.load(
+                builder.bitcast(builder.gep(residual_p, [at]), vector.as_pointer()), align=4))
+                for total, (_, at) in zip(v, places)], values)
+            values = when(is_code(_RELU_CODE), "relu", relu, values)
+            values = when(is_code(_CLIP_CODE), "clip", clip, values)
+            _store_sums(builder, values, y_p, count, y_step)
+        with buffered:
+            _store_sums(builder, sums, out_p, count, i64(count))
 
 
 @intrinsic
@@ -265,17 +348,33 @@ def gather_fma(typingctx, out, x, x_stride, values, value_stride, indices, start
     when rows x width is too few registers to hide the latency), added pairwise before the last
     ``(end - start) % ways`` non-zeros; results then differ from ways = 1 by float32 rounding, and are the
     same on every call.  Multiply-adds are fused (llvm.fma).  The caller keeps every address in bounds."""
-    shape = _gather_types(out, x, values, indices, rows, width, ways)
-    if shape is None:
+    shape = _literal_shape(rows, width, ways)
+    if shape is None or not _float_pointers(out, x, values) or not _uint16_pointer(indices):
         return None
 
     def codegen(context, builder, signature, args):
-        sums = _gathered_sums(builder, *args[1:8], *shape)
-        _store_sums(builder, sums, args[0], llvm_ir.IntType(64)(shape[0]))
+        one = llvm_ir.IntType(64)(1)
+        sums = _gathered_sums(builder, *args[1:5], one, *args[5:8], *shape)
+        _store_sums(builder, sums, args[0], shape[0], llvm_ir.IntType(64)(shape[0]))
         return context.get_dummy_value()
 
     return types.void(out, x, types.int64, values, types.int64, indices, types.int64, types.int64, rows, width,
                       ways), codegen
+
+
+def _uint16_pointer(argument):
+    return isinstance(argument, types.CPointer) and argument.dtype == types.uint16
+
+
+_FINISH_TYPES = (types.int64, None, types.int64, None, types.int64, None, types.int64, types.int64, types.float32,
+                 types.float32)  # finish, y, y_stride, bias, has_bias, residual, add_residual, act, lo, hi
+
+
+def _finish_signature(leading, finishing, literals):
+    """The signature of a *_finish intrinsic: its own leading arguments, the finishing ones (the pointers y, bias
+    and residual as given, the rest _FINISH_TYPES), then the literals."""
+    return types.void(*leading, *(given if kind is None else kind for kind, given in zip(_FINISH_TYPES, finishing)),
+                      *literals)
 
 
 @intrinsic
@@ -289,73 +388,40 @@ def gather_fma_finish(typingctx, out, x, x_stride, values, value_stride, indices
     Numba loops (y sliced, trip counts known at run time, the activation a second pass over y re-reading its fresh
     stores) cost ~23 ns a 64-frame row tile (an all-zero 256 x 256 matrix at T = 512 with bias and Relu: 64 us, 35
     finished here; 90 % at T = 500 180 -> 119 us, Zen 4, with the aligned x tile; sparse_gather.md)."""
-    shape = _gather_types(out, x, values, indices, rows, width, ways)
-    if shape is None:
-        return None
-    if not all(isinstance(a, types.CPointer) and a.dtype == types.float32 for a in (y, bias, residual)):
+    shape = _literal_shape(rows, width, ways)
+    if (shape is None or not _float_pointers(out, x, values, y, bias, residual) or not _uint16_pointer(indices)):
         return None
 
     def codegen(context, builder, signature, args):
-        (out_p, x_p, x_step, values_p, value_step, indices_p, first, last, finish_flag, y_p, y_step, bias_p,
-         bias_flag, residual_p, residual_flag, act_code, lo_value, hi_value) = args[:18]
-        i64, f32 = llvm_ir.IntType(64), llvm_ir.FloatType()
-        sums = _gathered_sums(builder, x_p, x_step, values_p, value_step, indices_p, first, last, *shape)
-        vector = sums[0].type
-        zero = llvm_ir.Constant(vector, None)
-
-        def splat(value):
-            lanes = llvm_ir.VectorType(llvm_ir.IntType(32), vector.count)
-            return builder.shuffle_vector(builder.insert_element(zero, value, llvm_ir.IntType(32)(0)), zero,
-                                          llvm_ir.Constant(lanes, [0] * vector.count))
-
-        def when(flag, name, make, values):
-            """make(values) where the int64 ``flag`` is non-zero, else ``values`` unchanged."""
-            entry = builder.block
-            then, merged = builder.append_basic_block(f"{name}.then"), builder.append_basic_block(f"{name}.done")
-            builder.cbranch(builder.icmp_unsigned("!=", flag, i64(0)), then, merged)
-            builder.position_at_end(then)
-            made = make(values)
-            made_in = builder.block
-            builder.branch(merged)
-            builder.position_at_end(merged)
-            joined = []
-            for old, new in zip(values, made):
-                phi = builder.phi(vector)
-                phi.add_incoming(old, entry)
-                phi.add_incoming(new, made_in)
-                joined.append(phi)
-            return joined
-
-        with builder.if_else(builder.icmp_unsigned("!=", finish_flag, i64(0))) as (direct, buffered):
-            with direct:
-                rows_at = [builder.mul(y_step, i64(k)) for k in range(len(sums))]
-                values = when(bias_flag, "bias", lambda v: [builder.fadd(total, splat(builder.load(
-                    builder.gep(bias_p, [i64(k)])))) for k, total in enumerate(v)], sums)
-                values = when(residual_flag, "residual", lambda v: [builder.fadd(total, builder.load(
-                    builder.bitcast(builder.gep(residual_p, [at]), vector.as_pointer()), align=4))
-                    for total, at in zip(v, rows_at)], values)
-
-                def relu(v):
-                    shifted = [builder.fadd(total, zero) for total in v]
-                    return [builder.select(builder.fcmp_ordered(">", zero, total), zero, total) for total in shifted]
-
-                def clip(v):
-                    low, high = splat(lo_value), splat(hi_value)
-                    raised = [builder.select(builder.fcmp_ordered(">", low, total), low, total) for total in v]
-                    return [builder.select(builder.fcmp_ordered("<", high, total), high, total) for total in raised]
-
-                values = when(builder.zext(builder.icmp_signed("==", act_code, i64(_RELU_CODE)), i64), "relu", relu,
-                              values)
-                values = when(builder.zext(builder.icmp_signed("==", act_code, i64(_CLIP_CODE)), i64), "clip", clip,
-                              values)
-                _store_sums(builder, values, y_p, y_step)
-            with buffered:
-                _store_sums(builder, sums, out_p, i64(shape[0]))
+        one = llvm_ir.IntType(64)(1)
+        sums = _gathered_sums(builder, *args[1:5], one, *args[5:8], *shape)
+        _finish_sums(builder, sums, args[0], shape[0], *args[8:18])
         return context.get_dummy_value()
 
-    return types.void(out, x, types.int64, values, types.int64, indices, types.int64, types.int64, types.int64, y,
-                      types.int64, bias, types.int64, residual, types.int64, types.int64, types.float32,
-                      types.float32, rows, width, ways), codegen
+    leading = (out, x, types.int64, values, types.int64, indices, types.int64, types.int64)
+    return _finish_signature(leading, (finish, y, y_stride, bias, has_bias, residual, add_residual, act, lo, hi),
+                             (rows, width, ways)), codegen
+
+
+@intrinsic
+def dense_fma_finish(typingctx, out, x, x_stride, weights, weight_stride, inputs, finish, y, y_stride, bias, has_bias,
+                     residual, add_residual, act, lo, hi, rows, width):
+    """gather_fma_finish for a dense strip: the sums of the ``rows`` rows k of weights[k*weight_stride + c] times the
+    ``width`` floats at x + c*x_stride over every input c < ``inputs``, in channel order (the pointwise tile kernel,
+    pointwise.py), then finished into y or stored at ``out`` the same way."""
+    shape = _literal_shape(rows, width, types.IntegerLiteral(1))
+    if shape is None or not _float_pointers(out, x, weights, y, bias, residual):
+        return None
+
+    def codegen(context, builder, signature, args):
+        i64 = llvm_ir.IntType(64)
+        sums = _gathered_sums(builder, args[1], args[2], args[3], i64(1), args[4], None, i64(0), args[5], *shape)
+        _finish_sums(builder, sums, args[0], shape[0], *args[6:16])
+        return context.get_dummy_value()
+
+    leading = (out, x, types.int64, weights, types.int64, types.int64)
+    return _finish_signature(leading, (finish, y, y_stride, bias, has_bias, residual, add_residual, act, lo, hi),
+                             (rows, width)), codegen
 
 
 @intrinsic

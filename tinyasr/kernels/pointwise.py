@@ -9,14 +9,17 @@ kernel is a register-tiled loop that LLVM vectorises for the host CPU, as the sp
   half speed (cache-set and prefetch trouble), a contiguous tile at full speed.  Copied by the item, not by
   numpy beforehand (2026-12-06): a thread packs its own tiles, and numpy's transposing copy ran at 16 GB/s
   against the item's 40 (a 256 x 500 layer 616 -> 602 us on one thread, 346 -> 309 on two, Zen 4);
-* a strip of ``rows`` output rows x ``width`` frames is accumulated in a stack buffer (``stack_buffer``) that
-  LLVM keeps in vector registers over all Cin input channels: per channel one x row of the tile is loaded
-  once, the rows' weights are broadcast, rows x width / lanes fused multiply-adds.  How big a strip fits
-  the register file is the CPU's, so there are a few tile shapes (TILE_SHAPES) and the first call measures
-  which is fastest here (tuning.py);
+* a strip of ``rows`` output rows x ``width`` frames is summed in vector registers over all Cin input channels
+  (_compile.dense_fma_finish, LLVM IR, the sparse kernels' loop with every column present): per channel one x
+  row of the tile is loaded once, the rows' weights are broadcast, rows x width / lanes fused multiply-adds.
+  How big a strip fits the register file is the CPU's, so there are a few tile shapes (TILE_SHAPES) and the
+  first call measures which is fastest here (tuning.py);
 * work items are (batch, tile, part of the strips), tile-major, the strips split in ``parts`` only where
   there are too few tiles for the threads (row_parts): the x tile stays in L1 / L2 while every strip of the
-  item uses it; the epilogue (bias, residual, Relu / Clip) is applied while copying each strip out.
+  item uses it; the epilogue (bias, residual, Relu / Clip) is applied to a whole tile's sums in registers, a
+  short last tile's through a stack buffer (epilogue.store_tile).  Written as Numba loops over a stack buffer
+  (kept in registers by LLVM) followed by store_tile, the strips ran 4-6 % slower for 4x64, 13-14 % for 4x16
+  and 2.4x for 2x48 (Zen 4, 256 x 256 to 512 x 512; benchmarks/results/sparse_gather.md).
 
 Cout must be a multiple of 4 (QuartzNet / Citrinet / MatchboxNet layers are; a vocabulary-sized
 output conv is not and stays on BLAS).  A 64-frame tile costs as much as 24 frames of BLAS, so for
@@ -40,7 +43,7 @@ from numba import carray, literally, njit
 from numba.types import float32, int64, void
 
 from tinyasr.kernels import tuning
-from tinyasr.kernels._compile import element_pointer, serial_and_parallel, stack_buffer
+from tinyasr.kernels._compile import dense_fma_finish, element_pointer, serial_and_parallel, stack_buffer
 from tinyasr.kernels.epilogue import (
     ACTIVATIONS,
     NO_BIAS,
@@ -66,20 +69,6 @@ TILE_SHAPES = {"4x64": (4, 64), "4x16": (4, 16), "2x48": (2, 48)}
 CALIBRATION_CHANNELS = (256, 256)
 CALIBRATION_FRAMES = (64, 384)
 SHORT_INPUT = 96
-
-
-@njit(inline="always", fastmath={"contract"})
-def strip_update(a0, a1, a2, a3, v0, v1, v2, v3, x_row, n):
-    """a_k[:n] += v_k * x_row[:n] for the 4 rows k of a strip: one load of x serves 4 fused multiply-adds.
-
-    The step of the dense tile below; pass n = the tile's width, a constant, so the loop unrolls into
-    registers."""
-    for t in range(n):
-        p = x_row[t]
-        a0[t] += v0 * p
-        a1[t] += v1 * p
-        a2[t] += v2 * p
-        a3[t] += v3 * p
 
 
 def row_parts(batch: int, frames: int, strips: int, width: int, workers: int) -> int:
@@ -113,32 +102,6 @@ def pack_tile(x, t0, n, x_tile):
             target[t] = 0.0
 
 
-@njit(inline="always", fastmath={"contract"})
-def _pair_update(a0, a1, v0, v1, x_row, n):
-    """strip_update for a 2-row strip (the 2x48 tile)."""
-    for t in range(n):
-        p = x_row[t]
-        a0[t] += v0 * p
-        a1[t] += v1 * p
-
-
-@njit(inline="always", fastmath={"contract"})
-def _strip_tile(acc, x_tile, w, r0, rows, width):
-    """acc[k*width:(k+1)*width] = sum over c of w[r0 + k, c] * x_tile[c] for the strip's rows k (2 or 4, a
-    compile-time constant, as is width: the accumulators unroll into registers), in channel order."""
-    for t in range(rows * width):
-        acc[t] = 0.0
-    if rows == 4:
-        a0, a1, a2, a3 = acc[0:width], acc[width : 2 * width], acc[2 * width : 3 * width], acc[3 * width : 4 * width]
-        w0, w1, w2, w3 = w[r0], w[r0 + 1], w[r0 + 2], w[r0 + 3]
-        for c in range(x_tile.shape[0]):
-            strip_update(a0, a1, a2, a3, w0[c], w1[c], w2[c], w3[c], x_tile[c], width)
-    else:
-        a0, a1, w0, w1 = acc[0:width], acc[width : 2 * width], w[r0], w[r0 + 1]
-        for c in range(x_tile.shape[0]):
-            _pair_update(a0, a1, w0[c], w1[c], x_tile[c], width)
-
-
 MAX_STRIP = 256  # floats of the largest strip's sums (4 rows x 64 frames), here and in sparse.py: one stack buffer size
 
 
@@ -150,15 +113,23 @@ def _tiles_item(x, w, bias, residual, y, act, lo, hi, b, t0, first, last, rows, 
     sums or the scratch tile's place in memory, not pinned down), the other shapes unchanged."""
     literally(rows)
     literally(width)
-    frames = y.shape[2]
+    inputs, outputs, frames = x.shape[1], y.shape[1], y.shape[2]
     n = min(width, frames - t0)
+    finish = n == width
     has_bias, add_residual = bias.shape[0] > 0, residual.size > 0
-    x_tile = np.empty((x.shape[1], width), np.float32)
+    x_tile = np.empty((inputs, width), np.float32)
     pack_tile(x[b], t0, n, x_tile)
     acc = carray(stack_buffer(MAX_STRIP), (MAX_STRIP,))
     for strip in range(first, last):
-        _strip_tile(acc, x_tile, w, strip * rows, rows, width)
-        store_tile(y, acc, width, b, strip * rows, rows, t0, n, bias, has_bias, residual, add_residual, act, lo, hi)
+        r0 = strip * rows
+        y_row = (b * outputs + r0) * frames + t0
+        dense_fma_finish(element_pointer(acc, 0), element_pointer(x_tile, 0), np.int64(width),
+                         element_pointer(w, r0 * inputs), np.int64(inputs), np.int64(inputs), np.int64(finish),
+                         element_pointer(y, y_row), np.int64(frames), element_pointer(bias, r0 if has_bias else 0),
+                         np.int64(has_bias), element_pointer(residual, y_row if add_residual else 0),
+                         np.int64(add_residual), act, lo, hi, rows, width)
+        if not finish:
+            store_tile(y, acc, width, b, r0, rows, t0, n, bias, has_bias, residual, add_residual, act, lo, hi)
 
 
 def _tiles_kernel(rows: int, width: int):
