@@ -250,11 +250,11 @@ def _splat(builder, value, vector):
 
 
 def _literal_shape(rows, width, ways):
-    """(width, rows, ways) of literal arguments, ways a power of two (the partial sums are added pairwise), else
-    None."""
+    """(width, rows, ways) of literal arguments, ways a power of two (the partial sums are added pairwise) and width
+    whole vectors (_chunk), else None."""
     if not all(isinstance(a, types.IntegerLiteral) for a in (rows, width, ways)):
         return None
-    if ways.literal_value & (ways.literal_value - 1):
+    if ways.literal_value & (ways.literal_value - 1) or width.literal_value % _chunk(width.literal_value):
         return None
     return width.literal_value, rows.literal_value, ways.literal_value
 
@@ -409,11 +409,9 @@ def dense_fma_finish(typingctx, out, x, x_stride, weights, weight_stride, inputs
     """gather_fma_finish for a dense strip: the sums of the ``rows`` rows k of weights[k*weight_stride + c] times the
     ``width`` floats at x + c*x_stride over every input c < ``inputs``, in channel order (the pointwise tile kernel,
     pointwise.py), then finished into y or stored at ``out`` the same way."""
-    if not all(isinstance(a, types.IntegerLiteral) for a in (rows, width)):
+    shape = _literal_shape(rows, width, types.IntegerLiteral(1))  # one way: a strip's rows x frames are chains enough
+    if shape is None or not _float_pointers(out, x, weights, y, bias, residual):
         return None
-    if not _float_pointers(out, x, weights, y, bias, residual):
-        return None
-    shape = (width.literal_value, rows.literal_value, 1)  # one way: a strip's rows x frames are chains enough
 
     def codegen(context, builder, signature, args):
         i64 = llvm_ir.IntType(64)
