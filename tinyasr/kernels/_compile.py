@@ -17,7 +17,9 @@ from numba.extending import intrinsic
 
 from tinyasr.engine import threads
 
-_RELU_CODE, _CLIP_CODE = 1, 4  # epilogue.ACTIVATIONS["Relu"], ["Clip"] (epilogue imports this module)
+# Activation codes passed to the kernels (the names are the IR's ``activation`` attribute values): defined here, where
+# the IR epilogue (_finish_sums) applies Relu and Clip, and used through epilogue.ACTIVATIONS everywhere else.
+ACTIVATIONS = {"": 0, "Relu": 1, "Sigmoid": 2, "Tanh": 3, "Clip": 4}
 TILE = 64  # frames per register tile: 4 AVX-512 (8 AVX2, 16 NEON) registers per output row
 
 
@@ -325,8 +327,8 @@ def _finish_sums(builder, sums, out_p, count, finish_flag, y_p, y_step, bias_p, 
             values = when(residual_flag, "residual", lambda v: [builder.fadd(total, builder.load(
                 builder.bitcast(builder.gep(residual_p, [at]), vector.as_pointer()), align=4))
                 for total, (_, at) in zip(v, places)], values)
-            values = when(is_code(_RELU_CODE), "relu", relu, values)
-            values = when(is_code(_CLIP_CODE), "clip", clip, values)
+            values = when(is_code(ACTIVATIONS["Relu"]), "relu", relu, values)
+            values = when(is_code(ACTIVATIONS["Clip"]), "clip", clip, values)
             _store_sums(builder, values, y_p, count, y_step)
         with buffered:
             _store_sums(builder, sums, out_p, count, i64(count))

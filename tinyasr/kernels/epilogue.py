@@ -20,10 +20,8 @@ from numba import njit
 from numba.types import Array, boolean, float32, int64, void
 
 from tinyasr.errors import GraphError
-from tinyasr.kernels._compile import serial_and_parallel
+from tinyasr.kernels._compile import ACTIVATIONS, serial_and_parallel
 
-# Activation codes passed to the kernels; the names are the IR's ``activation`` attribute values.
-ACTIVATIONS = {"": 0, "Relu": 1, "Sigmoid": 2, "Tanh": 3, "Clip": 4}
 _ACT_RELU, _ACT_SIGMOID, _ACT_TANH, _ACT_CLIP = (ACTIVATIONS[name] for name in ("Relu", "Sigmoid", "Tanh", "Clip"))
 
 # A float32[::1] of length 0 stands for "no bias", a float32[:, :, ::1] of size 0 for "no residual",
