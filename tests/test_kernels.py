@@ -5,6 +5,7 @@ Tolerance: |y - ref| <= 1e-5 + 1e-5 * |ref| elementwise (TOL).  Weights are scal
 ~2,500 terms stays below it (seen: <= 4e-6 absolute).
 """
 
+import itertools
 import json
 import os
 import subprocess
@@ -28,6 +29,9 @@ from tinyasr.kernels.conv1d import (
     depthwise_rows,
     depthwise_short_rows,
 )
+from tinyasr.kernels import depthwise
+from tinyasr.kernels.conv2d import conv2d
+from tinyasr.kernels.depthwise import BLOCK_KERNELS, LANE_CHOICES
 from tinyasr.kernels.epilogue import NO_RESIDUAL, epilogue_rows
 from tinyasr.kernels.pointwise import NARROW_KERNELS, TILE_KERNELS, frames_first
 
@@ -81,10 +85,39 @@ DEPTHWISE = [
 ]
 
 
+@pytest.fixture(params=LANE_CHOICES)
+def block_width(request, monkeypatch):
+    """Each channel block width of the depthwise kernel in turn, whichever this CPU's measurement chose."""
+    monkeypatch.setattr(depthwise, "block_lanes", lambda: request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("taps,dilation,stride,pads,batch,t_in", DEPTHWISE)
-def test_depthwise_matches_torch(taps, dilation, stride, pads, batch, t_in):
+def test_depthwise_matches_torch(taps, dilation, stride, pads, batch, t_in, block_width):
+    """24 channels: three whole blocks of 8, or one of 16 and a partial one."""
     rng = np.random.default_rng(taps * 1000 + t_in)
-    _check(*_case(rng, batch, 16, 16, taps, t_in, 16, stride, dilation, pads))
+    _check(*_case(rng, batch, 24, 24, taps, t_in, 24, stride, dilation, pads))
+
+
+# (x shape, kernel, strides, dilations, pads top / left / bottom / right): FastConformer's dw_striding, partial blocks
+DEPTHWISE_2D = [((1, 8, 20, 16), (3, 3), (2, 2), (1, 1), (1, 1, 1, 1)),
+                ((2, 19, 13, 21), (3, 3), (2, 2), (1, 1), (1, 1, 1, 1)),
+                ((1, 16, 11, 19), (3, 5), (1, 2), (2, 1), (2, 2, 1, 3)),
+                ((1, 40, 9, 37), (3, 3), (1, 1), (1, 1), (1, 1, 1, 1))]
+
+
+@pytest.mark.parametrize("x_shape,kernel,strides,dilations,pads", DEPTHWISE_2D)
+def test_depthwise_2d_matches_torch(x_shape, kernel, strides, dilations, pads, block_width):
+    rng = np.random.default_rng(sum(x_shape))
+    channels = x_shape[1]
+    x = rng.standard_normal(x_shape, dtype=np.float32)
+    w = (rng.standard_normal((channels, 1, *kernel)) / np.sqrt(np.prod(kernel))).astype(np.float32)
+    bias = rng.standard_normal(channels, dtype=np.float32)
+    y = conv2d(x, w, bias, strides=strides, dilations=dilations, pads=pads, group=channels)
+    padded = F.pad(torch.from_numpy(x), (pads[1], pads[3], pads[0], pads[2]))
+    expected = F.conv2d(padded, torch.from_numpy(w), torch.from_numpy(bias), stride=strides, dilation=dilations,
+                        groups=channels).numpy()
+    np.testing.assert_allclose(y, expected, **TOL)
 
 
 def test_blocked_depthwise_weight_is_kept_only_while_it_cannot_change():
@@ -93,14 +126,15 @@ def test_blocked_depthwise_weight_is_kept_only_while_it_cannot_change():
     import gc
     import weakref
 
-    from tinyasr.kernels.depthwise import LANES, blocked_weight
+    from tinyasr.kernels.depthwise import blocked_weight, block_lanes
 
     rng = np.random.default_rng(3)
     x = rng.standard_normal((1, 20, 40), dtype=np.float32)
     weight = rng.standard_normal((20, 1, 9), dtype=np.float32)
-    blocked = blocked_weight(weight)
-    assert blocked.shape == (3, 1, 9, LANES) and not blocked[2, :, :, 20 - 2 * LANES:].any()  # 20 channels, 3 blocks
-    np.testing.assert_array_equal(blocked[1, 0, :, 3], weight[LANES + 3, 0])
+    blocked, lanes = blocked_weight(weight), block_lanes()
+    blocks = -(-20 // lanes)
+    assert blocked.shape == (blocks, 1, 9, lanes) and not blocked[-1, :, :, 20 - (blocks - 1) * lanes:].any()
+    np.testing.assert_array_equal(blocked[1, 0, :, 3], weight[lanes + 3, 0])
     first = conv1d(x, weight, group=20, pad_left=4, pad_right=4)
     weight *= 2
     np.testing.assert_allclose(conv1d(x, weight, group=20, pad_left=4, pad_right=4), 2 * first, rtol=1e-6)
@@ -280,19 +314,19 @@ def test_one_and_two_threads_give_identical_results(restore_threads, monkeypatch
         build(y, bias, residual, ACTIVATIONS["Sigmoid"], np.float32(0), np.float32(0))
     np.testing.assert_array_equal(ys[0], ys[1])
     # the depthwise blocks kernel, its work split into 1 to 5 chunks of time, 2-D at stride 2 and 1-D (one row)
-    from tinyasr.kernels.depthwise import blocked_weight, depthwise_blocks
+    from tinyasr.kernels.depthwise import _blocked_weight
 
-    for shape, taps, strides, pads in (((2, 19, 23, 17), (3, 3), (2, 2), (1, 1)), ((1, 24, 1, 301), (1, 33), (1, 1),
-                                                                                       (0, 16))):
+    cases = (((2, 19, 23, 17), (3, 3), (2, 2), (1, 1)), ((1, 24, 1, 301), (1, 33), (1, 1), (0, 16)))
+    for (shape, taps, strides, pads), lanes in itertools.product(cases, LANE_CHOICES):
         x4 = rng.standard_normal(shape, dtype=np.float32)
         w4 = rng.standard_normal((shape[1], 1, *taps), dtype=np.float32)  # as a model stores it
         out_shape = (shape[0], shape[1], (shape[2] + 2 * pads[0] - taps[0]) // strides[0] + 1,
                      (shape[3] + 2 * pads[1] - taps[1]) // strides[1] + 1)
         results = []
         for parts in (1, 2, 5):
-            for build in (depthwise_blocks.serial, depthwise_blocks.parallel):
+            for build in (BLOCK_KERNELS[lanes].serial, BLOCK_KERNELS[lanes].parallel):
                 y4 = np.empty(out_shape, np.float32)
-                build(x4, blocked_weight(w4), y4, *strides, 1, 1, *pads, parts)
+                build(x4, _blocked_weight(w4, lanes), y4, *strides, 1, 1, *pads, parts)
                 results.append(y4)
         for y4 in results[1:]:
             np.testing.assert_array_equal(results[0], y4)

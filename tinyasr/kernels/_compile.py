@@ -94,7 +94,6 @@ def transpose_8x8(typingctx, src, src_row, src_column, dst, dst_row, dst_column)
 
     def codegen(context, builder, signature, args):
         vector = llvm_ir.VectorType(element, 8)
-        masks = llvm_ir.VectorType(llvm_ir.IntType(32), 8)
 
         def row_pointer(array_type, array_value, row, column, offset):
             array = context.make_array(array_type)(context, builder, array_value)
@@ -102,20 +101,56 @@ def transpose_8x8(typingctx, src, src_row, src_column, dst, dst_row, dst_column)
             index = builder.add(builder.mul(builder.add(row, llvm_ir.IntType(64)(offset)), width), column)
             return builder.bitcast(builder.gep(array.data, [index]), vector.as_pointer())
 
-        def mix(a, b, mask):
-            return builder.shuffle_vector(a, b, llvm_ir.Constant(masks, mask))
-
         src_type, dst_type = signature.args[0], signature.args[3]
         rows = [builder.load(row_pointer(src_type, args[0], args[1], args[2], i), align=size) for i in range(8)]
-        pairs = [mix(rows[2 * k], rows[2 * k + 1], _UNPACK[h]) for k in range(4) for h in range(2)]
-        quads = [mix(pairs[4 * g + h], pairs[4 * g + h + 2], _PAIRS[p]) for g in range(2) for h in range(2)
-                 for p in range(2)]
-        for j in range(8):
-            column = mix(quads[j % 4], quads[4 + j % 4], _HALVES[j // 4])
+        for j, column in enumerate(_transposed(builder, rows)):
             builder.store(column, row_pointer(dst_type, args[3], args[4], args[5], j), align=size)
         return context.get_dummy_value()
 
     return types.void(src, types.int64, types.int64, dst, types.int64, types.int64), codegen
+
+
+def _transposed(builder, rows):
+    """The 8 columns of 8 rows of 8 elements (LLVM vector values), through 24 shuffles."""
+    masks = llvm_ir.VectorType(llvm_ir.IntType(32), 8)
+
+    def mix(a, b, mask):
+        return builder.shuffle_vector(a, b, llvm_ir.Constant(masks, mask))
+
+    pairs = [mix(rows[2 * k], rows[2 * k + 1], _UNPACK[h]) for k in range(4) for h in range(2)]
+    quads = [mix(pairs[4 * g + h], pairs[4 * g + h + 2], _PAIRS[p]) for g in range(2) for h in range(2)
+             for p in range(2)]
+    return [mix(quads[j % 4], quads[4 + j % 4], _HALVES[j // 4]) for j in range(8)]
+
+
+@intrinsic
+def transpose_run(typingctx, src, lanes, dst, dst_row, dst_column):
+    """dst[dst_row + i, dst_column + k] = src[k * lanes + i] for k < 8, i < ``lanes`` (a literal multiple of 8):
+    eight ``lanes``-float vectors at the float32 pointer ``src`` (a stack_buffer) written transposed into a
+    C-contiguous 2-D float32 array, 8 x 8 blocks at a time, no bounds checks.  Each vector is loaded whole, as the
+    kernel's multiply-adds stored it, and split in registers: read as 8-float rows of a 16-lane buffer
+    (transpose_8x8 on its halves), the buffer stayed in memory and every multiply-add was followed by a store."""
+    if not (isinstance(lanes, types.IntegerLiteral) and lanes.literal_value % 8 == 0 and isinstance(src, types.CPointer)
+            and src.dtype == types.float32 and isinstance(dst, types.Array) and dst.ndim == 2
+            and dst.dtype == types.float32 and dst.layout == "C"):
+        return None
+    count = lanes.literal_value
+
+    def codegen(context, builder, signature, args):
+        vector, row = llvm_ir.VectorType(llvm_ir.FloatType(), count), llvm_ir.VectorType(llvm_ir.FloatType(), 8)
+        masks = llvm_ir.VectorType(llvm_ir.IntType(32), 8)
+        base = builder.bitcast(args[0], vector.as_pointer())
+        whole = [builder.load(builder.gep(base, [llvm_ir.IntType(64)(k)]), align=4) for k in range(8)]
+        array = context.make_array(signature.args[2])(context, builder, args[2])
+        width = builder.extract_value(array.shape, 1)
+        for part in range(0, count, 8):
+            rows = [builder.shuffle_vector(v, v, llvm_ir.Constant(masks, list(range(part, part + 8)))) for v in whole]
+            for i, column in enumerate(_transposed(builder, rows)):
+                index = builder.add(builder.mul(builder.add(args[3], llvm_ir.IntType(64)(part + i)), width), args[4])
+                builder.store(column, builder.bitcast(builder.gep(array.data, [index]), row.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return types.void(src, lanes, dst, types.int64, types.int64), codegen
 
 
 @intrinsic
@@ -158,7 +193,7 @@ def _accumulate_fma(builder, accumulator, factors, source, vector) -> None:
 def lanes_fma(typingctx, accumulator, factors, source, width):
     """``accumulator[0:width] = fma(factors[0:width], source[0:width], accumulator[0:width])`` as one
     ``<width x float>`` fused multiply-add, lane by lane: for kernels whose vector runs across channels (a
-    block of 8 channels of a channels-last buffer), where both operands vary by lane.  All three float32
+    block of 8 or 16 channels of a channels-last buffer), where both operands vary by lane.  All three float32
     pointers (``stack_buffer``, ``element_pointer``); ``width`` a literal.  The same loop written over the lanes
     stayed scalar (vfmadd231ss, read with inspect_asm)."""
     if not isinstance(width, types.IntegerLiteral):

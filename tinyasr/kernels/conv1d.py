@@ -4,7 +4,7 @@
 shape (measured in benchmarks/bench_kernels.py):
 
 * depthwise (``group == Cin > 1``, ``Cout`` a multiple of ``Cin``): with Cout = Cin, more than SHORT_FRAMES
-  outputs and most taps non-zero, depthwise.py's kernel (vectors across 8 channels, channels-last in
+  outputs and most taps non-zero, depthwise.py's kernel (vectors across 8 or 16 channels, channels-last in
   registers); else a Numba kernel one output row at a time, its non-zero taps in time tiles in registers or
   (few taps) in the outer loop over the row (contiguous; a strided input row is first split into its stride
   phases), epilogue applied while the row is in L1; up to SHORT_FRAMES output frames at stride 1 (streaming
@@ -83,7 +83,7 @@ SHORT_QUAD = 4 * SHORT_FRAMES  # four rows' accumulators
 DEPTHWISE_TILE = 64
 DEPTHWISE_ROWS = 16
 # A depthwise conv with at least this share of non-zero taps (Cout = Cin, more than SHORT_FRAMES outputs) runs
-# depthwise.py's kernel, vectors across 8 channels, every tap: 1.6-1.75x the row kernels per tap on Zen 3 (C256
+# depthwise.py's kernel, vectors across 8 (or 16) channels, every tap: 1.6-1.75x the row kernels per tap on Zen 3 (C256
 # T500, K 33-87: 152-331 against 273-546 us), so it wins while more than about 0.6 of the taps are non-zero.
 BLOCKED_MIN_DENSITY = 0.6
 

@@ -2,7 +2,7 @@
 
 ``conv2d`` computes ``y = act(conv(x) + bias)`` for x [B, Cin, H, W] (NeMo: H = time, W = mel bins):
 
-* depthwise (``group == Cin == Cout``, FastConformer's ``dw_striding``): depthwise.py's kernel, eight channels
+* depthwise (``group == Cin == Cout``, FastConformer's ``dw_striding``): depthwise.py's kernel, 8 or 16 channels
   at a time in vector registers from a channels-last copy of their planes;
 * pointwise (1x1, stride 1, no padding: FastConformer's subsampling): BLAS ``matmul`` on the input as it is;
 * one input channel, 3x3, stride 2 (the striding subsampling's first conv): a direct Numba kernel over the

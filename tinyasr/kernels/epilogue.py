@@ -135,21 +135,21 @@ def remembered(check):
 
 
 def kept_per_array(derive):
-    """Cache ``derive(array)`` per read-only array while the array lives.  A model's stored weights are read-only
-    views of its file, the same arrays on every call, so what a kernel derives from one (a blocked layout, its
-    density) is made once, also on runs that are not replayed (a new input length); a writable array could change
-    between calls and is derived again every time."""
-    cache: Dict[int, Tuple[weakref.ref, Any]] = {}
+    """Cache ``derive(array, *options)`` per read-only array (and hashable options) while the array lives.  A
+    model's stored weights are read-only views of its file, the same arrays on every call, so what a kernel derives
+    from one (a blocked layout, its density) is made once, also on runs that are not replayed (a new input length);
+    a writable array could change between calls and is derived again every time."""
+    cache: Dict[tuple, Tuple[weakref.ref, Any]] = {}
 
     @functools.wraps(derive)
-    def kept(array):
+    def kept(array, *options):
         if not isinstance(array, np.ndarray) or array.flags.writeable:
-            return derive(array)
-        key = id(array)
+            return derive(array, *options)
+        key = (id(array), *options)
         entry = cache.get(key)
         if entry is not None and entry[0]() is array:
             return entry[1]
-        value = derive(array)
+        value = derive(array, *options)
         cache[key] = (weakref.ref(array, lambda _, key=key: cache.pop(key, None)), value)
         return value
 
