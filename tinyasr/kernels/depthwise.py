@@ -41,8 +41,8 @@ from numba import carray, literally, njit
 from numba.types import Array, float32, int64, void
 
 from tinyasr.kernels import tuning
-from tinyasr.kernels._compile import (element_pointer, lanes_fma, serial_and_parallel, stack_buffer, transpose_8x8,
-                                     transpose_run)
+from tinyasr.kernels._compile import (aligned_rows, element_pointer, lanes_fma, serial_and_parallel, stack_buffer,
+                                     transpose_8x8, transpose_run)
 from tinyasr.kernels.epilogue import kept_per_array
 
 LANE_CHOICES = (8, 16)  # channels per vector: one AVX2 register (two NEON ones), or one AVX-512 register
@@ -158,24 +158,24 @@ def _window(x, weight, out, b, g, h0, h1, w0, w1, stride_h, stride_w, dilation_h
     r0, r1 = max(0, row0), min(height, row0 + rows)  # its rows and columns inside x
     c0, c1 = max(0, col0), min(width, col0 + pitch)
     positions, across = (h1 - h0) * (w1 - w0), w1 - w0
-    # the padded input window, the outputs; the weights as [tap, lanes]
-    xt = np.empty(rows * pitch * lanes, np.float32)
-    yt = np.empty((positions, lanes), np.float32)
+    # the padded input window, channels-last [position, lanes], and the outputs (both on cache lines: at 16 lanes
+    # a position is one); the weights as [tap, lanes]
+    xt = aligned_rows(rows * pitch, lanes)
+    yt = aligned_rows(positions, lanes)
     wt = weight[g // lanes]
     present = min(lanes, channels - g)  # channels of this block in x (the last block's may be fewer)
     source = x[b, g:g + present].reshape(present, height * width)
-    padded = xt.reshape(rows * pitch, lanes)
-    _zero_border(padded, pitch, r0 - row0, r1 - row0, c0 - col0, c1 - col0)
+    _zero_border(xt, pitch, r0 - row0, r1 - row0, c0 - col0, c1 - col0)
     for r in range(r0, r1):
         first, target = r * width, (r - row0) * pitch - col0
         c = c0
         while present == lanes and c + 8 <= c1:
             for part in range(0, lanes, 8):
-                transpose_8x8(source, part, first + c, padded, target + c, part)
+                transpose_8x8(source, part, first + c, xt, target + c, part)
             c += 8
         for cc in range(c, c1):
             for lane in range(present):
-                padded[target + cc, lane] = source[lane, first + cc]
+                xt[target + cc, lane] = source[lane, first + cc]
     acc = carray(stack_buffer(RUN_FLOATS), (RUN_FLOATS,))
     # whole rows, or a span of the only row: contiguous in each output plane.  A 1-D row's runs go straight into
     # the planes (C 256, T 500, K 5-87: 4-12 us less a conv, Zen 4); the 20-wide rows of FastConformer's 2-D
