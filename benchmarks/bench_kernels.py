@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tinyasr.engine import threads  # noqa: E402
 from tinyasr.kernels import conv1d  # noqa: E402
-from tinyasr.kernels.conv1d import depthwise_rows  # noqa: E402
+from tinyasr.kernels.conv1d import depthwise_rows, nonzero_taps  # noqa: E402
 
 FRAMES_10S = 1000  # 10 ms hop: 10 s of audio
 POINTWISE = [(256, 256), (512, 512), (256, 1024)]  # (Cin, Cout) of bench_pointwise
@@ -205,7 +205,7 @@ def bench_parallel_threshold(repeats):
     for t_in in (1, 4, 16, 64, 256):
         x = rng.standard_normal((1, 256, t_in), dtype=np.float32)
         y = np.empty((1, 256, t_in), np.float32)
-        args = (x, w, none_b, none_r, y, 1, 1, 16, 0, np.float32(0), np.float32(0))
+        args = (x, w, *nonzero_taps(w[:, None], 1), none_b, none_r, y, 1, 1, 16, 0, np.float32(0), np.float32(0))
         serial = best_ms(lambda: depthwise_rows.serial(*args), repeats) * 1e3
         parallel = best_ms(lambda: depthwise_rows.parallel(*args), repeats) * 1e3
         print(f"T={t_in:4d} (work {256 * t_in * 33:8d}): serial {serial:8.1f}  parallel {parallel:8.1f}")

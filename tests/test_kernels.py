@@ -24,10 +24,12 @@ from tinyasr.kernels import ACTIVATIONS, bias_act, bias_act_reference, conv1d, c
 from tinyasr.kernels.conv1d import (
     BLOCKED_MIN_DENSITY,
     DEPTHWISE_SHORT,
+    NO_TAPS,
     SHORT_FRAMES,
     deinterleave,
     depthwise_rows,
     depthwise_short_rows,
+    nonzero_taps,
 )
 from tinyasr.kernels import depthwise
 from tinyasr.kernels.conv2d import conv2d
@@ -307,8 +309,14 @@ def test_one_and_two_threads_give_identical_results(restore_threads, monkeypatch
     x, w = rng.standard_normal((2, 8, 300), dtype=np.float32), rng.standard_normal((8, 33), dtype=np.float32)
     bias, residual = rng.standard_normal(8, dtype=np.float32), rng.standard_normal((2, 8, 150), dtype=np.float32)
     ys = [np.empty((2, 8, 150), np.float32) for _ in range(2)]
+    for build, y in zip((depthwise_rows.serial, depthwise_rows.parallel), ys):  # stride 2: the per-tap loop
+        build(x, w, *NO_TAPS, bias, residual, y, 2, 1, 16, ACTIVATIONS["Tanh"], np.float32(0), np.float32(0))
+    np.testing.assert_array_equal(ys[0], ys[1])
+    w[:, ::3] = 0.0  # stride 1: the listed taps in time tiles
+    ys = [np.empty((2, 8, 300), np.float32) for _ in range(2)]
     for build, y in zip((depthwise_rows.serial, depthwise_rows.parallel), ys):
-        build(x, w, bias, residual, y, 2, 1, 16, ACTIVATIONS["Tanh"], np.float32(0), np.float32(0))
+        build(x, w, *nonzero_taps(w[:, None], 1), bias, residual.repeat(2, axis=2), y, 1, 1, 16, ACTIVATIONS["Relu"],
+              np.float32(0), np.float32(0))
     np.testing.assert_array_equal(ys[0], ys[1])
     for build, y in zip((epilogue_rows.serial, epilogue_rows.parallel), ys):
         build(y, bias, residual, ACTIVATIONS["Sigmoid"], np.float32(0), np.float32(0))

@@ -30,7 +30,7 @@ from typing import Optional
 
 import numpy as np
 from numba import carray, njit
-from numba.types import float32, int64, void
+from numba.types import Array, float32, int64, uint16, void
 from numpy.lib.stride_tricks import as_strided
 
 from tinyasr.engine import threads
@@ -116,16 +116,15 @@ def deinterleave(x_row, stride):
 
 
 @njit(inline="always", fastmath={"contract"})
-def _depthwise_tiles(x_row, w_c, y_row, dilation, pad_left, tiles, padded, offsets, values):
+def _depthwise_tiles(x_row, tap_offsets, tap_values, first, last, y_row, pad_left, tiles, padded):
     """y_row = the stride-1 depthwise conv of x_row, DEPTHWISE_TILE output frames at a time in registers.
 
-    Each tile sums its non-zero taps with gather_fma, the sparse kernels' loop (a tap is a "non-zero" whose
-    column is its offset in the row): one x load and one fused multiply-add per vector, no store, where the
-    per-tap pass over the row loads, adds and stores y per tap (store-bound).  x_row is first copied between
-    zeros (the padding; ``padded``: scratch of tiles * DEPTHWISE_TILE + (taps - 1) * dilation floats), so every
-    tile reads in range.  ``offsets`` (uint16) and ``values``: scratch of ``taps`` each.  Same sum, in tap order,
-    as the per-tap pass: identical results."""
-    taps = w_c.shape[0]
+    Each tile sums the row's non-zero taps (tap_offsets / tap_values[first:last], nonzero_taps) with gather_fma,
+    the sparse kernels' loop (a tap is a "non-zero" whose column is its offset in the row): one x load and one
+    fused multiply-add per vector, no store, where the per-tap pass over the row loads, adds and stores y per tap
+    (store-bound).  x_row is first copied between zeros (the padding; ``padded``: scratch of tiles *
+    DEPTHWISE_TILE + (taps - 1) * dilation floats), so every tile reads in range.  Same sum, in tap order, as the
+    per-tap pass: identical results."""
     copied = min(x_row.shape[0], padded.shape[0] - pad_left)
     # Through pointers, indices from 0: a slice assignment is checked for overlap first, and ``padded[pad_left +
     # t]`` carries Numba's negative-index code, which kept the copy scalar (either cost as much as the taps).
@@ -136,12 +135,6 @@ def _depthwise_tiles(x_row, w_c, y_row, dilation, pad_left, tiles, padded, offse
     after = carray(element_pointer(padded, pad_left + copied), (tail,))
     for t in range(tail):
         after[t] = 0.0
-    # The non-zero taps, in order, listed once (offsets fit uint16: see depthwise_rows).
-    nonzero = 0
-    for k in range(taps):
-        if w_c[k] != 0.0:
-            offsets[nonzero], values[nonzero] = k * dilation, w_c[k]
-            nonzero += 1
     acc = carray(stack_buffer(DEPTHWISE_TILE), (DEPTHWISE_TILE,))
     frames = y_row.shape[0]
     for tile in range(tiles):
@@ -150,28 +143,55 @@ def _depthwise_tiles(x_row, w_c, y_row, dilation, pad_left, tiles, padded, offse
         # A whole tile's sums go from registers straight into y; the last, shorter one through acc (copying
         # every tile out of acc was a memcpy call per tile, as long as the taps at 10 % density).
         sums = element_pointer(y_row, t0) if n == DEPTHWISE_TILE else element_pointer(acc, 0)
-        gather_fma(sums, element_pointer(padded, t0), np.int64(1), element_pointer(values, 0), np.int64(1),
-                   element_pointer(offsets, 0), np.int64(0), np.int64(nonzero), 1, DEPTHWISE_TILE, 1)
+        gather_fma(sums, element_pointer(padded, t0), np.int64(1), element_pointer(tap_values, 0), np.int64(1),
+                   element_pointer(tap_offsets, 0), np.int64(first), np.int64(last), 1, DEPTHWISE_TILE, 1)
         if n < DEPTHWISE_TILE:
             for t in range(n):
                 y_row[t0 + t] = acc[t]
 
 
+def nonzero_taps(weight: np.ndarray, dilation: int):
+    """(offsets uint16, values float32, starts int64 [rows + 1]): each row's non-zero taps of a depthwise weight
+    [C, 1, K] in tap order, as offsets k * dilation into the padded row, for depthwise_rows at stride 1; empty
+    arrays where the offsets do not fit uint16 (that kernel then runs its per-tap loop).  Made once per model
+    weight (kept): listed per row on every call, they cost a pruned 256-channel conv 6-14 us (K 33-87) of its
+    ~75-115 (Intel Xeon, Emerald Rapids)."""
+    return _nonzero_taps(weight, dilation)
+
+
+@kept_per_array
+def _nonzero_taps(weight, dilation):
+    rows, taps = weight.shape[0], weight.shape[-1]
+    if (taps - 1) * dilation > 65535:
+        return NO_TAPS
+    matrix = weight.reshape(rows, taps)
+    nonzero = matrix != 0
+    starts = np.zeros(rows + 1, np.int64)
+    np.cumsum(nonzero.sum(axis=1), out=starts[1:])
+    offsets = (np.nonzero(nonzero)[1] * dilation).astype(np.uint16)
+    return offsets, np.ascontiguousarray(matrix[nonzero], np.float32), starts
+
+
+NO_TAPS = (np.zeros(0, np.uint16), np.zeros(0, np.float32), np.zeros(1, np.int64))
+
+
 @serial_and_parallel(
-    void(READ_3D, READ_2D, READ_1D, READ_3D, float32[:, :, ::1], int64, int64, int64, int64, float32, float32),
+    void(READ_3D, READ_2D, Array(uint16, 1, "C", readonly=True), READ_1D, Array(int64, 1, "C", readonly=True), READ_1D,
+         READ_3D, float32[:, :, ::1], int64, int64, int64, int64, float32, float32),
     fastmath={"contract"},
 )
 def depthwise_rows(loop):
     """y[b, c] = act(sum_k w[c, k] * x[b, c // m, t*stride + k*dilation - pad_left] + bias + residual).
 
-    x [B, Cin, T], w [Cout, K] with Cout = m * Cin, y [B, Cout, T_out]; out-of-range taps are zero padding.
-    A stride-1 row: time tiles in registers (_depthwise_tiles).  Else taps in the outer loop, time in the inner
-    loop, always contiguous (strided input is deinterleaved).
+    x [B, Cin, T], w [Cout, K] with Cout = m * Cin, y [B, Cout, T_out]; out-of-range taps are zero padding; the
+    taps (offsets, values, starts: nonzero_taps of w at this dilation, or NO_TAPS).  A stride-1 row with its taps
+    listed: time tiles in registers (_depthwise_tiles).  Else taps in the outer loop, time in the inner loop,
+    always contiguous (strided input is deinterleaved).
     Zero taps are skipped: a pruned depthwise conv (tinyasr_convert.sparsity, ``depthwise=True``) costs its
     non-zeros only, without a sparse encoding.
     """
 
-    def kernel(x, w, bias, residual, y, stride, dilation, pad_left, act, lo, hi):
+    def kernel(x, w, tap_offsets, tap_values, tap_starts, bias, residual, y, stride, dilation, pad_left, act, lo, hi):
         batch, channels_in, t_in = x.shape
         channels_out, taps = w.shape
         t_out = y.shape[2]
@@ -192,11 +212,10 @@ def depthwise_rows(loop):
             tap_src[k] = phase * short + min(phase, long_phases) + tap_lo[k] + shift
         tiles = (t_out + DEPTHWISE_TILE - 1) // DEPTHWISE_TILE
         span = (taps - 1) * dilation
-        tiled = stride == 1 and span <= 65535  # tap offsets as uint16 (gather_fma's column indices)
+        tiled = stride == 1 and tap_starts.shape[0] == channels_out + 1  # the taps listed (nonzero_taps)
         rows = batch * channels_out
         for item in loop((rows + DEPTHWISE_ROWS - 1) // DEPTHWISE_ROWS):
             padded = np.empty(tiles * DEPTHWISE_TILE + span if tiled else 0, np.float32)
-            offsets, values = np.empty(taps, np.uint16), np.empty(taps, np.float32)
             for r in range(item * DEPTHWISE_ROWS, min(rows, (item + 1) * DEPTHWISE_ROWS)):
                 b = r // channels_out
                 c = r - b * channels_out
@@ -204,7 +223,8 @@ def depthwise_rows(loop):
                 y_row = y[b, c]
                 w_c = w[c]
                 if tiled:
-                    _depthwise_tiles(x_row, w_c, y_row, dilation, pad_left, tiles, padded, offsets, values)
+                    _depthwise_tiles(x_row, tap_offsets, tap_values, tap_starts[c], tap_starts[c + 1], y_row, pad_left,
+                                     tiles, padded)
                 else:
                     phases = x_row if stride == 1 else deinterleave(x_row, stride)
                     y_row[:] = 0.0
@@ -480,11 +500,11 @@ def bound_conv1d(x, weight, bias=None, residual=None, *, stride=1, dilation=1, p
             if finish:
                 epilogue_rows(out.size, out, bias, residual_argument(residual), act, lo, hi)
     elif group == channels_in > 1:
-        weight_2d = weight.reshape(shape[1], taps)
+        weight_2d, listed = weight.reshape(shape[1], taps), nonzero_taps(weight, dilation) if stride == 1 else NO_TAPS
 
         def run(x, residual):
-            depthwise_rows(out.size * taps, as_float32(x, "input X"), weight_2d, bias, residual_argument(residual),
-                           out, stride, dilation, pad_left, act, lo, hi)
+            depthwise_rows(out.size * taps, as_float32(x, "input X"), weight_2d, *listed, bias,
+                           residual_argument(residual), out, stride, dilation, pad_left, act, lo, hi)
     elif (taps == group == 1 and not (pad_left or pad_right)
           and (kernel := _pointwise_kernel(shape, channels_in)) is not None):
         weight_2d = weight.reshape(shape[1], channels_in)
@@ -543,8 +563,10 @@ class PreparedConv1d:
             _pointwise(kernel, x, self.stride, self.weight_2d, self.bias, z, out, self.act, self.lo, self.hi)
         elif self.depthwise:  # conv1d's kernel on the frames it reads, without conv1d's per-call checks
             out = np.empty(shape, np.float32)
+            listed = nonzero_taps(self.weight, self.dilation) if self.stride == 1 else NO_TAPS
             depthwise_rows(out.size * self.weight_2d.shape[1], np.ascontiguousarray(x[:, :, :needed]),
-                           self.weight_2d, self.bias, z, out, self.stride, self.dilation, 0, self.act, self.lo, self.hi)
+                           self.weight_2d, *listed, self.bias, z, out, self.stride, self.dilation, 0, self.act, self.lo,
+                           self.hi)
         elif self.pointwise and self.stride == 1:  # BLAS as conv1d's _conv_matmul calls it, then the epilogue
             out = np.empty(shape, np.float32)
             for b in range(shape[0]):
