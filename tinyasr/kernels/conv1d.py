@@ -150,17 +150,16 @@ def _depthwise_tiles(x_row, tap_offsets, tap_values, first, last, y_row, pad_lef
                 y_row[t0 + t] = acc[t]
 
 
-def nonzero_taps(weight: np.ndarray, dilation: int):
-    """(offsets uint16, values float32, starts int64 [rows + 1]): each row's non-zero taps of a depthwise weight
-    [C, 1, K] in tap order, as offsets k * dilation into the padded row, for depthwise_rows at stride 1; empty
-    arrays where the offsets do not fit uint16 (that kernel then runs its per-tap loop).  Made once per model
-    weight (kept): listed per row on every call, they cost a pruned 256-channel conv 6-14 us (K 33-87) of its
-    ~75-115 (Intel Xeon, Emerald Rapids)."""
-    return _nonzero_taps(weight, dilation)
+NO_TAPS = (np.zeros(0, np.uint16), np.zeros(0, np.float32), np.zeros(1, np.int64))  # depthwise_rows' per-tap loop
 
 
 @kept_per_array
-def _nonzero_taps(weight, dilation):
+def nonzero_taps(weight: np.ndarray, dilation: int):
+    """(offsets uint16, values float32, starts int64 [rows + 1]): each row's non-zero taps of a depthwise weight
+    [C, 1, K] in tap order, as offsets k * dilation into the padded row, for depthwise_rows at stride 1; NO_TAPS
+    where the offsets do not fit uint16 (that kernel then runs its per-tap loop).  Made once per model weight
+    (kept): listed per row on every call, they cost a pruned 256-channel conv 6-14 us (K 33-87) of its ~75-115
+    (Intel Xeon, Emerald Rapids)."""
     rows, taps = weight.shape[0], weight.shape[-1]
     if (taps - 1) * dilation > 65535:
         return NO_TAPS
@@ -170,9 +169,6 @@ def _nonzero_taps(weight, dilation):
     np.cumsum(nonzero.sum(axis=1), out=starts[1:])
     offsets = (np.nonzero(nonzero)[1] * dilation).astype(np.uint16)
     return offsets, np.ascontiguousarray(matrix[nonzero], np.float32), starts
-
-
-NO_TAPS = (np.zeros(0, np.uint16), np.zeros(0, np.float32), np.zeros(1, np.int64))
 
 
 @serial_and_parallel(
@@ -500,7 +496,8 @@ def bound_conv1d(x, weight, bias=None, residual=None, *, stride=1, dilation=1, p
             if finish:
                 epilogue_rows(out.size, out, bias, residual_argument(residual), act, lo, hi)
     elif group == channels_in > 1:
-        weight_2d, listed = weight.reshape(shape[1], taps), nonzero_taps(weight, dilation) if stride == 1 else NO_TAPS
+        weight_2d = weight.reshape(shape[1], taps)
+        listed = nonzero_taps(weight, dilation) if stride == 1 else NO_TAPS
 
         def run(x, residual):
             depthwise_rows(out.size * taps, as_float32(x, "input X"), weight_2d, *listed, bias,
