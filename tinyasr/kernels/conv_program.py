@@ -38,6 +38,7 @@ from numba import carray, njit, types
 from numba.extending import overload
 from numba.types import float32
 
+from tinyasr.kernels import tuning
 from tinyasr.kernels._compile import aligned_rows, element_pointer, halves_to_floats, stack_buffer
 from tinyasr.kernels.epilogue import READ_2D, finish_row
 
@@ -213,9 +214,7 @@ def pack_strips(weight: np.ndarray) -> np.ndarray:
 def widens_half_natively() -> bool:
     """Whether this CPU converts float16 to float32 in one instruction (ARMv8; x86 with F16C, every x86-64 CPU
     since 2012): elsewhere LLVM would call a conversion routine per value, which the JIT may not link."""
-    import llvmlite.binding as llvm
-
-    return platform.machine().lower() in ("aarch64", "arm64") or "+f16c" in llvm.get_host_cpu_features().flatten()
+    return platform.machine().lower() in ("aarch64", "arm64") or tuning.host_has("f16c")
 
 
 def half_strips(packed: np.ndarray):

@@ -258,9 +258,7 @@ def block_lanes() -> int:
     on AVX2 and NEON 16 lanes are two or four registers an accumulator, the eight of a run no longer fit, and
     timing would only add a build to the first run.  On an Intel Xeon (Emerald Rapids, two 512-bit FMA units) a
     256 x 500 conv of K 33-87 ran 1.5-1.6x faster on 16 lanes than on 8."""
-    import llvmlite.binding as llvm
-
-    if "+avx512f" not in llvm.get_host_cpu_features().flatten():
+    if not tuning.host_has("avx512f"):
         return LANE_CHOICES[0]
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, 256, 1, 256), dtype=np.float32)

@@ -46,8 +46,20 @@ def host_key() -> str:
     """LLVM's name and feature string for this CPU: what the kernels were compiled for, so what their speed depends on."""
     import llvmlite.binding as llvm
 
-    features = hashlib.sha256(llvm.get_host_cpu_features().flatten().encode()).hexdigest()[:12]
+    features = hashlib.sha256(_host_features().encode()).hexdigest()[:12]
     return f"{llvm.get_host_cpu_name()} {features}"
+
+
+def host_has(feature: str) -> bool:
+    """Whether LLVM compiles for a CPU with ``feature`` (its name, as "avx512f" or "f16c")."""
+    return f"+{feature}" in _host_features().split(",")
+
+
+@functools.cache
+def _host_features() -> str:
+    import llvmlite.binding as llvm
+
+    return llvm.get_host_cpu_features().flatten()
 
 
 def choices() -> Dict[str, str]:
