@@ -781,6 +781,7 @@ def test_branches_with_different_delays_meet_in_an_elementwise_op(frames, cuts):
     np.testing.assert_allclose(got, model.run({"x": x})["y"], rtol=0, atol=1e-5)
 
 
+@needs_audio
 def test_a_stream_gets_the_offline_confidence_and_flag(tmp_path):
     """The stream's final Result carries the same speech decision, confidence and out-of-vocabulary flag as
     Recognizer.transcribe of the same audio (issue 16: both decode behind the same SpeechGate)."""
