@@ -35,7 +35,7 @@ from tinyasr.kernels import depthwise
 from tinyasr.kernels.conv2d import conv2d
 from tinyasr.kernels.depthwise import BLOCK_KERNELS, LANE_CHOICES
 from tinyasr.kernels.epilogue import NO_RESIDUAL, epilogue_rows
-from tinyasr.kernels.pointwise import NARROW_KERNELS, TILE_KERNELS, frames_first
+from tinyasr.kernels.pointwise import NARROW_KERNELS, TILE_KERNELS, frames_first, whole_strips
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 CLIP = (-0.5, 0.75)  # the Clip activation_params used throughout
@@ -473,7 +473,7 @@ def test_read_only_weights_run_without_copy(group, taps):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-# The Numba pointwise kernels (pointwise_tiles: Cout % 4 == 0, T_out >= POINTWISE_MIN_FRAMES; pointwise_narrow:
+# The Numba pointwise kernels (pointwise_tiles: T_out >= POINTWISE_MIN_FRAMES, any Cout; pointwise_narrow:
 # T_out in NARROW_FRAMES) and the short-input depthwise kernel (stride 1, T_out <= SHORT_FRAMES), each checked
 # against torch and the numpy reference at its edges
 # ---------------------------------------------------------------------------------------------
@@ -486,7 +486,9 @@ def test_read_only_weights_run_without_copy(group, taps):
         (2, 48, 64, 24, 1),  # the smallest T on the Numba path: one partial tile
         (3, 37, 8, 130, 1),  # odd Cin, two full tiles and a 2-frame tail
         (1, 32, 40, 23, 1),  # below POINTWISE_MIN_FRAMES: BLAS
-        (1, 32, 30, 200, 1),  # Cout % 4 != 0: BLAS
+        (1, 32, 30, 200, 1),  # Cout % 4 != 0: the weight padded to whole strips, the last one's rows kept
+        (2, 40, 29, 131, 1),  # a vocabulary's 29 outputs (QuartzNet), partial strip and partial tile together
+        (1, 64, 5, 96, 1),  # fewer outputs than a strip of 4 rows after the first
         (2, 64, 32, 301, 2),  # K=1 stride 2: tiles of the subsampled input
         (1, 256, 256, 1, 1),  # T = 1: pointwise_narrow
         (2, 37, 29, 4, 1),  # 4 frames, odd Cout, Cin % 16 == 5
@@ -545,15 +547,17 @@ def test_new_kernels_read_only_weights_and_identical_builds():
     np.testing.assert_allclose(got, _torch_conv1d(short.copy(), depthwise_w.copy(), bias.copy(), group=16,
                                                   pad_left=4, pad_right=4, activation="Relu"), **TOL)
 
-    ys = []  # every tile shape (each CPU picks one), serial and parallel, strips in 1-5 parts: the same sums
-    for kernel in TILE_KERNELS.values():
-        for build in (kernel.serial, kernel.parallel):
-            for parts in (1, 2, 5):
-                ys.append(np.empty((2, 12, 100), np.float32))
-                build(x, pointwise_w[:, :, 0], bias[:12], np.ascontiguousarray(x[:, :12]), ys[-1],
-                      ACTIVATIONS["Relu"], np.float32(0), np.float32(0), parts)
-    for y in ys[1:]:
-        np.testing.assert_array_equal(ys[0], y)
+    for outputs in (12, 11):  # 11: the last strip of 4 rows (of 2 rows for 2x48) keeps fewer
+        ys = []  # every tile shape (each CPU picks one), serial and parallel, strips in 1-5 parts: the same sums
+        for kernel in TILE_KERNELS.values():
+            for build in (kernel.serial, kernel.parallel):
+                for parts in (1, 2, 5):
+                    ys.append(np.empty((2, outputs, 100), np.float32))
+                    build(x, whole_strips(pointwise_w[:outputs, :, 0], kernel.rows), bias[:outputs],
+                          np.ascontiguousarray(x[:, :outputs]), ys[-1], ACTIVATIONS["Relu"], np.float32(0),
+                          np.float32(0), parts)
+        for y in ys[1:]:
+            np.testing.assert_array_equal(ys[0], y)
     x_t = frames_first(x[:, :, :6])
     np.testing.assert_array_equal(x_t[:, :6], x[:, :, :6].transpose(0, 2, 1))
     assert x_t.shape == (2, 8, 16) and not x_t[:, 6:].any()

@@ -11,7 +11,7 @@ shape (measured in benchmarks/bench_kernels.py):
   chunks), ``depthwise_short_rows``: four rows' outputs in registers, every tap added to all of them;
 * pointwise (K = 1, group 1, no padding; a stride subsamples first): the Numba kernels of
   pointwise.py where they beat BLAS: ``pointwise_tiles()`` (the tile shape measured fastest on this
-  CPU) from POINTWISE_MIN_FRAMES frames (Cout % 4 == 0), ``pointwise_narrow(T)`` up to 12 frames (where it
+  CPU) from POINTWISE_MIN_FRAMES frames (any Cout), ``pointwise_narrow(T)`` up to 12 frames (where it
   measured faster than BLAS on this CPU);
 * everything else (other pointwise sizes, Cin=1 STFT-as-conv, grouped or dense K > 1):
   im2col then BLAS ``matmul`` per batch item and group, then the Numba epilogue.  For a
@@ -61,12 +61,12 @@ from tinyasr.kernels.pointwise import (
     NARROW_FRAMES,
     NARROW_KERNELS,
     RELU,
-    ROWS,
     frames_first,
     pointwise_narrow,
     pointwise_tiles,
     prefer_blas,
     row_parts,
+    whole_strips,
 )
 
 # im2col copies at most this many floats at a time (4 MB); longer inputs are done in time chunks.
@@ -392,12 +392,12 @@ def _pointwise_work(shape, channels_in: int) -> int:
 def _pointwise_kernel(shape, channels_in: int):
     """The Numba pointwise kernel that beats BLAS matmul for an output [B, Cout, T_out], or None (measured in
     benchmarks/bench_kernels.py): pointwise_narrow up to 12 frames, pointwise_tiles from 24 frames (a 64-frame
-    tile costs as much as 24 frames of BLAS) if Cout % 4 == 0, else BLAS.  Both Numba kernels only where they
-    measured faster than BLAS on this CPU; the tiles always where they will run on more than one thread (BLAS
-    runs at one), not where the work is too small for threads.py to grant that."""
+    tile costs as much as 24 frames of BLAS; any Cout, the weight padded to whole strips), else BLAS.  Both Numba
+    kernels only where they measured faster than BLAS on this CPU; the tiles always where they will run on more
+    than one thread (BLAS runs at one), not where the work is too small for threads.py to grant that."""
     if shape[2] in NARROW_FRAMES:
         return pointwise_narrow(shape[2])  # None where BLAS measured faster on this CPU
-    if (shape[1] % ROWS == 0 and shape[2] >= POINTWISE_MIN_FRAMES
+    if (shape[2] >= POINTWISE_MIN_FRAMES
             and (not threads.serial_only(_pointwise_work(shape, channels_in)) or not prefer_blas(shape[2]))):
         return pointwise_tiles(shape[2])
     return None
@@ -414,8 +414,8 @@ def _pointwise(kernel, x, stride, weight_2d, bias, residual, out, act, lo, hi):
     else:  # the tile kernel reads the first T_out frames of each row of x
         workers = 1 if threads.serial_only(work) else threads.get_num_threads()
         parts = row_parts(out.shape[0], out.shape[2], out.shape[1] // kernel.rows, kernel.width, workers)
-        kernel(work, x if stride == 1 else np.ascontiguousarray(x[:, :, ::stride]), weight_2d, bias, residual, out,
-               act if fused else 0, lo, hi, parts)
+        kernel(work, x if stride == 1 else np.ascontiguousarray(x[:, :, ::stride]), whole_strips(weight_2d, kernel.rows),
+               bias, residual, out, act if fused else 0, lo, hi, parts)
     if not fused:
         epilogue_rows(out.size, out, NO_BIAS, NO_RESIDUAL, act, lo, hi)
 

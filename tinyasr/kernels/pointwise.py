@@ -21,8 +21,9 @@ kernel is a register-tiled loop that LLVM vectorises for the host CPU, as the sp
   (kept in registers by LLVM) followed by store_tile, the strips ran 4-6 % slower for 4x64, 13-14 % for 4x16
   and 2.4x for 2x48 (Zen 4, 256 x 256 to 512 x 512; benchmarks/results/sparse_gather.md).
 
-Cout must be a multiple of 4 (QuartzNet / Citrinet / MatchboxNet layers are; a vocabulary-sized
-output conv is not and stays on BLAS).  A 64-frame tile costs as much as 24 frames of BLAS, so for
+A weight whose Cout is not a multiple of the tile's rows (a vocabulary-sized output conv: 29, 129, 1025) gets zero
+rows up to one (whole_strips, once per model weight), and its last strip's extra sums are not stored.  A 64-frame
+tile costs as much as 24 frames of BLAS, so for
 streaming's few frames ``pointwise_narrow`` (below) walks the weights instead; conv1d chooses by shape.
 
 Summation is in channel order c = 0..Cin-1 with fused multiply-adds, so results match BLAS to
@@ -52,10 +53,10 @@ from tinyasr.kernels.epilogue import (
     READ_2D,
     READ_3D,
     epilogue_rows,
+    kept_per_array,
     store_tile,
 )
 
-ROWS = 4  # output rows per strip of pointwise_narrow (and the most any tile shape has: Cout % 4 == 0 suffices)
 RELU, CLIP = ACTIVATIONS["Relu"], ACTIVATIONS["Clip"]  # applied in the kernel; Sigmoid / Tanh after it
 # Register tiles (rows x frames) of pointwise_tiles, one chosen per CPU (tuning.py).  Accumulators plus one x
 # vector plus the rows' broadcast weights must fit the register file, or every step spills (LLVM broadcasts all
@@ -115,21 +116,23 @@ def _tiles_item(x, w, bias, residual, y, act, lo, hi, b, t0, first, last, rows, 
     literally(width)
     inputs, outputs, frames = x.shape[1], y.shape[1], y.shape[2]
     n = min(width, frames - t0)
-    finish = n == width
     has_bias, add_residual = bias.shape[0] > 0, residual.size > 0
     x_tile = aligned_rows(inputs, width)  # on a cache line: at 32 bytes past one (np.empty's), an Intel Xeon ran
     pack_tile(x[b], t0, n, x_tile)  # the 4x64 tile at 107-111 GFLOP/s instead of 146-156 (Zen 4: no difference)
     acc = carray(stack_buffer(MAX_STRIP), (MAX_STRIP,))
     for strip in range(first, last):
         r0 = strip * rows
+        kept = min(rows, outputs - r0)  # fewer in the last strip of a weight padded to whole strips (whole_strips)
+        finish = n == width and kept == rows
         y_row = (b * outputs + r0) * frames + t0
         dense_fma_finish(element_pointer(acc, 0), element_pointer(x_tile, 0), np.int64(width),
                          element_pointer(w, r0 * inputs), np.int64(inputs), np.int64(inputs), np.int64(finish),
-                         element_pointer(y, y_row), np.int64(frames), element_pointer(bias, r0 if has_bias else 0),
-                         np.int64(has_bias), element_pointer(residual, y_row if add_residual else 0),
+                         element_pointer(y, y_row if finish else 0), np.int64(frames),
+                         element_pointer(bias, r0 if has_bias and finish else 0), np.int64(has_bias),
+                         element_pointer(residual, y_row if add_residual and finish else 0),
                          np.int64(add_residual), act, lo, hi, rows, width)
         if not finish:
-            store_tile(y, acc, width, b, r0, rows, t0, n, bias, has_bias, residual, add_residual, act, lo, hi)
+            store_tile(y, acc, width, b, r0, kept, t0, n, bias, has_bias, residual, add_residual, act, lo, hi)
 
 
 def _tiles_kernel(rows: int, width: int):
@@ -144,14 +147,14 @@ def _tiles_kernel(rows: int, width: int):
     def pointwise_tiles(loop):
         """y[b, r, t] = act((sum_c w[r, c] * x[b, c, t] + bias[r]) + residual[b, r, t]) for act "" / Relu / Clip.
 
-        x [B, Cin, T'] with T' >= T (frames past T are not read), w [Cout, Cin] with Cout % rows == 0,
-        y [B, Cout, T]; ``parts``: row_parts.
+        x [B, Cin, T'] with T' >= T (frames past T are not read), w [Cout', Cin] with Cout' the least multiple
+        of ``rows`` >= Cout (whole_strips), y [B, Cout, T]; ``parts``: row_parts.
         """
 
         def kernel(x, w, bias, residual, y, act, lo, hi, parts):
             batch, channels_out, frames = y.shape
             tiles = (frames + width - 1) // width
-            strips = channels_out // rows
+            strips = w.shape[0] // rows
             parts = max(parts, 1)
             for item in loop(batch * tiles * parts):
                 b, t0, first, last = tile_item(item, parts, tiles, width, strips)
@@ -164,6 +167,18 @@ def _tiles_kernel(rows: int, width: int):
 
 
 TILE_KERNELS = {name: _tiles_kernel(rows, width) for name, (rows, width) in TILE_SHAPES.items()}
+
+
+@kept_per_array
+def whole_strips(weight, rows: int) -> np.ndarray:
+    """A [Cout, Cin] weight with zero rows after it up to a multiple of ``rows`` (itself where it is one): the tile
+    kernels' weight, so that an output count like a vocabulary's runs on them too, its last strip's extra sums not
+    stored.  BLAS, which ran those convs before, was slow at such counts: 129 x 640 at T = 125 1490 us against 479
+    for 128 x 640 (OpenBLAS, AMD EPYC Zen 1), and it runs at one thread."""
+    short = -weight.shape[0] % rows
+    if short == 0:
+        return weight
+    return np.concatenate([weight, np.zeros((short, weight.shape[1]), weight.dtype)])
 
 
 def pointwise_tiles(frames: int):
