@@ -413,9 +413,10 @@ def _pointwise(kernel, x, stride, weight_2d, bias, residual, out, act, lo, hi):
                out, act if fused else 0, lo, hi)
     else:  # the tile kernel reads the first T_out frames of each row of x
         workers = 1 if threads.serial_only(work) else threads.get_num_threads()
-        parts = row_parts(out.shape[0], out.shape[2], out.shape[1] // kernel.rows, kernel.width, workers)
-        kernel(work, x if stride == 1 else np.ascontiguousarray(x[:, :, ::stride]), whole_strips(weight_2d, kernel.rows),
-               bias, residual, out, act if fused else 0, lo, hi, parts)
+        strips = whole_strips(weight_2d, kernel.rows)
+        parts = row_parts(out.shape[0], out.shape[2], strips.shape[0] // kernel.rows, kernel.width, workers)
+        kernel(work, x if stride == 1 else np.ascontiguousarray(x[:, :, ::stride]), strips, bias, residual, out,
+               act if fused else 0, lo, hi, parts)
     if not fused:
         epilogue_rows(out.size, out, NO_BIAS, NO_RESIDUAL, act, lo, hi)
 
