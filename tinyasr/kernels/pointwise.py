@@ -22,9 +22,9 @@ kernel is a register-tiled loop that LLVM vectorises for the host CPU, as the sp
   and 2.4x for 2x48 (Zen 4, 256 x 256 to 512 x 512; benchmarks/results/sparse_gather.md).
 
 A weight whose Cout is not a multiple of the tile's rows (a vocabulary-sized output conv: 29, 129, 1025) gets zero
-rows up to one (whole_strips, once per model weight), and its last strip's extra sums are not stored.  A 64-frame
-tile costs as much as 24 frames of BLAS, so for
-streaming's few frames ``pointwise_narrow`` (below) walks the weights instead; conv1d chooses by shape.
+rows up to one (whole_strips, made once per bound conv), and its last strip's extra sums are not stored.  A
+64-frame tile costs as much as 24 frames of BLAS, so for streaming's few frames ``pointwise_narrow`` (below) walks
+the weights instead; conv1d chooses by shape.
 
 Summation is in channel order c = 0..Cin-1 with fused multiply-adds, so results match BLAS to
 float32 rounding, not bitwise, and are the same at any thread count (one thread computes a strip) and for
