@@ -199,9 +199,10 @@ def test_one_pass_preemphasis_and_padding_match_numpy(coefficient, reflect, dtyp
 
 @pytest.mark.parametrize("size", [16, 48, 80, 240, 400, 512, 1600, 2048, 30, 56, 514])
 def test_power_spectra_match_numpy(size):
-    """kernels/fft.py's power spectra, by row and bin-major, against numpy's |rfft|^2: rows a vector of lanes at a
-    time (the last group short), for every radix (4, 2, 3, 5), noise, a tone, an impulse, zeros; sizes without a
-    plan (30, 56, 514) and fewer rows than a vector go through numpy's rfft, and give the same."""
+    """kernels/fft.py's power spectra, by row and bin-major, against numpy's |rfft|^2 (float64): rows a vector of
+    lanes at a time (the last group short), for every radix (4, 2, 3, 5), noise, a tone, an impulse, zeros, in
+    float64 and float32; sizes without a plan (30, 56, 514) and fewer rows than a vector go through numpy's rfft,
+    and give the same."""
     from tinyasr.kernels.fft import LANES, plan, power_lanes, power_spectra
 
     rng = np.random.default_rng(size)
@@ -213,11 +214,17 @@ def test_power_spectra_match_numpy(size):
         rows[:first] = np.reshape(special[:first], (first, size))
         want = np.abs(np.fft.rfft(rows, axis=1)) ** 2
         scale = max(1.0, float(np.abs(want).max(initial=0.0)))
-        for bin_major in (False, True):
-            got = [power_spectra(rows, bin_major)] + ([power_lanes(rows, plan(size), bin_major)] if plan(size) else [])
-            for power in got:
-                assert power.shape == (want.T if bin_major else want).shape
-                np.testing.assert_allclose(power, want.T if bin_major else want, rtol=0, atol=1e-13 * scale)
+        # float64 rows are transformed in float64 (the front end), float32 rows in float32 (the speech gate)
+        for dtype, tolerance in ((np.float64, 1e-13), (np.float32, 2e-6)):
+            typed = rows.astype(dtype)
+            for bin_major in (False, True):
+                got = [power_spectra(typed, bin_major)]
+                if plan(size, dtype):
+                    got.append(power_lanes(typed, plan(size, dtype), bin_major))
+                for power in got:
+                    assert power.shape == (want.T if bin_major else want).shape and power.dtype == dtype
+                    np.testing.assert_allclose(power, want.T if bin_major else want, rtol=0,
+                                               atol=tolerance * scale)
 
 
 def test_exact_pad_frame_count():

@@ -86,9 +86,12 @@ def windowed_spans(audio, ends, frame, window):
     """Row i: the ``window.size`` samples of ``audio`` ending with frame ``ends[i]`` (frames of ``frame`` samples;
     ``audio`` starts ``window.size - frame`` samples before frame 0), less their mean, times ``window``: the
     tone check's FFT input in one pass instead of numpy's gather, mean, subtraction and product.  Each span is
-    read as a slice (indexing ``spans[i, k]`` and ``audio[start + k]`` kept LLVM from vectorising: 2-3x slower)."""
+    read as a slice (indexing ``spans[i, k]`` and ``audio[start + k]`` kept LLVM from vectorising: 2-3x slower).
+    The mean and product in float64, the rows stored as float32: the FFT then runs in float32 (fft.power_spectra),
+    1600-sample spans 14.2 -> 4.1 us each (AMD EPYC Zen 1), where a tone's share of >= 0.9995 against speech's
+    <= 0.992 leaves float32's ~2e-7 of rounding no say in the decision."""
     size = window.shape[0]
-    spans = np.empty((ends.shape[0], size))
+    spans = np.empty((ends.shape[0], size), np.float32)
     for i in range(ends.shape[0]):
         row, piece = spans[i], audio[ends[i] * frame:ends[i] * frame + size]
         mean = 0.0

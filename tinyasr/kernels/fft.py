@@ -3,14 +3,16 @@ the speech gate's 100 ms spans.
 
 numpy's rfft costs ~6 us a call before any arithmetic and ~1 us a 512-point row after (numpy 2.4, Zen 4): a streamed
 80 ms chunk's 8 frames took ~11-17 us with their power, a 10 s file's 1000 frames ~0.9 ms.  Here LANES rows are
-transformed together, each complex value a vector of LANES float64 lanes, so that every butterfly is a few vector
+transformed together, each complex value a vector of LANES float lanes, so that every butterfly is a few vector
 operations for LANES rows: the rows are transposed into a [samples, LANES] buffer in 8 x 8 blocks (sample 2k the
 real part of z_k, 2k + 1 its imaginary part), a self-sorting (Stockham) mixed-radix FFT of length N / 2 runs on z,
 and the split that gives the real rows' N / 2 + 1 bins writes their power, bin-major as it is computed or transposed
 back to rows.  Radices 4, 2, 3 and 5 (512 = 4^4 x 2, 1600 = 4^3 x 5^2, 400 = 4^2 x 5^2 ...); a length with another
-prime factor, or one that is not a multiple of 16, has no plan and the caller keeps numpy's.  Sums in float64: the
-two agree to ~1e-15 of a row's largest power (tests/test_frontend.py).  Measured:
-benchmarks/results/history_znver4.md (session 16).
+prime factor, or one that is not a multiple of 16, has no plan and the caller keeps numpy's.  Sums in the rows'
+type: in float64 (the front end) the two agree to ~1e-15 of a row's largest power, in float32 (the speech gate) to
+~3e-7 (tests/test_frontend.py).  Measured: benchmarks/results/history_znver4.md (session 16); float32 against
+float64, 64 rows of 1600 / 800 / 400 samples: 4.1 / 2.3 / 0.9 against 14.2 / 3.9 / 1.9 us a row (AMD EPYC Zen 1,
+where the float64 buffers of a 1600-sample group, 100 KB each, outgrow the 32 KB L1).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from numba.extending import intrinsic
 
 from tinyasr.kernels._compile import element_pointer, transpose_8x8
 
-LANES = 8  # rows per vector: one AVX-512 register of float64, two AVX2 ones, four NEON ones
+LANES = 8  # rows per vector: one AVX-512 / two AVX2 / four NEON registers of float64, half that of float32
 RADICES = (4, 2, 3, 5)  # tried in this order
 
 
@@ -44,8 +46,9 @@ class Plan(NamedTuple):
 
 
 @functools.lru_cache(maxsize=16)
-def plan(size: int) -> Optional[Plan]:
-    """The plan for real rows of ``size`` samples, or None where there is none."""
+def plan(size: int, dtype=np.float64) -> Optional[Plan]:
+    """The plan for real rows of ``size`` samples computed in ``dtype`` (float64 or float32: its twiddles rounded
+    to it), or None where there is none."""
     if size < 16 or size % 16:
         return None
     n, radices = size // 2, []
@@ -63,21 +66,24 @@ def plan(size: int) -> Optional[Plan]:
         length = m
     flat = np.concatenate(twiddles)
     split = np.exp(-2j * np.pi * np.arange(size // 2 + 1) / size)
-    return Plan(size, np.array(radices, np.int64), flat.real.copy(), flat.imag.copy(), np.array(offsets, np.int64),
-                split.real.copy(), split.imag.copy())
+    return Plan(size, np.array(radices, np.int64), flat.real.astype(dtype), flat.imag.astype(dtype),
+                np.array(offsets, np.int64), split.real.astype(dtype), split.imag.astype(dtype))
 
 
 def power_spectra(rows: np.ndarray, bin_major: bool = False) -> np.ndarray:
-    """|np.fft.rfft(rows, axis=1)|^2 for float64 rows [count, size]: [count, size / 2 + 1], or with ``bin_major``
+    """|np.fft.rfft(rows, axis=1)|^2 for rows [count, size]: [count, size / 2 + 1], or with ``bin_major``
     [size / 2 + 1, count], a column per row (the mel filterbank sums over bins with the frames in vector lanes).
-    The lanes kernel where the size has a plan and there is at least a whole vector of rows; numpy's rfft
+    Computed in the rows' float type: float64 (the front end) or float32 (the speech gate's tone check, whose
+    decision has room for float32's rounding, and which then moves half the bytes and fits twice the lanes in a
+    vector).  The lanes kernel where the size has a plan and there is at least a whole vector of rows; numpy's rfft
     otherwise (for fewer rows its empty lanes cost more than numpy's call: 4 spans of 1600 samples 29 us against
     22, Zen 4)."""
-    fft_plan = plan(rows.shape[1]) if rows.shape[0] >= LANES else None
+    dtype = np.float32 if rows.dtype == np.float32 else np.float64
+    fft_plan = plan(rows.shape[1], dtype) if rows.shape[0] >= LANES else None
     if fft_plan is not None:
         return power_lanes(rows, fft_plan, bin_major)
-    spectra = np.fft.rfft(rows, axis=1).view(np.float64)  # complex as float pairs
-    power = pair_powers(spectra, np.empty((rows.shape[0], spectra.shape[1] // 2)))
+    spectra = np.fft.rfft(rows.astype(dtype, copy=False), axis=1).view(dtype)  # complex as float pairs
+    power = pair_powers(spectra, np.empty((rows.shape[0], spectra.shape[1] // 2), dtype))
     return np.ascontiguousarray(power.T) if bin_major else power
 
 
@@ -93,10 +99,10 @@ def pair_powers(spectra, out):
 
 
 def power_lanes(rows: np.ndarray, fft_plan: Plan, bin_major: bool = False) -> np.ndarray:
-    """power_spectra by the lanes kernel, for float64 rows [count, fft_plan.size]."""
-    bins = fft_plan.size // 2 + 1
-    out = np.empty((bins, rows.shape[0]) if bin_major else (rows.shape[0], bins))
-    _power_lanes(np.ascontiguousarray(rows, np.float64), out, bin_major, fft_plan.radices, fft_plan.twiddle_re,
+    """power_spectra by the lanes kernel, for rows [count, fft_plan.size], in the plan's float type."""
+    bins, dtype = fft_plan.size // 2 + 1, fft_plan.twiddle_re.dtype
+    out = np.empty((bins, rows.shape[0]) if bin_major else (rows.shape[0], bins), dtype)
+    _power_lanes(np.ascontiguousarray(rows, dtype), out, bin_major, fft_plan.radices, fft_plan.twiddle_re,
                  fft_plan.twiddle_im, fft_plan.offsets, fft_plan.split_re, fft_plan.split_im)
     return out
 
@@ -105,14 +111,14 @@ def power_lanes(rows: np.ndarray, fft_plan: Plan, bin_major: bool = False) -> np
 def _power_lanes(rows, out, bin_major, radices, twiddle_re, twiddle_im, offsets, split_re, split_im):
     count, size = rows.shape
     half, bins = size // 2, size // 2 + 1
-    a, b = np.empty((size, LANES)), np.empty((size, LANES))  # z_k at rows 2k (real) and 2k + 1 (imaginary)
-    power = np.empty((bins, LANES))
+    a, b = np.empty((size, LANES), rows.dtype), np.empty((size, LANES), rows.dtype)  # z_k at rows 2k (real), 2k + 1
+    power = np.empty((bins, LANES), rows.dtype)
     whole = bins - bins % 8
     for first in range(0, count, LANES):
         lanes = min(LANES, count - first)
         source, row0 = rows, first
         if lanes < LANES:  # its rows, zeros for the missing ones (loops: Numba took 3 s to compile 2-D slice copies)
-            source, row0 = np.zeros((LANES, size)), 0
+            source, row0 = np.zeros((LANES, size), rows.dtype), 0
             for lane in range(lanes):
                 for k in range(size):
                     source[lane, k] = rows[first + lane, k]
@@ -173,27 +179,39 @@ def _butterflies(x, y, m, stride, twiddle_re, twiddle_im, offset, radix):
             dft_butterfly(x, q + stride * p, stride * m, y, q + stride * radix * p, stride, wr, wi, radix)
 
 
-def _vector_type():
-    return llvm_ir.VectorType(llvm_ir.DoubleType(), LANES)
+FLOATS = (types.float32, types.float64)  # the kernels' float types: the lanes are <LANES x float> or <LANES x double>
+
+
+def _float_pointers(*arguments) -> bool:
+    """True when every argument is a pointer to the same float type of FLOATS."""
+    return all(isinstance(a, types.CPointer) and a.dtype == arguments[0].dtype in FLOATS for a in arguments)
+
+
+def _vector_type(element):
+    return llvm_ir.VectorType(element, LANES)
+
+
+def _alignment(element) -> int:
+    return 8 if isinstance(element, llvm_ir.DoubleType) else 4
 
 
 def _complex_at(builder, pointer, row):
     """(real, imaginary) vector pointers of complex row ``row`` of an interleaved [2n, LANES] buffer."""
-    vector = _vector_type()
+    vector = _vector_type(pointer.type.pointee)
     base = builder.mul(row, llvm_ir.IntType(64)(2 * LANES))
     return tuple(builder.bitcast(builder.gep(pointer, [builder.add(base, llvm_ir.IntType(64)(part * LANES))]),
                                  vector.as_pointer()) for part in (0, 1))
 
 
 def _splat(builder, scalar):
-    vector = _vector_type()
+    vector = _vector_type(scalar.type)
     first = builder.insert_element(llvm_ir.Constant(vector, None), scalar, llvm_ir.IntType(32)(0))
     return builder.shuffle_vector(first, llvm_ir.Constant(vector, None),
                                   llvm_ir.Constant(llvm_ir.VectorType(llvm_ir.IntType(32), LANES), [0] * LANES))
 
 
-def _constant(value: float):
-    return llvm_ir.Constant(_vector_type(), [llvm_ir.Constant(llvm_ir.DoubleType(), value)] * LANES)
+def _constant(value: float, element):
+    return llvm_ir.Constant(_vector_type(element), [llvm_ir.Constant(element, value)] * LANES)
 
 
 def _dft(builder, a):
@@ -201,6 +219,7 @@ def _dft(builder, a):
     differences of the symmetric pairs first, a real constant times each (radix 3 / 5), so a radix-5 butterfly
     is 16 multiplies instead of the 64 of its plain sums."""
     add, sub, mul = builder.fadd, builder.fsub, builder.fmul
+    element = a[0][0].type.element
 
     def plus(u, v):
         return add(u[0], v[0]), add(u[1], v[1])
@@ -209,7 +228,7 @@ def _dft(builder, a):
         return sub(u[0], v[0]), sub(u[1], v[1])
 
     def scaled(u, c):
-        return mul(u[0], _constant(c)), mul(u[1], _constant(c))
+        return mul(u[0], _constant(c, element)), mul(u[1], _constant(c, element))
 
     def turned(m, n):  # (m - i n, m + i n)
         return (add(m[0], n[1]), sub(m[1], n[0])), (sub(m[0], n[1]), add(m[1], n[0]))
@@ -238,18 +257,19 @@ def _dft(builder, a):
 @intrinsic
 def dft_butterfly(typingctx, x, source, step, y, target, stride, w_re, w_im, radix):
     """One r-point DFT on LANES rows at once: a_k = x[source + k step] (k < r; complex rows of an interleaved
-    [2n, LANES] buffer), y[target + j stride] = (sum_k a_k exp(-2 pi i j k / r)) w_j for j < r.  Float64
-    pointers (element_pointer; ``w`` this butterfly's twiddles); ``radix`` a literal.  LLVM IR on <LANES x double>
-    values: the same sums written as loops over the lanes stayed scalar (vmulsd, read with inspect_asm), LLVM
-    unrolling each 8-lane loop before its vectoriser saw it."""
+    [2n, LANES] buffer), y[target + j stride] = (sum_k a_k exp(-2 pi i j k / r)) w_j for j < r.  Float64 or
+    float32 pointers, all one type (element_pointer; ``w`` this butterfly's twiddles); ``radix`` a literal.  LLVM
+    IR on <LANES x double> (or float) values: the same sums written as loops over the lanes stayed scalar (vmulsd,
+    read with inspect_asm), LLVM unrolling each 8-lane loop before its vectoriser saw it."""
     if not isinstance(radix, types.IntegerLiteral) or radix.literal_value not in (2, 3, 4, 5):
         return None
-    if not all(isinstance(a, types.CPointer) and a.dtype == types.float64 for a in (x, y, w_re, w_im)):
+    if not _float_pointers(x, y, w_re, w_im):
         return None
     r = radix.literal_value
 
     def codegen(context, builder, signature, args):
         xp, source, step, yp, target, stride, wr, wi, _ = args
+        align = _alignment(xp.type.pointee)
 
         def row(base, scale, k):
             return builder.add(base, builder.mul(scale, llvm_ir.IntType(64)(k)))
@@ -257,7 +277,7 @@ def dft_butterfly(typingctx, x, source, step, y, target, stride, w_re, w_im, rad
         a = []
         for k in range(r):
             re_pointer, im_pointer = _complex_at(builder, xp, row(source, step, k))
-            a.append((builder.load(re_pointer, align=8), builder.load(im_pointer, align=8)))
+            a.append((builder.load(re_pointer, align=align), builder.load(im_pointer, align=align)))
         for j, (re, im) in enumerate(_dft(builder, a)):
             if j:  # w_0 = exp(0) = 1
                 c = _splat(builder, builder.load(builder.gep(wr, [llvm_ir.IntType(64)(j)])))
@@ -265,8 +285,8 @@ def dft_butterfly(typingctx, x, source, step, y, target, stride, w_re, w_im, rad
                 re, im = (builder.fsub(builder.fmul(re, c), builder.fmul(im, s)),
                           builder.fadd(builder.fmul(re, s), builder.fmul(im, c)))
             re_pointer, im_pointer = _complex_at(builder, yp, row(target, stride, j))
-            builder.store(re, re_pointer, align=8)
-            builder.store(im, im_pointer, align=8)
+            builder.store(re, re_pointer, align=align)
+            builder.store(im, im_pointer, align=align)
         return context.get_dummy_value()
 
     return types.void(x, types.int64, types.int64, y, types.int64, types.int64, w_re, w_im, radix), codegen
@@ -276,16 +296,17 @@ def dft_butterfly(typingctx, x, source, step, y, target, stride, w_re, w_im, rad
 def split_power(typingctx, z, j, r, c, s, power, k):
     """power[k] = |X_k|^2 for LANES real rows at once, X_k = E + (c + i s) O with E = (Z_j + conj Z_r) / 2 and
     O = -i (Z_j - conj Z_r) / 2 (j = k mod N/2, r = -k mod N/2, c + i s = exp(-2 pi i k / N)): the bins of the
-    real rows from the half-length transform Z of their even / odd samples.  Float64 pointers to z (interleaved
-    [N, LANES]) and power ([N/2 + 1, LANES])."""
-    if not all(isinstance(a, types.CPointer) and a.dtype == types.float64 for a in (z, power)):
+    real rows from the half-length transform Z of their even / odd samples.  Float64 (or float32) pointers to z
+    (interleaved [N, LANES]) and power ([N/2 + 1, LANES]), c and s of the same type."""
+    if not _float_pointers(z, power):
         return None
 
     def codegen(context, builder, signature, args):
         zp, j, r, c, s, target, k = args
         add, sub, mul = builder.fadd, builder.fsub, builder.fmul
-        half = _constant(0.5)
-        (a_re, a_im), (b_re, b_im) = ((builder.load(p, align=8) for p in _complex_at(builder, zp, index))
+        element = zp.type.pointee
+        align, half = _alignment(element), _constant(0.5, element)
+        (a_re, a_im), (b_re, b_im) = ((builder.load(p, align=align) for p in _complex_at(builder, zp, index))
                                       for index in (j, r))
         b_im = builder.fneg(b_im)
         e_re, e_im = mul(half, add(a_re, b_re)), mul(half, add(a_im, b_im))
@@ -293,10 +314,9 @@ def split_power(typingctx, z, j, r, c, s, power, k):
         cv, sv = _splat(builder, c), _splat(builder, s)
         x_re = add(e_re, sub(mul(cv, o_re), mul(sv, o_im)))
         x_im = add(e_im, add(mul(cv, o_im), mul(sv, o_re)))
-        vector = _vector_type()
         row = builder.gep(target, [builder.mul(k, llvm_ir.IntType(64)(LANES))])
-        pointer = builder.bitcast(row, vector.as_pointer())
-        builder.store(add(mul(x_re, x_re), mul(x_im, x_im)), pointer, align=8)
+        pointer = builder.bitcast(row, _vector_type(element).as_pointer())
+        builder.store(add(mul(x_re, x_re), mul(x_im, x_im)), pointer, align=align)
         return context.get_dummy_value()
 
-    return types.void(z, types.int64, types.int64, types.float64, types.float64, power, types.int64), codegen
+    return types.void(z, types.int64, types.int64, z.dtype, z.dtype, power, types.int64), codegen
