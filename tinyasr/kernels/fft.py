@@ -25,6 +25,7 @@ import numpy as np
 from numba import njit, types
 from numba.extending import intrinsic
 
+from tinyasr.kernels import tuning
 from tinyasr.kernels._compile import element_pointer, transpose_8x8
 
 LANES = 8  # rows per vector: one AVX-512 / two AVX2 / four NEON registers of float64, half that of float32
@@ -75,16 +76,34 @@ def power_spectra(rows: np.ndarray, bin_major: bool = False) -> np.ndarray:
     [size / 2 + 1, count], a column per row (the mel filterbank sums over bins with the frames in vector lanes).
     Computed in the rows' float type: float64 (the front end) or float32 (the speech gate's tone check, whose
     decision has room for float32's rounding, and which then moves half the bytes and fits twice the lanes in a
-    vector).  The lanes kernel where the size has a plan and there is at least a whole vector of rows; numpy's rfft
-    otherwise (for fewer rows its empty lanes cost more than numpy's call: 4 spans of 1600 samples 29 us against
-    22, Zen 4)."""
+    vector).  The lanes kernel where the size has a plan and there is at least a whole vector of rows, or fewer
+    where it measured faster than numpy's rfft on one row on this CPU (lanes_for_few_rows); numpy's rfft
+    otherwise."""
     dtype = np.float32 if rows.dtype == np.float32 else np.float64
-    fft_plan = plan(rows.shape[1], dtype) if rows.shape[0] >= LANES else None
-    if fft_plan is not None:
+    fft_plan = plan(rows.shape[1], dtype)
+    if fft_plan is not None and rows.shape[0] and (rows.shape[0] >= LANES or lanes_for_few_rows(fft_plan.size, dtype)):
         return power_lanes(rows, fft_plan, bin_major)
-    spectra = np.fft.rfft(rows.astype(dtype, copy=False), axis=1).view(dtype)  # complex as float pairs
-    power = pair_powers(spectra, np.empty((rows.shape[0], spectra.shape[1] // 2), dtype))
+    power = _numpy_power(rows, dtype)
     return np.ascontiguousarray(power.T) if bin_major else power
+
+
+@functools.lru_cache(maxsize=16)
+def lanes_for_few_rows(size: int, dtype) -> bool:
+    """Whether the lanes kernel beats numpy's rfft (and pair_powers) on one row of ``size`` samples in ``dtype`` on
+    this CPU (a size with a plan), measured once per CPU (tuning.fastest).  Its cost is about flat up to LANES rows
+    while numpy's grows with them, so winning at one row it wins at every count.  Measured: on Zen 4, 4 spans of
+    1600 samples in float64 29 us against numpy's 22; on AMD EPYC Zen 1 in float32, one row 31 against 39 us, 4 rows
+    32 against 58 (the speech gate's 4 spans an 80 ms chunk), in float64 4 rows 59 against 49."""
+    fft_plan = plan(size, dtype)
+    row = np.random.default_rng(0).standard_normal((1, size)).astype(dtype)
+    candidates = {"lanes": lambda: power_lanes(row, fft_plan), "numpy": lambda: _numpy_power(row, dtype)}
+    family = f"power spectra of one row: {size} {np.dtype(dtype).name}"
+    return tuning.fastest(family, candidates, *tuning.cache_of(_power_lanes)) == "lanes"
+
+
+def _numpy_power(rows: np.ndarray, dtype) -> np.ndarray:
+    spectra = np.fft.rfft(rows.astype(dtype, copy=False), axis=1).view(dtype)  # complex as float pairs
+    return pair_powers(spectra, np.empty((rows.shape[0], spectra.shape[1] // 2), dtype))
 
 
 @njit(cache=True)
