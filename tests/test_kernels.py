@@ -700,6 +700,40 @@ def test_rowwise_kernels_match_torch(rows, width, in_place):
     np.testing.assert_allclose(out, torch.sigmoid(torch.from_numpy(extreme)).numpy(), rtol=2e-7, atol=0)
 
 
+@pytest.mark.parametrize("shape", [(1, 29, 500), (2, 7, 3), (1, 1, 5), (3, 129, 1)])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_log_softmax_columns_match_torch(shape, in_place):
+    """The classes-in-the-middle log-softmax (an offline CTC conv stack's [B, classes, T]) against torch, also
+    writing over x, and the LogSoftmax op on such a tensor (axis 1), its transposed view and a slice of it, all
+    bit for bit what the rows kernel gives on time-major rows."""
+    from tinyasr.kernels.rowwise import log_softmax_columns
+    from tinyasr.ops import nn as nn_ops
+
+    rng = np.random.default_rng(sum(shape))
+    x = (rng.standard_normal(shape) * 4).astype(np.float32)
+    x[0, 0, 0] = 60.0  # one large logit: the shift keeps exp in range
+    expected = torch.log_softmax(torch.from_numpy(x), 1).numpy()
+    a = x.copy()
+    out = a if in_place else np.empty_like(a)
+    log_softmax_columns(a, out)
+    np.testing.assert_allclose(out, expected, **TOL)
+
+    class Context:  # what the op asks of the engine: an output buffer
+        def output(self, shape, dtype, donors=()):
+            return np.empty(shape, dtype)
+
+    (got,) = nn_ops.log_softmax(Context(), [x], {"axis": 1})
+    np.testing.assert_allclose(got, expected, **TOL)
+    # as a CTC head gives it, [B, T, C] the transposed view of the conv's [B, C, T]; a slice of frames; the rows
+    # kernel on the same values in time-major rows gives the same bits
+    (viewed,) = nn_ops.log_softmax(Context(), [x.transpose(0, 2, 1)], {"axis": -1})
+    np.testing.assert_array_equal(viewed, got.transpose(0, 2, 1))
+    (sliced,) = nn_ops.log_softmax(Context(), [x[:, :, 1:]], {"axis": 1})
+    np.testing.assert_array_equal(sliced, got[:, :, 1:])
+    (rows,) = nn_ops.log_softmax(Context(), [np.ascontiguousarray(x.transpose(0, 2, 1))], {"axis": -1})
+    np.testing.assert_array_equal(rows, got.transpose(0, 2, 1))
+
+
 def test_exp32_is_within_an_ulp_and_keeps_the_limits():
     """kernels/vector_math.exp32 (the vectorised exp of the softmax / sigmoid / Swish kernels) against float64
     numpy over its whole range, then its documented behaviour outside it; lane_max / lane_sum on odd lengths."""

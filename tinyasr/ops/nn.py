@@ -22,6 +22,7 @@ from tinyasr.kernels.rowwise import (
     glu_rows,
     layer_norm_rows,
     layer_norm_rows_in_place,
+    log_softmax_columns,
     log_softmax_rows,
     softmax_rows,
     squeeze_excite,
@@ -75,9 +76,24 @@ def log_softmax(ctx, inputs, attrs):
             out = ctx.output(rows.shape, x.dtype, donors=(0,) if rows is x else ())
             log_softmax_rows(rows.reshape(-1, rows.shape[-1]), out.reshape(-1, rows.shape[-1]))
             return [out if rows is x else out.swapaxes(axis, -1)]
+        if x.dtype == np.float32 and x.size > 0:
+            return [_log_softmax_columns(ctx, x, axis)]
     out, axis = _minus_max(ctx, "LogSoftmax", inputs, attrs)
     np.subtract(out, np.log(np.exp(out).sum(axis=axis, keepdims=True)), out=out)
     return [out]
+
+
+def _log_softmax_columns(ctx, x, axis: int) -> np.ndarray:
+    """LogSoftmax of float32 ``x`` whose classes are not contiguous rows, by the columns kernel (the same bits as
+    the rows kernel): an offline CTC conv stack's [B, C, T], or [B, T, C] as its transposed view (the conv's
+    output under a Transpose), taken as it lies; any other layout copied first (a stream's slices of a chunk)."""
+    swapped = x.ndim == 3 and axis == 2 and x.swapaxes(1, 2).flags.c_contiguous
+    middle = x.swapaxes(1, 2) if swapped else np.ascontiguousarray(x)
+    axis = 1 if swapped else axis
+    out = ctx.output(middle.shape, np.float32, donors=(0,) if middle is x else ())
+    outer = math.prod(middle.shape[:axis])
+    log_softmax_columns(middle.reshape(outer, middle.shape[axis], -1), out.reshape(outer, middle.shape[axis], -1))
+    return out.swapaxes(1, 2) if swapped else out
 
 
 @register("Glu", streaming=AxisOp(1))
