@@ -203,7 +203,9 @@ FLOATS = (types.float32, types.float64)  # the kernels' float types: the lanes a
 
 def _float_pointers(*arguments) -> bool:
     """True when every argument is a pointer to the same float type of FLOATS."""
-    return all(isinstance(a, types.CPointer) and a.dtype == arguments[0].dtype in FLOATS for a in arguments)
+    if not all(isinstance(a, types.CPointer) for a in arguments):
+        return False
+    return arguments[0].dtype in FLOATS and all(a.dtype == arguments[0].dtype for a in arguments)
 
 
 def _vector_type(element):

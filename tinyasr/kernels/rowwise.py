@@ -75,9 +75,9 @@ def log_softmax_columns(x, out):
             for i in range(inner):
                 total[i] += exp32(row[i] - top[i])
         for i in range(inner):
-            total = (((partial[0, i] + partial[1, i]) + (partial[2, i] + partial[3, i]))
-                     + ((partial[4, i] + partial[5, i]) + (partial[6, i] + partial[7, i]))) + partial[8, i]
-            top[i] += np.float32(np.log(total))
+            summed = (((partial[0, i] + partial[1, i]) + (partial[2, i] + partial[3, i]))
+                      + ((partial[4, i] + partial[5, i]) + (partial[6, i] + partial[7, i]))) + partial[8, i]
+            top[i] += np.float32(np.log(summed))
         for c in range(classes):
             row, y = x[o, c], out[o, c]
             for i in range(inner):
