@@ -708,6 +708,7 @@ def test_log_softmax_columns_match_torch(shape, in_place):
     bit for bit what the rows kernel gives on time-major rows."""
     from tinyasr.kernels.rowwise import log_softmax_columns
     from tinyasr.ops import nn as nn_ops
+    from tinyasr.ops.context import OpContext
 
     rng = np.random.default_rng(sum(shape))
     x = (rng.standard_normal(shape) * 4).astype(np.float32)
@@ -718,19 +719,15 @@ def test_log_softmax_columns_match_torch(shape, in_place):
     log_softmax_columns(a, out)
     np.testing.assert_allclose(out, expected, **TOL)
 
-    class Context:  # what the op asks of the engine: an output buffer
-        def output(self, shape, dtype, donors=()):
-            return np.empty(shape, dtype)
-
-    (got,) = nn_ops.log_softmax(Context(), [x], {"axis": 1})
+    (got,) = nn_ops.log_softmax(OpContext(), [x], {"axis": 1})
     np.testing.assert_allclose(got, expected, **TOL)
     # as a CTC head gives it, [B, T, C] the transposed view of the conv's [B, C, T]; a slice of frames; the rows
     # kernel on the same values in time-major rows gives the same bits
-    (viewed,) = nn_ops.log_softmax(Context(), [x.transpose(0, 2, 1)], {"axis": -1})
+    (viewed,) = nn_ops.log_softmax(OpContext(), [x.transpose(0, 2, 1)], {"axis": -1})
     np.testing.assert_array_equal(viewed, got.transpose(0, 2, 1))
-    (sliced,) = nn_ops.log_softmax(Context(), [x[:, :, 1:]], {"axis": 1})
+    (sliced,) = nn_ops.log_softmax(OpContext(), [x[:, :, 1:]], {"axis": 1})
     np.testing.assert_array_equal(sliced, got[:, :, 1:])
-    (rows,) = nn_ops.log_softmax(Context(), [np.ascontiguousarray(x.transpose(0, 2, 1))], {"axis": -1})
+    (rows,) = nn_ops.log_softmax(OpContext(), [np.ascontiguousarray(x.transpose(0, 2, 1))], {"axis": -1})
     np.testing.assert_array_equal(rows, got.transpose(0, 2, 1))
 
 
