@@ -64,7 +64,7 @@ def classify_frames(
     segments = tuple(
         Segment(labels[int(best[first])], *frame_span(first, stop, frame_seconds, duration),
                 confidence=float(probs[first:stop, best[first]].mean()))
-        for first, stop in label_runs(best)
+        for first, stop in zip(*(runs.tolist() for runs in label_runs(best)))
     )
     return FrameClassification(
         label_names=tuple(labels),

@@ -13,9 +13,10 @@ import numpy as np
 from tinyasr.decoding.confidence import COVER_SECONDS, Speech, in_speech, is_out_of_vocabulary, speech_confidence
 from tinyasr.decoding.results import Result, Token, Word
 from tinyasr.decoding.scores import (
-    frame_span,
+    frame_spans,
     frames_by_classes,
     label_runs,
+    run_confidences,
     to_log_probs,
 )
 from tinyasr.decoding.specs import (
@@ -152,13 +153,14 @@ def ctc_greedy(
     """
     log_probs, texts, wordpiece, duration = ctc_frames(scores, spec, frame_seconds, valid_frames, duration)
     best = log_probs.argmax(axis=1)
-    frame_scores = log_probs[np.arange(len(best)), best]
     tokens = []
-    for first, stop in label_runs(best):
-        token_id = int(best[first])
-        if token_id != spec.blank:
-            start, end = frame_span(first, stop, frame_seconds, duration)
-            confidence = float(np.exp(frame_scores[first:stop].mean()))
+    if len(best):  # every run's numbers at once, not per token in Python (~7 -> ~2 ms a minute of Citrinet)
+        firsts, stops = label_runs(best)
+        confidences = run_confidences(log_probs[np.arange(len(best)), best], firsts, stops)
+        kept = best[firsts] != spec.blank
+        starts, ends = frame_spans(firsts, stops, frame_seconds, duration)
+        for token_id, start, end, confidence in zip(best[firsts][kept].tolist(), starts[kept].tolist(),
+                                                    ends[kept].tolist(), confidences[kept].tolist()):
             tokens.append(Token(text=texts[token_id], id=token_id, start=start, end=end, confidence=confidence))
     return ctc_result(tokens, log_probs, spec, wordpiece, frame_seconds=frame_seconds, duration=duration,
                       speech=speech)

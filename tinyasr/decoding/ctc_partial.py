@@ -28,7 +28,7 @@ import numpy as np
 from tinyasr.decoding.confidence import COVER_SECONDS, Speech, in_speech, is_out_of_vocabulary, speech_confidence
 from tinyasr.decoding.ctc import GrowingWords, id_to_text, is_wordpiece
 from tinyasr.decoding.results import Result, Token, Word, shifted_item
-from tinyasr.decoding.scores import frame_span, to_log_probs
+from tinyasr.decoding.scores import frame_span, run_confidence, to_log_probs
 from tinyasr.decoding.specs import CTCSpec
 
 SETTLE_MARGIN = 1e-6  # seconds kept from a boundary before a decision counts as final (float rounding)
@@ -122,7 +122,7 @@ class GreedyPartial:
 
     def _token(self, label: int, first: int, stop: int, duration: float) -> Token:
         start, end = frame_span(first, stop, self.frame_seconds, duration)
-        confidence = float(np.exp(self._scores.array[first:stop].mean()))
+        confidence = run_confidence(self._scores.array[first:stop])
         return Token(text=self._texts[label], id=label, start=start, end=end, confidence=confidence)
 
     def result(self, seconds: float, speech: Speech, undecided_from: float,

@@ -45,18 +45,40 @@ def frames_by_classes(scores: np.ndarray, output: str) -> np.ndarray:
     return scores
 
 
-def label_runs(best: np.ndarray):
-    """(first, stop) frame index pairs of the runs of equal values in ``best``."""
+def label_runs(best: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """The first frames and the stops (past the last frame) of the runs of equal values in ``best``."""
     if len(best) == 0:
-        return []
-    starts = np.flatnonzero(np.concatenate(([True], best[1:] != best[:-1])))
-    return list(zip(starts.tolist(), np.append(starts[1:], len(best)).tolist()))
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    firsts = np.flatnonzero(np.concatenate(([True], best[1:] != best[:-1])))
+    return firsts, np.append(firsts[1:], len(best))
 
 
 def frame_span(first: int, stop: int, frame_seconds: float, duration: float) -> Tuple[float, float]:
     """Start and end seconds of frames [first, stop); the end never passes the audio's end."""
     start = first * frame_seconds
     return float(start), float(max(start, min(stop * frame_seconds, duration)))
+
+
+def run_confidences(frame_scores: np.ndarray, firsts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+    """Each run's confidence, exp of the mean of its frames' log-probs, for runs that cover ``frame_scores``
+    one after another (firsts[0] = 0, each stop the next first): the sums in frame order.  A stream's partial
+    result gives one run at a time and gets the offline decoder's bits."""
+    return np.exp(np.add.reduceat(frame_scores, firsts) / (stops - firsts))
+
+
+def run_confidence(run_scores: np.ndarray) -> float:
+    """run_confidences of the one run ``run_scores`` (its frames' log-probs), to the same bits."""
+    return float(run_confidences(run_scores, _ONE_RUN, np.array([len(run_scores)]))[0])
+
+
+_ONE_RUN = np.zeros(1, np.int64)
+
+
+def frame_spans(firsts: np.ndarray, stops: np.ndarray, frame_seconds: float,
+                duration: float) -> Tuple[np.ndarray, np.ndarray]:
+    """frame_span of many runs at once: their start and end seconds as arrays."""
+    starts = firsts * frame_seconds
+    return starts, np.maximum(starts, np.minimum(stops * frame_seconds, duration))
 
 
 def check_scores(scores: np.ndarray, kind: str, model, output: str) -> None:
