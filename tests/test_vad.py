@@ -261,18 +261,22 @@ def test_a_steady_tone_is_not_speech_even_after_silence(rate):
         assert _segments(np.concatenate([np.zeros(rate, np.float32), tone]), rate) == [], hz
 
 
-def test_windowed_spans_match_numpy():
-    """windowed_spans against numpy's sliding windows: the span ending with each chosen frame, less its mean,
-    times the window."""
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("size", [1600, 1500])  # 5 frames; 4 frames and a part (means from frame sums and samples)
+def test_windowed_spans_match_numpy(dtype, size):
+    """windowed_spans against numpy's sliding windows in float64: the span ending with each chosen frame, less its
+    mean, times the window; the gate's float32 audio and window as well."""
     rng = np.random.default_rng(4)
-    frame, window = 320, np.hanning(1600)
-    audio = rng.standard_normal(1280 + 20 * frame) + 3.0  # 4 frames of history, then 20 frames
+    frame, window = 320, np.hanning(size)
+    audio = rng.standard_normal(size - frame + 20 * frame) + 3.0  # the history before frame 0, then 20 frames
     ends = np.array([0, 3, 4, 19], np.int64)
-    spans = np.lib.stride_tricks.sliding_window_view(audio, 1600)[::frame][ends]
+    spans = np.lib.stride_tricks.sliding_window_view(audio, size)[::frame][ends]
     want = (spans - spans.mean(axis=1, keepdims=True)) * window
-    got = windowed_spans(audio, ends, frame, window)
+    got = windowed_spans(audio.astype(dtype), ends, frame, window.astype(dtype))
     assert got.dtype == np.float32  # the tone check's FFT runs in float32 (fft.power_spectra)
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * np.abs(want).max())
+    tolerance = 1e-6 if dtype == np.float64 else 2e-6  # float32 input: its own rounding (~6e-8 of ~6)
+    np.testing.assert_allclose(got, want, rtol=0, atol=tolerance * np.abs(want).max())
+    assert windowed_spans(audio.astype(dtype), ends[:0], frame, window.astype(dtype)).shape == (0, size)
 
 
 def test_tone_share_kernel_matches_cumulative_sums():
