@@ -11,8 +11,9 @@ import scipy.signal
 import soundfile
 
 from tinyasr.errors import AudioError, TinyASRError
-from tinyasr.features.frontend import (FeatureCore, FrontendConfig, compute_features, dct_matrix, mel_filterbank,
-                                       padded_window, valid_frame_count, window_function)
+from tinyasr.features.frontend import (NORMALIZE_CODES, STD_GUARD, FeatureCore, FrontendConfig, compute_features,
+                                       dct_matrix, mel_filterbank, padded_window, valid_frame_count, window_function)
+from tinyasr.kernels.spectrum import normalized_features
 from _paths import SHARED_DIR  # noqa: E402
 
 SHARED = str(SHARED_DIR)
@@ -349,3 +350,25 @@ def test_bad_samples_raise_audio_error():
                           normalize=None, pad_to=0, preemph=None)
     with pytest.raises(AudioError, match="reflect padding"):
         compute_features(np.zeros(200, np.float32), mfcc)
+
+
+@pytest.mark.parametrize("mode", [None, "per_feature", "all_features"])
+@pytest.mark.parametrize("valid", [1, 2, 37, 40])
+def test_normalized_features_match_numpy(mode, valid):
+    """kernels/spectrum.normalized_features against NeMo's normalize_batch written in numpy (std with n - 1, plus
+    1e-5; a single frame has std 0), frames from ``valid`` on set to the pad value, padded to 48 frames."""
+    features = np.random.default_rng(valid).standard_normal((7, 40)) * 3.0 - 9.0
+    used = features[:, :valid]
+    if mode == "per_feature":
+        mean = used.mean(axis=1, keepdims=True)
+        std = used.std(axis=1, ddof=1, keepdims=True) if valid > 1 else np.zeros_like(mean)
+        expected = (features - mean) / (std + STD_GUARD)
+    elif mode == "all_features":
+        expected = (features - used.mean()) / (used.std(ddof=1) + STD_GUARD)
+    else:
+        expected = features.copy()
+    expected = np.pad(expected, ((0, 0), (0, 8)))
+    expected[:, valid:] = -0.5
+    got = normalized_features(features, valid, NORMALIZE_CODES[mode], STD_GUARD, -0.5, 48)
+    assert got.dtype == np.float32 and got.shape == (7, 48)
+    np.testing.assert_allclose(got, expected.astype(np.float32), rtol=2e-7, atol=1e-6)
