@@ -552,3 +552,29 @@ def test_kernel_scratch_starts_on_a_cache_line(rows, width):
         scratch = aligned_rows(rows, width)
         assert scratch.ctypes.data % 64 == 0 and scratch.shape == (rows, width) and scratch.dtype == np.float32
         assert scratch.flags.c_contiguous
+
+
+def test_replayed_squeeze_excite_takes_each_run_s_input_and_mask(tmp_path):
+    """A SqueezeExcite node replays the call bound on the recorded run (its checks and weights) with each run's
+    X and padding mask: new values every run against numpy (masked mean over the valid frames, Relu, sigmoid
+    gate, Relu after the scale), the padding moving from run to run, one mask for both utterances or one each."""
+    channels, frames, hidden = 12, 40, 3
+    w1, w2 = f32(channels, hidden), f32(hidden, channels)
+    for mask_batch in (1, 2):
+        nodes = [Node("se", "SqueezeExcite", ("x", "pad", "w1", "w2"), ("y",),
+                      {"mask": "padded", "hidden_activation": "Relu", "activation": "Relu"})]
+        inputs = [("x", "float32", [2, channels, frames]), ("pad", "bool", [mask_batch, 1, frames])]
+        path = save(tmp_path, nodes, inputs, [("y", "float32", [2, channels, frames])], {"w1": w1, "w2": w2},
+                    name=f"se{mask_batch}.tasr")
+        model = load_model(path)
+        for run, valid in enumerate((40, 40, 33, 21, 40, 7)):
+            x = f32(2, channels, frames)
+            pad = np.zeros((mask_batch, 1, frames), bool)
+            pad[-1, :, valid:] = True
+            kept = np.where(pad, 0.0, x.astype(np.float64))
+            mean = kept.sum(axis=2) / (~pad).sum(axis=2)
+            gate = 1.0 / (1.0 + np.exp(-(np.maximum(mean @ w1, 0.0) @ w2)))
+            expected = np.maximum(kept * gate[:, :, None], 0.0)
+            np.testing.assert_allclose(model.run({"x": x, "pad": pad})["y"], expected, rtol=1e-5, atol=1e-6,
+                                       err_msg=f"run {run}")
+        assert all(replay is not None for pool in model._local.plans.values() for *_, replay in pool.tape)
