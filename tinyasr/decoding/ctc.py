@@ -154,7 +154,7 @@ def ctc_greedy(
     log_probs, texts, wordpiece, duration = ctc_frames(scores, spec, frame_seconds, valid_frames, duration)
     best = log_probs.argmax(axis=1)
     tokens = []
-    if len(best):  # every run's numbers at once, not per token in Python (~7 -> ~2 ms a minute of Citrinet)
+    if len(best):  # every run's numbers at once, not a numpy mean per token (60 s, ~230 tokens: 6.2 -> 3.0 ms)
         firsts, stops = label_runs(best)
         confidences = run_confidences(log_probs[np.arange(len(best)), best], firsts, stops)
         kept = best[firsts] != spec.blank

@@ -129,7 +129,7 @@ def tonal_spans(power, bins, share):
     spans, width = power.shape
     tonal = np.zeros(spans, np.bool_)
     bands = max(1, width - bins + 1)  # a row narrower than the band is one band of all its bins
-    band = np.empty(bands, power.dtype)  # float32 spectra: twice the lanes, no conversions (4.6 -> ~1 ms a minute)
+    band = np.empty(bands, power.dtype)  # float32 spectra: twice the lanes, no conversions (4.6 -> 3.0 ms a minute)
     for s in range(spans):
         row = power[s]
         total = lane_sum(row)
