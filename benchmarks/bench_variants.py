@@ -32,7 +32,7 @@ from benchmarks.machine import cpu_model  # noqa: E402
 from tinyasr.format.encodings.sparse import bsr_arrays, csr_arrays  # noqa: E402
 from tinyasr.kernels import tuning  # noqa: E402
 from tinyasr.kernels.epilogue import NO_BIAS, NO_RESIDUAL  # noqa: E402
-from tinyasr.kernels.pointwise import TILE_KERNELS, pointwise_tiles, prefer_blas  # noqa: E402
+from tinyasr.kernels.pointwise import TILE_KERNELS, packed_strips, pointwise_tiles, prefer_blas  # noqa: E402
 from tinyasr.kernels.sparse import BSR_KERNELS, CSR_KERNELS, fastest_kernel  # noqa: E402
 
 DENSE_SHAPES = [(256, 256, 64), (256, 256, 1000), (512, 512, 1000), (256, 1024, 1000)]  # Cin, Cout, T
@@ -49,7 +49,8 @@ def dense_rows(rng, rounds, calls):
         session = ort_session(one_conv_onnx(w), 1)
         functions = {"ort": lambda: session.run(None, {"x": x})}
         for name, kernel in TILE_KERNELS.items():
-            functions[name] = lambda kernel=kernel: kernel.serial(x, w, NO_BIAS, NO_RESIDUAL, y, 0, 0.0, 0.0, 1)
+            functions[name] = lambda kernel=kernel, packed=packed_strips(w, kernel.rows): kernel.serial(
+                x, packed, NO_BIAS, NO_RESIDUAL, y, 0, 0.0, 0.0, 1)
         functions["blas"] = lambda: np.matmul(w, x[0], out=y[0])
         best = tuning.best_seconds(functions, rounds, calls)
         chosen = "blas" if prefer_blas(frames) else next(n for n, k in TILE_KERNELS.items()

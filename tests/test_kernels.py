@@ -35,7 +35,7 @@ from tinyasr.kernels import depthwise
 from tinyasr.kernels.conv2d import conv2d
 from tinyasr.kernels.depthwise import BLOCK_KERNELS, LANE_CHOICES
 from tinyasr.kernels.epilogue import NO_RESIDUAL, epilogue_rows
-from tinyasr.kernels.pointwise import NARROW_KERNELS, TILE_KERNELS, frames_first, whole_strips
+from tinyasr.kernels.pointwise import NARROW_KERNELS, TILE_KERNELS, frames_first, packed_strips
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 CLIP = (-0.5, 0.75)  # the Clip activation_params used throughout
@@ -553,7 +553,7 @@ def test_new_kernels_read_only_weights_and_identical_builds():
             for build in (kernel.serial, kernel.parallel):
                 for parts in (1, 2, 5):
                     ys.append(np.empty((2, outputs, 100), np.float32))
-                    build(x, whole_strips(pointwise_w[:outputs, :, 0], kernel.rows), bias[:outputs],
+                    build(x, packed_strips(pointwise_w[:outputs, :, 0], kernel.rows), bias[:outputs],
                           np.ascontiguousarray(x[:, :outputs]), ys[-1], ACTIVATIONS["Relu"], np.float32(0),
                           np.float32(0), parts)
         for y in ys[1:]:
@@ -597,7 +597,7 @@ def test_every_tile_shape_matches_numpy(name, cin, cout, frames):
         want = np.maximum(np.matmul(w.astype(np.float64), x.astype(np.float64)) + bias[:, None] + residual, 0)
         for source in (x, longer):
             y = np.full((2, cout, frames), np.nan, np.float32)
-            kernel.serial(source, w, bias, residual, y, ACTIVATIONS["Relu"], np.float32(0), np.float32(0), 1)
+            kernel.serial(source, packed_strips(w, kernel.rows), bias, residual, y, ACTIVATIONS["Relu"], np.float32(0), np.float32(0), 1)
             np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-4 * np.sqrt(cin))
 
 

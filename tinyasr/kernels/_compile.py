@@ -442,22 +442,24 @@ def gather_fma_finish(typingctx, out, x, x_stride, values, value_stride, indices
 
 
 @intrinsic
-def dense_fma_finish(typingctx, out, x, x_stride, weights, weight_stride, inputs, finish, y, y_stride, bias, has_bias,
-                     residual, add_residual, act, lo, hi, rows, width):
-    """gather_fma_finish for a dense strip: the sums of the ``rows`` rows k of weights[k*weight_stride + c] times the
-    ``width`` floats at x + c*x_stride over every input c < ``inputs``, in channel order (the pointwise tile kernel,
-    pointwise.py), then finished into y or stored at ``out`` the same way."""
+def dense_fma_finish(typingctx, out, x, x_stride, weights, inputs, finish, y, y_stride, bias, has_bias, residual,
+                     add_residual, act, lo, hi, rows, width):
+    """gather_fma_finish for a dense strip: the sums of the ``rows`` rows k of weights[c*rows + k] (the strip packed
+    input by input, pointwise.packed_strips) times the ``width`` floats at x + c*x_stride over every input c <
+    ``inputs``, in channel order (the pointwise tile kernel, pointwise.py), then finished into y or stored at ``out``
+    the same way."""
     shape = _literal_shape(rows, width, types.IntegerLiteral(1))  # one way: a strip's rows x frames are chains enough
     if shape is None or not _float_pointers(out, x, weights, y, bias, residual):
         return None
 
     def codegen(context, builder, signature, args):
         i64 = llvm_ir.IntType(64)
-        sums = _gathered_sums(builder, args[1], args[2], args[3], i64(1), args[4], None, i64(0), args[5], *shape)
-        _finish_sums(builder, sums, args[0], shape[0], *args[6:16])
+        sums = _gathered_sums(builder, args[1], args[2], args[3], i64(shape[1]), i64(1), None, i64(0), args[4],
+                              *shape)  # shape: (width, rows, ways)
+        _finish_sums(builder, sums, args[0], shape[0], *args[5:15])
         return context.get_dummy_value()
 
-    leading = (out, x, types.int64, weights, types.int64, types.int64)
+    leading = (out, x, types.int64, weights, types.int64)
     return _finish_signature(leading, (finish, y, y_stride, bias, has_bias, residual, add_residual, act, lo, hi),
                              (rows, width)), codegen
 

@@ -66,7 +66,7 @@ from tinyasr.kernels.pointwise import (
     pointwise_tiles,
     prefer_blas,
     row_parts,
-    whole_strips,
+    packed_strips,
 )
 
 # im2col copies at most this many floats at a time (4 MB); longer inputs are done in time chunks.
@@ -403,20 +403,22 @@ def _pointwise_kernel(shape, channels_in: int):
     return None
 
 
-def _pointwise_runner(kernel, stride, weight_2d, bias, act, lo, hi, shape, channels_in: int):
-    """``run(x, residual, out)``: out = act(weight_2d @ x[:, :, ::stride] + bias + residual) with a pointwise.py
-    kernel (Relu / Clip fused, others after) for an output of ``shape``; x C-contiguous float32, holding at least
-    the frames the output reads; residual as residual_argument gives it.  What depends on the shape alone (the
-    work, the padded weight, the split per thread count) is worked out once: a replayed run's Python around a
-    256 x 256 conv, ~8 us against ~2 for the Numba call (AMD EPYC Zen 1)."""
+def _pointwise_runner(kernel, stride, weight, bias, act, lo, hi, shape, channels_in: int):
+    """``run(x, residual, out)``: out = act(W @ x[:, :, ::stride] + bias + residual) with a pointwise.py kernel
+    (Relu / Clip fused, others after) for an output of ``shape``, ``weight`` W [Cout, Cin, 1] as the model stores
+    it (its packed copy is kept per stored weight); x C-contiguous float32, holding at least the frames the output
+    reads; residual as residual_argument gives it.  What depends on the shape alone (the work, the packed weight,
+    the split per thread count) is worked out once: a replayed run's Python around a 256 x 256 conv, ~8 us against
+    ~2 for the Numba call (AMD EPYC Zen 1)."""
     fused = act in (0, RELU, CLIP)
     work, kernel_act = _pointwise_work(shape, channels_in), act if fused else 0
+    weight_2d = weight.reshape(shape[1], channels_in)
     if kernel in NARROW_KERNELS.values():
         def compute(x, residual, out):
             kernel(work, frames_first(x[:, :, : stride * (shape[2] - 1) + 1 : stride]), weight_2d, bias, residual,
                    out, kernel_act, lo, hi)
     else:  # the tile kernel reads the first T_out frames of each row of x
-        strips, parts_for = whole_strips(weight_2d, kernel.rows), {}
+        strips, parts_for = packed_strips(weight, kernel.rows), {}
 
         def compute(x, residual, out):
             workers = 1 if threads.serial_only(work) else threads.get_num_threads()
@@ -520,8 +522,7 @@ def bound_conv1d(x, weight, bias=None, residual=None, *, stride=1, dilation=1, p
                            residual_argument(residual), out, stride, dilation, pad_left, act, lo, hi)
     elif (taps == group == 1 and not (pad_left or pad_right)
           and (kernel := _pointwise_kernel(shape, channels_in)) is not None):
-        pointwise = _pointwise_runner(kernel, stride, weight.reshape(shape[1], channels_in), bias, act, lo, hi, shape,
-                                      channels_in)
+        pointwise = _pointwise_runner(kernel, stride, weight, bias, act, lo, hi, shape, channels_in)
 
         def run(x, residual):
             pointwise(as_float32(x, "input X"), residual_argument(residual), out)
@@ -573,7 +574,7 @@ class PreparedConv1d:
                                  self.dilation, self.act, self.lo, self.hi)
         elif self.pointwise and (kernel := _pointwise_kernel(shape, self.channels_in)) is not None:
             out = np.empty(shape, np.float32)
-            _pointwise_runner(kernel, self.stride, self.weight_2d, self.bias, self.act, self.lo, self.hi, shape,
+            _pointwise_runner(kernel, self.stride, self.weight, self.bias, self.act, self.lo, self.hi, shape,
                               self.channels_in)(x, z, out)
         elif self.depthwise:  # conv1d's kernel on the frames it reads, without conv1d's per-call checks
             out = np.empty(shape, np.float32)

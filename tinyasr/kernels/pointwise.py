@@ -11,7 +11,8 @@ kernel is a register-tiled loop that LLVM vectorises for the host CPU, as the sp
   against the item's 40 (a 256 x 500 layer 616 -> 602 us on one thread, 346 -> 309 on two, Zen 4);
 * a strip of ``rows`` output rows x ``width`` frames is summed in vector registers over all Cin input channels
   (_compile.dense_fma_finish, LLVM IR, the sparse kernels' loop with every column present): per channel one x
-  row of the tile is loaded once, the rows' weights are broadcast, rows x width / lanes fused multiply-adds.
+  row of the tile is loaded once, the rows' weights (next to each other: packed_strips) are broadcast, rows x
+  width / lanes fused multiply-adds.
   How big a strip fits the register file is the CPU's, so there are a few tile shapes (TILE_SHAPES) and the
   first call measures which is fastest here (tuning.py);
 * work items are (batch, tile, part of the strips), tile-major, the strips split in ``parts`` only where
@@ -22,7 +23,7 @@ kernel is a register-tiled loop that LLVM vectorises for the host CPU, as the sp
   and 2.4x for 2x48 (Zen 4, 256 x 256 to 512 x 512; benchmarks/results/sparse_gather.md).
 
 A weight whose Cout is not a multiple of the tile's rows (a vocabulary-sized output conv: 29, 129, 1025) gets zero
-rows up to one (whole_strips, made once per bound conv), and its last strip's extra sums are not stored.  A
+rows up to one (packed_strips, made once per bound conv), and its last strip's extra sums are not stored.  A
 64-frame tile costs as much as 24 frames of BLAS, so for streaming's few frames ``pointwise_narrow`` (below) walks
 the weights instead; conv1d chooses by shape.
 
@@ -65,6 +66,7 @@ RELU, CLIP = ACTIVATIONS["Relu"], ACTIVATIONS["Clip"]  # applied in the kernel; 
 # 256x256 / 512x512 at T = 1000: Zen 3 (AVX2) 4x64 30 / 32, 4x16 59 / 63, 2x48 73 / 79, onnxruntime 87 / 85;
 # 4x24, 2x56 and 6x16 spilled (36-42, 11).
 TILE_SHAPES = {"4x64": (4, 64), "4x16": (4, 16), "2x48": (2, 48)}
+TILE_ROWS = sorted({rows for rows, _ in TILE_SHAPES.values()})  # the strip heights, each its own packed weight
 # The timing problems (tuning.py): 256x256 at T = 64 (short inputs, below SHORT_INPUT frames: a 64-frame chunk,
 # where 4x16 ran 1.1-1.8x 2x48, which pads it to 96 frames) and T = 384 (whole tiles for every width).
 CALIBRATION_CHANNELS = (256, 256)
@@ -122,11 +124,11 @@ def _tiles_item(x, w, bias, residual, y, act, lo, hi, b, t0, first, last, rows, 
     acc = carray(stack_buffer(MAX_STRIP), (MAX_STRIP,))
     for strip in range(first, last):
         r0 = strip * rows
-        kept = min(rows, outputs - r0)  # fewer in the last strip of a weight padded to whole strips (whole_strips)
+        kept = min(rows, outputs - r0)  # fewer in the last strip of a weight padded to whole strips (packed_strips)
         finish = n == width and kept == rows
         y_row = (b * outputs + r0) * frames + t0
         dense_fma_finish(element_pointer(acc, 0), element_pointer(x_tile, 0), np.int64(width),
-                         element_pointer(w, r0 * inputs), np.int64(inputs), np.int64(inputs), np.int64(finish),
+                         element_pointer(w, r0 * inputs), np.int64(inputs), np.int64(finish),
                          element_pointer(y, y_row if finish else 0), np.int64(frames),
                          element_pointer(bias, r0 if has_bias and finish else 0), np.int64(has_bias),
                          element_pointer(residual, y_row if add_residual and finish else 0),
@@ -148,7 +150,7 @@ def _tiles_kernel(rows: int, width: int):
         """y[b, r, t] = act((sum_c w[r, c] * x[b, c, t] + bias[r]) + residual[b, r, t]) for act "" / Relu / Clip.
 
         x [B, Cin, T'] with T' >= T (frames past T are not read), w [Cout', Cin] with Cout' the least multiple
-        of ``rows`` >= Cout (whole_strips), y [B, Cout, T]; ``parts``: row_parts.
+        of ``rows`` >= Cout, packed as packed_strips packs it, y [B, Cout, T]; ``parts``: row_parts.
         """
 
         def kernel(x, w, bias, residual, y, act, lo, hi, parts):
@@ -170,15 +172,26 @@ TILE_KERNELS = {name: _tiles_kernel(rows, width) for name, (rows, width) in TILE
 
 
 @kept_per_array
-def whole_strips(weight, rows: int) -> np.ndarray:
-    """A [Cout, Cin] weight with zero rows after it up to a multiple of ``rows`` (itself where it is one): the tile
-    kernels' weight, so that an output count like a vocabulary's runs on them too, its last strip's extra sums not
-    stored.  BLAS, which ran those convs before, was slow at such counts: 129 x 640 at T = 125 1490 us against 479
-    for 128 x 640 (OpenBLAS, AMD EPYC Zen 1), and it runs at one thread."""
+@kept_per_array
+def packed_strips(weight, rows: int) -> np.ndarray:
+    """A [Cout, Cin] (or [Cout, Cin, 1]) weight as the tile kernels read it, [Cout', Cin]: zero rows after it up to
+    a multiple of ``rows``, and each strip of ``rows`` rows stored input by input (strip s's weight of row k for
+    input c at (s * Cin + c) * rows + k).  Made once per model weight (kept_per_array), not on every run of a new
+    input length, where it would copy every pointwise weight again.
+
+    Zero rows so that an output count like a vocabulary's runs on the tiles too, its last strip's extra sums not
+    stored: BLAS, which ran those convs before, was slow at such counts (129 x 640 at T = 125 1490 us against 479
+    for 128 x 640, OpenBLAS, AMD EPYC Zen 1) and runs at one thread.  Input by input so that a strip's weights are
+    one stream read front to back, the whole weight one stream over the strips, where row by row they were ``rows``
+    streams of Cin floats each: a model's weights come from memory once per conv (each conv its own), and a 256 x
+    256 conv with 40 weights in turn ran 3-5 % faster at T = 125-500, its first call after another weight 33 ->
+    ~13 us above a repeated one (Zen 1)."""
+    weight = weight.reshape(weight.shape[0], -1)
     short = -weight.shape[0] % rows
-    if short == 0:
-        return weight
-    return np.concatenate([weight, np.zeros((short, weight.shape[1]), weight.dtype)])
+    if short:
+        weight = np.concatenate([weight, np.zeros((short, weight.shape[1]), weight.dtype)])
+    strips, inputs = weight.shape[0] // rows, weight.shape[1]
+    return np.ascontiguousarray(weight.reshape(strips, rows, inputs).transpose(0, 2, 1)).reshape(weight.shape)
 
 
 def pointwise_tiles(frames: int):
@@ -208,9 +221,16 @@ def _calibration_problem(frames: int):
     cin, cout = CALIBRATION_CHANNELS
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, cin, frames), dtype=np.float32)
-    weights = tuning.Rotation(rng.standard_normal((cout, cin), dtype=np.float32))
+    weight = rng.standard_normal((cout, cin), dtype=np.float32)
+    weights = tuning.Rotation(weight, *(packed_strips(weight, rows) for rows in TILE_ROWS))
     bias = rng.standard_normal(cout, dtype=np.float32)
     return x, weights, bias, np.empty((1, cout, frames), np.float32)
+
+
+def _packed_for(kernel, weights: tuple) -> np.ndarray:
+    """Of one call's calibration weights (_calibration_problem: W, then W packed for each of TILE_ROWS), the copy
+    packed for ``kernel``'s strips."""
+    return weights[1 + TILE_ROWS.index(kernel.rows)]
 
 
 @functools.cache
@@ -218,7 +238,7 @@ def _fastest_tiles(frames: int):
     x, weights, bias, y = _calibration_problem(frames)
 
     def run(kernel):
-        return lambda: kernel.serial(x, weights()[0], bias, NO_RESIDUAL, y, RELU, 0.0, 0.0, 1)
+        return lambda: kernel.serial(x, _packed_for(kernel, weights()), bias, NO_RESIDUAL, y, RELU, 0.0, 0.0, 1)
 
     name = tuning.fastest(f"pointwise_tiles T={frames}", {name: run(kernel) for name, kernel in TILE_KERNELS.items()},
                           *tuning.cache_of(next(iter(TILE_KERNELS.values())).serial))
@@ -231,7 +251,7 @@ def _blas_beats_tiles(frames: int) -> bool:
     x, weights, bias, y = _calibration_problem(frames)
 
     def tiles():
-        kernel.serial(x, weights()[0], bias, NO_RESIDUAL, y, RELU, 0.0, 0.0, 1)
+        kernel.serial(x, _packed_for(kernel, weights()), bias, NO_RESIDUAL, y, RELU, 0.0, 0.0, 1)
 
     def blas():
         np.matmul(weights()[0], x[0], out=y[0])
