@@ -597,8 +597,28 @@ def test_every_tile_shape_matches_numpy(name, cin, cout, frames):
         want = np.maximum(np.matmul(w.astype(np.float64), x.astype(np.float64)) + bias[:, None] + residual, 0)
         for source in (x, longer):
             y = np.full((2, cout, frames), np.nan, np.float32)
-            kernel.serial(source, packed_strips(w, kernel.rows), bias, residual, y, ACTIVATIONS["Relu"], np.float32(0), np.float32(0), 1)
+            kernel.serial(source, packed_strips(w, kernel.rows), bias, residual, y, ACTIVATIONS["Relu"],
+                          np.float32(0), np.float32(0), 1)
             np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-4 * np.sqrt(cin))
+
+
+@pytest.mark.parametrize("rows", [2, 4])
+@pytest.mark.parametrize("cout", [4, 5, 129])
+def test_packed_strips_layout(rows, cout):
+    """packed_strips against its definition, element by element: strip s's weight of row k for input c at
+    (s * Cin + c) * rows + k, zero rows after Cout up to whole strips; one copy per read-only weight."""
+    weight = np.random.default_rng(cout).standard_normal((cout, 7, 1)).astype(np.float32)
+    weight.flags.writeable = False
+    packed = packed_strips(weight, rows)
+    strips = -(-cout // rows)
+    assert packed.shape == (strips * rows, 7) and packed.flags.c_contiguous
+    flat = packed.reshape(-1)
+    for s in range(strips):
+        for c in range(7):
+            for k in range(rows):
+                r = s * rows + k
+                assert flat[(s * 7 + c) * rows + k] == (weight[r, c, 0] if r < cout else 0.0)
+    assert packed_strips(weight, rows) is packed
 
 
 def test_tile_choice_is_measured_once_and_cached(tmp_path, monkeypatch):
