@@ -62,11 +62,11 @@ from tinyasr.kernels.pointwise import (
     NARROW_KERNELS,
     RELU,
     frames_first,
+    packed_strips,
     pointwise_narrow,
     pointwise_tiles,
     prefer_blas,
     row_parts,
-    packed_strips,
 )
 
 # im2col copies at most this many floats at a time (4 MB); longer inputs are done in time chunks.

@@ -23,7 +23,7 @@ kernel is a register-tiled loop that LLVM vectorises for the host CPU, as the sp
   and 2.4x for 2x48 (Zen 4, 256 x 256 to 512 x 512; benchmarks/results/sparse_gather.md).
 
 A weight whose Cout is not a multiple of the tile's rows (a vocabulary-sized output conv: 29, 129, 1025) gets zero
-rows up to one (packed_strips, made once per bound conv), and its last strip's extra sums are not stored.  A
+rows up to one (packed_strips, made once per stored weight), and its last strip's extra sums are not stored.  A
 64-frame tile costs as much as 24 frames of BLAS, so for streaming's few frames ``pointwise_narrow`` (below) walks
 the weights instead; conv1d chooses by shape.
 
@@ -177,7 +177,8 @@ def packed_strips(weight, rows: int) -> np.ndarray:
     """A [Cout, Cin] (or [Cout, Cin, 1]) weight as the tile kernels read it, [Cout', Cin]: zero rows after it up to
     a multiple of ``rows``, and each strip of ``rows`` rows stored input by input (strip s's weight of row k for
     input c at (s * Cin + c) * rows + k).  Made once per model weight (kept_per_array), not on every run of a new
-    input length, where it would copy every pointwise weight again.
+    input length, where it would copy every pointwise weight again; the copy is held in memory while the weight
+    lives, and the file's pages of that weight are no longer read (the kernel reads only the copy).
 
     Zero rows so that an output count like a vocabulary's runs on the tiles too, its last strip's extra sums not
     stored: BLAS, which ran those convs before, was slow at such counts (129 x 640 at T = 125 1490 us against 479
