@@ -172,7 +172,6 @@ TILE_KERNELS = {name: _tiles_kernel(rows, width) for name, (rows, width) in TILE
 
 
 @kept_per_array
-@kept_per_array
 def packed_strips(weight, rows: int) -> np.ndarray:
     """A [Cout, Cin] (or [Cout, Cin, 1]) weight as the tile kernels read it, [Cout', Cin]: zero rows after it up to
     a multiple of ``rows``, and each strip of ``rows`` rows stored input by input (strip s's weight of row k for
