@@ -297,7 +297,7 @@ def _literal_shape(rows, width, ways):
     return width.literal_value, rows.literal_value, ways.literal_value
 
 
-def _float_pointers(*arguments):
+def _float32_pointers(*arguments):
     return all(isinstance(a, types.CPointer) and a.dtype == types.float32 for a in arguments)
 
 
@@ -387,7 +387,7 @@ def gather_fma(typingctx, out, x, x_stride, values, value_stride, indices, start
     ``(end - start) % ways`` non-zeros; results then differ from ways = 1 by float32 rounding, and are the
     same on every call.  Multiply-adds are fused (llvm.fma).  The caller keeps every address in bounds."""
     shape = _literal_shape(rows, width, ways)
-    if shape is None or not _float_pointers(out, x, values) or not _uint16_pointer(indices):
+    if shape is None or not _float32_pointers(out, x, values) or not _uint16_pointer(indices):
         return None
 
     def codegen(context, builder, signature, args):
@@ -427,7 +427,7 @@ def gather_fma_finish(typingctx, out, x, x_stride, values, value_stride, indices
     stores) cost ~19 ns a 64-frame row tile (an all-zero 256 x 256 matrix at T = 512 with bias and Relu: 55.5 us,
     27.7 with the aligned x tile and this; whole 90 % encoders 9-12 % faster, Zen 4; sparse_gather.md)."""
     shape = _literal_shape(rows, width, ways)
-    if (shape is None or not _float_pointers(out, x, values, y, bias, residual) or not _uint16_pointer(indices)):
+    if (shape is None or not _float32_pointers(out, x, values, y, bias, residual) or not _uint16_pointer(indices)):
         return None
 
     def codegen(context, builder, signature, args):
@@ -449,7 +449,7 @@ def dense_fma_finish(typingctx, out, x, x_stride, weights, inputs, finish, y, y_
     ``inputs``, in channel order (the pointwise tile kernel, pointwise.py), then finished into y or stored at ``out``
     the same way."""
     shape = _literal_shape(rows, width, types.IntegerLiteral(1))  # one way: a strip's rows x frames are chains enough
-    if shape is None or not _float_pointers(out, x, weights, y, bias, residual):
+    if shape is None or not _float32_pointers(out, x, weights, y, bias, residual):
         return None
 
     def codegen(context, builder, signature, args):

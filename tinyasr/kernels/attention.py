@@ -18,7 +18,7 @@ from numba.types import Array, boolean, float32, void
 
 from tinyasr.kernels import tuning
 from tinyasr.kernels._compile import element_pointer, stack_buffer, vector_fma
-from tinyasr.kernels.vector_math import CONTRACT, exp32, lane_max
+from tinyasr.kernels.vector_math import CONTRACT, exp32, lane_max, lane_total
 
 READ_4D = Array(float32, 4, "C", readonly=True)
 READ_MASK = Array(boolean, 4, "C", readonly=True)
@@ -61,7 +61,7 @@ def _softmax_row(y, valid):
         e = exp32(y[j] - top)
         y[j] = e
         tail += e
-    total = ((sums[0] + sums[1]) + (sums[2] + sums[3])) + ((sums[4] + sums[5]) + (sums[6] + sums[7])) + tail
+    total = lane_total(sums[0], sums[1], sums[2], sums[3], sums[4], sums[5], sums[6], sums[7], tail)
     inverse = np.float32(1.0) / total
     for j in range(frames):
         y[j] = y[j] * inverse if valid[j] else np.float32(0.0)

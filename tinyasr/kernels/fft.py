@@ -201,7 +201,7 @@ def _butterflies(x, y, m, stride, twiddle_re, twiddle_im, offset, radix):
 FLOATS = (types.float32, types.float64)  # the kernels' float types: the lanes are <LANES x float> or <LANES x double>
 
 
-def _float_pointers(*arguments) -> bool:
+def _same_float_pointers(*arguments) -> bool:
     """True when every argument is a pointer to the same float type of FLOATS."""
     if not all(isinstance(a, types.CPointer) for a in arguments):
         return False
@@ -284,7 +284,7 @@ def dft_butterfly(typingctx, x, source, step, y, target, stride, w_re, w_im, rad
     read with inspect_asm), LLVM unrolling each 8-lane loop before its vectoriser saw it."""
     if not isinstance(radix, types.IntegerLiteral) or radix.literal_value not in (2, 3, 4, 5):
         return None
-    if not _float_pointers(x, y, w_re, w_im):
+    if not _same_float_pointers(x, y, w_re, w_im):
         return None
     r = radix.literal_value
 
@@ -319,7 +319,7 @@ def split_power(typingctx, z, j, r, c, s, power, k):
     O = -i (Z_j - conj Z_r) / 2 (j = k mod N/2, r = -k mod N/2, c + i s = exp(-2 pi i k / N)): the bins of the
     real rows from the half-length transform Z of their even / odd samples.  Float64 (or float32) pointers to z
     (interleaved [N, LANES]) and power ([N/2 + 1, LANES]), c and s of the same type."""
-    if not _float_pointers(z, power):
+    if not _same_float_pointers(z, power):
         return None
 
     def codegen(context, builder, signature, args):

@@ -16,7 +16,8 @@ from numba import njit
 from numba.types import float32, int64, void
 
 from tinyasr.kernels.epilogue import READ_1D, READ_2D, READ_3D, relu_stored
-from tinyasr.kernels.vector_math import CONTRACT, exp32, lane_max, lane_sum
+from tinyasr.kernels.vector_math import (CONTRACT, MASK_MULTIPLY, MASK_SELECT, exp32, lane_max, lane_sum,
+                                         lane_total, masked_lane_sum, masked_value)
 
 
 @njit(void(READ_2D, float32[:, ::1]), cache=True, fastmath=CONTRACT)
@@ -75,8 +76,8 @@ def log_softmax_columns(x, out):
             for i in range(inner):
                 total[i] += exp32(row[i] - top[i])
         for i in range(inner):
-            summed = (((partial[0, i] + partial[1, i]) + (partial[2, i] + partial[3, i]))
-                      + ((partial[4, i] + partial[5, i]) + (partial[6, i] + partial[7, i]))) + partial[8, i]
+            summed = lane_total(partial[0, i], partial[1, i], partial[2, i], partial[3, i], partial[4, i],
+                                partial[5, i], partial[6, i], partial[7, i], partial[8, i])
             top[i] += np.float32(np.log(summed))
         for c in range(classes):
             row, y = x[o, c], out[o, c]
@@ -196,36 +197,6 @@ def bias_activation_rows(y, bias, act, residual):
                 row[c] = row[c] + z[c]
 
 
-@njit(inline="always")
-def _masked(value, weight, select):
-    """A frame's masked value: with ``select`` the value where the mask is nonzero, else 0 (a NaN in the padding
-    gives 0); otherwise value * mask."""
-    if select:
-        return value if weight != 0 else np.float32(0.0)
-    return value * weight
-
-
-@njit(inline="always")
-def _masked_lane_sum(row, m, select):
-    """lane_sum of the masked row without storing it: the same eight interleaved partial sums, so the same bits."""
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.float32(0.0)
-    n = row.shape[0]
-    body = n - n % 8
-    for j in range(0, body, 8):
-        s0 += _masked(row[j], m[j], select)
-        s1 += _masked(row[j + 1], m[j + 1], select)
-        s2 += _masked(row[j + 2], m[j + 2], select)
-        s3 += _masked(row[j + 3], m[j + 3], select)
-        s4 += _masked(row[j + 4], m[j + 4], select)
-        s5 += _masked(row[j + 5], m[j + 5], select)
-        s6 += _masked(row[j + 6], m[j + 6], select)
-        s7 += _masked(row[j + 7], m[j + 7], select)
-    tail = np.float32(0.0)
-    for j in range(body, n):
-        tail += _masked(row[j], m[j], select)
-    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7)) + tail
-
-
 @njit(void(READ_3D, READ_2D, int64, READ_2D, READ_2D, int64, int64, float32[:, :, ::1]), cache=True,
       error_model="numpy", fastmath=CONTRACT)
 def squeeze_excite(x, mask, select, squeeze, excite, hidden_act, act, out):
@@ -241,6 +212,7 @@ def squeeze_excite(x, mask, select, squeeze, excite, hidden_act, act, out):
     float32 lanes in lane_sum's order (one running sum is a chain of adds LLVM may not reorder, 4-5x slower), the
     two small products in channel order."""
     one = np.float32(1.0)
+    mode = MASK_SELECT if select else MASK_MULTIPLY
     batch, channels, frames = x.shape
     hidden = squeeze.shape[1]
     mean = np.empty(channels, np.float32)
@@ -252,7 +224,7 @@ def squeeze_excite(x, mask, select, squeeze, excite, hidden_act, act, out):
         for t in range(frames):
             count += m[t]
         for c in range(channels):
-            mean[c] = _masked_lane_sum(x[b, c], m, select) / count
+            mean[c] = masked_lane_sum(x[b, c], m, mode) / count
         h[:] = 0.0
         for c in range(channels):
             mc = mean[c]
@@ -274,10 +246,10 @@ def squeeze_excite(x, mask, select, squeeze, excite, hidden_act, act, out):
             row, y = x[b, c], out[b, c]
             if act == 1:
                 for t in range(frames):
-                    y[t] = relu_stored(_masked(row[t], m[t], select) * g)
+                    y[t] = relu_stored(masked_value(row[t], m[t], mode) * g)
             else:
                 for t in range(frames):
-                    y[t] = _masked(row[t], m[t], select) * g
+                    y[t] = masked_value(row[t], m[t], mode) * g
 
 
 @njit(void(READ_3D, float32[:, ::1]), cache=True, error_model="numpy", fastmath=CONTRACT)

@@ -87,22 +87,51 @@ def lane_max(row):
     return max(max(max(t0, t1), max(t2, t3)), max(max(t4, t5), max(max(t6, t7), top)))
 
 
+UNMASKED, MASK_SELECT, MASK_MULTIPLY = 0, 1, 2  # masked_lane_sum's modes: the row as it is, where(m != 0, row, 0), row * m
+
+
 @njit(inline="always")
-def lane_sum(row):
-    """sum of a float32 row in eight interleaved float32 lanes (a fixed order, independent of the CPU)."""
+def masked_value(value, weight, mode):
+    """One element as masked_lane_sum adds it: ``value``; with MASK_SELECT ``value`` where ``weight`` is nonzero,
+    else 0 (a NaN in padding gives 0); with MASK_MULTIPLY ``value * weight``."""
+    if mode == MASK_SELECT:
+        return value if weight != 0 else ZERO
+    if mode == MASK_MULTIPLY:
+        return value * weight
+    return value
+
+
+@njit(inline="always")
+def lane_total(s0, s1, s2, s3, s4, s5, s6, s7, tail):
+    """The eight lanes and the tail added in lane_sum's fixed order (log_softmax_columns, which keeps the lanes of
+    many columns, ends with this too, so its bits match lane_sum's)."""
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7)) + tail
+
+
+@njit(inline="always")
+def masked_lane_sum(row, m, mode):
+    """sum of a float32 row, each element masked by ``m`` as ``mode`` says (masked_value), in eight interleaved
+    float32 lanes: a fixed order, independent of the CPU, and no masked copy of the row stored.  ``mode`` is the
+    same for every element, so LLVM takes its branch out of the loop."""
     s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = ZERO
     n = row.shape[0]
     body = n - n % 8
     for j in range(0, body, 8):
-        s0 += row[j]
-        s1 += row[j + 1]
-        s2 += row[j + 2]
-        s3 += row[j + 3]
-        s4 += row[j + 4]
-        s5 += row[j + 5]
-        s6 += row[j + 6]
-        s7 += row[j + 7]
+        s0 += masked_value(row[j], m[j], mode)
+        s1 += masked_value(row[j + 1], m[j + 1], mode)
+        s2 += masked_value(row[j + 2], m[j + 2], mode)
+        s3 += masked_value(row[j + 3], m[j + 3], mode)
+        s4 += masked_value(row[j + 4], m[j + 4], mode)
+        s5 += masked_value(row[j + 5], m[j + 5], mode)
+        s6 += masked_value(row[j + 6], m[j + 6], mode)
+        s7 += masked_value(row[j + 7], m[j + 7], mode)
     tail = ZERO
     for j in range(body, n):
-        tail += row[j]
-    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7)) + tail
+        tail += masked_value(row[j], m[j], mode)
+    return lane_total(s0, s1, s2, s3, s4, s5, s6, s7, tail)
+
+
+@njit(inline="always")
+def lane_sum(row):
+    """sum of a float32 row in masked_lane_sum's eight interleaved lanes, unmasked."""
+    return masked_lane_sum(row, row, UNMASKED)
