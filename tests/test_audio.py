@@ -66,7 +66,9 @@ def test_filter_is_scipy_firwin():
 
 
 @pytest.mark.parametrize("up,down,n_in,first,count", [(160, 441, 500, 10, 182), (2, 1, 7, 0, 30), (1, 3, 50, 3, 20),
-                                                      (3, 2, 1, 0, 5), (5, 7, 64, 12, 60)])
+                                                      (3, 2, 1, 0, 5), (5, 7, 64, 12, 60),
+                                                      # several blocks of outputs per phase, the last one short
+                                                      (2, 1, 700, 3, 1500), (1, 3, 2400, 1, 790)])
 def test_polyphase_kernel_matches_numpy_reference(up, down, n_in, first, count):
     rng = np.random.default_rng(up * 1000 + down)
     x = rng.standard_normal(n_in)

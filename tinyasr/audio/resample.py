@@ -43,27 +43,56 @@ def lowpass_filter(up: int, down: int) -> np.ndarray:
     return h * (up / h.sum())
 
 
-@numba.njit("float64[:](float64[:], float64[:, :], int64, int64, int64, int64)", cache=True, fastmath=True)
-def _polyphase_kernel(x, phases, up, down, first, count):
-    """Hot loop: outputs first..first+count of upfirdn(h, x, up, down).
+BLOCK = 256  # outputs of one phase summed together: their sums and inputs stay in L1 across the taps
 
-    ``phases[p, r] = h[p + (taps - 1 - r) * up]`` (each phase reversed, so both arrays
-    are walked forwards); output m pairs input i with filter tap m*down - i*up.
-    """
-    n_in = x.shape[0]
+
+@numba.njit("float64[:](float64[:], float64[:, :], int64, int64, int64, int64)", cache=True, fastmath={"contract"})
+def _polyphase_kernel(x, phases, up, down, first, count):
+    """Outputs first..first+count of upfirdn(h, x, up, down).
+
+    ``phases[p, r] = h[p + (taps - 1 - r) * up]`` (each phase reversed, so both arrays are walked forwards);
+    output m uses phase p = (m * down) % up and the inputs up to newest = (m * down) // up.  Outputs m and m + up
+    use the same phase, their inputs ``down`` apart, so each of the ``up`` classes of outputs is a plain FIR: per
+    block of outputs, tap by tap, one coefficient times a run of inputs (``down`` apart), a loop LLVM
+    vectorises.  The input is first copied between zeros (the taps before the signal and past its end) and dealt
+    into ``down`` columns, so that the inputs of one tap are contiguous: every output takes every tap, its terms
+    still added in tap order, the missing ones as zeros.  Output by output (a dot product of ~taps terms with a
+    bounds check per term) the 8 -> 16 kHz filter ran at 0.3 GMAC/s, 45 ms for 40 s of audio, half a digits-model
+    transcription (AMD EPYC Zen 1; figures: benchmarks/results/resample.md)."""
     taps = phases.shape[1]
     y = np.zeros(count)
-    for j in range(count):
-        t = (first + j) * down
-        p = t % up
-        newest = t // up  # the input sample paired with the phase's first tap h[p]
-        offset = taps - 1 - newest  # phases[p, i + offset] multiplies x[i]
-        i_start = max(0, newest - taps + 1)
-        i_stop = min(n_in, newest + 1)
-        acc = 0.0
-        for i in range(i_start, i_stop):
-            acc += x[i] * phases[p, i + offset]
-        y[j] = acc
+    if count == 0:
+        return y
+    # The signal between zeros, dealt into ``down`` columns: padded index i = newest + r (which pairs with
+    # phases[p, r]) is columns[i % down, i // down], so the inputs ``down`` apart of one tap are a contiguous run.
+    last_newest = ((first + count - 1) * down) // up
+    length = taps - 1 + max(x.shape[0], last_newest + 1)
+    columns = np.zeros((down, (length + down - 1) // down))
+    for q in range(down):
+        i = (q - (taps - 1)) % down  # the first sample dealt to column q
+        if i < x.shape[0]:
+            j = (taps - 1 + i) // down
+            samples = x[i::down]
+            columns[q, j:j + samples.shape[0]] = samples
+    acc = np.empty(BLOCK)
+    for c in range(min(up, count)):  # outputs c, c + up, c + 2 up, ...
+        t = (first + c) * down
+        row, base = phases[t % up], t // up
+        outputs = (count - c + up - 1) // up
+        for k0 in range(0, outputs, BLOCK):
+            n = min(BLOCK, outputs - k0)
+            acc[:n] = 0.0
+            start = base + k0 * down
+            q, j = start % down, start // down  # tap r's run: columns[q, j:j + n] at padded index start + r
+            for r in range(taps):
+                w, run = row[r], columns[q, j:j + n]
+                for k in range(n):
+                    acc[k] += w * run[k]
+                q += 1
+                if q == down:
+                    q, j = 0, j + 1
+            for k in range(n):
+                y[c + (k0 + k) * up] = acc[k]
     return y
 
 
