@@ -59,6 +59,8 @@ def _polyphase_kernel(x, phases, up, down, first, count):
     still added in tap order, the missing ones as zeros.  Output by output (a dot product of ~taps terms with a
     bounds check per term) the 8 -> 16 kHz filter ran at 0.3 GMAC/s, 45 ms for 40 s of audio, half a digits-model
     transcription (AMD EPYC Zen 1; figures: benchmarks/results/resample.md)."""
+    if first < 0 or count < 0:
+        raise ValueError("_polyphase_kernel: outputs start at 0 or later")
     taps = phases.shape[1]
     y = np.zeros(count)
     if count == 0:

@@ -72,6 +72,24 @@ def element_pointer(typingctx, array, offset):
     return types.CPointer(array.dtype)(array, offset), codegen
 
 
+@intrinsic
+def prefetch(typingctx, pointer):
+    """Ask for the cache line at ``pointer`` (a typed pointer, element_pointer's) to be read into the caches ahead of
+    its use: llvm.prefetch (read, keep in all levels), which LLVM lowers to prefetcht0 on x86 and PRFM PLDL1KEEP on
+    ARM.  A hint: nothing is loaded into a register and a bad address faults nowhere."""
+    if not isinstance(pointer, types.CPointer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        i8p, i32 = llvm_ir.IntType(8).as_pointer(), llvm_ir.IntType(32)
+        function = cgutils.get_or_insert_function(builder.module, llvm_ir.FunctionType(llvm_ir.VoidType(),
+                                                  [i8p, i32, i32, i32]), "llvm.prefetch.p0i8")
+        builder.call(function, [builder.bitcast(args[0], i8p), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return types.void(pointer), codegen
+
+
 # Shuffle masks of an 8x8 transpose in three stages of two-input shuffles (the unpack / shufps / vperm2f128
 # network on AVX2; LLVM lowers the same IR for any vector width, NEON included).
 _UNPACK = ([0, 8, 1, 9, 4, 12, 5, 13], [2, 10, 3, 11, 6, 14, 7, 15])
