@@ -190,10 +190,12 @@ class ConvProgram(StreamStep):
                 for piece, buffer in zip(pieces, self.output_buffers):
                     if counts[buffer]:
                         piece.append(program.leaving_frames(buffers, buffer, counts[buffer]))
+                if code == program.OK:
+                    break
                 # the end of the input is flushed a few rounds at a time (program.FLUSH_FRAMES); a round that
                 # moves nothing ends it (a residual branch shorter than its main path leaves frames unmatched)
                 moved = int(steps_state[:, program.EMITTED].sum() + steps_state[:, program.PADDED].sum())
-                if code == program.OK or moved == progress:
+                if moved == progress:
                     break
                 progress = moved
                 counts[self.input_buffers] = 0
