@@ -22,6 +22,7 @@ from tinyasr.features.streaming import FixedNormalizer, RunningNormalizer, Strea
 from tinyasr.audio.resample import StreamResampler
 from tinyasr.engine.streaming import GraphStream, StreamPlan
 from tinyasr.kernels import conv_program
+from tinyasr.ops import conv_program as conv_program_step
 from tinyasr.cli.stream import PORTAUDIO_HINT
 from tinyasr.pipeline.online import EndpointConfig, OnlineStream
 from _paths import SHARED_DIR  # noqa: E402
@@ -937,6 +938,40 @@ def test_float16_pointwise_weights_give_the_program_the_same_sums(monkeypatch):
     floats_plan = StreamPlan.from_model(model)
     assert not floats_plan.steps[0].step.table[:, conv_program.HALF].any()
     np.testing.assert_array_equal(halves, _stream(floats_plan, x, cuts))
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_a_program_asks_for_its_weights_as_read_once_where_that_measured_faster_with_the_same_results(monkeypatch,
+                                                                                                      half):
+    """The weights' prefetch (read once, READ_ONCE_AHEAD rows early, or none) is chosen by timing both on the
+    program's own rounds (tuning.fastest, one family per weight size), and changes no bit of the stream."""
+    model = separable_chain(37, 5, 2, 1, causal=True, half=half)
+    x = np.random.default_rng(2).standard_normal((1, 37, 70)).astype(np.float32)
+    cuts = [3, 8, 16, 40]
+    streams = {}
+    for choice, ahead in (("kept", 0), ("read once", conv_program.READ_ONCE_AHEAD)):
+        asked = []
+
+        def fastest(family, candidates, *cache, choice=choice, asked=asked):
+            asked.append((family, sorted(candidates)))
+            for run in candidates.values():  # each runs rounds on a state of its own, not the stream's
+                run()
+                run()
+            return choice
+
+        monkeypatch.setattr(conv_program_step.tuning, "fastest", fastest)
+        plan = StreamPlan.from_model(model)
+        program = plan.steps[0].step
+        assert program.weights_ahead == ahead
+        # the pointwise weights as the program holds them: Cout padded to whole strips of LANES, float16 or 32
+        value_bytes = 2 if half and conv_program.widens_half_natively() else 4
+        strips = [-(-rows // conv_program.LANES) * conv_program.LANES for rows in (40, 40, 7)]
+        weight_bytes = value_bytes * (strips[0] * 37 + strips[1] * 37 + strips[2] * 40)
+        assert asked == [(f"streamed conv program: weights read once or kept, {weight_bytes} bytes in 3 pointwise "
+                          "convs", ["kept", "read once"])]
+        streams[choice] = _stream(plan, x, cuts)
+    np.testing.assert_array_equal(streams["kept"], streams["read once"])
+    np.testing.assert_allclose(streams["kept"], model.run({"x": x})["y"], rtol=0, atol=2e-6)
 
 
 def test_a_conv_program_names_the_conv_that_gets_no_frames_or_the_wrong_shape():

@@ -72,6 +72,19 @@ def element_pointer(typingctx, array, offset):
     return types.CPointer(array.dtype)(array, offset), codegen
 
 
+def _prefetch(locality: int):
+    """The codegen of llvm.prefetch (read) with ``locality`` 0 (read once) .. 3 (keep in all levels)."""
+
+    def codegen(context, builder, signature, args):
+        i8p, i32 = llvm_ir.IntType(8).as_pointer(), llvm_ir.IntType(32)
+        function = cgutils.get_or_insert_function(builder.module, llvm_ir.FunctionType(llvm_ir.VoidType(),
+                                                  [i8p, i32, i32, i32]), "llvm.prefetch.p0i8")
+        builder.call(function, [builder.bitcast(args[0], i8p), i32(0), i32(locality), i32(1)])
+        return context.get_dummy_value()
+
+    return codegen
+
+
 @intrinsic
 def prefetch(typingctx, pointer):
     """Ask for the cache line at ``pointer`` (a typed pointer, element_pointer's) to be read into the caches ahead of
@@ -79,15 +92,17 @@ def prefetch(typingctx, pointer):
     ARM.  A hint: nothing is loaded into a register and a bad address faults nowhere."""
     if not isinstance(pointer, types.CPointer):
         return None
+    return types.void(pointer), _prefetch(3)
 
-    def codegen(context, builder, signature, args):
-        i8p, i32 = llvm_ir.IntType(8).as_pointer(), llvm_ir.IntType(32)
-        function = cgutils.get_or_insert_function(builder.module, llvm_ir.FunctionType(llvm_ir.VoidType(),
-                                                  [i8p, i32, i32, i32]), "llvm.prefetch.p0i8")
-        builder.call(function, [builder.bitcast(args[0], i8p), i32(0), i32(3), i32(1)])
-        return context.get_dummy_value()
 
-    return types.void(pointer), codegen
+@intrinsic
+def prefetch_once(typingctx, pointer):
+    """prefetch for data read once and not again soon: llvm.prefetch with locality 0, prefetchnta on x86 (into L1,
+    kept out of the other levels as far as the CPU allows) and PRFM PLDL1STRM on ARM, so that a stream of it
+    does not push out of the caches what is read again."""
+    if not isinstance(pointer, types.CPointer):
+        return None
+    return types.void(pointer), _prefetch(0)
 
 
 # Shuffle masks of an 8x8 transpose in three stages of two-input shuffles (the unpack / shufps / vperm2f128

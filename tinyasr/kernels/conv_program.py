@@ -21,7 +21,14 @@ vectorise across channels, which at a few frames are the long axis:
   bytes.  At 4 frames a chunk these convs read each weight once per 4 multiply-adds, so weights that do not fit
   the cache stream from memory every chunk: 26 layers of 512 x 512 (27 MB) took 1.44-1.49 ms a chunk in float32
   and 0.63 ms in float16 on Zen 3 (18-19 against 43 GMAC/s); QuartzNet 5x5's 7.4 MB stay in that CPU's 32 MB
-  L3 (404 -> 388 us a chunk), but not in a Raspberry Pi's 1-2 MB.
+  L3 (404 -> 388 us a chunk), but not in a Raspberry Pi's 1-2 MB.  Where they do not fit, each weight row is asked
+  for READ_ONCE_AHEAD rows early as data read once (prefetch_once: prefetchnta / PRFM PLDL1STRM), so that the
+  weights' stream waits less on memory and no longer pushes out of the caches what the chunk reads again (the
+  windows, and between chunks the front end's, the gate's and the decoder's Python and numpy state).  On AMD EPYC
+  Zen 1 (8 MB L3) a causal QuartzNet 5x5 took 1146-1242 -> 777-1034 us a round and 2019-2174 -> 1419-1879 us a
+  chunk end to end, the decoder's scores 190-225 -> 132-186 us; asked for as data kept (prefetcht0), 1001-1077 us a
+  round.  Where the weights stay in the caches from chunk to chunk (the digits model) the stream hint only makes
+  them come from memory again: ConvProgram measures which way is faster for its program (tuning.fastest).
 
 Buffers live in one typed list (``buffers``) and grow inside the call when a chunk brings more frames than they
 hold; weights and biases (as [1, C] rows) in another, float16 pointwise weights (as uint16 bits) in a third, so the
@@ -39,7 +46,7 @@ from numba.extending import overload
 from numba.types import float32
 
 from tinyasr.kernels import tuning
-from tinyasr.kernels._compile import aligned_rows, element_pointer, halves_to_floats, stack_buffer
+from tinyasr.kernels._compile import aligned_rows, element_pointer, halves_to_floats, prefetch_once, stack_buffer
 from tinyasr.kernels.epilogue import READ_2D, finish_row
 
 DEPTHWISE, POINTWISE = 0, 1
@@ -65,6 +72,10 @@ OK, FLUSHING = -1, -2
 # every buffer to twice that, and the fresh pages cost 12 of the 31 ms its end of stream took (16 s, Zen 4).
 FLUSH_FRAMES = 64
 
+# Weight rows (LANES values each: a 64-byte cache line of float32) that pointwise_frames asks for ahead of their use
+# when its weights are read as a stream (run_round's ``weights_ahead``): a causal QuartzNet 5x5 at 80 ms chunks, 32 /
+# 48 / 64 rows ahead took 787-956 / 783-915 / 777-1034 us a round, 128 rows 827-1041, none 1146-1242 (AMD EPYC Zen 1)
+READ_ONCE_AHEAD = 64
 LANES = 16  # channels per vector step: two AVX2 / one AVX-512 / four NEON registers
 FRAMES = 4  # frames per pass over a weight row
 ACC = FRAMES * LANES  # partial sums, kept in registers
@@ -250,14 +261,16 @@ def _weight_row_overload(w_packed, row, scratch):
 
 @njit(cache=True, fastmath={"contract"})
 def pointwise_frames(x, first, stride, frames, w_packed, channels_out, bias, has_bias, residual, residual_first,
-                     add_residual, y, act, lo, hi):
+                     add_residual, y, act, lo, hi, ahead):
     """y[t, r] = act(sum_c w[r, c] * x[first + t * stride, c] + bias + residual) for t < frames, r < channels_out;
     x [rows, Cin] time-major, w from pack_strips (float32) or half_strips (uint16).  LANES output channels x 4
     frames of partial sums: per input channel one vector of weights, its 4 frames' values broadcast; the weights
-    are read once per 4 frames."""
+    are read once per 4 frames.  ``ahead`` > 0: each weight row is asked for that many rows before its use, as
+    data read once (prefetch_once; run_round's ``weights_ahead``)."""
     channels_in = x.shape[1]
     scratch = carray(stack_buffer(LANES), (LANES,))
     blocks = w_packed.shape[0] // channels_in
+    last_row = w_packed.shape[0] - 1
     for t0 in range(0, frames, FRAMES):
         x0 = x[first + t0 * stride]
         x1 = x[first + min(t0 + 1, frames - 1) * stride]
@@ -270,6 +283,8 @@ def pointwise_frames(x, first, stride, frames, w_packed, channels_out, bias, has
                 acc[i] = 0.0
             strip = block * channels_in
             for c in range(channels_in):
+                if ahead > 0:
+                    prefetch_once(element_pointer(w_packed, min(strip + c + ahead, last_row) * LANES))
                 u = _weight_row(w_packed, strip + c, scratch)
                 a0, a1, a2, a3 = x0[c], x1[c], x2[c], x3[c]
                 for lane in range(LANES):  # acc[frame * LANES + lane]
@@ -352,18 +367,18 @@ def _output_rows(buffers, index, frames):
 
 @njit(cache=True)
 def _pointwise(step, weights, halves, x, first, stride, frames, bias, has_bias, residual, residual_first, add_residual,
-               y, act, lo, hi):
+               y, act, lo, hi, ahead):
     """pointwise_frames with the step's weight, from ``halves`` (float16 bits) or ``weights``."""
     if step[HALF]:
         pointwise_frames(x, first, stride, frames, halves[step[WEIGHT]], step[CHANNELS_OUT], bias, has_bias, residual,
-                         residual_first, add_residual, y, act, lo, hi)
+                         residual_first, add_residual, y, act, lo, hi, ahead)
     else:
         pointwise_frames(x, first, stride, frames, weights[step[WEIGHT]], step[CHANNELS_OUT], bias, has_bias,
-                         residual, residual_first, add_residual, y, act, lo, hi)
+                         residual, residual_first, add_residual, y, act, lo, hi, ahead)
 
 
 @njit(cache=True)
-def run_round(steps, limits, weights, halves, buffers, counts, state, final, flush_frames):
+def run_round(steps, limits, weights, halves, buffers, counts, state, final, flush_frames, weights_ahead):
     """One chunk through every step in order (weights and biases in ``weights``, float16 pointwise weights as their
     bits in ``halves``); counts[b] holds the new rows of buffer b (the inputs' set by the
     caller, the outputs' set here).  Returns OK, or step * 2 + NO_FRAMES / TOO_SHORT for the first step that
@@ -372,7 +387,8 @@ def run_round(steps, limits, weights, halves, buffers, counts, state, final, flu
     ``final``: the input has ended.  A conv whose input is complete (every frame of it emitted upstream, or the
     program's own input) appends its right padding; each conv then emits at most ``flush_frames`` outputs
     (FLUSH_FRAMES), and the call returns FLUSHING until every conv's output is complete: the caller calls again
-    with no new input."""
+    with no new input.  ``weights_ahead``: pointwise_frames's ``ahead`` (0, or READ_ONCE_AHEAD where the program's
+    weights stream from memory every chunk anyway: ConvProgram measures)."""
     complete = np.ones(len(buffers), np.bool_)  # whether every frame of a buffer has been emitted (final only)
     for i in range(steps.shape[0]):
         complete[steps[i, OUTPUT]] = False
@@ -405,7 +421,7 @@ def run_round(steps, limits, weights, halves, buffers, counts, state, final, flu
                 continue
             y = _output_rows(buffers, step[OUTPUT], new)
             _pointwise(step, weights, halves, buffers[step[INPUT]], 0, 1, new, bias, has_bias, y, 0, False, y, act,
-                       lo, hi)
+                       lo, hi, weights_ahead)
             st[EMITTED] += new
             counts[step[OUTPUT]] = new
             continue
@@ -437,7 +453,7 @@ def run_round(steps, limits, weights, halves, buffers, counts, state, final, flu
                              pending, st[PENDING_ORIGIN], add_residual, y, act, lo, hi)
         else:
             _pointwise(step, weights, halves, window, st[ORIGIN], stride, n, bias, has_bias, pending,
-                       st[PENDING_ORIGIN], add_residual, y, act, lo, hi)
+                       st[PENDING_ORIGIN], add_residual, y, act, lo, hi, weights_ahead)
         counts[step[OUTPUT]] = n
         if add_residual:
             st[PENDING_ORIGIN] += n

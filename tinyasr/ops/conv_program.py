@@ -18,6 +18,7 @@ from numba import typed
 from tinyasr.errors import GraphError, InputError
 from tinyasr.format.graph import Node
 from tinyasr.kernels import conv_program as program
+from tinyasr.kernels import tuning
 from tinyasr.ops.streaming_rules import StreamStep
 
 
@@ -74,6 +75,12 @@ def _read_only(array: np.ndarray, dtype=np.float32) -> np.ndarray:
 
 # Rows each buffer starts with (they double when a chunk brings more): a 160 ms chunk at a 10 ms hop fits
 START_ROWS = 16
+# The rounds ConvProgram times its weights' prefetch on: each entering value brings the frames of an 80 ms chunk at
+# a 10 ms hop, after rounds of FILL_FRAMES until every conv has computed an output (a model's look-ahead, up to
+# FILL_LIMIT frames)
+CALIBRATION_FRAMES = 8
+FILL_FRAMES = 64
+FILL_LIMIT = 4096
 
 
 class ConvProgram(StreamStep):
@@ -153,6 +160,45 @@ class ConvProgram(StreamStep):
         self.output_buffers = [buffer_of[name] for name in self.outputs]
         self.node = Node(f"{self.members[0].name} .. {self.members[-1].name}", "Conv", tuple(self.inputs),
                          tuple(self.outputs))
+        self.weights_ahead = self._measured_weights_ahead()
+
+    def _measured_weights_ahead(self) -> int:
+        """run_round's ``weights_ahead``: READ_ONCE_AHEAD where asking for the pointwise weights as data read once
+        measured faster on this CPU for this program's weights (they stream from memory every chunk anyway), else
+        0 (they stay in the caches between chunks).  Timed on steady rounds of CALIBRATION_FRAMES zero frames once
+        per CPU and weight size (tuning.fastest); the hint changes speed only, never a result."""
+        pointwise = self.table[:, program.KIND] == program.POINTWISE
+        if not pointwise.any():
+            return 0
+        weight_bytes = sum(self.weights[i].nbytes for i in self.table[pointwise & (self.table[:, program.HALF] == 0),
+                                                                      program.WEIGHT])
+        weight_bytes += sum(self.halves[i].nbytes for i in self.table[pointwise & (self.table[:, program.HALF] == 1),
+                                                                      program.WEIGHT])
+        buffers, counts, state = self._item_state()
+        filling = [np.zeros((width, FILL_FRAMES), np.float32) for width in self.input_channels]
+        chunk = [np.zeros((width, CALIBRATION_FRAMES), np.float32) for width in self.input_channels]
+
+        def feed(frames, ahead):
+            for buffer, x in zip(self.input_buffers, frames):
+                counts[buffer] = x.shape[1]
+                program.enter_frames(buffers, buffer, x)
+            program.run_round(self.table, self.limits, self.weights, self.halves, buffers, counts, state, False,
+                              self.flush_frames, ahead)
+
+        def rounds(ahead):
+            def call():
+                fed = 0
+                while not (state[:, program.EMITTED] > 0).all() and fed < FILL_LIMIT:  # the first call only
+                    feed(filling, 0)
+                    fed += FILL_FRAMES
+                feed(chunk, ahead)
+            return call
+
+        family = (f"streamed conv program: weights read once or kept, {weight_bytes} bytes in "
+                  f"{int(pointwise.sum())} pointwise convs")
+        choice = tuning.fastest(family, {"kept": rounds(0), "read once": rounds(program.READ_ONCE_AHEAD)},
+                                *tuning.cache_of(program.run_round))
+        return program.READ_ONCE_AHEAD if choice == "read once" else 0
 
     def new_state(self) -> list:
         return []  # (buffers, counts, state) per batch item, made when the first frames show the batch size
@@ -184,7 +230,7 @@ class ConvProgram(StreamStep):
             progress = -1
             while True:
                 code = program.run_round(self.table, self.limits, self.weights, self.halves, buffers, counts,
-                                         steps_state, final, self.flush_frames)
+                                         steps_state, final, self.flush_frames, self.weights_ahead)
                 if code not in (program.OK, program.FLUSHING):
                     self._fail(code)
                 for piece, buffer in zip(pieces, self.output_buffers):
