@@ -67,8 +67,10 @@ def run_confidences(frame_scores: np.ndarray, firsts: np.ndarray, stops: np.ndar
 
 
 def run_confidence(run_scores: np.ndarray) -> float:
-    """run_confidences of the one run ``run_scores`` (its frames' log-probs), to the same bits."""
-    return float(run_confidences(run_scores, _ONE_RUN, np.array([len(run_scores)]))[0])
+    """run_confidences of the one run ``run_scores`` (its frames' log-probs), to the same bits: the same sum, the
+    same float64 division by the frame count and the same exp, with two numpy calls fewer (a stream's partial
+    result makes one or two a chunk, each numpy call ~5-10 us there with its code out of the caches)."""
+    return float(np.exp(np.add.reduceat(run_scores, _ONE_RUN) / len(run_scores))[0])
 
 
 _ONE_RUN = np.zeros(1, np.int64)
