@@ -185,12 +185,16 @@ class ConvProgram(StreamStep):
             program.run_round(self.table, self.limits, self.weights, self.halves, buffers, counts, state, False,
                               self.flush_frames, ahead)
 
+        filled = []  # the first call of either candidate fills the windows first, once
+
         def rounds(ahead):
             def call():
-                fed = 0
-                while not (state[:, program.EMITTED] > 0).all() and fed < FILL_LIMIT:  # the first call only
-                    feed(filling, 0)
-                    fed += FILL_FRAMES
+                if not filled:
+                    for _ in range(FILL_LIMIT // FILL_FRAMES):
+                        if (state[:, program.EMITTED] > 0).all():
+                            break
+                        feed(filling, 0)
+                    filled.append(True)
                 feed(chunk, ahead)
             return call
 
