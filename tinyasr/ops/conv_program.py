@@ -170,32 +170,22 @@ class ConvProgram(StreamStep):
         pointwise = self.table[:, program.KIND] == program.POINTWISE
         if not pointwise.any():
             return 0
-        weight_bytes = sum(self.weights[i].nbytes for i in self.table[pointwise & (self.table[:, program.HALF] == 0),
-                                                                      program.WEIGHT])
-        weight_bytes += sum(self.halves[i].nbytes for i in self.table[pointwise & (self.table[:, program.HALF] == 1),
-                                                                      program.WEIGHT])
-        buffers, counts, state = self._item_state()
-        filling = [np.zeros((width, FILL_FRAMES), np.float32) for width in self.input_channels]
-        chunk = [np.zeros((width, CALIBRATION_FRAMES), np.float32) for width in self.input_channels]
-
-        def feed(frames, ahead):
-            for buffer, x in zip(self.input_buffers, frames):
-                counts[buffer] = x.shape[1]
-                program.enter_frames(buffers, buffer, x)
-            program.run_round(self.table, self.limits, self.weights, self.halves, buffers, counts, state, False,
-                              self.flush_frames, ahead)
-
-        filled = []  # the first call of either candidate fills the windows first, once
+        weight_bytes = sum((self.halves if half else self.weights)[index].nbytes
+                           for index, half in self.table[pointwise][:, [program.WEIGHT, program.HALF]])
+        timed, chunk = None, None  # a batch item's (buffers, counts, state) of its own and the frames of a round
 
         def rounds(ahead):
             def call():
-                if not filled:
+                nonlocal timed, chunk
+                if timed is None:  # made, its windows filled, by the first timed call: a cached choice makes none
+                    timed = self._item_state()
+                    filling = [np.zeros((width, FILL_FRAMES), np.float32) for width in self.input_channels]
                     for _ in range(FILL_LIMIT // FILL_FRAMES):
-                        if (state[:, program.EMITTED] > 0).all():
+                        if (timed[2][:, program.EMITTED] > 0).all():
                             break
-                        feed(filling, 0)
-                    filled.append(True)
-                feed(chunk, ahead)
+                        self._round(timed, filling, False, 0)
+                    chunk = [np.zeros((width, CALIBRATION_FRAMES), np.float32) for width in self.input_channels]
+                self._round(timed, chunk, False, ahead)
             return call
 
         family = (f"streamed conv program: weights read once or kept, {weight_bytes} bytes in "
@@ -217,6 +207,17 @@ class ConvProgram(StreamStep):
         state[:, program.FILLED] = self.table[:, program.PAD_LEFT]  # the left zero padding is kept from the start
         return buffers, np.zeros(len(self.channels), np.int64), state
 
+    def _round(self, item_state, entering, final: bool, ahead: int) -> int:
+        """One run_round of a batch item's (buffers, counts, state), each entering value's new frames [C, n] (or
+        None) entered first; returns run_round's code."""
+        buffers, counts, state = item_state
+        for buffer, x in zip(self.input_buffers, entering):
+            counts[buffer] = 0 if x is None else x.shape[1]
+            if counts[buffer]:
+                program.enter_frames(buffers, buffer, x)
+        return program.run_round(self.table, self.limits, self.weights, self.halves, buffers, counts, state, final,
+                                 self.flush_frames, ahead)
+
     def advance(self, state, frames, final):
         batch = self._check(state, frames)
         if not state:
@@ -224,17 +225,13 @@ class ConvProgram(StreamStep):
                 return None  # the batch size is not known yet
             state.extend(self._item_state() for _ in range(batch))
         outputs: List[List[np.ndarray]] = [[] for _ in self.outputs]
-        for item, (buffers, counts, steps_state) in enumerate(state):
-            for buffer, x in zip(self.input_buffers, frames):
-                count = 0 if x is None else x.shape[2]
-                counts[buffer] = count
-                if count:
-                    program.enter_frames(buffers, buffer, x[item])
+        for item, item_state in enumerate(state):
+            buffers, counts, steps_state = item_state
+            entering = [None if x is None else x[item] for x in frames]
             pieces: List[List[np.ndarray]] = [[] for _ in self.outputs]  # [frames, C] each, in time order
             progress = -1
             while True:
-                code = program.run_round(self.table, self.limits, self.weights, self.halves, buffers, counts,
-                                         steps_state, final, self.flush_frames, self.weights_ahead)
+                code = self._round(item_state, entering, final, self.weights_ahead)
                 if code not in (program.OK, program.FLUSHING):
                     self._fail(code)
                 for piece, buffer in zip(pieces, self.output_buffers):
@@ -248,7 +245,7 @@ class ConvProgram(StreamStep):
                 if moved == progress:
                     break
                 progress = moved
-                counts[self.input_buffers] = 0
+                entering = [None] * len(entering)
             for out, piece in zip(outputs, pieces):
                 if piece:
                     out.append((piece[0] if len(piece) == 1 else np.concatenate(piece)).T)
