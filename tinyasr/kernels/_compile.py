@@ -105,11 +105,44 @@ def prefetch_once(typingctx, pointer):
     return types.void(pointer), _prefetch(0)
 
 
-# Shuffle masks of an 8x8 transpose in three stages of two-input shuffles (the unpack / shufps / vperm2f128
-# network on AVX2; LLVM lowers the same IR for any vector width, NEON included).
+# An 8x8 transpose as 4x4 transposes inside each half of 4 elements (unpack / shufps on AVX2, zip / trn on NEON),
+# the halves exchanged by how rows are read and written: a load of two half rows into one vector is a vinsertf128
+# with a memory operand and a half column's store a vextractf128 to memory, where exchanging halves in registers
+# (vperm2f128) is 8 micro-ops for 3 cycles on AMD Zen 1.  LLVM lowers the same IR for any vector width.
 _UNPACK = ([0, 8, 1, 9, 4, 12, 5, 13], [2, 10, 3, 11, 6, 14, 7, 15])
 _PAIRS = ([0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15])
-_HALVES = ([0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15])
+_HALF = ([0, 1, 2, 3], [4, 5, 6, 7])
+_JOINED = list(range(8))
+
+
+def _in_halves(builder, rows):
+    """quads[4 g + c] for 8 vectors ``rows`` of 8: in each half h of 4 elements, element c of rows 4 g .. 4 g + 3
+    (the 4x4 transposes of rows 0-3 and 4-7, half by half, through 16 two-input shuffles)."""
+    masks = llvm_ir.VectorType(llvm_ir.IntType(32), 8)
+
+    def mix(a, b, mask):
+        return builder.shuffle_vector(a, b, llvm_ir.Constant(masks, mask))
+
+    pairs = [mix(rows[2 * k], rows[2 * k + 1], _UNPACK[h]) for k in range(4) for h in range(2)]
+    return [mix(pairs[4 * g + h], pairs[4 * g + h + 2], _PAIRS[p]) for g in range(2) for h in range(2)
+            for p in range(2)]
+
+
+def _columns_of_halves(builder, halves):
+    """The 8 columns (vectors of 8) of an 8x8 block given as half rows, ``halves[i][h]`` elements 4 h .. 4 h + 3 of
+    row i (vectors of 4): rows i and i + 4 joined half by half, so that _in_halves' quads are the columns."""
+    joined = llvm_ir.Constant(llvm_ir.VectorType(llvm_ir.IntType(32), 8), _JOINED)
+    mixed = [builder.shuffle_vector(halves[k][h], halves[k + 4][h], joined) for h in range(2) for k in range(4)]
+    return _in_halves(builder, mixed)
+
+
+def _column_halves(builder, rows):
+    """Column j of an 8x8 block of 8 ``rows`` as its two halves (vectors of 4): ``halves[j][h]`` rows 4 h .. 4 h + 3
+    of column j, each to be stored on its own."""
+    quads = _in_halves(builder, rows)
+    pick = [llvm_ir.Constant(llvm_ir.VectorType(llvm_ir.IntType(32), 4), half) for half in _HALF]
+    return [[builder.shuffle_vector(quads[4 * h + j % 4], quads[4 * h + j % 4], pick[j // 4]) for h in range(2)]
+            for j in range(8)]
 
 
 @intrinsic
@@ -117,7 +150,7 @@ def transpose_8x8(typingctx, src, src_row, src_column, dst, dst_row, dst_column)
     """dst[dst_row + j, dst_column + i] = src[src_row + i, src_column + j] for i, j < 8, on C-contiguous 2-D
     float32 (or float64) arrays, with no bounds checks (the caller's loops keep the block inside both arrays).
 
-    Eight 8-float row loads, 24 shuffles in registers, eight row stores: LLVM's vectoriser does not find this
+    Sixteen half-row loads, 16 shuffles in registers, eight row stores: LLVM's vectoriser does not find this
     for a transposing loop, which instead moves one float per load and store (measured on Zen 3, AVX2, a
     256 x 352 transpose: 32 us in blocks, 243 us as a loop, 40 us for numpy's copy)."""
     if not all(isinstance(a, types.Array) and a.ndim == 2 and a.dtype == src.dtype and a.layout == "C"
@@ -126,34 +159,22 @@ def transpose_8x8(typingctx, src, src_row, src_column, dst, dst_row, dst_column)
     element, size = (llvm_ir.FloatType(), 4) if src.dtype == types.float32 else (llvm_ir.DoubleType(), 8)
 
     def codegen(context, builder, signature, args):
-        vector = llvm_ir.VectorType(element, 8)
-
-        def row_pointer(array_type, array_value, row, column, offset):
+        def pointer(array_type, array_value, row, column, offset, width):
             array = context.make_array(array_type)(context, builder, array_value)
-            width = builder.extract_value(array.shape, 1)
-            index = builder.add(builder.mul(builder.add(row, llvm_ir.IntType(64)(offset)), width), column)
-            return builder.bitcast(builder.gep(array.data, [index]), vector.as_pointer())
+            columns = builder.extract_value(array.shape, 1)
+            index = builder.add(builder.mul(builder.add(row, llvm_ir.IntType(64)(offset)), columns), column)
+            return builder.bitcast(builder.gep(array.data, [index]), llvm_ir.VectorType(element, width).as_pointer())
 
         src_type, dst_type = signature.args[0], signature.args[3]
-        rows = [builder.load(row_pointer(src_type, args[0], args[1], args[2], i), align=size) for i in range(8)]
-        for j, column in enumerate(_transposed(builder, rows)):
-            builder.store(column, row_pointer(dst_type, args[3], args[4], args[5], j), align=size)
+        halves = []
+        for i in range(8):
+            row = pointer(src_type, args[0], args[1], args[2], i, 4)
+            halves.append([builder.load(builder.gep(row, [llvm_ir.IntType(64)(h)]), align=size) for h in range(2)])
+        for j, column in enumerate(_columns_of_halves(builder, halves)):
+            builder.store(column, pointer(dst_type, args[3], args[4], args[5], j, 8), align=size)
         return context.get_dummy_value()
 
     return types.void(src, types.int64, types.int64, dst, types.int64, types.int64), codegen
-
-
-def _transposed(builder, rows):
-    """The 8 columns of 8 rows of 8 elements (LLVM vector values), through 24 shuffles."""
-    masks = llvm_ir.VectorType(llvm_ir.IntType(32), 8)
-
-    def mix(a, b, mask):
-        return builder.shuffle_vector(a, b, llvm_ir.Constant(masks, mask))
-
-    pairs = [mix(rows[2 * k], rows[2 * k + 1], _UNPACK[h]) for k in range(4) for h in range(2)]
-    quads = [mix(pairs[4 * g + h], pairs[4 * g + h + 2], _PAIRS[p]) for g in range(2) for h in range(2)
-             for p in range(2)]
-    return [mix(quads[j % 4], quads[4 + j % 4], _HALVES[j // 4]) for j in range(8)]
 
 
 @intrinsic
@@ -163,7 +184,7 @@ def transpose_run(typingctx, src, lanes, dst, dst_row, dst_column):
     C-contiguous 2-D float32 array, 8 x 8 blocks at a time, no bounds checks.  Each vector is loaded whole, as the
     kernel's multiply-adds stored it, and split in registers: read as 8-float rows of the 16-lane buffer
     (transpose_8x8 on its halves), a 256-channel depthwise conv of K 33 at T = 500 took 140 us against 100 (Intel
-    Xeon, Emerald Rapids)."""
+    Xeon, Emerald Rapids).  Each column is stored as two halves (_column_halves)."""
     if not (isinstance(lanes, types.IntegerLiteral) and lanes.literal_value % 8 == 0 and isinstance(src, types.CPointer)
             and src.dtype == types.float32 and isinstance(dst, types.Array) and dst.ndim == 2
             and dst.dtype == types.float32 and dst.layout == "C"):
@@ -171,7 +192,7 @@ def transpose_run(typingctx, src, lanes, dst, dst_row, dst_column):
     count = lanes.literal_value
 
     def codegen(context, builder, signature, args):
-        vector, row = llvm_ir.VectorType(llvm_ir.FloatType(), count), llvm_ir.VectorType(llvm_ir.FloatType(), 8)
+        vector, half = llvm_ir.VectorType(llvm_ir.FloatType(), count), llvm_ir.VectorType(llvm_ir.FloatType(), 4)
         masks = llvm_ir.VectorType(llvm_ir.IntType(32), 8)
         base = builder.bitcast(args[0], vector.as_pointer())
         whole = [builder.load(builder.gep(base, [llvm_ir.IntType(64)(k)]), align=4) for k in range(8)]
@@ -179,9 +200,11 @@ def transpose_run(typingctx, src, lanes, dst, dst_row, dst_column):
         width = builder.extract_value(array.shape, 1)
         for part in range(0, count, 8):
             rows = [builder.shuffle_vector(v, v, llvm_ir.Constant(masks, list(range(part, part + 8)))) for v in whole]
-            for i, column in enumerate(_transposed(builder, rows)):
+            for i, column in enumerate(_column_halves(builder, rows)):
                 index = builder.add(builder.mul(builder.add(args[3], llvm_ir.IntType(64)(part + i)), width), args[4])
-                builder.store(column, builder.bitcast(builder.gep(array.data, [index]), row.as_pointer()), align=4)
+                row = builder.bitcast(builder.gep(array.data, [index]), half.as_pointer())
+                for h in range(2):
+                    builder.store(column[h], builder.gep(row, [llvm_ir.IntType(64)(h)]), align=4)
         return context.get_dummy_value()
 
     return types.void(src, lanes, dst, types.int64, types.int64), codegen
