@@ -16,7 +16,8 @@ from test_streaming import energy_ctc_parts
 from tinyasr import transcribe_long
 from tinyasr.audio.io import load_audio
 from tinyasr.format.container import write_model
-from tinyasr.kernels.energy import tonal_spans, windowed_spans
+from tinyasr.kernels.energy import broadband_spans, tonal_spans, windowed_spans
+from tinyasr.kernels.fft import power_spectra
 from tinyasr.pipeline.recognizer import Recognizer
 from tinyasr.pipeline.vad import FRAME_SECONDS, EnergyVAD, MarbleNetVAD, Segmenter, VADConfig
 from _paths import SHARED_DIR  # noqa: E402
@@ -300,6 +301,101 @@ def test_tone_share_kernel_matches_cumulative_sums():
             np.testing.assert_array_equal(got[~close], want[~close])
     narrow = power[:, :3]
     np.testing.assert_array_equal(tonal_spans(np.ascontiguousarray(narrow), 5, 0.999), narrow.sum(1) > 0)
+
+
+def _near_tones(size, rng):
+    """Spans as the gate makes them (mean removed, Hann window) of tones with what puts their share of the power
+    around the tone check's 0.995 (and 100 far from it): a second tone 1-60 bins away at 0.05-1.5 % of the power, white noise at
+    20-40 dB SNR, a beat of two tones, an amplitude-modulated tone; at random frequencies, fractional bins, DC
+    and Nyquist included."""
+    t = np.arange(size)
+    rows = []
+    for _ in range(100):  # and some that are plainly not tones: harmonic stacks, tones in noise at 0-10 dB SNR
+        f0 = rng.uniform(size / 160, size / 40)
+        row = sum(rng.uniform(0.2, 1) * np.cos(2 * np.pi * f0 * h * t / size) for h in range(1, 8))
+        row = row + 10 ** (-rng.uniform(0, 10) / 20) * rng.standard_normal(size) * rng.integers(2)
+        rows.append((row - row.mean()) * np.hanning(size))
+    for _ in range(400):
+        bin_ = rng.uniform(0, size / 2)
+        kind = rng.integers(4)
+        row = np.cos(2 * np.pi * bin_ * t / size + rng.uniform(0, 2 * np.pi))
+        if kind == 0:
+            other = np.clip(bin_ + rng.choice([-1, 1]) * rng.uniform(1, 60), 0, size / 2)
+            row = row + np.sqrt(rng.uniform(0.0005, 0.015)) * np.cos(2 * np.pi * other * t / size)
+        elif kind == 1:
+            row = row + 10 ** (-rng.uniform(20, 40) / 20) * rng.standard_normal(size)
+        elif kind == 2:
+            row = row + rng.uniform(0.1, 1) * np.cos(2 * np.pi * (bin_ + rng.uniform(-4, 4)) * t / size)
+        else:
+            row = row * (1 + rng.uniform(0, 0.3) * np.cos(2 * np.pi * rng.uniform(0, 6) * t / size))
+        rows.append((row - row.mean()) * np.hanning(size))
+    return np.array(rows)
+
+
+@pytest.mark.parametrize("size", [1600, 800])  # 100 ms at 16 and 8 kHz
+def test_broadband_spans_never_clear_a_span_the_fft_finds_tonal(size):
+    """The shortcut before the tone check's FFT: on spans whose share of power in 5 adjacent bins lies on both
+    sides of 0.995, every span it clears is one the FFT path (float32, tonal_spans) finds not tonal; and its bound
+    holds in float64: a span holding >= 0.995 in a band has, at each lag L, a variance of cos(L theta) under its
+    power (from circular autocorrelations) <= (pi L 4 / N)^2 + 8 (1 - 0.995)."""
+    rng = np.random.default_rng(11)
+    spans = _near_tones(size, rng)
+    power = np.abs(np.fft.rfft(spans, axis=1)) ** 2
+    bands = np.lib.stride_tricks.sliding_window_view(power, 5, axis=1).sum(axis=2).max(axis=1)
+    share = bands / power.sum(axis=1)
+    assert ((share > 0.99) & (share < 0.995)).sum() > 20 and ((share >= 0.995) & (share < 0.999)).sum() > 20
+    as_float32 = spans.astype(np.float32)
+    fft_says = tonal_spans(power_spectra(as_float32), 5, 0.995)
+    cleared = broadband_spans(as_float32, 5, 0.995)
+    assert not (cleared & fft_says).any()
+    assert fft_says.sum() > 100 and cleared.sum() > 20  # both answers are exercised
+    r = lambda lag: np.einsum("ij,ij->i", spans, np.roll(spans, -lag, axis=1))
+    for lag in (1, size // 100, size // 50, size // 10):
+        a, a2 = r(lag) / r(0), r(2 * lag) / r(0)
+        spread = (1 + a2) / 2 - a ** 2
+        bound = (np.pi * lag * 4 / size) ** 2 + 8 * (1 - 0.995)
+        assert (spread[share >= 0.995] <= bound + 1e-12).all(), lag
+
+
+def test_broadband_spans_edge_rows():
+    """Silence is cleared (no band holds power: tonal_spans says no too); NaN is left to the FFT; a share of 2
+    (the tone check off) clears every row with power, a share of 0 none."""
+    rng = np.random.default_rng(2)
+    rows = np.stack([np.zeros(1600), np.full(1600, np.nan), rng.standard_normal(1600),
+                     np.cos(np.arange(1600) * 0.3) * np.hanning(1600)]).astype(np.float32)
+    np.testing.assert_array_equal(broadband_spans(rows, 5, 0.995), [True, False, True, False])
+    assert broadband_spans(rows[2:], 5, 2.0).all() and not broadband_spans(rows[1:], 5, 0.0).any()
+
+
+@needs_audio
+def test_energy_vad_frames_the_same_with_and_without_the_fft_shortcut(monkeypatch):
+    """The gate on speech (English clips, FSDD digits), tones and noise gives the same probabilities whether spans
+    are cleared by broadband_spans or all go to the FFT; the shortcut clears >= 90 % of the speech's spans."""
+    import tinyasr.pipeline.vad as vad
+
+    clips = sorted(glob.glob(os.path.join(AUDIO, "*.wav")))[:4]
+    clips += sorted(glob.glob(os.path.join(AUDIO, "fsdd", "**", "*.wav"), recursive=True))[:8]
+    speech = np.concatenate([load_audio(clip, 16000)[0] for clip in clips])
+    counts = []
+
+    def counted(spans, bins, share):
+        cleared = broadband_spans(spans, bins, share)
+        counts.append((cleared.sum(), len(cleared)))
+        return cleared
+
+    monkeypatch.setattr(vad, "broadband_spans", counted)
+    _feed(EnergyVAD(16000), speech)
+    cleared, looked_at = np.sum(counts, axis=0)
+    assert looked_at > 1000 and cleared >= 0.9 * looked_at
+    t = np.arange(16000) / 16000
+    samples = np.concatenate([speech] + [(0.3 * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+                                         for hz in (150.0, 997.0, 5000.0)]
+                             + [np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.05])
+    with_shortcut = _feed(EnergyVAD(16000), samples)
+    monkeypatch.setattr(vad, "broadband_spans", lambda spans, bins, share: np.zeros(len(spans), bool))
+    without = _feed(EnergyVAD(16000), samples)
+    np.testing.assert_array_equal(with_shortcut, without)
+    assert (without[-4 * 50:-50] < 0.5).all()  # the tones: not speech (their spans went to the FFT)
 
 
 @needs_audio

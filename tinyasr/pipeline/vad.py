@@ -29,7 +29,7 @@ from tinyasr.decoding.results import Result
 from tinyasr.decoding.specs import decoder_spec
 from tinyasr.engine.offline import Model, load_model
 from tinyasr.errors import InputError
-from tinyasr.kernels.energy import frame_levels, speech_probabilities, tonal_spans, windowed_spans
+from tinyasr.kernels.energy import broadband_spans, frame_levels, speech_probabilities, tonal_spans, windowed_spans
 from tinyasr.kernels.fft import power_spectra
 from tinyasr.pipeline.model_input import audio_tensor, sample_rate_of
 
@@ -157,7 +157,10 @@ class EnergyVAD:
             batch = rows[first:first + self.TONE_BATCH]
             # span i: the TONE_FRAMES frames ending with new frame i, less its mean (a DC offset is no tone)
             spans = windowed_spans(joined, batch, self.frame, self._window)
-            tonal[batch] = tonal_spans(power_spectra(spans), self.TONE_BINS, self.tone_share)
+            # the FFT only for spans whose power is not proven too spread (speech: ~1 %)
+            unclear = ~broadband_spans(spans, self.TONE_BINS, self.tone_share)
+            if unclear.any():
+                tonal[batch[unclear]] = tonal_spans(power_spectra(spans[unclear]), self.TONE_BINS, self.tone_share)
         return tonal
 
     def finish(self) -> np.ndarray:
