@@ -105,13 +105,15 @@ def prefetch_once(typingctx, pointer):
     return types.void(pointer), _prefetch(0)
 
 
-# An 8x8 transpose as 4x4 transposes inside each half of 4 elements (unpack / shufps on AVX2, zip / trn on NEON),
-# the halves exchanged by how rows are read and written: a load of two half rows into one vector is a vinsertf128
-# with a memory operand and a half column's store a vextractf128 to memory, where exchanging halves in registers
-# (vperm2f128) is 8 micro-ops for 3 cycles on AMD Zen 1.  LLVM lowers the same IR for any vector width.
+# An 8x8 transpose as 4x4 transposes inside each half of 4 elements (unpack / shufps on AVX2, zip / trn on NEON) and
+# an exchange of halves.  Where the rows come from memory the halves are exchanged by how they are read: two half
+# rows loaded into one vector are a vinsertf128 with a memory operand, where exchanging halves between registers
+# (vperm2f128) is 8 micro-ops for 3 cycles on AMD Zen 1.  From registers (transpose_run) the high halves still
+# meet through vperm2f128; storing them as half columns does not avoid it, LLVM merges the two stores back into
+# one.  LLVM lowers the same IR for any vector width.
 _UNPACK = ([0, 8, 1, 9, 4, 12, 5, 13], [2, 10, 3, 11, 6, 14, 7, 15])
 _PAIRS = ([0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15])
-_HALF = ([0, 1, 2, 3], [4, 5, 6, 7])
+_HALVES = ([0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15])
 _JOINED = list(range(8))
 
 
@@ -136,12 +138,11 @@ def _columns_of_halves(builder, halves):
     return _in_halves(builder, mixed)
 
 
-def _column_halves(builder, rows):
-    """Column j of an 8x8 block of 8 ``rows`` as its two halves (vectors of 4): ``halves[j][h]`` rows 4 h .. 4 h + 3
-    of column j, each to be stored on its own."""
+def _columns_of_rows(builder, rows):
+    """The 8 columns of an 8x8 block held as 8 vectors ``rows``: _in_halves' quads with their halves exchanged."""
     quads = _in_halves(builder, rows)
-    pick = [llvm_ir.Constant(llvm_ir.VectorType(llvm_ir.IntType(32), 4), half) for half in _HALF]
-    return [[builder.shuffle_vector(quads[4 * h + j % 4], quads[4 * h + j % 4], pick[j // 4]) for h in range(2)]
+    masks = llvm_ir.VectorType(llvm_ir.IntType(32), 8)
+    return [builder.shuffle_vector(quads[j % 4], quads[4 + j % 4], llvm_ir.Constant(masks, _HALVES[j // 4]))
             for j in range(8)]
 
 
@@ -184,7 +185,7 @@ def transpose_run(typingctx, src, lanes, dst, dst_row, dst_column):
     C-contiguous 2-D float32 array, 8 x 8 blocks at a time, no bounds checks.  Each vector is loaded whole, as the
     kernel's multiply-adds stored it, and split in registers: read as 8-float rows of the 16-lane buffer
     (transpose_8x8 on its halves), a 256-channel depthwise conv of K 33 at T = 500 took 140 us against 100 (Intel
-    Xeon, Emerald Rapids).  Each column is stored as two halves (_column_halves)."""
+    Xeon, Emerald Rapids)."""
     if not (isinstance(lanes, types.IntegerLiteral) and lanes.literal_value % 8 == 0 and isinstance(src, types.CPointer)
             and src.dtype == types.float32 and isinstance(dst, types.Array) and dst.ndim == 2
             and dst.dtype == types.float32 and dst.layout == "C"):
@@ -192,7 +193,7 @@ def transpose_run(typingctx, src, lanes, dst, dst_row, dst_column):
     count = lanes.literal_value
 
     def codegen(context, builder, signature, args):
-        vector, half = llvm_ir.VectorType(llvm_ir.FloatType(), count), llvm_ir.VectorType(llvm_ir.FloatType(), 4)
+        vector, row = llvm_ir.VectorType(llvm_ir.FloatType(), count), llvm_ir.VectorType(llvm_ir.FloatType(), 8)
         masks = llvm_ir.VectorType(llvm_ir.IntType(32), 8)
         base = builder.bitcast(args[0], vector.as_pointer())
         whole = [builder.load(builder.gep(base, [llvm_ir.IntType(64)(k)]), align=4) for k in range(8)]
@@ -200,11 +201,9 @@ def transpose_run(typingctx, src, lanes, dst, dst_row, dst_column):
         width = builder.extract_value(array.shape, 1)
         for part in range(0, count, 8):
             rows = [builder.shuffle_vector(v, v, llvm_ir.Constant(masks, list(range(part, part + 8)))) for v in whole]
-            for i, column in enumerate(_column_halves(builder, rows)):
+            for i, column in enumerate(_columns_of_rows(builder, rows)):
                 index = builder.add(builder.mul(builder.add(args[3], llvm_ir.IntType(64)(part + i)), width), args[4])
-                row = builder.bitcast(builder.gep(array.data, [index]), half.as_pointer())
-                for h in range(2):
-                    builder.store(column[h], builder.gep(row, [llvm_ir.IntType(64)(h)]), align=4)
+                builder.store(column, builder.bitcast(builder.gep(array.data, [index]), row.as_pointer()), align=4)
         return context.get_dummy_value()
 
     return types.void(src, lanes, dst, types.int64, types.int64), codegen
