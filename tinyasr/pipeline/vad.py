@@ -151,7 +151,7 @@ class EnergyVAD:
         are covered by one of those, and skipping the rest saves most of the cost on speech with pauses."""
         joined = np.concatenate([self._tail, audio])
         self._tail = joined[audio.size:].copy()
-        rows = np.flatnonzero(loud)
+        rows = loud.nonzero()[0]  # np.flatnonzero: a few us more a call, a stream's every chunk
         tonal = np.zeros(loud.size, bool)
         if rows.size == 0:
             return tonal
@@ -160,8 +160,8 @@ class EnergyVAD:
             # span i: the TONE_FRAMES frames ending with new frame i, less its mean (a DC offset is no tone)
             spans = windowed_spans(joined, batch, self.frame, self._window)
             # the FFT only for spans whose power is not proven too spread (speech: ~1 %)
-            unclear = ~broadband_spans(spans, self.TONE_BINS, self.tone_share)
-            if unclear.any():
+            unclear = (~broadband_spans(spans, self.TONE_BINS, self.tone_share)).nonzero()[0]
+            if unclear.size:
                 tonal[batch[unclear]] = tonal_spans(power_spectra(spans[unclear]), self.TONE_BINS, self.tone_share)
         return tonal
 
