@@ -785,6 +785,26 @@ def test_exp32_is_within_an_ulp_and_keeps_the_limits():
         np.testing.assert_allclose(total, row.astype(np.float64).sum(), rtol=1e-5, atol=1e-5)
 
 
+def test_all_finite_agrees_with_numpy():
+    """vector_math.all_finite (the audio checks' NaN / Inf test) against np.isfinite on float32 and float64, 1-D and
+    2-D, empty, the largest and smallest values, and one NaN / +inf / -inf at every place of short arrays."""
+    from tinyasr.kernels.vector_math import all_finite
+
+    rng = np.random.default_rng(5)
+    for dtype in (np.float32, np.float64):
+        info = np.finfo(dtype)
+        for x in (np.zeros(0, dtype), rng.standard_normal(1281).astype(dtype),
+                  rng.standard_normal((640, 2)).astype(dtype), np.array([info.max, -info.max, info.tiny, -0.0], dtype),
+                  np.array([info.smallest_subnormal], dtype)):
+            assert all_finite(x) == bool(np.isfinite(x).all())
+        for bad in (np.nan, np.inf, -np.inf):
+            for n in (1, 7, 8, 9, 33):
+                for at in range(n):
+                    x = rng.standard_normal(n).astype(dtype)
+                    x[at] = bad
+                    assert not all_finite(x) and not all_finite(x.reshape(n, 1))
+
+
 @pytest.mark.parametrize("taps,dilation,frames", [(25, 1, 1), (33, 1, 95), (33, 2, 97), (75, 1, 500), (33, 1, 2000)])
 def test_tiled_depthwise_matches_torch_and_the_short_kernel(taps, dilation, frames):
     """Stride-1 rows of a pruned depthwise conv (under BLOCKED_MIN_DENSITY) run in register tiles over their

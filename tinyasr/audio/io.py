@@ -21,6 +21,7 @@ import soundfile
 from tinyasr.audio.resample import check_rate, resample
 from tinyasr.errors import AudioError, TinyASRWarning
 from tinyasr.format.values import MEMORY_BUDGET
+from tinyasr.kernels.vector_math import all_finite
 
 MIN_AUDIO_RATE = 1000  # Hz: below this a recording holds no speech band (a 1 Hz header is a broken file)
 MAX_CHANNELS = 256  # a header claiming more is broken (and would size every block by it)
@@ -164,7 +165,7 @@ def as_float32_mono(array, sample_rate: int, target_rate: Optional[int] = None) 
 
 def _mix_to_mono(data: np.ndarray, name: str) -> np.ndarray:
     """Average the channels of [N, channels] float32 data; refuse NaN / Inf."""
-    if not np.all(np.isfinite(data)):
+    if not all_finite(data):
         bad = int(np.argmax(~np.isfinite(data).all(axis=1)))
         raise AudioError(f"{name}: non-finite sample (NaN or Inf) at frame {bad}")
     mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float64)

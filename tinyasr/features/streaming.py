@@ -36,6 +36,7 @@ from tinyasr.features.frontend import (
     padded_frame_count,
     preemphasize,
 )
+from tinyasr.kernels.vector_math import all_finite
 
 _EMPTY = np.zeros(0, np.float64)
 
@@ -217,7 +218,7 @@ class StreamingFeatures:
     def accept(self, samples: np.ndarray) -> np.ndarray:
         """Float samples at config.sample_rate -> the newly complete frames [features, n] float32."""
         x = np.asarray(samples, np.float64).reshape(-1)
-        if not np.all(np.isfinite(x)):
+        if not all_finite(x):
             raise AudioError("audio samples contain NaN or Inf")
         self._take(x)
         return self._output(self._frames(self._ready()))

