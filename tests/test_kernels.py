@@ -805,6 +805,51 @@ def test_all_finite_agrees_with_numpy():
                     assert not all_finite(x) and not all_finite(x.reshape(n, 1))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_decoder_log_probs_match_torch(dtype):
+    """rowwise.log_probs_rows (every CTC decoder's log-softmax, float64) against torch.log_softmax in float64 and
+    its argmax against np.argmax: logits, probs (log taken; a zero gives -inf), a strided view, a row with NaN
+    (all NaN, best 0), rows of -inf and +inf, a tie (the first wins), one class."""
+    from tinyasr.kernels.rowwise import log_probs_rows
+
+    rng = np.random.default_rng(11)
+    logits = (rng.standard_normal((37, 29)) * 5).astype(dtype)
+    logits[3, 7] = logits[3, 2] = logits[3].max() + 1  # a tie
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    probs[5, :4] = 0.0
+    cases = [(logits, False), (probs.astype(dtype), True), (logits[:, ::2], False), (logits[::3].T.copy(), False),
+             (logits[:, :1], False)]
+    for x, take_log in cases:
+        out, best = np.empty(x.shape), np.empty(x.shape[0], np.int64)
+        log_probs_rows(x, take_log, out, best)
+        source = torch.from_numpy(np.asarray(x, np.float64))
+        expected = torch.log_softmax(torch.log(source) if take_log else source, dim=1).numpy()
+        np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+        assert np.array_equal(best, out.argmax(axis=1)) and np.array_equal(best, expected.argmax(axis=1))
+    broken = logits[:4].copy()
+    broken[0, 5], broken[1, :], broken[2, 3] = np.nan, -np.inf, np.inf
+    out, best = np.empty(broken.shape), np.empty(4, np.int64)
+    log_probs_rows(broken, False, out, best)
+    assert np.isnan(out[:3]).all() and np.array_equal(best, [0, 0, 0, broken[3].argmax()])
+
+
+def test_run_confidences_are_the_exp_of_each_runs_mean():
+    """greedy.run_confidences against exp(mean) of each run in numpy, and run_confidence (a stream's partial
+    result, one run at a time) against it to the bit; a strided column (the beam search's) as well."""
+    from tinyasr.kernels.greedy import run_confidence, run_confidences
+
+    rng = np.random.default_rng(2)
+    scores = -rng.gamma(0.5, 1.0, 400)
+    stops = np.cumsum(rng.integers(1, 40, 30))
+    stops = stops[stops < 400]
+    firsts = np.concatenate([[0], stops[:-1]]).astype(np.int64)
+    got = run_confidences(scores, firsts, stops.astype(np.int64))
+    np.testing.assert_allclose(got, [np.exp(scores[a:b].mean()) for a, b in zip(firsts, stops)], rtol=1e-14)
+    assert [run_confidence(scores, a, b) for a, b in zip(firsts, stops)] == got.tolist()
+    columns = np.stack([scores, scores[::-1]], axis=1)
+    assert run_confidence(columns[:, 0], int(firsts[3]), int(stops[3])) == got[3]
+
+
 @pytest.mark.parametrize("taps,dilation,frames", [(25, 1, 1), (33, 1, 95), (33, 2, 97), (75, 1, 500), (33, 1, 2000)])
 def test_tiled_depthwise_matches_torch_and_the_short_kernel(taps, dilation, frames):
     """Stride-1 rows of a pruned depthwise conv (under BLOCKED_MIN_DENSITY) run in register tiles over their

@@ -30,7 +30,8 @@ from tinyasr.decoding.ctc import ctc_frames, ctc_result
 from tinyasr.decoding.hotwords import START, HotwordState, HotwordTree
 from tinyasr.decoding.lm import EOS, load_language_model
 from tinyasr.decoding.results import Result, Token
-from tinyasr.decoding.scores import frame_span, run_confidence
+from tinyasr.decoding.scores import frame_span
+from tinyasr.kernels.greedy import run_confidence
 from tinyasr.decoding.specs import WORD_START, WORDPIECE_CONTINUATION, BeamSearch, CTCSpec
 from tinyasr.kernels.ctc_align import log_likelihood, viterbi_states
 
@@ -177,7 +178,7 @@ class BeamDecoder:
         tokens: List[Token] = []
         for token, (first, stop) in zip(ids, ctc_align(log_probs, ids, self.spec.blank) if ids else ()):
             start, end = frame_span(first, stop, frame_seconds, duration)
-            confidence = run_confidence(log_probs[first:stop, token])
+            confidence = run_confidence(log_probs[:, token], first, stop)
             tokens.append(Token(text=texts[token], id=token, start=start, end=end, confidence=confidence))
         return ctc_result(tokens, log_probs, self.spec, wordpiece, frame_seconds=frame_seconds, duration=duration,
                           speech=speech)

@@ -16,7 +16,6 @@ from tinyasr.decoding.scores import (
     frame_spans,
     frames_by_classes,
     label_runs,
-    run_confidences,
     to_log_probs,
 )
 from tinyasr.decoding.specs import (
@@ -26,6 +25,7 @@ from tinyasr.decoding.specs import (
     CTCSpec,
 )
 from tinyasr.errors import InputError
+from tinyasr.kernels.greedy import run_confidences
 
 
 def id_to_text(vocabulary: Sequence[str], blank: int, classes: int, output: str):

@@ -28,7 +28,8 @@ import numpy as np
 from tinyasr.decoding.confidence import COVER_SECONDS, Speech, in_speech, is_out_of_vocabulary, speech_confidence
 from tinyasr.decoding.ctc import GrowingWords, id_to_text, is_wordpiece
 from tinyasr.decoding.results import Result, Token, Word, shifted_item
-from tinyasr.decoding.scores import frame_span, run_confidence, to_log_probs
+from tinyasr.decoding.scores import frame_span, log_probs_and_best
+from tinyasr.kernels.greedy import extend_frames, run_confidence, settle_coverage
 from tinyasr.decoding.specs import CTCSpec
 
 SETTLE_MARGIN = 1e-6  # seconds kept from a boundary before a decision counts as final (float rounding)
@@ -41,14 +42,19 @@ class _Growing:
         self._data = np.empty((16,) if columns is None else (16, columns), dtype)
         self.size = 0
 
-    def extend(self, rows: np.ndarray) -> None:
-        end = self.size + len(rows)
+    def room(self, count: int) -> np.ndarray:
+        """The storage, with room for ``count`` more rows after ``size`` (a kernel writes them, the caller moves
+        ``size``)."""
+        end = self.size + count
         if end > len(self._data):
             grown = np.empty((max(end, 2 * len(self._data)),) + self._data.shape[1:], self._data.dtype)
             grown[:self.size] = self._data[:self.size]
             self._data = grown
-        self._data[self.size:end] = rows
-        self.size = end
+        return self._data
+
+    def extend(self, rows: np.ndarray) -> None:
+        self.room(len(rows))[self.size:self.size + len(rows)] = rows
+        self.size += len(rows)
 
     @property
     def array(self) -> np.ndarray:
@@ -82,7 +88,8 @@ class GreedyPartial:
         self._placed_words: List[Word] = []  # the closed words likewise
         # coverage score: token frame centres; speech frame centres not settled; settled covered / all speech
         self._token_centres = _Growing(np.float64)
-        self._pending = np.zeros(0)
+        self._ends = np.empty(0, np.int64)  # extend_frames's run ends
+        self._pending = _Growing(np.float64)
         self._covered = 0
         self._settled_uncovered = 0
         self._flags_seen = 0  # speech frames (Speech.frames) looked at
@@ -91,9 +98,10 @@ class GreedyPartial:
     def frames(self) -> int:
         return self._best.size
 
-    def extend(self, scores: np.ndarray) -> None:
-        """New frames [frames, classes] in ``spec.logits`` units."""
-        log_probs = to_log_probs(scores, self.spec.logits)
+    def extend(self, scores: np.ndarray) -> int:
+        """New frames [frames, classes] in ``spec.logits`` units; returns the last of them whose best class is a
+        token (its index from the first frame ever given), or -1."""
+        log_probs, best = log_probs_and_best(scores, self.spec.logits)
         if self._texts is None:
             self._texts = id_to_text(self.spec.vocabulary, self.spec.blank, log_probs.shape[1], self.spec.output)
             self._wordpiece = is_wordpiece(self._texts)
@@ -101,20 +109,19 @@ class GreedyPartial:
             if self.spec.oov_score == "certainty":
                 self._log_probs = _Growing(np.float64, log_probs.shape[1])
         if not len(log_probs):
-            return
+            return -1
+        if len(self._ends) < len(best):
+            self._ends = np.empty(2 * len(best), np.int64)
         if self._log_probs is not None:
             self._log_probs.extend(log_probs)
-        # C methods, not np.flatnonzero and a fancy index: each Python-level numpy call cost a stream ~10-40 us a
-        # chunk once the graph had pushed its code out of the caches (AMD EPYC Zen 1)
-        best = log_probs.argmax(axis=1)
-        first = self._best.size
-        self._best.extend(best)
-        self._scores.extend(log_probs.max(axis=1))  # each frame's log-prob at its argmax
-        tokens = (best != self.spec.blank).nonzero()[0]
-        self._token_centres.extend((tokens + first + 0.5) * self.frame_seconds)
-        labels = self._best.array[self._run_first:]
-        for start in ((labels[1:] != labels[:-1]).nonzero()[0] + 1 + self._run_first).tolist():
+        first, count = self._best.size, len(best)
+        labels, top, centres = self._best.room(count), self._scores.room(count), self._token_centres.room(count)
+        self._token_centres.size, ends, last_token = extend_frames(log_probs, best, self.spec.blank, self.frame_seconds, labels,
+                                                       first, top, centres, self._token_centres.size, self._ends)
+        self._best.size = self._scores.size = first + count
+        for start in self._ends[:ends].tolist():
             self._end_run(start)
+        return last_token
 
     def _end_run(self, stop: int) -> None:
         label = int(self._best.array[self._run_first])
@@ -124,7 +131,7 @@ class GreedyPartial:
 
     def _token(self, label: int, first: int, stop: int, duration: float) -> Token:
         start, end = frame_span(first, stop, self.frame_seconds, duration)
-        confidence = run_confidence(self._scores.array[first:stop])
+        confidence = run_confidence(self._scores.array, first, stop)
         return Token(text=self._texts[label], id=label, start=start, end=end, confidence=confidence)
 
     def result(self, seconds: float, speech: Speech, undecided_from: float,
@@ -189,28 +196,16 @@ class GreedyPartial:
             return speech_confidence(self._log_probs.array, self.spec.blank, self.frame_seconds, speech,
                                      self.spec.oov_score, self.reach)
         flags = speech.frames[self._flags_seen:]
-        new = (flags.nonzero()[0] + self._flags_seen + 0.5) * speech.frame_seconds
+        # a frame this far before the next frame's centre is never covered by a frame still to come
+        horizon = (self.frames + 0.5) * self.frame_seconds - self.reach - SETTLE_MARGIN
+        self._pending.size, covered, uncovered, total = settle_coverage(
+            flags, self._flags_seen, speech.frame_seconds, self._pending.room(len(flags)), self._pending.size,
+            self._token_centres.array, self.reach, horizon, self.frames > 0, self._covered + self._settled_uncovered)
         self._flags_seen += flags.size
-        self._pending = np.concatenate([self._pending, new]) if new.size else self._pending
-        total = self._covered + self._pending.size  # never-covered frames leave _pending but count here
-        total += self._settled_uncovered
         if total == 0 or self.frames == 0:
             return 1.0
-        tokens = self._token_centres.array
-        if tokens.size == 0:
-            covered = np.zeros(self._pending.size, bool)
-        else:
-            at = np.searchsorted(tokens, self._pending)
-            nearest = np.minimum(np.abs(self._pending - tokens[np.maximum(at - 1, 0)]),
-                                 np.abs(tokens[np.minimum(at, tokens.size - 1)] - self._pending))
-            covered = nearest <= self.reach + 1e-9
-        # a frame this far before the next frame's centre is never covered by a frame still to come
-        hopeless = self._pending < (self.frames + 0.5) * self.frame_seconds - self.reach - SETTLE_MARGIN
-        settled = covered | hopeless
-        count = int(np.count_nonzero(covered))
-        self._covered += count
-        self._settled_uncovered += int(np.count_nonzero(settled)) - count
-        self._pending = self._pending[~settled]
-        if tokens.size == 0:
+        self._covered += covered
+        self._settled_uncovered += uncovered
+        if not self._token_centres.size:
             return 0.0
         return float(self._covered / total)

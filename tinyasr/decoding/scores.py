@@ -14,6 +14,7 @@ from typing import Tuple
 import numpy as np
 
 from tinyasr.errors import InputError, ModelFileError
+from tinyasr.kernels.rowwise import log_probs_rows
 
 SCORE_KINDS = ("log_probs", "logits", "probs")
 PROB_SLACK = 1e-3  # float32 rounding a softmax may show past [0, 1]
@@ -59,23 +60,6 @@ def frame_span(first: int, stop: int, frame_seconds: float, duration: float) -> 
     return float(start), float(max(start, min(stop * frame_seconds, duration)))
 
 
-def run_confidences(frame_scores: np.ndarray, firsts: np.ndarray, stops: np.ndarray) -> np.ndarray:
-    """Each run's confidence, exp of the mean of its frames' log-probs, for runs that cover ``frame_scores``
-    one after another (firsts[0] = 0, each stop the next first): the sums in frame order.  A stream's partial
-    result gives one run at a time and gets the offline decoder's bits."""
-    return np.exp(np.add.reduceat(frame_scores, firsts) / (stops - firsts))
-
-
-def run_confidence(run_scores: np.ndarray) -> float:
-    """run_confidences of the one run ``run_scores`` (its frames' log-probs), to the same bits: the same sum, the
-    same float64 division by the frame count and the same exp, with two numpy calls fewer (a stream's partial
-    result makes one or two a chunk, each numpy call ~5-10 us there with its code out of the caches)."""
-    return float(np.exp(np.add.reduceat(run_scores, _ONE_RUN) / len(run_scores))[0])
-
-
-_ONE_RUN = np.zeros(1, np.int64)
-
-
 def frame_spans(firsts: np.ndarray, stops: np.ndarray, frame_seconds: float,
                 duration: float) -> Tuple[np.ndarray, np.ndarray]:
     """frame_span of many runs at once: their start and end seconds as arrays."""
@@ -100,12 +84,23 @@ def check_scores(scores: np.ndarray, kind: str, model, output: str) -> None:
 
 def to_log_probs(scores: np.ndarray, kind: str) -> np.ndarray:
     """Normalised natural-log probabilities (float64) over the last axis from log-probs, logits or probs."""
+    scores = np.asarray(scores)
+    if scores.ndim == 2:
+        return log_probs_and_best(scores, kind)[0]
+    return log_probs_and_best(scores.reshape(-1, scores.shape[-1] if scores.ndim else 1), kind)[0].reshape(scores.shape)
+
+
+def log_probs_and_best(scores: np.ndarray, kind: str) -> Tuple[np.ndarray, np.ndarray]:
+    """to_log_probs of [frames, classes] ``scores`` and each frame's best class (its argmax): log-softmax, a
+    no-op up to rounding on log-probs, renormalising probs (kernels.rowwise.log_probs_rows)."""
     if kind not in SCORE_KINDS:
         raise InputError(f"decoder 'logits' is {kind!r}; expected one of {', '.join(SCORE_KINDS)}")
-    scores = np.asarray(scores, dtype=np.float64)
-    if kind == "probs":
-        with np.errstate(divide="ignore"):
-            scores = np.log(scores)
-    # log-softmax: a no-op (up to rounding) on log-probs, and it renormalises probs
-    shifted = scores - scores.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    scores = np.asarray(scores)
+    if scores.ndim != 2 or not scores.shape[1]:
+        raise InputError(f"scores of shape {scores.shape}: expected [frames, classes] with at least one class")
+    if scores.dtype not in (np.float32, np.float64):
+        scores = scores.astype(np.float64)
+    log_probs = np.empty(scores.shape, np.float64)
+    best = np.empty(scores.shape[0], np.int64)
+    log_probs_rows(scores, kind == "probs", log_probs, best)
+    return log_probs, best

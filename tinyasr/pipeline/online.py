@@ -315,18 +315,18 @@ class OnlineStream:
             return
         check_scores(scores, self.decoder.logits, self._label, self.decoder.output)
         scores = scores.transpose(_moved_axes(scores.ndim, self._output_axis, -2))
-        # kept as the model gave them (in float64, as a decoder reads them), normalised once where decoded, as
-        # offline: converted here too, the partial result normalised every chunk twice (~9 us each, 4 frames)
-        scores = np.array(scores.reshape(-1, scores.shape[-1]), np.float64)
+        # kept as the model gave them, [frames, classes]: decoded (the partial, the final result) in float64
+        scores = np.array(scores.reshape(-1, scores.shape[-1]))
         self._scores.append(scores)
         if self._greedy_partial is not None:
-            self._greedy_partial.extend(scores)
-        best = scores.argmax(axis=1)  # log-softmax and log keep each frame's best class
-        speech = (best != self.decoder.blank).nonzero()[0]
-        if speech.size:
+            last_token = self._greedy_partial.extend(scores)
+        else:
+            tokens = (scores.argmax(axis=1) != self.decoder.blank).nonzero()[0]  # log-softmax keeps the best
+            last_token = self._frames + int(tokens[-1]) if tokens.size else -1
+        if last_token >= 0:
             self._has_speech = True
-            self._last_speech_frame = self._frames + int(speech[-1])
-        self._frames += len(best)
+            self._last_speech_frame = last_token
+        self._frames += len(scores)
         self._partial = None
 
     def _collect_encoder(self, outputs) -> None:
@@ -448,7 +448,7 @@ class OnlineStream:
         self._held, self._held_samples = [], 0  # samples not yet given to the gate and the front end (_feed)
         if self._features is not None:
             self._features.reset()
-        self._scores = []  # this utterance's output frames as the model gave them, float64
+        self._scores = []  # this utterance's output frames as the model gave them
         self._encoder_frames = []  # a transducer's, this utterance's
         self._greedy = GreedySearch(self._transducer, self.decoder.max_symbols) if self._transducer else None
         self._search = None  # the beam search over this utterance's frames (beam decoding only)
