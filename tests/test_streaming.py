@@ -541,8 +541,8 @@ def test_streamed_transcript_equals_offline_transcript(quartznet_like, clip, rat
     # right receptive field: prologue k33 s2, 2 blocks x 2 repeats of k33 / k39 and the k87 d2 epilogue after
     # the stride, in 10 ms frames; plus the STFT's half window (256 samples)
     right = 16 + 2 * (2 * 16 + 2 * 19) + 2 * 86
-    # and the frames its graph runs wait for (3.3 s of look-ahead: batches of 0.32 s, BATCH_SECONDS)
-    assert stream.latency == pytest.approx(right * 0.01 + 256 / 16000 + 0.31)
+    # and the frames its graph runs wait for (3.3 s of look-ahead: batches of an eighth of it, 41 frames, BATCH_SHARE)
+    assert stream.latency == pytest.approx(right * 0.01 + 256 / 16000 + 0.40)
     _same_result(_transcribe_streaming(stream, samples, rate, cuts), expected)
     # the stream is ready for the next utterance, with the same state as a fresh one
     _same_result(_transcribe_streaming(stream, samples, rate, cuts[::2]), expected)

@@ -97,8 +97,12 @@ _PLANS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _PLANS_LOCK = threading.Lock()
 
 
+# A model that looks ahead anyway lets its graph wait for a batch of input frames: each weight read from memory then
+# serves the whole batch.  QuartzNet 5x5 (14.7 s of look-ahead, 7.4 MB of weights) at 80 ms chunks, end to end
+# against offline: batches of 0.32 s 1.48x, 0.64 s 1.34x, 1.28 s 1.26-1.34x, the partials 1 s later in 16 and the
+# largest chunk ~9 ms (AMD EPYC Zen 1, benchmarks/bench_latency.py).
 BATCH_SHARE = 1 / 8  # of a stream's latency that its graph runs may wait for input frames ...
-BATCH_SECONDS = 0.32  # ... up to this
+BATCH_SECONDS = 1.28  # ... up to this
 
 
 def stream_plan(model) -> StreamPlan:
@@ -232,9 +236,8 @@ class OnlineStream:
         self._input_seconds = input_seconds
         self.latency = field.right * input_seconds + lookahead / self.sample_rate
         # A model that looks ahead anyway runs its graph on batches of input frames: up to BATCH_SHARE of its
-        # latency, at most BATCH_SECONDS.  Each layer then computes 4x the frames per call at 80 ms chunks
-        # (QuartzNet 5x5 with 14.7 s of look-ahead: 0.32 s batches) and the partials' delay grows by the
-        # batch; a causal model (latency a few frames) keeps computing every chunk.
+        # latency, at most BATCH_SECONDS (QuartzNet 5x5: 1.28 s, 16 chunks of 80 ms; the digits model: 0.18 s)
+        # and the partials' delay grows by the batch; a causal model (latency a few frames) computes every chunk.
         self._batch_inputs = max(1, int(min(BATCH_SECONDS, BATCH_SHARE * self.latency) / input_seconds))
         self.latency += (self._batch_inputs - 1) * input_seconds
         self._input_hop = self.frontend.hop_length if self.frontend is not None else 1  # samples per input frame
