@@ -78,7 +78,12 @@ def test_frames_leave_as_soon_as_their_half_window_of_lookahead_is_in():
 def test_stream_resampler_equals_offline_resample(rates, cuts):
     expected = resample(SIGNAL, *rates)
     stream = StreamResampler(*rates)
-    got = np.concatenate([stream.accept(piece) for piece in _split(SIGNAL, cuts)] + [stream.finish()])
+    pieces, received, emitted = [], 0, 0
+    for piece in _split(SIGNAL, cuts):
+        pieces.append(stream.accept(piece))
+        received, emitted = received + len(piece), emitted + len(pieces[-1])
+        assert stream.emitted_after(received) == emitted  # what OnlineStream counts while it holds the input
+    got = np.concatenate(pieces + [stream.finish()])
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
 
@@ -549,7 +554,8 @@ def test_streamed_transcript_equals_offline_transcript(quartznet_like, clip, rat
 
 
 class _EagerStream(OnlineStream):
-    """The gate and the front end given every piece as it comes, not held until the graph can run."""
+    """The resampler, the gate and the front end given every piece as it comes, not held until the graph can
+    run."""
 
     def _feed(self, samples):
         super()._feed(samples)
@@ -557,18 +563,19 @@ class _EagerStream(OnlineStream):
 
 
 @needs_audio
-@pytest.mark.parametrize("step", [1280, 592, 4000])
-def test_holding_samples_for_the_graph_changes_no_partial_result(quartznet_like, step):
-    """OnlineStream runs the gate and the front end only when the graph may run (OnlineStream._feed); after every
-    piece its partial result, endpoint and trailing silence are those of a stream that runs them on every piece."""
-    samples, _ = load_audio(os.path.join(AUDIO, "pocketsphinx_goforward.wav"), 16000)
-    audio = np.concatenate([samples, np.zeros(16000, np.float32), samples[: len(samples) // 2]])
+@pytest.mark.parametrize("step,rate", [(1280, 16000), (592, 16000), (4000, 16000), (1764, 22050), (613, 22050)])
+def test_holding_samples_for_the_graph_changes_no_partial_result(quartznet_like, step, rate):
+    """OnlineStream runs the resampler, the gate and the front end only when the graph may run
+    (OnlineStream._feed); after every piece its partial result, endpoint and trailing silence are those of a
+    stream that runs them on every piece (at 22.05 kHz the resampler holds samples back itself)."""
+    samples, _ = load_audio(os.path.join(AUDIO, "pocketsphinx_goforward.wav"), rate)
+    audio = np.concatenate([samples, np.zeros(rate, np.float32), samples[: len(samples) // 2]])
     held, eager = OnlineStream(quartznet_like), _EagerStream(quartznet_like)
     assert held._batch_inputs > 1  # the model looks ahead: its graph runs on batches
     fresh = 0
     for first in range(0, len(audio), step):
         for stream in (held, eager):
-            stream.accept_waveform(audio[first:first + step], 16000)
+            stream.accept_waveform(audio[first:first + step], rate)
         assert (held._partial is None) == (eager._partial is None)  # the graph gave frames after the same pieces
         fresh += held._partial is None
         _same_result(held.partial_result, eager.partial_result)

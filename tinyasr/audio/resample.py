@@ -191,6 +191,14 @@ class StreamResampler:
         self._buffer_start = keep_from
         return piece
 
+    def emitted_after(self, received: int) -> int:
+        """How many samples ``accept`` returns in all for the first ``received`` input samples (since the last
+        reset): a stream that holds its input counts its samples at the model's rate without resampling yet."""
+        if self.up == self.down or received <= 0:
+            return max(0, received)
+        ready = (received * self.up - 1) // self.down - self._first + 1
+        return max(0, min(ready, -(-received * self.up // self.down)))
+
     def accept(self, samples: np.ndarray) -> np.ndarray:
         """New float32 samples at ``to_rate``: those whose filter support has fully arrived."""
         if self.up == self.down:

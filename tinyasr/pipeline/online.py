@@ -244,6 +244,7 @@ class OnlineStream:
         self._output_axis = dict(self.plan.outputs)[self.decoder.output].axis
         self._graph = GraphStream(self.plan)
         self._resampler: Optional[StreamResampler] = None
+        self._input_samples = 0  # given to the resampler since its last reset (held ones included)
         self._input_rate: Optional[int] = None
         self._gate = SpeechGate(self.sample_rate)  # tokens count only inside speech, as in Recognizer.transcribe
         self.samples_seen = 0  # at the model's rate, whole stream
@@ -263,23 +264,26 @@ class OnlineStream:
             self._resampler = StreamResampler(self._input_rate, self.sample_rate)
         elif int(sample_rate) != self._input_rate:
             raise InputError(f"sample rate changed from {self._input_rate} to {sample_rate} Hz within one stream")
-        self._feed(self._resampler.accept(mono))
+        self._feed(mono)
 
     def _feed(self, samples: np.ndarray) -> None:
-        """Hold ``samples`` until they may complete the graph's next batch of input frames, then run the gate,
-        the front end and the graph on everything held.
+        """Hold ``samples`` (at the input's rate) until the samples they resample to may complete the graph's next
+        batch of input frames, then run the resampler, the gate, the front end and the graph on everything held.
 
-        Between the graph's runs nothing reads what the gate and the front end computed, so they run when the
-        graph does, on the same samples, and give the same frames and decisions (both are exact whatever the
-        pieces: tests/test_vad.py, tests/test_streaming.py).  Their cost is mostly per call: QuartzNet 5x5
-        (0.32 s batches) at 80 ms chunks, 83 us a chunk fed chunk by chunk, 37 us fed four chunks at a time
-        (Zen 4)."""
+        Between the graph's runs nothing reads what those stages computed, so they run when the graph does, on
+        the same samples, and give the same samples, frames and decisions (each is exact whatever the pieces:
+        tests/test_vad.py, tests/test_streaming.py).  Their cost is mostly per call: QuartzNet 5x5 (0.32 s
+        batches) at 80 ms chunks, the gate and the front end 83 us a chunk fed chunk by chunk, 37 us fed four
+        chunks at a time (Zen 4); the digits model's resampler (16 -> 8 kHz) ~22 us a chunk on Zen 1."""
         if samples.size == 0:
             return
-        self.samples_seen += samples.size
-        self._utterance_samples += samples.size
+        before = self._resampler.emitted_after(self._input_samples)
+        self._input_samples += samples.size
+        count = self._resampler.emitted_after(self._input_samples) - before  # the samples these resample to
+        self.samples_seen += count
+        self._utterance_samples += count
         self._held.append(samples)
-        self._held_samples += samples.size
+        self._held_samples += count
         # m more input frames need more than (m - 1) hops of new samples: flushing at that point is never later
         # than the chunk whose frames would have completed the batch
         missing = max(1, self._batch_inputs - self._waiting_inputs)
@@ -287,11 +291,17 @@ class OnlineStream:
             self._flush()
 
     def _flush(self) -> None:
-        """The held samples through the gate and the front end into the graph."""
+        """The held samples through the resampler, the gate and the front end into the graph."""
         if not self._held:
             return
-        samples = self._held[0] if len(self._held) == 1 else np.concatenate(self._held)
+        held = self._held[0] if len(self._held) == 1 else np.concatenate(self._held)
         self._held, self._held_samples = [], 0
+        self._process(self._resampler.accept(held))
+
+    def _process(self, samples: np.ndarray) -> None:
+        """Samples at the model's rate through the gate and the front end into the graph."""
+        if not samples.size:
+            return
         self._gate.accept(samples)
         if self._features is not None:
             self._run_graph(self._features.accept(samples)[np.newaxis])
@@ -426,9 +436,13 @@ class OnlineStream:
 
     def finalize(self) -> Result:
         """End the utterance: flush every stage, decode as offline, and start the next utterance."""
-        if self._resampler is not None:
-            self._feed(self._resampler.finish())
         self._flush()
+        if self._resampler is not None:
+            tail = self._resampler.finish()  # the samples the filter's right half still owed
+            self.samples_seen += tail.size
+            self._utterance_samples += tail.size
+            self._input_samples = 0
+            self._process(tail)
         if self._features is not None:
             if not self._utterance_samples or valid_frame_count(self._utterance_samples, self.frontend) < 1:
                 self._utterance_samples = 0
@@ -448,7 +462,7 @@ class OnlineStream:
     def _new_utterance(self) -> None:
         self._graph.reset()
         self._waiting, self._waiting_inputs = [], 0  # input frames the graph has not been given yet
-        self._held, self._held_samples = [], 0  # samples not yet given to the gate and the front end (_feed)
+        self._held, self._held_samples = [], 0  # input not yet resampled (_feed) and the samples it resamples to
         if self._features is not None:
             self._features.reset()
         self._scores = []  # this utterance's output frames as the model gave them
