@@ -78,7 +78,7 @@ FLUSH_FRAMES = 64
 # 48 / 64 rows ahead took 787-956 / 783-915 / 777-1034 us a round, 128 rows 827-1041, none 1146-1242 (AMD EPYC Zen 1)
 READ_ONCE_AHEAD = 64
 LANES = 16  # channels per vector step: two AVX2 / one AVX-512 / four NEON registers
-FRAMES = 4  # frames per pass over a weight row
+FRAMES = 4  # frames per pass over a weight row (the kernels and _store_sums are written out for 4)
 ACC = FRAMES * LANES  # partial sums, kept in registers
 
 BUFFER_TYPE = types.Array(float32, 2, "C")  # the item types of the typed lists ``buffers``, ``weights``, ``halves``
