@@ -31,9 +31,9 @@ from tinyasr.decoding.hotwords import START, HotwordState, HotwordTree
 from tinyasr.decoding.lm import EOS, load_language_model
 from tinyasr.decoding.results import Result, Token
 from tinyasr.decoding.scores import frame_span
-from tinyasr.kernels.greedy import run_confidence
 from tinyasr.decoding.specs import WORD_START, WORDPIECE_CONTINUATION, BeamSearch, CTCSpec
 from tinyasr.kernels.ctc_align import log_likelihood, viterbi_states
+from tinyasr.kernels.greedy import run_confidence
 
 NEG_INF = -math.inf
 

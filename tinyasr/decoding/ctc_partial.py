@@ -29,8 +29,8 @@ from tinyasr.decoding.confidence import COVER_SECONDS, Speech, in_speech, is_out
 from tinyasr.decoding.ctc import GrowingWords, id_to_text, is_wordpiece
 from tinyasr.decoding.results import Result, Token, Word, shifted_item
 from tinyasr.decoding.scores import frame_span, log_probs_and_best
-from tinyasr.kernels.greedy import extend_frames, run_confidence, settle_coverage
 from tinyasr.decoding.specs import CTCSpec
+from tinyasr.kernels.greedy import extend_frames, run_confidence, settle_coverage
 
 SETTLE_MARGIN = 1e-6  # seconds kept from a boundary before a decision counts as final (float rounding)
 
@@ -116,8 +116,9 @@ class GreedyPartial:
             self._log_probs.extend(log_probs)
         first, count = self._best.size, len(best)
         labels, top, centres = self._best.room(count), self._scores.room(count), self._token_centres.room(count)
-        self._token_centres.size, ends, last_token = extend_frames(log_probs, best, self.spec.blank, self.frame_seconds, labels,
-                                                       first, top, centres, self._token_centres.size, self._ends)
+        self._token_centres.size, ends, last_token = extend_frames(
+            log_probs, best, self.spec.blank, self.frame_seconds, labels, first, top, centres, self._token_centres.size,
+            self._ends)
         self._best.size = self._scores.size = first + count
         for start in self._ends[:ends].tolist():
             self._end_run(start)

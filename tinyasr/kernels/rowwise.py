@@ -87,8 +87,8 @@ def log_softmax_columns(x, out):
                 y[i] = row[i] - top[i]
 
 
-@njit([void(float32[:, :], boolean, float64[:, ::1], int64[::1]), void(float64[:, :], boolean, float64[:, ::1], int64[::1])],
-      cache=True, error_model="numpy")
+@njit([void(float32[:, :], boolean, float64[:, ::1], int64[::1]),
+       void(float64[:, :], boolean, float64[:, ::1], int64[::1])], cache=True, error_model="numpy")
 def log_probs_rows(x, take_log, out, best):
     """out[r] = log_softmax(log(x[r]) if take_log else x[r]) in float64, best[r] = its first greatest class:
     numpy's shift by the row's maximum and log-sum-exp, a row with a NaN all NaN (best 0, as np.argmax).  The
