@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from tinyasr.decoding.classification import classify_clip, classify_frames
 from tinyasr.decoding.ctc import GrowingWords, ctc_greedy, tokens_to_words
 from tinyasr.decoding.results import Token
-from tinyasr.decoding.scores import output_frame_seconds
+from tinyasr.decoding.scores import check_scores, output_frame_seconds
 from tinyasr.decoding.specs import ClassificationSpec, CTCSpec, FrameClassificationSpec
-from tinyasr.errors import InputError, TinyASRError
+from tinyasr.errors import InputError, ModelFileError, TinyASRError
 from _paths import SHARED_DIR  # noqa: E402
 
 CHARS = [" ", "a", "b", "c", "'"]  # blank is appended last, as in NeMo
@@ -331,3 +331,23 @@ def test_frame_classification_softmaxes_logits_and_drops_padding():
     expected = np.exp(logits[0, :15]) / np.exp(logits[0, :15]).sum(axis=1, keepdims=True)
     np.testing.assert_allclose(result.probabilities, expected, rtol=1e-5)
     assert result.duration == pytest.approx(0.15)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_check_scores_names_the_output_holding_nan_or_inf(dtype):
+    """check_scores (every decoder's guard, on each streamed graph run too) against np.isfinite: one NaN / +-inf
+    anywhere in a [1, frames, classes] output or its transposed view is a ModelFileError naming the output and
+    the count; finite scores, extremes included, pass."""
+    rng = np.random.default_rng(1)
+    scores = rng.standard_normal((1, 11, 7)).astype(dtype)
+    scores[0, 0, 0] = np.finfo(dtype).max
+    for view in (scores, scores.transpose(0, 2, 1)):
+        check_scores(view, "logits", "model.tasr", "logprobs")
+    for bad in (np.nan, np.inf, -np.inf):
+        for at in [(0, 0, 0), (0, 5, 3), (0, 10, 6)]:
+            broken = scores.copy()
+            broken[at] = bad
+            for view in (broken, broken.transpose(0, 2, 1)):
+                with pytest.raises(ModelFileError, match=r"model.tasr.*output 'logprobs' holds 1 NaN or infinite "
+                                                         r"values of 77"):
+                    check_scores(view, "logits", "model.tasr", "logprobs")
