@@ -305,9 +305,9 @@ def test_tone_share_kernel_matches_cumulative_sums():
 
 def _near_tones(size, rng):
     """Spans as the gate makes them (mean removed, Hann window) of tones with what puts their share of the power
-    around the tone check's 0.995 (and 100 far from it): a second tone 1-60 bins away at 0.05-1.5 % of the power, white noise at
-    20-40 dB SNR, a beat of two tones, an amplitude-modulated tone; at random frequencies, fractional bins, DC
-    and Nyquist included."""
+    around the tone check's 0.995 (and 100 far from it): a second tone 1-60 bins away at 0.05-1.5 % of the power,
+    white noise at 20-40 dB SNR, a beat of two tones, an amplitude-modulated tone; at random frequencies,
+    fractional bins, DC and Nyquist included."""
     t = np.arange(size)
     rows = []
     for _ in range(100):  # and some that are plainly not tones: harmonic stacks, tones in noise at 0-10 dB SNR

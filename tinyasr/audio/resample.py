@@ -176,6 +176,7 @@ class StreamResampler:
         self._buffer_start = 0  # absolute input index of _buffer[0], a multiple of down
         self._received = 0
         self._emitted = 0
+        self._announced = 0  # input samples announce() has counted
 
     def _outputs(self, stop: int) -> np.ndarray:
         """Full-signal outputs [emitted, stop) computed from the buffer; then drop inputs no longer needed."""
@@ -191,9 +192,16 @@ class StreamResampler:
         self._buffer_start = keep_from
         return piece
 
-    def emitted_after(self, received: int) -> int:
-        """How many samples ``accept`` returns in all for the first ``received`` input samples (since the last
-        reset): a stream that holds its input counts its samples at the model's rate without resampling yet."""
+    def announce(self, count: int) -> int:
+        """How many samples ``accept`` will return for the next ``count`` input samples, told before they are
+        given: a stream that holds its input counts its samples at the output rate without resampling yet.  Every
+        sample given after a reset must have been announced, in order."""
+        before = self._emitted_after(self._announced)
+        self._announced += count
+        return self._emitted_after(self._announced) - before
+
+    def _emitted_after(self, received: int) -> int:
+        """How many samples ``accept`` returns in all for the first ``received`` input samples since a reset."""
         if self.up == self.down or received <= 0:
             return max(0, received)
         ready = (received * self.up - 1) // self.down - self._first + 1

@@ -95,9 +95,8 @@ def _all_finite(scores: np.ndarray) -> bool:
 def to_log_probs(scores: np.ndarray, kind: str) -> np.ndarray:
     """Normalised natural-log probabilities (float64) over the last axis from log-probs, logits or probs."""
     scores = np.asarray(scores)
-    if scores.ndim == 2:
-        return log_probs_and_best(scores, kind)[0]
-    return log_probs_and_best(scores.reshape(-1, scores.shape[-1] if scores.ndim else 1), kind)[0].reshape(scores.shape)
+    rows = scores.reshape(-1, scores.shape[-1] if scores.ndim else 1)  # a view, for [frames, classes] any strides
+    return log_probs_and_best(rows, kind)[0].reshape(scores.shape)
 
 
 def log_probs_and_best(scores: np.ndarray, kind: str) -> Tuple[np.ndarray, np.ndarray]:

@@ -144,8 +144,9 @@ def tonal_spans(power, bins, share):
 
 
 # Lags of broadband_spans' tests as divisors of the span (1600 samples at 16 kHz: 1, 2, 0.5 ms), tried in this
-# order (the second reuses the first's product at twice its lag).  Measured on a minute of read English speech, the 2928 spans the gate looks at: the first lag clears
-# 99 % of them, with the other two 99.5 %; pure tones at 100 Hz - 7.9 kHz, clean or at 30 / 20 dB SNR, none.
+# order (the second reuses the first's product at twice its lag).  Measured on a minute of read English speech,
+# the 2928 spans the gate looks at: the first lag clears 99 % of them, with the other two 99.5 %; pure tones at
+# 100 Hz - 7.9 kHz, clean or at 30 / 20 dB SNR, none.
 BROADBAND_LAGS = (100, 50, 200)
 FFT_ROUNDING = 2e-4  # the float32 FFT's and tonal_spans' sums' error in a band's share: ~5e-5 at 801 bins
 SUM_ROUNDING = 2e-3  # the spread's error from float32 products summed in any order: 1600 terms, ~5e-4 at most

@@ -244,7 +244,6 @@ class OnlineStream:
         self._output_axis = dict(self.plan.outputs)[self.decoder.output].axis
         self._graph = GraphStream(self.plan)
         self._resampler: Optional[StreamResampler] = None
-        self._input_samples = 0  # given to the resampler since its last reset (held ones included)
         self._input_rate: Optional[int] = None
         self._gate = SpeechGate(self.sample_rate)  # tokens count only inside speech, as in Recognizer.transcribe
         self.samples_seen = 0  # at the model's rate, whole stream
@@ -277,9 +276,7 @@ class OnlineStream:
         chunks at a time (Zen 4); the digits model's resampler (16 -> 8 kHz) ~22 us a chunk on Zen 1."""
         if samples.size == 0:
             return
-        before = self._resampler.emitted_after(self._input_samples)
-        self._input_samples += samples.size
-        count = self._resampler.emitted_after(self._input_samples) - before  # the samples these resample to
+        count = self._resampler.announce(samples.size)  # the samples these resample to
         self.samples_seen += count
         self._utterance_samples += count
         self._held.append(samples)
@@ -441,7 +438,6 @@ class OnlineStream:
             tail = self._resampler.finish()  # the samples the filter's right half still owed
             self.samples_seen += tail.size
             self._utterance_samples += tail.size
-            self._input_samples = 0
             self._process(tail)
         if self._features is not None:
             if not self._utterance_samples or valid_frame_count(self._utterance_samples, self.frontend) < 1:
