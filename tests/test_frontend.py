@@ -196,6 +196,28 @@ def test_one_pass_preemphasis_and_padding_match_numpy(coefficient, reflect, dtyp
         x = x - coefficient * np.concatenate([[0.0], x[:-1]])
     want = np.pad(x, 256, mode="reflect" if reflect else "constant")
     np.testing.assert_array_equal(emphasized_padded(samples, coefficient, 256, reflect), want)
+    # a stream's pieces: each pre-emphasised onto the samples held, with the last sample of the piece before
+    from tinyasr.kernels.spectrum import emphasized_after
+
+    held, previous = np.zeros(256), 0.0
+    for piece in np.split(samples, [1, 2, 700, 701, 2999]):
+        held = emphasized_after(held, piece, coefficient, previous)
+        previous = float(piece[-1]) if piece.size else previous
+    np.testing.assert_array_equal(held[256:], want[256:256 + samples.size])
+    assert not held[:256].any()
+
+
+def test_standardized_features_match_numpy():
+    """kernels/spectrum.standardized (a stream's fixed statistics) against numpy's float64 arithmetic, then one
+    rounding to float32, bit for bit; pad_value after ``kept`` frames."""
+    from tinyasr.kernels.spectrum import standardized
+
+    rng = np.random.default_rng(3)
+    features, means, divisors = rng.normal(-5, 3, (7, 13)), rng.normal(0, 2, 7), rng.uniform(0.1, 4, 7)
+    got = standardized(features, 11, means, divisors, -0.25, 15)
+    want = ((features[:, :11] - means[:, None]) / divisors[:, None]).astype(np.float32)
+    np.testing.assert_array_equal(got[:, :11], want)
+    assert got.dtype == np.float32 and got.shape == (7, 15) and (got[:, 11:] == np.float32(-0.25)).all()
 
 
 @pytest.mark.parametrize("size", [16, 48, 80, 240, 400, 512, 1600, 2048, 30, 56, 514])

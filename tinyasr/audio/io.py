@@ -146,16 +146,16 @@ def as_float32_mono(array, sample_rate: int, target_rate: Optional[int] = None) 
                          "tinyasr expects [N, channels] (pass array.T)")
     if array.shape[0] == 0:
         raise AudioError(f"audio array of shape {array.shape} contains no samples")
-    if array.dtype in _INT_SCALE:
+    if array.dtype.kind == "f":  # the kind, not np.issubdtype: a stream converts every chunk (~2 us a call)
+        samples = array.astype(np.float32)
+    elif array.dtype in _INT_SCALE:
         samples = array.astype(np.float32) / np.float32(_INT_SCALE[array.dtype])
     elif array.dtype == np.uint8:
         samples = (array.astype(np.float32) - 128.0) / 128.0
-    elif np.issubdtype(array.dtype, np.floating):
-        samples = array.astype(np.float32)
     else:
         raise AudioError(f"audio array has unsupported dtype {array.dtype} "
                          "(use int8, uint8, int16, int32, float32 or float64)")
-    samples = _mix_to_mono(samples.reshape(samples.shape[0], -1), "audio array")
+    samples = _mix_to_mono(samples, "audio array")
     if target_rate is not None:
         target = check_rate(target_rate, "audio array: target rate")
         if target != rate:
@@ -164,10 +164,12 @@ def as_float32_mono(array, sample_rate: int, target_rate: Optional[int] = None) 
 
 
 def _mix_to_mono(data: np.ndarray, name: str) -> np.ndarray:
-    """Average the channels of [N, channels] float32 data; refuse NaN / Inf."""
+    """Average the channels of [N] or [N, channels] float32 data; refuse NaN / Inf."""
     if not all_finite(data):
-        bad = int(np.argmax(~np.isfinite(data).all(axis=1)))
+        bad = int(np.argmax(~np.isfinite(data.reshape(data.shape[0], -1)).all(axis=1)))
         raise AudioError(f"{name}: non-finite sample (NaN or Inf) at frame {bad}")
+    if data.ndim == 1:
+        return data
     mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float64)
     return np.ascontiguousarray(mono, dtype=np.float32)
 

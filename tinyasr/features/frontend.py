@@ -24,8 +24,17 @@ from tinyasr.audio.io import MIN_AUDIO_RATE
 from tinyasr.audio.resample import MAX_SAMPLE_RATE
 from tinyasr.errors import AudioError, TinyASRError
 from tinyasr.format.values import is_real
-from tinyasr.kernels.fft import power_spectra
-from tinyasr.kernels.spectrum import band_spans, emphasized_padded, mel_bands, normalized_features, windowed_frames
+from tinyasr.kernels.fft import LANES, lanes_for_few_rows, power_spectra
+from tinyasr.kernels.fft import plan as fft_plan
+from tinyasr.kernels.spectrum import (
+    band_spans,
+    emphasized_after,
+    emphasized_padded,
+    mel_bands,
+    mel_spectra,
+    normalized_features,
+    windowed_frames,
+)
 
 WINDOWS = ("hann", "hamming", "blackman", "bartlett", "none")
 NORMALIZE = ("per_feature", "all_features", None)
@@ -359,12 +368,6 @@ def padded_window(config: FrontendConfig) -> np.ndarray:
     return window
 
 
-def preemphasize(x: np.ndarray, coefficient: float, previous: float = 0.0) -> np.ndarray:
-    """y[n] = x[n] - coefficient * x[n - 1], with x[-1] = ``previous``: 0 at the start of a signal (so y[0] = x[0],
-    as NeMo), a stream's last sample when it continues one."""
-    return x - coefficient * np.concatenate([[previous], x[:-1]])
-
-
 def _prepare_signal(samples: np.ndarray, config: FrontendConfig) -> np.ndarray:
     """Mean removal, pre-emphasis and STFT padding of the whole signal, in float64, in NeMo's order."""
     x = samples.astype(np.float64) if config.remove_mean or not config.center else samples
@@ -379,7 +382,7 @@ def _prepare_signal(samples: np.ndarray, config: FrontendConfig) -> np.ndarray:
     if config.exact_pad:  # NeMo pads before pre-emphasis here, then zeroes padded positions >= N,
         x = np.pad(x, (config.n_fft - config.hop_length) // 2)  # which drops the last pad real samples
     if config.preemph is not None:
-        x = preemphasize(x, config.preemph)
+        x = emphasized_after(np.zeros(0), x, config.preemph, 0.0)
         if config.exact_pad:
             x[samples.size:] = 0.0
     return x
@@ -400,6 +403,8 @@ class FeatureCore:
                                          config.highfreq, config.mel_scale, config.mel_norm)
         self.band_spans = band_spans(self.filterbank)
         self.dct = dct_matrix(config.n_mfcc, config.n_mels) if config.kind == "mfcc" else None
+        self._plan = fft_plan(config.n_fft)  # None: numpy's FFT (power_spectra)
+        self._block = max(1, BLOCK_BYTES // (8 * config.n_fft))
 
     def frames_in(self, samples: int) -> int:
         """How many whole STFT frames a padded signal of ``samples`` samples holds."""
@@ -411,13 +416,17 @@ class FeatureCore:
         cfg = self.config
         complete = self.frames_in(signal.size)
         count = complete if count is None else max(0, min(count, complete))
-        mel = np.empty((cfg.n_mels, count))
-        block = max(1, BLOCK_BYTES // (8 * cfg.n_fft))
-        for start in range(0, count, block):
-            frames = windowed_frames(signal, start * cfg.hop_length, min(block, count - start), cfg.hop_length,
-                                     self.window)
-            mel_bands(power_spectra(frames, bin_major=True), self.filterbank, self.band_spans, cfg.mag_power / 2, mel,
-                      start)
+        mel, block, plan = np.empty((cfg.n_mels, count)), self._block, self._plan
+        if plan is not None and (count >= LANES or lanes_for_few_rows(plan.size, np.float64)):  # power_spectra's rule
+            mel_spectra(signal, count, cfg.hop_length, self.window, self.filterbank, self.band_spans,
+                        cfg.mag_power / 2, block, mel, plan.radices, plan.twiddle_re, plan.twiddle_im, plan.offsets,
+                        plan.split_re, plan.split_im)
+        else:  # no plan for this n_fft, or too few frames for the lanes kernel on this CPU: numpy's FFT
+            for start in range(0, count, block):
+                frames = windowed_frames(signal, start * cfg.hop_length, min(block, count - start), cfg.hop_length,
+                                         self.window)
+                mel_bands(power_spectra(frames, bin_major=True), self.filterbank, self.band_spans, cfg.mag_power / 2,
+                          mel, start)
         if cfg.log:
             guard = cfg.log_zero_guard_value
             if cfg.log_zero_guard_type == "add":

@@ -34,8 +34,8 @@ from tinyasr.features.frontend import (
     FrontendConfig,
     compute_features,
     padded_frame_count,
-    preemphasize,
 )
+from tinyasr.kernels.spectrum import emphasized_after, standardized
 from tinyasr.kernels.vector_math import all_finite
 
 _EMPTY = np.zeros(0, np.float64)
@@ -54,16 +54,17 @@ class FixedNormalizer:
         if self.mean.shape != self.std.shape or not np.all(np.isfinite(self.mean)) or np.any(self.std < 0):
             raise TinyASRError(f"feature statistics: mean {self.mean.shape[0]} and std {self.std.shape[0]} values "
                                "must be finite, of equal length, std >= 0")
-        self._divisor = self.std + STD_GUARD  # once, not per streamed chunk
+        self._means, self._divisors = self.mean[:, 0], (self.std + STD_GUARD)[:, 0]  # once, not per streamed chunk
 
     def reset(self) -> None:
         pass
 
     def __call__(self, frames: np.ndarray, final: bool = False) -> np.ndarray:
+        """float32 [features, n] from float64 features."""
         if frames.shape[0] != self.mean.shape[0]:
             raise TinyASRError(f"feature statistics have {self.mean.shape[0]} features, the front end "
                                f"produces {frames.shape[0]}")
-        return (frames - self.mean) / self._divisor
+        return standardized(frames, frames.shape[1], self._means, self._divisors, 0.0, frames.shape[1])
 
 
 class RunningNormalizer:
@@ -176,26 +177,25 @@ class StreamingFeatures:
         if self.normalizer is not None:
             self.normalizer.reset()
 
-    def _preemphasize(self, x: np.ndarray) -> np.ndarray:
-        if self.config.preemph is None or x.size == 0:
-            return x
-        y = preemphasize(x, self.config.preemph, self._last_sample)
-        self._last_sample = x[-1]
-        return y
-
-    def _append(self, y: np.ndarray) -> None:
-        half = self._half
-        if self.config.pad_mode == "reflect":
-            self._tail = np.concatenate([self._tail, y])[-(half + 1):]
+    def _append(self, x: np.ndarray) -> None:
+        """Pre-emphasise ``x`` onto the signal held, after the left padding: zeros, or (reflect) the reflection of
+        the first samples, held back until there are enough of them."""
+        half, coefficient, previous = self._half, self.config.preemph or 0.0, self._last_sample
+        if x.size:
+            self._last_sample = float(x[-1])
+        if self.config.pad_mode != "reflect":
             if not self._started:
-                self._head = np.concatenate([self._head, y])
-                if self._head.size <= half:
-                    return
-                y, self._head = self._head, _EMPTY
-                self._padded = y[half:0:-1].copy()
-                self._started = True
-        elif not self._started:
-            self._padded = np.zeros(half)
+                self._padded, self._started = np.zeros(half), True
+            self._padded = emphasized_after(self._padded, x, coefficient, previous)
+            return
+        y = emphasized_after(_EMPTY, x, coefficient, previous)
+        self._tail = np.concatenate([self._tail, y])[-(half + 1):]
+        if not self._started:
+            self._head = np.concatenate([self._head, y])
+            if self._head.size <= half:
+                return
+            y, self._head = self._head, _EMPTY
+            self._padded = y[half:0:-1].copy()
             self._started = True
         self._padded = np.concatenate([self._padded, y])
 
@@ -213,11 +213,13 @@ class StreamingFeatures:
     def _output(self, features: np.ndarray, final: bool = False) -> np.ndarray:
         if self.normalizer is not None:
             features = self.normalizer(features, final=final)
-        return features.astype(np.float32)
+        return features.astype(np.float32, copy=False)
 
     def accept(self, samples: np.ndarray) -> np.ndarray:
         """Float samples at config.sample_rate -> the newly complete frames [features, n] float32."""
-        x = np.asarray(samples, np.float64).reshape(-1)
+        x = np.asarray(samples).reshape(-1)
+        if x.dtype not in (np.float32, np.float64):
+            x = x.astype(np.float64)
         if not all_finite(x):
             raise AudioError("audio samples contain NaN or Inf")
         self._take(x)
@@ -228,7 +230,7 @@ class StreamingFeatures:
         if self.num_samples == 0 and x.size and self.config.pad_samples:
             x = np.concatenate([np.zeros(self.config.pad_samples), x])
         self.num_samples += x.size
-        self._append(self._preemphasize(x))
+        self._append(x)
 
     def finish(self) -> np.ndarray:
         """The utterance ends: its last frames and the offline padding frames; then reset for the next one."""

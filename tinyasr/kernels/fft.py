@@ -98,7 +98,7 @@ def lanes_for_few_rows(size: int, dtype) -> bool:
     row = np.random.default_rng(0).standard_normal((1, size)).astype(dtype)
     candidates = {"lanes": lambda: power_lanes(row, fft_plan), "numpy": lambda: _numpy_power(row, dtype)}
     family = f"power spectra of one row: {size} {np.dtype(dtype).name}"
-    return tuning.fastest(family, candidates, *tuning.cache_of(_power_lanes)) == "lanes"
+    return tuning.fastest(family, candidates, *tuning.cache_of(lane_powers)) == "lanes"
 
 
 def _numpy_power(rows: np.ndarray, dtype) -> np.ndarray:
@@ -121,13 +121,13 @@ def power_lanes(rows: np.ndarray, fft_plan: Plan, bin_major: bool = False) -> np
     """power_spectra by the lanes kernel, for rows [count, fft_plan.size], in the plan's float type."""
     bins, dtype = fft_plan.size // 2 + 1, fft_plan.twiddle_re.dtype
     out = np.empty((bins, rows.shape[0]) if bin_major else (rows.shape[0], bins), dtype)
-    _power_lanes(np.ascontiguousarray(rows, dtype), out, bin_major, fft_plan.radices, fft_plan.twiddle_re,
+    lane_powers(np.ascontiguousarray(rows, dtype), out, bin_major, fft_plan.radices, fft_plan.twiddle_re,
                  fft_plan.twiddle_im, fft_plan.offsets, fft_plan.split_re, fft_plan.split_im)
     return out
 
 
 @njit(cache=True)
-def _power_lanes(rows, out, bin_major, radices, twiddle_re, twiddle_im, offsets, split_re, split_im):
+def lane_powers(rows, out, bin_major, radices, twiddle_re, twiddle_im, offsets, split_re, split_im):
     count, size = rows.shape
     half, bins = size // 2, size // 2 + 1
     a, b = np.empty((size, LANES), rows.dtype), np.empty((size, LANES), rows.dtype)  # z_k at rows 2k (real), 2k + 1

@@ -29,7 +29,7 @@ from tinyasr.decoding.results import Result
 from tinyasr.decoding.specs import decoder_spec
 from tinyasr.engine.offline import Model, load_model
 from tinyasr.errors import InputError
-from tinyasr.kernels.energy import broadband_spans, frame_levels, speech_probabilities, tonal_spans, windowed_spans
+from tinyasr.kernels.energy import HELD, ORDERED, energy_frames, release_frames, tonal_spans, windowed_spans
 from tinyasr.kernels.fft import power_spectra
 from tinyasr.pipeline.model_input import audio_tensor, sample_rate_of
 
@@ -106,68 +106,39 @@ class EnergyVAD:
         self.reset()
 
     def reset(self) -> None:
-        self._rest = np.zeros(0, np.float32)
+        self._rest = np.zeros(self.frame, np.float32)  # an unfinished frame's samples (counts[REST] of them)
+        self._tail = np.zeros((self.TONE_FRAMES - 1) * self.frame, np.float32)  # the samples before the next frame
         # levels of the last floor_frames - 1 frames: before the stream has filled them, empty slots (NaN), then
         # the prior's (the latest prior_frames of them); and those levels sorted, NaNs left out
         prior = min(self.prior_frames, self.floor_frames - 1)
         self._history = np.concatenate([np.full(self.floor_frames - 1 - prior, np.nan), np.full(prior, self.prior_db)])
-        self._sorted, self._sorted_count = np.full(self.floor_frames, self.prior_db), prior
-        self._tail = np.zeros((self.TONE_FRAMES - 1) * self.frame, np.float32)  # the samples before the next frame
-        self._held = np.zeros(0)  # probabilities of the last TONE_FRAMES - 1 frames, not yet judged for tone
-        self._held_tonal = np.zeros(0, bool)  # whether the spans ending at those frames are tonal
+        self._sorted = np.full(self.floor_frames, self.prior_db)
+        self._held = np.zeros(self.TONE_FRAMES - 1)  # probabilities of the last frames, not yet judged for tone
+        self._held_tonal = np.zeros(self.TONE_FRAMES - 1, bool)  # whether the spans ending at those frames are tonal
+        self._counts = np.zeros(3, np.int64)  # energy.REST, ORDERED, HELD
+        self._counts[ORDERED] = prior
 
     def accept(self, samples: np.ndarray) -> np.ndarray:
-        """Probabilities of the frames completed by ``samples`` (float at sample_rate)."""
+        """Probabilities of the frames completed by ``samples`` (float at sample_rate).  Spans ending in a loud
+        frame (>= min_db) are checked for a tone: the frames of any span that could matter are covered by one of
+        those.  A span's FFT is taken only where its power is not proven too spread for a tone (speech: ~1 %)."""
         x = np.asarray(samples, np.float32).reshape(-1)
-        if self._rest.size:
-            x = np.concatenate([self._rest, x])
-        count = x.size // self.frame
-        self._rest = x[count * self.frame:].copy()  # not a view that keeps a long input alive
-        if count == 0:
-            return np.zeros(0)
-        audio = x[:count * self.frame]  # float32: the kernels read it in float64
-        level = frame_levels(audio, self.frame)
-        padded = np.concatenate([self._history, level])  # frame i's floor: over the window of levels ending at it
-        self._history = padded[-(self.floor_frames - 1):] if self.floor_frames > 1 else np.zeros(0)
-        new, self._sorted_count = speech_probabilities(padded, self.floor_frames, self.percentile, self.snr_db,
-                                                       self.min_db, self._sorted, self._sorted_count)
-        probs = np.concatenate([self._held, new])
-        tonal = np.concatenate([self._held_tonal, self._tonal(audio, level >= self.min_db)])
-        ready = max(0, probs.size - (self.TONE_FRAMES - 1))
-        self._held, self._held_tonal = probs[ready:], tonal[ready:]
-        return self._untoned(probs[:ready], tonal)
-
-    def _untoned(self, probs: np.ndarray, tonal: np.ndarray) -> np.ndarray:
-        """``probs`` with 0 where a tonal span (``tonal[i]``: the span ending at frame i) covers the frame."""
-        if not tonal.any():
-            return probs
-        spans = np.concatenate([tonal, np.zeros(self.TONE_FRAMES - 1, bool)])
-        covered = np.convolve(spans, np.ones(self.TONE_FRAMES), "valid")[:probs.size] > 0
-        return np.where(covered, 0.0, probs)
-
-    def _tonal(self, audio: np.ndarray, loud: np.ndarray) -> np.ndarray:
-        """Per new frame: whether the 100 ms ending with it hold a steady tone (see the class docstring).  Only
-        spans ending in a ``loud`` frame (>= min_db) are looked at: the frames of any span that could matter
-        are covered by one of those, and skipping the rest saves most of the cost on speech with pauses."""
-        joined = np.concatenate([self._tail, audio])
-        self._tail = joined[audio.size:].copy()
-        rows = loud.nonzero()[0]  # np.flatnonzero: a few us more a call, a stream's every chunk
-        tonal = np.zeros(loud.size, bool)
-        if rows.size == 0:
-            return tonal
-        for first in range(0, rows.size, self.TONE_BATCH):  # in batches: a long block's spectra stay small
-            batch = rows[first:first + self.TONE_BATCH]
-            # span i: the TONE_FRAMES frames ending with new frame i, less its mean (a DC offset is no tone)
-            spans = windowed_spans(joined, batch, self.frame, self._window)
-            # the FFT only for spans whose power is not proven too spread (speech: ~1 %)
-            unclear = (~broadband_spans(spans, self.TONE_BINS, self.tone_share)).nonzero()[0]
-            if unclear.size:
-                tonal[batch[unclear]] = tonal_spans(power_spectra(spans[unclear]), self.TONE_BINS, self.tone_share)
-        return tonal
+        probs, tonal, unclear, audio = energy_frames(
+            x, self._rest, self._tail, self._history, self._sorted, self._held, self._held_tonal, self._counts,
+            self.percentile, self.snr_db, self.min_db, self._window, self.TONE_BINS, self.tone_share, self.TONE_BATCH)
+        held = probs.size - (audio.size - self._tail.size) // self.frame  # frames before the new ones
+        for first in range(0, unclear.size, self.TONE_BATCH):  # in batches: a long block's spectra stay small
+            rows = unclear[first:first + self.TONE_BATCH]
+            spans = windowed_spans(audio, rows, self.frame, self._window)
+            tonal[held + rows] = tonal_spans(power_spectra(spans), self.TONE_BINS, self.tone_share)
+        return release_frames(probs, tonal, self._held, self._held_tonal, self._counts)
 
     def finish(self) -> np.ndarray:
         """The held frames' probabilities; a partial frame is dropped."""
-        probs = self._untoned(self._held, self._held_tonal)
+        held, after = self._counts[HELD], self.TONE_FRAMES - 1  # no span ends after the last frame
+        probs = release_frames(np.concatenate([self._held[:held], np.zeros(after)]),
+                               np.concatenate([self._held_tonal[:held], np.zeros(after, bool)]),
+                               self._held, self._held_tonal, self._counts)
         self.reset()
         return probs
 
