@@ -72,10 +72,10 @@ def test_partials_equal_a_decode_from_scratch_after_every_chunk(vocabulary, lead
         if not partial.frames:
             continue
         held = gate.held_through()
-        got = partial.result(seconds, gate.speech().delayed(lead), gate.undecided_from() + lead,
+        got = partial.result(seconds, gate.speech(lead=lead), gate.undecided_from() + lead,
                              None if held is None else held + lead)
         expected = ctc_greedy(log_probs[:partial.frames], spec, frame_seconds=FRAME_SECONDS,
-                              duration=seconds + 2 * lead, speech=gate.speech().delayed(lead))
+                              duration=seconds + 2 * lead, speech=gate.speech(lead=lead))
         if lead:
             expected = expected.shifted(-lead, seconds)
         assert got == expected, f"chunk {chunk}"

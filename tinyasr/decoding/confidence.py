@@ -58,15 +58,6 @@ class Speech:
     def seconds(self) -> float:
         return float(np.count_nonzero(self.frames)) * self.frame_seconds
 
-    def delayed(self, seconds: float) -> "Speech":
-        """The same speech with ``seconds`` of silence before it (the front end's pad_seconds), to the nearest
-        detector frame."""
-        lead = int(round(seconds / self.frame_seconds))
-        if lead <= 0:
-            return self
-        return Speech(np.concatenate([np.zeros(lead, bool), self.frames]), self.frame_seconds,
-                      tuple((a + seconds, b + seconds) for a, b in self.segments))
-
 
 def speech_confidence(log_probs: np.ndarray, blank: int, frame_seconds: float, speech: Speech, score: Optional[str],
                cover_seconds: float) -> float:

@@ -373,7 +373,7 @@ class OnlineStream:
             return Result("", (), (), seconds)
         lead = self._lead  # as Recognizer.transcribe: decoded with the front end's silence, reported without it
         times = dict(frame_seconds=self.frame_seconds, valid_frames=valid_frames, duration=seconds + 2 * lead,
-                     speech=self._gate.speech(since=self.utterance_start).delayed(lead))
+                     speech=self._gate.speech(self.utterance_start, lead))
         if self._transducer is not None:
             result = self._transducer_decode(**times)
         elif self._beam is None:
@@ -409,7 +409,7 @@ class OnlineStream:
                 since, lead = self.utterance_start, self._lead
                 held = self._gate.held_through(since)
                 self._partial = self._greedy_partial.result(
-                    self._utterance_samples / self.sample_rate, self._gate.speech(since=since).delayed(lead),
+                    self._utterance_samples / self.sample_rate, self._gate.speech(since, lead),
                     self._gate.undecided_from(since) + lead, None if held is None else held + lead)
             else:
                 self._partial = self._decode()

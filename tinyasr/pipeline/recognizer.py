@@ -152,7 +152,7 @@ class Recognizer:
             return join_utterances(_reported(utterances, progress), duration)
         if self._transducer is not None:
             forward = self._forward(audio_input, sample_rate)
-            speech = speech_in(forward.samples, self.sample_rate).delayed(forward.lead_seconds)
+            speech = speech_in(forward.samples, self.sample_rate, forward.lead_seconds)
             result = self._decode_transducer(decoding, forward, forward.duration + 2 * forward.lead_seconds, speech)
             if forward.lead_seconds:
                 result = result.shifted(-forward.lead_seconds, forward.duration)
@@ -164,7 +164,7 @@ class Recognizer:
         lead = forward.lead_seconds  # decoded with the front end's silence at both ends, reported without it
         result = self._decode_ctc(decoding, scores, frame_seconds=frame_seconds, valid_frames=valid,
                                   duration=forward.duration + 2 * lead,
-                                  speech=speech_in(forward.samples, self.sample_rate).delayed(lead))
+                                  speech=speech_in(forward.samples, self.sample_rate, lead))
         if lead:
             result = result.shifted(-lead, forward.duration)
         if progress is not None:

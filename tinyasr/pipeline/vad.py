@@ -403,14 +403,20 @@ class SpeechGate:
         self._frames = np.concatenate([self._frames, probs >= self.threshold])
         self._segments += self.segmenter.accept(probs)
 
-    def speech(self, since: float = 0.0) -> Speech:
-        """What was heard from ``since`` s on, with times from there; a segment still open ends at inf."""
+    def speech(self, since: float = 0.0, lead: float = 0.0) -> Speech:
+        """What was heard from ``since`` s on, with times from there; a segment still open ends at inf.  ``lead``:
+        seconds of silence put before it (the front end's pad_seconds), to the nearest detector frame."""
         segments = list(self._segments)
         if self.segmenter.open_since is not None:
             segments.append((self.segmenter.open_since, math.inf))
-        skip = max(0, int(round(since / FRAME_SECONDS)) - self._first)
-        return Speech(self._frames[skip:], FRAME_SECONDS,
-                      tuple((max(0.0, a - since), b - since) for a, b in segments if b > since))
+        frames = self._frames[max(0, int(round(since / FRAME_SECONDS)) - self._first):]
+        silence = int(round(lead / FRAME_SECONDS))
+        if silence > 0:
+            frames = np.concatenate([np.zeros(silence, bool), frames])
+        else:
+            lead = 0.0
+        return Speech(frames, FRAME_SECONDS, tuple((max(0.0, a - since) + lead, b - since + lead)
+                                                   for a, b in segments if b > since))
 
     def undecided_from(self, since: float = 0.0) -> float:
         """Seconds from ``since`` before which no segment of speech(since) can start any more (closed segments
@@ -434,9 +440,10 @@ class SpeechGate:
         self._segments = [(a, b) for a, b in self._segments if b > before]
 
 
-def speech_in(samples: np.ndarray, sample_rate: int) -> Speech:
-    """What a SpeechGate hears in a whole recording (float samples at ``sample_rate``)."""
+def speech_in(samples: np.ndarray, sample_rate: int, lead: float = 0.0) -> Speech:
+    """What a SpeechGate hears in a whole recording (float samples at ``sample_rate``), after ``lead`` s of
+    silence (SpeechGate.speech)."""
     gate = SpeechGate(sample_rate)
     gate.accept(samples)
     gate.finish()
-    return gate.speech()
+    return gate.speech(lead=lead)
