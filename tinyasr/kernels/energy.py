@@ -5,9 +5,9 @@ three autocorrelations that clears most spans of speech without their FFT.
 
 A stream feeds the VAD 100 ms at a time, five frames, so numpy's whole-array calls (sliding windows, a
 sort of a [frames, window] array, NaN masks) cost more in call overhead than in arithmetic: a third of
-the detector's time per chunk, and the detector is a fifth of a stream's compute.  One loop per call here.
-Tested against ``np.nanpercentile`` over the same windows and against cumulative sums over the spectra
-(tests/test_vad.py).
+the detector's time per chunk, and the detector is a fifth of a stream's compute.  One loop per call here, and
+one call (energy_frames, then release_frames) for all of a chunk's arithmetic but a rare span's FFT.  Tested
+against ``np.nanpercentile`` over the same windows and against cumulative sums over the spectra (tests/test_vad.py).
 """
 
 from __future__ import annotations
@@ -222,8 +222,8 @@ def energy_frames(samples, rest, tail, history, ordered, held, held_tonal, count
 
     Returns the probabilities and tonal flags of the ``counts[HELD]`` held frames followed by the new ones, the
     new frames the tone check could not clear (their spans need the FFT: tinyasr.pipeline.vad), and the audio
-    those spans are cut from (``tail`` then the new frames).  A stream's 80 ms chunk took ~25 numpy and kernel
-    calls here, ~80 us a graph run of the digits model's against ~15 us of arithmetic (AMD EPYC Zen 1)."""
+    those spans are cut from (``tail`` then the new frames).  EnergyVAD.accept made ~25 numpy and kernel calls
+    for this: ~80 us a graph run of the digits stream, ~15 of them arithmetic (AMD EPYC Zen 1)."""
     frame, before = rest.shape[0], tail.shape[0]
     kept = counts[REST]
     count = (kept + samples.shape[0]) // frame

@@ -122,7 +122,7 @@ def power_lanes(rows: np.ndarray, fft_plan: Plan, bin_major: bool = False) -> np
     bins, dtype = fft_plan.size // 2 + 1, fft_plan.twiddle_re.dtype
     out = np.empty((bins, rows.shape[0]) if bin_major else (rows.shape[0], bins), dtype)
     lane_powers(np.ascontiguousarray(rows, dtype), out, bin_major, fft_plan.radices, fft_plan.twiddle_re,
-                 fft_plan.twiddle_im, fft_plan.offsets, fft_plan.split_re, fft_plan.split_im)
+                fft_plan.twiddle_im, fft_plan.offsets, fft_plan.split_re, fft_plan.split_im)
     return out
 
 
