@@ -81,6 +81,7 @@ START_ROWS = 16
 CALIBRATION_FRAMES = 8
 FILL_FRAMES = 64
 FILL_LIMIT = 4096
+_NO_FRAMES = np.zeros((0, 0), np.float32)  # what enters run_round_through in a round without new input frames
 
 
 class ConvProgram(StreamStep):
@@ -207,16 +208,24 @@ class ConvProgram(StreamStep):
         state[:, program.FILLED] = self.table[:, program.PAD_LEFT]  # the left zero padding is kept from the start
         return buffers, np.zeros(len(self.channels), np.int64), state
 
-    def _round(self, item_state, entering, final: bool, ahead: int) -> int:
+    def _round(self, item_state, entering, final: bool, ahead: int) -> Tuple[int, list]:
         """One run_round of a batch item's (buffers, counts, state), each entering value's new frames [C, n] (or
-        None) entered first; returns run_round's code."""
+        None) entered first; returns run_round's code and each leaving value's new frames [n, C] (None: none)."""
         buffers, counts, state = item_state
+        if len(entering) == 1 and len(self.output_buffers) == 1:  # one call from Python, not three
+            x = entering[0]
+            code, out = program.run_round_through(self.table, self.limits, self.weights, self.halves, buffers, counts,
+                                                  state, final, self.flush_frames, ahead, self.input_buffers[0],
+                                                  _NO_FRAMES if x is None else x, self.output_buffers[0])
+            return code, [out if len(out) else None]
         for buffer, x in zip(self.input_buffers, entering):
             counts[buffer] = 0 if x is None else x.shape[1]
             if counts[buffer]:
                 program.enter_frames(buffers, buffer, x)
-        return program.run_round(self.table, self.limits, self.weights, self.halves, buffers, counts, state, final,
+        code = program.run_round(self.table, self.limits, self.weights, self.halves, buffers, counts, state, final,
                                  self.flush_frames, ahead)
+        return code, [program.leaving_frames(buffers, buffer, counts[buffer]) if counts[buffer] else None
+                      for buffer in self.output_buffers]
 
     def advance(self, state, frames, final):
         batch = self._check(state, frames)
@@ -226,17 +235,17 @@ class ConvProgram(StreamStep):
             state.extend(self._item_state() for _ in range(batch))
         outputs: List[List[np.ndarray]] = [[] for _ in self.outputs]
         for item, item_state in enumerate(state):
-            buffers, counts, steps_state = item_state
+            steps_state = item_state[2]
             entering = [None if x is None else x[item] for x in frames]
             pieces: List[List[np.ndarray]] = [[] for _ in self.outputs]  # [frames, C] each, in time order
             progress = -1
             while True:
-                code = self._round(item_state, entering, final, self.weights_ahead)
+                code, leaving = self._round(item_state, entering, final, self.weights_ahead)
                 if code not in (program.OK, program.FLUSHING):
                     self._fail(code)
-                for piece, buffer in zip(pieces, self.output_buffers):
-                    if counts[buffer]:
-                        piece.append(program.leaving_frames(buffers, buffer, counts[buffer]))
+                for piece, out in zip(pieces, leaving):
+                    if out is not None:
+                        piece.append(out)
                 if code == program.OK:
                     break
                 # the end of the input is flushed a few rounds at a time (program.FLUSH_FRAMES); a round that
