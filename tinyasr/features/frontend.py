@@ -24,7 +24,7 @@ from tinyasr.audio.io import MIN_AUDIO_RATE
 from tinyasr.audio.resample import MAX_SAMPLE_RATE
 from tinyasr.errors import AudioError, TinyASRError
 from tinyasr.format.values import is_real
-from tinyasr.kernels.fft import LANES, lanes_for_few_rows, power_spectra
+from tinyasr.kernels.fft import lanes_take, power_spectra
 from tinyasr.kernels.fft import plan as fft_plan
 from tinyasr.kernels.spectrum import (
     band_spans,
@@ -417,7 +417,7 @@ class FeatureCore:
         complete = self.frames_in(signal.size)
         count = complete if count is None else max(0, min(count, complete))
         mel, block, plan = np.empty((cfg.n_mels, count)), self._block, self._plan
-        if plan is not None and (count >= LANES or lanes_for_few_rows(plan.size, np.float64)):  # power_spectra's rule
+        if lanes_take(plan, count, np.float64):
             mel_spectra(signal, count, cfg.hop_length, self.window, self.filterbank, self.band_spans,
                         cfg.mag_power / 2, block, mel, plan.radices, plan.twiddle_re, plan.twiddle_im, plan.offsets,
                         plan.split_re, plan.split_im)

@@ -81,10 +81,16 @@ def power_spectra(rows: np.ndarray, bin_major: bool = False) -> np.ndarray:
     otherwise."""
     dtype = np.float32 if rows.dtype == np.float32 else np.float64
     fft_plan = plan(rows.shape[1], dtype)
-    if fft_plan is not None and rows.shape[0] and (rows.shape[0] >= LANES or lanes_for_few_rows(fft_plan.size, dtype)):
+    if lanes_take(fft_plan, rows.shape[0], dtype):
         return power_lanes(rows, fft_plan, bin_major)
     power = _numpy_power(rows, dtype)
     return np.ascontiguousarray(power.T) if bin_major else power
+
+
+def lanes_take(fft_plan: Optional[Plan], rows: int, dtype) -> bool:
+    """Whether the lanes kernel transforms ``rows`` rows with ``fft_plan`` (power_spectra's rule, which
+    FeatureCore's fused chain follows too): a plan, and a whole vector of rows or fewer where it measured faster."""
+    return fft_plan is not None and rows > 0 and (rows >= LANES or lanes_for_few_rows(fft_plan.size, dtype))
 
 
 @functools.lru_cache(maxsize=16)

@@ -49,7 +49,6 @@ def emphasized_padded(samples, coefficient, half, reflect):
     return out
 
 
-
 @njit(cache=True)
 def emphasized_after(carry, samples, coefficient, previous):
     """[carry, y] float64 with y[n] = samples[n] - coefficient * samples[n - 1] (samples[-1] = ``previous``; 0:
@@ -93,7 +92,6 @@ def mel_bands(power, filterbank, spans, exponent, out, column):
             weight, row = weights[k], power[k]
             for i in range(count):
                 total[i] += weight * row[i]
-
 
 
 @njit(cache=True)
